@@ -1,0 +1,1 @@
+"""Console entry points: ``cmlp`` (subcommands), ``cmlp-stage``, ``cmlp-orch``."""

@@ -1,0 +1,44 @@
+"""Shared CLI plumbing: logging setup and the one-line error policy.
+
+Every command reports a failure as one clear line on stderr and a non-zero
+exit; a traceback is printed only with ``--log-level debug``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from cmlp.errors import CmlpError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_log_level(parser, default: str = "warning") -> None:
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default,
+                        help=f"logging verbosity on stderr (default: {default}); "
+                             "debug also prints tracebacks")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_command(func, args) -> int:
+    level = getattr(args, "log_level", "warning")
+    setup_logging(level)
+    try:
+        rc = func(args)
+        return 0 if rc is None else int(rc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except (CmlpError, OSError, ValueError) as exc:
+        if level == "debug":
+            logging.getLogger("cmlp").exception("command failed")
+        prog = getattr(args, "prog_name", "cmlp")
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,49 @@
+"""``cmlp``: one console script with subcommands.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``,
+which adds a parser whose ``func(args) -> int`` runs the command.  Modules are
+imported lazily so ``cmlp --version`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import cmlp
+
+SUBCOMMAND_MODULES = (
+    "cmlp.cli.echo",        # echo-server, echo-client
+    "cmlp.cli.model_cmd",   # model init, model hashes
+    "cmlp.cli.attest_cmd",  # attest verify
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmlp", description=cmlp.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cmlp {cmlp.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue   # subcommand not built into this install
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    from cmlp.cli.common import run_command
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return run_command(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+# cython: language_level=3
+"""Record layer: ChaCha20-Poly1305-IETF sealing and opening in the frame buffer.
+
+transport.md section 4.  The nonce is ``00000000 || seq (u64 BE)``; the 43-byte
+AAD is ``0x04 || msg_type || flags || session_id || seq (u64 BE)``; the tag is
+appended after the ciphertext.  Sealing writes header, ciphertext and tag into
+one caller-owned buffer so the frame goes out in one write; opening decrypts
+in place inside the decoder's receive buffer.  No Python bytes are created per
+frame on either path, and libsodium runs with the GIL released.
+"""
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
+
+from wire cimport *
+from sodium cimport *
+
+from cmlp import errors as _errors
+
+if sodium_init() < 0:
+    raise ImportError("libsodium failed to initialise")
+
+LIBSODIUM_VERSION = sodium_version_string().decode()
+MAX_SEQUENCE = 0xFFFFFFFF
+
+
+cdef inline void make_nonce(uint8_t* nonce, uint64_t seq) noexcept nogil:
+    nonce[0] = nonce[1] = nonce[2] = nonce[3] = 0
+    store_be64(nonce + 4, seq)
+
+
+cdef inline void make_aad(uint8_t* aad, uint8_t msg_type, uint8_t flags,
+                          const uint8_t* sid, uint64_t seq) noexcept nogil:
+    aad[0] = PROTOCOL_VERSION
+    aad[1] = msg_type
+    aad[2] = flags
+    memcpy(aad + 3, sid, SID_SIZE)
+    store_be64(aad + 35, seq)
+
+
+cdef int copy_key(uint8_t* dst, object src, str what) except -1:
+    cdef Py_buffer pb
+    PyObject_GetBuffer(src, &pb, PyBUF_SIMPLE)
+    try:
+        if pb.len != 32:
+            raise ValueError(f"{what} must be 32 bytes, got {pb.len}")
+        memcpy(dst, pb.buf, 32)
+    finally:
+        PyBuffer_Release(&pb)
+    return 0
+
+
+cdef class Sealer:
+    """Send direction: key, session id and the next sequence number."""
+    cdef uint8_t key[KEY_SIZE]
+    cdef uint8_t sid[SID_SIZE]
+    cdef uint64_t next_seq
+    cdef public Py_ssize_t max_payload
+
+    def __init__(self, key, session_id, uint64_t next_sequence=0,
+                 Py_ssize_t max_payload=MAX_PAYLOAD_SIZE):
+        copy_key(self.key, key, "key")
+        copy_key(self.sid, session_id, "session_id")
+        self.next_seq = next_sequence
+        self.max_payload = max_payload
+
+    def __dealloc__(self):
+        sodium_memzero(self.key, KEY_SIZE)
+
+    @property
+    def next_sequence(self):
+        return self.next_seq
+
+    cdef int _check(self, Py_ssize_t pt_len) except -1:
+        # section 4.5 step 1, then the sender-side size check the reference lacks
+        if self.next_seq > MAX_SEQUENCE:
+            raise _errors.NonceOverflow()
+        if pt_len + TAG_SIZE > self.max_payload:
+            raise _errors.PayloadTooLarge(pt_len + TAG_SIZE, self.max_payload)
+        return 0
+
+    cdef Py_ssize_t _seal(self, uint8_t* frame, const uint8_t* pt, Py_ssize_t pt_len,
+                          int msg_type, int flags) except -1:
+        """frame[13:13+len] = Enc(pt); frame[13+len:+16] = tag; frame[0:13] = header."""
+        cdef uint8_t nonce[NONCE_SIZE]
+        cdef uint8_t aad[AAD_SIZE]
+        cdef uint64_t seq = self.next_seq
+        cdef int rc
+        self._check(pt_len)
+        if not (0 <= msg_type <= 255) or not known_msg_type(<uint8_t>msg_type) \
+                or msg_type == MSG_HELLO:
+            raise ValueError(f"message type {msg_type} cannot be sealed")
+        make_nonce(nonce, seq)
+        make_aad(aad, <uint8_t>msg_type, <uint8_t>flags, self.sid, seq)
+        with nogil:
+            rc = crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+                frame + HEADER_SIZE, frame + HEADER_SIZE + pt_len, NULL,
+                pt, <unsigned long long>pt_len, aad, AAD_SIZE, NULL, nonce, self.key)
+        if rc != 0:
+            raise _errors.SealFailed()
+        header_store(frame, <uint8_t>msg_type, <uint8_t>flags, <uint32_t>seq,
+                     <uint32_t>(pt_len + TAG_SIZE))
+        self.next_seq = seq + 1
+        return HEADER_SIZE + pt_len + TAG_SIZE
+
+    def seal_in_place(self, buf, int msg_type, int flags, Py_ssize_t pt_len):
+        """Seal ``buf[13:13+pt_len]`` in place; returns the frame length.
+
+        ``buf`` must hold 13 + pt_len + 16 bytes.  The plaintext is overwritten
+        by ciphertext, so nothing of it survives in the send buffer.
+        """
+        cdef Py_buffer pb
+        PyObject_GetBuffer(buf, &pb, PyBUF_WRITABLE)
+        try:
+            if pt_len < 0 or HEADER_SIZE + pt_len + TAG_SIZE > pb.len:
+                raise ValueError("buffer too small for header + plaintext + tag")
+            return self._seal(<uint8_t*>pb.buf, <uint8_t*>pb.buf + HEADER_SIZE, pt_len,
+                              msg_type, flags)
+        finally:
+            PyBuffer_Release(&pb)
+
+    def seal_into(self, buf, int msg_type, int flags, plaintext):
+        """Encrypt ``plaintext`` straight into ``buf`` as a complete frame."""
+        cdef Py_buffer out, src
+        PyObject_GetBuffer(buf, &out, PyBUF_WRITABLE)
+        try:
+            PyObject_GetBuffer(plaintext, &src, PyBUF_SIMPLE)
+            try:
+                if HEADER_SIZE + src.len + TAG_SIZE > out.len:
+                    raise ValueError("buffer too small for header + plaintext + tag")
+                return self._seal(<uint8_t*>out.buf, <const uint8_t*>src.buf, src.len,
+                                  msg_type, flags)
+            finally:
+                PyBuffer_Release(&src)
+        finally:
+            PyBuffer_Release(&out)
+
+    def seal_frame(self, int msg_type, int flags, plaintext=b""):
+        """A sealed frame as bytes (tests and tools; the channel uses seal_into)."""
+        n = len(memoryview(plaintext).cast("B"))
+        out = bytearray(HEADER_SIZE + n + TAG_SIZE)
+        self.seal_into(out, msg_type, flags, plaintext)
+        return bytes(out)
+
+
+cdef class Opener:
+    """Receive direction: key, session id and the replay window (section 1.4)."""
+    cdef uint8_t key[KEY_SIZE]
+    cdef uint8_t sid[SID_SIZE]
+    cdef bint have_last
+    cdef uint64_t last
+
+    def __init__(self, key, session_id):
+        copy_key(self.key, key, "key")
+        copy_key(self.sid, session_id, "session_id")
+        self.have_last = False
+        self.last = 0
+
+    def __dealloc__(self):
+        sodium_memzero(self.key, KEY_SIZE)
+
+    @property
+    def last_accepted(self):
+        return self.last if self.have_last else None
+
+    cdef Py_ssize_t _open(self, uint64_t seq, int msg_type, int flags,
+                          uint8_t* ct, Py_ssize_t ct_len) except -1:
+        cdef uint8_t nonce[NONCE_SIZE]
+        cdef uint8_t aad[AAD_SIZE]
+        cdef int rc
+        cdef Py_ssize_t n
+        # replay check before decryption; the first frame may carry any sequence
+        if self.have_last and seq <= self.last:
+            raise _errors.SequenceReplay(seq, self.last)
+        if ct_len < TAG_SIZE:
+            raise _errors.OpenFailed("AEAD open failed: ciphertext shorter than the tag")
+        n = ct_len - TAG_SIZE
+        make_nonce(nonce, seq)
+        make_aad(aad, <uint8_t>msg_type, <uint8_t>flags, self.sid, seq)
+        with nogil:
+            rc = crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+                ct, NULL, ct, <unsigned long long>n, ct + n, aad, AAD_SIZE, nonce, self.key)
+        if rc != 0:
+            raise _errors.OpenFailed()
+        self.last = seq
+        self.have_last = True
+        return n
+
+    def open_in_place(self, uint64_t sequence, int msg_type, int flags, payload):
+        """Authenticate and decrypt ``payload`` in place; returns the plaintext view."""
+        cdef Py_buffer pb
+        cdef Py_ssize_t n
+        PyObject_GetBuffer(payload, &pb, PyBUF_WRITABLE)
+        try:
+            n = self._open(sequence, msg_type & 0xFF, flags & 0xFF, <uint8_t*>pb.buf, pb.len)
+        finally:
+            PyBuffer_Release(&pb)
+        return memoryview(payload)[:n]
+
+    def open_frame(self, frame):
+        """Steps 2-6 of section 4.6 on a decoded frame; returns the plaintext view."""
+        cdef int msg_type = frame.msg_type
+        cdef int flags = frame.flags
+        if msg_type == MSG_HELLO:
+            raise _errors.UnexpectedMessage("Data/Tensor/Heartbeat/Shutdown/Error", "Hello")
+        if not (flags & FLAG_ENCRYPTED):
+            raise _errors.UnencryptedFrame()
+        return self.open_in_place(frame.sequence, msg_type, flags, frame.payload)
+
+
+def aead_seal(key, uint64_t seq, int msg_type, int flags, session_id, plaintext):
+    """Ciphertext || tag for one record (reference computation for tests)."""
+    cdef Sealer s = Sealer(key, session_id, seq, MAX_PAYLOAD_SIZE)
+    frame = s.seal_frame(msg_type, flags, plaintext)
+    return frame[HEADER_SIZE:]
