@@ -12,7 +12,8 @@ frame pointers so ``perf report`` names our functions.
 
 Environment knobs
   CMLP_COVERAGE=1    build with -fsanitize=fuzzer-no-link for atheris (clang)
-  CMLP_DEBUG=1       -O0 and Cython line tracing off, for gdb sessions
+  CMLP_DEBUG=1       -O0, for gdb sessions
+  CMLP_ONLY=a,b      build only these extensions (e.g. _frame,_record)
 """
 
 import os
@@ -114,6 +115,11 @@ EXTENSIONS = [
     ext("cmlp._gpt2", ["pyx/_gpt2.pyx", "csrc/gpt2_kernels.c"], libs=[OPENBLAS],
         extra_compile_args=["-std=gnu11"]),
 ]
+
+# CMLP_ONLY=_frame,_record builds a subset (fast iteration on one module)
+_only = {n.strip() for n in os.environ.get("CMLP_ONLY", "").split(",") if n.strip()}
+if _only:
+    EXTENSIONS = [e for e in EXTENSIONS if e.name.split(".")[-1] in _only]
 
 setup(
     ext_modules=cythonize(

@@ -34,6 +34,12 @@ VERSION = PROTOCOL_VERSION
 HANDSHAKE_MAX_BUFFERED = 65536 + 13 + 1024   # 66 573 (section 1.5)
 GROWTH_STEP = 65536                          # allocation hardening (section 1.6 step 3)
 
+# Buffered frames start at this offset after a compaction so that the payload
+# (13 bytes later) and the tensor data inside it are 8-byte aligned: numpy
+# views over received tensors are then aligned in the common case.
+cdef enum:
+    BASE = 3
+
 
 # ---------------------------------------------------------------------------
 # Header
@@ -333,9 +339,9 @@ cdef class FrameDecoder:
         self.max_payload = max_payload
         self.max_buffered = (max_payload + HEADER_SIZE + 4096) if max_buffered is None \
             else max_buffered
-        self.buf = RecvBuffer(initial_capacity)
-        self.start = 0
-        self.end = 0
+        self.buf = RecvBuffer(initial_capacity + BASE)
+        self.start = BASE
+        self.end = BASE
         self.has_header = False
         self.broken = False
 
@@ -372,24 +378,25 @@ cdef class FrameDecoder:
         cdef RecvBuffer nb
         if self.buf.cap - self.end >= want:
             return 0
-        if self.buf.exports == 0 and self.buf.cap - have >= want:
-            # compact in place and wipe the consumed plaintext
-            if self.start:
-                memmove(self.buf.data, self.buf.data + self.start, have)
-                explicit_bzero(self.buf.data + have, self.end - have if self.end > have else 0)
-            self.start = 0
-            self.end = have
+        if self.buf.exports == 0 and self.buf.cap - BASE - have >= want:
+            # compact in place, then wipe the consumed (decrypted) bytes behind us
+            if self.start != BASE:
+                memmove(self.buf.data + BASE, self.buf.data + self.start, have)
+                if self.end > BASE + have:
+                    explicit_bzero(self.buf.data + BASE + have, self.end - BASE - have)
+            self.start = BASE
+            self.end = BASE + have
             return 0
         new_cap = self.buf.cap * 2
-        if new_cap < have + want:
-            new_cap = have + want
+        if new_cap < BASE + have + want:
+            new_cap = BASE + have + want
         nb = RecvBuffer(new_cap)
-        memcpy(nb.data, self.buf.data + self.start, have)
+        memcpy(nb.data + BASE, self.buf.data + self.start, have)
         if self.buf.exports == 0:
             explicit_bzero(self.buf.data, self.buf.cap)
         self.buf = nb
-        self.start = 0
-        self.end = have
+        self.start = BASE
+        self.end = BASE + have
         return 0
 
     cdef Py_ssize_t _read_size(self):
@@ -501,6 +508,6 @@ cdef class FrameDecoder:
         """Forget every buffered byte and zero the memory (channel teardown)."""
         if self.buf.exports == 0:
             explicit_bzero(self.buf.data, self.buf.cap)
-        self.buf = RecvBuffer(4096)
-        self.start = self.end = 0
+        self.buf = RecvBuffer(4096 + BASE)
+        self.start = self.end = BASE
         self.has_header = False

@@ -58,6 +58,7 @@ cdef class Sealer:
     cdef uint8_t sid[SID_SIZE]
     cdef uint64_t next_seq
     cdef public Py_ssize_t max_payload
+    cdef bint wiped
 
     def __init__(self, key, session_id, uint64_t next_sequence=0,
                  Py_ssize_t max_payload=MAX_PAYLOAD_SIZE):
@@ -69,12 +70,19 @@ cdef class Sealer:
     def __dealloc__(self):
         sodium_memzero(self.key, KEY_SIZE)
 
+    def wipe(self):
+        """Zero the key; every later seal raises ChannelBroken."""
+        sodium_memzero(self.key, KEY_SIZE)
+        self.wiped = True
+
     @property
     def next_sequence(self):
         return self.next_seq
 
     cdef int _check(self, Py_ssize_t pt_len) except -1:
         # section 4.5 step 1, then the sender-side size check the reference lacks
+        if self.wiped:
+            raise _errors.ChannelBroken("channel keys were wiped")
         if self.next_seq > MAX_SEQUENCE:
             raise _errors.NonceOverflow()
         if pt_len + TAG_SIZE > self.max_payload:
@@ -151,6 +159,7 @@ cdef class Opener:
     cdef uint8_t sid[SID_SIZE]
     cdef bint have_last
     cdef uint64_t last
+    cdef bint wiped
 
     def __init__(self, key, session_id):
         copy_key(self.key, key, "key")
@@ -160,6 +169,11 @@ cdef class Opener:
 
     def __dealloc__(self):
         sodium_memzero(self.key, KEY_SIZE)
+
+    def wipe(self):
+        """Zero the key; every later open raises ChannelBroken."""
+        sodium_memzero(self.key, KEY_SIZE)
+        self.wiped = True
 
     @property
     def last_accepted(self):
@@ -171,6 +185,8 @@ cdef class Opener:
         cdef uint8_t aad[AAD_SIZE]
         cdef int rc
         cdef Py_ssize_t n
+        if self.wiped:
+            raise _errors.ChannelBroken("channel keys were wiped")
         # replay check before decryption; the first frame may carry any sequence
         if self.have_last and seq <= self.last:
             raise _errors.SequenceReplay(seq, self.last)

@@ -25,6 +25,20 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so long-running servers exit cleanly.
+
+    (Background jobs of a non-interactive shell start with SIGINT ignored, so
+    service managers and scripts stop us with SIGTERM.)
+    """
+    import signal
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def run_command(func, args) -> int:
     level = getattr(args, "log_level", "warning")
     setup_logging(level)

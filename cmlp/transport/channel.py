@@ -1,0 +1,375 @@
+"""SecureChannel: the attested handshake, then sealed frames over a socket.
+
+This module is the thin I/O adapter around the sans-I/O pieces: it moves
+bytes between a socket and the handshake state machines
+(:mod:`cmlp.transport.handshake`), the frame decoder (``cmlp._frame``) and the
+record layer (``cmlp._record``).  Byte pumping happens in Cython with the GIL
+released.
+
+Failure policy (transport.md 11.20, left open by the reference): any receive
+error other than a timeout - a bad header, a failed tag, a replay, an
+unencrypted or Hello frame, a malformed tensor - closes the channel and
+raises a typed error.  A timeout keeps every received byte, so the next
+``recv`` continues the same frame.  A send that was cut by its timeout closes
+the channel too, since the stream cannot be resynchronised.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import NamedTuple, Optional, Union
+
+import numpy as np
+
+from cmlp import _frame, _netio, _record
+from cmlp.errors import (ChannelBroken, Closed, CmlpError, HandshakeFailed, SessionError,
+                         Timeout)
+from cmlp.transport.config import SessionConfig
+from cmlp.transport.handshake import InitiatorHandshake, ResponderHandshake, SessionKeys
+from cmlp.transport.wire import (HANDSHAKE_MAX_BUFFERED, HEADER_SIZE, TAG_SIZE, DType, Flag,
+                                 MsgType, Tensor)
+
+log = logging.getLogger(__name__)
+
+_SEALED = int(Flag.ENCRYPTED)
+_SEALED_TENSOR = int(Flag.ENCRYPTED | Flag.TENSOR_PAYLOAD)
+
+
+# ---------------------------------------------------------------------------
+# Received messages
+# ---------------------------------------------------------------------------
+class Data(NamedTuple):
+    payload: bytes
+
+
+class TensorMessage(NamedTuple):
+    tensor: Tensor
+
+
+class Heartbeat(NamedTuple):
+    pass
+
+
+class ShutdownMessage(NamedTuple):
+    pass
+
+
+class ErrorMessage(NamedTuple):
+    text: str
+
+
+Message = Union[Data, TensorMessage, Heartbeat, ShutdownMessage, ErrorMessage]
+HEARTBEAT = Heartbeat()
+SHUTDOWN = ShutdownMessage()
+
+
+# ---------------------------------------------------------------------------
+# Handshake driver
+# ---------------------------------------------------------------------------
+class _Deadline:
+    def __init__(self, seconds: Optional[float]):
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        if self.end is None:
+            return -1.0
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise Timeout("timeout: handshake deadline exceeded")
+        return left
+
+
+def _read_frame(sock, decoder, deadline: _Deadline):
+    fd = sock.fileno()
+    while True:
+        frame = decoder.next_frame()
+        if frame is not None:
+            return frame
+        try:
+            n = decoder.fill(fd, deadline.remaining())
+        except Timeout:
+            raise Timeout("timeout: handshake deadline exceeded") from None
+        if n == 0:
+            raise Closed("connection closed during the handshake")
+
+
+def _send(sock, data: bytes, deadline: _Deadline) -> None:
+    _netio.send_all(sock.fileno(), data, len(data), deadline.remaining())
+
+
+def _handshake(sock, role: str, provider, verifier, config: SessionConfig,
+               secret_key=None, nonce=None):
+    decoder = _frame.FrameDecoder(max_buffered=HANDSHAKE_MAX_BUFFERED, initial_capacity=4096)
+    if role == "initiator":
+        hs = InitiatorHandshake(provider, verifier, config, secret_key=secret_key, nonce=nonce)
+        deadline = _Deadline(config.handshake_timeout)
+        _send(sock, hs.start(), deadline)
+        confirm = hs.on_responder_hello(_read_frame(sock, decoder, deadline))
+        deadline.remaining()
+        _send(sock, confirm, deadline)
+    else:
+        hs = ResponderHandshake(provider, verifier, config, secret_key=secret_key, nonce=nonce)
+        deadline = _Deadline(config.handshake_timeout)
+        reply = hs.on_hello(_read_frame(sock, decoder, deadline))
+        deadline.remaining()
+        _send(sock, reply, deadline)
+        hs.on_confirmation(_read_frame(sock, decoder, deadline))
+    # residual bytes (frames pipelined right after msg 3) stay in the decoder
+    decoder.max_payload = config.max_payload_size
+    decoder.max_buffered = config.max_payload_size + HEADER_SIZE + 4096
+    return hs.keys, decoder
+
+
+# ---------------------------------------------------------------------------
+# The channel
+# ---------------------------------------------------------------------------
+class SecureChannel:
+    """An established, encrypted, attested session over one stream socket.
+
+    Thread-safety: one thread may send while another receives; concurrent
+    senders (or receivers) are serialised by a lock.
+    """
+
+    def __init__(self, sock: socket.socket, keys: SessionKeys, decoder, config: SessionConfig,
+                 role: str):
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.config = config
+        self.role = role
+        self.session_id = keys.session_id
+        self.peer_attestation = keys.peer_attestation
+        self._sealer = _record.Sealer(keys.send_key, keys.session_id, 0, config.max_payload_size)
+        self._opener = _record.Opener(keys.recv_key, keys.session_id)
+        self._decoder = decoder
+        self._sendbuf = bytearray(64 * 1024)
+        # re-entrant: close() may run inside recv()/send() after a failure
+        self._send_lock = threading.RLock()
+        self._recv_lock = threading.RLock()
+        self._broken: Optional[str] = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- establishment -----------------------------------------------------
+    @classmethod
+    def connect(cls, sock: socket.socket, provider, verifier,
+                config: Optional[SessionConfig] = None, **inject) -> "SecureChannel":
+        """Run the initiator handshake on a connected socket."""
+        return cls._establish(sock, "initiator", provider, verifier, config, inject)
+
+    @classmethod
+    def accept(cls, sock: socket.socket, provider, verifier,
+               config: Optional[SessionConfig] = None, **inject) -> "SecureChannel":
+        """Run the responder handshake on an accepted socket."""
+        return cls._establish(sock, "responder", provider, verifier, config, inject)
+
+    @classmethod
+    def _establish(cls, sock, role, provider, verifier, config, inject):
+        config = config or SessionConfig()
+        try:
+            keys, decoder = _handshake(sock, role, provider, verifier, config,
+                                       inject.get("secret_key"), inject.get("nonce"))
+        except BaseException:
+            _close_socket(sock)   # no error frame during the handshake (section 3.8)
+            raise
+        return cls(sock, keys, decoder, config, role)
+
+    # -- sending -----------------------------------------------------------
+    def _buffer(self, size: int) -> bytearray:
+        if len(self._sendbuf) < size:
+            self._sendbuf = bytearray(max(size, 2 * len(self._sendbuf)))
+        return self._sendbuf
+
+    def _transmit(self, n: int, timeout: Optional[float]) -> None:
+        try:
+            _netio.send_all(self._fd, self._sendbuf, n, self._timeout(timeout))
+        except _netio.PartialWrite:
+            self._fail("a send was cut by its timeout")
+            raise
+        except Timeout:
+            raise
+        except (OSError, Closed) as exc:
+            self._fail(f"send failed: {exc}")
+            raise Closed(f"send failed: {exc}") from exc
+        self.bytes_sent += n
+
+    def _seal_and_send(self, msg_type: int, flags: int, payload, timeout) -> None:
+        with self._send_lock:
+            self._check_usable()
+            size = HEADER_SIZE + memoryview(payload).nbytes + TAG_SIZE
+            n = self._sealer.seal_into(self._buffer(size), msg_type, flags, payload)
+            self._transmit(n, timeout)
+
+    def send(self, data, timeout: Optional[float] = None) -> None:
+        """Send application bytes as one sealed Data frame."""
+        self._seal_and_send(MsgType.DATA, _SEALED, data, timeout)
+
+    def send_tensor(self, tensor: Union[Tensor, str], array=None, dtype: Optional[DType] = None,
+                    timeout: Optional[float] = None) -> None:
+        """Send a Tensor frame: ``send_tensor(tensor)`` or ``send_tensor(name, array)``.
+
+        The sub-header and data are written into the send buffer once and
+        sealed in place, so the plaintext never survives the call.
+        """
+        if not isinstance(tensor, Tensor):
+            tensor = Tensor.from_array(tensor, array, dtype)
+        data = tensor.data
+        if not (data.flags.c_contiguous and data.dtype == tensor.dtype.numpy):
+            data = np.ascontiguousarray(data, dtype=tensor.dtype.numpy)
+        with self._send_lock:
+            self._check_usable()
+            pt_len = _frame.tensor_payload_size(tensor.name, int(tensor.dtype), tensor.shape,
+                                                data.nbytes)
+            buf = self._buffer(HEADER_SIZE + pt_len + TAG_SIZE)
+            end = _frame.encode_tensor_into(buf, HEADER_SIZE, tensor.name, int(tensor.dtype),
+                                            tensor.shape, data)
+            n = self._sealer.seal_in_place(buf, MsgType.TENSOR, _SEALED_TENSOR, end - HEADER_SIZE)
+            self._transmit(n, timeout)
+
+    def send_error(self, text: str, timeout: Optional[float] = None) -> None:
+        """Send an Error frame (sealed, type 0x03, flags 0x01: transport.md 11.5)."""
+        self._seal_and_send(MsgType.ERROR, _SEALED, text.encode("utf-8"), timeout)
+
+    def heartbeat(self, timeout: Optional[float] = None) -> None:
+        self._seal_and_send(MsgType.HEARTBEAT, _SEALED, b"", timeout)
+
+    def shutdown(self, timeout: Optional[float] = None) -> None:
+        """Send a sealed Shutdown frame; the transport stays open (section 6.4)."""
+        self._seal_and_send(MsgType.SHUTDOWN, _SEALED, b"", timeout)
+
+    # -- receiving ---------------------------------------------------------
+    def recv(self, timeout: Optional[float] = None) -> Message:
+        """The next message: Data, TensorMessage, Heartbeat, ShutdownMessage or ErrorMessage.
+
+        ``timeout`` (seconds; default ``config.io_timeout``) raises
+        ``errors.Timeout`` and keeps the channel usable.
+        """
+        with self._recv_lock:
+            self._check_usable()
+            limit = self._timeout(timeout)
+            end = None if limit < 0 else time.monotonic() + limit
+            decoder = self._decoder
+            try:
+                while True:
+                    frame = decoder.next_frame()
+                    if frame is not None:
+                        return self._dispatch(frame)
+                    left = -1.0 if end is None else max(0.0, end - time.monotonic())
+                    n = decoder.fill(self._fd, left)
+                    if n == 0:
+                        raise Closed()
+                    self.bytes_received += n
+            except Timeout:
+                raise
+            except CmlpError as exc:
+                self._fail(str(exc))
+                raise
+            except OSError as exc:
+                self._fail(str(exc))
+                raise Closed(f"receive failed: {exc}") from exc
+
+    def _dispatch(self, frame) -> Message:
+        plaintext = self._opener.open_frame(frame)
+        t = frame.msg_type
+        if t == MsgType.TENSOR:
+            return TensorMessage(Tensor.from_payload(plaintext))
+        if t == MsgType.DATA:
+            return Data(bytes(plaintext))
+        if t == MsgType.HEARTBEAT:
+            return HEARTBEAT
+        if t == MsgType.SHUTDOWN:
+            return SHUTDOWN
+        return ErrorMessage(bytes(plaintext).decode("utf-8", errors="replace"))
+
+    # -- lifecycle ---------------------------------------------------------
+    def _timeout(self, timeout: Optional[float]) -> float:
+        if timeout is None:
+            timeout = self.config.io_timeout
+        return -1.0 if timeout is None else float(timeout)
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise ChannelBroken(f"channel is closed: {self._broken}")
+
+    def _fail(self, reason: str) -> None:
+        if self._broken is None:
+            log.debug("closing channel: %s", reason)
+        self.close(reason)
+
+    @property
+    def closed(self) -> bool:
+        return self._broken is not None
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self, reason: str = "closed locally") -> None:
+        """Close the socket and wipe keys and buffered bytes (idempotent).
+
+        The socket is shut down first, which wakes a thread blocked in send or
+        recv; the descriptor itself is closed only once no thread uses it, so
+        its number cannot be reused under a concurrent call.
+        """
+        if self._broken is not None:
+            return
+        self._broken = reason
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sealer.wipe()
+        self._opener.wipe()
+        got_send = self._send_lock.acquire(timeout=5.0)
+        got_recv = self._recv_lock.acquire(timeout=5.0)
+        try:
+            if got_send and got_recv:
+                self._sock.close()
+                self._decoder.wipe()
+            else:
+                log.warning("channel close: a thread still holds the socket; leaving it to GC")
+        finally:
+            if got_recv:
+                self._recv_lock.release()
+            if got_send:
+                self._send_lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._broken else "open"
+        return f"<SecureChannel {self.role} sid={self.session_id.hex()[:12]} {state}>"
+
+
+def _close_socket(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def connect_with_retry(endpoint, provider, verifier, config: Optional[SessionConfig] = None,
+                       connect_timeout: Optional[float] = 10.0) -> SecureChannel:
+    """Connect and handshake, retrying *any* failure per ``config.retry_policy``.
+
+    A fresh socket is opened for every attempt (section 6.2); without a
+    policy exactly one attempt is made.
+    """
+    from cmlp.transport import sockets
+    from cmlp.transport.config import with_retry
+    config = config or SessionConfig()
+
+    def attempt():
+        sock = sockets.connect(endpoint, connect_timeout)
+        return SecureChannel.connect(sock, provider, verifier, config)
+
+    return with_retry(config.retry_policy, attempt)

@@ -1,0 +1,122 @@
+"""Session configuration and retry policy (transport.md sections 6.1 and 6.2)."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, TypeVar
+
+from cmlp.attestation.base import ExpectedMeasurements
+from cmlp.errors import HandshakeFailed
+from cmlp.transport.wire import MAX_PAYLOAD_SIZE
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_warned_unpinned = False
+
+
+class SecurityProfile(enum.Enum):
+    PRODUCTION = "production"
+    DEVELOPMENT = "development"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3          # retries after the first attempt
+    initial_delay: float = 1.0    # seconds
+    max_delay: float = 30.0
+    backoff_multiplier: float = 2.0
+
+    @classmethod
+    def none(cls) -> "RetryPolicy":
+        return cls(max_retries=0)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Sleep after failed attempt ``attempt`` (0-based): capped, then jittered in [0.5, 1]."""
+        base = min(self.initial_delay * (self.backoff_multiplier ** attempt), self.max_delay)
+        return base * (rng or random).uniform(0.5, 1.0)
+
+
+def with_retry(policy: Optional[RetryPolicy], fn: Callable[[], T],
+               sleep: Callable[[float], None] = time.sleep) -> T:
+    """Call ``fn`` up to ``max_retries + 1`` times; return the first success or raise the last error."""
+    attempts = (policy.max_retries if policy else 0) + 1
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - any failure is retried, as in the reference
+            if attempt + 1 >= attempts:
+                raise
+            delay = policy.delay(attempt)
+            log.debug("attempt %d failed (%s); retrying in %.3f s", attempt + 1, exc, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Knobs of one SecureChannel.
+
+    ``io_timeout`` is a cmlp addition: the default deadline (seconds) of each
+    send and receive after the handshake (None: block, as the reference does).
+    ``allow_unattested_peer`` is the asymmetric-attestation switch: accept a
+    peer whose hello carries no attestation document (a host orchestrator
+    without a TEE); it must be enabled explicitly.
+    """
+    max_payload_size: int = MAX_PAYLOAD_SIZE
+    handshake_timeout: float = 30.0
+    retry_policy: Optional[RetryPolicy] = None
+    expected_measurements: Optional[ExpectedMeasurements] = None
+    require_measurements: bool = True
+    security_profile: SecurityProfile = SecurityProfile.PRODUCTION
+    io_timeout: Optional[float] = None
+    allow_unattested_peer: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.max_payload_size, int) or self.max_payload_size <= 0:
+            raise HandshakeFailed("max_payload_size must be > 0")
+        if self.max_payload_size > MAX_PAYLOAD_SIZE:
+            raise HandshakeFailed(f"max_payload_size must be <= {MAX_PAYLOAD_SIZE}")
+        if not self.handshake_timeout or self.handshake_timeout <= 0:
+            raise HandshakeFailed("handshake_timeout must be > 0")
+        if self.io_timeout is not None and self.io_timeout <= 0:
+            raise HandshakeFailed("io_timeout must be > 0 or None")
+
+    @classmethod
+    def development(cls, **overrides) -> "SessionConfig":
+        """Defaults with the Development profile and ``require_measurements=False``."""
+        overrides.setdefault("security_profile", SecurityProfile.DEVELOPMENT)
+        overrides.setdefault("require_measurements", False)
+        return cls(**overrides)
+
+    def with_measurements(self, measurements: Optional[ExpectedMeasurements]) -> "SessionConfig":
+        return replace(self, expected_measurements=measurements)
+
+    def replace(self, **changes) -> "SessionConfig":
+        return replace(self, **changes)
+
+    def validate_measurements(self) -> None:
+        """The fail-closed gate run before any I/O (section 6.1 table).
+
+        Stricter than the reference (transport.md 11.11): the Production
+        profile also refuses an *empty* measurement map, which pins nothing.
+        """
+        if self.security_profile is SecurityProfile.PRODUCTION:
+            if not self.expected_measurements or len(self.expected_measurements) == 0:
+                raise HandshakeFailed(
+                    "production security profile requires expected_measurements (non-empty); "
+                    "pin the peer's measurements or use the development profile")
+            return
+        if self.expected_measurements is not None:
+            return
+        if self.require_measurements:
+            raise HandshakeFailed("require_measurements is set but expected_measurements is None")
+        global _warned_unpinned
+        if not _warned_unpinned:   # once per process: every channel would repeat it
+            _warned_unpinned = True
+            log.warning("no expected measurements configured: peer identities are not pinned "
+                        "(development profile)")
