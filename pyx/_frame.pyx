@@ -126,14 +126,19 @@ cdef int checked_nbytes(tuple shape, int dtype_code, uint64_t* out) except -1:
     return 0
 
 
-def tensor_payload_size(name, int dtype_code, shape, Py_ssize_t data_len):
-    """Bytes of a tensor payload (sub-header + padding + data)."""
-    cdef Py_ssize_t name_len = len(name.encode("utf-8") if isinstance(name, str) else name)
-    cdef Py_ssize_t h = 5 + 4 * len(shape) + name_len
+cdef Py_ssize_t tensor_payload_size_c(Py_ssize_t name_len, Py_ssize_t ndims,
+                                      Py_ssize_t data_len) noexcept:
+    cdef Py_ssize_t h = 5 + 4 * ndims + name_len
     return h + tensor_pad(h) + data_len
 
 
-cdef Py_ssize_t _encode_tensor(uint8_t* out, Py_ssize_t room, bytes name_b, int dtype_code,
+def tensor_payload_size(name, int dtype_code, shape, Py_ssize_t data_len):
+    """Bytes of a tensor payload (sub-header + padding + data)."""
+    cdef Py_ssize_t name_len = len(name.encode("utf-8") if isinstance(name, str) else name)
+    return tensor_payload_size_c(name_len, len(shape), data_len)
+
+
+cdef Py_ssize_t encode_tensor_c(uint8_t* out, Py_ssize_t room, bytes name_b, int dtype_code,
                                tuple shape, const uint8_t* data, Py_ssize_t data_len) except -1:
     """Write sub-header, zero padding and data at ``out``; returns bytes written."""
     cdef uint64_t expected
@@ -179,7 +184,7 @@ def encode_tensor_into(buf, Py_ssize_t offset, name, int dtype_code, shape, data
         try:
             if offset < 0 or offset > out.len:
                 raise ValueError("offset outside the buffer")
-            n = _encode_tensor(<uint8_t*>out.buf + offset, out.len - offset, name_b, dtype_code,
+            n = encode_tensor_c(<uint8_t*>out.buf + offset, out.len - offset, name_b, dtype_code,
                                shp, <const uint8_t*>src.buf, src.len)
         finally:
             PyBuffer_Release(&src)
@@ -256,11 +261,6 @@ cdef class RecvBuffer:
     object alive; while any exists the decoder never writes over old bytes.
     Freed memory is wiped first (best-effort zeroization of plaintext).
     """
-    cdef uint8_t* data
-    cdef Py_ssize_t cap
-    cdef Py_ssize_t shape0
-    cdef int exports
-
     def __cinit__(self, Py_ssize_t cap):
         if cap < 1:
             cap = 1
@@ -305,10 +305,6 @@ cdef class RecvBuffer:
 
 cdef class FrameView:
     """One decoded frame: header fields and a view of its payload bytes."""
-    cdef readonly int msg_type
-    cdef readonly int flags
-    cdef readonly uint32_t sequence
-    cdef readonly object payload     # memoryview into the decoder's RecvBuffer
 
     def __repr__(self):
         return (f"FrameView(type=0x{self.msg_type:02x}, flags=0x{self.flags:02x}, "
@@ -323,15 +319,6 @@ cdef class FrameDecoder:
     The buffer grows geometrically but never beyond what the peer actually
     sent plus GROWTH_STEP, so a header that claims 32 MiB costs 64 KiB.
     """
-    cdef RecvBuffer buf
-    cdef Py_ssize_t start, end
-    cdef bint has_header
-    cdef uint8_t h_type, h_flags
-    cdef uint32_t h_seq, h_len
-    cdef public Py_ssize_t max_payload
-    cdef public Py_ssize_t max_buffered
-    cdef bint broken
-
     def __init__(self, Py_ssize_t max_payload=MAX_PAYLOAD_SIZE, max_buffered=None,
                  Py_ssize_t initial_capacity=4096):
         if max_payload <= 0 or max_payload > MAX_PAYLOAD_SIZE:
@@ -364,12 +351,12 @@ cdef class FrameDecoder:
             raise RuntimeError("a frame is partially decoded")
         return PyBytes_FromStringAndSize(<char*>self.buf.data + self.start, self.end - self.start)
 
-    cdef int _need(self) noexcept:
+    cdef Py_ssize_t _need(self) noexcept:
         """Bytes still missing for the frame in progress (at least 1)."""
         cdef Py_ssize_t have = self.end - self.start
         if self.has_header:
-            return <int>(self.h_len - have) if <Py_ssize_t>self.h_len > have else 1
-        return <int>(HEADER_SIZE - have) if HEADER_SIZE > have else 1
+            return <Py_ssize_t>self.h_len - have if <Py_ssize_t>self.h_len > have else 1
+        return HEADER_SIZE - have if HEADER_SIZE > have else 1
 
     cdef int _make_room(self, Py_ssize_t want) except -1:
         """Ensure ``want`` writable bytes after ``end``, compacting or regrowing."""
@@ -399,7 +386,7 @@ cdef class FrameDecoder:
         self.end = BASE + have
         return 0
 
-    cdef Py_ssize_t _read_size(self):
+    cdef Py_ssize_t _read_size(self) noexcept:
         """How many bytes the next read may bring in (bounded growth)."""
         cdef Py_ssize_t need = self._need()
         cdef Py_ssize_t want = need if need < GROWTH_STEP else GROWTH_STEP
@@ -432,6 +419,9 @@ cdef class FrameDecoder:
         ``errors.Timeout`` when ``timeout`` (seconds, < 0 = none) passes; bytes
         already buffered are kept, so a timeout never cuts a frame in half.
         """
+        return self.fill_c(fd, timeout)
+
+    cdef Py_ssize_t fill_c(self, int fd, double timeout) except -1:
         cdef Py_ssize_t want = self._read_size()
         cdef ssize_t r
         cdef int err = 0
@@ -460,6 +450,9 @@ cdef class FrameDecoder:
 
     def next_frame(self):
         """The next complete frame, or None when more bytes are needed."""
+        return self.next_frame_c()
+
+    cdef FrameView next_frame_c(self):
         cdef const uint8_t* p
         cdef int code
         cdef FrameView fv

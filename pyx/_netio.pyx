@@ -104,31 +104,35 @@ def send_all(int fd, buf, Py_ssize_t n=-1, double timeout=-1.0):
     ``PartialWrite`` when the frame was cut (the caller must drop the channel).
     """
     cdef Py_buffer pb
+    PyObject_GetBuffer(buf, &pb, PyBUF_SIMPLE)
+    try:
+        if n < 0 or n > pb.len:
+            n = pb.len
+        return send_all_c(fd, <const char*>pb.buf, n, timeout)
+    finally:
+        PyBuffer_Release(&pb)
+
+
+cdef Py_ssize_t send_all_c(int fd, const char* buf, Py_ssize_t n, double timeout) except -1:
     cdef Py_ssize_t sent = 0
     cdef ssize_t r
     cdef int err = 0
     cdef int64_t deadline = -1
     if timeout >= 0:
         deadline = now_ns() + <int64_t>(timeout * 1e9)
-    PyObject_GetBuffer(buf, &pb, PyBUF_SIMPLE)
-    try:
-        if n < 0 or n > pb.len:
-            n = pb.len
-        while sent < n:
-            with nogil:
-                r = io_send_some(fd, <const char*>pb.buf + sent, n - sent, deadline, &err)
-            if r >= 0:
-                sent += r
-            elif r == IO_AGAIN:
-                PyErr_CheckSignals()
-            elif r == IO_TIMEOUT:
-                if sent:
-                    raise PartialWrite(sent, n)
-                raise _errors.Timeout("send timed out")
-            else:
-                raise_errno(err, "send")
-    finally:
-        PyBuffer_Release(&pb)
+    while sent < n:
+        with nogil:
+            r = io_send_some(fd, buf + sent, n - sent, deadline, &err)
+        if r >= 0:
+            sent += r
+        elif r == IO_AGAIN:
+            PyErr_CheckSignals()
+        elif r == IO_TIMEOUT:
+            if sent:
+                raise PartialWrite(sent, n)
+            raise _errors.Timeout("send timed out")
+        else:
+            raise_errno(err, "send")
     return sent
 
 

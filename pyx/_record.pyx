@@ -14,8 +14,13 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 
+from libc.stdlib cimport malloc, free
+
 from wire cimport *
 from sodium cimport *
+from sysio cimport now_ns
+from cmlp._frame cimport FrameDecoder, FrameView, encode_tensor_c, tensor_payload_size_c
+from cmlp._netio cimport send_all_c
 
 from cmlp import errors as _errors
 
@@ -215,15 +220,128 @@ cdef class Opener:
             PyBuffer_Release(&pb)
         return memoryview(payload)[:n]
 
-    def open_frame(self, frame):
+    def open_frame(self, FrameView frame):
         """Steps 2-6 of section 4.6 on a decoded frame; returns the plaintext view."""
-        cdef int msg_type = frame.msg_type
-        cdef int flags = frame.flags
-        if msg_type == MSG_HELLO:
+        return self.open_frame_c(frame)
+
+    cdef object open_frame_c(self, FrameView frame):
+        if frame.msg_type == MSG_HELLO:
             raise _errors.UnexpectedMessage("Data/Tensor/Heartbeat/Shutdown/Error", "Hello")
-        if not (flags & FLAG_ENCRYPTED):
+        if not (frame.flags & FLAG_ENCRYPTED):
             raise _errors.UnencryptedFrame()
-        return self.open_in_place(frame.sequence, msg_type, flags, frame.payload)
+        return self.open_in_place(frame.sequence, frame.msg_type, frame.flags, frame.payload)
+
+
+cdef class RecordLayer:
+    """One connection's established record layer: sealed frames out, opened frames in.
+
+    Owns the send buffer (header + ciphertext + tag laid out contiguously, so
+    a frame is one write) and drives the frame decoder's socket reads.  Every
+    per-frame step runs here at C level; ``SecureChannel`` only adds locking
+    and the message types.
+    """
+    cdef int fd
+    cdef readonly FrameDecoder decoder
+    cdef readonly Sealer sealer
+    cdef readonly Opener opener
+    cdef uint8_t* sbuf
+    cdef Py_ssize_t scap
+    cdef readonly long long bytes_sent
+    cdef readonly long long bytes_received
+
+    def __init__(self, int fd, FrameDecoder decoder, send_key, recv_key, session_id,
+                 Py_ssize_t max_payload=MAX_PAYLOAD_SIZE):
+        self.fd = fd
+        self.decoder = decoder
+        self.sealer = Sealer(send_key, session_id, 0, max_payload)
+        self.opener = Opener(recv_key, session_id)
+        self._reserve(64 * 1024)
+
+    def __dealloc__(self):
+        if self.sbuf != NULL:
+            sodium_memzero(self.sbuf, self.scap)
+            free(self.sbuf)
+
+    cdef int _reserve(self, Py_ssize_t n) except -1:
+        cdef uint8_t* nb
+        if n <= self.scap:
+            return 0
+        if n < 2 * self.scap:
+            n = 2 * self.scap
+        nb = <uint8_t*>malloc(n)
+        if nb == NULL:
+            raise MemoryError()
+        if self.sbuf != NULL:
+            sodium_memzero(self.sbuf, self.scap)
+            free(self.sbuf)
+        self.sbuf = nb
+        self.scap = n
+        return 0
+
+    cdef int _transmit(self, Py_ssize_t n, double timeout) except -1:
+        send_all_c(self.fd, <const char*>self.sbuf, n, timeout)
+        self.bytes_sent += n
+        return 0
+
+    def send(self, int msg_type, payload, double timeout=-1.0):
+        """Seal ``payload`` as one frame of ``msg_type`` (flags 0x01) and write it."""
+        cdef Py_buffer pb
+        cdef Py_ssize_t n
+        PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE)
+        try:
+            self.sealer._check(pb.len)
+            self._reserve(HEADER_SIZE + pb.len + TAG_SIZE)
+            n = self.sealer._seal(self.sbuf, <const uint8_t*>pb.buf, pb.len, msg_type,
+                                  FLAG_ENCRYPTED)
+        finally:
+            PyBuffer_Release(&pb)
+        self._transmit(n, timeout)
+
+    def send_tensor(self, bytes name, int dtype_code, tuple shape, data, double timeout=-1.0):
+        """Encode the tensor payload into the send buffer, seal it in place, write it."""
+        cdef Py_buffer pb
+        cdef Py_ssize_t pt_len, n
+        PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE)
+        try:
+            pt_len = tensor_payload_size_c(len(name), len(shape), pb.len)
+            self.sealer._check(pt_len)
+            self._reserve(HEADER_SIZE + pt_len + TAG_SIZE)
+            encode_tensor_c(self.sbuf + HEADER_SIZE, pt_len, name, dtype_code, shape,
+                            <const uint8_t*>pb.buf, pb.len)
+        finally:
+            PyBuffer_Release(&pb)
+        n = self.sealer._seal(self.sbuf, self.sbuf + HEADER_SIZE, pt_len, MSG_TENSOR,
+                              FLAG_ENCRYPTED | FLAG_TENSOR_PAYLOAD)
+        self._transmit(n, timeout)
+
+    def recv(self, double timeout=-1.0):
+        """The next authenticated frame as ``(msg_type, plaintext view)``.
+
+        Raises ``errors.Closed`` on EOF and ``errors.Timeout`` when ``timeout``
+        seconds pass (buffered bytes are kept for the next call).
+        """
+        cdef FrameView fv
+        cdef int64_t deadline = -1
+        cdef double left = -1.0
+        cdef Py_ssize_t n
+        if timeout >= 0:
+            deadline = now_ns() + <int64_t>(timeout * 1e9)
+        while True:
+            fv = self.decoder.next_frame_c()
+            if fv is not None:
+                return fv.msg_type, self.opener.open_frame_c(fv)
+            if deadline >= 0:
+                left = (deadline - now_ns()) / 1e9
+                if left < 0:
+                    left = 0.0
+            n = self.decoder.fill_c(self.fd, left)
+            if n == 0:
+                raise _errors.Closed()
+            self.bytes_received += n
+
+    def wipe(self):
+        self.sealer.wipe()
+        self.opener.wipe()
 
 
 def aead_seal(key, uint64_t seq, int msg_type, int flags, session_id, plaintext):

@@ -25,17 +25,19 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 
 from cmlp import _frame, _netio, _record
-from cmlp.errors import (ChannelBroken, Closed, CmlpError, HandshakeFailed, SessionError,
-                         Timeout)
+from cmlp.errors import ChannelBroken, Closed, CmlpError, NonceOverflow, Timeout
 from cmlp.transport.config import SessionConfig
 from cmlp.transport.handshake import InitiatorHandshake, ResponderHandshake, SessionKeys
-from cmlp.transport.wire import (HANDSHAKE_MAX_BUFFERED, HEADER_SIZE, TAG_SIZE, DType, Flag,
-                                 MsgType, Tensor)
+from cmlp.transport.wire import HANDSHAKE_MAX_BUFFERED, HEADER_SIZE, DType, MsgType, Tensor
 
 log = logging.getLogger(__name__)
 
-_SEALED = int(Flag.ENCRYPTED)
-_SEALED_TENSOR = int(Flag.ENCRYPTED | Flag.TENSOR_PAYLOAD)
+_DATA = int(MsgType.DATA)
+_TENSOR = int(MsgType.TENSOR)
+_ERROR = int(MsgType.ERROR)
+_HEARTBEAT = int(MsgType.HEARTBEAT)
+_SHUTDOWN = int(MsgType.SHUTDOWN)
+_tensor_from_payload = Tensor.from_payload
 
 
 # ---------------------------------------------------------------------------
@@ -141,16 +143,20 @@ class SecureChannel:
         self.role = role
         self.session_id = keys.session_id
         self.peer_attestation = keys.peer_attestation
-        self._sealer = _record.Sealer(keys.send_key, keys.session_id, 0, config.max_payload_size)
-        self._opener = _record.Opener(keys.recv_key, keys.session_id)
-        self._decoder = decoder
-        self._sendbuf = bytearray(64 * 1024)
+        self._rec = _record.RecordLayer(self._fd, decoder, keys.send_key, keys.recv_key,
+                                        keys.session_id, config.max_payload_size)
         # re-entrant: close() may run inside recv()/send() after a failure
         self._send_lock = threading.RLock()
         self._recv_lock = threading.RLock()
         self._broken: Optional[str] = None
-        self.bytes_sent = 0
-        self.bytes_received = 0
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._rec.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self._rec.bytes_received
 
     # -- establishment -----------------------------------------------------
     @classmethod
@@ -177,34 +183,25 @@ class SecureChannel:
         return cls(sock, keys, decoder, config, role)
 
     # -- sending -----------------------------------------------------------
-    def _buffer(self, size: int) -> bytearray:
-        if len(self._sendbuf) < size:
-            self._sendbuf = bytearray(max(size, 2 * len(self._sendbuf)))
-        return self._sendbuf
-
-    def _transmit(self, n: int, timeout: Optional[float]) -> None:
-        try:
-            _netio.send_all(self._fd, self._sendbuf, n, self._timeout(timeout))
-        except _netio.PartialWrite:
-            self._fail("a send was cut by its timeout")
-            raise
-        except Timeout:
-            raise
-        except (OSError, Closed) as exc:
-            self._fail(f"send failed: {exc}")
-            raise Closed(f"send failed: {exc}") from exc
-        self.bytes_sent += n
-
-    def _seal_and_send(self, msg_type: int, flags: int, payload, timeout) -> None:
+    def _send(self, send, *args) -> None:
+        """Run one RecordLayer send under the lock with the failure policy."""
         with self._send_lock:
             self._check_usable()
-            size = HEADER_SIZE + memoryview(payload).nbytes + TAG_SIZE
-            n = self._sealer.seal_into(self._buffer(size), msg_type, flags, payload)
-            self._transmit(n, timeout)
+            try:
+                send(*args)
+            except _netio.PartialWrite:
+                self._fail("a send was cut by its timeout")
+                raise
+            except NonceOverflow:
+                self._fail("send sequence exhausted")
+                raise
+            except (OSError, Closed) as exc:
+                self._fail(f"send failed: {exc}")
+                raise Closed(f"send failed: {exc}") from exc
 
     def send(self, data, timeout: Optional[float] = None) -> None:
         """Send application bytes as one sealed Data frame."""
-        self._seal_and_send(MsgType.DATA, _SEALED, data, timeout)
+        self._send(self._rec.send, _DATA, data, self._timeout(timeout))
 
     def send_tensor(self, tensor: Union[Tensor, str], array=None, dtype: Optional[DType] = None,
                     timeout: Optional[float] = None) -> None:
@@ -218,26 +215,19 @@ class SecureChannel:
         data = tensor.data
         if not (data.flags.c_contiguous and data.dtype == tensor.dtype.numpy):
             data = np.ascontiguousarray(data, dtype=tensor.dtype.numpy)
-        with self._send_lock:
-            self._check_usable()
-            pt_len = _frame.tensor_payload_size(tensor.name, int(tensor.dtype), tensor.shape,
-                                                data.nbytes)
-            buf = self._buffer(HEADER_SIZE + pt_len + TAG_SIZE)
-            end = _frame.encode_tensor_into(buf, HEADER_SIZE, tensor.name, int(tensor.dtype),
-                                            tensor.shape, data)
-            n = self._sealer.seal_in_place(buf, MsgType.TENSOR, _SEALED_TENSOR, end - HEADER_SIZE)
-            self._transmit(n, timeout)
+        self._send(self._rec.send_tensor, tensor.name.encode("utf-8"), int(tensor.dtype),
+                   tensor.shape, data, self._timeout(timeout))
 
     def send_error(self, text: str, timeout: Optional[float] = None) -> None:
         """Send an Error frame (sealed, type 0x03, flags 0x01: transport.md 11.5)."""
-        self._seal_and_send(MsgType.ERROR, _SEALED, text.encode("utf-8"), timeout)
+        self._send(self._rec.send, _ERROR, text.encode("utf-8"), self._timeout(timeout))
 
     def heartbeat(self, timeout: Optional[float] = None) -> None:
-        self._seal_and_send(MsgType.HEARTBEAT, _SEALED, b"", timeout)
+        self._send(self._rec.send, _HEARTBEAT, b"", self._timeout(timeout))
 
     def shutdown(self, timeout: Optional[float] = None) -> None:
         """Send a sealed Shutdown frame; the transport stays open (section 6.4)."""
-        self._seal_and_send(MsgType.SHUTDOWN, _SEALED, b"", timeout)
+        self._send(self._rec.send, _SHUTDOWN, b"", self._timeout(timeout))
 
     # -- receiving ---------------------------------------------------------
     def recv(self, timeout: Optional[float] = None) -> Message:
@@ -248,19 +238,17 @@ class SecureChannel:
         """
         with self._recv_lock:
             self._check_usable()
-            limit = self._timeout(timeout)
-            end = None if limit < 0 else time.monotonic() + limit
-            decoder = self._decoder
             try:
-                while True:
-                    frame = decoder.next_frame()
-                    if frame is not None:
-                        return self._dispatch(frame)
-                    left = -1.0 if end is None else max(0.0, end - time.monotonic())
-                    n = decoder.fill(self._fd, left)
-                    if n == 0:
-                        raise Closed()
-                    self.bytes_received += n
+                msg_type, plaintext = self._rec.recv(self._timeout(timeout))
+                if msg_type == _TENSOR:
+                    return TensorMessage(_tensor_from_payload(plaintext))
+                if msg_type == _DATA:
+                    return Data(bytes(plaintext))
+                if msg_type == _HEARTBEAT:
+                    return HEARTBEAT
+                if msg_type == _SHUTDOWN:
+                    return SHUTDOWN
+                return ErrorMessage(bytes(plaintext).decode("utf-8", errors="replace"))
             except Timeout:
                 raise
             except CmlpError as exc:
@@ -269,19 +257,6 @@ class SecureChannel:
             except OSError as exc:
                 self._fail(str(exc))
                 raise Closed(f"receive failed: {exc}") from exc
-
-    def _dispatch(self, frame) -> Message:
-        plaintext = self._opener.open_frame(frame)
-        t = frame.msg_type
-        if t == MsgType.TENSOR:
-            return TensorMessage(Tensor.from_payload(plaintext))
-        if t == MsgType.DATA:
-            return Data(bytes(plaintext))
-        if t == MsgType.HEARTBEAT:
-            return HEARTBEAT
-        if t == MsgType.SHUTDOWN:
-            return SHUTDOWN
-        return ErrorMessage(bytes(plaintext).decode("utf-8", errors="replace"))
 
     # -- lifecycle ---------------------------------------------------------
     def _timeout(self, timeout: Optional[float]) -> float:
@@ -319,14 +294,13 @@ class SecureChannel:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self._sealer.wipe()
-        self._opener.wipe()
+        self._rec.wipe()
         got_send = self._send_lock.acquire(timeout=5.0)
         got_recv = self._recv_lock.acquire(timeout=5.0)
         try:
             if got_send and got_recv:
                 self._sock.close()
-                self._decoder.wipe()
+                self._rec.decoder.wipe()
             else:
                 log.warning("channel close: a thread still holds the socket; leaving it to GC")
         finally:

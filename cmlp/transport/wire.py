@@ -92,6 +92,11 @@ _ITEMSIZE = {DType.F32: 4, DType.F64: 8, DType.F16: 2, DType.BF16: 2,
 _NUMPY = {DType.F32: np.dtype("<f4"), DType.F64: np.dtype("<f8"), DType.F16: np.dtype("<f2"),
           DType.BF16: np.dtype("<u2"), DType.I32: np.dtype("<i4"), DType.I64: np.dtype("<i8"),
           DType.U8: np.dtype("u1"), DType.U32: np.dtype("<u4")}
+_DTYPE_BY_CODE = tuple(DType)
+_NUMPY_BY_CODE = tuple(_NUMPY[d] for d in _DTYPE_BY_CODE)
+_decode_tensor_header = _frame.decode_tensor_header
+_frombuffer = np.frombuffer
+_new_object = object.__new__
 _FROM_NUMPY = {("f", 4): DType.F32, ("f", 8): DType.F64, ("f", 2): DType.F16,
                ("i", 4): DType.I32, ("i", 8): DType.I64, ("u", 1): DType.U8,
                ("u", 4): DType.U32}
@@ -131,11 +136,17 @@ class Tensor:
     @classmethod
     def from_payload(cls, payload) -> "Tensor":
         """Decode a tensor payload (section 2.5 checks) as a zero-copy view."""
-        name, code, shape, offset, length = _frame.decode_tensor_header(payload)
-        dtype = DType(code)
-        raw = memoryview(payload)[offset:offset + length]
-        data = np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
-        return cls(name, dtype, shape, data)
+        name, code, shape, offset, length = _decode_tensor_header(payload)
+        np_dtype = _NUMPY_BY_CODE[code]
+        data = _frombuffer(payload, np_dtype, length // np_dtype.itemsize, offset)
+        if len(shape) != 1:
+            data = data.reshape(shape)
+        t = _new_object(cls)                     # per-frame path: skip __init__'s checks
+        t.name = name
+        t.dtype = _DTYPE_BY_CODE[code]
+        t.shape = shape
+        t.data = data
+        return t
 
     def encode(self) -> bytes:
         """The plaintext tensor payload (sub-header, padding, data)."""
