@@ -1,1 +1,692 @@
-# placeholder
+# cython: language_level=3
+"""GPT-2 shard forward pass (pipeline.md 5.3) over OpenBLAS and csrc kernels.
+
+``ShardEngine`` holds raw pointers into the weight arrays (kept alive by a
+reference), preallocated activation buffers, a lazily touched KV cache and a
+worker pool.  ``forward_ids`` / ``forward_hidden`` copy the input into an
+internal buffer with memcpy (inputs may be unaligned network views), then run
+the whole forward with the GIL released.
+
+Shape, dtype and position checks belong to ``cmlp.model.engine.Gpt2Shard``,
+the public wrapper; this module re-checks only what it needs to never read
+out of bounds (buffer sizes, token ids).
+
+Matmul dispatch by the number of input rows M = B*T: up to 8 rows (decode,
+short prompts, small batches) use the streaming kernels in csrc, which read
+each weight once in address order (memory bound); more rows use OpenBLAS
+sgemm, cut into tiles that the pool threads claim.
+"""
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint32_t
+from libc.math cimport sqrtf
+from libc.string cimport memcpy, memset
+
+from cmlp.errors import InvalidModelInput, ModelError
+
+from blas cimport gemm, openblas_set_num_threads, openblas_get_corename, openblas_get_config
+
+cnp.import_array()
+
+cdef extern from "gpt2_kernels.h" nogil:
+    ctypedef void (*gpt2_task_fn)(void* ctx, long chunk, int thread_idx) noexcept nogil
+    ctypedef struct gpt2_pool:
+        pass
+    gpt2_pool* gpt2_pool_create(int n_threads)
+    void gpt2_pool_destroy(gpt2_pool* pool)
+    void gpt2_pool_run(gpt2_pool* pool, gpt2_task_fn fn, void* ctx, long n_chunks)
+
+    void embedding_forward(float* out, const uint32_t* ids, const float* wte, const float* wpe,
+                           int B, int T, int past_len, int C)
+    long ids_first_invalid(const uint32_t* ids, long n, uint32_t vocab_size)
+    void layernorm_forward(float* out, const float* inp, const float* weight, const float* bias,
+                           long rows, int C, float eps)
+    void gelu_forward(float* x, long n)
+    void residual_forward(float* residual, const float* delta, long n)
+    void bias_broadcast(float* out, const float* bias, long rows, long ld, long cols)
+    void matvec_conv1d(float* y, const float* x, const float* weight,
+                       long k_begin, long k_end, long N)
+    void matvec_rows(float* y, const float* x, const float* weight,
+                     long r_begin, long r_end, long K)
+    int GPT2_SMALL_M
+    void matmul_conv1d_small(float* y, const float* x, long ldx, int M, const float* weight,
+                             long k_begin, long k_end, long N)
+    void softmax_causal_forward(float* scores, int T, int S, long ld, int past_len, float scale)
+    void attention_decode_forward(float* out, const float* q, const float* k_cache,
+                                  const float* v_cache, int S, int D, float scale, float* scratch)
+
+cdef extern from "<sys/mman.h>" nogil:
+    int madvise(void* addr, size_t length, int advice)
+    int MADV_NOHUGEPAGE
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+    void free(void* ptr)
+    void* calloc(size_t n, size_t size)
+
+
+# Our pool owns all parallelism; OpenBLAS runs one tile per call inside it.
+# (Process-wide: any other user of this libopenblas also becomes serial.)
+openblas_set_num_threads(1)
+
+cdef enum:
+    MAX_THREADS = 64
+    # Work per chunk: large enough to amortise a claim (~100 ns) and keep each
+    # thread streaming, small enough that a late thread cannot unbalance a step.
+    GEMV_CHUNK_BYTES = 262144
+    # small-M chunks are larger: their [M, N] partial sums must be reduced
+    SMALL_M_CHUNK_BYTES = 1048576
+    GEMM_TILE_ROWS = 512
+    GEMM_TILE_COLS = 384     # divides 768, 2304 and 3072: even tiles on GPT-2 small
+    ROWS_CHUNK_FLOATS = 16384
+    MAX_ENGINE_BATCH = 4096  # hard bound that keeps index arithmetic in range
+
+MAX_POOL_THREADS = MAX_THREADS
+
+
+def blas_info():
+    """OpenBLAS core and build configuration strings (for benchmark reports)."""
+    return (openblas_get_corename().decode(), openblas_get_config().decode())
+
+
+def aligned_empty(shape, dtype=np.float32, int align=64):
+    """np.empty whose data pointer is a multiple of ``align`` bytes (weights
+    and buffers: full-width vector loads never straddle a cache line)."""
+    dtype = np.dtype(dtype)
+    cdef Py_ssize_t nbytes = dtype.itemsize
+    for n in shape:
+        nbytes *= n
+    raw = np.empty(nbytes + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+cdef struct BlockWeights:
+    const float* ln_1_weight
+    const float* ln_1_bias
+    const float* c_attn_weight      # [C, 3C]
+    const float* c_attn_bias
+    const float* attn_proj_weight   # [C, C]
+    const float* attn_proj_bias
+    const float* ln_2_weight
+    const float* ln_2_bias
+    const float* c_fc_weight        # [C, 4C]
+    const float* c_fc_bias
+    const float* mlp_proj_weight    # [4C, C]
+    const float* mlp_proj_bias
+
+
+# ---------------------------------------------------------------------------
+# Parallel tasks: each is a context struct plus a chunk function for the pool
+# ---------------------------------------------------------------------------
+
+cdef struct MatmulTask:
+    float* out                  # [M, N]
+    const float* inp            # [M, K]
+    const float* weight         # [K, N] (Conv1D layout) or [N, K] when trans_weight
+    const float* bias           # [N] or NULL
+    long M
+    long K
+    long N
+    bint trans_weight
+    long chunk_rows             # GEMV: weight rows per chunk; GEMM: output rows per tile
+    long chunk_cols             # GEMM: output columns per tile
+    long col_tiles
+    float* partials             # GEMV: one partial sum per chunk, [n_chunks, M, N]
+
+
+cdef inline long gemv_chunk_rows(long M, long N) noexcept nogil:
+    """Weight rows per GEMV chunk (M = number of input rows, 1..GPT2_SMALL_M)."""
+    cdef long chunk_bytes = GEMV_CHUNK_BYTES if M == 1 else SMALL_M_CHUNK_BYTES
+    return max(1, chunk_bytes // (N * <long>sizeof(float)))
+
+
+cdef void matvec_conv1d_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """Partial y of one slab of weight rows, into the chunk's own buffer.
+
+    Per-chunk (not per-thread) partials, summed in chunk order afterwards:
+    the result does not depend on which thread ran which chunk."""
+    cdef MatmulTask* task = <MatmulTask*>ctx
+    cdef float* y = task.partials + chunk * task.N
+    cdef long k_begin = chunk * task.chunk_rows
+    cdef long k_end = min(k_begin + task.chunk_rows, task.K)
+    matvec_conv1d(y, task.inp, task.weight, k_begin, k_end, task.N)
+
+
+cdef void matmul_conv1d_small_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """matvec_conv1d_chunk for 2..GPT2_SMALL_M input rows: [M, N] partials."""
+    cdef MatmulTask* task = <MatmulTask*>ctx
+    cdef float* y = task.partials + chunk * task.M * task.N
+    cdef long k_begin = chunk * task.chunk_rows
+    cdef long k_end = min(k_begin + task.chunk_rows, task.K)
+    matmul_conv1d_small(y, task.inp, task.K, task.M, task.weight, k_begin, k_end, task.N)
+
+
+cdef void matvec_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """Dot products of x with one slab of weight rows (tied lm_head)."""
+    cdef MatmulTask* task = <MatmulTask*>ctx
+    cdef long r_begin = chunk * task.chunk_rows
+    cdef long r_end = min(r_begin + task.chunk_rows, task.N)
+    matvec_rows(task.out, task.inp, task.weight, r_begin, r_end, task.K)
+
+
+cdef void gemm_tile(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """One [rows x cols] tile of out = inp @ W (+ bias)."""
+    cdef MatmulTask* task = <MatmulTask*>ctx
+    cdef long m0 = (chunk // task.col_tiles) * task.chunk_rows
+    cdef long n0 = (chunk % task.col_tiles) * task.chunk_cols
+    cdef long rows = min(task.chunk_rows, task.M - m0)
+    cdef long cols = min(task.chunk_cols, task.N - n0)
+    cdef float* out = task.out + m0 * task.N + n0
+    cdef float beta = 0.0
+    if task.bias != NULL:
+        bias_broadcast(out, task.bias + n0, rows, task.N, cols)
+        beta = 1.0
+    if task.trans_weight:
+        gemm(False, True, rows, cols, task.K, 1.0, task.inp + m0 * task.K, task.K,
+             task.weight + n0 * task.K, task.K, beta, out, task.N)
+    else:
+        gemm(False, False, rows, cols, task.K, 1.0, task.inp + m0 * task.K, task.K,
+             task.weight + n0, task.N, beta, out, task.N)
+
+
+cdef struct AttentionTask:
+    float* out                  # [B*T, C], heads side by side
+    const float* qkv            # [B*T, 3C]: q | k | v
+    float* k_cache              # this block's K, [batch_capacity, H, n_positions, D]
+    float* v_cache
+    int B
+    int T
+    int past_len
+    int C
+    int H
+    int D
+    int n_positions
+    float scale
+    float* scratch              # [threads, scratch_stride]
+    long scratch_stride
+
+
+cdef void attention_head_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """Append one (sequence, head)'s new K/V to the cache, then attend."""
+    cdef AttentionTask* task = <AttentionTask*>ctx
+    cdef int b = chunk // task.H
+    cdef int h = chunk % task.H
+    cdef int D = task.D
+    cdef long qkv_ld = 3 * task.C
+    cdef long head_offset = (<long>b * task.H + h) * task.n_positions * D
+    cdef float* k_head = task.k_cache + head_offset
+    cdef float* v_head = task.v_cache + head_offset
+    cdef const float* q = task.qkv + <long>b * task.T * qkv_ld + h * D
+    cdef float* out = task.out + <long>b * task.T * task.C + h * D
+    cdef float* scratch = task.scratch + thread_idx * task.scratch_stride
+    cdef int t
+    cdef const float* row
+    # the cache is appended in place: positions past_len .. past_len+T-1
+    for t in range(task.T):
+        row = q + t * qkv_ld
+        memcpy(k_head + <long>(task.past_len + t) * D, row + task.C, D * sizeof(float))
+        memcpy(v_head + <long>(task.past_len + t) * D, row + 2 * task.C, D * sizeof(float))
+    cdef int S = task.past_len + task.T
+    if task.T == 1:
+        attention_decode_forward(out, q, k_head, v_head, S, D, task.scale, scratch)
+        return
+    # prefill: scores = q K^T, causal softmax, out = scores V
+    gemm(False, True, task.T, S, D, 1.0, q, qkv_ld, k_head, D, 0.0, scratch, S)
+    softmax_causal_forward(scratch, task.T, S, S, task.past_len, task.scale)
+    gemm(False, False, task.T, D, S, 1.0, scratch, S, v_head, D, 0.0, out, task.C)
+
+
+cdef enum RowOp:
+    ROW_LAYERNORM
+    ROW_GELU
+    ROW_RESIDUAL
+
+
+cdef struct RowsTask:
+    RowOp op
+    float* out
+    const float* inp
+    const float* weight
+    const float* bias
+    long rows
+    long width
+    float eps
+    long rows_per_chunk
+
+
+cdef void rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    cdef RowsTask* task = <RowsTask*>ctx
+    cdef long r0 = chunk * task.rows_per_chunk
+    cdef long n = min(task.rows_per_chunk, task.rows - r0)
+    cdef long offset = r0 * task.width
+    if task.op == ROW_LAYERNORM:
+        layernorm_forward(task.out + offset, task.inp + offset, task.weight, task.bias,
+                          n, task.width, task.eps)
+    elif task.op == ROW_GELU:
+        gelu_forward(task.out + offset, n * task.width)
+    else:
+        residual_forward(task.out + offset, task.inp + offset, n * task.width)
+
+
+cdef inline long ceil_div(long a, long b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline float* fptr(cnp.ndarray arr):
+    return <float*>cnp.PyArray_DATA(arr)
+
+
+# ---------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------
+
+cdef class ShardEngine:
+    """Forward pass of GPT-2 blocks [layer_start, layer_end) with a KV cache.
+
+    Not thread-safe: one forward at a time (Gpt2Shard holds a lock).  Output
+    arrays are views of internal buffers, valid until the next forward() or
+    clear_cache().
+    """
+
+    cdef readonly int n_embd, n_head, head_dim, n_vocab, n_positions, n_blocks
+    cdef readonly float eps
+    cdef readonly bint is_first, is_last
+    cdef readonly int past_len, cache_batch, threads
+    cdef BlockWeights* blocks
+    cdef const float* wte
+    cdef const float* wpe
+    cdef const float* ln_f_weight
+    cdef const float* ln_f_bias
+    cdef list _weights          # keeps every weight array alive
+    cdef gpt2_pool* pool
+
+    # activation buffers, sized for rows_capacity = B*T rows
+    cdef long rows_capacity, seq_capacity
+    cdef cnp.ndarray _ids, _residual, _ln_out, _qkv, _attn_out, _block_out, _fc
+    cdef cnp.ndarray _logits, _partials, _scratch
+    cdef uint32_t* ids
+    cdef float* residual
+    cdef float* ln_out
+    cdef float* qkv
+    cdef float* attn_out
+    cdef float* block_out
+    cdef float* fc
+    cdef float* logits
+    cdef float* partials
+    cdef float* scratch
+    cdef long scratch_stride
+    cdef object _view               # output view of the last (B, T)
+    cdef int _view_batch, _view_seq
+
+    # KV cache: [n_blocks, 2, batch_capacity, H, n_positions, D], malloc'd so
+    # that pages are only backed once a position is written
+    cdef float* kv
+    cdef size_t kv_bytes
+    cdef int batch_capacity
+
+    def __cinit__(self):
+        self.blocks = NULL
+        self.pool = NULL
+        self.kv = NULL
+
+    def __init__(self, *, int n_embd, int n_head, int n_vocab, int n_positions, float eps,
+                 bint is_first, bint is_last, list blocks, wte=None, wpe=None,
+                 ln_f_weight=None, ln_f_bias=None, int threads=1):
+        if n_embd <= 0 or n_head <= 0 or n_embd % n_head:
+            raise ModelError(f"n_embd {n_embd} must be a positive multiple of n_head {n_head}")
+        self.n_embd = n_embd
+        self.n_head = n_head
+        self.head_dim = n_embd // n_head
+        self.n_vocab = n_vocab
+        self.n_positions = n_positions
+        self.eps = eps
+        self.is_first = is_first
+        self.is_last = is_last
+        self.n_blocks = len(blocks)
+        self._weights = []
+        self._view = None
+        C = n_embd
+        self.blocks = <BlockWeights*>calloc(max(self.n_blocks, 1), sizeof(BlockWeights))
+        if self.blocks == NULL:
+            raise MemoryError()
+        cdef BlockWeights* blk
+        for i, tensors in enumerate(blocks):
+            blk = &self.blocks[i]
+            blk.ln_1_weight = self._block_tensor(tensors, i, "ln_1.weight", (C,))
+            blk.ln_1_bias = self._block_tensor(tensors, i, "ln_1.bias", (C,))
+            blk.c_attn_weight = self._block_tensor(tensors, i, "attn.c_attn.weight", (C, 3 * C))
+            blk.c_attn_bias = self._block_tensor(tensors, i, "attn.c_attn.bias", (3 * C,))
+            blk.attn_proj_weight = self._block_tensor(tensors, i, "attn.c_proj.weight", (C, C))
+            blk.attn_proj_bias = self._block_tensor(tensors, i, "attn.c_proj.bias", (C,))
+            blk.ln_2_weight = self._block_tensor(tensors, i, "ln_2.weight", (C,))
+            blk.ln_2_bias = self._block_tensor(tensors, i, "ln_2.bias", (C,))
+            blk.c_fc_weight = self._block_tensor(tensors, i, "mlp.c_fc.weight", (C, 4 * C))
+            blk.c_fc_bias = self._block_tensor(tensors, i, "mlp.c_fc.bias", (4 * C,))
+            blk.mlp_proj_weight = self._block_tensor(tensors, i, "mlp.c_proj.weight", (4 * C, C))
+            blk.mlp_proj_bias = self._block_tensor(tensors, i, "mlp.c_proj.bias", (C,))
+        self.wte = self.wpe = self.ln_f_weight = self.ln_f_bias = NULL
+        if is_first or is_last:
+            self.wte = self._tensor(wte, (n_vocab, C), "wte.weight")
+        if is_first:
+            self.wpe = self._tensor(wpe, (n_positions, C), "wpe.weight")
+        if is_last:
+            self.ln_f_weight = self._tensor(ln_f_weight, (C,), "ln_f.weight")
+            self.ln_f_bias = self._tensor(ln_f_bias, (C,), "ln_f.bias")
+        # GEMV partials: the largest n_chunks * M * N over the block matmuls
+        partial_floats = max(ceil_div(K, gemv_chunk_rows(M, N)) * M * N
+                             for K, N in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C))
+                             for M in (1, GPT2_SMALL_M))
+        self._partials = aligned_empty((partial_floats,))
+        self.partials = fptr(self._partials)
+        self.rows_capacity = 0
+        self.seq_capacity = 0
+        self.batch_capacity = 0
+        self.past_len = 0
+        self.cache_batch = 0
+        self.set_threads(threads)
+
+    def __dealloc__(self):
+        if self.pool != NULL:
+            gpt2_pool_destroy(self.pool)
+        free(self.blocks)
+        free(self.kv)
+
+    cdef const float* _block_tensor(self, dict tensors, int layer, str name,
+                                    tuple shape) except NULL:
+        return self._tensor(tensors.get(name), shape, f"block {layer} {name}")
+
+    cdef const float* _tensor(self, arr, tuple shape, str name) except NULL:
+        """Pointer to a weight array, after checking it matches what the kernels read."""
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 \
+                or not arr.flags.c_contiguous or arr.shape != shape:
+            got = (f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray)
+                   else type(arr).__name__)
+            raise ModelError(f"tensor {name}: expected C-contiguous float32 {shape}, got {got}")
+        self._weights.append(arr)
+        return <const float*>cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+    # -- configuration -------------------------------------------------------
+
+    def set_threads(self, int n):
+        """Use n threads (the caller plus n-1 pool workers) for every step."""
+        if not 1 <= n <= MAX_THREADS:
+            raise ValueError(f"threads must be in [1, {MAX_THREADS}], got {n}")
+        cdef gpt2_pool* pool = gpt2_pool_create(n)
+        if pool == NULL:
+            raise MemoryError("cannot start the worker pool")
+        if self.pool != NULL:
+            gpt2_pool_destroy(self.pool)
+        self.pool = pool
+        self.threads = n
+        self._grow_scratch(max(self.seq_capacity, 1), force=True)
+
+    cdef int _grow_scratch(self, long seq, bint force=False) except -1:
+        """Per-thread attention scratch: [T, n_positions] scores."""
+        if seq <= self.seq_capacity and not force:
+            return 0
+        self.seq_capacity = max(seq, self.seq_capacity)
+        self.scratch_stride = self.seq_capacity * self.n_positions + 16
+        self._scratch = aligned_empty((self.threads, self.scratch_stride))
+        self.scratch = fptr(self._scratch)
+        return 0
+
+    cdef int _ensure_capacity(self, int B, int T) except -1:
+        """Grow the activation buffers for B*T rows (never shrinks)."""
+        cdef long rows = <long>B * T
+        C = self.n_embd
+        if rows > self.rows_capacity:
+            self._view = None
+            self._ids = aligned_empty((rows,), np.uint32)
+            self._residual = aligned_empty((rows, C))
+            self._ln_out = aligned_empty((rows, C))
+            self._qkv = aligned_empty((rows, 3 * C))
+            self._attn_out = aligned_empty((rows, C))
+            self._block_out = aligned_empty((rows, C))
+            self._fc = aligned_empty((rows, 4 * C))
+            self.ids = <uint32_t*>cnp.PyArray_DATA(self._ids)
+            self.residual = fptr(self._residual)
+            self.ln_out = fptr(self._ln_out)
+            self.qkv = fptr(self._qkv)
+            self.attn_out = fptr(self._attn_out)
+            self.block_out = fptr(self._block_out)
+            self.fc = fptr(self._fc)
+            self.rows_capacity = rows
+        if T > self.seq_capacity:
+            self._grow_scratch(T)
+        if self.is_last and (self._logits is None or self._logits.shape[0] < B):
+            self._view = None
+            self._logits = aligned_empty((B, self.n_vocab))
+            self.logits = fptr(self._logits)
+        if B > self.batch_capacity:
+            self._allocate_kv_cache(B)
+        return 0
+
+    cdef int _allocate_kv_cache(self, int B) except -1:
+        if self.past_len != 0:
+            raise RuntimeError("KV cache reallocation with cached positions")
+        cdef size_t nbytes = (<size_t>self.n_blocks * 2 * B * self.n_positions
+                              * self.n_embd * sizeof(float))
+        cdef void* mem = NULL
+        free(self.kv)
+        self.kv = NULL
+        self.batch_capacity = 0
+        if posix_memalign(&mem, 4096, max(nbytes, <size_t>64)) != 0:
+            raise MemoryError(f"cannot reserve a {nbytes}-byte KV cache")
+        # lazily backed: only written positions become resident, so keep the
+        # kernel from backing it with 2 MiB pages
+        madvise(mem, nbytes, MADV_NOHUGEPAGE)
+        self.kv = <float*>mem
+        self.kv_bytes = nbytes
+        self.batch_capacity = B
+        return 0
+
+    # -- state -----------------------------------------------------------------
+
+    def clear_cache(self):
+        """Forget every cached position (and wipe the cached K/V values)."""
+        cdef int l, kv, b, h
+        cdef long head_stride = <long>self.n_positions * self.head_dim
+        cdef float* head
+        if self.kv != NULL and self.past_len > 0:
+            for l in range(self.n_blocks):
+                for kv in range(2):
+                    for b in range(self.cache_batch):
+                        for h in range(self.n_head):
+                            head = self._cache(l, kv) + (<long>b * self.n_head + h) * head_stride
+                            memset(head, 0, <size_t>self.past_len * self.head_dim * sizeof(float))
+        self.past_len = 0
+        self.cache_batch = 0
+
+    cdef inline float* _cache(self, int block, int kv) noexcept nogil:
+        return self.kv + (<long>block * 2 + kv) * self.batch_capacity * self.n_positions * self.n_embd
+
+    @property
+    def kv_cache_bytes(self):
+        """Bytes reserved (not necessarily resident) for the KV cache."""
+        return self.kv_bytes if self.kv != NULL else 0
+
+    # -- forward -----------------------------------------------------------------
+
+    def forward_ids(self, cnp.ndarray x):
+        """Token ids [B, T] (any integer dtype) -> hidden [B, T, C] or logits [B, V]."""
+        if not self.is_first:
+            raise InvalidModelInput("this shard takes hidden states, not token ids")
+        if x.ndim != 2 or x.dtype.kind not in "ui":
+            raise InvalidModelInput("token ids must be an integer array [B, T]")
+        self._check_positions(x.shape[0], x.shape[1])
+        cdef int B = x.shape[0]
+        cdef int T = x.shape[1]
+        cdef long n = <long>B * T
+        self._ensure_capacity(B, T)
+        if x.dtype == np.uint32 and x.flags.c_contiguous:
+            memcpy(self.ids, cnp.PyArray_DATA(x), n * sizeof(uint32_t))
+        else:
+            # other dtypes, byte orders or strides: values are checked before
+            # they are narrowed to uint32 (numpy reads unaligned data safely)
+            invalid = (x < 0) | (x >= self.n_vocab)
+            if invalid.any():
+                bad_b, bad_t = np.argwhere(invalid)[0]
+                raise InvalidModelInput(
+                    f"token id {x[bad_b, bad_t]} at [{bad_b}, {bad_t}] is out of range "
+                    f"for vocab_size {self.n_vocab}")
+            np.copyto(self._ids[:n].reshape(B, T), x, casting="unsafe")
+        cdef long bad = ids_first_invalid(self.ids, n, self.n_vocab)
+        if bad >= 0:
+            raise InvalidModelInput(
+                f"token id {self.ids[bad]} at [{bad // T}, {bad % T}] is out of range "
+                f"for vocab_size {self.n_vocab}")
+        return self._run(B, T)
+
+    def forward_hidden(self, cnp.ndarray x):
+        """Hidden states [B, T, C] float32 -> hidden [B, T, C] or logits [B, V]."""
+        if self.is_first:
+            raise InvalidModelInput("the first shard takes token ids, not hidden states")
+        if x.ndim != 3 or x.shape[2] != self.n_embd or x.dtype.kind != "f" or x.dtype.itemsize != 4:
+            raise InvalidModelInput(f"hidden states must be float32 [B, T, {self.n_embd}]")
+        self._check_positions(x.shape[0], x.shape[1])
+        cdef int B = x.shape[0]
+        cdef int T = x.shape[1]
+        self._ensure_capacity(B, T)
+        if x.dtype == np.float32 and x.flags.c_contiguous:
+            memcpy(self.residual, cnp.PyArray_DATA(x), <size_t>B * T * self.n_embd * sizeof(float))
+        else:
+            np.copyto(self._residual[:B * T].reshape(B, T, self.n_embd), x, casting="same_kind")
+        return self._run(B, T)
+
+    cdef int _check_positions(self, Py_ssize_t B, Py_ssize_t T) except -1:
+        # the public wrapper raises the typed errors first; these guard memory
+        if not (1 <= B <= MAX_ENGINE_BATCH and 1 <= T and self.past_len + T <= self.n_positions):
+            raise InvalidModelInput(f"invalid forward of [{B}, {T}] at position {self.past_len}")
+        if self.past_len > 0 and B != self.cache_batch:
+            raise InvalidModelInput(f"batch size {B} differs from the cached batch {self.cache_batch}")
+        return 0
+
+    cdef object _run(self, int B, int T):
+        with nogil:
+            self._forward(B, T)
+        self.past_len += T
+        self.cache_batch = B
+        return self._output_view(B, T)
+
+    cdef object _output_view(self, int B, int T):
+        # the view of the last shape is reused: no allocation per decode token
+        if self._view is None or B != self._view_batch or (T != self._view_seq and not self.is_last):
+            if self.is_last:
+                self._view = self._logits[:B]
+            else:
+                self._view = self._residual[:B * T].reshape(B, T, self.n_embd)
+            self._view_batch, self._view_seq = B, T
+        return self._view
+
+    cdef void _forward(self, int B, int T) noexcept nogil:
+        cdef long M = <long>B * T
+        cdef int C = self.n_embd
+        cdef int l, b
+        cdef BlockWeights* blk
+        if self.is_first:
+            embedding_forward(self.residual, self.ids, self.wte, self.wpe, B, T, self.past_len, C)
+        for l in range(self.n_blocks):
+            blk = &self.blocks[l]
+            # attention: residual += c_proj(attention(ln_1(residual)))
+            self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_1_weight, blk.ln_1_bias, M, C)
+            self._matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C)
+            self._attention(l, B, T)
+            self._matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias, M, C, C)
+            self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
+            # MLP: residual += c_proj(gelu(c_fc(ln_2(residual))))
+            self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_2_weight, blk.ln_2_bias, M, C)
+            self._matmul(self.fc, self.ln_out, blk.c_fc_weight, blk.c_fc_bias, M, C, 4 * C)
+            self._rows(ROW_GELU, self.fc, NULL, NULL, NULL, M, 4 * C)
+            self._matmul(self.block_out, self.fc, blk.mlp_proj_weight, blk.mlp_proj_bias, M, 4 * C, C)
+            self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
+        if self.is_last:
+            # ln_f, then the tied lm_head, on the last position of each sequence only
+            for b in range(B):
+                layernorm_forward(self.ln_out + <long>b * C, self.residual + (<long>b * T + T - 1) * C,
+                                  self.ln_f_weight, self.ln_f_bias, 1, C, self.eps)
+            self._lm_head(B)
+
+    cdef void _rows(self, RowOp op, float* out, const float* inp, const float* weight,
+                    const float* bias, long rows, long width) noexcept nogil:
+        cdef RowsTask task
+        task.op = op
+        task.out = out
+        task.inp = inp
+        task.weight = weight
+        task.bias = bias
+        task.rows = rows
+        task.width = width
+        task.eps = self.eps
+        task.rows_per_chunk = max(1, ROWS_CHUNK_FLOATS // width)
+        gpt2_pool_run(self.pool, rows_chunk, &task, ceil_div(rows, task.rows_per_chunk))
+
+    cdef void _matmul(self, float* out, const float* inp, const float* weight, const float* bias,
+                      long M, long K, long N) noexcept nogil:
+        """out[M, N] = inp[M, K] @ weight[K, N] + bias (Conv1D layout)."""
+        cdef MatmulTask task
+        cdef long c, m, n_chunks
+        task.out = out
+        task.inp = inp
+        task.weight = weight
+        task.bias = bias
+        task.M = M
+        task.K = K
+        task.N = N
+        task.trans_weight = False
+        if M <= GPT2_SMALL_M:
+            # GEMV (or a few rows): each chunk sums one slab of weight rows,
+            # then the chunks' partials are added in chunk order
+            task.partials = self.partials
+            task.chunk_rows = gemv_chunk_rows(M, N)
+            n_chunks = ceil_div(K, task.chunk_rows)
+            gpt2_pool_run(self.pool, matvec_conv1d_chunk if M == 1 else matmul_conv1d_small_chunk,
+                          &task, n_chunks)
+            for m in range(M):
+                memcpy(out + m * N, bias, N * sizeof(float))
+                for c in range(n_chunks):
+                    residual_forward(out + m * N, self.partials + (c * M + m) * N, N)
+            return
+        self._gemm_tiles(&task)
+
+    cdef void _gemm_tiles(self, MatmulTask* task) noexcept nogil:
+        task.chunk_rows = GEMM_TILE_ROWS
+        task.chunk_cols = GEMM_TILE_COLS
+        task.col_tiles = ceil_div(task.N, task.chunk_cols)
+        gpt2_pool_run(self.pool, gemm_tile, task, ceil_div(task.M, task.chunk_rows) * task.col_tiles)
+
+    cdef void _lm_head(self, int B) noexcept nogil:
+        """logits[B, V] = ln_out[B, C] @ wte^T (tied, no bias)."""
+        cdef MatmulTask task
+        task.out = self.logits
+        task.inp = self.ln_out
+        task.weight = self.wte
+        task.bias = NULL
+        task.M = B
+        task.K = self.n_embd
+        task.N = self.n_vocab
+        task.trans_weight = True
+        if B == 1:
+            task.chunk_rows = gemv_chunk_rows(1, task.K)
+            gpt2_pool_run(self.pool, matvec_rows_chunk, &task, ceil_div(task.N, task.chunk_rows))
+            return
+        self._gemm_tiles(&task)
+
+    cdef void _attention(self, int block, int B, int T) noexcept nogil:
+        cdef AttentionTask task
+        task.out = self.attn_out
+        task.qkv = self.qkv
+        task.k_cache = self._cache(block, 0)
+        task.v_cache = self._cache(block, 1)
+        task.B = B
+        task.T = T
+        task.past_len = self.past_len
+        task.C = self.n_embd
+        task.H = self.n_head
+        task.D = self.head_dim
+        task.n_positions = self.n_positions
+        task.scale = 1.0 / sqrtf(<float>self.head_dim)
+        task.scratch = self.scratch
+        task.scratch_stride = self.scratch_stride
+        gpt2_pool_run(self.pool, attention_head_chunk, &task, <long>B * self.n_head)

@@ -31,7 +31,6 @@ cdef extern from "fcntl.h" nogil:
     int fcntl(int fd, int cmd, ...)
     enum:
         SPLICE_F_MOVE
-        SPLICE_F_MORE
         O_CLOEXEC
         F_SETPIPE_SZ
 
@@ -205,7 +204,7 @@ cdef long long pump_splice(int src, int dst, int* err) noexcept nogil:
         return -2
     fcntl(p[1], F_SETPIPE_SZ, PUMP_CHUNK)
     while True:
-        n = splice(src, NULL, p[1], NULL, PUMP_CHUNK, SPLICE_F_MOVE | SPLICE_F_MORE)
+        n = splice(src, NULL, p[1], NULL, PUMP_CHUNK, SPLICE_F_MOVE)
         if n == 0:
             break
         if n < 0:
@@ -217,7 +216,8 @@ cdef long long pump_splice(int src, int dst, int* err) noexcept nogil:
             err[0] = errno
             break
         while n > 0:
-            m = splice(p[0], NULL, dst, NULL, n, SPLICE_F_MOVE | SPLICE_F_MORE)
+            # no SPLICE_F_MORE here: it corks TCP and delays small frames by up to 200 ms
+            m = splice(p[0], NULL, dst, NULL, n, SPLICE_F_MOVE)
             if m < 0:
                 if errno == EINTR or errno == EAGAIN:
                     continue

@@ -246,6 +246,7 @@ cdef class RecordLayer:
     cdef readonly Opener opener
     cdef uint8_t* sbuf
     cdef Py_ssize_t scap
+    cdef Py_ssize_t pending          # sealed bytes not yet written (``more=True``)
     cdef readonly long long bytes_sent
     cdef readonly long long bytes_received
 
@@ -262,8 +263,10 @@ cdef class RecordLayer:
             sodium_memzero(self.sbuf, self.scap)
             free(self.sbuf)
 
-    cdef int _reserve(self, Py_ssize_t n) except -1:
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        """Room for ``extra`` more bytes after the pending ones."""
         cdef uint8_t* nb
+        cdef Py_ssize_t n = self.pending + extra
         if n <= self.scap:
             return 0
         if n < 2 * self.scap:
@@ -272,47 +275,61 @@ cdef class RecordLayer:
         if nb == NULL:
             raise MemoryError()
         if self.sbuf != NULL:
+            memcpy(nb, self.sbuf, self.pending)
             sodium_memzero(self.sbuf, self.scap)
             free(self.sbuf)
         self.sbuf = nb
         self.scap = n
         return 0
 
-    cdef int _transmit(self, Py_ssize_t n, double timeout) except -1:
+    cdef int _sealed(self, Py_ssize_t n, bint more, double timeout) except -1:
+        """Account a sealed frame; write everything pending unless more frames follow."""
+        self.pending += n
+        if more:
+            return 0
+        n = self.pending
+        self.pending = 0
         send_all_c(self.fd, <const char*>self.sbuf, n, timeout)
         self.bytes_sent += n
         return 0
 
-    def send(self, int msg_type, payload, double timeout=-1.0):
-        """Seal ``payload`` as one frame of ``msg_type`` (flags 0x01) and write it."""
+    def send(self, int msg_type, payload, double timeout=-1.0, bint more=False):
+        """Seal ``payload`` as one frame of ``msg_type`` (flags 0x01) and write it.
+
+        ``more=True`` keeps the sealed frame in the buffer so the next send
+        writes both at once (a tensor and its END marker: one syscall).
+        """
         cdef Py_buffer pb
         cdef Py_ssize_t n
         PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE)
         try:
             self.sealer._check(pb.len)
             self._reserve(HEADER_SIZE + pb.len + TAG_SIZE)
-            n = self.sealer._seal(self.sbuf, <const uint8_t*>pb.buf, pb.len, msg_type,
-                                  FLAG_ENCRYPTED)
+            n = self.sealer._seal(self.sbuf + self.pending, <const uint8_t*>pb.buf, pb.len,
+                                  msg_type, FLAG_ENCRYPTED)
         finally:
             PyBuffer_Release(&pb)
-        self._transmit(n, timeout)
+        self._sealed(n, more, timeout)
 
-    def send_tensor(self, bytes name, int dtype_code, tuple shape, data, double timeout=-1.0):
+    def send_tensor(self, bytes name, int dtype_code, tuple shape, data, double timeout=-1.0,
+                    bint more=False):
         """Encode the tensor payload into the send buffer, seal it in place, write it."""
         cdef Py_buffer pb
         cdef Py_ssize_t pt_len, n
+        cdef uint8_t* frame
         PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE)
         try:
             pt_len = tensor_payload_size_c(len(name), len(shape), pb.len)
             self.sealer._check(pt_len)
             self._reserve(HEADER_SIZE + pt_len + TAG_SIZE)
-            encode_tensor_c(self.sbuf + HEADER_SIZE, pt_len, name, dtype_code, shape,
+            frame = self.sbuf + self.pending
+            encode_tensor_c(frame + HEADER_SIZE, pt_len, name, dtype_code, shape,
                             <const uint8_t*>pb.buf, pb.len)
         finally:
             PyBuffer_Release(&pb)
-        n = self.sealer._seal(self.sbuf, self.sbuf + HEADER_SIZE, pt_len, MSG_TENSOR,
+        n = self.sealer._seal(frame, frame + HEADER_SIZE, pt_len, MSG_TENSOR,
                               FLAG_ENCRYPTED | FLAG_TENSOR_PAYLOAD)
-        self._transmit(n, timeout)
+        self._sealed(n, more, timeout)
 
     def recv(self, double timeout=-1.0):
         """The next authenticated frame as ``(msg_type, plaintext view)``.
@@ -338,6 +355,11 @@ cdef class RecordLayer:
             if n == 0:
                 raise _errors.Closed()
             self.bytes_received += n
+
+    def discard_pending(self):
+        """Drop frames held by ``more=True`` after a failed send chain."""
+        sodium_memzero(self.sbuf, self.pending)
+        self.pending = 0
 
     def wipe(self):
         self.sealer.wipe()

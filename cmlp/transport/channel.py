@@ -17,6 +17,7 @@ the channel too, since the stream cannot be resynchronised.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import threading
 import time
@@ -189,22 +190,27 @@ class SecureChannel:
             self._check_usable()
             try:
                 send(*args)
-            except _netio.PartialWrite:
-                self._fail("a send was cut by its timeout")
+            except BaseException as exc:
+                self._rec.discard_pending()   # never flush half a chain with a later send
+                if isinstance(exc, _netio.PartialWrite):
+                    self._fail("a send was cut by its timeout")
+                elif isinstance(exc, NonceOverflow):
+                    self._fail("send sequence exhausted")
+                elif isinstance(exc, (OSError, Closed)):
+                    self._fail(f"send failed: {exc}")
+                    raise Closed(f"send failed: {exc}") from exc
                 raise
-            except NonceOverflow:
-                self._fail("send sequence exhausted")
-                raise
-            except (OSError, Closed) as exc:
-                self._fail(f"send failed: {exc}")
-                raise Closed(f"send failed: {exc}") from exc
 
-    def send(self, data, timeout: Optional[float] = None) -> None:
-        """Send application bytes as one sealed Data frame."""
-        self._send(self._rec.send, _DATA, data, self._timeout(timeout))
+    def send(self, data, timeout: Optional[float] = None, more: bool = False) -> None:
+        """Send application bytes as one sealed Data frame.
+
+        ``more=True`` holds the sealed frame back so that the next send without
+        it writes all held frames in one syscall (frames stay whole and ordered).
+        """
+        self._send(self._rec.send, _DATA, data, self._timeout(timeout), more)
 
     def send_tensor(self, tensor: Union[Tensor, str], array=None, dtype: Optional[DType] = None,
-                    timeout: Optional[float] = None) -> None:
+                    timeout: Optional[float] = None, more: bool = False) -> None:
         """Send a Tensor frame: ``send_tensor(tensor)`` or ``send_tensor(name, array)``.
 
         The sub-header and data are written into the send buffer once and
@@ -216,7 +222,7 @@ class SecureChannel:
         if not (data.flags.c_contiguous and data.dtype == tensor.dtype.numpy):
             data = np.ascontiguousarray(data, dtype=tensor.dtype.numpy)
         self._send(self._rec.send_tensor, tensor.name.encode("utf-8"), int(tensor.dtype),
-                   tensor.shape, data, self._timeout(timeout))
+                   tensor.shape, data, self._timeout(timeout), more)
 
     def send_error(self, text: str, timeout: Optional[float] = None) -> None:
         """Send an Error frame (sealed, type 0x03, flags 0x01: transport.md 11.5)."""
@@ -257,6 +263,13 @@ class SecureChannel:
             except OSError as exc:
                 self._fail(str(exc))
                 raise Closed(f"receive failed: {exc}") from exc
+
+    def pending(self) -> bool:
+        """True when a message may be waiting: bytes buffered or the socket readable."""
+        if self._broken is not None or self._rec.decoder.buffered:
+            return True
+        readable, _, _ = select.select([self._fd], [], [], 0)
+        return bool(readable)
 
     # -- lifecycle ---------------------------------------------------------
     def _timeout(self, timeout: Optional[float]) -> float:

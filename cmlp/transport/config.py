@@ -106,6 +106,8 @@ class SessionConfig:
         profile also refuses an *empty* measurement map, which pins nothing.
         """
         if self.security_profile is SecurityProfile.PRODUCTION:
+            if self.allow_unattested_peer and self.expected_measurements is None:
+                return      # a host peer without a TEE: there is nothing to pin
             if not self.expected_measurements or len(self.expected_measurements) == 0:
                 raise HandshakeFailed(
                     "production security profile requires expected_measurements (non-empty); "

@@ -1,0 +1,56 @@
+"""Provider/verifier pairs for the command-line tools.
+
+``mock``   MOCK_ATT_V1 documents (no security; measurements may be claimed
+           with ``--mock-measurement`` to exercise pinning).
+``nitro``  the enclave asks /dev/nsm for a document; peers are verified
+           against the AWS Nitro root, PCRs pinned by the manifest.
+``none``   this side presents no document (a host orchestrator without a TEE);
+           peers must be configured to accept an unattested host.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+from cmlp.attestation.mock import MockProvider, MockVerifier
+
+KINDS = ("mock", "nitro", "none")
+
+
+class NoAttestation:
+    """Presents an empty document: only peers that allow an unattested host accept it."""
+    platform = "none"
+
+    def attest(self, user_data, nonce, public_key) -> bytes:
+        return b""
+
+
+def parse_measurement(text: str) -> Tuple[int, bytes]:
+    """``IDX=HEX`` -> (idx, bytes)."""
+    idx, sep, value = text.partition("=")
+    if not sep or not idx.strip().isdigit():
+        raise ValueError(f"measurement must look like IDX=HEX, got {text!r}")
+    try:
+        return int(idx), bytes.fromhex(value.strip())
+    except ValueError:
+        raise ValueError(f"measurement {idx} is not valid hex: {value!r}") from None
+
+
+def make_provider(kind: str, mock_measurements: Optional[Dict[int, bytes]] = None):
+    if kind == "mock":
+        return MockProvider(mock_measurements)
+    if kind == "nitro":
+        from cmlp.attestation.nsm import NitroProvider
+        return NitroProvider()
+    if kind == "none":
+        return NoAttestation()
+    raise ValueError(f"unknown attestation kind {kind!r}")
+
+
+def make_verifier(kind: str):
+    if kind == "mock":
+        return MockVerifier()
+    if kind == "nitro":
+        from cmlp.attestation.nitro import NitroVerifier
+        return NitroVerifier()
+    raise ValueError(f"unknown peer attestation kind {kind!r}")

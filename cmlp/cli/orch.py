@@ -1,0 +1,144 @@
+"""``cmlp-orch`` (also installed as ``pipeline-orch``): greedy GPT-2 generation over the pipeline.
+
+Stdout is exactly the prompt followed by the generated text and a newline
+(one such line per prompt with ``--prompts-file``); the latency summary goes
+to stderr in the reference's format, plus the stage compute time and the
+pipeline's own overhead per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+from cmlp.attestation.factory import make_provider, make_verifier
+from cmlp.cli.common import add_log_level, run_command
+from cmlp.manifest import Manifest
+from cmlp.transport import SessionConfig
+from cmlp.transport.sockets import parse_endpoint
+
+log = logging.getLogger("cmlp.orch")
+
+
+def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Generate text with a cmlp pipeline.")
+    p.add_argument("--manifest", required=True, help="shard manifest (JSON)")
+    p.add_argument("--tokenizer", default=None,
+                   help="HF tokenizer.json (default: the embedded GPT-2 tokenizer)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the prompt")
+    src.add_argument("--prompts-file", help="several prompts, one per line, in one session")
+    p.add_argument("--max-tokens", type=int, default=20,
+                   help="generation steps, the prompt step included (default: 20)")
+    p.add_argument("--latency-out", help="write per-step latencies as JSON")
+    p.add_argument("--data-out-listen", type=parse_endpoint, default=None,
+                   help="where the last stage connects (default: its manifest data_out)")
+    p.add_argument("--attestation", choices=("mock", "nitro"), default="mock",
+                   help="how the stages are verified (default: mock)")
+    p.add_argument("--host-attestation", choices=("mock", "none"), default=None,
+                   help="what this host presents (default: mock with mock stages, none with nitro)")
+    p.add_argument("--infer-timeout", type=float, default=60.0,
+                   help="seconds one generation step may take (default: 60)")
+    p.add_argument("--relay-capture", metavar="PREFIX", default=None,
+                   help="record every byte the host relays to PREFIX<link>_<dir>.bin")
+    add_log_level(p, "warning")
+    return p
+
+
+def _percentile(sorted_values, q):
+    n = len(sorted_values)
+    return sorted_values[min(max(math.ceil(q * n) - 1, 0), n - 1)]
+
+
+def latency_summary(latencies, compute_us) -> str:
+    """The reference's stderr block, plus compute and overhead lines."""
+    lines = ["", "--- Latency Summary ---"]
+    lines.append(f"Prompt (TTFT):    {latencies[0]:.1f} ms")
+    gen = latencies[1:]
+    if gen:
+        s = sorted(gen)
+        lines.append(f"Generation avg:   {sum(gen) / len(gen):.1f} ms/token")
+        lines.append(f"Generation p50:   {s[len(s) // 2]:.1f} ms")
+        lines.append(f"Generation p95:   {_percentile(s, 0.95):.1f} ms")
+        steps = [sum(c or 0 for c in cs) / 1000.0 for cs in compute_us[1:]]
+        if steps and all(cs and all(c is not None for c in cs) for cs in compute_us[1:]):
+            comp = sorted(steps)
+            over = sorted(l - c for l, c in zip(gen, steps))
+            lines.append(f"Stage compute p50: {comp[len(comp) // 2]:.1f} ms/token")
+            lines.append(f"Pipeline overhead p50: {over[len(over) // 2]:.2f} ms/token")
+    lines.append(f"Tokens generated: {len(latencies)}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from cmlp.pipeline.gpt2 import generate
+    from cmlp.pipeline.orchestrator import Orchestrator, OrchestratorConfig
+    from cmlp.tokenizer import load_tokenizer
+
+    if args.max_tokens < 1:
+        raise ValueError("--max-tokens must be >= 1")
+    manifest = Manifest.load(args.manifest)
+    tokenizer = load_tokenizer(args.tokenizer)
+    if args.text is not None:
+        prompts = [args.text]
+    else:
+        with open(args.prompts_file, encoding="utf-8") as f:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
+        if not prompts:
+            raise ValueError(f"{args.prompts_file}: no prompts")
+    encoded = [tokenizer.encode(p) for p in prompts]
+    for p, ids in zip(prompts, encoded):
+        if not ids:
+            raise ValueError(f"prompt {p!r} encodes to no tokens")
+        need = len(ids) + args.max_tokens - 1
+        if need > manifest.activation_spec.max_seq_len:
+            raise ValueError(f"prompt ({len(ids)} tokens) + {args.max_tokens} steps needs "
+                             f"{need} positions; the manifest allows "
+                             f"{manifest.activation_spec.max_seq_len}")
+    host = args.host_attestation or ("mock" if args.attestation == "mock" else "none")
+    config = OrchestratorConfig.development(
+        make_provider(host), make_verifier(args.attestation),
+        infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture)
+    orch = Orchestrator(manifest, config, args.data_out_listen)
+    runs = []
+    try:
+        orch.start()
+        for prompt, ids in zip(prompts, encoded):
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+
+            def show(token):
+                sys.stdout.write(tokenizer.decode_one(token))
+                sys.stdout.flush()
+
+            gen = generate(orch, ids, args.max_tokens, on_token=show)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            runs.append(gen)
+            print(latency_summary(gen.latencies_ms, gen.stage_compute_us), file=sys.stderr)
+        orch.shutdown()
+    finally:
+        orch.close()
+    if args.latency_out:
+        doc = runs[0].summary() if len(runs) == 1 else {"runs": [g.summary() for g in runs]}
+        with open(args.latency_out, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.write("\n")
+    log.info("done")
+    return 0
+
+
+def main(argv=None) -> int:
+    prog = os.path.basename(sys.argv[0]) if argv is None else "cmlp-orch"
+    args = build_parser(prog).parse_args(argv)
+    args.prog_name = prog
+    return run_command(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""``cmlp-stage`` (also installed as ``stage-worker``): serve one pipeline stage.
+
+Binds the manifest's control and data_in endpoints, loads the stage's
+layers, then serves orchestrator sessions: one (the reference's behaviour) or,
+with ``--persistent``, one after another without reloading the weights.
+Exits 0 after the orchestrator's Shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cmlp.attestation.factory import make_provider, make_verifier, parse_measurement
+from cmlp.cli.common import add_log_level, run_command, stop_on_sigterm
+from cmlp.errors import ManifestError, ModelError
+from cmlp.manifest import Manifest
+from cmlp.transport import SecurityProfile, SessionConfig
+from cmlp.transport.sockets import parse_endpoint
+
+log = logging.getLogger("cmlp.stage")
+
+
+def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Serve one stage of a cmlp pipeline.")
+    p.add_argument("--manifest", required=True, help="shard manifest (JSON)")
+    p.add_argument("--stage-idx", required=True, type=int, help="which stage of the manifest")
+    p.add_argument("--model-dir", default="model",
+                   help="model directory with config.json and model.safetensors (default: model)")
+    p.add_argument("--data-out-target", type=parse_endpoint, default=None,
+                   help="where data_out connects (default: the manifest's data_out)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS threads for the forward pass (default: all cores)")
+    p.add_argument("--persistent", action="store_true",
+                   help="serve orchestrator sessions one after another instead of exiting")
+    p.add_argument("--attestation", choices=("mock", "nitro"), default="mock",
+                   help="this stage's attestation provider and its peers' verifier (default: mock)")
+    p.add_argument("--mock-measurement", action="append", default=[], type=parse_measurement,
+                   metavar="IDX=HEX", help="measurement a mock document claims (repeatable)")
+    p.add_argument("--host-unattested", action="store_true",
+                   help="accept an orchestrator that presents no attestation document")
+    p.add_argument("--profile", choices=("development", "production"), default="development",
+                   help="security profile (production refuses unpinned attested peers)")
+    p.add_argument("--executor", choices=("gpt2", "identity", "double"), default="gpt2",
+                   help=argparse.SUPPRESS)   # identity/double: protocol tests without a model
+    add_log_level(p, "info")
+    return p
+
+
+def make_executor(args):
+    if args.executor == "identity":
+        from cmlp.pipeline.executor import IdentityExecutor
+        return IdentityExecutor()
+    if args.executor == "double":
+        from cmlp.pipeline.executor import DoubleExecutor
+        return DoubleExecutor()
+    model_dir = Path(args.model_dir)
+    for name in ("config.json", "model.safetensors"):
+        if not (model_dir / name).is_file():
+            raise ModelError(f"model directory '{model_dir}' has no {name} "
+                             "(create one with: cmlp model init --out model)")
+    from cmlp.pipeline.gpt2 import Gpt2Executor
+    return Gpt2Executor(model_dir, threads=args.threads)
+
+
+def run(args) -> int:
+    from cmlp.pipeline.stage import StageConfig, StageWorker
+    manifest = Manifest.load(args.manifest)
+    spec = manifest.stage(args.stage_idx)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    profile = SecurityProfile(args.profile)
+    session = SessionConfig(security_profile=profile,
+                            require_measurements=profile is SecurityProfile.PRODUCTION)
+    config = StageConfig(provider=make_provider(args.attestation, dict(args.mock_measurement)),
+                         verifier=make_verifier(args.attestation), session=session,
+                         persistent=args.persistent, host_unattested=args.host_unattested)
+    executor = make_executor(args)
+    worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
+    worker.bind()
+    stop_on_sigterm()
+    try:
+        worker.load()
+        log.info("stage %d ready: layers [%d, %d), control %s, data_in %s", args.stage_idx,
+                 spec.layer_start, spec.layer_end, spec.endpoint.control.endpoint,
+                 spec.endpoint.data_in.endpoint)
+        worker.serve()
+    except KeyboardInterrupt:
+        log.info("stage %d: stopped", args.stage_idx)
+        return 0
+    finally:
+        worker.close()
+    log.info("stage worker exiting")
+    return 0
+
+
+def main(argv=None) -> int:
+    prog = os.path.basename(sys.argv[0]) if argv is None else "cmlp-stage"
+    args = build_parser(prog).parse_args(argv)
+    args.prog_name = prog
+    return run_command(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

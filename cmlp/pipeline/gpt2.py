@@ -1,0 +1,158 @@
+"""GPT-2 in the pipeline: the stage executor and the orchestrator's greedy generation.
+
+Tensor conventions (pipeline.md 3.2): ``cache_clear`` U32 [0] (the sentinel),
+``input_ids`` U32 [B, T], ``hidden_states`` F32 [B, T, n_embd] between stages,
+``logits`` F32 [B, vocab] from the last stage.  Unlike the reference, every
+non-last stage re-emits the sentinel ahead of its hidden states, so every
+stage resets its KV cache at the start of a prompt and stages can serve many
+sessions; the reference's downstream stages check for the sentinel too, so
+this stays interoperable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from cmlp.errors import CmlpError, ForwardFailed, InitFailed
+from cmlp.transport.wire import DType, Tensor
+
+log = logging.getLogger(__name__)
+
+SENTINEL_NAME = "cache_clear"
+
+
+def cache_clear_sentinel() -> Tensor:
+    return Tensor(SENTINEL_NAME, DType.U32, (0,), np.zeros(0, np.uint32))
+
+
+def is_sentinel(t: Tensor) -> bool:
+    return t.dtype == DType.U32 and t.shape == (0,)
+
+
+class Gpt2Executor:
+    """Runs layers [layer_start, layer_end) of a GPT-2 model directory."""
+
+    def __init__(self, model_dir, threads: Optional[int] = None):
+        self.model_dir = model_dir
+        self.threads = threads
+        self.shard = None
+
+    def init(self, spec, activation, num_stages) -> None:
+        from cmlp.model import Gpt2Shard
+        if self.shard is not None and (self.shard.layer_start, self.shard.layer_end) == \
+                (spec.layer_start, spec.layer_end):
+            self.shard.clear_cache()
+            return
+        try:
+            shard = Gpt2Shard.load(self.model_dir, spec.layer_start, spec.layer_end,
+                                   threads=self.threads)
+        except CmlpError as exc:
+            raise InitFailed(f"failed to load model shard: {exc}") from exc
+        cfg = shard.config
+        if activation.dtype != "F32":
+            raise InitFailed(f"activation dtype {activation.dtype} is not supported "
+                             "(GPT-2 stages exchange F32)")
+        if activation.hidden_dim != cfg.n_embd:
+            raise InitFailed(f"activation_spec.hidden_dim {activation.hidden_dim} does not "
+                             f"match the model's n_embd {cfg.n_embd}")
+        if activation.max_seq_len > cfg.n_positions:
+            raise InitFailed(f"activation_spec.max_seq_len {activation.max_seq_len} exceeds "
+                             f"the model's n_positions {cfg.n_positions}")
+        self.shard = shard
+        log.info("loaded layers [%d, %d) of %s: %.1f MB, %d BLAS threads", spec.layer_start,
+                 spec.layer_end, self.model_dir, shard.weight_bytes / 1e6, shard.threads)
+
+    def weight_hashes(self) -> List[str]:
+        return [digest for _, digest in self.shard.weight_hashes()]
+
+    def forward(self, request_id: int, micro_batch: int, inputs: List[Tensor]) -> List[Tensor]:
+        shard = self.shard
+        if shard is None:
+            raise ForwardFailed(request_id, micro_batch, "shard is not initialized")
+        if not inputs:
+            raise ForwardFailed(request_id, micro_batch, "no input tensor")
+        sentinel = is_sentinel(inputs[0])
+        if sentinel:
+            if len(inputs) < 2:
+                raise ForwardFailed(request_id, micro_batch,
+                                    "cache-clear sentinel without actual input")
+            shard.clear_cache()
+            x = inputs[1]
+        else:
+            x = inputs[0]
+        want = DType.U32 if shard.is_first else DType.F32
+        if x.dtype != want:
+            raise ForwardFailed(request_id, micro_batch,
+                                f"expected a {want.name} input tensor, got {x.dtype.name} "
+                                f"'{x.name}' {list(x.shape)}")
+        try:
+            out = shard.forward(x.data)
+        except CmlpError as exc:
+            raise ForwardFailed(request_id, micro_batch, str(exc)) from exc
+        name = "logits" if shard.is_last else "hidden_states"
+        result = Tensor(name, DType.F32, out.shape, out)
+        if sentinel and not shard.is_last:
+            return [cache_clear_sentinel(), result]
+        return [result]
+
+
+def greedy_token(logits: np.ndarray) -> int:
+    """argmax over the flat logits; exact ties go to the *last* index (Rust ``max_by``)."""
+    flat = np.asarray(logits, dtype=np.float32).reshape(-1)
+    return int(flat.size - 1 - np.argmax(flat[::-1]))
+
+
+@dataclass
+class Generation:
+    prompt_ids: List[int]
+    generated_ids: List[int] = field(default_factory=list)
+    latencies_ms: List[float] = field(default_factory=list)
+    stage_compute_us: List[List[Optional[int]]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """The --latency-out document: the reference keys plus cmlp's (keys sorted)."""
+        lat = self.latencies_ms
+        return {
+            "generated_ids": list(self.generated_ids),
+            "generation_tokens": max(len(lat) - 1, 0),
+            "latencies_ms": list(lat),
+            "prompt_ids": list(self.prompt_ids),
+            "prompt_ms": lat[0] if lat else 0.0,
+            "stage_compute_us": [list(s) for s in self.stage_compute_us],
+        }
+
+
+def generate(orchestrator, prompt_ids: List[int], max_tokens: int,
+             on_token: Optional[Callable[[int], None]] = None) -> Generation:
+    """Greedy decoding as the reference orchestrator does it (pipeline.md 5.5 step 7).
+
+    ``max_tokens`` counts generation steps including the prompt step; there is
+    no EOS stop.  Step 0 sends ``[cache_clear, input_ids [1, P]]``; later steps
+    send only the last generated token.  ``seq_len`` is the context length
+    before this step's token is appended.
+    """
+    gen = Generation(prompt_ids=list(prompt_ids))
+    token_ids = list(prompt_ids)
+    for step in range(max_tokens):
+        t0 = time.perf_counter()
+        if step == 0:
+            ids = np.asarray([token_ids], dtype=np.uint32)
+            inputs = [[cache_clear_sentinel(), Tensor("input_ids", DType.U32, ids.shape, ids)]]
+        else:
+            ids = np.asarray([[token_ids[-1]]], dtype=np.uint32)
+            inputs = [[Tensor("input_ids", DType.U32, ids.shape, ids)]]
+        result = orchestrator.infer(inputs, seq_len=len(token_ids))
+        logits = result.outputs[0][0].data
+        token = greedy_token(logits[0])
+        gen.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
+        gen.stage_compute_us.append(list(result.compute_us))
+        gen.generated_ids.append(token)
+        token_ids.append(token)
+        if on_token is not None:
+            on_token(token)
+    return gen
