@@ -154,15 +154,27 @@ class StageWorker:
         return base.with_measurements(self.manifest.stages[peer_stage].measurements()
                                       or base.expected_measurements)
 
+    def _accept_control(self) -> SecureChannel:
+        """The next control connection that completes the handshake.
+
+        A connection that fails the handshake (a port probe, a peer with the
+        wrong attestation) is logged and dropped; it cannot stop the stage.
+        """
+        while True:
+            sock = sockets.accept(self.control_listener)
+            try:
+                return SecureChannel.accept(sock, self.config.provider, self.config.verifier,
+                                            self._session_config(None))
+            except CmlpError as exc:
+                log.warning("stage %d: control handshake failed: %s", self.idx, exc)
+
     def run_session(self) -> None:
-        sock = sockets.accept(self.control_listener)
+        control = self._accept_control()
         cfg = self.config
-        control = SecureChannel.accept(sock, cfg.provider, cfg.verifier,
-                                       self._session_config(None))
         ctl = _Control(control, cfg.max_control_message_bytes)
         channels = [control]
         self.sessions += 1
-        log.info("stage %d: control session %d from %s", self.idx, self.sessions,
+        log.info("stage %d: control session %d (peer attestation: %s)", self.idx, self.sessions,
                  control.peer_attestation.platform)
         try:
             num_stages, activation = self._control_phase(ctl)

