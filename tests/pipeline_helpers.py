@@ -78,14 +78,15 @@ def make_manifest(*args, **kwargs) -> Manifest:
 class StageThread:
     """A StageWorker serving in a background thread."""
 
-    def __init__(self, manifest: Manifest, idx: int, executor, persistent=False, **cfg):
+    def __init__(self, manifest: Manifest, idx: int, executor, persistent=False,
+                 data_out_target=None, **cfg):
         cfg.setdefault("retry", FAST_RETRY)
         config = StageConfig(provider=cfg.pop("provider", MockProvider()),
                              verifier=cfg.pop("verifier", MockVerifier()),
                              session=cfg.pop("session", SessionConfig.development(
                                  handshake_timeout=10)),
                              persistent=persistent, **cfg)
-        self.worker = StageWorker(manifest, idx, executor, config)
+        self.worker = StageWorker(manifest, idx, executor, config, data_out_target)
         self.worker.bind()
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)

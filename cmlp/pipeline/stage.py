@@ -100,6 +100,7 @@ class StageWorker:
         self.control_listener = None
         self.data_listener = None
         self.sessions = 0
+        self.last_error: Optional[BaseException] = None   # of the last failed session
         self._initialized_spec = None
         self._stop = threading.Event()
 
@@ -138,6 +139,7 @@ class StageWorker:
             try:
                 self.run_session()
             except (CmlpError, OSError) as exc:
+                self.last_error = exc
                 if not self.config.persistent:
                     raise
                 log.warning("stage %d: session ended with an error: %s", self.idx, exc)
@@ -166,6 +168,7 @@ class StageWorker:
                 return SecureChannel.accept(sock, self.config.provider, self.config.verifier,
                                             self._session_config(None))
             except CmlpError as exc:
+                self.last_error = exc
                 log.warning("stage %d: control handshake failed: %s", self.idx, exc)
 
     def run_session(self) -> None:
@@ -178,7 +181,7 @@ class StageWorker:
                  control.peer_attestation.platform)
         try:
             num_stages, activation = self._control_phase(ctl)
-            data_in, data_out = self._data_phase(num_stages)
+            data_in, data_out = self._data_phase(ctl, num_stages)
             channels += [data_in, data_out]
             ctl.send(C.DataChannelsReady(self.idx))
             _RequestLoop(self, ctl, data_in, data_out, activation).run()
@@ -240,29 +243,25 @@ class StageWorker:
                 raise InitFailed(f"weight hash mismatch at index {i}: expected {want}, got {got}")
 
     # -- data phase ----------------------------------------------------------
-    def _data_phase(self, num_stages: int):
+    def _data_phase(self, ctl: _Control, num_stages: int):
+        """Reach data_out, then take data_in, both while watching the control channel.
+
+        TCP and vsock connections complete in the listener's backlog, so the
+        downstream connect needs no concurrent accept.  The handshakes then run
+        upstream first (the chain orchestrator -> s0 -> ... -> orchestrator).
+        If the orchestrator goes away during set-up the stage gives up at once,
+        so its listeners are free for the next session.
+        """
         cfg = self.config
-        accepted = {}
-
-        def accept_upstream():
-            try:
-                accepted["sock"] = sockets.accept(self.data_listener, cfg.data_setup_timeout)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                accepted["error"] = exc
-
-        t = threading.Thread(target=accept_upstream, daemon=True)
-        t.start()
-        out_sock = sockets.connect_retry(self.data_out_target, cfg.retry)
-        t.join()
-        if "error" in accepted:
-            out_sock.close()
-            raise accepted["error"]
-        last = self.idx == num_stages - 1
+        deadline = time.monotonic() + cfg.data_setup_timeout
         up_peer = None if self.idx == 0 else self.idx - 1
-        down_peer = None if last else self.idx + 1
-        # upstream first: the handshakes form a chain orchestrator -> s0 -> ... -> orchestrator
-        data_in = SecureChannel.accept(accepted["sock"], cfg.provider, cfg.verifier,
-                                       self._session_config(up_peer))
+        down_peer = None if self.idx == num_stages - 1 else self.idx + 1
+        out_sock = self._connect_downstream(ctl, deadline)
+        try:
+            data_in = self._accept_upstream(ctl, deadline, self._session_config(up_peer))
+        except BaseException:
+            out_sock.close()
+            raise
         try:
             data_out = SecureChannel.connect(out_sock, cfg.provider, cfg.verifier,
                                              self._session_config(down_peer))
@@ -270,6 +269,57 @@ class StageWorker:
             data_in.close()
             raise
         return data_in, data_out
+
+    def _accept_upstream(self, ctl: _Control, deadline: float, config: SessionConfig):
+        """The first data_in connection that completes the handshake.
+
+        A connection that fails it (left over from a dead session, or a host
+        probing the port) is dropped and the next one is taken.
+        """
+        while True:
+            try:
+                sock = sockets.accept(self.data_listener, timeout=0.2)
+            except Timeout:
+                self._check_control(ctl)
+                if time.monotonic() > deadline:
+                    raise Timeout(f"no upstream connection on data_in within "
+                                  f"{self.config.data_setup_timeout} s") from None
+                continue
+            try:
+                return SecureChannel.accept(sock, self.config.provider, self.config.verifier,
+                                            config)
+            except CmlpError as exc:
+                self.last_error = exc
+                log.warning("stage %d: data_in handshake failed: %s", self.idx, exc)
+                if time.monotonic() > deadline:
+                    raise
+
+    def _connect_downstream(self, ctl: _Control, deadline: float):
+        """Connect data_out with the retry policy, checking control between attempts."""
+        policy = self.config.retry
+        attempts = policy.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                return sockets.connect(self.data_out_target, timeout=2.0)
+            except OSError as exc:
+                if attempt + 1 >= attempts or time.monotonic() > deadline:
+                    kind = "VSock" if isinstance(self.data_out_target, VsockAddr) else "TCP"
+                    raise OSError(exc.errno, f"{kind} connect to {self.data_out_target} failed "
+                                             f"after {attempt + 1} attempt(s): {exc.strerror or exc}")
+                pause_until = time.monotonic() + policy.delay(attempt)
+                while time.monotonic() < pause_until:
+                    self._check_control(ctl)
+                    time.sleep(0.05)
+
+    @staticmethod
+    def _check_control(ctl: _Control) -> None:
+        """Raise if the orchestrator closed the control channel (or spoke out of turn)."""
+        if ctl.channel.pending():
+            try:
+                msg = ctl.recv(timeout=0.5)
+            except Timeout:
+                return
+            raise ProtocolError(f"unexpected {C.describe(msg)} during data channel set-up")
 
 
 class _RequestLoop:
