@@ -44,6 +44,11 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
                    help="what this host presents (default: mock with mock stages, none with nitro)")
     p.add_argument("--infer-timeout", type=float, default=60.0,
                    help="seconds one generation step may take (default: 60)")
+    p.add_argument("--recover", type=int, default=0, metavar="N",
+                   help="reconnect and replay up to N times when a stage fails "
+                        "(needs --persistent stages; a killed stage must be restarted)")
+    p.add_argument("--recover-timeout", type=float, default=120.0,
+                   help="seconds to wait for the stages to come back (default: 120)")
     p.add_argument("--relay-capture", metavar="PREFIX", default=None,
                    help="record every byte the host relays to PREFIX<link>_<dir>.bin")
     add_log_level(p, "warning")
@@ -76,7 +81,7 @@ def latency_summary(latencies, compute_us) -> str:
 
 
 def run(args) -> int:
-    from cmlp.pipeline.gpt2 import generate
+    from cmlp.pipeline.gpt2 import Generator
     from cmlp.pipeline.orchestrator import Orchestrator, OrchestratorConfig
     from cmlp.tokenizer import load_tokenizer
 
@@ -104,10 +109,16 @@ def run(args) -> int:
     config = OrchestratorConfig.development(
         make_provider(host), make_verifier(args.attestation),
         infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture)
-    orch = Orchestrator(manifest, config, args.data_out_listen)
+    if args.recover < 0:
+        raise ValueError("--recover must be >= 0")
+
+    def connect():
+        orch = Orchestrator(manifest, config, args.data_out_listen)
+        return orch.start()
+
+    generator = Generator(connect(), connect, args.recover, args.recover_timeout)
     runs = []
     try:
-        orch.start()
         for prompt, ids in zip(prompts, encoded):
             sys.stdout.write(prompt)
             sys.stdout.flush()
@@ -116,14 +127,16 @@ def run(args) -> int:
                 sys.stdout.write(tokenizer.decode_one(token))
                 sys.stdout.flush()
 
-            gen = generate(orch, ids, args.max_tokens, on_token=show)
+            gen = generator.generate(ids, args.max_tokens, on_token=show)
             sys.stdout.write("\n")
             sys.stdout.flush()
             runs.append(gen)
             print(latency_summary(gen.latencies_ms, gen.stage_compute_us), file=sys.stderr)
-        orch.shutdown()
+            if gen.recoveries:
+                print(f"Recovered from {gen.recoveries} stage failure(s)", file=sys.stderr)
+        generator.shutdown()
     finally:
-        orch.close()
+        generator.close()
     if args.latency_out:
         doc = runs[0].summary() if len(runs) == 1 else {"runs": [g.summary() for g in runs]}
         with open(args.latency_out, "w", encoding="utf-8") as f:

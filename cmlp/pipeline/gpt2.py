@@ -18,7 +18,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from cmlp.errors import CmlpError, ForwardFailed, InitFailed
+from cmlp.errors import (CmlpError, ForwardFailed, InitFailed, PipelineShutdown,
+                         PipelineTimeout, SessionError, StageFailed, Tainted)
 from cmlp.transport.wire import DType, Tensor
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class Generation:
     generated_ids: List[int] = field(default_factory=list)
     latencies_ms: List[float] = field(default_factory=list)
     stage_compute_us: List[List[Optional[int]]] = field(default_factory=list)
+    recoveries: int = 0
 
     def summary(self) -> dict:
         """The --latency-out document: the reference keys plus cmlp's (keys sorted)."""
@@ -123,36 +125,106 @@ class Generation:
             "latencies_ms": list(lat),
             "prompt_ids": list(self.prompt_ids),
             "prompt_ms": lat[0] if lat else 0.0,
+            "recoveries": self.recoveries,
             "stage_compute_us": [list(s) for s in self.stage_compute_us],
         }
 
 
+def _ids_tensor(ids: List[int]) -> Tensor:
+    arr = np.asarray([ids], dtype=np.uint32)
+    return Tensor("input_ids", DType.U32, arr.shape, arr)
+
+
+# Failures that a reconnect can cure: a stage or its channel went away, or the
+# pipeline lost sync.  A stage that *reports* an error (RequestFailed) would
+# fail again on replay, so it is not retried.
+RECOVERABLE = (StageFailed, PipelineTimeout, Tainted, SessionError, PipelineShutdown)
+
+
+class Generator:
+    """Greedy decoding over a pipeline (pipeline.md 5.5 step 7), with optional recovery.
+
+    ``orch`` is a started Orchestrator; ``reconnect()`` builds and starts a new
+    one (needed only for recovery).  ``max_tokens`` counts
+    generation steps including the prompt step; there is no EOS stop.  Step 0
+    sends ``[cache_clear, input_ids [1, P]]``; later steps send only the last
+    generated token; ``seq_len`` is the context length before this step's token.
+
+    With ``recover > 0``, a step that fails because a stage or channel went
+    away reconnects (persistent stages accept a new session; a killed stage
+    must have been restarted), replays the prompt and every token generated so
+    far as one prefill to rebuild every KV cache, and continues.  The replayed
+    prefill is computed with GEMM instead of step-by-step GEMV, so the logits
+    agree to float rounding (not bit for bit); greedy ids only differ if two
+    logits tie within that rounding.
+    """
+
+    def __init__(self, orch, reconnect: Optional[Callable[[], object]] = None, recover: int = 0,
+                 recover_timeout: float = 120.0):
+        if recover and reconnect is None:
+            raise ValueError("recovery needs a reconnect function")
+        self.orch = orch
+        self.reconnect = reconnect
+        self.recover = recover
+        self.recover_timeout = recover_timeout
+
+    def close(self) -> None:
+        if self.orch is not None:
+            self.orch.close()
+
+    def shutdown(self) -> None:
+        self.orch.shutdown()
+
+    def _reconnect(self, cause: BaseException) -> None:
+        log.warning("pipeline failed (%s); reconnecting to replay the context", cause)
+        self.orch.close()
+        deadline = time.monotonic() + self.recover_timeout
+        while True:
+            try:
+                self.orch = self.reconnect()
+                return
+            except CmlpError as exc:
+                if time.monotonic() > deadline:
+                    raise PipelineTimeout(f"recovery: could not reconnect within "
+                                          f"{self.recover_timeout} s ({exc}); first failure: "
+                                          f"{cause}") from exc
+                time.sleep(0.5)
+
+    def generate(self, prompt_ids: List[int], max_tokens: int,
+                 on_token: Optional[Callable[[int], None]] = None) -> Generation:
+        gen = Generation(prompt_ids=list(prompt_ids))
+        token_ids = list(prompt_ids)
+        budget = self.recover
+        replay = True                      # the first step is a full prefill
+        for step in range(max_tokens):
+            t0 = time.perf_counter()
+            while True:
+                if replay:
+                    inputs = [[cache_clear_sentinel(), _ids_tensor(token_ids)]]
+                else:
+                    inputs = [[_ids_tensor(token_ids[-1:])]]
+                try:
+                    result = self.orch.infer(inputs, seq_len=len(token_ids))
+                    break
+                except RECOVERABLE as exc:
+                    if budget <= 0:
+                        raise
+                    budget -= 1
+                    gen.recoveries += 1
+                    self._reconnect(exc)
+                    replay = True
+            replay = False
+            token = greedy_token(result.outputs[0][0].data[0])
+            gen.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
+            gen.stage_compute_us.append(list(result.compute_us))
+            gen.generated_ids.append(token)
+            token_ids.append(token)
+            if on_token is not None:
+                on_token(token)
+        return gen
+
+
 def generate(orchestrator, prompt_ids: List[int], max_tokens: int,
              on_token: Optional[Callable[[int], None]] = None) -> Generation:
-    """Greedy decoding as the reference orchestrator does it (pipeline.md 5.5 step 7).
-
-    ``max_tokens`` counts generation steps including the prompt step; there is
-    no EOS stop.  Step 0 sends ``[cache_clear, input_ids [1, P]]``; later steps
-    send only the last generated token.  ``seq_len`` is the context length
-    before this step's token is appended.
-    """
-    gen = Generation(prompt_ids=list(prompt_ids))
-    token_ids = list(prompt_ids)
-    for step in range(max_tokens):
-        t0 = time.perf_counter()
-        if step == 0:
-            ids = np.asarray([token_ids], dtype=np.uint32)
-            inputs = [[cache_clear_sentinel(), Tensor("input_ids", DType.U32, ids.shape, ids)]]
-        else:
-            ids = np.asarray([[token_ids[-1]]], dtype=np.uint32)
-            inputs = [[Tensor("input_ids", DType.U32, ids.shape, ids)]]
-        result = orchestrator.infer(inputs, seq_len=len(token_ids))
-        logits = result.outputs[0][0].data
-        token = greedy_token(logits[0])
-        gen.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
-        gen.stage_compute_us.append(list(result.compute_us))
-        gen.generated_ids.append(token)
-        token_ids.append(token)
-        if on_token is not None:
-            on_token(token)
-    return gen
+    """Greedy decoding on an already started orchestrator (no recovery)."""
+    return Generator(orchestrator).generate(prompt_ids, max_tokens, on_token)

@@ -221,7 +221,7 @@ class Orchestrator:
             if cfg.require_measurements:
                 raise ProtocolError("require_measurements is set but no stage has "
                                     "expected_measurements")
-            log.warning("no stage pins expected_measurements: stage identities are not verified")
+            log.info("no stage pins expected_measurements: stage identities are not verified")
         self.state = "initialized"
 
     def establish_data_channels(self) -> None:
@@ -488,7 +488,7 @@ class _Request:
                 raise ProtocolError("unexpected message on data_out")
 
     # -- failure paths ------------------------------------------------------------
-    def _collect_error(self) -> RequestFailed:
+    def _collect_error(self) -> PipelineError:
         """After ERR: read every stage's confirmation (each bounded), report the first error."""
         o = self.o
         errors, dead = [], []
@@ -498,13 +498,13 @@ class _Request:
             except Timeout:
                 continue
             except StageFailed as exc:
-                dead.append(f"stage {link.index}: {exc.reason}")
+                dead.append((link.index, f"stage {link.index}: {exc.reason}"))
                 continue
             self.confirmed.add(link.index)
             if isinstance(msg, C.RequestError):
                 errors.append(f"stage {link.index} error: {msg.error}")
-        if dead:
-            return RequestFailed(self.rid, "; ".join(dead + errors))
+        if dead:     # a stage that went away is the root cause: name it
+            return StageFailed(dead[0][0], "; ".join([d for _, d in dead] + errors))
         if errors:
             return RequestFailed(self.rid, errors[0])
         return RequestFailed(self.rid, "stage failed (no error details on control channel)")
