@@ -65,7 +65,9 @@ def load_config(model_dir) -> Gpt2Config:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and json's int-digits limit; deep nesting
+        # raises RecursionError
         raise ModelError(f"{path}: cannot read config: {exc}") from None
     if not isinstance(raw, dict):
         raise ModelError(f"{path}: config is not a JSON object")

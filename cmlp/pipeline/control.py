@@ -149,6 +149,14 @@ def _no_duplicates(pairs):
     return out
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _field(body: dict, cls: Type[_Msg], f) -> object:
     if f.name not in body:
         if f.name in _OPTIONAL:
@@ -167,6 +175,10 @@ def _field(body: dict, cls: Type[_Msg], f) -> object:
     elif f.type in ("str",) or f.type is str:
         if not isinstance(value, str):
             raise _Malformed(f"field `{f.name}`: expected a string, got {value!r}")
+        if not value.isascii() and not _is_unicode(value):
+            # a JSON escape of a lone surrogate: not a Unicode string (serde_json rejects
+            # it), and encode() could not send it back
+            raise _Malformed(f"field `{f.name}`: string holds a lone surrogate")
     return value
 
 

@@ -124,19 +124,30 @@ class _StageLink:
                 continue
             return msg
 
-    def dead(self) -> Optional[str]:
-        """Why the control channel is unusable, if it is (non-blocking probe)."""
-        if self.channel.closed:
-            return "control channel closed"
-        if not self.channel.pending():
-            return None
-        try:
-            self.channel.recv(timeout=0.05)     # a stale message is harmless to drop here
-        except Timeout:
-            return None
-        except CmlpError as exc:
-            return f"control channel: {exc}"
-        return None
+    def probe(self) -> tuple:
+        """Non-blocking look at the control channel after a failure.
+
+        Returns ``("dead", reason)`` when the channel is closed, ``("explained",
+        side)`` when the stage said which data link broke (``"data_in"`` or
+        ``"data_out"``, sent by a stage just before it drops a broken
+        session), or ``("alive", None)``.
+        """
+        explained = None
+        while True:
+            if self.channel.closed:
+                return ("explained", explained) if explained else ("dead", "control channel closed")
+            if not self.channel.pending():
+                return ("explained", explained) if explained else ("alive", None)
+            try:
+                msg = self.recv(timeout=0.05)
+            except Timeout:
+                return ("alive", None)
+            except StageFailed as exc:
+                return ("explained", explained) if explained else ("dead", exc.reason)
+            if isinstance(msg, C.RequestError):
+                for side in ("data_in", "data_out"):
+                    if msg.error.startswith(f"{side} closed"):
+                        explained = side
 
 
 class Orchestrator:
@@ -194,15 +205,34 @@ class Orchestrator:
             raise ProtocolError("init() must be called exactly once, in Created state")
         self.links = []
         cfg = self.config
-        for spec in self.manifest.stages:
+        # every control channel at once: start-up does not pay N handshakes in a row, and
+        # if one stage fails every other stage still learns it, through its closed channel
+        results = [None] * self.manifest.num_stages
+
+        def connect(spec):
             ep = spec.endpoint.control.endpoint
             try:
                 sock = sockets.connect_retry(ep, cfg.retry)
                 channel = SecureChannel.connect(sock, cfg.provider, cfg.verifier,
                                                 self._config_for(spec.stage_idx))
+                results[spec.stage_idx] = _StageLink(spec.stage_idx, channel,
+                                                     cfg.max_control_message_bytes)
             except (CmlpError, OSError) as exc:
-                raise StageFailed(spec.stage_idx, f"control connect to {ep}: {exc}") from exc
-            self.links.append(_StageLink(spec.stage_idx, channel, cfg.max_control_message_bytes))
+                results[spec.stage_idx] = StageFailed(spec.stage_idx,
+                                                      f"control connect to {ep}: {exc}")
+                results[spec.stage_idx].__cause__ = exc
+
+        threads = [threading.Thread(target=connect, args=(spec,), daemon=True)
+                   for spec in self.manifest.stages]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.links = [r for r in results if isinstance(r, _StageLink)]
+        failed = [r for r in results if not isinstance(r, _StageLink)]
+        if failed:
+            raise failed[0] if failed[0] is not None else StageFailed(UNKNOWN_STAGE,
+                                                                      "control connect failed")
         activation = compact_json(self.manifest.activation_spec.to_json())
         for link, spec in zip(self.links, self.manifest.stages):
             link.send(C.Init(compact_json(spec.to_json()), activation, self.manifest.num_stages))
@@ -305,12 +335,44 @@ class Orchestrator:
         except (Closed, ChannelBroken) as exc:
             raise self._diagnose(exc) from exc
 
-    def _diagnose(self, cause: BaseException) -> PipelineError:
-        """Turn a broken data channel into an error that names the failed stage."""
-        for link in self.links:
-            reason = link.dead()
-            if reason:
-                return StageFailed(link.index, reason)
+    def _diagnose(self, cause: BaseException, grace: float = 1.0) -> PipelineError:
+        """Name the stage behind a broken data channel.
+
+        When one stage dies its neighbours fail too, and whichever closure
+        reaches us first proves nothing.  So for up to ``grace`` seconds we
+        collect each stage's state: dead without explanation, or alive, or
+        dropped with "my data_in/data_out closed" (which blames the upstream
+        or downstream neighbour).  The root cause is the lowest dead stage that
+        a neighbour blames, else the lowest dead stage that explained nothing.
+        """
+        n = len(self.links)
+        state = {}
+        deadline = time.monotonic() + grace
+        while True:
+            for link in self.links:
+                if state.get(link.index, ("alive",))[0] == "alive":
+                    state[link.index] = link.probe()
+            if all(st[0] != "alive" for st in state.values()) or time.monotonic() > deadline:
+                break
+            if any(st[0] == "dead" for st in state.values()) and \
+                    time.monotonic() > deadline - grace / 2:
+                break
+            time.sleep(0.02)
+        blamed = set()
+        for i, (kind, what) in state.items():
+            if kind == "explained":
+                j = i - 1 if what == "data_in" else i + 1
+                if 0 <= j < n:
+                    blamed.add(j)
+        dead = sorted(i for i, st in state.items() if st[0] in ("dead", "explained"))
+        unexplained = sorted(i for i, st in state.items() if st[0] == "dead")
+        for candidates in ([i for i in dead if i in blamed], unexplained, sorted(blamed)):
+            if candidates:
+                i = candidates[0]
+                reason = state[i][1] if state[i][0] == "dead" else "stopped (its neighbours lost it)"
+                if state[i][0] == "alive":
+                    reason = "its neighbour lost the data channel to it"
+                return StageFailed(i, reason)
         for relay in self.relays:
             if not relay.alive:
                 return StageFailed(relay.index, f"relay {relay.index} to stage "
@@ -455,7 +517,7 @@ class _Request:
                     data_in.send_tensor(t, timeout=_left(self.deadline), more=True)
                 data_in.send(END, timeout=_left(self.deadline))
         except (Closed, ChannelBroken) as exc:
-            raise StageFailed(0, f"data_in: {exc}") if self.o.links[0].dead() else exc
+            raise self.o._diagnose(exc) from exc
         finally:
             for group in inputs:          # best-effort zeroization of metadata (2.13)
                 for t in group:

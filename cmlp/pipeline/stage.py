@@ -30,8 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from cmlp.errors import (UNKNOWN_STAGE, Closed, CmlpError, InitFailed, PipelineError,
-                         ProtocolError, StageError, StageFailed, Timeout)
+from cmlp.errors import (UNKNOWN_STAGE, CmlpError, CryptoError, FrameError, InitFailed,
+                         PipelineError, ProtocolError, SessionError, StageError, StageFailed,
+                         Timeout)
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
 from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
@@ -322,6 +323,15 @@ class StageWorker:
             raise ProtocolError(f"unexpected {C.describe(msg)} during data channel set-up")
 
 
+class _LinkLost(Exception):
+    """A data channel failed: ``side`` is "data_in" or "data_out"."""
+
+    def __init__(self, side: str, exc: BaseException):
+        super().__init__(f"{side} closed: {exc}")
+        self.side = side
+        self.exc = exc
+
+
 class _RequestLoop:
     """The process loop of one session (pipeline.md 2.6, stage side)."""
 
@@ -390,7 +400,18 @@ class _RequestLoop:
                 self._watch_control()
                 if time.monotonic() > deadline:
                     raise Timeout(f"no input for request {self.current} within "
-                                  f"{self.w.config.input_timeout} s")
+                                  f"{self.w.config.input_timeout} s") from None
+            except (SessionError, CryptoError, FrameError) as exc:
+                raise _LinkLost("data_in", exc) from exc
+
+    def _send_output(self, outputs) -> None:
+        """One micro-batch downstream: every tensor, then END, in one write."""
+        try:
+            for t in outputs:
+                self.data_out.send_tensor(t, more=True)
+            self.data_out.send(END)
+        except (SessionError, CryptoError) as exc:
+            raise _LinkLost("data_out", exc) from exc
 
     def _read_group(self):
         """Tensors until END: ``(tensors, "END")``, ``(None, "ERR")`` or ``(None, None)`` if cut."""
@@ -418,6 +439,22 @@ class _RequestLoop:
                 return
 
     def handle(self, req: C.StartRequest) -> None:
+        """Run one request; a broken data link is reported on control, then ends the session.
+
+        The report ("data_in closed: ..." / "data_out closed: ...") lets the
+        orchestrator tell a stage that died from its neighbours that merely
+        lost it.
+        """
+        try:
+            self._handle(req)
+        except _LinkLost as lost:
+            try:
+                self.ctl.send(C.RequestError(req.request_id, str(lost)))
+            except CmlpError:
+                pass
+            raise lost.exc from None
+
+    def _handle(self, req: C.StartRequest) -> None:
         rid, m = req.request_id, req.num_micro_batches
         self.current, self.aborted = rid, None
         idx = self.w.idx
@@ -447,9 +484,7 @@ class _RequestLoop:
                 done = mb + 1
                 break
             compute_ns += time.perf_counter_ns() - t0
-            for t in outputs:
-                self.data_out.send_tensor(t, more=True)
-            self.data_out.send(END)        # one write for the whole micro-batch
+            self._send_output(outputs)
             for t in outputs:
                 t.wipe_metadata()
             done = mb + 1

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from cmlp import _frame
-from cmlp.errors import UnknownDType
+from cmlp.errors import ShapeOverflow, UnknownDType
 
 HEADER_SIZE = 13
 MAGIC = 0xCF4D
@@ -140,7 +140,12 @@ class Tensor:
         np_dtype = _NUMPY_BY_CODE[code]
         data = _frombuffer(payload, np_dtype, length // np_dtype.itemsize, offset)
         if len(shape) != 1:
-            data = data.reshape(shape)
+            try:
+                data = data.reshape(shape)
+            except ValueError:
+                # a zero dimension makes the wire size 0 while the other dimensions can
+                # still multiply past what numpy can index: unrepresentable, reject
+                raise ShapeOverflow(f"tensor shape {shape} cannot be represented") from None
         t = _new_object(cls)                     # per-frame path: skip __init__'s checks
         t.name = name
         t.dtype = _DTYPE_BY_CODE[code]
