@@ -374,9 +374,12 @@ cdef class FrameDecoder:
             self.start = BASE
             self.end = BASE + have
             return 0
-        new_cap = self.buf.cap * 2
-        if new_cap < BASE + have + want:
-            new_cap = BASE + have + want
+        if self.buf.cap - BASE >= have + want:
+            new_cap = self.buf.cap      # big enough, but views pin it: same size, fresh memory
+        else:
+            new_cap = self.buf.cap * 2  # geometric growth, bounded by bytes actually received
+            if new_cap < BASE + have + want:
+                new_cap = BASE + have + want
         nb = RecvBuffer(new_cap)
         memcpy(nb.data + BASE, self.buf.data + self.start, have)
         if self.buf.exports == 0:

@@ -340,3 +340,18 @@ def test_tensor_seed_shapes(payload, result):
     else:
         t = Tensor.from_payload(payload)
         assert (t.shape, t.name) == result
+
+
+def test_capacity_stays_bounded_when_each_view_outlives_the_next_frame():
+    """Regression: a caller that keeps the previous payload view alive while the next
+    frame arrives (the orchestrator's logits) must not make the buffer double every time."""
+    dec = _frame.FrameDecoder()
+    frame = _frame.encode_frame(6, 3, 0, bytes(200_000))
+    previous = None
+    for _ in range(50):
+        for i in range(0, len(frame), 65536):
+            dec.feed(frame[i:i + 65536])
+        current = dec.next_frame().payload
+        previous = current              # alive during the next iteration's receive
+    assert previous is not None
+    assert dec.capacity < 4 * len(frame)
