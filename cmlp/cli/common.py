@@ -6,12 +6,38 @@ exit; a traceback is printed only with ``--log-level debug``.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 
 from cmlp.errors import CmlpError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line error policy (no usage dump on a bad value)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def arg_type(parse, what: str):
+    """An argparse ``type=`` that keeps the parser's own error message."""
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = what
+    return convert
+
+
+def prog_name(default: str) -> str:
+    """The installed script's name, or ``default`` under ``python -m``."""
+    name = os.path.basename(sys.argv[0])
+    return default if name.endswith(".py") or name in ("", "-c", "__main__") else name
 
 
 def add_log_level(parser, default: str = "warning") -> None:

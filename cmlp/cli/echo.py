@@ -14,18 +14,19 @@ import time
 import numpy as np
 
 from cmlp.attestation import MockProvider, MockVerifier
-from cmlp.cli.common import add_log_level, stop_on_sigterm
+from cmlp.cli.common import add_log_level, arg_type, stop_on_sigterm
 from cmlp.errors import CmlpError
 from cmlp.transport import (Data, ErrorMessage, Heartbeat, SecureChannel, SessionConfig,
                             ShutdownMessage, TensorMessage)
 from cmlp.transport import sockets
 
 log = logging.getLogger("cmlp.echo")
+ENDPOINT = arg_type(sockets.parse_endpoint, "endpoint")
 
 
 def register(sub) -> None:
     p = sub.add_parser("echo-server", help="encrypted echo server (mock attestation)")
-    p.add_argument("--listen", required=True, type=sockets.parse_endpoint,
+    p.add_argument("--listen", required=True, type=ENDPOINT,
                    help="address to listen on: IP:PORT, [V6]:PORT or vsock:CID:PORT")
     p.add_argument("--max-connections", type=int, default=128,
                    help="concurrent sessions served (default: 128)")
@@ -35,7 +36,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_server, prog_name="cmlp echo-server")
 
     c = sub.add_parser("echo-client", help="encrypted echo client (mock attestation)")
-    c.add_argument("--connect", required=True, type=sockets.parse_endpoint,
+    c.add_argument("--connect", required=True, type=ENDPOINT,
                    help="server address: IP:PORT, [V6]:PORT or vsock:CID:PORT")
     c.add_argument("--count", type=int, default=3, help="Data messages to send (default: 3)")
     c.add_argument("--tensor", action="store_true",

@@ -7,11 +7,11 @@ imported lazily so ``cmlp --version`` stays fast.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
 import cmlp
+from cmlp.cli.common import Parser
 
 SUBCOMMAND_MODULES = (
     "cmlp.cli.echo",        # echo-server, echo-client
@@ -20,8 +20,8 @@ SUBCOMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cmlp", description=cmlp.__doc__.splitlines()[0])
+def build_parser() -> Parser:
+    parser = Parser(prog="cmlp", description=cmlp.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cmlp {cmlp.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:

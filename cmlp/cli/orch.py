@@ -12,21 +12,19 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
-import time
 
 from cmlp.attestation.factory import make_provider, make_verifier
-from cmlp.cli.common import add_log_level, run_command
+from cmlp.cli.common import Parser, add_log_level, arg_type, prog_name, run_command
 from cmlp.manifest import Manifest
-from cmlp.transport import SessionConfig
 from cmlp.transport.sockets import parse_endpoint
 
 log = logging.getLogger("cmlp.orch")
+ENDPOINT = arg_type(parse_endpoint, "endpoint")
 
 
 def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Generate text with a cmlp pipeline.")
+    p = Parser(prog=prog, description="Generate text with a cmlp pipeline.")
     p.add_argument("--manifest", required=True, help="shard manifest (JSON)")
     p.add_argument("--tokenizer", default=None,
                    help="HF tokenizer.json (default: the embedded GPT-2 tokenizer)")
@@ -36,7 +34,7 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=20,
                    help="generation steps, the prompt step included (default: 20)")
     p.add_argument("--latency-out", help="write per-step latencies as JSON")
-    p.add_argument("--data-out-listen", type=parse_endpoint, default=None,
+    p.add_argument("--data-out-listen", type=ENDPOINT, default=None,
                    help="where the last stage connects (default: its manifest data_out)")
     p.add_argument("--attestation", choices=("mock", "nitro"), default="mock",
                    help="how the stages are verified (default: mock)")
@@ -147,7 +145,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    prog = os.path.basename(sys.argv[0]) if argv is None else "cmlp-orch"
+    prog = prog_name("cmlp-orch")
     args = build_parser(prog).parse_args(argv)
     args.prog_name = prog
     return run_command(run, args)

@@ -10,27 +10,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 from cmlp.attestation.factory import make_provider, make_verifier, parse_measurement
-from cmlp.cli.common import add_log_level, run_command, stop_on_sigterm
-from cmlp.errors import ManifestError, ModelError
+from cmlp.cli.common import (Parser, add_log_level, arg_type, prog_name, run_command,
+                              stop_on_sigterm)
+from cmlp.errors import ModelError
 from cmlp.manifest import Manifest
 from cmlp.transport import SecurityProfile, SessionConfig
 from cmlp.transport.sockets import parse_endpoint
 
 log = logging.getLogger("cmlp.stage")
+ENDPOINT = arg_type(parse_endpoint, "endpoint")
+MEASUREMENT = arg_type(parse_measurement, "measurement")
 
 
 def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Serve one stage of a cmlp pipeline.")
+    p = Parser(prog=prog, description="Serve one stage of a cmlp pipeline.")
     p.add_argument("--manifest", required=True, help="shard manifest (JSON)")
     p.add_argument("--stage-idx", required=True, type=int, help="which stage of the manifest")
     p.add_argument("--model-dir", default="model",
                    help="model directory with config.json and model.safetensors (default: model)")
-    p.add_argument("--data-out-target", type=parse_endpoint, default=None,
+    p.add_argument("--data-out-target", type=ENDPOINT, default=None,
                    help="where data_out connects (default: the manifest's data_out)")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS threads for the forward pass (default: all cores)")
@@ -38,7 +40,7 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                    help="serve orchestrator sessions one after another instead of exiting")
     p.add_argument("--attestation", choices=("mock", "nitro"), default="mock",
                    help="this stage's attestation provider and its peers' verifier (default: mock)")
-    p.add_argument("--mock-measurement", action="append", default=[], type=parse_measurement,
+    p.add_argument("--mock-measurement", action="append", default=[], type=MEASUREMENT,
                    metavar="IDX=HEX", help="measurement a mock document claims (repeatable)")
     p.add_argument("--host-unattested", action="store_true",
                    help="accept an orchestrator that presents no attestation document")
@@ -98,7 +100,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    prog = os.path.basename(sys.argv[0]) if argv is None else "cmlp-stage"
+    prog = prog_name("cmlp-stage")
     args = build_parser(prog).parse_args(argv)
     args.prog_name = prog
     return run_command(run, args)

@@ -38,7 +38,7 @@ from cmlp.pipeline import control as C
 from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
                             sockets)
 from cmlp.transport.config import RetryPolicy
-from cmlp.transport.sockets import Endpoint, TcpAddr, VsockAddr
+from cmlp.transport.sockets import Endpoint, VsockAddr
 from cmlp.transport.wire import Tensor
 
 log = logging.getLogger(__name__)

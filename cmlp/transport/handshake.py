@@ -24,7 +24,7 @@ from typing import Optional
 
 from cmlp import _frame
 from cmlp.attestation.base import VerifiedAttestation, document_hash
-from cmlp.errors import (AttestError, HandshakeFailed, MissingField, PublicKeyMismatch,
+from cmlp.errors import (HandshakeFailed, MissingField, PublicKeyMismatch,
                          UnexpectedMessage, VerificationFailed)
 from cmlp.transport import sodium
 from cmlp.transport.config import SessionConfig
