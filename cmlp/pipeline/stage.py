@@ -199,11 +199,11 @@ class StageWorker:
             raise ProtocolError(f"expected Init, got {C.describe(msg)}")
         try:
             spec = StageSpec.from_json(json.loads(msg.stage_spec_json))
-        except (ValueError, CmlpError) as exc:
+        except (ValueError, RecursionError, CmlpError) as exc:
             raise ProtocolError(f"invalid stage_spec: {exc}") from None
         try:
             activation = ActivationSpec.from_json(json.loads(msg.activation_spec_json))
-        except (ValueError, CmlpError) as exc:
+        except (ValueError, RecursionError, CmlpError) as exc:
             raise ProtocolError(f"invalid activation_spec: {exc}") from None
         if spec.security_fields() != self.spec.security_fields():
             raise ProtocolError(
