@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, PipelineError,
                          PipelineShutdown, PipelineTimeout, ProtocolError, RequestFailed,
                          StageFailed, Tainted, Timeout)
+from cmlp import trace
 from cmlp.manifest import Manifest, compact_json
 from cmlp.pipeline import control as C
 from cmlp.pipeline.ids import next_id
@@ -476,6 +477,7 @@ class _Request:
 
     # -- the normal path --------------------------------------------------------
     def run(self, inputs: List[List[Tensor]], seq_len: int) -> InferenceResult:
+        trace.event("orch.infer")
         o = self.o
         for link in o.links:
             link.send(C.StartRequest(self.rid, self.m, seq_len), timeout=_left(self.deadline))
@@ -493,6 +495,7 @@ class _Request:
                 reader.join(max(0.0, self.deadline - time.monotonic()) + 1)
             if self.reader_error is not None:
                 raise self.reader_error
+        trace.event("orch.outputs")
         if self.got_err:
             raise self._collect_error()
         compute = [None] * len(o.links)
@@ -507,6 +510,7 @@ class _Request:
             else:
                 raise ProtocolError(f"expected RequestDone from stage {link.index}, "
                                     f"got {C.describe(msg)}")
+        trace.event("orch.done")
         return InferenceResult(self.rid, self.outputs, compute)
 
     def _send_inputs(self, inputs) -> None:
@@ -516,6 +520,7 @@ class _Request:
                 for t in group:
                     data_in.send_tensor(t, timeout=_left(self.deadline), more=True)
                 data_in.send(END, timeout=_left(self.deadline))
+            trace.event("orch.inputs_sent")
         except (Closed, ChannelBroken) as exc:
             raise self.o._diagnose(exc) from exc
         finally:

@@ -33,6 +33,7 @@ from typing import List, Optional
 from cmlp.errors import (UNKNOWN_STAGE, CmlpError, CryptoError, FrameError, InitFailed,
                          PipelineError, ProtocolError, SessionError, StageError, StageFailed,
                          Timeout)
+from cmlp import trace
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
 from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
@@ -455,6 +456,7 @@ class _RequestLoop:
             raise lost.exc from None
 
     def _handle(self, req: C.StartRequest) -> None:
+        trace.event(f"stage{self.w.idx}.start_request")
         rid, m = req.request_id, req.num_micro_batches
         self.current, self.aborted = rid, None
         idx = self.w.idx
@@ -476,6 +478,7 @@ class _RequestLoop:
                 break
             if status is None:
                 break
+            trace.event(f"stage{self.w.idx}.input")
             t0 = time.perf_counter_ns()
             try:
                 outputs = self.w.executor.forward(rid, mb, tensors)
@@ -484,7 +487,9 @@ class _RequestLoop:
                 done = mb + 1
                 break
             compute_ns += time.perf_counter_ns() - t0
+            trace.event(f"stage{self.w.idx}.forward_done")
             self._send_output(outputs)
+            trace.event(f"stage{self.w.idx}.output_sent")
             for t in outputs:
                 t.wipe_metadata()
             done = mb + 1
