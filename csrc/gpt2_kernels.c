@@ -109,6 +109,7 @@ struct gpt2_pool {
     atomic_ullong work;
     atomic_long done_chunks;
     atomic_int sleepers; /* workers blocked (or about to block) on `wake` */
+    atomic_int quiesce;  /* the forward pass ended: sleep now instead of spinning */
     atomic_int stop;
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -170,7 +171,8 @@ static unsigned pool_wait_for_work(gpt2_pool *pool, unsigned seen)
         if (gen != seen || atomic_load_explicit(&pool->stop, memory_order_relaxed))
             return gen;
         cpu_relax();
-        if ((spins & 255) == 0 && monotonic_ns() - start > GPT2_POOL_SPIN_NS)
+        if ((spins & 255) == 0 && (monotonic_ns() - start > GPT2_POOL_SPIN_NS ||
+                                   atomic_load_explicit(&pool->quiesce, memory_order_relaxed)))
             break;
     }
     /* sleepers is raised before `work` is re-checked, and the caller
@@ -252,6 +254,13 @@ void gpt2_pool_destroy(gpt2_pool *pool)
 
 int gpt2_pool_threads(const gpt2_pool *pool) { return pool->n_threads; }
 
+/* The caller has no more work for a while (end of a forward pass): idle
+ * workers stop spinning at once, leaving the cores to the next stage. */
+void gpt2_pool_quiesce(gpt2_pool *pool)
+{
+    atomic_store_explicit(&pool->quiesce, 1, memory_order_relaxed);
+}
+
 void gpt2_pool_run(gpt2_pool *pool, gpt2_task_fn fn, void *ctx, long n_chunks)
 {
     if (n_chunks <= 0)
@@ -263,6 +272,7 @@ void gpt2_pool_run(gpt2_pool *pool, gpt2_task_fn fn, void *ctx, long n_chunks)
     }
     if (n_chunks >= (long)WORK_CLOSED)
         abort(); /* callers size chunks; never reached */
+    atomic_store_explicit(&pool->quiesce, 0, memory_order_relaxed);
     atomic_store(&pool->fn, fn);
     atomic_store(&pool->ctx, ctx);
     atomic_store(&pool->n_chunks, n_chunks);

@@ -36,6 +36,7 @@ cdef extern from "gpt2_kernels.h" nogil:
     gpt2_pool* gpt2_pool_create(int n_threads)
     void gpt2_pool_destroy(gpt2_pool* pool)
     void gpt2_pool_run(gpt2_pool* pool, gpt2_task_fn fn, void* ctx, long n_chunks)
+    void gpt2_pool_quiesce(gpt2_pool* pool)
 
     void embedding_forward(float* out, const uint32_t* ids, const float* wte, const float* wpe,
                            int B, int T, int past_len, int C)
@@ -566,6 +567,7 @@ cdef class ShardEngine:
     cdef object _run(self, int B, int T):
         with nogil:
             self._forward(B, T)
+            gpt2_pool_quiesce(self.pool)    # free the cores for the next stage now
         self.past_len += T
         self.cache_batch = B
         return self._output_view(B, T)
