@@ -11,7 +11,8 @@ Build flags are portable on purpose: no -march=native.  Hot C loops use
 frame pointers so ``perf report`` names our functions.
 
 Environment knobs
-  CMLP_COVERAGE=1    build with -fsanitize=fuzzer-no-link for atheris (clang)
+  CMLP_COVERAGE=1    build with -fsanitize=fuzzer-no-link for atheris (clang; fuzz/build.sh)
+  CMLP_SANITIZE=...  with CMLP_COVERAGE=1, add a sanitizer: address or undefined
   CMLP_DEBUG=1       -O0, for gdb sessions
   CMLP_ONLY=a,b      build only these extensions (e.g. _frame,_record)
 """
@@ -80,7 +81,11 @@ COMMON_CFLAGS = [
     "-Wno-unreachable-code",
 ]
 if COVERAGE:
-    COMMON_CFLAGS += ["-fsanitize=fuzzer-no-link"]
+    # libFuzzer instrumentation is clang-only: compile and link with clang unless told
+    os.environ.setdefault("CC", "clang")
+    os.environ.setdefault("LDSHARED", os.environ["CC"] + " -shared")
+    _sanitizers = [s for s in (os.environ.get("CMLP_SANITIZE", ""), "fuzzer-no-link") if s]
+    COMMON_CFLAGS += ["-fsanitize=" + ",".join(_sanitizers)]
 
 DEFINE_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 

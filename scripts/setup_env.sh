@@ -11,7 +11,10 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 apt_missing=()
-for pkg in libsodium-dev libopenblas-dev pkg-config gcc g++ make; do
+system_pkgs=(libsodium-dev libopenblas-dev pkg-config gcc g++ make)
+# the tests also build the parsers with clang + ASan + libFuzzer coverage for atheris
+[ "$want_test" = 1 ] && system_pkgs+=(clang)
+for pkg in "${system_pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || apt_missing+=("$pkg")
 done
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
