@@ -47,10 +47,22 @@ def make_provider(kind: str, mock_measurements: Optional[Dict[int, bytes]] = Non
     raise ValueError(f"unknown attestation kind {kind!r}")
 
 
-def make_verifier(kind: str):
+def make_verifier(kind: str, nitro_root_pem: Optional[bytes] = None):
+    """The peers' verifier.  ``nitro_root_pem`` replaces the bundled AWS Nitro root
+    as the trust anchor (test and staging PKIs only; never in production)."""
+    if nitro_root_pem is not None and kind != "nitro":
+        raise ValueError("a Nitro root CA only applies to nitro attestation")
     if kind == "mock":
         return MockVerifier()
     if kind == "nitro":
         from cmlp.attestation.nitro import NitroVerifier
-        return NitroVerifier()
+        return NitroVerifier(root_pem=nitro_root_pem)
     raise ValueError(f"unknown peer attestation kind {kind!r}")
+
+
+def read_nitro_root(path: Optional[str]) -> Optional[bytes]:
+    """``--nitro-root-pem FILE``: the PEM bytes (None when the option is absent)."""
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()

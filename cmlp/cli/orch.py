@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 
-from cmlp.attestation.factory import make_provider, make_verifier
+from cmlp.attestation.factory import make_provider, make_verifier, read_nitro_root
 from cmlp.cli.common import Parser, add_log_level, arg_type, prog_name, run_command
 from cmlp.manifest import Manifest
 from cmlp.transport.sockets import parse_endpoint
@@ -40,6 +40,9 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
                    help="how the stages are verified (default: mock)")
     p.add_argument("--host-attestation", choices=("mock", "none"), default=None,
                    help="what this host presents (default: mock with mock stages, none with nitro)")
+    p.add_argument("--nitro-root-pem", metavar="FILE", default=None,
+                   help="TESTING/STAGING ONLY: verify the stages' Nitro documents against this "
+                        "root CA instead of the bundled AWS Nitro root (with --attestation nitro)")
     p.add_argument("--infer-timeout", type=float, default=60.0,
                    help="seconds one generation step may take (default: 60)")
     p.add_argument("--recover", type=int, default=0, metavar="N",
@@ -104,8 +107,12 @@ def run(args) -> int:
                              f"{need} positions; the manifest allows "
                              f"{manifest.activation_spec.max_seq_len}")
     host = args.host_attestation or ("mock" if args.attestation == "mock" else "none")
+    root = read_nitro_root(args.nitro_root_pem)
+    if root is not None:
+        log.warning("trusting the Nitro root CA in %s instead of AWS's (testing/staging only)",
+                    args.nitro_root_pem)
     config = OrchestratorConfig.development(
-        make_provider(host), make_verifier(args.attestation),
+        make_provider(host), make_verifier(args.attestation, root),
         infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture)
     if args.recover < 0:
         raise ValueError("--recover must be >= 0")

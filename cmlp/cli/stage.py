@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from cmlp.attestation.factory import make_provider, make_verifier, parse_measurement
+from cmlp.attestation.factory import (make_provider, make_verifier, parse_measurement,
+                                      read_nitro_root)
 from cmlp.cli.common import (Parser, add_log_level, arg_type, prog_name, run_command,
                               stop_on_sigterm)
 from cmlp.errors import ModelError
@@ -42,6 +43,9 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                    help="this stage's attestation provider and its peers' verifier (default: mock)")
     p.add_argument("--mock-measurement", action="append", default=[], type=MEASUREMENT,
                    metavar="IDX=HEX", help="measurement a mock document claims (repeatable)")
+    p.add_argument("--nitro-root-pem", metavar="FILE", default=None,
+                   help="TESTING/STAGING ONLY: verify peers' Nitro documents against this root "
+                        "CA instead of the bundled AWS Nitro root (with --attestation nitro)")
     p.add_argument("--host-unattested", action="store_true",
                    help="accept an orchestrator that presents no attestation document")
     p.add_argument("--profile", choices=("development", "production"), default="development",
@@ -77,8 +81,12 @@ def run(args) -> int:
     profile = SecurityProfile(args.profile)
     session = SessionConfig(security_profile=profile,
                             require_measurements=profile is SecurityProfile.PRODUCTION)
+    root = read_nitro_root(args.nitro_root_pem)
+    if root is not None:
+        log.warning("trusting the Nitro root CA in %s instead of AWS's (testing/staging only)",
+                    args.nitro_root_pem)
     config = StageConfig(provider=make_provider(args.attestation, dict(args.mock_measurement)),
-                         verifier=make_verifier(args.attestation), session=session,
+                         verifier=make_verifier(args.attestation, root), session=session,
                          persistent=args.persistent, host_unattested=args.host_unattested)
     executor = make_executor(args)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)

@@ -155,8 +155,11 @@ class StageWorker:
             return base.replace(expected_measurements=None,
                                 allow_unattested_peer=self.config.host_unattested) \
                 if self.config.host_unattested else base
-        return base.with_measurements(self.manifest.stages[peer_stage].measurements()
-                                      or base.expected_measurements)
+        # A link between stages is always mutually attested: an empty document is refused
+        # there even when the host may be unattested (or the base config allows it), since
+        # the host relays that link and could otherwise stand in for the neighbour.
+        return base.replace(expected_measurements=self.manifest.stages[peer_stage].measurements()
+                            or base.expected_measurements, allow_unattested_peer=False)
 
     def _accept_control(self) -> SecureChannel:
         """The next control connection that completes the handshake.
