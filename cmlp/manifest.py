@@ -163,6 +163,19 @@ class StageSpec:
         except ValueError as exc:
             raise ManifestError(f"invalid measurements for stage {self.stage_idx}: {exc}") from None
 
+    def admits_init(self, init: "StageSpec") -> bool:
+        """Whether an Init's spec for this stage agrees with this (local, trusted) one.
+
+        Index, layers and weight hashes must be equal.  The Init may pin *more*
+        of this stage's measurements than the local manifest (the host can pin
+        the exact image PCRs, which an image cannot contain about itself), but
+        never fewer and never other values.
+        """
+        mine, theirs = self.security_fields(), init.security_fields()
+        if mine[:5] != theirs[:5]:
+            return False
+        return set(mine[5]) <= set(theirs[5])
+
     def security_fields(self) -> tuple:
         """What must agree between a stage's own manifest and the Init it receives."""
         return (self.stage_idx, self.layer_start, self.layer_end, self.require_weight_hashes,

@@ -326,3 +326,24 @@ def test_scheduler_matches_reference():
         InferenceSchedule(0, 1)
     with pytest.raises(errors.PipelineError):
         InferenceSchedule(1, 0)
+
+
+def test_init_may_pin_more_of_the_stage_than_its_own_manifest():
+    """The host can pin exact image PCRs (which an image cannot hold about itself)."""
+    base = make_manifest(2, stage_overrides={0: {"expected_measurements": {"8": "88" * 48}},
+                                             1: {"expected_measurements": {"8": "88" * 48}}})
+    host_view = json.loads(base.dumps())
+    for s in host_view["stages"]:
+        s["expected_measurements"]["0"] = "00" * 48
+    from cmlp.manifest import Manifest
+    host = Manifest.from_json(json.dumps(host_view))
+    claims = {0: b"\x00" * 48, 8: b"\x88" * 48}
+    for i in range(2):
+        StageThread(base, i, IdentityExecutor(), provider=MockProvider(claims))
+    orch = orchestrator(host, require_measurements=True)
+    orch.start()
+    assert orch.infer([[t("x")]], seq_len=1).outputs[0][0].name == "x"
+    orch.shutdown()
+    # but never fewer or other values than the stage's own manifest
+    assert base.stages[0].admits_init(host.stages[0])
+    assert not host.stages[0].admits_init(base.stages[0])

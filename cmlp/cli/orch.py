@@ -43,6 +43,9 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
     p.add_argument("--nitro-root-pem", metavar="FILE", default=None,
                    help="TESTING/STAGING ONLY: verify the stages' Nitro documents against this "
                         "root CA instead of the bundled AWS Nitro root (with --attestation nitro)")
+    p.add_argument("--profile", choices=("development", "production"), default="development",
+                   help="production: refuse any stage the manifest does not pin "
+                        "(default: development)")
     p.add_argument("--infer-timeout", type=float, default=60.0,
                    help="seconds one generation step may take (default: 60)")
     p.add_argument("--recover", type=int, default=0, metavar="N",
@@ -111,9 +114,13 @@ def run(args) -> int:
     if root is not None:
         log.warning("trusting the Nitro root CA in %s instead of AWS's (testing/staging only)",
                     args.nitro_root_pem)
-    config = OrchestratorConfig.development(
-        make_provider(host), make_verifier(args.attestation, root),
-        infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture)
+    kwargs = dict(infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture)
+    provider, verifier = make_provider(host), make_verifier(args.attestation, root)
+    if args.profile == "production":
+        # every stage must be pinned: SessionConfig() refuses unpinned handshakes
+        config = OrchestratorConfig(provider=provider, verifier=verifier, **kwargs)
+    else:
+        config = OrchestratorConfig.development(provider, verifier, **kwargs)
     if args.recover < 0:
         raise ValueError("--recover must be >= 0")
 

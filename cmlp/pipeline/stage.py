@@ -209,16 +209,16 @@ class StageWorker:
             activation = ActivationSpec.from_json(json.loads(msg.activation_spec_json))
         except (ValueError, RecursionError, CmlpError) as exc:
             raise ProtocolError(f"invalid activation_spec: {exc}") from None
-        if spec.security_fields() != self.spec.security_fields():
+        if not self.spec.admits_init(spec):
             raise ProtocolError(
                 f"Init for stage {spec.stage_idx} layers [{spec.layer_start}, {spec.layer_end}) "
                 f"does not match this stage's manifest (stage {self.idx} layers "
-                f"[{self.spec.layer_start}, {self.spec.layer_end}), same hashes and "
-                "measurements required)")
+                f"[{self.spec.layer_start}, {self.spec.layer_end}); the same hashes and at "
+                "least its measurements are required)")
         if msg.num_stages != self.manifest.num_stages:
             raise ProtocolError(f"Init says {msg.num_stages} stages, the manifest has "
                                 f"{self.manifest.num_stages}")
-        key = (spec.security_fields(), activation)
+        key = (self.spec.security_fields(), activation)
         if self._initialized_spec != key:
             self.executor.init(self.spec, activation, msg.num_stages)
             self._initialized_spec = key

@@ -14,7 +14,10 @@ need not be importable).
                                build outputs, check that every image was signed
                                with the certificate the manifest pins
 
-Why PCR8 and not PCR0/1/2 in the manifest: each enclave image carries the
+The host's manifest adds each stage's exact-image PCR0/1/2 to that pin (``host``
+with build outputs): the orchestrator then accepts only the images that were built.
+
+Why PCR8 and not PCR0/1/2 in the images' manifest: each enclave image carries the
 manifest (enclaves get no input at launch), and PCR0/PCR2 hash the image, so
 an image cannot contain its own PCR0/2, nor its neighbours' (stage i pins
 stage i+1 and stage i+1 pins stage i: a cycle).  A stage also refuses an Init
@@ -139,6 +142,11 @@ def cmd_host(pinned: str, cids: str, outputs) -> None:
                 if got != want.lower():
                     fail(f"stage {i}: the image measures PCR{idx} {got} but the manifest "
                          f"baked into it pins {want}; rebuild with scripts/build_nitro.sh")
+            # the host also pins the exact image: a stage accepts an Init that pins more
+            # of it than its own manifest does (never less), see StageSpec.admits_init
+            for idx in ("0", "1", "2"):
+                pins[idx] = measured[f"PCR{idx}"]
+            stage["expected_measurements"] = pins
     json.dump(doc, sys.stdout, indent=2)
     print()
 
