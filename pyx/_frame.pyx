@@ -434,17 +434,19 @@ cdef class FrameDecoder:
             deadline = now_ns() + <int64_t>(timeout * 1e9)
         self._make_room(want)
         dst = <char*>self.buf.data + self.end
+        r = io_try_recv(fd, dst, want, &err)      # bytes already there: keep the GIL
         while True:
-            with nogil:
-                r = io_recv_some(fd, dst, want, deadline, &err)
+            if r == IO_AGAIN:
+                with nogil:
+                    r = io_wait_recv(fd, dst, want, deadline, &err)
+                if r == IO_AGAIN:
+                    PyErr_CheckSignals()
+                    continue
             if r > 0:
                 self.end += r
                 return r
             if r == IO_EOF:
                 return 0
-            if r == IO_AGAIN:
-                PyErr_CheckSignals()
-                continue
             if r == IO_TIMEOUT:
                 raise _errors.Timeout("timed out waiting for data")
             if err == ECONNRESET or err == EPIPE or err == ENOTCONN:

@@ -119,9 +119,13 @@ cdef Py_ssize_t send_all_c(int fd, const char* buf, Py_ssize_t n, double timeout
     cdef int64_t deadline = -1
     if timeout >= 0:
         deadline = now_ns() + <int64_t>(timeout * 1e9)
+    r = io_try_send(fd, buf, n, &err)         # the common case: it all fits at once
+    if r >= 0:
+        sent = r
     while sent < n:
-        with nogil:
-            r = io_send_some(fd, buf + sent, n - sent, deadline, &err)
+        if r != IO_ERRNO:
+            with nogil:
+                r = io_wait_send(fd, buf + sent, n - sent, deadline, &err)
         if r >= 0:
             sent += r
         elif r == IO_AGAIN:

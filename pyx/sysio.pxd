@@ -68,51 +68,57 @@ cdef inline int wait_ms(int64_t deadline_ns) noexcept nogil:
     return <int>(left if left < SLICE_MS else SLICE_MS)
 
 
-cdef inline ssize_t io_recv_some(int fd, char* buf, size_t n, int64_t deadline_ns,
-                                 int* err) noexcept nogil:
-    """Read 1..n bytes. Returns the count, IO_AGAIN, IO_TIMEOUT, IO_EOF or IO_ERRNO."""
-    cdef ssize_t r
-    cdef pollfd pfd
-    cdef int ms
-    r = c_recv(fd, buf, n, MSG_DONTWAIT)
+cdef inline ssize_t io_try_recv(int fd, char* buf, size_t n, int* err) noexcept nogil:
+    """One non-blocking recv: the count, IO_EOF, IO_AGAIN (nothing yet) or IO_ERRNO.
+
+    Callers try this while holding the GIL first: data that is already there
+    costs no GIL release, so no thread switch.
+    """
+    cdef ssize_t r = c_recv(fd, buf, n, MSG_DONTWAIT)
     if r > 0:
         return r
     if r == 0:
         return IO_EOF
-    if errno == EINTR:
+    if errno == EINTR or errno == EAGAIN:
         return IO_AGAIN
-    if errno != EAGAIN:
-        err[0] = errno
-        return IO_ERRNO
-    ms = wait_ms(deadline_ns)
+    err[0] = errno
+    return IO_ERRNO
+
+
+cdef inline ssize_t io_wait_recv(int fd, char* buf, size_t n, int64_t deadline_ns,
+                                 int* err) noexcept nogil:
+    """Wait (one slice at most) until readable, then recv once."""
+    cdef pollfd pfd
+    cdef int ms = wait_ms(deadline_ns)
     if ms == IO_TIMEOUT:
         return IO_TIMEOUT
     pfd.fd = fd
     pfd.events = POLLIN
     pfd.revents = 0
     poll(&pfd, 1, ms)
-    return IO_AGAIN
+    return io_try_recv(fd, buf, n, err)
 
 
-cdef inline ssize_t io_send_some(int fd, const char* buf, size_t n, int64_t deadline_ns,
-                                 int* err) noexcept nogil:
-    """Write 1..n bytes. Returns the count, IO_AGAIN, IO_TIMEOUT or IO_ERRNO."""
-    cdef ssize_t r
-    cdef pollfd pfd
-    cdef int ms
-    r = c_send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+cdef inline ssize_t io_try_send(int fd, const char* buf, size_t n, int* err) noexcept nogil:
+    """One non-blocking send: the count (may be partial), IO_AGAIN or IO_ERRNO."""
+    cdef ssize_t r = c_send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
     if r >= 0:
         return r
-    if errno == EINTR:
+    if errno == EINTR or errno == EAGAIN:
         return IO_AGAIN
-    if errno != EAGAIN:
-        err[0] = errno
-        return IO_ERRNO
-    ms = wait_ms(deadline_ns)
+    err[0] = errno
+    return IO_ERRNO
+
+
+cdef inline ssize_t io_wait_send(int fd, const char* buf, size_t n, int64_t deadline_ns,
+                                 int* err) noexcept nogil:
+    """Wait (one slice at most) until writable, then send once."""
+    cdef pollfd pfd
+    cdef int ms = wait_ms(deadline_ns)
     if ms == IO_TIMEOUT:
         return IO_TIMEOUT
     pfd.fd = fd
     pfd.events = POLLOUT
     pfd.revents = 0
     poll(&pfd, 1, ms)
-    return IO_AGAIN
+    return io_try_send(fd, buf, n, err)
