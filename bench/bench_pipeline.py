@@ -1,8 +1,10 @@
 """End-to-end pipeline benchmark: 1, 2 and 3 stages, direct and through the host relay.
 
-For every configuration the stages are started once (``--persistent``) and the
-orchestrator runs ``--runs`` generation sessions of ``--tokens`` steps on the
-prompt "The capital of France is".  Per session: TTFT (prompt step), generation
+The stages of every configuration are started once (``--persistent``, each
+configuration on its own ports) and the orchestrator runs ``--runs`` rounds;
+each round runs one generation session of ``--tokens`` steps on the prompt
+"The capital of France is" per configuration, in turn, so slow drifts of
+this shared machine hit every configuration alike.  Per session: TTFT (prompt step), generation
 avg/p50/p95/p99 with the reference's formulas, stage compute per token (from
 RequestDone ``compute_us``) and the pipeline's own overhead per token
 (latency minus summed stage compute).  The table shows medians over sessions,
@@ -69,36 +71,66 @@ def wait_listening(ports, timeout=180):
     raise RuntimeError(f"stages not listening on {ports}")
 
 
-def run_config(manifest: Path, model_dir: Path, runs: int, tokens: int, threads: int):
+def remap_ports(manifest: Path, offset: int, out_dir: Path) -> Path:
+    """A copy of a shipped manifest with every TCP port moved by ``offset``."""
+    doc = json.loads(manifest.read_text())
+    for stage in doc["stages"]:
+        for spec in stage["endpoint"].values():
+            host, port = spec["addr"].rsplit(":", 1)
+            spec["addr"] = f"{host}:{int(port) + offset}"
+    out = out_dir / manifest.name
+    out.write_text(json.dumps(doc))
+    return out
+
+
+def start_stages(manifest: Path, model_dir: Path, threads: int):
     from cmlp.manifest import Manifest
     m = Manifest.load(manifest)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
-    stages = [subprocess.Popen([sys.executable, "-m", "cmlp.cli.stage", "--manifest", str(manifest),
-                                "--stage-idx", str(i), "--model-dir", str(model_dir),
-                                "--threads", str(threads), "--persistent", "--log-level", "error"],
-                               env=env)
-              for i in range(m.num_stages)]
-    sessions = []
-    try:
-        wait_listening([s.endpoint.control.endpoint.port for s in m.stages])
-        with tempfile.TemporaryDirectory() as tmp:
-            for r in range(runs + 1):            # run 0 warms caches and is discarded
-                out = Path(tmp) / f"lat{r}.json"
-                res = subprocess.run([sys.executable, "-m", "cmlp.cli.orch", "--manifest",
-                                      str(manifest), "--text", PROMPT, "--max-tokens",
-                                      str(tokens), "--latency-out", str(out),
-                                      "--log-level", "error"],
-                                     capture_output=True, text=True, env=env, timeout=600)
-                if res.returncode != 0:
-                    raise RuntimeError(f"{manifest.name}: orchestrator failed: {res.stderr}")
-                if r:
-                    sessions.append(session_metrics(json.loads(out.read_text())))
-    finally:
-        for p in stages:
-            p.terminate()
-        for p in stages:
-            p.wait(30)
-    return {k: statistics.median(s[k] for s in sessions) for k in sessions[0]}
+    procs = [subprocess.Popen([sys.executable, "-m", "cmlp.cli.stage", "--manifest", str(manifest),
+                               "--stage-idx", str(i), "--model-dir", str(model_dir),
+                               "--threads", str(threads), "--persistent", "--log-level", "error"],
+                              env=env)
+             for i in range(m.num_stages)]
+    return procs, [s.endpoint.control.endpoint.port for s in m.stages]
+
+
+def run_session(manifest: Path, tokens: int, threads: int, out: Path) -> dict:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+    res = subprocess.run([sys.executable, "-m", "cmlp.cli.orch", "--manifest", str(manifest),
+                          "--text", PROMPT, "--max-tokens", str(tokens), "--latency-out",
+                          str(out), "--log-level", "error"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    if res.returncode != 0:
+        raise RuntimeError(f"{manifest.name}: orchestrator failed: {res.stderr}")
+    return session_metrics(json.loads(out.read_text()))
+
+
+def run_configs(configs, model_dir: Path, runs: int, tokens: int, threads: int):
+    procs, sessions = [], {name: [] for name, _ in configs}
+    with tempfile.TemporaryDirectory() as tmp:
+        manifests = {}
+        try:
+            for k, (name, file) in enumerate(configs):
+                d = Path(tmp) / f"c{k}"
+                d.mkdir()
+                manifests[name] = remap_ports(REPO / "manifests" / file, 1000 * k, d)
+                p, ports = start_stages(manifests[name], model_dir, threads)
+                procs += p
+                wait_listening(ports)
+            for r in range(runs + 1):            # round 0 warms caches and is discarded
+                for name, _ in configs:
+                    print(f"round {r}: {name} ...", file=sys.stderr, flush=True)
+                    m = run_session(manifests[name], tokens, threads, Path(tmp) / "lat.json")
+                    if r:
+                        sessions[name].append(m)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(30)
+    return {name: {k: statistics.median(s[k] for s in ss) for k in ss[0]}
+            for name, ss in sessions.items()}
 
 
 def torch_ttft(model_dir: Path, threads: int, runs: int):
@@ -130,12 +162,8 @@ def main():
                     help="comma-separated subset of: " + ", ".join(c for c, _ in CONFIGS))
     args = ap.parse_args()
     wanted = [c.strip() for c in args.configs.split(",")]
-    results = {}
-    for name, file in CONFIGS:
-        if name in wanted:
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            results[name] = run_config(REPO / "manifests" / file, Path(args.model_dir),
-                                       args.runs, args.tokens, args.threads)
+    configs = [(name, file) for name, file in CONFIGS if name in wanted]
+    results = run_configs(configs, Path(args.model_dir), args.runs, args.tokens, args.threads)
     cfg = json.loads((Path(args.model_dir) / "config.json").read_text())
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), platform.processor())
@@ -152,7 +180,7 @@ def main():
         base = results["1-stage"]["p50"]
         print("| p50 vs 1-stage | " + " | ".join(f"{results[n]['p50'] / base:.3f}x" for n in names)
               + " |")
-    print(f"| Tokens | " + " | ".join(str(args.tokens) for _ in names) + " |")
+    print("| Tokens | " + " | ".join(str(args.tokens) for _ in names) + " |")
     if args.torch:
         t = torch_ttft(Path(args.model_dir), args.threads, args.runs)
         print(f"\nPyTorch {__import__('torch').__version__} + transformers prefill + first "
@@ -160,7 +188,8 @@ def main():
               f"{results.get('1-stage', {}).get('ttft', float('nan')):.2f} ms)")
     print(f"\n**Config**: {cfg.get('n_layer')} layers, n_embd {cfg.get('n_embd')}, "
           f"{'synthetic' if cfg.get('cmlp_synthetic') else 'real'} weights; {args.threads} BLAS "
-          f"threads per stage; {args.runs} sessions per configuration (medians), "
+          f"threads per stage; {args.runs} rounds of one session per configuration in turn "
+          f"(medians), "
           f"{args.tokens} tokens each; TCP loopback, ChaCha20-Poly1305, mock attestation")
     print(f"**CPU**: {cpu}, {os.cpu_count()} cores")
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
