@@ -129,9 +129,9 @@ class _StageLink:
         """Non-blocking look at the control channel after a failure.
 
         Returns ``("dead", reason)`` when the channel is closed, ``("explained",
-        side)`` when the stage said which data link broke (``"data_in"`` or
-        ``"data_out"``, sent by a stage just before it drops a broken
-        session), or ``("alive", None)``.
+        (side, text))`` when the stage said which of its data links broke and
+        why (``side`` is "data_in" or "data_out"; a stage sends this just
+        before it drops a broken session), or ``("alive", None)``.
         """
         explained = None
         while True:
@@ -148,7 +148,7 @@ class _StageLink:
             if isinstance(msg, C.RequestError):
                 for side in ("data_in", "data_out"):
                     if msg.error.startswith(f"{side} closed"):
-                        explained = side
+                        explained = (side, msg.error[len(side) + len(" closed: "):])
 
 
 class Orchestrator:
@@ -337,43 +337,51 @@ class Orchestrator:
             raise self._diagnose(exc) from exc
 
     def _diagnose(self, cause: BaseException, grace: float = 1.0) -> PipelineError:
-        """Name the stage behind a broken data channel.
+        """Name the stage (or the link) behind a broken data channel.
 
         When one stage dies its neighbours fail too, and whichever closure
-        reaches us first proves nothing.  So for up to ``grace`` seconds we
-        collect each stage's state: dead without explanation, or alive, or
-        dropped with "my data_in/data_out closed" (which blames the upstream
-        or downstream neighbour).  The root cause is the lowest dead stage that
-        a neighbour blames, else the lowest dead stage that explained nothing.
+        reaches us first proves nothing.  So for a moment (at most ``grace``
+        seconds) we collect each stage's state: dead without explanation,
+        alive, or dropped with "my data_in/data_out broke because ..." (which
+        points at the upstream or downstream neighbour).  The root cause is the
+        lowest dead stage that a neighbour points at, else the lowest dead stage
+        that explained nothing; a neighbour that is still alive means the link
+        between them failed (tampering, or the relay), and the error says so.
         """
         n = len(self.links)
         state = {}
-        deadline = time.monotonic() + grace
+        start = time.monotonic()
         while True:
             for link in self.links:
                 if state.get(link.index, ("alive",))[0] == "alive":
                     state[link.index] = link.probe()
-            if all(st[0] != "alive" for st in state.values()) or time.monotonic() > deadline:
+            waited = time.monotonic() - start
+            kinds = [st[0] for st in state.values()]
+            if "alive" not in kinds or waited > grace:
                 break
-            if any(st[0] == "dead" for st in state.values()) and \
-                    time.monotonic() > deadline - grace / 2:
+            if ("explained" in kinds and waited > 0.2) or ("dead" in kinds and waited > grace / 2):
                 break
             time.sleep(0.02)
-        blamed = set()
+        blamed = {}
         for i, (kind, what) in state.items():
             if kind == "explained":
-                j = i - 1 if what == "data_in" else i + 1
+                side, text = what
+                j = i - 1 if side == "data_in" else i + 1
                 if 0 <= j < n:
-                    blamed.add(j)
-        dead = sorted(i for i, st in state.items() if st[0] in ("dead", "explained"))
-        unexplained = sorted(i for i, st in state.items() if st[0] == "dead")
-        for candidates in ([i for i in dead if i in blamed], unexplained, sorted(blamed)):
-            if candidates:
-                i = candidates[0]
-                reason = state[i][1] if state[i][0] == "dead" else "stopped (its neighbours lost it)"
-                if state[i][0] == "alive":
-                    reason = "its neighbour lost the data channel to it"
-                return StageFailed(i, reason)
+                    blamed.setdefault(j, (i, side, text))
+        dead = sorted(i for i, st in state.items() if st[0] == "dead")
+        for j in sorted(blamed):
+            i, side, text = blamed[j]
+            a, b = (j, i) if side == "data_in" else (i, j)
+            if j in dead:
+                return StageFailed(j, f"{state[j][1]} (stage {i} lost its {side} to it: {text})")
+            if state[j][0] == "alive":
+                return StageFailed(j, f"the data link stage {a} -> stage {b} failed: "
+                                      f"stage {i} reported '{text}' and stage {j} is still up "
+                                      "(a tampered or broken link, or the relay)")
+            return StageFailed(j, f"stage {i} lost its {side} to it: {text}")
+        if dead:
+            return StageFailed(dead[0], state[dead[0]][1])
         for relay in self.relays:
             if not relay.alive:
                 return StageFailed(relay.index, f"relay {relay.index} to stage "
