@@ -200,7 +200,7 @@ def bench_rtt(repeats, sizes):
     os.sched_setaffinity(0, cpu)
     secure_srv = subprocess.Popen([sys.executable, "-m", "cmlp.cli.main", "echo-server",
                                    "--listen", "127.0.0.1:0", "--log-level", "error"],
-                                  stdout=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     plain_srv = subprocess.Popen([sys.executable, "-c", PLAIN_ECHO], stdout=subprocess.PIPE,
                                  text=True)
     try:
