@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+from cmlp import strict_json
 from cmlp.attestation.base import ExpectedMeasurements
 from cmlp.errors import ManifestError
 from cmlp.transport.sockets import Endpoint, TcpAddr, VsockAddr, parse_tcp_addr
@@ -217,8 +218,8 @@ class Manifest:
         if len(text) > MAX_MANIFEST_BYTES:
             raise ManifestError(f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
         try:
-            obj = json.loads(text, object_pairs_hook=_no_duplicates)
-        except (ValueError, RecursionError) as exc:
+            obj = strict_json.loads(text)
+        except ValueError as exc:
             raise ManifestError(f"not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise ManifestError("top level must be a JSON object")
@@ -302,15 +303,6 @@ class Manifest:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2) + "\n"
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
 
 
 def compact_json(obj) -> str:

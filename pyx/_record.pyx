@@ -77,28 +77,39 @@ cdef int copy_key(uint8_t* dst, object src, str what) except -1:
     return 0
 
 
-cdef class Sealer:
-    """Send direction: key, session id and the next sequence number."""
+cdef class _DirectionKeys:
+    """One direction's key and the session id; the key is wiped on wipe() and on free."""
     cdef uint8_t key[KEY_SIZE]
     cdef uint8_t sid[SID_SIZE]
-    cdef uint64_t next_seq
-    cdef public Py_ssize_t max_payload
     cdef bint wiped
 
-    def __init__(self, key, session_id, uint64_t next_sequence=0,
-                 Py_ssize_t max_payload=MAX_PAYLOAD_SIZE):
+    def __cinit__(self, key, session_id, *args, **kwargs):
         copy_key(self.key, key, "key")
         copy_key(self.sid, session_id, "session_id")
-        self.next_seq = next_sequence
-        self.max_payload = max_payload
 
     def __dealloc__(self):
         sodium_memzero(self.key, KEY_SIZE)
 
     def wipe(self):
-        """Zero the key; every later seal raises ChannelBroken."""
+        """Zero the key; every later seal or open raises ChannelBroken."""
         sodium_memzero(self.key, KEY_SIZE)
         self.wiped = True
+
+    cdef int _usable(self) except -1:
+        if self.wiped:
+            raise _errors.ChannelBroken("channel keys were wiped")
+        return 0
+
+
+cdef class Sealer(_DirectionKeys):
+    """Send direction: key, session id and the next sequence number."""
+    cdef uint64_t next_seq
+    cdef public Py_ssize_t max_payload
+
+    def __init__(self, key, session_id, uint64_t next_sequence=0,
+                 Py_ssize_t max_payload=MAX_PAYLOAD_SIZE):
+        self.next_seq = next_sequence
+        self.max_payload = max_payload
 
     @property
     def next_sequence(self):
@@ -106,8 +117,7 @@ cdef class Sealer:
 
     cdef int _check(self, Py_ssize_t pt_len) except -1:
         # section 4.5 step 1, then the sender-side size check the reference lacks
-        if self.wiped:
-            raise _errors.ChannelBroken("channel keys were wiped")
+        self._usable()
         if self.next_seq > MAX_SEQUENCE:
             raise _errors.NonceOverflow()
         if pt_len + TAG_SIZE > self.max_payload:
@@ -179,27 +189,14 @@ cdef class Sealer:
         return bytes(out)
 
 
-cdef class Opener:
+cdef class Opener(_DirectionKeys):
     """Receive direction: key, session id and the replay window (section 1.4)."""
-    cdef uint8_t key[KEY_SIZE]
-    cdef uint8_t sid[SID_SIZE]
     cdef bint have_last
     cdef uint64_t last
-    cdef bint wiped
 
     def __init__(self, key, session_id):
-        copy_key(self.key, key, "key")
-        copy_key(self.sid, session_id, "session_id")
         self.have_last = False
         self.last = 0
-
-    def __dealloc__(self):
-        sodium_memzero(self.key, KEY_SIZE)
-
-    def wipe(self):
-        """Zero the key; every later open raises ChannelBroken."""
-        sodium_memzero(self.key, KEY_SIZE)
-        self.wiped = True
 
     @property
     def last_accepted(self):
@@ -211,8 +208,7 @@ cdef class Opener:
         cdef uint8_t aad[AAD_SIZE]
         cdef int rc
         cdef Py_ssize_t n
-        if self.wiped:
-            raise _errors.ChannelBroken("channel keys were wiped")
+        self._usable()
         # replay check before decryption; the first frame may carry any sequence
         if self.have_last and seq <= self.last:
             raise _errors.SequenceReplay(seq, self.last)

@@ -85,17 +85,24 @@ cdef inline ssize_t io_try_recv(int fd, char* buf, size_t n, int* err) noexcept 
     return IO_ERRNO
 
 
-cdef inline ssize_t io_wait_recv(int fd, char* buf, size_t n, int64_t deadline_ns,
-                                 int* err) noexcept nogil:
-    """Wait (one slice at most) until readable, then recv once."""
+cdef inline int io_wait(int fd, short events, int64_t deadline_ns) noexcept nogil:
+    """Poll ``fd`` for one slice at most: 0, or IO_TIMEOUT once the deadline passed."""
     cdef pollfd pfd
     cdef int ms = wait_ms(deadline_ns)
     if ms == IO_TIMEOUT:
         return IO_TIMEOUT
     pfd.fd = fd
-    pfd.events = POLLIN
+    pfd.events = events
     pfd.revents = 0
     poll(&pfd, 1, ms)
+    return 0
+
+
+cdef inline ssize_t io_wait_recv(int fd, char* buf, size_t n, int64_t deadline_ns,
+                                 int* err) noexcept nogil:
+    """Wait (one slice at most) until readable, then recv once."""
+    if io_wait(fd, POLLIN, deadline_ns) == IO_TIMEOUT:
+        return IO_TIMEOUT
     return io_try_recv(fd, buf, n, err)
 
 
@@ -113,12 +120,6 @@ cdef inline ssize_t io_try_send(int fd, const char* buf, size_t n, int* err) noe
 cdef inline ssize_t io_wait_send(int fd, const char* buf, size_t n, int64_t deadline_ns,
                                  int* err) noexcept nogil:
     """Wait (one slice at most) until writable, then send once."""
-    cdef pollfd pfd
-    cdef int ms = wait_ms(deadline_ns)
-    if ms == IO_TIMEOUT:
+    if io_wait(fd, POLLOUT, deadline_ns) == IO_TIMEOUT:
         return IO_TIMEOUT
-    pfd.fd = fd
-    pfd.events = POLLOUT
-    pfd.revents = 0
-    poll(&pfd, 1, ms)
     return io_try_send(fd, buf, n, err)

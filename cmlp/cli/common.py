@@ -65,6 +65,14 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise)
 
 
+def console_main(build_parser, run, default_prog: str, argv=None) -> int:
+    """Entry point of a console script: parse, then run with the error policy."""
+    prog = prog_name(default_prog)
+    args = build_parser(prog).parse_args(argv)
+    args.prog_name = prog
+    return run_command(run, args)
+
+
 def run_command(func, args) -> int:
     level = getattr(args, "log_level", "warning")
     setup_logging(level)

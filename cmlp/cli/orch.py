@@ -15,7 +15,7 @@ import math
 import sys
 
 from cmlp.attestation.factory import make_provider, make_verifier, read_nitro_root
-from cmlp.cli.common import Parser, add_log_level, arg_type, prog_name, run_command
+from cmlp.cli.common import Parser, add_log_level, arg_type, console_main
 from cmlp.manifest import Manifest
 from cmlp.transport.sockets import parse_endpoint
 
@@ -159,10 +159,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    prog = prog_name("cmlp-orch")
-    args = build_parser(prog).parse_args(argv)
-    args.prog_name = prog
-    return run_command(run, args)
+    return console_main(build_parser, run, "cmlp-orch", argv)
 
 
 if __name__ == "__main__":

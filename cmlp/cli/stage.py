@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cmlp.attestation.factory import (make_provider, make_verifier, parse_measurement,
                                       read_nitro_root)
-from cmlp.cli.common import (Parser, add_log_level, arg_type, prog_name, run_command,
+from cmlp.cli.common import (Parser, add_log_level, arg_type, console_main,
                               stop_on_sigterm)
 from cmlp.errors import ModelError
 from cmlp.manifest import Manifest
@@ -108,10 +108,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    prog = prog_name("cmlp-stage")
-    args = build_parser(prog).parse_args(argv)
-    args.prog_name = prog
-    return run_command(run, args)
+    return console_main(build_parser, run, "cmlp-stage", argv)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import ClassVar, Dict, Optional, Type, Union
 
+from cmlp import strict_json
 from cmlp.errors import MessageTooLarge, ProtocolError, VersionMismatch
 
 PROTOCOL_VERSION = 1
@@ -140,15 +141,6 @@ class _Malformed(Exception):
     pass
 
 
-def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise _Malformed(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def _is_unicode(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -189,8 +181,8 @@ def _decode(payload: bytes, catalogue: Dict[str, Type[_Msg]], who: str,
         raise MessageTooLarge(size, limit)
     try:
         try:
-            doc = json.loads(payload, object_pairs_hook=_no_duplicates)
-        except (ValueError, RecursionError) as exc:
+            doc = strict_json.loads(payload)
+        except ValueError as exc:
             raise _Malformed(str(exc)) from None
         if not isinstance(doc, dict):
             raise _Malformed("envelope is not an object")
