@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
 import struct
 import threading
@@ -28,7 +27,7 @@ import numpy as np
 
 from cmlp import _frame, _record
 from cmlp.attestation import MockProvider, MockVerifier
-from cmlp.transport import SecureChannel, SessionConfig, TensorMessage, sockets
+from cmlp.transport import SecureChannel, SessionConfig, sockets
 from cmlp.transport.sodium import pysodium
 
 KEY = os.urandom(32)
@@ -270,7 +269,7 @@ def main():
             cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    print(f"## cmlp transport benchmark\n")
+    print("## cmlp transport benchmark\n")
     print(f"CPU: {cpu}, {os.cpu_count()} cores; one thread per side (round trips: echo "
           f"servers in their own processes, all pinned to one core); "
           f"medians of {args.repeats} runs; libsodium {_record.LIBSODIUM_VERSION}\n")

@@ -13,7 +13,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 CLOSE = object()
 Tamper = Callable[[int, bytes], object]   # (frame index in this direction, frame) -> output

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import mitm
-from cmlp import _netio, errors
+from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.transport import (Data, ErrorMessage, Heartbeat, RetryPolicy, SecureChannel,
                             SessionConfig, ShutdownMessage, TensorMessage, sockets, with_retry)
 from cmlp.transport.channel import connect_with_retry
 from cmlp.transport.wire import DType, Tensor
 
-from conftest import cli_env, run_handshake
+from conftest import cli_env
 
 
 def dev(**kw):
@@ -82,7 +82,6 @@ def test_tcp_echo_data_and_tensors_every_dtype():
         ch.send(f"message {i}".encode())
         assert ch.recv(timeout=5).payload == f"message {i}".encode()
     for dtype in DType:
-        arr = np.arange(24, dtype=np.uint8).view(np.uint8)
         raw = np.random.default_rng(int(dtype)).integers(0, 255, 6 * dtype.itemsize, np.uint8)
         t = Tensor(f"t{dtype.name}", dtype, (2, 3), raw.view(dtype.numpy).reshape(2, 3))
         ch.send_tensor(t)
@@ -259,7 +258,6 @@ def test_oversized_length_injected():
 
 
 def test_garbage_first_bytes():
-    srv, proxy, ch_or_err = None, None, None
     srv = TcpServer()
     proxy = mitm.MitmProxy(srv.addr, upstream=mitm.inject_before(0, b"GET / HTTP/1.1\r\n\r\n"))
     with pytest.raises(errors.CmlpError):

@@ -13,7 +13,7 @@ import pytest
 
 from cmlp.model.synthetic import init_model
 
-from pipeline_helpers import REPO, cli_env, manifest_dict, write_manifest
+from pipeline_helpers import cli_env, manifest_dict, write_manifest
 
 STAGE = [sys.executable, "-m", "cmlp.cli.stage"]
 ORCH = [sys.executable, "-m", "cmlp.cli.orch"]

@@ -15,8 +15,7 @@ from cmlp import _frame, errors
 from cmlp.attestation import (ExpectedMeasurements, MockProvider, MockVerifier,
                               MockVerifierWithMeasurements, encode_mock_document)
 from cmlp.transport import SecureChannel, SecurityProfile, SessionConfig, sockets
-from cmlp.transport.handshake import (InitiatorHandshake, ResponderHandshake, encode_hello,
-                                      hello_frame)
+from cmlp.transport.handshake import (InitiatorHandshake, encode_hello, hello_frame)
 
 from conftest import run_handshake
 

@@ -17,7 +17,7 @@ pytest.importorskip("cryptography")
 import independent_peer as peer  # noqa: E402
 
 from cmlp.attestation import MockProvider, MockVerifier  # noqa: E402
-from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage,  # noqa: E402
+from cmlp.transport import (Data, SecureChannel, SessionConfig,  # noqa: E402
                             TensorMessage, sockets)
 
 from conftest import cli_env, free_port  # noqa: E402

@@ -1,6 +1,5 @@
 """Manifest schema and validation (pipeline.md 1.1-1.8)."""
 
-import copy
 import json
 
 import pytest

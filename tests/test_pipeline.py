@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 from cmlp import errors
-from cmlp.attestation import ExpectedMeasurements, MockProvider, MockVerifier
+from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.pipeline import control as C
 from cmlp.pipeline.executor import DoubleExecutor, FailingExecutor, IdentityExecutor
 from cmlp.pipeline.scheduler import InferenceSchedule
 from cmlp.transport import SecureChannel, SessionConfig, sockets
-from cmlp.transport.wire import DType, Tensor
+from cmlp.transport.wire import Tensor
 
-from pipeline_helpers import (StageThread, make_manifest, manifest_dict, orchestrator,
-                              running_pipeline)
+from pipeline_helpers import (StageThread, make_manifest, orchestrator, running_pipeline)
 
 
 def t(name, value=1.0, shape=(1, 4)):
@@ -232,8 +231,8 @@ def test_measurement_pinning_end_to_end():
     pins = {"0": "11" * 48}
     m = make_manifest(2, stage_overrides={0: {"expected_measurements": pins},
                                          1: {"expected_measurements": {"0": "22" * 48}}})
-    ok = [StageThread(m, i, IdentityExecutor(), provider=MockProvider({0: bytes([0x11 * (i + 1)]) * 48}))
-          for i in range(2)]
+    for i in range(2):
+        StageThread(m, i, IdentityExecutor(), provider=MockProvider({0: bytes([0x11 * (i + 1)]) * 48}))
     orch = orchestrator(m, require_measurements=True)
     orch.start()
     assert orch.infer([[t("pinned")]], seq_len=1).outputs[0][0].name == "pinned"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cmlp.model import Gpt2Shard
-from cmlp.pipeline.gpt2 import Generator, Gpt2Executor, generate, greedy_token
+from cmlp.pipeline.gpt2 import Gpt2Executor, generate, greedy_token
 
 from model_helpers import PARITY, layer_partitions, load_golden
 from pipeline_helpers import StageThread, make_manifest, orchestrator, running_pipeline
@@ -96,7 +96,7 @@ def test_context_longer_than_the_model_is_refused_before_sending(parity):
     with running_pipeline(m, [Gpt2Executor(model_dir, threads=1) for _ in range(2)]) as (orch, _):
         from cmlp.errors import ProtocolError
         prompt = list(range(n_pos))
-        gen = generate(orch, prompt, 1)                 # exactly n_positions: fine
+        generate(orch, prompt, 1)                       # exactly n_positions: fine
         with pytest.raises(ProtocolError, match=f"seq_len {n_pos + 1} exceeds"):
             generate(orch, prompt + [1], 1)
         assert not orch.tainted

@@ -8,20 +8,17 @@ to the same prompt (no desynchronisation).
 """
 
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import numpy as np
-import pytest
 
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.model.synthetic import init_model
 from cmlp.transport import SecureChannel, SessionConfig, sockets
 
-import mitm
 from pipeline_helpers import (cli_env, manifest_dict, start_stage_process, stop_processes,
                               write_manifest)
 
@@ -94,7 +91,7 @@ def test_thousand_requests_relayed_three_stages(tmp_path):
         assert done["requests"] >= 1000
         growth = [(b - a) / a for a, b in zip([warm["rss_kb"]] + stage_warm,
                                               [done["rss_kb"]] + stage_done)]
-        print(f"\nRSS growth after warm-up (driver, stage 0-2): "
+        print("\nRSS growth after warm-up (driver, stage 0-2): "
               + ", ".join(f"{100 * g:+.2f} %" for g in growth))
         assert all(g < 0.05 for g in growth), growth
         assert all(p.poll() is None for p in stages)     # persistent: still serving

@@ -10,10 +10,9 @@ import socket
 import threading
 
 import numpy as np
-import pytest
 
 from cmlp.attestation import MockProvider, MockVerifier
-from cmlp.transport import SecureChannel, SessionConfig, Tensor
+from cmlp.transport import SecureChannel, SessionConfig
 from cmlp.transport.handshake import (InitiatorHandshake, ResponderHandshake, confirmation_hash,
                                       derive_keys, transcript_input)
 from cmlp.transport import sodium
