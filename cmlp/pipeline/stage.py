@@ -347,7 +347,6 @@ class _RequestLoop:
         self.data_out = data_out
         self.activation = activation
         self.queued = collections.deque()
-        self.last_stage = worker.idx == worker.manifest.num_stages - 1
         self.current: Optional[int] = None
         self.aborted: Optional[str] = None
         self.shutdown = False
@@ -493,11 +492,13 @@ class _RequestLoop:
                 break
             compute_ns += time.perf_counter_ns() - t0
             trace.event(f"stage{self.w.idx}.forward_done")
-            if mb == m - 1 and self.last_stage:
-                # The last stage confirms before its last output leaves: when the logits
-                # reach the orchestrator the RequestDone is already in its socket buffer,
-                # which saves it a wake-up per request (~100 us on a VM).  A failed send
-                # after this still ends the session and is reported on this channel.
+            if mb == m - 1:
+                # Confirm before the last output leaves.  The last stage's RequestDone is
+                # then already buffered when the logits reach the orchestrator (one wake-up
+                # less per request, ~100 us on a VM), and every stage goes to sleep right
+                # after its data send, so the kernel may run the woken neighbour on the same
+                # core.  A failed send after this still ends the session and is reported
+                # on this channel.
                 self.ctl.send(C.RequestDone(rid, compute_ns // 1000))
                 confirmed = True
             self._send_output(outputs)
