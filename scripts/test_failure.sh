@@ -16,8 +16,9 @@ start_stage "$manifest" 0
 start_stage "$manifest" 1
 wait_for_ports "$manifest"
 out=$(mktemp)
+err_log=$(mktemp)
 cmlp-orch --manifest "$manifest" --text "The capital of France is" --max-tokens 500 \
-    >"$out" 2>&1 &
+    >"$out" 2>"$err_log" &
 orch=$!
 sleep 3
 kill -9 "${STAGE_PIDS[$victim]}"
@@ -36,7 +37,7 @@ wait "$orch"
 rc=$?
 set -e
 elapsed=$(python -c "import sys,time; print(f'{time.time() - float(sys.argv[1]):.2f}')" "$killed_at")
-err=$(grep -E "error" "$out" | tail -n 1 || true)
+err=$(grep -E "error" "$err_log" | tail -n 1 || true)
 if [ "$rc" -ne 0 ] && grep -qE "stage $victim|channel" <<<"$err"; then
     echo "PASS [failure-detection]: exit $rc after ${elapsed}s: $err"
     exit 0
