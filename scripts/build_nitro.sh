@@ -28,16 +28,8 @@ set -euo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --dry-run) DRY_RUN=1 ;;
-        -h|--help) usage; exit 0 ;;
-        -*) die "unknown option: $1 (see --help)" ;;
-        *) args+=("$1") ;;
-    esac
-    shift
-done
+parse_args "$@"
+args=("${ARGS[@]}")
 [ "${#args[@]}" -le 1 ] || die "too many arguments (see --help)"
 n="${args[0]:-2}"
 check_stages "$n"

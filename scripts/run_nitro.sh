@@ -31,17 +31,8 @@ set -euo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
-args=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --dry-run) DRY_RUN=1 ;;
-        -h|--help) usage; exit 0 ;;
-        --) shift; args+=("$@"); break ;;
-        -*) die "unknown option: $1 (see --help)" ;;
-        *) args+=("$1") ;;
-    esac
-    shift
-done
+parse_args "$@"
+args=("${ARGS[@]}")
 [ "${#args[@]}" -le 3 ] || die "too many arguments (see --help)"
 text="${args[0]:-The capital of France is}"
 max_tokens="${args[1]:-20}"

@@ -17,6 +17,22 @@ DRY_RUN_FIRST_CID=16
 
 is_dry() { [ "$DRY_RUN" = 1 ]; }
 
+# parse_args "$@": --dry-run, -h/--help (the calling script's usage), then positional
+# arguments into the global array ARGS.
+parse_args() {
+    ARGS=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --dry-run) DRY_RUN=1 ;;
+            -h|--help) usage; exit 0 ;;
+            --) shift; ARGS+=("$@"); break ;;
+            -*) die "unknown option: $1 (see --help)" ;;
+            *) ARGS+=("$1") ;;
+        esac
+        shift
+    done
+}
+
 # show CMD...: the command line as a dry run prints it.
 show() {
     printf '+'
