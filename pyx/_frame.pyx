@@ -345,12 +345,6 @@ cdef class FrameDecoder:
     def pending_header(self):
         return bool(self.has_header)
 
-    def residual(self):
-        """Bytes buffered past the last returned frame (copy)."""
-        if self.has_header:
-            raise RuntimeError("a frame is partially decoded")
-        return PyBytes_FromStringAndSize(<char*>self.buf.data + self.start, self.end - self.start)
-
     cdef Py_ssize_t _need(self) noexcept:
         """Bytes still missing for the frame in progress (at least 1)."""
         cdef Py_ssize_t have = self.end - self.start

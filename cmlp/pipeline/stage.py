@@ -347,6 +347,9 @@ class _RequestLoop:
         self.data_out = data_out
         self.activation = activation
         self.queued = collections.deque()
+        # trace event names built once, not per request
+        self.ev = {k: f"stage{worker.idx}.{k}"
+                   for k in ("start_request", "input", "forward_done", "output_sent")}
         self.current: Optional[int] = None
         self.aborted: Optional[str] = None
         self.shutdown = False
@@ -459,7 +462,7 @@ class _RequestLoop:
             raise lost.exc from None
 
     def _handle(self, req: C.StartRequest) -> None:
-        trace.event(f"stage{self.w.idx}.start_request")
+        trace.event(self.ev["start_request"])
         rid, m = req.request_id, req.num_micro_batches
         self.current, self.aborted = rid, None
         idx = self.w.idx
@@ -482,7 +485,7 @@ class _RequestLoop:
                 break
             if status is None:
                 break
-            trace.event(f"stage{self.w.idx}.input")
+            trace.event(self.ev["input"])
             t0 = time.perf_counter_ns()
             try:
                 outputs = self.w.executor.forward(rid, mb, tensors)
@@ -491,7 +494,7 @@ class _RequestLoop:
                 done = mb + 1
                 break
             compute_ns += time.perf_counter_ns() - t0
-            trace.event(f"stage{self.w.idx}.forward_done")
+            trace.event(self.ev["forward_done"])
             if mb == m - 1:
                 # Confirm before the last output leaves.  The last stage's RequestDone is
                 # then already buffered when the logits reach the orchestrator (one wake-up
@@ -502,7 +505,7 @@ class _RequestLoop:
                 self.ctl.send(C.RequestDone(rid, compute_ns // 1000))
                 confirmed = True
             self._send_output(outputs)
-            trace.event(f"stage{self.w.idx}.output_sent")
+            trace.event(self.ev["output_sent"])
             for t in outputs:
                 t.wipe_metadata()
             done = mb + 1
