@@ -10,6 +10,7 @@ import json
 from cmlp.attestation.az_snp.document import encode_document, pem_to_der_list
 from cmlp.attestation.coded import fail
 from cmlp.attestation.snp import certs as C
+from cmlp.errors import VerificationFailed
 
 
 def _b64(text: str) -> bytes:
@@ -24,7 +25,11 @@ def _vcek_der(vcek: bytes) -> bytes:
     """The VCEK from a DER file, a PEM file or a VCEK+ASK+ARK PEM bundle."""
     if vcek.lstrip().startswith(b"-----BEGIN"):
         for der in pem_to_der_list(vcek):
-            if C.common_name(C.load_certificate(der)) == "SEV-VCEK":
+            try:
+                cn = C.common_name(C.load_certificate(der))
+            except Exception:   # noqa: BLE001 - hostile DER
+                continue
+            if cn == "SEV-VCEK":
                 return der
         raise fail("SNP_CERT_TYPE_MISSING", "no SEV-VCEK certificate in the PEM file")
     return vcek
@@ -36,7 +41,9 @@ def document_from_files(hcl: bytes, vcek: bytes) -> bytes:
     try:
         vek = C.load_certificate(vek_der)
         product = C.product_from_name(C.vek_extensions(vek, "VCEK").product_name)
-    except ValueError as exc:
+    except VerificationFailed:
+        raise
+    except Exception as exc:   # noqa: BLE001 - hostile DER can raise many types
         raise fail("SNP_CERT_CHAIN_MALFORMED", f"VCEK does not parse: {exc}") from None
     if product is None:
         raise fail("SNP_PRODUCT_UNKNOWN", "cannot tell the AMD product of this VCEK")

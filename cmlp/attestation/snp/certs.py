@@ -105,7 +105,9 @@ def split_der_stream(data: bytes) -> List[bytes]:
 
 def common_name(cert) -> str:
     from cryptography import x509
-    attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    with warnings.catch_warnings():   # odd attribute lengths warn; the CN decides anyway
+        warnings.simplefilter("ignore")
+        attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(attrs[0].value) if len(attrs) == 1 else ""
 
 

@@ -13,6 +13,7 @@ from typing import Tuple
 
 from cmlp.attestation.coded import fail
 from cmlp.attestation.snp.report import REPORT_SIZE
+from cmlp.errors import VerificationFailed
 
 MARKER = b"SEV_SNP_V1\x00\x00"
 MAX_DOCUMENT_SIZE = 65536
@@ -71,7 +72,9 @@ def document_from_vendor_files(report: bytes, vek_der: bytes) -> bytes:
         vek = C.load_certificate(vek_der)
         kind = C.common_name(vek)[4:]
         product = C.product_from_name(C.vek_extensions(vek, kind).product_name)
-    except ValueError as exc:
+    except VerificationFailed:
+        raise
+    except Exception as exc:   # noqa: BLE001 - hostile DER can raise many types
         raise fail("SNP_CERT_CHAIN_MALFORMED", f"VCEK/VLEK does not parse: {exc}") from None
     if product is None or kind not in ("VCEK", "VLEK"):
         raise fail("SNP_PRODUCT_UNKNOWN", "cannot tell the AMD product of this VCEK/VLEK")
