@@ -6,6 +6,15 @@
            against the AWS Nitro root, PCRs pinned by the manifest.
 ``none``   this side presents no document (a host orchestrator without a TEE);
            peers must be configured to accept an unattested host.
+``sev-snp``     AMD SEV-SNP guest: /dev/sev-guest extended report; peers verified
+                against the built-in AMD roots (transport.md 5.6).
+``az-sev-snp``  Azure SEV-SNP confidential VM: vTPM HCL report + IMDS chain (5.7).
+``tdx``         Intel TDX guest: configfs-tsm quote; peers verified against the Intel
+                SGX Root CA with PCS collateral passed in offline (5.8).
+
+The confidential-VM verifiers use the reference's production policy unless
+``tee_policy="development"`` (debug guests, any VMPL, no TCB binding, TDX
+without collateral: never in production).
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from typing import Dict, Optional, Tuple
 from cmlp.attestation.mock import MockProvider, MockVerifier
 
 KINDS = ("mock", "nitro", "none")
+TEE_KINDS = ("sev-snp", "az-sev-snp", "tdx")
+PEER_KINDS = ("mock", "nitro") + TEE_KINDS
 
 
 class NoAttestation:
@@ -44,20 +55,62 @@ def make_provider(kind: str, mock_measurements: Optional[Dict[int, bytes]] = Non
         return NitroProvider()
     if kind == "none":
         return NoAttestation()
+    if kind == "sev-snp":
+        from cmlp.attestation.snp.provider import SnpProvider
+        return SnpProvider()
+    if kind == "az-sev-snp":
+        from cmlp.attestation.az_snp.provider import AzSnpProvider
+        return AzSnpProvider()
+    if kind == "tdx":
+        from cmlp.attestation.tdx.provider import TdxProvider
+        return TdxProvider()
     raise ValueError(f"unknown attestation kind {kind!r}")
 
 
-def make_verifier(kind: str, nitro_root_pem: Optional[bytes] = None):
+def make_verifier(kind: str, nitro_root_pem: Optional[bytes] = None, *,
+                  tdx_collateral_dir: Optional[str] = None, tee_policy: str = "production"):
     """The peers' verifier.  ``nitro_root_pem`` replaces the bundled AWS Nitro root
-    as the trust anchor (test and staging PKIs only; never in production)."""
+    as the trust anchor (test and staging PKIs only; never in production).
+    ``tdx_collateral_dir``: Intel PCS collateral for TDX peers (see
+    cmlp.attestation.tdx.collateral)."""
     if nitro_root_pem is not None and kind != "nitro":
         raise ValueError("a Nitro root CA only applies to nitro attestation")
+    if tdx_collateral_dir is not None and kind != "tdx":
+        raise ValueError("TDX collateral only applies to tdx attestation")
+    if tee_policy not in ("production", "development"):
+        raise ValueError(f"unknown TEE policy {tee_policy!r}")
+    if kind in ("sev-snp", "az-sev-snp"):
+        from cmlp.attestation.snp.policy import SnpVerifyPolicy
+        policy = getattr(SnpVerifyPolicy, tee_policy)()
+        if kind == "sev-snp":
+            from cmlp.attestation.snp.verifier import SnpVerifier
+            return SnpVerifier(policy)
+        from cmlp.attestation.az_snp.verifier import AzSnpVerifier
+        return AzSnpVerifier(policy)
+    if kind == "tdx":
+        from cmlp.attestation.tdx.collateral import load_collateral_dir
+        from cmlp.attestation.tdx.policy import TdxVerifyPolicy
+        from cmlp.attestation.tdx.verifier import TdxVerifier
+        collateral = load_collateral_dir(tdx_collateral_dir) if tdx_collateral_dir else None
+        return TdxVerifier(getattr(TdxVerifyPolicy, tee_policy)(), collateral=collateral)
     if kind == "mock":
         return MockVerifier()
     if kind == "nitro":
         from cmlp.attestation.nitro import NitroVerifier
         return NitroVerifier(root_pem=nitro_root_pem)
     raise ValueError(f"unknown peer attestation kind {kind!r}")
+
+
+def add_tee_arguments(parser) -> None:
+    """``--tdx-collateral`` and ``--tee-policy`` for the command-line tools."""
+    parser.add_argument("--tdx-collateral", metavar="DIR", default=None,
+                        help="Intel PCS collateral (TCB Info, QE Identity, CRLs, issuer chains) "
+                             "for verifying TDX peers (with --attestation tdx)")
+    parser.add_argument("--tee-policy", choices=("production", "development"),
+                        default="production",
+                        help="SEV-SNP/TDX verification policy (development accepts debug guests, "
+                             "any VMPL, no TCB binding, TDX without collateral; default: "
+                             "production)")
 
 
 def read_nitro_root(path: Optional[str]) -> Optional[bytes]:

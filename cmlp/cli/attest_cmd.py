@@ -25,11 +25,14 @@ def register(subparsers) -> None:
     attest = subparsers.add_parser("attest", help="attestation document tools")
     actions = attest.add_subparsers(dest="attest_action", metavar="ACTION")
     verify = actions.add_parser(
-        "verify", help="verify an AWS Nitro attestation document (COSE_Sign1)",
-        description="Verify an AWS Nitro attestation document against the pinned "
-                    "AWS Nitro root G1. Exit 0 = ACCEPT, 2 = REJECT, 1 = bad input.")
-    verify.add_argument("--doc", required=True, metavar="FILE",
-                        help="raw attestation document (CBOR COSE_Sign1)")
+        "verify", help="verify Nitro, SEV-SNP, Azure SEV-SNP or TDX attestation evidence",
+        description="Verify attestation evidence offline: an AWS Nitro document against the "
+                    "pinned AWS Nitro root G1, or SEV-SNP / Azure SEV-SNP / TDX evidence "
+                    "against the built-in AMD and Intel roots. Exit 0 = ACCEPT, "
+                    "2 = REJECT, 1 = bad input.")
+    verify.add_argument("--doc", metavar="FILE",
+                        help="attestation document: Nitro COSE_Sign1, or a SEV_SNP_V1 / "
+                             "AZ_SNP_V1 / TDX_V1 wire document")
     verify.add_argument("--at", metavar="UNIX_MS",
                         help="verify as of this instant, in ms since the epoch "
                              "(certificate validity and freshness); default: now")
@@ -42,6 +45,8 @@ def register(subparsers) -> None:
     verify.add_argument("--root-pem", metavar="FILE",
                         help="trust this root CA instead of the bundled AWS Nitro root G1 "
                              "(test PKIs only)")
+    from cmlp.cli import attest_tee
+    attest_tee.register_arguments(verify)
     add_log_level(verify)
     verify.set_defaults(func=run_verify, prog_name="cmlp attest verify")
 
@@ -116,6 +121,13 @@ def _size(value) -> str:
 
 
 def run_verify(args) -> int:
+    from cmlp.cli import attest_tee
+    kind = attest_tee.detect_kind(args)
+    if kind != "nitro":
+        return attest_tee.run(args, kind, _parse_at(args.at))
+    if not args.doc:
+        raise ValueError("--doc is required (or --report/--hcl/--evidence/--quote for "
+                         "the confidential-VM kinds)")
     pins = parse_pcr_pins(args.pcr)
     at_ms = _parse_at(args.at)
     max_age = _parse_max_age(args.max_age_secs)

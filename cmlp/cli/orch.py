@@ -14,7 +14,8 @@ import logging
 import math
 import sys
 
-from cmlp.attestation.factory import make_provider, make_verifier, read_nitro_root
+from cmlp.attestation.factory import (PEER_KINDS, add_tee_arguments, make_provider,
+                                      make_verifier, read_nitro_root)
 from cmlp.cli.common import Parser, add_log_level, arg_type, console_main
 from cmlp.manifest import Manifest
 from cmlp.transport.sockets import parse_endpoint
@@ -36,7 +37,7 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
     p.add_argument("--latency-out", help="write per-step latencies as JSON")
     p.add_argument("--data-out-listen", type=ENDPOINT, default=None,
                    help="where the last stage connects (default: its manifest data_out)")
-    p.add_argument("--attestation", choices=("mock", "nitro"), default="mock",
+    p.add_argument("--attestation", choices=PEER_KINDS, default="mock",
                    help="how the stages are verified (default: mock)")
     p.add_argument("--host-attestation", choices=("mock", "none"), default=None,
                    help="what this host presents (default: mock with mock stages, none with nitro)")
@@ -55,6 +56,7 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
                    help="seconds to wait for the stages to come back (default: 120)")
     p.add_argument("--relay-capture", metavar="PREFIX", default=None,
                    help="record every byte the host relays to PREFIX<link>_<dir>.bin")
+    add_tee_arguments(p)
     add_log_level(p, "warning")
     return p
 
@@ -115,7 +117,9 @@ def run(args) -> int:
         log.warning("trusting the Nitro root CA in %s instead of AWS's (testing/staging only)",
                     args.nitro_root_pem)
     kwargs = dict(infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture)
-    provider, verifier = make_provider(host), make_verifier(args.attestation, root)
+    provider = make_provider(host)
+    verifier = make_verifier(args.attestation, root, tdx_collateral_dir=args.tdx_collateral,
+                             tee_policy=args.tee_policy)
     if args.profile == "production":
         # every stage must be pinned: SessionConfig() refuses unpinned handshakes
         config = OrchestratorConfig(provider=provider, verifier=verifier, **kwargs)

@@ -13,8 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from cmlp.attestation.factory import (make_provider, make_verifier, parse_measurement,
-                                      read_nitro_root)
+from cmlp.attestation.factory import (PEER_KINDS, add_tee_arguments, make_provider,
+                                      make_verifier, parse_measurement, read_nitro_root)
 from cmlp.cli.common import (Parser, add_log_level, arg_type, console_main,
                               stop_on_sigterm)
 from cmlp.errors import ModelError
@@ -39,7 +39,7 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                    help="BLAS threads for the forward pass (default: all cores)")
     p.add_argument("--persistent", action="store_true",
                    help="serve orchestrator sessions one after another instead of exiting")
-    p.add_argument("--attestation", choices=("mock", "nitro"), default="mock",
+    p.add_argument("--attestation", choices=PEER_KINDS, default="mock",
                    help="this stage's attestation provider and its peers' verifier (default: mock)")
     p.add_argument("--mock-measurement", action="append", default=[], type=MEASUREMENT,
                    metavar="IDX=HEX", help="measurement a mock document claims (repeatable)")
@@ -52,6 +52,7 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                    help="security profile (production refuses unpinned attested peers)")
     p.add_argument("--executor", choices=("gpt2", "identity", "double"), default="gpt2",
                    help=argparse.SUPPRESS)   # identity/double: protocol tests without a model
+    add_tee_arguments(p)
     add_log_level(p, "info")
     return p
 
@@ -86,7 +87,10 @@ def run(args) -> int:
         log.warning("trusting the Nitro root CA in %s instead of AWS's (testing/staging only)",
                     args.nitro_root_pem)
     config = StageConfig(provider=make_provider(args.attestation, dict(args.mock_measurement)),
-                         verifier=make_verifier(args.attestation, root), session=session,
+                         verifier=make_verifier(args.attestation, root,
+                                                tdx_collateral_dir=args.tdx_collateral,
+                                                tee_policy=args.tee_policy),
+                         session=session,
                          persistent=args.persistent, host_unattested=args.host_unattested)
     executor = make_executor(args)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)

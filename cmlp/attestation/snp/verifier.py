@@ -222,7 +222,7 @@ def result_details(res: SnpCheckResult, now: int) -> dict:
     r = res.report
     return {"product": res.product, "report_version": r.version, "signing_key": res.vek_kind,
             "vmpl": r.vmpl, "policy": r.policy, "guest_svn": r.guest_svn,
-            "reported_tcb": r.reported_tcb_raw[::-1].hex(),
+            "reported_tcb": r.reported_tcb_raw.hex(),
             "chip_id": r.chip_id.hex(), "host_data": r.host_data.hex(),
             "report_data": r.report_data.hex(), "verified_at_ms": now,
             "product_name": res.extensions.product_name, "csp_id": res.extensions.csp_id}
