@@ -185,7 +185,8 @@ with tarfile.open(sys.argv[1]) as tf:
     names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
 src = Path(sys.argv[2])
 need = {"setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "CHANGELOG.md", "LICENSE",
-        "cmlp/__init__.py", "cmlp/data/tokenizer.json", "cmlp/data/aws_nitro_root_g1.pem"}
+        "cmlp/__init__.py", "cmlp/data/tokenizer.json", "cmlp/data/aws_nitro_root_g1.pem",
+        "cmlp/data/amd_sev_snp_certs.pem", "cmlp/data/intel_sgx_root_ca.der"}
 need |= {p.relative_to(src).as_posix()
          for pattern in ("pyx/*.pyx", "pyx/*.pxd", "pyx/cmlp/*.pxd", "csrc/*.[ch]", "LICENSES/*",
                          "cmlp/data/manifests/*.json", "cmlp/**/*.py")
@@ -234,6 +235,7 @@ for ext in ("_frame", "_record", "_netio", "_gpt2"):
     if not any(n.startswith(f"cmlp/{ext}.") and n.endswith(".so") for n in names):
         errors.append(f"no extension cmlp.{ext}")
 for data in ("cmlp/data/tokenizer.json", "cmlp/data/aws_nitro_root_g1.pem",
+             "cmlp/data/amd_sev_snp_certs.pem", "cmlp/data/intel_sgx_root_ca.der",
              "cmlp/data/manifests/manifest_2stage.json"):
     if data not in names:
         errors.append(f"no {data}")
