@@ -406,3 +406,11 @@ def test_handshake_binding_with_snp(pki):
     """The generic handshake check: the verified pk/nonce are REPORT_DATA's halves."""
     v = verify(pki)
     assert (v.public_key, v.nonce) == (P.PK, P.NONCE)
+
+
+def test_the_matched_builtin_ark_names_the_product(pki):
+    from cmlp.attestation.snp.verifier import _bundled_ark_product
+    roots = C.bundled_roots()
+    for product, ark in roots.ark.items():
+        assert _bundled_ark_product(C.spki_der(ark)) == product
+    assert _bundled_ark_product(C.spki_der(pki.ark)) is None

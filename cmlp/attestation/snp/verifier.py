@@ -208,6 +208,10 @@ def check_report_and_chain(report: SnpReport, certs_der: List[bytes], policy: Sn
             and bool(report.policy & POLICY_SINGLE_SOCKET) != policy.require_single_socket):
         raise fail("SNP_SINGLE_SOCKET_MISMATCH",
                    f"POLICY.SINGLE_SOCKET is {bool(report.policy & POLICY_SINGLE_SOCKET)}")
+    ark_product = _bundled_ark_product(ark_spki)
+    if ark_product is not None and ark_product != product:
+        raise fail("SNP_PRODUCT_MISMATCH", f"the chain ends in the {ark_product} ARK, the report "
+                   f"is from a {product}")
     if set(policy.accepted_products) != set(PRODUCTS) and product not in policy.accepted_products:
         raise fail("SNP_PRODUCT_MISMATCH", f"{product} is not an accepted product")
     if policy.expected_measurement is not None and not hmac.compare_digest(
@@ -216,6 +220,14 @@ def check_report_and_chain(report: SnpReport, certs_der: List[bytes], policy: Sn
                    f"MEASUREMENT {report.measurement.hex()} != expected "
                    f"{policy.expected_measurement.hex()}")
     return SnpCheckResult(report, product, chain.vek_kind, chain.vek, ext)
+
+
+def _bundled_ark_product(spki: bytes) -> Optional[str]:
+    """Which built-in ARK this key is (None for an ARK trusted by a test PKI)."""
+    for product, ark in C.bundled_roots().ark.items():
+        if hmac.compare_digest(spki, C.spki_der(ark)):
+            return product
+    return None
 
 
 def result_details(res: SnpCheckResult, now: int) -> dict:
