@@ -5,7 +5,6 @@ collateral at their instants, and generated mutants for every stable code
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,15 @@ import tdx_pki as T
 
 from cmlp.attestation.base import ExpectedMeasurements
 from cmlp.attestation.coded import CodedVerificationFailed
-from cmlp.attestation.tdx import (TdxCollateral, TdxVerifier, TdxVerifyPolicy,
-                                  collateral_from_dcap_qvl_json, encode_document,
-                                  load_collateral_dir, parse_quote)
+from cmlp.attestation.tdx import (
+    TdxCollateral,
+    TdxVerifier,
+    TdxVerifyPolicy,
+    collateral_from_dcap_qvl_json,
+    encode_document,
+    load_collateral_dir,
+    parse_quote,
+)
 from cmlp.attestation.tdx.collateral import SignedJson, parse_pcs_body, top_level_spans
 
 DATA = Path(__file__).parent / "data" / "tdx-docs"
@@ -111,7 +116,6 @@ def test_genuine_rejected_a_day_after_collateral_expires(sample):
 
 @pytest.mark.parametrize("sample", GENUINE, ids=IDS)
 def test_genuine_wrong_pins(sample):
-    col = sample[1]()
     doc = doc_of(sample)
     q = parse_quote(raw_quote(sample))
     wrong = bytes([q.td.mrtd[0] ^ 1]) + q.td.mrtd[1:]

@@ -184,8 +184,10 @@ def run(args, kind: str, at_ms) -> int:
             run_verify = lambda doc: verifier.verify(doc)   # noqa: E731
         elif kind == "az-sev-snp":
             from cmlp.attestation.az_snp import AzSnpVerifier
-            from cmlp.attestation.az_snp.files import (document_from_evidence_json,
-                                                       document_from_files)
+            from cmlp.attestation.az_snp.files import (
+                document_from_evidence_json,
+                document_from_files,
+            )
             verifier = AzSnpVerifier(_snp_policy(args, pins), at_ms=at_ms)
             if args.doc:
                 make = lambda: _read(args.doc, "--doc")   # noqa: E731

@@ -24,8 +24,13 @@ from cmlp.attestation.pki import require_cryptography
 from cmlp.attestation.snp import certs as C
 from cmlp.attestation.snp.policy import SnpVerifyPolicy
 from cmlp.attestation.snp.report import parse_report
-from cmlp.attestation.snp.verifier import (_guard, check_invariants, check_report_and_chain,
-                                           result_details, split_binding)
+from cmlp.attestation.snp.verifier import (
+    _guard,
+    check_invariants,
+    check_report_and_chain,
+    result_details,
+    split_binding,
+)
 
 PLATFORM = "az-sev-snp"
 

@@ -42,18 +42,45 @@ existing import keeps working.
   document a handshake hello can carry).
 """
 from cmlp.attestation.clock import MAX_TIME_MS
-from cmlp.attestation.nitro.cbor import (MAX_CBOR_DEPTH, MAX_CBOR_ITEMS, UNDEFINED, CborError,
-                                         decode_cbor, encode_cbor)
-from cmlp.attestation.nitro.cose import (COSE_ALG_ES384, COSE_HEADER_ALG, COSE_HEADER_CRIT,
-                                         COSE_SIGN1_TAG, ES384_SIGNATURE_SIZE, CoseSign1,
-                                         parse_cose_sign1, sig_structure,
-                                         verify_cose_signature)
-from cmlp.attestation.nitro.verifier import (DEFAULT_FUTURE_SKEW_SECS, DEFAULT_MAX_AGE_SECS,
-                                             MAX_CABUNDLE, MAX_CERT_SIZE, MAX_DOCUMENT_SIZE,
-                                             MAX_OPTIONAL_FIELD, MAX_PCRS, PCR_SIZES, PLATFORM,
-                                             NitroDocument, NitroVerifier, parse_payload)
-from cmlp.attestation.nitro.x509 import (AWS_NITRO_ROOT_G1_SHA256, AWS_NITRO_ROOT_RESOURCE,
-                                         load_bundled_root, validate_chain)
+from cmlp.attestation.nitro.cbor import (
+                                         MAX_CBOR_DEPTH,
+                                         MAX_CBOR_ITEMS,
+                                         UNDEFINED,
+                                         CborError,
+                                         decode_cbor,
+                                         encode_cbor,
+)
+from cmlp.attestation.nitro.cose import (
+                                         COSE_ALG_ES384,
+                                         COSE_HEADER_ALG,
+                                         COSE_HEADER_CRIT,
+                                         COSE_SIGN1_TAG,
+                                         ES384_SIGNATURE_SIZE,
+                                         CoseSign1,
+                                         parse_cose_sign1,
+                                         sig_structure,
+                                         verify_cose_signature,
+)
+from cmlp.attestation.nitro.verifier import (
+                                         DEFAULT_FUTURE_SKEW_SECS,
+                                         DEFAULT_MAX_AGE_SECS,
+                                         MAX_CABUNDLE,
+                                         MAX_CERT_SIZE,
+                                         MAX_DOCUMENT_SIZE,
+                                         MAX_OPTIONAL_FIELD,
+                                         MAX_PCRS,
+                                         PCR_SIZES,
+                                         PLATFORM,
+                                         NitroDocument,
+                                         NitroVerifier,
+                                         parse_payload,
+)
+from cmlp.attestation.nitro.x509 import (
+                                         AWS_NITRO_ROOT_G1_SHA256,
+                                         AWS_NITRO_ROOT_RESOURCE,
+                                         load_bundled_root,
+                                         validate_chain,
+)
 from cmlp.attestation.pki import PinnedRoot, load_root
 from cmlp.attestation.pki import not_after as _not_after
 from cmlp.attestation.pki import not_before as _not_before

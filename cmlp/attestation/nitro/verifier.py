@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 from cmlp.attestation.base import VerifiedAttestation, document_hash
-from cmlp.attestation.clock import MAX_TIME_MS, check_at_ms, ms_to_datetime
+from cmlp.attestation.clock import check_at_ms, ms_to_datetime
 from cmlp.attestation.clock import now_ms as _clock_now_ms
 from cmlp.attestation.nitro.cbor import UNDEFINED, CborError, decode_cbor
 from cmlp.attestation.nitro.cose import parse_cose_sign1, verify_cose_signature

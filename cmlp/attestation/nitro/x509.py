@@ -12,8 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
-from cmlp.attestation.pki import (PinnedRoot, load_der, load_root, require_cryptography,
-                                  validate_path)
+from cmlp.attestation.pki import (
+    PinnedRoot,
+    load_der,
+    load_root,
+    require_cryptography,
+    validate_path,
+)
 from cmlp.errors import AttestError, VerificationFailed
 
 # AWS Nitro Enclaves root G1 (bundled as package data, pinned by fingerprint).

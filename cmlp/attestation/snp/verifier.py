@@ -42,10 +42,20 @@ from cmlp.attestation.pki import not_after, not_before, require_cryptography
 from cmlp.attestation.snp import certs as C
 from cmlp.attestation.snp.document import decode_document
 from cmlp.attestation.snp.policy import SnpVerifyPolicy
-from cmlp.attestation.snp.report import (POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SINGLE_SOCKET,
-                                         POLICY_SMT, PRODUCTS, SIG_ALGO_ECDSA_P384_SHA384,
-                                         SIGNING_KEY_VCEK, SIGNING_KEY_VLEK, TURIN,
-                                         VMPL_HOST_REQUESTED, SnpReport, parse_report)
+from cmlp.attestation.snp.report import (
+    POLICY_DEBUG,
+    POLICY_MIGRATE_MA,
+    POLICY_SINGLE_SOCKET,
+    POLICY_SMT,
+    PRODUCTS,
+    SIG_ALGO_ECDSA_P384_SHA384,
+    SIGNING_KEY_VCEK,
+    SIGNING_KEY_VLEK,
+    TURIN,
+    VMPL_HOST_REQUESTED,
+    SnpReport,
+    parse_report,
+)
 
 PLATFORM = "sev-snp"
 

@@ -42,8 +42,15 @@ from typing import Callable, List, Optional
 from cmlp.attestation.base import VerifiedAttestation, document_hash
 from cmlp.attestation.clock import check_at_ms, ms_to_datetime, now_ms
 from cmlp.attestation.coded import CodedVerificationFailed, fail
-from cmlp.attestation.pki import (PinnedRoot, check_ec_nist_key, load_root, not_after,
-                                  not_before, require_cryptography, validate_path)
+from cmlp.attestation.pki import (
+    PinnedRoot,
+    check_ec_nist_key,
+    load_root,
+    not_after,
+    not_before,
+    require_cryptography,
+    validate_path,
+)
 from cmlp.attestation.tdx.collateral import SignedJson, TdxCollateral, parse_time
 from cmlp.attestation.tdx.document import decode_document
 from cmlp.attestation.tdx.pck import PckTcb, pck_tcb
