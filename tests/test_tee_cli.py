@@ -142,11 +142,24 @@ def test_factory_builds_every_kind(tmp_path):
     from cmlp.attestation.factory import make_provider, make_verifier
     for kind in ("sev-snp", "az-sev-snp", "tdx"):
         assert make_provider(kind).platform == kind
-        assert make_verifier(kind).platform == kind
         assert make_verifier(kind, tee_policy="development").platform == kind
+    for kind in ("sev-snp", "az-sev-snp"):
+        assert make_verifier(kind).platform == kind
     v = make_verifier("tdx", tdx_collateral_dir=str(TDX / "dcap-rs"))
     assert v.collateral.tcb_infos
+    with pytest.raises(ValueError, match="--tdx-collateral"):
+        make_verifier("tdx")
     with pytest.raises(ValueError):
         make_verifier("sev-snp", tdx_collateral_dir=str(TDX))
     with pytest.raises(ValueError):
         make_verifier("tdx", tee_policy="lenient")
+
+
+def test_stage_with_tdx_needs_collateral_in_production(capsys):
+    from cmlp.cli.stage import main as stage_main
+    manifest = Path(__file__).resolve().parents[1] / "cmlp" / "data" / "manifests" / \
+        "manifest_2stage.json"
+    code = stage_main(["--manifest", str(manifest), "--stage-idx", "0", "--executor",
+                       "identity", "--attestation", "tdx"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--tdx-collateral" in err and len(err.strip().splitlines()) == 1

@@ -91,6 +91,10 @@ def make_verifier(kind: str, nitro_root_pem: Optional[bytes] = None, *,
         from cmlp.attestation.tdx.collateral import load_collateral_dir
         from cmlp.attestation.tdx.policy import TdxVerifyPolicy
         from cmlp.attestation.tdx.verifier import TdxVerifier
+        if tdx_collateral_dir is None and tee_policy == "production":
+            raise ValueError("tdx attestation with the production policy needs Intel PCS "
+                             "collateral: pass --tdx-collateral DIR "
+                             "(scripts/fetch_tdx_collateral.sh)")
         collateral = load_collateral_dir(tdx_collateral_dir) if tdx_collateral_dir else None
         return TdxVerifier(getattr(TdxVerifyPolicy, tee_policy)(), collateral=collateral)
     if kind == "mock":
