@@ -163,3 +163,38 @@ def test_stage_with_tdx_needs_collateral_in_production(capsys):
                        "identity", "--attestation", "tdx"])
     err = capsys.readouterr().err
     assert code == 1 and "--tdx-collateral" in err and len(err.strip().splitlines()) == 1
+
+
+def test_echo_takes_every_kind_and_pins(tmp_path):
+    """The echo pair as a model-free attestation check: kinds parse, and a mock
+    session with a measurement pin the peer does not meet fails the handshake."""
+    import socket
+
+    from cmlp.cli.main import build_parser
+    parser = build_parser()
+    for kind in ("mock", "nitro", "sev-snp", "az-sev-snp", "tdx"):
+        a = parser.parse_args(["echo-client", "--connect", "127.0.0.1:1", "--attestation", kind,
+                               "--expect-measurement", "0=" + "00" * 48])
+        assert a.attestation == kind and a.expect_measurement == [(0, bytes(48))]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get(
+        "PYTHONPATH", "")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "cmlp.cli.main", "echo-server", "--listen",
+                               f"127.0.0.1:{port}"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "listening" in server.stdout.readline()
+        ok = subprocess.run([sys.executable, "-m", "cmlp.cli.main", "echo-client", "--connect",
+                             f"127.0.0.1:{port}", "--count", "1"], capture_output=True,
+                            text=True, env=env, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        pinned = subprocess.run([sys.executable, "-m", "cmlp.cli.main", "echo-client",
+                                 "--connect", f"127.0.0.1:{port}", "--count", "1",
+                                 "--expect-measurement", "0=" + "00" * 48],
+                                capture_output=True, text=True, env=env, timeout=60)
+        assert pinned.returncode != 0 and "measurement[0]" in pinned.stderr
+    finally:
+        server.terminate()
+        server.wait(10)

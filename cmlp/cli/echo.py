@@ -1,7 +1,10 @@
 """``cmlp echo-server`` / ``cmlp echo-client``: the encrypted echo of the quick start.
 
-Mock attestation, Development profile: this demonstrates the wire protocol
-and the encryption, not TEE identity.
+Mock attestation and the Development profile by default: this demonstrates the
+wire protocol and the encryption, not TEE identity.  ``--attestation`` takes
+any kind (nitro, sev-snp, az-sev-snp, tdx): between two confidential VMs the
+echo is a model-free check that attestation works both ways, and
+``--expect-measurement IDX=HEX`` pins the peer.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import time
 
 import numpy as np
 
-from cmlp.attestation import MockProvider, MockVerifier
+from cmlp.attestation.base import ExpectedMeasurements
+from cmlp.attestation.factory import (PEER_KINDS, add_tee_arguments, make_provider,
+                                      make_verifier, parse_measurement)
 from cmlp.cli.common import add_log_level, arg_type, stop_on_sigterm
 from cmlp.errors import CmlpError
 from cmlp.transport import (Data, ErrorMessage, Heartbeat, SecureChannel, SessionConfig,
@@ -22,33 +27,56 @@ from cmlp.transport import sockets
 
 log = logging.getLogger("cmlp.echo")
 ENDPOINT = arg_type(sockets.parse_endpoint, "endpoint")
+MEASUREMENT = arg_type(parse_measurement, "measurement")
+
+
+def _add_attestation(p) -> None:
+    p.add_argument("--attestation", choices=PEER_KINDS, default="mock",
+                   help="this side's provider and the peer's verifier (default: mock)")
+    p.add_argument("--expect-measurement", action="append", default=[], type=MEASUREMENT,
+                   metavar="IDX=HEX", help="pin the peer's measurement IDX (repeatable)")
+    add_tee_arguments(p)
+
+
+def _attestation(args, **config_overrides):
+    """(provider, verifier, session config) from the command line."""
+    provider = make_provider(args.attestation)
+    verifier = make_verifier(args.attestation, tdx_collateral_dir=args.tdx_collateral,
+                             tee_policy=args.tee_policy)
+    config = SessionConfig.development(**config_overrides)
+    if args.expect_measurement:
+        config = config.with_measurements(ExpectedMeasurements(dict(args.expect_measurement)))
+    return provider, verifier, config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("echo-server", help="encrypted echo server (mock attestation)")
+    p = sub.add_parser("echo-server", help="encrypted echo server (mock attestation by default)")
     p.add_argument("--listen", required=True, type=ENDPOINT,
                    help="address to listen on: IP:PORT, [V6]:PORT or vsock:CID:PORT")
     p.add_argument("--max-connections", type=int, default=128,
                    help="concurrent sessions served (default: 128)")
     p.add_argument("--handshake-timeout", type=float, default=10.0,
                    help="seconds a client has to finish the handshake (default: 10)")
+    _add_attestation(p)
     add_log_level(p, "info")
     p.set_defaults(func=run_server, prog_name="cmlp echo-server")
 
-    c = sub.add_parser("echo-client", help="encrypted echo client (mock attestation)")
+    c = sub.add_parser("echo-client", help="encrypted echo client (mock attestation by default)")
     c.add_argument("--connect", required=True, type=ENDPOINT,
                    help="server address: IP:PORT, [V6]:PORT or vsock:CID:PORT")
     c.add_argument("--count", type=int, default=3, help="Data messages to send (default: 3)")
     c.add_argument("--tensor", action="store_true",
                    help="also send a F32 [4, 3] tensor and check the echo")
     c.add_argument("--timeout", type=float, default=10.0, help="per-reply timeout in seconds")
+    _add_attestation(c)
     add_log_level(c, "warning")
     c.set_defaults(func=run_client, prog_name="cmlp echo-client")
 
 
-def _serve_one(sock, peer, config, slots) -> None:
+def _serve_one(sock, peer, attestation, slots) -> None:
+    provider, verifier, config = attestation
     try:
-        channel = SecureChannel.accept(sock, MockProvider(), MockVerifier(), config)
+        channel = SecureChannel.accept(sock, provider, verifier, config)
     except CmlpError as exc:
         log.warning("%s: handshake failed: %s", peer, exc)
         slots.release()
@@ -79,7 +107,7 @@ def _serve_one(sock, peer, config, slots) -> None:
 
 
 def run_server(args) -> int:
-    config = SessionConfig.development(handshake_timeout=args.handshake_timeout)
+    attestation = _attestation(args, handshake_timeout=args.handshake_timeout)
     listener = sockets.listen(args.listen, backlog=max(16, args.max_connections))
     slots = threading.BoundedSemaphore(args.max_connections)
     stop_on_sigterm()
@@ -93,7 +121,7 @@ def run_server(args) -> int:
                 slots.release()
                 raise
             sockets._prepare(conn)
-            threading.Thread(target=_serve_one, args=(conn, peer, config, slots),
+            threading.Thread(target=_serve_one, args=(conn, peer, attestation, slots),
                              daemon=True).start()
     except KeyboardInterrupt:
         print("echo-server: stopped", file=sys.stderr)
@@ -103,9 +131,8 @@ def run_server(args) -> int:
 
 
 def run_client(args) -> int:
-    config = SessionConfig.development()
-    channel = SecureChannel.connect(sockets.connect(args.connect), MockProvider(), MockVerifier(),
-                                    config)
+    provider, verifier, config = _attestation(args)
+    channel = SecureChannel.connect(sockets.connect(args.connect), provider, verifier, config)
     print(f"connected, session {channel.session_id.hex()[:16]}")
     try:
         for i in range(args.count):
