@@ -316,3 +316,15 @@ def test_configfs_tsm_missing_and_garbage(tdx_pki, tmp_path):
     dev = TdxVerifyPolicy.development()
     doc = TdxProvider(str(tmp_path), ops=FakeConfigfs(tdx_pki)).attest(None, NONCE, PK)
     TdxVerifier(dev, root_der=T.der(tdx_pki.root), at_ms=T.T0_MS).verify(doc)
+
+
+def test_user_data_cannot_be_bound(snp_pki, tdx_pki, tmp_path):
+    """REPORT_DATA holds pk || nonce only: user data is refused, never silently dropped."""
+    for provider in (sp.SnpProvider("/nonexistent"),
+                     azp.AzSnpProvider(tpm=FakeTpm(snp_pki), fetch=lambda: b""),
+                     TdxProvider(str(tmp_path), ops=FakeConfigfs(tdx_pki))):
+        with pytest.raises(GenerationFailed, match="user_data cannot be attested"):
+            provider.attest(b"role", NONCE, PK)
+        # an empty user_data is the same as none
+        if isinstance(provider, TdxProvider):
+            provider.attest(b"", NONCE, PK)

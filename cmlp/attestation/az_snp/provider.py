@@ -176,7 +176,7 @@ class AzSnpProvider:
         self.fetch = fetch or imds_fetch
 
     def attest(self, user_data, nonce, public_key) -> bytes:
-        data = binding_report_data(public_key, nonce)
+        data = binding_report_data(public_key, nonce, user_data)
         try:
             size = nv_size(self.tpm, NV_USER_DATA)
             if size != len(data):

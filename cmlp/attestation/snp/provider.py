@@ -172,13 +172,20 @@ class SnpProvider:
         self.vmpl = vmpl
 
     def attest(self, user_data, nonce, public_key) -> bytes:
-        report_data = binding_report_data(public_key, nonce)
+        report_data = binding_report_data(public_key, nonce, user_data)
         resp, certs = self.transport(report_data, self.vmpl)
         return encode_document(parse_report_response(resp), parse_cert_table(certs))
 
 
-def binding_report_data(public_key, nonce) -> bytes:
-    """pk || nonce; each exactly 32 bytes (transport.md 5.3)."""
+def binding_report_data(public_key, nonce, user_data=None) -> bytes:
+    """pk || nonce; each exactly 32 bytes (transport.md 5.3).
+
+    These TEEs attest 64 bytes only, all taken by the key and the nonce: user
+    data cannot be bound, so asking for it fails loudly instead of being dropped.
+    """
+    if user_data:
+        raise GenerationFailed("SEV-SNP/TDX evidence binds only the public key and the nonce "
+                               "(REPORT_DATA = pk || nonce): user_data cannot be attested")
     for name, value in (("public key", public_key), ("nonce", nonce)):
         if value is None or len(bytes(value)) != 32:
             raise GenerationFailed(f"{name} must be exactly 32 bytes")

@@ -52,7 +52,7 @@ class TdxProvider:
         self.ops = ops or ConfigfsOps()
 
     def attest(self, user_data, nonce, public_key) -> bytes:
-        report_data = binding_report_data(public_key, nonce)
+        report_data = binding_report_data(public_key, nonce, user_data)
         if not os.path.isdir(self.root):
             raise GenerationFailed(f"configfs-tsm report directory {self.root} not found "
                                    "(needs Linux >= 6.7 in a TDX guest, configfs mounted)")
