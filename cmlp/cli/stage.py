@@ -56,7 +56,14 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
     return p
 
 
-def make_executor(args):
+def model_init_hint(model_dir, hidden_dim: int) -> str:
+    """The command that creates the model a stage was pointed at (its path, its preset)."""
+    import shlex
+    preset = " --preset tiny" if hidden_dim == 64 else ""    # the tiny preset's n_embd
+    return f"cmlp model init --out {shlex.quote(str(model_dir))}{preset}"
+
+
+def make_executor(args, hidden_dim: int = 768):
     if args.executor == "identity":
         from cmlp.pipeline.executor import IdentityExecutor
         return IdentityExecutor()
@@ -66,8 +73,9 @@ def make_executor(args):
     model_dir = Path(args.model_dir)
     for name in ("config.json", "model.safetensors"):
         if not (model_dir / name).is_file():
-            raise ModelError(f"model directory '{model_dir}' has no {name} "
-                             "(create one with: cmlp model init --out model)")
+            what = "does not exist" if not model_dir.exists() else f"has no {name}"
+            raise ModelError(f"model directory '{model_dir}' {what} (create it with: "
+                             f"{model_init_hint(model_dir, hidden_dim)})")
     from cmlp.pipeline.gpt2 import Gpt2Executor
     return Gpt2Executor(model_dir, threads=args.threads)
 
@@ -88,7 +96,7 @@ def run(args) -> int:
     config = StageConfig(provider=make_provider(args.attestation, dict(args.mock_measurement)),
                          verifier=make_verifier(args.attestation, root), session=session,
                          persistent=args.persistent, host_unattested=args.host_unattested)
-    executor = make_executor(args)
+    executor = make_executor(args, manifest.activation_spec.hidden_dim)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
     worker.bind()
     stop_on_sigterm()
