@@ -94,7 +94,7 @@ def test_stage_on_a_missing_model_dir_hints_the_given_path(tmp_path, given):
     assert r.returncode == 1
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1, line
-    assert "does not exist" in line
+    assert "has no config.json (it does not exist)" in line
     import shlex
     assert f"cmlp model init --out {shlex.quote(str(missing))} --preset tiny" in line, line
 

@@ -73,8 +73,8 @@ def make_executor(args, hidden_dim: int = 768):
     model_dir = Path(args.model_dir)
     for name in ("config.json", "model.safetensors"):
         if not (model_dir / name).is_file():
-            what = "does not exist" if not model_dir.exists() else f"has no {name}"
-            raise ModelError(f"model directory '{model_dir}' {what} (create it with: "
+            what = " (it does not exist)" if not model_dir.exists() else ""
+            raise ModelError(f"model directory '{model_dir}' has no {name}{what} (create it with: "
                              f"{model_init_hint(model_dir, hidden_dim)})")
     from cmlp.pipeline.gpt2 import Gpt2Executor
     return Gpt2Executor(model_dir, threads=args.threads)

@@ -32,8 +32,8 @@ from typing import List, Optional
 
 from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, CryptoError,
                          FrameError, InitFailed,
-                         PipelineError, ProtocolError, SessionError, StageError, StageFailed,
-                         Timeout)
+                         MessageTooLarge, PipelineError, ProtocolError, SessionError, StageError,
+                         StageFailed, Timeout, VersionMismatch)
 from cmlp import trace
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
@@ -71,10 +71,17 @@ class OrchestratorGone(Exception):
     """The control channel closed under us: the orchestrator was stopped or died.
 
     Not a fault of this stage: the session ends cleanly (exit 0, or the next
-    session for a persistent stage) with one line saying so.
+    session for a persistent stage) with one line saying so.  ``goodbye``: it
+    sent a transport Shutdown first (``Orchestrator.abandon``, e.g. on Ctrl-C).
     """
 
+    def __init__(self, why: str, goodbye: bool = False):
+        super().__init__(why)
+        self.goodbye = goodbye
 
+
+# errors caused by what the orchestrator sent: never explained back to it
+_PEER_FAULTS = (ProtocolError, VersionMismatch, MessageTooLarge, FrameError, CryptoError)
 GONE_GRACE = 0.25   # seconds to look for the orchestrator's goodbye after a broken link
 
 
@@ -99,7 +106,8 @@ class _Control:
         if isinstance(msg, Data):
             return C.decode_orchestrator_msg(msg.payload, self.limit)
         if isinstance(msg, ShutdownMessage):
-            raise SessionEnded()
+            raise OrchestratorGone("it left without waiting for the stages (interrupted)",
+                                   goodbye=True)
         raise ProtocolError(f"expected Data on control channel, got {type(msg).__name__}")
 
 
@@ -215,13 +223,14 @@ class StageWorker:
         except SessionEnded:
             log.info("stage %d: session ended by the orchestrator", self.idx)
         except OrchestratorGone as gone:
-            self._say_orchestrator_left(f"its connection closed: {gone}")
+            self._say_orchestrator_left(str(gone) if gone.goodbye
+                                        else f"its connection closed: {gone}")
         except (CmlpError, OSError):
             # A broken data link may just be the orchestrator leaving (Ctrl-C): it says
             # goodbye on control before it drops its channels.
             if not self._orchestrator_said_goodbye(ctl):
                 raise
-            self._say_orchestrator_left("it ended the session")
+            self._say_orchestrator_left("it left without waiting for the stages (interrupted)")
         finally:
             for ch in channels:
                 ch.close()
@@ -236,17 +245,21 @@ class StageWorker:
         while not ctl.channel.closed:
             try:
                 msg = ctl.recv(timeout=max(0.01, deadline - time.monotonic()))
-            except SessionEnded:
-                return True
-            except (CmlpError, OSError, OrchestratorGone):
-                return False      # a bare close is no goodbye: keep the link's own error
+            except OrchestratorGone as gone:
+                return gone.goodbye   # a bare close is no goodbye: keep the link's own error
+            except (CmlpError, OSError, SessionEnded):
+                return False
             if isinstance(msg, C.Shutdown):
                 return True
         return False
 
     def _report_setup_failure(self, control: SecureChannel, exc: BaseException) -> None:
-        """Tell the orchestrator why this stage cannot join (an Error frame), then drop it."""
-        if control.closed:
+        """Tell the orchestrator why this stage cannot join (an Error frame), then drop it.
+
+        Only the stage's own reasons (model, weights, hashes, its data links); a peer
+        that broke the protocol on control just gets the closed connection.
+        """
+        if control.closed or isinstance(exc, _PEER_FAULTS):
             return
         try:
             control.send_error(f"stage {self.idx}: {exc}", timeout=1.0)
