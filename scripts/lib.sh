@@ -11,6 +11,17 @@ STAGE_PIDS=()
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# pip_install PYTHON WHAT PIP-ARGS...: say what is installed, let pip show its own progress
+# (what it collects, a download bar), then how long it took.  Never `pip -q`: a silent
+# install of several minutes looks like a hang.
+pip_install() {
+    local py="$1" what="$2" t0=$SECONDS
+    shift 2
+    log "installing $what ..."
+    "$py" -m pip install --progress-bar on --disable-pip-version-check "$@" >&2 || return 1
+    log "installed $what ($((SECONDS - t0)) s)"
+}
+
 # Install what is missing (system packages, venv, cmlp) unless CMLP_SKIP_SETUP=1.
 # shellcheck disable=SC2120  # optional args: --test
 ensure_env() {
