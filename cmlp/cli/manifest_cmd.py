@@ -140,7 +140,15 @@ def _write_new(dest: Path, text: str, force: bool) -> None:
 def cmd_copy(args) -> int:
     src = find(args.name)
     dest = args.dest / src.name if args.dest.is_dir() else args.dest
-    _write_new(dest, src.read_text(encoding="utf-8"), args.force)
+    text = src.read_text(encoding="utf-8")
+    try:
+        same = dest.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if same:                      # running the same copy twice is fine
+        print(f"{dest} already is the packaged {args.name!r}", file=sys.stderr)
+    else:
+        _write_new(dest, text, args.force)
     print(dest)
     return 0
 
