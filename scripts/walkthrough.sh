@@ -47,6 +47,7 @@ by_hand=$(readme_block "Running by hand")
 grep -qx "scripts/run_local.sh" <<<"$quick" || die "the quick start no longer runs scripts/run_local.sh"
 
 # -- a fresh copy -----------------------------------------------------------------------
+git -C "$CMLP_ROOT" rev-parse --git-dir >/dev/null 2>&1 || die "$CMLP_ROOT is not a git checkout"
 log "copying the tracked files of $CMLP_ROOT to $copy"
 mkdir -p "$copy"
 (cd "$CMLP_ROOT" && git ls-files -z | xargs -0 tar -cf - 2>/dev/null) | (cd "$copy" && tar -xf -)
@@ -70,7 +71,8 @@ if [ -n "${WALKTHROUGH_VENV:-}" ]; then
             *) ln -s "$entry" "$work/shared-packages/" ;;
         esac
     done
-    "$WALKTHROUGH_VENV/bin/python" -m venv "$copy/.venv"
+    # no bundled pip/setuptools of its own: they would shadow the newer ones of that venv
+    "$WALKTHROUGH_VENV/bin/python" -m venv --without-pip "$copy/.venv"
     own=$("$copy/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
     echo "$work/shared-packages" > "$own/zz-walkthrough-shared.pth"
     env_args+=(PIP_NO_INDEX=1)
@@ -83,9 +85,9 @@ run_step() {   # run_step TITLE COMMANDS: as a bash script in the copy, stopping
         echo "set -euo pipefail"
         echo "cd \"$copy\""
         echo "trap 'kill \$(jobs -p) 2>/dev/null || true' EXIT"
-        echo "set -x"          # each README command is echoed as it runs
-        printf '%s\n' "$body"
-        echo "set +x"
+        while IFS= read -r line; do             # each README command, echoed as it runs
+            printf 'echo %q >&2\n%s\n' "+ $line" "$line"
+        done <<<"$body"
         # every stage started in the background must end cleanly after the orchestrator
         # shellcheck disable=SC2016  # expanded by the generated script
         echo 'for job in $(jobs -p); do wait "$job" || { echo "a background command exited $?" >&2; exit 1; }; done'

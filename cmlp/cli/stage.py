@@ -81,7 +81,12 @@ def make_executor(args, hidden_dim: int = 768):
 
 
 def run(args) -> int:
+    import os
+    from cmlp import progress
     from cmlp.pipeline.stage import StageConfig, StageWorker
+    # stages run side by side in the background of one terminal, where their bars would
+    # overwrite each other: a stage logs "loaded layers ..." instead (CMLP_PROGRESS=1 forces)
+    os.environ.setdefault(progress.ENV, "0")
     manifest = Manifest.load(args.manifest)
     spec = manifest.stage(args.stage_idx)
     if args.threads is not None and args.threads < 1:

@@ -62,6 +62,8 @@ def explain(exc: StageFailed, manifest: str, pattern: Optional[str]) -> StageFai
     elif _refused(exc):
         reason += (f"; start it with: cmlp-stage --manifest {manifest} --stage-idx {idx}, "
                    "or read its stderr for why it stopped")
+    else:
+        reason += f"; stage {idx}'s own stderr says more"
     better = StageFailed(idx, reason)
     better.__cause__ = exc.__cause__
     return better
