@@ -155,7 +155,7 @@ def test_bad_generator_input_is_one_line(tiny, args, fragment):
 
 def test_missing_model_dir(tmp_path):
     r = cmlp("manifest", "init", "--model-dir", str(tmp_path / "none"), "--splits", "2,2")
-    assert r.returncode == 1 and "not found" in r.stderr
+    assert r.returncode == 1 and "has no config.json (it does not exist)" in r.stderr
 
 
 def test_every_layout_is_registered_for_the_cli():

@@ -99,6 +99,17 @@ def test_stage_on_a_missing_model_dir_hints_the_given_path(tmp_path, given):
     assert f"cmlp model init --out {shlex.quote(str(missing))} --preset tiny" in line, line
 
 
+def test_every_model_command_hints_the_given_missing_path(tmp_path):
+    missing = tmp_path / "no such model"
+    import shlex
+    hint = f"cmlp model init --out {shlex.quote(str(missing))}"
+    for args in (["model", "hashes", "--model-dir", str(missing), "--layers", "0:2"],
+                 ["manifest", "init", "--model-dir", str(missing), "--splits", "2,2"]):
+        r = run(CMLP + args)
+        assert r.returncode == 1
+        assert len(r.stderr.strip().splitlines()) == 1 and hint in r.stderr, r.stderr
+
+
 def test_model_bytes_match_what_is_drawn():
     for config in PRESETS.values():
         if config.n_embd > 64:

@@ -154,8 +154,10 @@ def cmd_copy(args) -> int:
 
 
 def cmd_init(args) -> int:
+    from cmlp.cli.common import require_model_dir
     from cmlp.manifest_gen import generate, parse_splits
     splits = parse_splits(args.splits)
+    require_model_dir(args.model_dir)
     base = args.base_port if args.base_port is not None else \
         (5000 if args.layout == "vsock" else 9000)
     manifest = generate(args.model_dir, splits, layout=args.layout, base_port=base,

@@ -76,7 +76,9 @@ def cmd_init(args) -> int:
 def cmd_hashes(args) -> int:
     from cmlp.model.config import load_config
     from cmlp.model.weights import load_shard_weights
+    from cmlp.cli.common import require_model_dir
     start, end = args.layers
+    require_model_dir(args.model_dir)
     config = load_config(args.model_dir)
     weights = load_shard_weights(args.model_dir, config, start, end)
     for name, digest in weights.hashes():

@@ -16,8 +16,7 @@ from pathlib import Path
 from cmlp.attestation.factory import (make_provider, make_verifier, parse_measurement,
                                       read_nitro_root)
 from cmlp.cli.common import (Parser, add_log_level, arg_type, console_main,
-                              stop_on_sigterm)
-from cmlp.errors import ModelError
+                              require_model_dir, stop_on_sigterm)
 from cmlp.manifest import Manifest
 from cmlp.transport import SecurityProfile, SessionConfig
 from cmlp.transport.sockets import parse_endpoint
@@ -56,13 +55,6 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
     return p
 
 
-def model_init_hint(model_dir, hidden_dim: int) -> str:
-    """The command that creates the model a stage was pointed at (its path, its preset)."""
-    import shlex
-    preset = " --preset tiny" if hidden_dim == 64 else ""    # the tiny preset's n_embd
-    return f"cmlp model init --out {shlex.quote(str(model_dir))}{preset}"
-
-
 def make_executor(args, hidden_dim: int = 768):
     if args.executor == "identity":
         from cmlp.pipeline.executor import IdentityExecutor
@@ -71,11 +63,7 @@ def make_executor(args, hidden_dim: int = 768):
         from cmlp.pipeline.executor import DoubleExecutor
         return DoubleExecutor()
     model_dir = Path(args.model_dir)
-    for name in ("config.json", "model.safetensors"):
-        if not (model_dir / name).is_file():
-            what = " (it does not exist)" if not model_dir.exists() else ""
-            raise ModelError(f"model directory '{model_dir}' has no {name}{what} (create it with: "
-                             f"{model_init_hint(model_dir, hidden_dim)})")
+    require_model_dir(model_dir, hidden_dim)
     from cmlp.pipeline.gpt2 import Gpt2Executor
     return Gpt2Executor(model_dir, threads=args.threads)
 
