@@ -59,12 +59,6 @@ def test_list_names_every_packaged_example_and_the_tiny_preset():
     assert "layers 0-2, 2-4" in tiny_line and "hidden 64" in tiny_line
 
 
-def test_repo_and_package_ship_the_same_examples():
-    repo = {p.name: p.read_bytes() for p in (REPO / "manifests").glob("*.json")}
-    pkg = {p.name: p.read_bytes() for p in (REPO / "cmlp" / "data" / "manifests").glob("*.json")}
-    assert repo == pkg
-
-
 def test_show_prints_the_file_and_accepts_every_spelling():
     want = (REPO / "cmlp" / "data" / "manifests" / "manifest_2stage_tiny.json").read_text()
     for name in ("2stage_tiny", "manifest_2stage_tiny", "manifest_2stage_tiny.json"):

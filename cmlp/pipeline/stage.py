@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, CryptoError,
-                         FrameError, InitFailed,
-                         MessageTooLarge, PipelineError, ProtocolError, SessionError, StageError,
-                         StageFailed, Timeout, VersionMismatch)
+                         FrameError, InitFailed, MessageTooLarge, PipelineError, ProtocolError,
+                         SessionError, StageError, StageFailed, Timeout, VersionMismatch)
 from cmlp import trace
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
