@@ -109,13 +109,16 @@ def test_run_script_surfaces_the_stage_error(tiny, tmp_path):
     path.write_text(json.dumps(doc))
     env = cli_env()
     env.update(CMLP_SKIP_SETUP="1", MODEL_DIR=str(tiny), MANIFEST=str(path),
-               CMLP_VENV=str(tmp_path / "novenv"))
+               CMLP_VENV=str(tmp_path / "novenv"), TMPDIR=str(tmp_path))
     r = subprocess.run([str(REPO / "scripts" / "run_local.sh"), PROMPT, "2"],
                        capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode != 0
     assert "stage 1 could not start" in r.stderr, r.stderr
     assert "invalid layer range [2, 6)" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+    kept = list(tmp_path.glob("cmlp-stages.*"))          # the logs stay for the user
+    assert len(kept) == 1 and f"stage logs kept in {kept[0]}" in r.stderr
+    assert "invalid layer range" in (kept[0] / "stage1.log").read_text()
 
 
 # --- item 6: Ctrl-C on the orchestrator ------------------------------------------------
