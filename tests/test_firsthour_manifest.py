@@ -90,6 +90,22 @@ def test_copy_to_a_file_or_directory_and_never_overwrite(tmp_path):
     assert Manifest.load(tmp_path / "m.json").num_stages == 3
 
 
+@pytest.mark.parametrize("tool", ["cmlp.cli.stage", "cmlp.cli.orch"])
+def test_a_missing_packaged_name_says_how_to_get_it(tmp_path, tool):
+    """After `pip install` of the wheel there is no manifests/ folder: say where they are."""
+    extra = ["--stage-idx", "0"] if tool.endswith("stage") else ["--text", "hi"]
+    r = subprocess.run([sys.executable, "-m", tool, "--manifest", "manifest_2stage.json", *extra],
+                       capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=60)
+    assert r.returncode == 1
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.count("manifest error") == 1, line
+    assert "file not found" in line
+    assert "cmlp manifest copy 2stage manifest_2stage.json" in line
+    r = subprocess.run([sys.executable, "-m", tool, "--manifest", "mine.json", *extra],
+                       capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=60)
+    assert "file not found" in r.stderr and "packaged" not in r.stderr
+
+
 # --- the generator --------------------------------------------------------------
 @pytest.mark.parametrize("name,splits,layout", [
     ("1stage", "12", "direct"), ("2stage", "6,6", "direct"), ("3stage", "4,4,4", "direct"),

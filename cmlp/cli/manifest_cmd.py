@@ -44,6 +44,21 @@ def find(name: str) -> Path:
     return examples[short]
 
 
+def load_for_cli(path):
+    """Manifest.load, and for a missing file named like a packaged example, how to get it."""
+    from cmlp.manifest import Manifest
+    try:
+        return Manifest.load(path)
+    except ManifestError as exc:
+        name = Path(path).name
+        short = name.removesuffix(SUFFIX).removeprefix(PREFIX)
+        if Path(path).exists() or short not in packaged():
+            raise
+        raise ManifestError(f"{str(exc).removeprefix('manifest error: ')} (it is a packaged "
+                            f"example: get it with "
+                            f"cmlp manifest copy {short} {path})") from None
+
+
 def summary(path: Path) -> str:
     """'2 stages: layers 0-6, 6-12; tcp, direct; hidden 768'."""
     from cmlp.manifest import Manifest

@@ -18,7 +18,7 @@ from cmlp.attestation.factory import make_provider, make_verifier, read_nitro_ro
 from cmlp.cli import stage_logs
 from cmlp.cli.common import Parser, add_log_level, arg_type, console_main
 from cmlp.errors import StageFailed
-from cmlp.manifest import Manifest
+from cmlp.cli.manifest_cmd import load_for_cli
 from cmlp.transport.sockets import parse_endpoint
 
 log = logging.getLogger("cmlp.orch")
@@ -96,7 +96,7 @@ def run(args) -> int:
 
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be >= 1")
-    manifest = Manifest.load(args.manifest)
+    manifest = load_for_cli(args.manifest)
     tokenizer = load_tokenizer(args.tokenizer)
     if args.text is not None:
         prompts = [args.text]

@@ -17,7 +17,7 @@ from cmlp.attestation.factory import (make_provider, make_verifier, parse_measur
                                       read_nitro_root)
 from cmlp.cli.common import (Parser, add_log_level, arg_type, console_main,
                               require_model_dir, stop_on_sigterm)
-from cmlp.manifest import Manifest
+from cmlp.cli.manifest_cmd import load_for_cli
 from cmlp.transport import SecurityProfile, SessionConfig
 from cmlp.transport.sockets import parse_endpoint
 
@@ -75,7 +75,7 @@ def run(args) -> int:
     # stages run side by side in the background of one terminal, where their bars would
     # overwrite each other: a stage logs "loaded layers ..." instead (CMLP_PROGRESS=1 forces)
     os.environ.setdefault(progress.ENV, "0")
-    manifest = Manifest.load(args.manifest)
+    manifest = load_for_cli(args.manifest)
     spec = manifest.stage(args.stage_idx)
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
