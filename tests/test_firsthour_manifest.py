@@ -11,7 +11,6 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,9 +21,9 @@ from cmlp.manifest_gen import LAYOUTS, generate, parse_splits, stage_bounds
 from cmlp.model.config import Gpt2Config
 from cmlp.model.synthetic import init_model, write_model
 
+from conftest import REPO
 from pipeline_helpers import cli_env, run_orch_process, start_stage_process, stop_processes
 
-REPO = Path(__file__).resolve().parents[1]
 CMLP = [sys.executable, "-m", "cmlp.cli.main"]
 
 
