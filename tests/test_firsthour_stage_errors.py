@@ -144,12 +144,13 @@ def test_sigint_to_the_orchestrator_ends_the_session_cleanly(tiny, tmp_path):
     try:
         orch = start_generating(path)
         orch.send_signal(signal.SIGINT)
-        _, err = orch.communicate(timeout=30)
+        out, err = orch.communicate(timeout=30)
         codes = wait_stopped(procs)
         errs = [p.stderr.read() for p in procs]
     finally:
         stop_processes(procs)
     assert orch.returncode == 130 and err.strip().endswith("interrupted"), err
+    assert out.endswith("\n") and out.count("\n") == 1        # the partial line is ended
     assert codes == [0, 0, 0], errs
     for i, text in enumerate(errs):
         assert len(gone_lines(text)) == 1, text

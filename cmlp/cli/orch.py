@@ -140,10 +140,12 @@ def run(args) -> int:
                                  stage_logs.pattern_from_env(args.stage_log)) from None
     generator = Generator(first, connect, args.recover, args.recover_timeout)
     runs = []
+    mid_line = False
     try:
         for prompt, ids in zip(prompts, encoded):
             sys.stdout.write(prompt)
             sys.stdout.flush()
+            mid_line = True
 
             def show(token):
                 sys.stdout.write(tokenizer.decode_one(token))
@@ -152,6 +154,7 @@ def run(args) -> int:
             gen = generator.generate(ids, args.max_tokens, on_token=show)
             sys.stdout.write("\n")
             sys.stdout.flush()
+            mid_line = False
             runs.append(gen)
             print(latency_summary(gen.latencies_ms, gen.stage_compute_us), file=sys.stderr)
             if gen.recoveries:
@@ -160,6 +163,9 @@ def run(args) -> int:
     except KeyboardInterrupt:
         if generator.orch is not None:
             generator.orch.abandon()     # the stages end the session cleanly
+        if mid_line:                     # end the partial line: the shell prompt starts clean
+            sys.stdout.write("\n")
+            sys.stdout.flush()
         raise
     finally:
         generator.close()
