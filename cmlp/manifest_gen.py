@@ -10,8 +10,11 @@ what the loader accepts.
 
 Endpoint layouts are one small function each, registered in ``LAYOUTS``:
 ``(num_stages, base_port, host) -> [{"control", "data_in", "data_out"}, ...]``
-with the port specs in manifest JSON.  To add one (e.g. a host-blind layout),
-write the function and add it to ``LAYOUTS``; the CLI offers every key.
+with the port specs in manifest JSON; the CLI offers every key.  Options that
+add to any layout (e.g. a host-blind mode: a client endpoint on stage 0, a
+feedback link from the last stage) are one function each in ``EXTRAS``:
+``(doc, layout, base_port, host) -> None`` edits the manifest JSON before it
+is validated; ``cmlp manifest init`` grows a ``--<name>`` flag for each key.
 
 Port plans (base port P, stage i of n; the packaged examples use P = 9000 / 5000):
   direct  control P+10i, data_in P+10i+1, data_out = stage i+1's data_in, last P+10n+1
@@ -82,6 +85,10 @@ LAYOUTS: Dict[str, Callable[[int, int, str], Ports]] = {
 }
 
 
+Extra = Callable[[dict, str, int, str], None]
+EXTRAS: Dict[str, Extra] = {}
+
+
 def parse_splits(text: str) -> List[int]:
     """``"6,6"`` -> [6, 6]: layers per stage, in order."""
     try:
@@ -124,10 +131,14 @@ def _shard_hashes(model_dir: Path, config, start: int, end: int) -> List[str]:
 
 
 def generate(model_dir, splits: Sequence[int], layout: str = "direct", base_port: int = 9000,
-             host: str = "127.0.0.1", with_hashes: bool = True) -> Manifest:
+             host: str = "127.0.0.1", with_hashes: bool = True,
+             extras: Sequence[str] = ()) -> Manifest:
     """A validated manifest for ``model_dir`` cut into ``splits`` layers per stage."""
     if layout not in LAYOUTS:
         raise ManifestError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    for extra in extras:
+        if extra not in EXTRAS:
+            raise ManifestError(f"unknown option {extra!r} (known: {', '.join(EXTRAS) or 'none'})")
     model_dir = Path(model_dir)
     name, config, n_layer, hidden, positions = _model_facts(model_dir)
     bounds = stage_bounds(splits, n_layer)
@@ -141,4 +152,6 @@ def generate(model_dir, splits: Sequence[int], layout: str = "direct", base_port
     doc = {"model_name": name, "model_version": MODEL_VERSION, "total_layers": n_layer,
            "stages": stages,
            "activation_spec": {"dtype": "F32", "hidden_dim": hidden, "max_seq_len": positions}}
+    for extra in extras:
+        EXTRAS[extra](doc, layout, base_port, host)
     return Manifest.from_json(json.dumps(doc), source=f"generated from {model_dir}")

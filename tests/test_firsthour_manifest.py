@@ -208,3 +208,31 @@ def test_generated_hashes_refuse_other_weights(tiny, tmp_path):
     assert "weight hash mismatch" in r.stderr, r.stderr
     doc = json.loads(path.read_text())
     assert all(s["require_weight_hashes"] for s in doc["stages"])
+
+
+def test_an_extra_option_is_one_function_and_gets_a_flag(tiny, monkeypatch):
+    """The seam a host-blind mode plugs into: a function in EXTRAS edits the JSON, then the
+    loader validates the result; the CLI offers --<name>."""
+    from cmlp import manifest_gen
+
+    def short_seq(doc, layout, base_port, host):
+        """Test option: a shorter max_seq_len."""
+        assert layout == "relay" and base_port == 12000
+        doc["activation_spec"]["max_seq_len"] = 256
+
+    def break_it(doc, layout, base_port, host):
+        doc["stages"][0]["layer_start"] = 1
+
+    monkeypatch.setitem(manifest_gen.EXTRAS, "short-seq", short_seq)
+    monkeypatch.setitem(manifest_gen.EXTRAS, "broken", break_it)
+    import io
+    from contextlib import redirect_stdout
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["manifest", "init", "--model-dir", str(tiny), "--splits", "2,2", "--relay",
+                     "--base-port", "12000", "--short-seq"]) == 0
+    assert Manifest.from_json(buf.getvalue()).activation_spec.max_seq_len == 256
+    with pytest.raises(ManifestError, match="layer_start must be 0"):
+        generate(tiny, [2, 2], extras=["broken"], with_hashes=False)
+    with pytest.raises(ManifestError, match="unknown option 'nope'"):
+        generate(tiny, [2, 2], extras=["nope"])

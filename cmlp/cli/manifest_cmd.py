@@ -5,6 +5,7 @@
     cmlp manifest copy NAME DEST [--force]
     cmlp manifest init --model-dir DIR --splits 6,6 [--relay | --vsock] [--base-port P]
                        [--host ADDR] [--no-hashes] [--out FILE] [--force]
+                       [--<extra> for each cmlp.manifest_gen.EXTRAS key]
 
 NAME is a packaged example as ``list`` prints it (``2stage``, ``2stage_tiny``,
 ...); ``manifest_2stage`` and ``manifest_2stage.json`` are accepted too.
@@ -93,7 +94,7 @@ def register(subparsers) -> None:
     add_log_level(p)
     p.set_defaults(func=cmd_copy)
 
-    from cmlp.manifest_gen import LAYOUTS
+    from cmlp.manifest_gen import EXTRAS, LAYOUTS
     p = sub.add_parser(
         "init", help="generate a manifest for a model directory",
         description="Cut a model's layers into stages (--splits, layers per stage), give "
@@ -110,7 +111,10 @@ def register(subparsers) -> None:
                         help="the Nitro layout (enclaves on vsock; the host relays every link)")
     layout.add_argument("--layout", dest="layout", choices=sorted(LAYOUTS),
                         help=argparse.SUPPRESS)
-    p.set_defaults(layout="direct")
+    p.set_defaults(layout="direct", extras=[])
+    for name, extra in EXTRAS.items():       # e.g. --host-blind, with its docstring as help
+        p.add_argument(f"--{name}", dest="extras", action="append_const", const=name,
+                       help=(extra.__doc__ or "").strip().split("\n")[0] or None)
     p.add_argument("--base-port", type=int, default=None,
                    help="first port (default: 9000 for tcp, 5000 for vsock)")
     p.add_argument("--host", default="127.0.0.1", help="IP of every tcp endpoint "
@@ -176,7 +180,7 @@ def cmd_init(args) -> int:
     base = args.base_port if args.base_port is not None else \
         (5000 if args.layout == "vsock" else 9000)
     manifest = generate(args.model_dir, splits, layout=args.layout, base_port=base,
-                        host=args.host, with_hashes=not args.no_hashes)
+                        host=args.host, with_hashes=not args.no_hashes, extras=args.extras)
     text = manifest.dumps()
     if args.out is None:
         sys.stdout.write(text)
