@@ -50,7 +50,9 @@ grep -qx "scripts/run_local.sh" <<<"$quick" || die "the quick start no longer ru
 git -C "$CMLP_ROOT" rev-parse --git-dir >/dev/null 2>&1 || die "$CMLP_ROOT is not a git checkout"
 log "copying the tracked files of $CMLP_ROOT to $copy"
 mkdir -p "$copy"
-(cd "$CMLP_ROOT" && git ls-files -z | xargs -0 tar -cf - 2>/dev/null) | (cd "$copy" && tar -xf -)
+# (a tracked file deleted in this working tree is simply not copied)
+(cd "$CMLP_ROOT" && git ls-files -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) \
+    | (cd "$copy" && tar -xf -)
 [ ! -e "$copy/model" ] || die "the copy has a model/ already"
 if compgen -G "$copy/wheels/*.whl" >/dev/null; then die "the copy has wheels already"; fi
 
