@@ -16,8 +16,10 @@ import sys
 
 from cmlp.attestation.factory import (PEER_KINDS, add_tee_arguments, make_provider,
                                       make_verifier, read_nitro_root)
+from cmlp.cli import stage_logs
 from cmlp.cli.common import Parser, add_log_level, arg_type, console_main
-from cmlp.manifest import Manifest
+from cmlp.errors import StageFailed
+from cmlp.cli.manifest_cmd import load_for_cli
 from cmlp.transport.sockets import parse_endpoint
 
 log = logging.getLogger("cmlp.orch")
@@ -57,6 +59,9 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
     p.add_argument("--relay-capture", metavar="PREFIX", default=None,
                    help="record every byte the host relays to PREFIX<link>_<dir>.bin")
     add_tee_arguments(p)
+    p.add_argument("--stage-log", metavar="PATTERN", default=None,
+                   help="where each stage logs, {idx} for its index (default: $CMLP_STAGE_LOG); "
+                        "a stage that fails to start is then quoted from its log")
     add_log_level(p, "warning")
     return p
 
@@ -93,7 +98,7 @@ def run(args) -> int:
 
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be >= 1")
-    manifest = Manifest.load(args.manifest)
+    manifest = load_for_cli(args.manifest)
     tokenizer = load_tokenizer(args.tokenizer)
     if args.text is not None:
         prompts = [args.text]
@@ -132,12 +137,19 @@ def run(args) -> int:
         orch = Orchestrator(manifest, config, args.data_out_listen)
         return orch.start()
 
-    generator = Generator(connect(), connect, args.recover, args.recover_timeout)
+    try:
+        first = connect()
+    except StageFailed as exc:
+        raise stage_logs.explain(exc, args.manifest,
+                                 stage_logs.pattern_from_env(args.stage_log)) from None
+    generator = Generator(first, connect, args.recover, args.recover_timeout)
     runs = []
+    mid_line = False
     try:
         for prompt, ids in zip(prompts, encoded):
             sys.stdout.write(prompt)
             sys.stdout.flush()
+            mid_line = True
 
             def show(token):
                 sys.stdout.write(tokenizer.decode_one(token))
@@ -146,11 +158,19 @@ def run(args) -> int:
             gen = generator.generate(ids, args.max_tokens, on_token=show)
             sys.stdout.write("\n")
             sys.stdout.flush()
+            mid_line = False
             runs.append(gen)
             print(latency_summary(gen.latencies_ms, gen.stage_compute_us), file=sys.stderr)
             if gen.recoveries:
                 print(f"Recovered from {gen.recoveries} stage failure(s)", file=sys.stderr)
         generator.shutdown()
+    except KeyboardInterrupt:
+        if generator.orch is not None:
+            generator.orch.abandon()     # the stages end the session cleanly
+        if mid_line:                     # end the partial line: the shell prompt starts clean
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
     finally:
         generator.close()
     if args.latency_out:
