@@ -186,6 +186,9 @@ class StageWorker:
                  control.peer_attestation.platform)
         try:
             num_stages, activation = self._control_phase(ctl)
+            begin = getattr(self.executor, "begin_session", None)
+            if begin is not None:
+                begin()               # every session starts from an empty, wiped cache
             data_in, data_out = self._data_phase(ctl, num_stages)
             channels += [data_in, data_out]
             ctl.send(C.DataChannelsReady(self.idx))
@@ -472,6 +475,9 @@ class _RequestLoop:
             self._drain_inputs(m)
             self._fail_request(rid, reason)
             return
+        begin = getattr(self.w.executor, "begin_request", None)
+        if begin is not None:
+            begin(rid, req.seq_len, m)
         compute_ns = 0
         error: Optional[str] = None
         done = 0
