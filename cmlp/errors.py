@@ -255,6 +255,13 @@ class MessageTooLarge(PipelineError):
 UNKNOWN_STAGE = 2**64 - 1  # usize::MAX in the reference: the failing stage is not known
 
 
+class InsecureConfiguration(PipelineError):
+    """A configuration that would silently void a security promise (refused at start-up)."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+
+
 class StageFailed(PipelineError):
     def __init__(self, stage_idx: int, reason: str):
         self.stage_idx = stage_idx

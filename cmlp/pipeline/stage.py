@@ -34,11 +34,12 @@ from cmlp.errors import (UNKNOWN_STAGE, CmlpError, CryptoError, FrameError, Init
                          PipelineError, ProtocolError, SessionError, StageError, StageFailed,
                          Timeout)
 from cmlp import trace
+from cmlp.attestation.factory import refuse_mock_in_production
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
 from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
                             sockets)
-from cmlp.transport.config import RetryPolicy
+from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
 from cmlp.transport.wire import Tensor
 
@@ -90,6 +91,9 @@ class StageWorker:
 
     def __init__(self, manifest: Manifest, stage_idx: int, executor, config: StageConfig,
                  data_out_target: Optional[Endpoint] = None):
+        refuse_mock_in_production(
+            config.session.security_profile is SecurityProfile.PRODUCTION,
+            config.provider, config.verifier)
         self.manifest = manifest
         self.spec = manifest.stage(stage_idx)
         self.idx = stage_idx
