@@ -426,7 +426,9 @@ def test_stage_without_host_unattested_refuses_the_unattested_host(pki, profile,
                   nitro_stage(m, 1, pki)]) as stages:
         start_fails(nitro_orchestrator(m, pki), "stage 0 failed: control connect")
         wait_for_error(stages[0], reason)
-        assert not [line for line in STAGE_LOG.lines if line.startswith("stage 1: control")]
+        # stage 1 accepts the host; at most it saw the orchestrator give up mid-handshake
+        assert not [line for line in STAGE_LOG.lines if line.startswith("stage 1: control")
+                    and "closed" not in line]
 
 
 # ---------------------------------------------------------------------------
