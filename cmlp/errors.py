@@ -255,6 +255,13 @@ class MessageTooLarge(PipelineError):
 UNKNOWN_STAGE = 2**64 - 1  # usize::MAX in the reference: the failing stage is not known
 
 
+class InputLimitExceeded(PipelineError):
+    """A request's input exceeds what its activation spec and seq_len allow."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"input limit exceeded: {detail}")
+
+
 class InsecureConfiguration(PipelineError):
     """A configuration that would silently void a security promise (refused at start-up)."""
 

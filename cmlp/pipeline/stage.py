@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from cmlp.errors import (UNKNOWN_STAGE, Closed, CmlpError, CryptoError, FrameError, InitFailed,
+                         InputLimitExceeded,
                          PipelineError, ProtocolError, SessionError, StageError, StageFailed,
                          Timeout)
 from cmlp import trace
@@ -42,7 +43,7 @@ from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage,
                             sockets)
 from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
-from cmlp.transport.wire import Tensor
+from cmlp.transport.wire import DType, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ class StageConfig:
     handshake_timeout: float = 10.0       # at most this per incoming handshake
     first_message_timeout: float = 30.0   # Init must follow the control handshake within it
     max_pending_handshakes: int = 8       # connections being established at once, per port
+    # per micro-batch input cap: tensors, and bytes = max_batch x seq_len x one row of the
+    # activation spec (hidden_dim x max(itemsize, 4): ids and F32 hidden states both fit)
+    max_input_tensors: int = 4
+    max_batch: int = 8
 
 
 class SessionEnded(Exception):
@@ -431,6 +436,7 @@ class _RequestLoop:
                    for k in ("start_request", "input", "forward_done", "output_sent")}
         self.current: Optional[int] = None
         self.aborted: Optional[str] = None
+        self.limit_error: Optional[InputLimitExceeded] = None
         self.shutdown = False
 
     def run(self) -> None:
@@ -499,16 +505,39 @@ class _RequestLoop:
         except (SessionError, CryptoError) as exc:
             raise _LinkLost("data_out", exc) from exc
 
-    def _read_group(self):
-        """Tensors until END: ``(tensors, "END")``, ``(None, "ERR")`` or ``(None, None)`` if cut."""
-        tensors: List[Tensor] = []
+    def _input_limits(self, seq_len: int):
+        """(tensor count, bytes) one micro-batch may hold, from the activation spec."""
+        cfg, a = self.w.config, self.activation
+        row = a.hidden_dim * max(DType[a.dtype].itemsize, 4)
+        return cfg.max_input_tensors, cfg.max_batch * max(seq_len, 1) * row
+
+    def _read_group(self, limits=None):
+        """Tensors until END: ``(tensors, "END")``, ``(None, "ERR")`` or ``(None, None)`` if cut.
+
+        With ``limits`` (count, bytes), a group that exceeds them is read to its
+        END but not kept: ``(None, "LIMIT")``, and ``self.limit_error`` says why.
+        Without limits (draining a failed request) nothing is kept at all.
+        """
+        tensors: Optional[List[Tensor]] = [] if limits is not None else None
+        count = size = 0
         while True:
             msg = self._recv_input()
             if msg is None:
                 return None, None
             if isinstance(msg, TensorMessage):
-                tensors.append(msg.tensor)
+                count += 1
+                size += msg.tensor.nbytes
+                if tensors is not None:
+                    if count > limits[0] or size > limits[1]:
+                        self.limit_error = InputLimitExceeded(
+                            f"{count} tensors / {size} bytes in one micro-batch; this request "
+                            f"allows {limits[0]} tensors / {limits[1]} bytes")
+                        tensors = None          # freed now; the rest is read and dropped
+                    else:
+                        tensors.append(msg.tensor)
             elif isinstance(msg, Data) and msg.payload == END:
+                if tensors is None and limits is not None:
+                    return None, "LIMIT"
                 return tensors, "END"
             elif isinstance(msg, Data) and msg.payload == ERR:
                 return None, "ERR"
@@ -559,13 +588,18 @@ class _RequestLoop:
         done = 0
         confirmed = False
         upstream_err = False
+        limits = self._input_limits(req.seq_len)
         for mb in range(m):
-            tensors, status = self._read_group()
+            tensors, status = self._read_group(limits)
             if status == "ERR":
                 upstream_err = True
                 error = str(StageFailed(UNKNOWN_STAGE, "upstream stage reported error"))
                 break
             if status is None:
+                break
+            if status == "LIMIT":
+                error = str(self.limit_error)
+                done = mb + 1
                 break
             trace.event(self.ev["input"])
             t0 = time.perf_counter_ns()
