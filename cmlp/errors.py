@@ -166,6 +166,13 @@ class PublicKeyMismatch(AttestError):
         super().__init__("attested public key does not match the hello public key")
 
 
+class RoleMismatch(AttestError):
+    """The peer's document does not bind the pipeline role this side expects."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"role mismatch: {detail}")
+
+
 class MissingField(AttestError):
     def __init__(self, name: str):
         self.name = name

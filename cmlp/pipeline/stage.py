@@ -36,6 +36,7 @@ from cmlp.errors import (UNKNOWN_STAGE, Closed, CmlpError, CryptoError, FrameErr
                          Timeout)
 from cmlp import trace
 from cmlp.attestation.factory import refuse_mock_in_production
+from cmlp.attestation.role import Role
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
 from cmlp.pipeline.acceptor import Acceptor
@@ -71,6 +72,9 @@ class StageConfig:
     # activation spec (hidden_dim x max(itemsize, 4): ids and F32 hidden states both fit)
     max_input_tensors: int = 4
     max_batch: int = 8
+    # attest this stage's role (index + pipeline digest) and check every peer's; off only
+    # for interop with the reference's peers, which bind no role (docs/attestation.md)
+    bind_roles: bool = True
 
 
 class SessionEnded(Exception):
@@ -112,6 +116,7 @@ class StageWorker:
             config.provider, config.verifier)
         self.manifest = manifest
         self.spec = manifest.stage(stage_idx)
+        self._pipeline_digest = manifest.pipeline_digest()
         self.idx = stage_idx
         self.executor = executor
         self.config = config
@@ -184,6 +189,11 @@ class StageWorker:
     def _session_config(self, peer_stage: Optional[int]) -> SessionConfig:
         """Pins for a channel whose peer is ``peer_stage`` (None: the host orchestrator)."""
         base = self.config.session
+        if self.config.bind_roles:
+            digest = self._pipeline_digest
+            base = base.replace(own_role=Role(self.idx, digest),
+                                peer_role=Role.orchestrator(digest) if peer_stage is None
+                                else Role(peer_stage, digest))
         if peer_stage is None:
             return base.replace(expected_measurements=None,
                                 allow_unattested_peer=self.config.host_unattested) \
