@@ -23,7 +23,6 @@ Resolutions of the reference's open points (pipeline.md, Ambiguities):
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ from cmlp.errors import (UNKNOWN_STAGE, Closed, CmlpError, CryptoError, FrameErr
                          InputLimitExceeded,
                          PipelineError, ProtocolError, SessionError, StageError, StageFailed,
                          Timeout)
-from cmlp import trace
+from cmlp import strict_json, trace
 from cmlp.attestation.factory import refuse_mock_in_production
 from cmlp.attestation.role import Role
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
@@ -98,6 +97,14 @@ class _Control:
         if isinstance(msg, ShutdownMessage):
             raise SessionEnded()
         raise ProtocolError(f"expected Data on control channel, got {type(msg).__name__}")
+
+
+def _json_object(text: str) -> dict:
+    """A nested spec of an Init: strict JSON (duplicate keys, deep nesting refused), an object."""
+    obj = strict_json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
 
 
 def _discard_control(result) -> None:
@@ -292,13 +299,20 @@ class StageWorker:
         if not isinstance(msg, C.Init):
             raise ProtocolError(f"expected Init, got {C.describe(msg)}")
         try:
-            spec = StageSpec.from_json(json.loads(msg.stage_spec_json))
-        except (ValueError, RecursionError, CmlpError) as exc:
+            spec = StageSpec.from_json(_json_object(msg.stage_spec_json))
+        except (ValueError, CmlpError) as exc:
             raise ProtocolError(f"invalid stage_spec: {exc}") from None
         try:
-            activation = ActivationSpec.from_json(json.loads(msg.activation_spec_json))
-        except (ValueError, RecursionError, CmlpError) as exc:
+            activation = ActivationSpec.from_json(_json_object(msg.activation_spec_json))
+        except (ValueError, CmlpError) as exc:
             raise ProtocolError(f"invalid activation_spec: {exc}") from None
+        # every Init, every time (also when the shard is already loaded): the host cannot
+        # widen what this stage accepts - the activation spec is its own manifest's
+        own = self.manifest.activation_spec
+        if activation != own:
+            raise ProtocolError(
+                f"Init activation_spec {activation.to_json()} differs from this stage's "
+                f"manifest {own.to_json()}")
         if not self.spec.admits_init(spec):
             raise ProtocolError(
                 f"Init for stage {spec.stage_idx} layers [{spec.layer_start}, {spec.layer_end}) "
