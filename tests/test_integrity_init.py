@@ -10,7 +10,6 @@ specs are parsed with the strict JSON parser (duplicate keys refused).
 
 import json
 
-import numpy as np
 import pytest
 
 import mitm
