@@ -14,11 +14,11 @@ import logging
 import math
 import sys
 
-from cmlp.attestation.factory import (PEER_KINDS, add_tee_arguments, make_provider,
-                                      make_verifier, read_nitro_root)
+from cmlp.attestation.factory import (MOCK_IN_PRODUCTION, PEER_KINDS, add_tee_arguments,
+                                      make_provider, make_verifier, read_nitro_root)
 from cmlp.cli import stage_logs
 from cmlp.cli.common import Parser, add_log_level, arg_type, console_main
-from cmlp.errors import StageFailed
+from cmlp.errors import InsecureConfiguration, StageFailed
 from cmlp.cli.manifest_cmd import load_for_cli
 from cmlp.transport.sockets import parse_endpoint
 
@@ -62,6 +62,9 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
     p.add_argument("--stage-log", metavar="PATTERN", default=None,
                    help="where each stage logs, {idx} for its index (default: $CMLP_STAGE_LOG); "
                         "a stage that fails to start is then quoted from its log")
+    p.add_argument("--no-role-binding", action="store_true",
+                   help="do not attest or check pipeline roles (only to interoperate with the "
+                        "reference's peers, which bind none; see docs/attestation.md)")
     add_log_level(p, "warning")
     return p
 
@@ -98,6 +101,8 @@ def run(args) -> int:
 
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be >= 1")
+    if args.profile == "production" and "mock" in (args.attestation, args.host_attestation):
+        raise InsecureConfiguration(MOCK_IN_PRODUCTION)
     manifest = load_for_cli(args.manifest)
     tokenizer = load_tokenizer(args.tokenizer)
     if args.text is not None:
@@ -121,7 +126,8 @@ def run(args) -> int:
     if root is not None:
         log.warning("trusting the Nitro root CA in %s instead of AWS's (testing/staging only)",
                     args.nitro_root_pem)
-    kwargs = dict(infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture)
+    kwargs = dict(infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture,
+                  bind_roles=not args.no_role_binding)
     provider = make_provider(host)
     verifier = make_verifier(args.attestation, root, tdx_collateral_dir=args.tdx_collateral,
                              tee_policy=args.tee_policy)

@@ -13,11 +13,13 @@ import logging
 import sys
 from pathlib import Path
 
-from cmlp.attestation.factory import (PEER_KINDS, add_tee_arguments, make_provider,
-                                      make_verifier, parse_measurement, read_nitro_root)
+from cmlp.attestation.factory import (MOCK_IN_PRODUCTION, PEER_KINDS, add_tee_arguments,
+                                      make_provider, make_verifier, parse_measurement,
+                                      read_nitro_root)
 from cmlp.cli.common import (Parser, add_log_level, arg_type, console_main,
                               require_model_dir, stop_on_sigterm)
 from cmlp.cli.manifest_cmd import load_for_cli
+from cmlp.errors import InsecureConfiguration
 from cmlp.transport import SecurityProfile, SessionConfig
 from cmlp.transport.sockets import parse_endpoint
 
@@ -52,6 +54,9 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("gpt2", "identity", "double"), default="gpt2",
                    help=argparse.SUPPRESS)   # identity/double: protocol tests without a model
     add_tee_arguments(p)
+    p.add_argument("--no-role-binding", action="store_true",
+                   help="do not attest or check pipeline roles (only to interoperate with the "
+                        "reference's peers, which bind none; see docs/attestation.md)")
     add_log_level(p, "info")
     return p
 
@@ -81,6 +86,8 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
     profile = SecurityProfile(args.profile)
+    if profile is SecurityProfile.PRODUCTION and args.attestation == "mock":
+        raise InsecureConfiguration(MOCK_IN_PRODUCTION)
     session = SessionConfig(security_profile=profile,
                             require_measurements=profile is SecurityProfile.PRODUCTION)
     root = read_nitro_root(args.nitro_root_pem)
@@ -92,7 +99,8 @@ def run(args) -> int:
                                                 tdx_collateral_dir=args.tdx_collateral,
                                                 tee_policy=args.tee_policy),
                          session=session,
-                         persistent=args.persistent, host_unattested=args.host_unattested)
+                         persistent=args.persistent, host_unattested=args.host_unattested,
+                         bind_roles=not args.no_role_binding)
     executor = make_executor(args, manifest.activation_spec.hidden_dim)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
     worker.bind()
