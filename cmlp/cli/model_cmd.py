@@ -61,15 +61,15 @@ def register(subparsers) -> None:
 
 
 def cmd_init(args) -> int:
-    from cmlp.model.synthetic import init_model
+    from cmlp.model.gpt2.synthetic import init_model
     out = init_model(args.out, preset=args.preset, seed=args.seed, overwrite=args.force)
     print(out)
     return 0
 
 
 def cmd_hashes(args) -> int:
-    from cmlp.model.config import load_config
-    from cmlp.model.weights import load_shard_weights
+    from cmlp.model.gpt2.config import load_config
+    from cmlp.model.gpt2.weights import load_shard_weights
     start, end = args.layers
     config = load_config(args.model_dir)
     weights = load_shard_weights(args.model_dir, config, start, end)

@@ -56,7 +56,7 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
     return p
 
 
-def make_executor(args):
+def make_executor(args, model_name=None):
     if args.executor == "identity":
         from cmlp.pipeline.executor import IdentityExecutor
         return IdentityExecutor()
@@ -64,12 +64,12 @@ def make_executor(args):
         from cmlp.pipeline.executor import DoubleExecutor
         return DoubleExecutor()
     model_dir = Path(args.model_dir)
-    for name in ("config.json", "model.safetensors"):
-        if not (model_dir / name).is_file():
-            raise ModelError(f"model directory '{model_dir}' has no {name} "
-                             "(create one with: cmlp model init --out model)")
+    if not (model_dir / "config.json").is_file() or not any(
+            (model_dir / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
+        raise ModelError(f"model directory '{model_dir}' has no config.json and model.safetensors "
+                         "(create one with: cmlp model init --out model)")
     from cmlp.pipeline.gpt2 import Gpt2Executor
-    return Gpt2Executor(model_dir, threads=args.threads)
+    return Gpt2Executor(model_dir, threads=args.threads, model_name=model_name)
 
 
 def run(args) -> int:
@@ -88,7 +88,7 @@ def run(args) -> int:
     config = StageConfig(provider=make_provider(args.attestation, dict(args.mock_measurement)),
                          verifier=make_verifier(args.attestation, root), session=session,
                          persistent=args.persistent, host_unattested=args.host_unattested)
-    executor = make_executor(args)
+    executor = make_executor(args, manifest.model_name)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
     worker.bind()
     stop_on_sigterm()
