@@ -83,6 +83,19 @@ def _float(raw: dict, key: str, where: str, default, lo: float, hi: float) -> fl
     return float(value)
 
 
+def _rope(raw: dict, where: str) -> tuple[float, dict | None]:
+    """(rope_theta, rope_scaling): published configs have both at the top level;
+    transformers >= 5 writes them together as ``rope_parameters``."""
+    params = raw.get("rope_parameters")
+    if params is None:
+        return _float(raw, "rope_theta", where, 10000.0, 0.0, 1e12), _rope_scaling(raw, where)
+    if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
+        raise ModelError(f"{where}: rope_parameters must be one flat object")
+    theta = _float(params, "rope_theta", where + " rope_parameters", 10000.0, 0.0, 1e12)
+    kind = params.get("rope_type", params.get("type", "default"))
+    return theta, (None if kind == "default" else _rope_scaling({"rope_scaling": params}, where))
+
+
 def _rope_scaling(raw: dict, where: str) -> dict | None:
     s = raw.get("rope_scaling")
     if s is None:
@@ -127,6 +140,7 @@ def config_from_dict(raw: dict, family: str, where: str = "config.json") -> Llam
                          f"num_key_value_heads {kv_heads}")
     if head_dim % 2:
         raise ModelError(f"{where}: head_dim {head_dim} must be even (RoPE)")
+    rope_theta, rope_scaling = _rope(raw, where)
     act = raw.get("hidden_act", "silu")
     if act != "silu":
         raise ModelError(f"{where}: unsupported hidden_act {act!r} (the {family} family uses silu)")
@@ -154,8 +168,8 @@ def config_from_dict(raw: dict, family: str, where: str = "config.json") -> Llam
         head_dim=head_dim,
         max_position_embeddings=_positive_int(raw, "max_position_embeddings", where),
         rms_norm_eps=_float(raw, "rms_norm_eps", where, 1e-6, 0.0, 1.0),
-        rope_theta=_float(raw, "rope_theta", where, 10000.0, 0.0, 1e12),
-        rope_scaling=_rope_scaling(raw, where),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         tie_word_embeddings=tie,
         attention_bias=attention_bias,
         synthetic=bool(raw.get(SYNTHETIC_KEY, False)),
