@@ -197,3 +197,29 @@ def widen(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint16:   # bfloat16 bits
         return (arr.astype(np.uint32) << np.uint32(16)).view(np.float32)
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def write_safetensors(path: Path, tensors, metadata: dict | None = None) -> int:
+    """Stream tensors into one .safetensors file; returns the data bytes written.
+
+    ``tensors`` is a list of (name, dtype, shape, make) where ``make()`` returns
+    the array (BF16 as uint16 bits): each is built only when written, so a
+    multi-GB model never sits in memory at once.
+    """
+    table, offset = {}, 0
+    for name, dtype, shape, _ in tensors:
+        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+        table[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    table["__metadata__"] = {"format": "pt", **(metadata or {})}   # transformers needs format
+    header = json.dumps(table, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)              # data 8-byte aligned, as the spec advises
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+        for name, dtype, shape, make in tensors:
+            arr = np.ascontiguousarray(make(), dtype=HALF_AND_FULL[dtype])
+            if arr.shape != tuple(shape):
+                raise ValueError(f"tensor {name}: made {arr.shape}, declared {shape}")
+            f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+    return offset
