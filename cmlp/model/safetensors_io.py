@@ -218,7 +218,7 @@ def write_safetensors(path: Path, tensors, metadata: dict | None = None) -> int:
         f.write(struct.pack("<Q", len(header)))
         f.write(header)
         for name, dtype, shape, make in tensors:
-            arr = np.ascontiguousarray(make(), dtype=HALF_AND_FULL[dtype])
+            arr = np.ascontiguousarray(make(), dtype=HALF_AND_FULL.get(dtype))
             if arr.shape != tuple(shape):
                 raise ValueError(f"tensor {name}: made {arr.shape}, declared {shape}")
             f.write(memoryview(arr.reshape(-1).view(np.uint8)))
