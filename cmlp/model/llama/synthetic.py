@@ -76,12 +76,16 @@ def hf_config(family: str, shape: dict, dtype: str, **extra) -> dict:
             **shape, SYNTHETIC_KEY: True, **extra}
 
 
-def byte_level_tokenizer():
-    """specials at ids 0..2, then the 256 byte-level symbols: works for any vocab >= 259."""
+def byte_level_tokenizer(vocab_size: int = 0):
+    """specials at ids 0..2, then the 256 byte-level symbols; ids up to vocab_size are
+    filled with tokens " t<n>" (never produced by encode, since there are no merges,
+    but decodable: a random model's output ids always have text)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     vocab.update({c: len(SPECIAL_TOKENS) + i for i, c in enumerate(alphabet)})
+    for n in range(vocab_size - len(vocab)):
+        vocab[f"\u0120t{n}"] = len(vocab)        # U+0120 is the byte-level space
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -160,7 +164,7 @@ def write_model(out_dir, family: str, shape: dict, *, dtype: str = "fp32", seed:
         "bos_token": None, "eos_token": SPECIAL_TOKENS[0], "chat_template": CHATML,
         "model_max_length": cfg.max_position_embeddings,
         "tokenizer_class": "PreTrainedTokenizerFast"})
-    tok = byte_level_tokenizer()
+    tok = byte_level_tokenizer(cfg.vocab_size)
     _atomic(out / "tokenizer.json", lambda tmp: tok.save(str(tmp)))
     return out
 
