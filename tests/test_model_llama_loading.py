@@ -197,3 +197,29 @@ def test_model_name_check(name, family, ok):
     else:
         with pytest.raises(ModelError, match="names the"):
             check_model_name(name, family)
+
+
+def test_random_corruption_is_always_a_model_error(tmp_path):
+    """Seeded byte flips, truncations and header splices: ModelError or a clean load."""
+    good = write_model(tmp_path / "good", "llama", dict(TINY, num_hidden_layers=1), std=0.1)
+    raw = (good / SINGLE_FILE).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    rng = np.random.default_rng(7)
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "config.json").write_bytes((good / "config.json").read_bytes())
+    for _ in range(200):
+        data = bytearray(raw)
+        kind = rng.integers(3)
+        if kind == 0:                                     # flip bytes in the header
+            for pos in rng.integers(0, 8 + n, rng.integers(1, 4)):
+                data[pos] ^= int(rng.integers(1, 256))
+        elif kind == 1:                                   # truncate anywhere
+            data = data[:int(rng.integers(0, len(data)))]
+        else:                                             # a lying header length
+            data[:8] = struct.pack("<Q", int(rng.integers(0, 2**63)))
+        (d / SINGLE_FILE).write_bytes(bytes(data))
+        try:
+            load_shard(d, 0, 1, threads=1)
+        except ModelError as exc:
+            assert SINGLE_FILE in str(exc) or "config.json" in str(exc)
