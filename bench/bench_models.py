@@ -9,8 +9,9 @@ shapes, stored in --dtype) under --model-root.  Both implementations run in this
 process on the same files and thread count (cmlp ``threads=N``,
 ``torch.set_num_threads(N)``); PyTorch runs transformers' model in the same
 dtype as stored, with a KV cache and ``logits_to_keep=1``.  They take turns
-within every round, so load from other processes hits both alike; numbers are
-medians over rounds.
+within every round, so load from other processes hits all alike; numbers are
+medians over rounds.  With --dtype bf16, ``torch-fp32`` also runs transformers
+on the same weights upcast to float32 (torch's bf16 CPU path is much slower).
 
 decode: ms per token at context PROMPT (median of DECODE_STEPS steps, then of rounds)
 prefill: ms for PREFILL tokens
@@ -81,7 +82,9 @@ class Cmlp:
 
 
 class Torch:
+    """transformers in the stored dtype (bf16 on CPU: torch's own bf16 kernels)."""
     name = "torch"
+    upcast = False
 
     def __init__(self, d, threads):
         import torch
@@ -90,6 +93,8 @@ class Torch:
         self.torch = torch
         cfg = json.loads((Path(d) / "config.json").read_text())
         dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg["torch_dtype"]]
+        if self.upcast:
+            dtype = torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype).eval()
         self.past = None
 
@@ -107,7 +112,13 @@ class Torch:
         return out.logits
 
 
-IMPLS = {"cmlp": Cmlp, "torch": Torch}
+class TorchFp32(Torch):
+    """transformers on the same weights upcast to float32 (2x the bytes; torch's fast path)."""
+    name = "torch-fp32"
+    upcast = True
+
+
+IMPLS = {"cmlp": Cmlp, "torch": Torch, "torch-fp32": TorchFp32}
 
 
 def time_decode(impl, prompt):
@@ -163,7 +174,8 @@ def main(argv=None):
     prefill_ids = list(range(1, PREFILL + 1))
     for preset in args.presets.split(","):
         d = model_dir(args.model_root, preset, args.dtype)
-        impls = [cls(d, args.threads) for cls in IMPLS.values()]
+        impls = [cls(d, args.threads) for name, cls in IMPLS.items()
+                 if args.dtype == "bf16" or name != "torch-fp32"]
         results = {i.name: {"decode": [], "prefill": []} for i in impls}
         for _ in range(args.rounds):
             for impl in impls:
@@ -179,9 +191,12 @@ def main(argv=None):
             rss = peak_rss(name, d, args.threads)
             print(f"{name:8} {dec:14.2f} {pre:14.1f} {wb / dec / 1e6:12.2f} {rss / 1e6:12.0f} "
                   f"{rss / wb:12.2f}")
-        c, t = results["cmlp"], results["torch"]
-        print(f"cmlp/torch: decode {statistics.median(c['decode']) / statistics.median(t['decode']):.2f}x, "
-              f"prefill {statistics.median(c['prefill']) / statistics.median(t['prefill']):.2f}x")
+        c = results["cmlp"]
+        for peer in [n for n in results if n != "cmlp"]:
+            t = results[peer]
+            print(f"cmlp/{peer}: decode "
+                  f"{statistics.median(c['decode']) / statistics.median(t['decode']):.2f}x, prefill "
+                  f"{statistics.median(c['prefill']) / statistics.median(t['prefill']):.2f}x")
     return 0
 
 

@@ -15,6 +15,8 @@
 /* independent partial sums: lets the compiler vectorise a float reduction
  * without -ffast-math (the summation order is fixed, so results are reproducible) */
 #define LANES 16
+/* dot products: 64 lanes = 4 AVX-512 / 8 AVX2 accumulators, enough to hide the FMA latency */
+#define DOT_LANES 64
 
 static inline float bf16_to_f32(uint16_t h)
 {
@@ -128,13 +130,13 @@ void embed_rows(float *out, const uint32_t *ids, long n, const void *table, int 
 LLAMA_HOT
 static float dot_bf16(const float *x, const uint16_t *w, long K)
 {
-    float acc[LANES] = {0};
+    float acc[DOT_LANES] = {0};
     long j = 0;
-    for (; j + LANES <= K; j += LANES)
-        for (int l = 0; l < LANES; l++)
+    for (; j + DOT_LANES <= K; j += DOT_LANES)
+        for (int l = 0; l < DOT_LANES; l++)
             acc[l] += x[j + l] * bf16_to_f32(w[j + l]);
     float s = 0.0f;
-    for (int l = 0; l < LANES; l++)
+    for (int l = 0; l < DOT_LANES; l++)
         s += acc[l];
     for (; j < K; j++)
         s += x[j] * bf16_to_f32(w[j]);
@@ -144,13 +146,13 @@ static float dot_bf16(const float *x, const uint16_t *w, long K)
 LLAMA_HOT
 static float dot_f16(const float *x, const uint16_t *w, long K)
 {
-    float acc[LANES] = {0};
+    float acc[DOT_LANES] = {0};
     long j = 0;
-    for (; j + LANES <= K; j += LANES)
-        for (int l = 0; l < LANES; l++)
+    for (; j + DOT_LANES <= K; j += DOT_LANES)
+        for (int l = 0; l < DOT_LANES; l++)
             acc[l] += x[j + l] * f16_to_f32(w[j + l]);
     float s = 0.0f;
-    for (int l = 0; l < LANES; l++)
+    for (int l = 0; l < DOT_LANES; l++)
         s += acc[l];
     for (; j < K; j++)
         s += x[j] * f16_to_f32(w[j]);
