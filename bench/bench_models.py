@@ -66,8 +66,9 @@ class Cmlp:
     name = "cmlp"
 
     def __init__(self, d, threads):
-        from cmlp.model.registry import load_shard
         import numpy as np
+
+        from cmlp.model.registry import load_shard
         self.np = np
         cfg = json.loads((Path(d) / "config.json").read_text())
         self.shard = load_shard(d, 0, cfg["num_hidden_layers"], threads=threads,

@@ -288,7 +288,7 @@ cdef class LlamaEngine:
         self._view = None
         self.k_max = max(hidden, intermediate, self.q_dim)
         self.inv_freq = self._f32(inv_freq, (head_dim // 2,), "rope inv_freq")
-        C, I = hidden, intermediate
+        C, inter = hidden, intermediate
         self.layers = <LayerWeights*>calloc(max(self.n_layers, 1), sizeof(LayerWeights))
         if self.layers == NULL:
             raise MemoryError()
@@ -303,9 +303,9 @@ cdef class LlamaEngine:
             self._linear_weight(&lw.k, t, "k_proj", self.kv_dim, C, where)
             self._linear_weight(&lw.v, t, "v_proj", self.kv_dim, C, where)
             self._linear_weight(&lw.o, t, "o_proj", C, self.q_dim, where)
-            self._linear_weight(&lw.gate, t, "gate_proj", I, C, where)
-            self._linear_weight(&lw.up, t, "up_proj", I, C, where)
-            self._linear_weight(&lw.down, t, "down_proj", C, I, where)
+            self._linear_weight(&lw.gate, t, "gate_proj", inter, C, where)
+            self._linear_weight(&lw.up, t, "up_proj", inter, C, where)
+            self._linear_weight(&lw.down, t, "down_proj", C, inter, where)
         memset(&self.embed, 0, sizeof(Linear))
         memset(&self.lm_head, 0, sizeof(Linear))
         self.final_norm = NULL
@@ -352,7 +352,9 @@ cdef class LlamaEngine:
         lin.data = cnp.PyArray_DATA(<cnp.ndarray>arr)
         lin.N = N
         lin.K = K
-        lin.bias = NULL if bias is None else self._f32(bias, (N,), f"{name} bias")
+        lin.bias = NULL
+        if bias is not None:
+            lin.bias = self._f32(bias, (N,), f"{name} bias")
         self._weights.append(arr)
         return 0
 
@@ -445,20 +447,22 @@ cdef class LlamaEngine:
 
     def clear_cache(self):
         """Forget every cached position (and wipe the cached K/V values)."""
-        cdef int l, kv, b, g
+        cdef int layer, kv, b, g
         cdef long head_stride = <long>self.max_positions * self.head_dim
+        cdef size_t used = <size_t>self.past_len * self.head_dim * sizeof(float)
         if self.kv != NULL and self.past_len > 0:
-            for l in range(self.n_layers):
+            for layer in range(self.n_layers):
                 for kv in range(2):
                     for b in range(self.cache_batch):
                         for g in range(self.n_kv_head):
-                            memset(self._cache(l, kv) + (<long>b * self.n_kv_head + g) * head_stride,
-                                   0, <size_t>self.past_len * self.head_dim * sizeof(float))
+                            memset(self._cache(layer, kv)
+                                   + (<long>b * self.n_kv_head + g) * head_stride, 0, used)
         self.past_len = 0
         self.cache_batch = 0
 
     cdef inline float* _cache(self, int layer, int kv) noexcept nogil:
-        return self.kv + (<long>layer * 2 + kv) * self.batch_capacity * self.max_positions * self.kv_dim
+        return self.kv + ((<long>layer * 2 + kv) * self.batch_capacity
+                          * self.max_positions * self.kv_dim)
 
     @property
     def kv_cache_bytes(self):
@@ -497,7 +501,8 @@ cdef class LlamaEngine:
         if self.is_first:
             raise InvalidModelInput("the first shard takes token ids, not hidden states")
         if x.ndim != 3 or x.shape[2] != self.hidden or x.dtype not in (np.float32, np.uint16):
-            raise InvalidModelInput(f"hidden states must be float32 or bfloat16 [B, T, {self.hidden}]")
+            raise InvalidModelInput(
+                f"hidden states must be float32 or bfloat16 [B, T, {self.hidden}]")
         self._check_positions(x.shape[0], x.shape[1])
         cdef int B = x.shape[0]
         cdef int T = x.shape[1]
@@ -512,7 +517,8 @@ cdef class LlamaEngine:
         if not (1 <= B <= MAX_ENGINE_BATCH and 1 <= T and self.past_len + T <= self.max_positions):
             raise InvalidModelInput(f"invalid forward of [{B}, {T}] at position {self.past_len}")
         if self.past_len > 0 and B != self.cache_batch:
-            raise InvalidModelInput(f"batch size {B} differs from the cached batch {self.cache_batch}")
+            raise InvalidModelInput(
+                f"batch size {B} differs from the cached batch {self.cache_batch}")
         return 0
 
     cdef object _run(self, int B, int T):
@@ -524,7 +530,8 @@ cdef class LlamaEngine:
         return self._output_view(B, T)
 
     cdef object _output_view(self, int B, int T):
-        if self._view is None or B != self._view_batch or (T != self._view_seq and not self.is_last):
+        if (self._view is None or B != self._view_batch
+                or (T != self._view_seq and not self.is_last)):
             if self.is_last:
                 self._view = self._logits[:B]
             else:
@@ -535,19 +542,19 @@ cdef class LlamaEngine:
     cdef void _forward(self, int B, int T) noexcept nogil:
         cdef long M = <long>B * T
         cdef int C = self.hidden
-        cdef int l, b
+        cdef int layer, b
         cdef LayerWeights* lw
         if self.is_first:
             embed_rows(self.residual, self.ids, M, self.embed.data, self.embed.dtype, C)
         rope_tables(self.rope_cos, self.rope_sin, self.inv_freq, self.head_dim // 2,
                     self.past_len, T, self.rope_attention_scaling)
-        for l in range(self.n_layers):
-            lw = &self.layers[l]
+        for layer in range(self.n_layers):
+            lw = &self.layers[layer]
             self._rows(ROW_RMSNORM, self.norm, self.residual, lw.input_norm, M, C)
             self._linear(self.q, self.norm, &lw.q, M)
             self._linear(self.k, self.norm, &lw.k, M)
             self._linear(self.v, self.norm, &lw.v, M)
-            self._attention(l, B, T)
+            self._attention(layer, B, T)
             self._linear(self.block_out, self.attn, &lw.o, M)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, M, C)
             self._rows(ROW_RMSNORM, self.norm, self.residual, lw.post_norm, M, C)

@@ -6,13 +6,12 @@ import sys
 
 import numpy as np
 import pytest
+from pipeline_helpers import cli_env
 
 from cmlp.errors import ModelError
 from cmlp.model.llama.synthetic import PRESETS, init_model
 from cmlp.model.registry import detect_family, load_shard
 from cmlp.tokenizer import load_model_tokenizer, load_tokenizer
-
-from pipeline_helpers import cli_env
 
 
 def cli(*args):

@@ -15,7 +15,12 @@ from cmlp.model.llama.config import load_config
 from cmlp.model.llama.synthetic import PRESETS, write_model
 from cmlp.model.llama.weights import load_shard_weights, shard_tensor_shapes
 from cmlp.model.registry import check_model_name, detect_family, load_shard
-from cmlp.model.safetensors_io import INDEX_FILE, SINGLE_FILE, Checkpoint, write_safetensors
+from cmlp.model.safetensors_io import (
+    INDEX_FILE,
+    SINGLE_FILE,
+    Checkpoint,
+    write_safetensors,
+)
 
 TINY = PRESETS["llama"]["tiny"]
 Q_PROJ = "model.layers.1.self_attn.q_proj.weight"

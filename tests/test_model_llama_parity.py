@@ -16,8 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from llama_helpers import Case, Chain, build_hf_model, hf_logits, save  # noqa: E402
-from model_helpers import layer_partitions  # noqa: E402
+from llama_helpers import Case, Chain, build_hf_model, hf_logits, save
+from model_helpers import layer_partitions
 
 ATOL = 1e-4
 # bf16 weights, float32 compute on both sides: only summation order differs

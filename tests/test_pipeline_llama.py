@@ -10,20 +10,25 @@ forward hook): the same math as the pipeline, so the ids must agree exactly
 import json
 import sys
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from cmlp.errors import InitFailed  # noqa: E402
-from cmlp.manifest import Manifest  # noqa: E402
-from cmlp.pipeline.gpt2 import ModelExecutor, generate  # noqa: E402
+from llama_helpers import Case, build_hf_model, hf_logits, save
+from model_helpers import layer_partitions
+from pipeline_helpers import (
+    manifest_dict,
+    run_orch_process,
+    running_pipeline,
+    start_stage_process,
+    stop_processes,
+    write_manifest,
+)
 
-from llama_helpers import Case, build_hf_model, hf_logits, save  # noqa: E402
-from model_helpers import layer_partitions  # noqa: E402
-from pipeline_helpers import (manifest_dict, run_orch_process, running_pipeline,  # noqa: E402
-                              start_stage_process, stop_processes, write_manifest)
+from cmlp.errors import InitFailed
+from cmlp.manifest import Manifest
+from cmlp.pipeline.gpt2 import ModelExecutor, generate
 
 PROMPT = [5, 17, 250, 3, 99, 42]
 TOKENS = 50
@@ -128,6 +133,7 @@ def test_cli_two_stage_llama_end_to_end(tmp_path):
     """What the README shows: `cmlp model init --arch llama --dtype bf16`, two stage
     processes, the orchestrator with the model's own tokenizer."""
     import subprocess
+
     from pipeline_helpers import cli_env
     model = tmp_path / "llama"
     subprocess.run([sys.executable, "-m", "cmlp.cli.main", "model", "init", "--arch", "llama",

@@ -17,4 +17,4 @@ def load_shard(model_dir, layer_start: int, layer_end: int, *, threads=None, max
     """Registry entry point (max_seq_len is bounded by n_positions; the cache is lazy)."""
     return Gpt2Shard.load(model_dir, layer_start, layer_end, threads=threads)
 
-__all__ = ["FAMILY", "load_shard", "Gpt2Config", "Gpt2Shard", "load_config"]
+__all__ = ["FAMILY", "Gpt2Config", "Gpt2Shard", "load_config", "load_shard"]

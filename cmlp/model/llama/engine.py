@@ -60,7 +60,7 @@ class LlamaShard:
 
     @classmethod
     def load(cls, model_dir, layer_start: int, layer_end: int, threads: int | None = None,
-             max_seq_len: int | None = None, family: str = "llama") -> "LlamaShard":
+             max_seq_len: int | None = None, family: str = "llama") -> LlamaShard:
         config = load_config(model_dir, family)
         weights = load_shard_weights(model_dir, config, layer_start, layer_end)
         return cls(config, weights, layer_start, layer_end, threads, max_seq_len)
