@@ -10,6 +10,7 @@ forward hook): the same math as the pipeline, so the ids must agree exactly
 import json
 import sys
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -148,3 +149,34 @@ def test_cli_two_stage_llama_end_to_end(tmp_path):
     finally:
         stop_processes(procs)
     assert result.returncode == 0, result.stderr
+
+
+def test_hostile_inputs_are_forward_failures(models):
+    """Wrong dtype, shape, width or ids from the network: ForwardFailed, state unchanged."""
+    from cmlp.errors import ForwardFailed
+    from cmlp.pipeline.gpt2 import _ids_tensor, cache_clear_sentinel
+    from cmlp.transport.wire import DType, Tensor
+    case, _, _, half, _ = models
+    m = manifest([(0, 2), (2, 4)], 128, "BF16")
+    first, second = ModelExecutor(half, threads=1), ModelExecutor(half, threads=1)
+    first.init(m.stage(0), m.activation_spec, 2)
+    second.init(m.stage(1), m.activation_spec, 2)
+
+    def bf16(shape):
+        return Tensor("hidden_states", DType.BF16, shape, np.zeros(shape, np.uint16))
+
+    bad = [
+        (first, [_ids_tensor([5, 301])]),                                  # id >= vocab
+        (first, [bf16((1, 2, 128))]),                                      # hidden to stage 0
+        (second, [_ids_tensor([1, 2])]),                                   # ids to stage 1
+        (second, [bf16((1, 2, 127))]),                                     # wrong width
+        (second, [bf16((1, 0, 128))]),                                     # empty
+        (second, [Tensor("h", DType.F16, (1, 1, 128), np.zeros((1, 1, 128), np.float16))]),
+        (second, [bf16((1, 200, 128))]),                                   # past max_seq_len
+    ]
+    for ex, inputs in bad:
+        with pytest.raises(ForwardFailed):
+            ex.forward(1, 0, inputs)
+    assert second.shard.past_len == 0
+    f32 = Tensor("hidden_states", DType.F32, (1, 2, 128), np.zeros((1, 2, 128), np.float32))
+    assert second.forward(1, 0, [cache_clear_sentinel(), f32])[0].shape == (1, 301)
