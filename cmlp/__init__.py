@@ -8,7 +8,7 @@ compatible with confidential-ml-transport protocol version 4.
 Packages
   cmlp.transport    frame codec, handshake, record layer, SecureChannel, sockets
   cmlp.attestation  provider/verifier interfaces, mock and AWS Nitro
-  cmlp.model        GPT-2 config, safetensors shards, the Cython engine, tokenizer
+  cmlp.model        model registry; gpt2, llama, qwen2 families (config, shards, engines)
   cmlp.pipeline     control protocol, stage worker, orchestrator, host relay
   cmlp.manifest     the shard manifest
   cmlp.cli          console entry points

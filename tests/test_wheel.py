@@ -26,7 +26,7 @@ pytestmark = pytest.mark.wheel
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "build_wheel.sh"
 
-EXTENSIONS = ("_frame", "_record", "_netio", "_gpt2")
+EXTENSIONS = ("_frame", "_record", "_netio", "_gpt2", "_llama")
 CONSOLE_SCRIPTS = {
     "cmlp": "cmlp.cli.main:main",
     "cmlp-stage": "cmlp.cli.stage:main",
@@ -209,7 +209,7 @@ def test_sdist_is_complete(built):
 # ---------------------------------------------------------------------------
 def test_installed_from_the_venv_not_the_repo(venv, outside, site_packages):
     out = run([venv / "bin" / "python", "-c",
-               "import cmlp, cmlp._gpt2, cmlp._record, cmlp._frame, cmlp._netio;"
+               "import cmlp, cmlp._gpt2, cmlp._llama, cmlp._record, cmlp._frame, cmlp._netio;"
                "print(cmlp.__file__); print(cmlp._gpt2.__file__)"],
               cwd=outside, env=clean_env(venv)).stdout.split()
     for path in out:
@@ -260,7 +260,7 @@ def test_extensions_resolve_bundled_libraries(site_packages):
     assert libdir.is_dir()
     sos = sorted((site_packages / "cmlp").glob("*.so"))
     assert sorted(p.name.split(".")[0] for p in sos) == sorted(EXTENSIONS)
-    needs = {"_record": ("libsodium",), "_gpt2": ("libopenblas",)}
+    needs = {"_record": ("libsodium",), "_gpt2": ("libopenblas",), "_llama": ("libopenblas",)}
     for so in sos:
         deps = ldd(so, env)
         missing = [n for n, t in deps.items() if t == "not found"]

@@ -104,7 +104,9 @@ def require_model_dir(model_dir, hidden_dim: int = 768) -> None:
     from pathlib import Path
     from cmlp.errors import ModelError
     model_dir = Path(model_dir)
-    for name in ("config.json", "model.safetensors"):
+    weights = ("model.safetensors.index.json" if (model_dir / "model.safetensors.index.json").is_file()
+               else "model.safetensors")       # sharded checkpoints have an index instead
+    for name in ("config.json", weights):
         if not (model_dir / name).is_file():
             what = " (it does not exist)" if not model_dir.exists() else ""
             raise ModelError(f"model directory '{model_dir}' has no {name}{what} "

@@ -1,6 +1,7 @@
 """``cmlp model``: synthetic model directories and shard weight hashes.
 
-    cmlp model init --out DIR [--preset small|tiny] [--seed N] [--force]
+    cmlp model init --out DIR [--arch gpt2|llama|qwen2] [--preset NAME] [--dtype fp32|bf16|fp16]
+                    [--seed N] [--force]
     cmlp model hashes --model-dir DIR --layers START:END [--with-names]
 
 ``hashes`` prints what a manifest stage's ``weight_hashes`` list needs: the
@@ -15,7 +16,12 @@ from pathlib import Path
 
 from cmlp.cli.common import add_log_level
 
-PRESET_NAMES = ("small", "tiny")   # cmlp.model.synthetic.PRESETS, without importing numpy
+# the synthetic modules' PRESETS, without importing numpy (first preset: the default)
+PRESET_NAMES = {
+    "gpt2": ("small", "tiny"),
+    "llama": ("tiny", "smollm2-135m", "llama-3.2-1b"),
+    "qwen2": ("tiny", "qwen2.5-0.5b"),
+}
 
 
 def parse_layers(text: str) -> tuple[int, int]:
@@ -30,19 +36,25 @@ def parse_layers(text: str) -> tuple[int, int]:
 
 
 def register(subparsers) -> None:
-    model = subparsers.add_parser("model", help="GPT-2 model files: synthetic init, weight hashes",
-                                  description="GPT-2 model files: synthetic model directories "
-                                              "and shard weight hashes.")
+    model = subparsers.add_parser("model", help="model files: synthetic init, weight hashes",
+                                  description="Model files (gpt2, llama, qwen2): synthetic model "
+                                              "directories and shard weight hashes.")
     sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
 
     init = sub.add_parser(
-        "init", help="write a seeded random GPT-2 model directory (HF layout)",
-        description="Write config.json, model.safetensors and tokenizer.json in the layout of "
-                    "openai-community/gpt2, with deterministic random weights "
-                    "(marked cmlp_synthetic in config.json).")
+        "init", help="write a seeded random model directory (HF layout)",
+        description="Write config.json, model.safetensors (sharded above 2 GiB) and "
+                    "tokenizer.json in the published Hugging Face layout of the family, with "
+                    "deterministic random weights (marked cmlp_synthetic in config.json).")
     init.add_argument("--out", required=True, type=Path, help="model directory to write")
-    init.add_argument("--preset", choices=PRESET_NAMES, default="small",
-                      help="small: GPT-2 small shapes (default); tiny: n_embd 64, 4 layers")
+    init.add_argument("--arch", choices=tuple(PRESET_NAMES), default="gpt2",
+                      help="model family (default: gpt2)")
+    all_presets = sorted({p for names in PRESET_NAMES.values() for p in names})
+    init.add_argument("--preset", choices=all_presets, default=None,
+                      help="gpt2: small (default), tiny; llama: tiny (default), smollm2-135m, "
+                           "llama-3.2-1b; qwen2: tiny (default), qwen2.5-0.5b (real shapes)")
+    init.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                      help="stored weight dtype for llama/qwen2 (default: fp32; gpt2: fp32 only)")
     init.add_argument("--seed", type=int, default=0, help="RNG seed (default: 0)")
     init.add_argument("--force", action="store_true",
                       help="overwrite an existing model (without it, the same preset and seed "
@@ -62,24 +74,70 @@ def register(subparsers) -> None:
     hashes.set_defaults(func=cmd_hashes)
 
 
+def _same_llama(out: Path, arch: str, preset: str, dtype: str, seed: int) -> bool:
+    """True when ``out`` already holds this synthetic llama-family model (reuse it); ModelError
+    when it holds another model (never overwritten without --force); False when empty."""
+    import json
+    from cmlp.errors import ModelError
+    from cmlp.model.llama.synthetic import DTYPES
+    config_path = out / "config.json"
+    if not config_path.is_file():
+        return False
+    try:
+        cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = None
+    same = (isinstance(cfg, dict) and cfg.get("cmlp_synthetic") and cfg.get("model_type") == arch
+            and cfg.get("cmlp_preset") == preset and cfg.get("cmlp_seed") == seed
+            and cfg.get("torch_dtype") == DTYPES[dtype][1])
+    if not same:
+        raise ModelError(f"{out} already holds another model than the synthetic {arch} {preset!r} "
+                         f"({dtype}, seed {seed}): pass --force to overwrite it, or choose "
+                         "another --out")
+    return True
+
+
 def cmd_init(args) -> int:
     import sys
-    from cmlp.model.synthetic import init_or_reuse
-    out, reused = init_or_reuse(args.out, preset=args.preset, seed=args.seed, force=args.force)
+    from cmlp.errors import ModelError
+    preset = args.preset or PRESET_NAMES[args.arch][0]
+    if preset not in PRESET_NAMES[args.arch]:
+        raise ModelError(f"preset {preset!r} is not a {args.arch} preset "
+                         f"(choose from {', '.join(PRESET_NAMES[args.arch])})")
+    if args.arch == "gpt2":
+        if args.dtype != "fp32":
+            raise ModelError("gpt2 models are written in fp32 only")
+        from cmlp.model.gpt2.synthetic import init_or_reuse
+        out, reused = init_or_reuse(args.out, preset=preset, seed=args.seed, force=args.force)
+    else:
+        from cmlp.model.llama.synthetic import init_model as init_llama
+        out, reused = Path(args.out), (not args.force and _same_llama(
+            Path(args.out), args.arch, preset, args.dtype, args.seed))
+        if not reused:
+            out = init_llama(args.out, args.arch, preset=preset, dtype=args.dtype,
+                             seed=args.seed, overwrite=args.force)
     if reused:
-        print(f"{out} already holds the synthetic {args.preset!r} model with seed {args.seed}: "
-              "reusing it (--force rewrites it)", file=sys.stderr)
+        print(f"{out} already holds the synthetic {args.arch} {preset!r} model "
+              f"({args.dtype}, seed {args.seed}): reusing it (--force rewrites it)",
+              file=sys.stderr)
     print(out)
     return 0
 
 
 def cmd_hashes(args) -> int:
-    from cmlp.model.config import load_config
-    from cmlp.model.weights import load_shard_weights
+    from cmlp.model.registry import detect_family
     from cmlp.cli.common import require_model_dir
     start, end = args.layers
     require_model_dir(args.model_dir)
-    config = load_config(args.model_dir)
+    family = detect_family(args.model_dir)
+    if family == "gpt2":
+        from cmlp.model.gpt2.config import load_config
+        from cmlp.model.gpt2.weights import load_shard_weights
+        config = load_config(args.model_dir)
+    else:
+        from cmlp.model.llama.config import load_config
+        from cmlp.model.llama.weights import load_shard_weights
+        config = load_config(args.model_dir, family)
     weights = load_shard_weights(args.model_dir, config, start, end)
     for name, digest in weights.hashes():
         print(f"{digest}  {name}" if args.with_names else digest)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import sys
+from pathlib import Path
 
 from cmlp.attestation.factory import (MOCK_IN_PRODUCTION, PEER_KINDS, add_tee_arguments,
                                       make_provider, make_verifier, read_nitro_root)
@@ -30,7 +31,8 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
     p = Parser(prog=prog, description="Generate text with a cmlp pipeline.")
     p.add_argument("--manifest", required=True, help="shard manifest (JSON)")
     p.add_argument("--tokenizer", default=None,
-                   help="HF tokenizer.json (default: the embedded GPT-2 tokenizer)")
+                   help="HF tokenizer.json, or a model directory holding one (default: the "
+                        "embedded GPT-2 tokenizer)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="the prompt")
     src.add_argument("--prompts-file", help="several prompts, one per line, in one session")
@@ -97,14 +99,17 @@ def latency_summary(latencies, compute_us) -> str:
 def run(args) -> int:
     from cmlp.pipeline.gpt2 import Generator
     from cmlp.pipeline.orchestrator import Orchestrator, OrchestratorConfig
-    from cmlp.tokenizer import load_tokenizer
+    from cmlp.tokenizer import load_model_tokenizer, load_tokenizer
 
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be >= 1")
     if args.profile == "production" and "mock" in (args.attestation, args.host_attestation):
         raise InsecureConfiguration(MOCK_IN_PRODUCTION)
     manifest = load_for_cli(args.manifest)
-    tokenizer = load_tokenizer(args.tokenizer)
+    if args.tokenizer is not None and Path(args.tokenizer).is_dir():
+        tokenizer = load_model_tokenizer(args.tokenizer)   # a model directory
+    else:
+        tokenizer = load_tokenizer(args.tokenizer)
     if args.text is not None:
         prompts = [args.text]
     else:

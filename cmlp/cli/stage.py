@@ -61,7 +61,7 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
     return p
 
 
-def make_executor(args, hidden_dim: int = 768):
+def make_executor(args, hidden_dim: int = 768, model_name=None):
     if args.executor == "identity":
         from cmlp.pipeline.executor import IdentityExecutor
         return IdentityExecutor()
@@ -71,7 +71,7 @@ def make_executor(args, hidden_dim: int = 768):
     model_dir = Path(args.model_dir)
     require_model_dir(model_dir, hidden_dim)
     from cmlp.pipeline.gpt2 import Gpt2Executor
-    return Gpt2Executor(model_dir, threads=args.threads)
+    return Gpt2Executor(model_dir, threads=args.threads, model_name=model_name)
 
 
 def run(args) -> int:
@@ -101,7 +101,7 @@ def run(args) -> int:
                          session=session,
                          persistent=args.persistent, host_unattested=args.host_unattested,
                          bind_roles=not args.no_role_binding)
-    executor = make_executor(args, manifest.activation_spec.hidden_dim)
+    executor = make_executor(args, manifest.activation_spec.hidden_dim, manifest.model_name)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
     worker.bind()
     stop_on_sigterm()

@@ -1,12 +1,16 @@
-"""GPT-2 model files and the shard engine.
+"""Model families and the registry that picks one from config.json.
 
-    config.py     Gpt2Config and load_config (config.json)
-    weights.py    shard tensor loading from model.safetensors, weight hashes
-    engine.py     Gpt2Shard: forward pass with KV cache (Cython/C in cmlp._gpt2)
-    synthetic.py  seeded random model directories (`cmlp model init`, tests)
+    registry.py   family detection (model_type, architectures), load_shard, model_name check
+    base.py       ShardEngine: the interface executors call
+    safetensors_io.py  single-file and sharded HF checkpoints: checked tensor reads
+    gpt2/         GPT-2 (cmlp._gpt2)
+    llama/        Llama 3.x, SmolLM2, TinyLlama (cmlp._llama)
+    qwen2/        Qwen2 / Qwen2.5: llama + QKV bias (cmlp._llama)
+    presets.py    `cmlp model init` presets for every family
+
+``Gpt2Config``, ``Gpt2Shard`` and ``load_config`` stay importable from here.
 """
 
-from cmlp.model.config import Gpt2Config, load_config
-from cmlp.model.engine import Gpt2Shard
+from cmlp.model.gpt2 import Gpt2Config, Gpt2Shard, load_config
 
 __all__ = ["Gpt2Config", "Gpt2Shard", "load_config"]

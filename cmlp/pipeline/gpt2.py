@@ -36,12 +36,20 @@ def is_sentinel(t: Tensor) -> bool:
 
 
 class Gpt2Executor:
-    """Runs layers [layer_start, layer_end) of a GPT-2 model directory."""
+    """Runs layers [layer_start, layer_end) of a model directory of any registered family.
 
-    def __init__(self, model_dir, threads: Optional[int] = None):
+    The family comes from config.json (cmlp.model.registry); ``model_name``
+    (the manifest's) is checked against it.  Hidden states cross the wire in
+    ``activation_spec.dtype``: F32, or BF16 (half the bytes per hop) for models
+    whose ``wire_dtype`` is BF16; a BF16 stage still accepts F32 input.
+    """
+
+    def __init__(self, model_dir, threads: Optional[int] = None, model_name: Optional[str] = None):
         self.model_dir = model_dir
         self.threads = threads
+        self.model_name = model_name
         self.shard = None
+        self.wire = DType.F32
         self._request = None        # (request_id, seq_len, num_micro_batches) being served
 
     def begin_session(self) -> None:
@@ -77,36 +85,41 @@ class Gpt2Executor:
                 f"{seq_len}{'' if sentinel else ' (no cache-clear sentinel)'}")
 
     def init(self, spec, activation, num_stages) -> None:
-        from cmlp.model import Gpt2Shard
+        from cmlp.model.registry import load_shard
         if self.shard is not None and (self.shard.layer_start, self.shard.layer_end) == \
                 (spec.layer_start, spec.layer_end):
             # already loaded: the activation spec is still checked, every time
-            self._check_activation(self.shard.config, activation)
+            self.wire = self._check_activation(self.shard, activation)
             self.shard.clear_cache()
             return
         try:
-            shard = Gpt2Shard.load(self.model_dir, spec.layer_start, spec.layer_end,
-                                   threads=self.threads)
+            shard = load_shard(self.model_dir, spec.layer_start, spec.layer_end,
+                               threads=self.threads, max_seq_len=activation.max_seq_len,
+                               model_name=self.model_name)
         except CmlpError as exc:
             raise InitFailed(f"failed to load model shard: {exc}") from exc
-        self._check_activation(shard.config, activation)
+        self.wire = self._check_activation(shard, activation)
         if self.shard is not None:
             self.shard.clear_cache()          # wipe the old shard's cache before dropping it
         self.shard = shard
-        log.info("loaded layers [%d, %d) of %s: %.1f MB, %d BLAS threads", spec.layer_start,
-                 spec.layer_end, self.model_dir, shard.weight_bytes / 1e6, shard.threads)
+        log.info("loaded layers [%d, %d) of %s: %.1f MB, %d threads, wire %s", spec.layer_start,
+                 spec.layer_end, self.model_dir, shard.weight_bytes / 1e6, shard.threads,
+                 self.wire.name)
 
     @staticmethod
-    def _check_activation(cfg, activation) -> None:
-        if activation.dtype != "F32":
+    def _check_activation(shard, activation) -> DType:
+        """The Init's activation spec against the loaded model (every Init, every time)."""
+        allowed = ("F32", shard.wire_dtype)
+        if activation.dtype not in allowed:
             raise InitFailed(f"activation dtype {activation.dtype} is not supported "
-                             "(GPT-2 stages exchange F32)")
-        if activation.hidden_dim != cfg.n_embd:
+                             f"(this model's stages exchange {' or '.join(sorted(set(allowed)))})")
+        if activation.hidden_dim != shard.hidden_size:
             raise InitFailed(f"activation_spec.hidden_dim {activation.hidden_dim} does not "
-                             f"match the model's n_embd {cfg.n_embd}")
-        if activation.max_seq_len > cfg.n_positions:
+                             f"match the model's hidden size {shard.hidden_size}")
+        if activation.max_seq_len > shard.max_positions:
             raise InitFailed(f"activation_spec.max_seq_len {activation.max_seq_len} exceeds "
-                             f"the model's n_positions {cfg.n_positions}")
+                             f"the model's n_positions {shard.max_positions}")
+        return DType[activation.dtype]
 
     def weight_hashes(self) -> List[str]:
         return [digest for _, digest in self.shard.weight_hashes()]
@@ -126,10 +139,10 @@ class Gpt2Executor:
             x = inputs[1]
         else:
             x = inputs[0]
-        want = DType.U32 if shard.is_first else DType.F32
-        if x.dtype != want:
+        want = (DType.U32,) if shard.is_first else (DType.F32, self.wire)
+        if x.dtype not in want:
             raise ForwardFailed(request_id, micro_batch,
-                                f"expected a {want.name} input tensor, got {x.dtype.name} "
+                                f"expected a {want[-1].name} input tensor, got {x.dtype.name} "
                                 f"'{x.name}' {list(x.shape)}")
         if len(x.shape) < 2:
             raise ForwardFailed(request_id, micro_batch,
@@ -139,11 +152,29 @@ class Gpt2Executor:
             out = shard.forward(x.data)
         except CmlpError as exc:
             raise ForwardFailed(request_id, micro_batch, str(exc)) from exc
-        name = "logits" if shard.is_last else "hidden_states"
-        result = Tensor(name, DType.F32, out.shape, out)
+        if shard.is_last:
+            result = Tensor("logits", DType.F32, out.shape, out)
+        elif self.wire == DType.BF16:
+            result = Tensor("hidden_states", DType.BF16, out.shape, f32_to_bf16_bits(out))
+        else:
+            result = Tensor("hidden_states", DType.F32, out.shape, out)
         if sentinel and not shard.is_last:
             return [cache_clear_sentinel(), result]
         return [result]
+
+
+ModelExecutor = Gpt2Executor   # the family-neutral name
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), round to nearest even, as torch's .to(bfloat16)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+    out = (rounded >> np.uint32(16)).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
 
 
 def greedy_token(logits: np.ndarray) -> int:

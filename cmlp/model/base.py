@@ -1,0 +1,37 @@
+"""The engine interface every family's shard implements (what executors call).
+
+    shard = family.load_shard(model_dir, layer_start, layer_end, threads=..., max_seq_len=...)
+    out = shard.forward(x)   # first shard: ids [B, T]; others: hidden [B, T, hidden_size]
+                             # last shard: logits [B, vocab] (last position), else hidden
+    shard.clear_cache(); shard.past_len; shard.weight_hashes()
+
+Outputs are float32 views of internal buffers, valid until the next call.
+Hidden inputs may be float32 or (``wire_dtype`` "BF16") bfloat16 bits as uint16.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class ShardEngine(Protocol):
+    layer_start: int
+    layer_end: int
+    is_first: bool
+    is_last: bool
+    hidden_size: int        # width of the hidden states between stages
+    vocab_size: int
+    n_layer: int
+    max_positions: int      # KV cache capacity in positions
+    wire_dtype: str         # "F32" or "BF16": the activation dtype this model prefers
+    past_len: int
+    weight_bytes: int
+    threads: int
+
+    def forward(self, x: np.ndarray) -> np.ndarray: ...
+
+    def clear_cache(self) -> None: ...
+
+    def weight_hashes(self) -> list[tuple[str, str]]: ...

@@ -1,0 +1,639 @@
+# cython: language_level=3
+"""Llama-family shard forward pass (llama, qwen2) over OpenBLAS and csrc kernels.
+
+Same rules as cmlp._gpt2, whose worker pool and F32 GEMV it reuses: raw
+pointers into weight arrays kept alive by a reference, preallocated
+activation buffers, a lazily backed KV cache, the whole forward with the
+GIL released, no allocation per token.
+
+Every matrix product, the lm_head included, goes through ``_linear`` (one
+place to plug in other weight formats).  Weights keep their stored dtype
+(F32, BF16 as uint16 bits, F16); activations and accumulation are float32.
+
+Block (HF LlamaDecoderLayer):
+    h = x + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))     n1 = rmsnorm(x)
+    x' = h + down(silu(gate(n2)) * up(n2))                n2 = rmsnorm(h)
+Grouped-query attention: q head j reads KV head j // (H / KVH).
+"""
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint32_t
+from libc.string cimport memcpy, memset
+
+from cmlp.errors import InvalidModelInput, ModelError
+from cmlp._gpt2 import aligned_empty   # also sets OpenBLAS to one thread (our pool owns threads)
+
+from blas cimport gemm
+from llama_kernels cimport *
+from llama_types cimport Linear, LayerWeights
+
+cnp.import_array()
+
+cdef extern from "<sys/mman.h>" nogil:
+    int madvise(void* addr, size_t length, int advice)
+    int MADV_NOHUGEPAGE
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+    void free(void* ptr)
+    void* calloc(size_t n, size_t size)
+
+
+cdef enum:
+    MAX_THREADS = 64
+    GEMV_CHUNK_BYTES = 262144    # weight bytes per GEMV chunk (as cmlp._gpt2)
+    GEMM_TILE_ROWS = 512
+    GEMM_TILE_COLS = 256
+    HALF_TILE_ROWS = 64          # half weights: rows widened per tile into thread scratch
+    ROWS_CHUNK_FLOATS = 16384
+    MAX_ENGINE_BATCH = 4096
+
+MAX_POOL_THREADS = MAX_THREADS
+DTYPE_CODES = {"F32": LLAMA_F32, "BF16": LLAMA_BF16, "F16": LLAMA_F16}
+
+
+cdef inline long ceil_div(long a, long b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline float* fptr(cnp.ndarray arr):
+    return <float*>cnp.PyArray_DATA(arr)
+
+
+cdef inline long elem_size(int dtype) noexcept nogil:
+    return 4 if dtype == LLAMA_F32 else 2
+
+
+# ---------------------------------------------------------------------------
+# Parallel tasks
+# ---------------------------------------------------------------------------
+
+cdef struct LinearTask:
+    float* out                  # [M, N]
+    const float* inp            # [M, K]
+    const Linear* w
+    long M
+    long chunk_rows             # GEMV: weight rows per chunk; GEMM: input rows per tile
+    long chunk_cols             # GEMM: weight rows (output columns) per tile
+    long col_tiles
+    float* scratch              # half GEMM: [threads, HALF_TILE_ROWS * K]
+    long scratch_stride
+
+
+cdef void linear_gemv_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """y[r] = x . W[r] for one slab of weight rows (M == 1)."""
+    cdef LinearTask* task = <LinearTask*>ctx
+    cdef const Linear* w = task.w
+    cdef long r0 = chunk * task.chunk_rows
+    cdef long r1 = min(r0 + task.chunk_rows, w.N)
+    if w.dtype == LLAMA_F32:
+        matvec_rows(task.out, task.inp, <const float*>w.data, r0, r1, w.K)
+    else:
+        matvec_rows_half(task.out, task.inp, w.data, w.dtype, r0, r1, w.K)
+
+
+cdef void linear_gemm_tile(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """One [rows x cols] tile of out = inp @ W^T; half weights are widened first."""
+    cdef LinearTask* task = <LinearTask*>ctx
+    cdef const Linear* w = task.w
+    cdef long m0 = (chunk // task.col_tiles) * task.chunk_rows
+    cdef long n0 = (chunk % task.col_tiles) * task.chunk_cols
+    cdef long rows = min(task.chunk_rows, task.M - m0)
+    cdef long cols = min(task.chunk_cols, w.N - n0)
+    cdef const float* wt
+    cdef float* tile
+    if w.dtype == LLAMA_F32:
+        wt = <const float*>w.data + n0 * w.K
+    else:
+        tile = task.scratch + thread_idx * task.scratch_stride
+        widen_to_f32(tile, <const char*>w.data + n0 * w.K * 2, w.dtype, cols * w.K)
+        wt = tile
+    gemm(False, True, rows, cols, w.K, 1.0, task.inp + m0 * w.K, w.K, wt, w.K, 0.0,
+         task.out + m0 * w.N + n0, w.N)
+
+
+cdef struct AttentionTask:
+    float* out                  # [B*T, H*D]
+    float* q                    # [B*T, H*D] (rotated in place)
+    float* k                    # [B*T, KVH*D] (rotated in place)
+    const float* v              # [B*T, KVH*D]
+    float* k_cache              # this layer's K, [batch_capacity, KVH, max_pos, D]
+    float* v_cache
+    const float* rope_cos       # [T, D/2]
+    const float* rope_sin
+    int B
+    int T
+    int past_len
+    int H
+    int KVH
+    int D
+    int max_pos
+    float scale
+    float* scratch              # [threads, scratch_stride]
+    long scratch_stride
+
+
+cdef void attention_group_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """One (sequence, KV head): rotate and append its new K/V, then attend for its q heads."""
+    cdef AttentionTask* task = <AttentionTask*>ctx
+    cdef int b = chunk // task.KVH
+    cdef int g = chunk % task.KVH
+    cdef int D = task.D
+    cdef int half = D // 2
+    cdef int group = task.H // task.KVH
+    cdef long q_ld = <long>task.H * D
+    cdef long kv_ld = <long>task.KVH * D
+    cdef long head_offset = (<long>b * task.KVH + g) * task.max_pos * D
+    cdef float* k_head = task.k_cache + head_offset
+    cdef float* v_head = task.v_cache + head_offset
+    cdef float* scratch = task.scratch + thread_idx * task.scratch_stride
+    cdef int t, j, h
+    cdef float* row
+    cdef float* q
+    cdef float* out
+    for t in range(task.T):
+        row = task.k + (<long>b * task.T + t) * kv_ld + g * D
+        rope_rotate(row, task.rope_cos + <long>t * half, task.rope_sin + <long>t * half, half)
+        memcpy(k_head + <long>(task.past_len + t) * D, row, D * sizeof(float))
+        memcpy(v_head + <long>(task.past_len + t) * D,
+               task.v + (<long>b * task.T + t) * kv_ld + g * D, D * sizeof(float))
+    cdef int S = task.past_len + task.T
+    for j in range(group):
+        h = g * group + j
+        q = task.q + <long>b * task.T * q_ld + <long>h * D
+        out = task.out + <long>b * task.T * q_ld + <long>h * D
+        for t in range(task.T):
+            rope_rotate(q + t * q_ld, task.rope_cos + <long>t * half,
+                        task.rope_sin + <long>t * half, half)
+        if task.T == 1:
+            attention_decode_forward(out, q, k_head, v_head, S, D, task.scale, scratch)
+        else:
+            gemm(False, True, task.T, S, D, 1.0, q, q_ld, k_head, D, 0.0, scratch, S)
+            softmax_causal_forward(scratch, task.T, S, S, task.past_len, task.scale)
+            gemm(False, False, task.T, D, S, 1.0, scratch, S, v_head, D, 0.0, out, q_ld)
+
+
+cdef enum RowOp:
+    ROW_RMSNORM
+    ROW_SILU_MUL
+    ROW_RESIDUAL
+
+
+cdef struct RowsTask:
+    RowOp op
+    float* out
+    const float* inp
+    const float* weight
+    long rows
+    long width
+    float eps
+    long rows_per_chunk
+
+
+cdef void rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    cdef RowsTask* task = <RowsTask*>ctx
+    cdef long r0 = chunk * task.rows_per_chunk
+    cdef long n = min(task.rows_per_chunk, task.rows - r0)
+    cdef long offset = r0 * task.width
+    if task.op == ROW_RMSNORM:
+        rmsnorm_forward(task.out + offset, task.inp + offset, task.weight, n, task.width, task.eps)
+    elif task.op == ROW_SILU_MUL:
+        silu_mul_forward(task.out + offset, task.inp + offset, n * task.width)
+    else:
+        residual_forward(task.out + offset, task.inp + offset, n * task.width)
+
+
+# ---------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------
+
+cdef class LlamaEngine:
+    """Forward pass of decoder layers [layer_start, layer_end) with a GQA KV cache.
+
+    Not thread-safe (the Python wrapper holds a lock).  Outputs are views of
+    internal buffers, valid until the next forward or clear_cache.
+    """
+
+    cdef readonly int hidden, n_head, n_kv_head, head_dim, intermediate, n_vocab, max_positions
+    cdef readonly int n_layers, q_dim, kv_dim
+    cdef readonly float eps, rope_attention_scaling
+    cdef readonly bint is_first, is_last
+    cdef readonly int past_len, cache_batch, threads
+    cdef LayerWeights* layers
+    cdef Linear embed               # [V, C] (data only; first shard)
+    cdef Linear lm_head             # [V, C] (last shard; the embedding when tied)
+    cdef const float* final_norm
+    cdef const float* inv_freq      # [D/2]
+    cdef list _weights
+    cdef gpt2_pool* pool
+
+    cdef long rows_capacity, seq_capacity, k_max
+    cdef cnp.ndarray _ids, _residual, _norm, _q, _k, _v, _attn, _block_out, _gate, _up
+    cdef cnp.ndarray _logits, _scratch, _half_scratch, _rope_cos, _rope_sin, _last
+    cdef uint32_t* ids
+    cdef float* residual
+    cdef float* norm
+    cdef float* q
+    cdef float* k
+    cdef float* v
+    cdef float* attn
+    cdef float* block_out
+    cdef float* gate
+    cdef float* up
+    cdef float* logits
+    cdef float* last
+    cdef float* scratch
+    cdef long scratch_stride
+    cdef float* half_scratch
+    cdef long half_scratch_stride
+    cdef float* rope_cos
+    cdef float* rope_sin
+    cdef object _view
+    cdef int _view_batch, _view_seq
+
+    cdef float* kv
+    cdef size_t kv_bytes
+    cdef int batch_capacity
+
+    def __cinit__(self):
+        self.layers = NULL
+        self.pool = NULL
+        self.kv = NULL
+
+    def __init__(self, *, int hidden, int n_head, int n_kv_head, int head_dim, int intermediate,
+                 int n_vocab, int max_positions, float eps, inv_freq,
+                 float rope_attention_scaling, bint is_first, bint is_last, list layers,
+                 embed=None, lm_head=None, final_norm=None, int threads=1):
+        if min(hidden, n_head, n_kv_head, head_dim, intermediate, n_vocab, max_positions) <= 0:
+            raise ModelError("model dimensions must be positive")
+        if n_head % n_kv_head or head_dim % 2:
+            raise ModelError(f"n_head {n_head} must be a multiple of n_kv_head {n_kv_head} "
+                             f"and head_dim {head_dim} even")
+        self.hidden = hidden
+        self.n_head = n_head
+        self.n_kv_head = n_kv_head
+        self.head_dim = head_dim
+        self.q_dim = n_head * head_dim
+        self.kv_dim = n_kv_head * head_dim
+        self.intermediate = intermediate
+        self.n_vocab = n_vocab
+        self.max_positions = max_positions
+        self.eps = eps
+        self.rope_attention_scaling = rope_attention_scaling
+        self.is_first = is_first
+        self.is_last = is_last
+        self.n_layers = len(layers)
+        self._weights = []
+        self._view = None
+        self.k_max = max(hidden, intermediate, self.q_dim)
+        self.inv_freq = self._f32(inv_freq, (head_dim // 2,), "rope inv_freq")
+        C, inter = hidden, intermediate
+        self.layers = <LayerWeights*>calloc(max(self.n_layers, 1), sizeof(LayerWeights))
+        if self.layers == NULL:
+            raise MemoryError()
+        cdef LayerWeights* lw
+        for i, t in enumerate(layers):
+            lw = &self.layers[i]
+            where = f"layer {i}"
+            lw.input_norm = self._f32(t.get("input_layernorm"), (C,), f"{where} input_layernorm")
+            lw.post_norm = self._f32(t.get("post_attention_layernorm"), (C,),
+                                     f"{where} post_attention_layernorm")
+            self._linear_weight(&lw.q, t, "q_proj", self.q_dim, C, where)
+            self._linear_weight(&lw.k, t, "k_proj", self.kv_dim, C, where)
+            self._linear_weight(&lw.v, t, "v_proj", self.kv_dim, C, where)
+            self._linear_weight(&lw.o, t, "o_proj", C, self.q_dim, where)
+            self._linear_weight(&lw.gate, t, "gate_proj", inter, C, where)
+            self._linear_weight(&lw.up, t, "up_proj", inter, C, where)
+            self._linear_weight(&lw.down, t, "down_proj", C, inter, where)
+        memset(&self.embed, 0, sizeof(Linear))
+        memset(&self.lm_head, 0, sizeof(Linear))
+        self.final_norm = NULL
+        if is_first:
+            self._set_linear(&self.embed, embed, n_vocab, C, None, "embed_tokens")
+        if is_last:
+            self._set_linear(&self.lm_head, lm_head, n_vocab, C, None, "lm_head")
+            self.final_norm = self._f32(final_norm, (C,), "norm")
+        self.rows_capacity = 0
+        self.seq_capacity = 0
+        self.batch_capacity = 0
+        self.past_len = 0
+        self.cache_batch = 0
+        self.set_threads(threads)
+
+    def __dealloc__(self):
+        if self.pool != NULL:
+            gpt2_pool_destroy(self.pool)
+        free(self.layers)
+        free(self.kv)
+
+    cdef const float* _f32(self, arr, tuple shape, str name) except NULL:
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 \
+                or not arr.flags.c_contiguous or arr.shape != shape:
+            got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise ModelError(f"tensor {name}: expected C-contiguous float32 {shape}, got {got}")
+        self._weights.append(arr)
+        return <const float*>cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+    cdef int _linear_weight(self, Linear* lin, dict t, str name, long N, long K,
+                            str where) except -1:
+        bias = t.get(name.replace("_proj", "_bias"))
+        return self._set_linear(lin, t.get(name), N, K, bias, f"{where} {name}")
+
+    cdef int _set_linear(self, Linear* lin, arr, long N, long K, bias, str name) except -1:
+        """Point a Linear at a weight [N, K]: float32, float16, or bfloat16 bits as uint16."""
+        if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous \
+                or arr.shape != (N, K) or arr.dtype not in (np.float32, np.float16, np.uint16):
+            got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise ModelError(f"tensor {name}: expected C-contiguous [{N}, {K}] float32, "
+                             f"float16 or bfloat16 (uint16), got {got}")
+        lin.dtype = (LLAMA_F32 if arr.dtype == np.float32 else
+                     LLAMA_F16 if arr.dtype == np.float16 else LLAMA_BF16)
+        lin.data = cnp.PyArray_DATA(<cnp.ndarray>arr)
+        lin.N = N
+        lin.K = K
+        lin.bias = NULL
+        if bias is not None:
+            lin.bias = self._f32(bias, (N,), f"{name} bias")
+        self._weights.append(arr)
+        return 0
+
+    # -- configuration -------------------------------------------------------
+
+    def set_threads(self, int n):
+        if not 1 <= n <= MAX_THREADS:
+            raise ValueError(f"threads must be in [1, {MAX_THREADS}], got {n}")
+        cdef gpt2_pool* pool = gpt2_pool_create(n)
+        if pool == NULL:
+            raise MemoryError("cannot start the worker pool")
+        if self.pool != NULL:
+            gpt2_pool_destroy(self.pool)
+        self.pool = pool
+        self.threads = n
+        self.half_scratch_stride = HALF_TILE_ROWS * self.k_max + 16
+        self._half_scratch = aligned_empty((n, self.half_scratch_stride))
+        self.half_scratch = fptr(self._half_scratch)
+        self._grow_scratch(max(self.seq_capacity, 1), force=True)
+
+    cdef int _grow_scratch(self, long seq, bint force=False) except -1:
+        """Per-thread attention scratch: [T, max_positions] scores."""
+        if seq <= self.seq_capacity and not force:
+            return 0
+        self.seq_capacity = max(seq, self.seq_capacity)
+        self.scratch_stride = self.seq_capacity * self.max_positions + 16
+        self._scratch = aligned_empty((self.threads, self.scratch_stride))
+        self.scratch = fptr(self._scratch)
+        self._rope_cos = aligned_empty((self.seq_capacity, self.head_dim // 2))
+        self._rope_sin = aligned_empty((self.seq_capacity, self.head_dim // 2))
+        self.rope_cos = fptr(self._rope_cos)
+        self.rope_sin = fptr(self._rope_sin)
+        return 0
+
+    cdef int _ensure_capacity(self, int B, int T) except -1:
+        cdef long rows = <long>B * T
+        if rows > self.rows_capacity:
+            self._view = None
+            self._ids = aligned_empty((rows,), np.uint32)
+            self._residual = aligned_empty((rows, self.hidden))
+            self._norm = aligned_empty((rows, self.hidden))
+            self._q = aligned_empty((rows, self.q_dim))
+            self._k = aligned_empty((rows, self.kv_dim))
+            self._v = aligned_empty((rows, self.kv_dim))
+            self._attn = aligned_empty((rows, self.q_dim))
+            self._block_out = aligned_empty((rows, self.hidden))
+            self._gate = aligned_empty((rows, self.intermediate))
+            self._up = aligned_empty((rows, self.intermediate))
+            self.ids = <uint32_t*>cnp.PyArray_DATA(self._ids)
+            self.residual = fptr(self._residual)
+            self.norm = fptr(self._norm)
+            self.q = fptr(self._q)
+            self.k = fptr(self._k)
+            self.v = fptr(self._v)
+            self.attn = fptr(self._attn)
+            self.block_out = fptr(self._block_out)
+            self.gate = fptr(self._gate)
+            self.up = fptr(self._up)
+            self.rows_capacity = rows
+        if T > self.seq_capacity:
+            self._grow_scratch(T)
+        if self.is_last and (self._logits is None or self._logits.shape[0] < B):
+            self._view = None
+            self._logits = aligned_empty((B, self.n_vocab))
+            self._last = aligned_empty((B, self.hidden))
+            self.logits = fptr(self._logits)
+            self.last = fptr(self._last)
+        if B > self.batch_capacity:
+            self._allocate_kv_cache(B)
+        return 0
+
+    cdef int _allocate_kv_cache(self, int B) except -1:
+        if self.past_len != 0:
+            raise RuntimeError("KV cache reallocation with cached positions")
+        cdef size_t nbytes = (<size_t>self.n_layers * 2 * B * self.max_positions
+                              * self.kv_dim * sizeof(float))
+        cdef void* mem = NULL
+        free(self.kv)
+        self.kv = NULL
+        self.batch_capacity = 0
+        if posix_memalign(&mem, 4096, max(nbytes, <size_t>64)) != 0:
+            raise MemoryError(f"cannot reserve a {nbytes}-byte KV cache")
+        madvise(mem, nbytes, MADV_NOHUGEPAGE)   # lazily backed: only written positions
+        self.kv = <float*>mem
+        self.kv_bytes = nbytes
+        self.batch_capacity = B
+        return 0
+
+    # -- state -----------------------------------------------------------------
+
+    def clear_cache(self):
+        """Forget every cached position (and wipe the cached K/V values)."""
+        cdef int layer, kv, b, g
+        cdef long head_stride = <long>self.max_positions * self.head_dim
+        cdef size_t used = <size_t>self.past_len * self.head_dim * sizeof(float)
+        if self.kv != NULL and self.past_len > 0:
+            for layer in range(self.n_layers):
+                for kv in range(2):
+                    for b in range(self.cache_batch):
+                        for g in range(self.n_kv_head):
+                            memset(self._cache(layer, kv)
+                                   + (<long>b * self.n_kv_head + g) * head_stride, 0, used)
+        self.past_len = 0
+        self.cache_batch = 0
+
+    cdef inline float* _cache(self, int layer, int kv) noexcept nogil:
+        return self.kv + ((<long>layer * 2 + kv) * self.batch_capacity
+                          * self.max_positions * self.kv_dim)
+
+    @property
+    def kv_cache_bytes(self):
+        return self.kv_bytes if self.kv != NULL else 0
+
+    # -- forward -----------------------------------------------------------------
+
+    def forward_ids(self, cnp.ndarray x):
+        """Token ids [B, T] -> hidden [B, T, C] or logits [B, V]."""
+        if not self.is_first:
+            raise InvalidModelInput("this shard takes hidden states, not token ids")
+        if x.ndim != 2 or x.dtype.kind not in "ui":
+            raise InvalidModelInput("token ids must be an integer array [B, T]")
+        self._check_positions(x.shape[0], x.shape[1])
+        cdef int B = x.shape[0]
+        cdef int T = x.shape[1]
+        cdef long n = <long>B * T
+        self._ensure_capacity(B, T)
+        if x.dtype == np.uint32 and x.flags.c_contiguous:
+            memcpy(self.ids, cnp.PyArray_DATA(x), n * sizeof(uint32_t))
+        else:
+            invalid = (x < 0) | (x >= self.n_vocab)
+            if invalid.any():
+                bad_b, bad_t = np.argwhere(invalid)[0]
+                raise InvalidModelInput(f"token id {x[bad_b, bad_t]} at [{bad_b}, {bad_t}] is out "
+                                        f"of range for vocab_size {self.n_vocab}")
+            np.copyto(self._ids[:n].reshape(B, T), x, casting="unsafe")
+        cdef long bad = ids_first_invalid(self.ids, n, self.n_vocab)
+        if bad >= 0:
+            raise InvalidModelInput(f"token id {self.ids[bad]} at [{bad // T}, {bad % T}] is out "
+                                    f"of range for vocab_size {self.n_vocab}")
+        return self._run(B, T)
+
+    def forward_hidden(self, cnp.ndarray x):
+        """Hidden [B, T, C] float32, or bfloat16 bits (uint16) -> hidden or logits."""
+        if self.is_first:
+            raise InvalidModelInput("the first shard takes token ids, not hidden states")
+        if x.ndim != 3 or x.shape[2] != self.hidden or x.dtype not in (np.float32, np.uint16):
+            raise InvalidModelInput(
+                f"hidden states must be float32 or bfloat16 [B, T, {self.hidden}]")
+        self._check_positions(x.shape[0], x.shape[1])
+        cdef int B = x.shape[0]
+        cdef int T = x.shape[1]
+        self._ensure_capacity(B, T)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        widen_to_f32(self.residual, cnp.PyArray_DATA(x),
+                     LLAMA_F32 if x.dtype == np.float32 else LLAMA_BF16, <long>B * T * self.hidden)
+        return self._run(B, T)
+
+    cdef int _check_positions(self, Py_ssize_t B, Py_ssize_t T) except -1:
+        if not (1 <= B <= MAX_ENGINE_BATCH and 1 <= T and self.past_len + T <= self.max_positions):
+            raise InvalidModelInput(f"invalid forward of [{B}, {T}] at position {self.past_len}")
+        if self.past_len > 0 and B != self.cache_batch:
+            raise InvalidModelInput(
+                f"batch size {B} differs from the cached batch {self.cache_batch}")
+        return 0
+
+    cdef object _run(self, int B, int T):
+        with nogil:
+            self._forward(B, T)
+            gpt2_pool_quiesce(self.pool)
+        self.past_len += T
+        self.cache_batch = B
+        return self._output_view(B, T)
+
+    cdef object _output_view(self, int B, int T):
+        if (self._view is None or B != self._view_batch
+                or (T != self._view_seq and not self.is_last)):
+            if self.is_last:
+                self._view = self._logits[:B]
+            else:
+                self._view = self._residual[:B * T].reshape(B, T, self.hidden)
+            self._view_batch, self._view_seq = B, T
+        return self._view
+
+    cdef void _forward(self, int B, int T) noexcept nogil:
+        cdef long M = <long>B * T
+        cdef int C = self.hidden
+        cdef int layer, b
+        cdef LayerWeights* lw
+        if self.is_first:
+            embed_rows(self.residual, self.ids, M, self.embed.data, self.embed.dtype, C)
+        rope_tables(self.rope_cos, self.rope_sin, self.inv_freq, self.head_dim // 2,
+                    self.past_len, T, self.rope_attention_scaling)
+        for layer in range(self.n_layers):
+            lw = &self.layers[layer]
+            self._rows(ROW_RMSNORM, self.norm, self.residual, lw.input_norm, M, C)
+            self._linear(self.q, self.norm, &lw.q, M)
+            self._linear(self.k, self.norm, &lw.k, M)
+            self._linear(self.v, self.norm, &lw.v, M)
+            self._attention(layer, B, T)
+            self._linear(self.block_out, self.attn, &lw.o, M)
+            self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, M, C)
+            self._rows(ROW_RMSNORM, self.norm, self.residual, lw.post_norm, M, C)
+            self._linear(self.gate, self.norm, &lw.gate, M)
+            self._linear(self.up, self.norm, &lw.up, M)
+            self._rows(ROW_SILU_MUL, self.gate, self.up, NULL, M, self.intermediate)
+            self._linear(self.block_out, self.gate, &lw.down, M)
+            self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, M, C)
+        if self.is_last:
+            # final norm and lm_head on the last position of each sequence only
+            for b in range(B):
+                rmsnorm_forward(self.last + <long>b * C, self.residual + (<long>b * T + T - 1) * C,
+                                self.final_norm, 1, C, self.eps)
+            self._linear(self.logits, self.last, &self.lm_head, B)
+
+    cdef void _rows(self, RowOp op, float* out, const float* inp, const float* weight,
+                    long rows, long width) noexcept nogil:
+        cdef RowsTask task
+        task.op = op
+        task.out = out
+        task.inp = inp
+        task.weight = weight
+        task.rows = rows
+        task.width = width
+        task.eps = self.eps
+        task.rows_per_chunk = max(1, ROWS_CHUNK_FLOATS // width)
+        gpt2_pool_run(self.pool, rows_chunk, &task, ceil_div(rows, task.rows_per_chunk))
+
+    cdef void _linear(self, float* out, const float* inp, const Linear* w, long M) noexcept nogil:
+        """out[M, N] = inp[M, K] @ W[N, K]^T (+ bias): THE matrix product of this engine.
+
+        Every projection and the lm_head come through here, so a new weight
+        format (tuned BF16, int8) is one more branch on ``w.dtype`` below.
+        M == 1 (decode): streaming GEMV over slabs of weight rows; M > 1: BLAS
+        tiles (half weights widened per tile into per-thread scratch).
+        """
+        cdef LinearTask task
+        cdef long m
+        task.out = out
+        task.inp = inp
+        task.w = w
+        task.M = M
+        if M == 1:
+            task.chunk_rows = max(1, GEMV_CHUNK_BYTES // (w.K * elem_size(w.dtype)))
+            gpt2_pool_run(self.pool, linear_gemv_chunk, &task, ceil_div(w.N, task.chunk_rows))
+        else:
+            if w.dtype == LLAMA_F32:
+                task.chunk_rows = GEMM_TILE_ROWS
+                task.chunk_cols = GEMM_TILE_COLS
+            else:
+                task.chunk_rows = M          # widen each weight tile once
+                task.chunk_cols = HALF_TILE_ROWS
+            task.scratch = self.half_scratch
+            task.scratch_stride = self.half_scratch_stride
+            task.col_tiles = ceil_div(w.N, task.chunk_cols)
+            gpt2_pool_run(self.pool, linear_gemm_tile, &task,
+                          ceil_div(M, task.chunk_rows) * task.col_tiles)
+        if w.bias != NULL:
+            for m in range(M):
+                residual_forward(out + m * w.N, w.bias, w.N)
+
+    cdef void _attention(self, int layer, int B, int T) noexcept nogil:
+        cdef AttentionTask task
+        task.out = self.attn
+        task.q = self.q
+        task.k = self.k
+        task.v = self.v
+        task.k_cache = self._cache(layer, 0)
+        task.v_cache = self._cache(layer, 1)
+        task.rope_cos = self.rope_cos
+        task.rope_sin = self.rope_sin
+        task.B = B
+        task.T = T
+        task.past_len = self.past_len
+        task.H = self.n_head
+        task.KVH = self.n_kv_head
+        task.D = self.head_dim
+        task.max_pos = self.max_positions
+        task.scale = 1.0 / (<float>self.head_dim) ** 0.5
+        task.scratch = self.scratch
+        task.scratch_stride = self.scratch_stride
+        gpt2_pool_run(self.pool, attention_group_chunk, &task, <long>B * self.n_kv_head)
