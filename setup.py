@@ -5,6 +5,7 @@ Extensions
   cmlp._record  in-place ChaCha20-Poly1305 record layer and libsodium primitives
   cmlp._netio   socket I/O with the GIL released, AF_VSOCK, relay byte pump
   cmlp._gpt2    GPT-2 forward pass with KV cache over BLAS
+  cmlp._wkernels  matmuls on bf16/fp16/int8 weights (runtime ISA dispatch)
 
 Build flags are portable on purpose: no -march=native.  Hot C loops use
 ``target_clones`` (runtime CPU dispatch), and every object keeps symbols and
@@ -121,6 +122,10 @@ EXTENSIONS = [
     # inlined, so GCC's note about the AVX-512 calling convention is moot.
     ext("cmlp._gpt2", ["pyx/_gpt2.pyx", "csrc/gpt2_kernels.c"], libs=[OPENBLAS],
         extra_compile_args=["-std=gnu11", "-Wno-psabi"]),
+    # the pool code is compiled in here too: _gpt2 passes its gpt2_pool* in,
+    # and both copies come from the same source, so the struct is the same
+    ext("cmlp._wkernels", ["pyx/_wkernels.pyx", "csrc/wkernels.c", "csrc/gpt2_kernels.c"],
+        libs=[OPENBLAS], extra_compile_args=["-std=gnu11", "-Wno-psabi"]),
 ]
 
 # CMLP_ONLY=_frame,_record builds a subset (fast iteration on one module)

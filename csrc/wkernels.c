@@ -1,0 +1,301 @@
+/* Reduced-precision weight kernels with runtime CPU dispatch (see wkernels.h).
+ *
+ * The kernel bodies live in wkernels_impl.h and are compiled here once per
+ * instruction set inside `#pragma GCC target` regions, so the build stays
+ * portable (no -march=native) and every path exists in every binary: tests
+ * force each one that the CPU can run.
+ */
+#define _GNU_SOURCE
+#include "wkernels.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define WK_X86 1
+#include <immintrin.h>
+#endif
+
+/* 16-float vectors: one zmm (AVX-512), two ymm (AVX2) or four xmm (SSE2) */
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint16_t v16u16 __attribute__((vector_size(32)));
+typedef int8_t v16i8 __attribute__((vector_size(16)));
+#define VLEN 16
+
+/* ---- scalar conversions (tails and the generic fp16 path) ----------------- */
+
+static inline float wk_id_f32(float v) { return v; }
+static inline float wk_i8_to_f32(int8_t v) { return (float)v; }
+
+static inline float wk_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* IEEE binary16 -> binary32, exact for every input (subnormals, inf, NaN). */
+static inline float wk_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: man * 2^-24 is exact in fp32 */
+        float f = (float)man * 5.9604644775390625e-8f;
+        memcpy(&bits, &f, sizeof bits);
+        bits |= sign;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* ---- the per-ISA instantiations ------------------------------------------- */
+
+#define WK_SFX(name) name##_generic
+#include "wkernels_impl.h"
+#undef WK_SFX
+
+#ifdef WK_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define WK_SFX(name) name##_avx2
+#define WK_HAVE_F16C 1
+#include "wkernels_impl.h"
+#undef WK_HAVE_F16C
+#undef WK_SFX
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#define WK_SFX(name) name##_avx512
+#define WK_HAVE_AVX512 1
+#include "wkernels_impl.h"
+#undef WK_HAVE_AVX512
+#undef WK_SFX
+#pragma GCC pop_options
+
+/* ---- AVX-512 BF16: Linear bf16 with vdpbf16ps ------------------------------
+ * Activations are rounded to bf16 (round to nearest even) once per slab into
+ * a stack buffer, then each instruction does 32 multiply-adds of bf16 pairs
+ * into fp32 accumulators: half the instructions of convert + FMA, which is
+ * what matters once several input rows share each weight load. */
+#define WK_DP_MAX_XB 32768 /* bf16 activations on the stack: M * K32 <= this */
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
+static inline __attribute__((always_inline)) void dp_rows(
+    float *y, long ldy, const uint16_t *xb, const float *x, long ldx, const int MC,
+    const uint16_t *w, long K, long K32, long nb, long ne)
+{
+    for (long n = nb; n < ne; n++) {
+        const uint16_t *wr = w + n * K;
+        __m512 acc0[WK_SMALL_M], acc1[WK_SMALL_M];
+        for (int m = 0; m < MC; m++)
+            acc0[m] = acc1[m] = _mm512_setzero_ps();
+        long k = 0;
+        for (; k + 64 <= K32; k += 64) {
+            __m512i w0 = _mm512_loadu_si512(wr + k), w1 = _mm512_loadu_si512(wr + k + 32);
+            for (int m = 0; m < MC; m++) {
+                const uint16_t *xm = xb + m * K32 + k;
+                acc0[m] = _mm512_dpbf16_ps(acc0[m], (__m512bh)_mm512_loadu_si512(xm),
+                                           (__m512bh)w0);
+                acc1[m] = _mm512_dpbf16_ps(acc1[m], (__m512bh)_mm512_loadu_si512(xm + 32),
+                                           (__m512bh)w1);
+            }
+        }
+        for (; k < K32; k += 32) {
+            __m512i w0 = _mm512_loadu_si512(wr + k);
+            for (int m = 0; m < MC; m++)
+                acc0[m] = _mm512_dpbf16_ps(acc0[m], (__m512bh)_mm512_loadu_si512(xb + m * K32 + k),
+                                           (__m512bh)w0);
+        }
+        for (int m = 0; m < MC; m++) {
+            float t = _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m]));
+            for (long kk = K32; kk < K; kk++)
+                t += wk_bf16_to_f32(wr[kk]) * x[m * ldx + kk];
+            y[m * ldy + n] = t;
+        }
+    }
+}
+
+static void linear_bf16dp(float *y, long ldy, const float *x, long ldx, int M,
+                          const wk_weight *w, long nb, long ne)
+{
+    long K = w->K, K32 = K - K % 32;
+    if ((long)M * K32 > WK_DP_MAX_XB) { /* activations too long for the stack buffer */
+        linear_avx512(y, ldy, x, ldx, M, w, nb, ne);
+        return;
+    }
+    uint16_t xb[WK_DP_MAX_XB] __attribute__((aligned(64)));
+    for (int m = 0; m < M; m++)
+        for (long k = 0; k < K32; k += 32) {
+            __m512 lo = _mm512_loadu_ps(x + m * ldx + k), hi = _mm512_loadu_ps(x + m * ldx + k + 16);
+            _mm512_storeu_si512(xb + m * K32 + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+    const uint16_t *wd = w->data;
+    switch (M) {
+    case 1: dp_rows(y, ldy, xb, x, ldx, 1, wd, K, K32, nb, ne); break;
+    case 2: dp_rows(y, ldy, xb, x, ldx, 2, wd, K, K32, nb, ne); break;
+    case 3: dp_rows(y, ldy, xb, x, ldx, 3, wd, K, K32, nb, ne); break;
+    case 4: dp_rows(y, ldy, xb, x, ldx, 4, wd, K, K32, nb, ne); break;
+    case 5: dp_rows(y, ldy, xb, x, ldx, 5, wd, K, K32, nb, ne); break;
+    case 6: dp_rows(y, ldy, xb, x, ldx, 6, wd, K, K32, nb, ne); break;
+    case 7: dp_rows(y, ldy, xb, x, ldx, 7, wd, K, K32, nb, ne); break;
+    default: dp_rows(y, ldy, xb, x, ldx, 8, wd, K, K32, nb, ne); break;
+    }
+}
+
+static void linear_avx512bf16(float *y, long ldy, const float *x, long ldx, int M,
+                              const wk_weight *w, long nb, long ne)
+{
+    if (w->dtype == WK_BF16)
+        linear_bf16dp(y, ldy, x, ldx, M, w, nb, ne);
+    else
+        linear_avx512(y, ldy, x, ldx, M, w, nb, ne);
+}
+#pragma GCC pop_options
+#endif /* WK_X86 */
+
+/* ---- dispatch ----------------------------------------------------------------- */
+
+typedef void (*conv1d_fn)(float *, const float *, long, int, const wk_weight *, long, long);
+typedef void (*linear_fn)(float *, long, const float *, long, int, const wk_weight *, long, long);
+typedef void (*dequant_fn)(float *, const wk_weight *, int, long, long, long, long);
+
+typedef struct {
+    const char *name;
+    conv1d_fn conv1d;
+    linear_fn linear;
+    dequant_fn dequant;
+} wk_impl;
+
+static const wk_impl IMPLS[WK_N_ISAS] = {
+    {"generic", conv1d_generic, linear_generic, dequant_generic},
+#ifdef WK_X86
+    {"avx2", conv1d_avx2, linear_avx2, dequant_avx2},
+    {"avx512", conv1d_avx512, linear_avx512, dequant_avx512},
+    {"avx512bf16", conv1d_avx512, linear_avx512bf16, dequant_avx512},
+#endif
+};
+
+static atomic_int active_isa = -1;
+
+int wk_isa_detected(void)
+{
+#ifdef WK_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+        if (__builtin_cpu_supports("avx512bf16"))
+            return WK_ISA_AVX512BF16;
+        return WK_ISA_AVX512;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+        && __builtin_cpu_supports("f16c"))
+        return WK_ISA_AVX2;
+#endif
+    return WK_ISA_GENERIC;
+}
+
+const char *wk_isa_name(int isa)
+{
+    static const char *const names[WK_N_ISAS] = {"generic", "avx2", "avx512", "avx512bf16"};
+    return (isa >= 0 && isa < WK_N_ISAS) ? names[isa] : "?";
+}
+
+int wk_set_isa(int isa)
+{
+    if (isa < 0 || isa > wk_isa_detected())
+        return -1;
+    atomic_store(&active_isa, isa);
+    return isa;
+}
+
+int wk_isa_active(void)
+{
+    int isa = atomic_load_explicit(&active_isa, memory_order_relaxed);
+    if (isa >= 0)
+        return isa;
+    /* first use: the best supported path, or a lower one from CMLP_WK_ISA */
+    isa = wk_isa_detected();
+    const char *env = getenv("CMLP_WK_ISA");
+    if (env && *env) {
+        for (int i = 0; i < WK_N_ISAS; i++)
+            if (strcmp(env, wk_isa_name(i)) == 0 && i <= isa)
+                isa = i;
+    }
+    atomic_store(&active_isa, isa);
+    return isa;
+}
+
+static const wk_impl *impl(void) { return &IMPLS[wk_isa_active()]; }
+
+size_t wk_dtype_size(int dtype)
+{
+    switch (dtype) {
+    case WK_F32: return 4;
+    case WK_BF16: case WK_F16: return 2;
+    case WK_I8: return 1;
+    default: return 0;
+    }
+}
+
+int wk_weight_check(const wk_weight *w)
+{
+    if (!w || wk_dtype_size(w->dtype) == 0)
+        return -1;
+    if (!w->data || w->N <= 0 || w->K <= 0)
+        return -2;
+    if ((w->dtype == WK_I8) != (w->scales != NULL))
+        return -3;
+    if (w->group_size != 0)
+        return -4;
+    return 0;
+}
+
+void wk_conv1d_slab(float *y, const float *x, long ldx, int M, const wk_weight *w,
+                    long k_begin, long k_end)
+{
+    impl()->conv1d(y, x, ldx, M, w, k_begin, k_end);
+}
+
+void wk_linear_slab(float *y, long ldy, const float *x, long ldx, int M, const wk_weight *w,
+                    long n_begin, long n_end)
+{
+    impl()->linear(y, ldy, x, ldx, M, w, n_begin, n_end);
+}
+
+void wk_dequant_tile(float *out, const wk_weight *w, int linear, long r0, long rows, long c0,
+                     long cols)
+{
+    impl()->dequant(out, w, linear, r0, rows, c0, cols);
+}
+
+void wk_reduce_partials(float *out, const float *partials, long n_chunks, int M, long N,
+                        const float *bias, const float *scales)
+{
+    for (int m = 0; m < M; m++) {
+        float *o = out + (long)m * N;
+        memcpy(o, partials + (long)m * N, (size_t)N * sizeof(float));
+        for (long c = 1; c < n_chunks; c++) {
+            const float *p = partials + (c * M + m) * N;
+            for (long n = 0; n < N; n++)
+                o[n] += p[n];
+        }
+        if (scales)
+            for (long n = 0; n < N; n++)
+                o[n] *= scales[n];
+        if (bias)
+            for (long n = 0; n < N; n++)
+                o[n] += bias[n];
+    }
+}
