@@ -96,7 +96,7 @@ def numpy_include():
     return numpy.get_include()
 
 
-def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=()):
+def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=(), depends=()):
     include, libdirs, libnames = [], [], []
     for lib in libs or ():
         include += lib[0]
@@ -111,6 +111,7 @@ def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=()):
         define_macros=DEFINE_MACROS,
         extra_compile_args=COMMON_CFLAGS + list(extra_compile_args),
         extra_link_args=["-g"],
+        depends=list(depends),     # headers: a change rebuilds the extension
     )
 
 
@@ -125,7 +126,8 @@ EXTENSIONS = [
     # the pool code is compiled in here too: _gpt2 passes its gpt2_pool* in,
     # and both copies come from the same source, so the struct is the same
     ext("cmlp._wkernels", ["pyx/_wkernels.pyx", "csrc/wkernels.c", "csrc/gpt2_kernels.c"],
-        libs=[OPENBLAS], extra_compile_args=["-std=gnu11", "-Wno-psabi"]),
+        libs=[OPENBLAS], extra_compile_args=["-std=gnu11", "-Wno-psabi"],
+        depends=["csrc/wkernels.h", "csrc/wkernels_impl.h", "csrc/gpt2_kernels.h"]),
 ]
 
 # CMLP_ONLY=_frame,_record builds a subset (fast iteration on one module)
