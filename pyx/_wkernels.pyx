@@ -47,8 +47,6 @@ cdef extern from "wkernels.h" nogil:
                         const wk_weight* w, long n_begin, long n_end)
     void wk_reduce_partials(float* out, const float* partials, long n_chunks, int M, long N,
                             const float* bias, const float* scales)
-    void wk_dequant_tile(float* out, const wk_weight* w, int linear, long r0, long rows,
-                         long c0, long cols)
 
 openblas_set_num_threads(1)   # our pool owns all parallelism (see _gpt2.pyx)
 
@@ -70,20 +68,39 @@ cdef inline long ceil_div(long a, long b) noexcept nogil:
     return (a + b - 1) // b
 
 
+cdef int weight_check(const wk_weight* w) noexcept nogil:
+    """0 when the kernels accept the descriptor (wk_weight_check)."""
+    return wk_weight_check(w)
+
+
+cdef void dequant_rows(float* out, const wk_weight* w, long r0, long rows) noexcept nogil:
+    """out[rows, K] = fp32 rows [r0, r0+rows) of a Linear [N, K] weight."""
+    wk_dequant_tile(out, w, 1, r0, rows, 0, w.K)
+
+
 cdef long tile_floats() noexcept nogil:
     return <long>TILE_K * TILE_N
 
 
-cdef inline long slab_rows(long M, long width, int dtype) noexcept nogil:
-    """Weight rows of `width` elements per decode chunk."""
+cdef inline long slab_rows(long M, long n_rows, long width, int dtype,
+                           int threads) noexcept nogil:
+    """Weight rows (of `width` elements, n_rows in all) per decode chunk.
+
+    About GEMV_CHUNK_BYTES per chunk, with the chunk count rounded up to a
+    multiple of the thread count: int8 rows are 4x narrower than fp32 ones,
+    and 3 chunks on 2 threads would leave one idle a third of the time."""
     cdef long chunk_bytes = GEMV_CHUNK_BYTES if M == 1 else SMALL_M_CHUNK_BYTES
-    return max(1, chunk_bytes // (width * <long>wk_dtype_size(dtype)))
+    cdef long total = n_rows * width * <long>wk_dtype_size(dtype)
+    cdef long n_chunks = ceil_div(total, chunk_bytes)
+    if threads > 1:
+        n_chunks = ceil_div(n_chunks, threads) * threads
+    return max(1, ceil_div(n_rows, n_chunks))
 
 
-cdef long conv1d_partial_floats(long M, long K, long N, int dtype) noexcept nogil:
+cdef long conv1d_partial_floats(long M, long K, long N, int dtype, int threads) noexcept nogil:
     if M > WK_SMALL_M:
         return 0
-    return ceil_div(K, slab_rows(M, N, dtype)) * M * N
+    return ceil_div(K, slab_rows(M, K, N, dtype, threads)) * M * N
 
 
 cdef struct WTask:
@@ -171,7 +188,7 @@ cdef int linear_forward(void* pool, float* out, const float* x, long M, const wk
     if M > WK_SMALL_M:
         run_tiles(<gpt2_pool*>pool, &t)
         return 0
-    t.chunk_rows = slab_rows(M, w.K, w.dtype)
+    t.chunk_rows = slab_rows(M, w.N, w.K, w.dtype, gpt2_pool_threads(<gpt2_pool*>pool))
     gpt2_pool_run(<gpt2_pool*>pool, linear_slab_chunk, &t, ceil_div(w.N, t.chunk_rows))
     return 0
 
@@ -192,7 +209,7 @@ cdef int conv1d_forward(void* pool, float* out, const float* x, long M, const wk
     if M > WK_SMALL_M:
         run_tiles(<gpt2_pool*>pool, &t)
         return 0
-    t.chunk_rows = slab_rows(M, w.N, w.dtype)
+    t.chunk_rows = slab_rows(M, w.K, w.N, w.dtype, gpt2_pool_threads(<gpt2_pool*>pool))
     cdef long n_chunks = ceil_div(w.K, t.chunk_rows)
     gpt2_pool_run(<gpt2_pool*>pool, conv1d_slab_chunk, &t, n_chunks)
     wk_reduce_partials(out, partials, n_chunks, <int>M, w.N, bias,
@@ -268,7 +285,7 @@ def matmul(cnp.ndarray x, cnp.ndarray w, *, str layout, str dtype, scales=None, 
     desc.N = N
     desc.K = K
     cdef cnp.ndarray out = np.empty((M, N), np.float32)
-    cdef cnp.ndarray partials = np.empty(max(1, conv1d_partial_floats(M, K, N, code)), np.float32)
+    cdef cnp.ndarray partials = np.empty(max(1, conv1d_partial_floats(M, K, N, code, threads)), np.float32)
     cdef cnp.ndarray tiles = np.empty(threads * tile_floats(), np.float32)
     cdef gpt2_pool* pool = gpt2_pool_create(threads)
     if pool == NULL:

@@ -27,7 +27,7 @@ The one entry for nn.Linear weights is ``linear_forward``::
   Returns 0, or -1 when ``wk_weight_check`` rejects the descriptor.
 
 ``conv1d_forward`` is the same for HF Conv1D weights [K, N] (GPT-2); it also
-needs ``partials`` of ``conv1d_partial_floats(M, K, N, dtype)`` floats.
+needs ``partials`` of ``conv1d_partial_floats(M, K, N, dtype, threads)`` floats.
 """
 
 cdef extern from "wkernels.h" nogil:
@@ -46,9 +46,15 @@ cdef extern from "wkernels.h" nogil:
         long K
     size_t wk_dtype_size(int dtype)
     int wk_weight_check(const wk_weight* w)
+    void wk_dequant_tile(float* out, const wk_weight* w, int linear, long r0, long rows,
+                         long c0, long cols)
 
+# C symbols above are linked into cmlp._wkernels only: other modules call the
+# cdef functions below (exported through the module's C-API capsule).
+cdef int weight_check(const wk_weight* w) noexcept nogil
+cdef void dequant_rows(float* out, const wk_weight* w, long r0, long rows) noexcept nogil
 cdef long tile_floats() noexcept nogil
-cdef long conv1d_partial_floats(long M, long K, long N, int dtype) noexcept nogil
+cdef long conv1d_partial_floats(long M, long K, long N, int dtype, int threads) noexcept nogil
 cdef int linear_forward(void* pool, float* out, const float* x, long M, const wk_weight* w,
                         const float* bias, float* tiles) noexcept nogil
 cdef int conv1d_forward(void* pool, float* out, const float* x, long M, const wk_weight* w,
