@@ -58,3 +58,25 @@ def quantize_int8(w: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
 def dequantize_int8(q: np.ndarray, scales: np.ndarray, layout: str) -> np.ndarray:
     shaped = scales[None, :] if layout == CONV1D else scales[:, None]
     return q.astype(np.float32) * shaped
+
+
+class QuantizedWeight:
+    """A matmul weight held in its stored form, as ShardEngine takes it.
+
+    ``data``: uint16 (bf16/f16 bit patterns) or int8, the stored shape
+    ([K, N] Conv1D, [N, K] Linear); ``scales``: float32 [N] for int8.
+    """
+
+    __slots__ = ("data", "dtype", "scales")
+
+    def __init__(self, data: np.ndarray, dtype: str, scales: np.ndarray | None = None):
+        self.data = data
+        self.dtype = dtype
+        self.scales = scales
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + (self.scales.nbytes if self.scales is not None else 0)
+
+    def __repr__(self) -> str:
+        return f"QuantizedWeight({self.dtype}, {self.data.dtype} {self.data.shape})"
