@@ -87,7 +87,9 @@ static inline float wk_f16_to_f32(uint16_t h)
  * Activations are rounded to bf16 (round to nearest even) once per slab into
  * a stack buffer, then each instruction does 32 multiply-adds of bf16 pairs
  * into fp32 accumulators: half the instructions of convert + FMA, which is
- * what matters once several input rows share each weight load. */
+ * what matters once several input rows share each weight load.  Used for
+ * M >= 2 only: a single row (decode) is memory bound on either path, and
+ * the convert + FMA path keeps its activations exact. */
 #define WK_DP_MAX_XB 32768 /* bf16 activations on the stack: M * K32 <= this */
 
 #pragma GCC push_options
@@ -157,7 +159,8 @@ static void linear_bf16dp(float *y, long ldy, const float *x, long ldx, int M,
 static void linear_avx512bf16(float *y, long ldy, const float *x, long ldx, int M,
                               const wk_weight *w, long nb, long ne)
 {
-    if (w->dtype == WK_BF16)
+    /* one input row is memory bound either way: keep its activations exact */
+    if (w->dtype == WK_BF16 && M >= 2)
         linear_bf16dp(y, ldy, x, ldx, M, w, nb, ne);
     else
         linear_avx512(y, ldy, x, ldx, M, w, nb, ne);

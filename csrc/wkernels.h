@@ -17,8 +17,8 @@
  *
  * Runtime dispatch: the slab kernels are compiled three times (generic
  * vectors for baseline x86-64, AVX2+FMA+F16C, AVX-512F/BW/VL) plus an
- * AVX-512 BF16 variant of the Linear bf16 kernel (vdpbf16ps, activations
- * rounded to bf16).  The best variant the CPU supports is chosen on first use;
+ * AVX-512 BF16 variant of the Linear bf16 kernel for 2..8 input rows
+ * (vdpbf16ps, activations rounded to bf16; one row keeps fp32 activations).  The best variant the CPU supports is chosen on first use;
  * CMLP_WK_ISA=generic|avx2|avx512|avx512bf16 or wk_set_isa() force a lower
  * one (tests cover every path this CPU can run).
  *
