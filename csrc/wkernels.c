@@ -83,6 +83,116 @@ static inline float wk_f16_to_f32(uint16_t h)
 #undef WK_SFX
 #pragma GCC pop_options
 
+/* ---- AVX-512 VNNI: Linear int8 with vpdpwssd -------------------------------
+ * Weight-only int8 spends its time widening weights to fp32 (pmovsx + cvt +
+ * FMA per 16 weights), not reading them.  Here activations are rounded once
+ * per slab to int16 with one scale per input row (sx = max|x| / 32767, a
+ * relative error of at most 2^-16 of the row's largest value: far below the
+ * int8 weight error), weights are widened to int16 (one vpmovsxbw per 32),
+ * and vpdpwssd does 32 exact multiply-adds into int32 lanes.  Blocks of
+ * WK_VNNI_BLOCK inputs bound each lane's int32 sum (64 pairs of
+ * 127 * 32767 < 2^31 / 3) before it is added into an fp32 accumulator. */
+#define WK_VNNI_BLOCK 2048
+#define WK_VNNI_MAX_XQ 32768 /* int16 activations on the stack: M * K32 <= this */
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+static inline __attribute__((always_inline)) void vnni_rows(
+    float *y, long ldy, const int16_t *xq, const float *sx, const float *x, long ldx,
+    const int MC, const int8_t *w, const float *scales, long K, long K32, long nb, long ne)
+{
+    for (long n = nb; n < ne; n++) {
+        const int8_t *wr = w + n * K;
+        __m512 facc[WK_SMALL_M];
+        for (int m = 0; m < MC; m++)
+            facc[m] = _mm512_setzero_ps();
+        for (long kb = 0; kb < K32; kb += WK_VNNI_BLOCK) {
+            long ke = kb + WK_VNNI_BLOCK < K32 ? kb + WK_VNNI_BLOCK : K32;
+            __m512i acc0[WK_SMALL_M], acc1[WK_SMALL_M];
+            for (int m = 0; m < MC; m++)
+                acc0[m] = acc1[m] = _mm512_setzero_si512();
+            long k = kb;
+            for (; k + 64 <= ke; k += 64) {
+                __m256i b0, b1;
+                memcpy(&b0, wr + k, sizeof b0);
+                memcpy(&b1, wr + k + 32, sizeof b1);
+                __m512i w0 = _mm512_cvtepi8_epi16(b0), w1 = _mm512_cvtepi8_epi16(b1);
+                for (int m = 0; m < MC; m++) {
+                    const int16_t *xm = xq + m * K32 + k;
+                    acc0[m] = _mm512_dpwssd_epi32(acc0[m], w0, _mm512_loadu_si512(xm));
+                    acc1[m] = _mm512_dpwssd_epi32(acc1[m], w1, _mm512_loadu_si512(xm + 32));
+                }
+            }
+            for (; k < ke; k += 32) {
+                __m256i b0;
+                memcpy(&b0, wr + k, sizeof b0);
+                __m512i w0 = _mm512_cvtepi8_epi16(b0);
+                for (int m = 0; m < MC; m++)
+                    acc0[m] = _mm512_dpwssd_epi32(acc0[m], w0, _mm512_loadu_si512(xq + m * K32 + k));
+            }
+            for (int m = 0; m < MC; m++)
+                facc[m] = _mm512_add_ps(facc[m], _mm512_cvtepi32_ps(_mm512_add_epi32(acc0[m], acc1[m])));
+        }
+        for (int m = 0; m < MC; m++) {
+            float t = _mm512_reduce_add_ps(facc[m]) * sx[m];
+            for (long kk = K32; kk < K; kk++)   /* tail: exact fp32 activations */
+                t += (float)wr[kk] * x[m * ldx + kk];
+            y[m * ldy + n] = t * scales[n];
+        }
+    }
+}
+
+static void linear_i8vnni(float *y, long ldy, const float *x, long ldx, int M,
+                          const wk_weight *w, long nb, long ne)
+{
+    long K = w->K, K32 = K - K % 32;
+    if ((long)M * K32 > WK_VNNI_MAX_XQ) { /* activations too long for the stack buffer */
+        linear_avx512(y, ldy, x, ldx, M, w, nb, ne);
+        return;
+    }
+    int16_t xq[WK_VNNI_MAX_XQ] __attribute__((aligned(64)));
+    float sx[WK_SMALL_M];
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + m * ldx;
+        __m512 amax = _mm512_setzero_ps();
+        for (long k = 0; k < K32; k += 16)
+            amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(xm + k)));
+        float mx = _mm512_reduce_max_ps(amax);
+        /* NaN/inf or all zeros: scale 1 keeps the conversion defined */
+        sx[m] = (mx > 0.0f && mx <= 3.0e38f) ? mx / 32767.0f : 1.0f;
+        __m512 inv = _mm512_set1_ps(1.0f / sx[m]);
+        for (long k = 0; k < K32; k += 32) {
+            __m512i a = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xm + k), inv));
+            __m512i b = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xm + k + 16), inv));
+            /* saturating pack interleaves 128-bit lanes: permute back to k order */
+            __m512i packed = _mm512_packs_epi32(a, b);
+            packed = _mm512_permutexvar_epi64(_mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0), packed);
+            _mm512_storeu_si512(xq + m * K32 + k, packed);
+        }
+    }
+    const int8_t *wd = w->data;
+    switch (M) {
+    case 1: vnni_rows(y, ldy, xq, sx, x, ldx, 1, wd, w->scales, K, K32, nb, ne); break;
+    case 2: vnni_rows(y, ldy, xq, sx, x, ldx, 2, wd, w->scales, K, K32, nb, ne); break;
+    case 3: vnni_rows(y, ldy, xq, sx, x, ldx, 3, wd, w->scales, K, K32, nb, ne); break;
+    case 4: vnni_rows(y, ldy, xq, sx, x, ldx, 4, wd, w->scales, K, K32, nb, ne); break;
+    case 5: vnni_rows(y, ldy, xq, sx, x, ldx, 5, wd, w->scales, K, K32, nb, ne); break;
+    case 6: vnni_rows(y, ldy, xq, sx, x, ldx, 6, wd, w->scales, K, K32, nb, ne); break;
+    case 7: vnni_rows(y, ldy, xq, sx, x, ldx, 7, wd, w->scales, K, K32, nb, ne); break;
+    default: vnni_rows(y, ldy, xq, sx, x, ldx, 8, wd, w->scales, K, K32, nb, ne); break;
+    }
+}
+
+static void linear_avx512vnni(float *y, long ldy, const float *x, long ldx, int M,
+                              const wk_weight *w, long nb, long ne)
+{
+    if (w->dtype == WK_I8)
+        linear_i8vnni(y, ldy, x, ldx, M, w, nb, ne);
+    else
+        linear_avx512(y, ldy, x, ldx, M, w, nb, ne);
+}
+#pragma GCC pop_options
+
 /* ---- AVX-512 BF16: Linear bf16 with vdpbf16ps ------------------------------
  * Activations are rounded to bf16 (round to nearest even) once per slab into
  * a stack buffer, then each instruction does 32 multiply-adds of bf16 pairs
@@ -163,7 +273,7 @@ static void linear_avx512bf16(float *y, long ldy, const float *x, long ldx, int 
     if (w->dtype == WK_BF16 && M >= 2)
         linear_bf16dp(y, ldy, x, ldx, M, w, nb, ne);
     else
-        linear_avx512(y, ldy, x, ldx, M, w, nb, ne);
+        linear_avx512vnni(y, ldy, x, ldx, M, w, nb, ne);
 }
 #pragma GCC pop_options
 #endif /* WK_X86 */
@@ -173,20 +283,23 @@ static void linear_avx512bf16(float *y, long ldy, const float *x, long ldx, int 
 typedef void (*conv1d_fn)(float *, const float *, long, int, const wk_weight *, long, long);
 typedef void (*linear_fn)(float *, long, const float *, long, int, const wk_weight *, long, long);
 typedef void (*dequant_fn)(float *, const wk_weight *, int, long, long, long, long);
+typedef float (*stream_fn)(const float *, long);
 
 typedef struct {
     const char *name;
     conv1d_fn conv1d;
     linear_fn linear;
     dequant_fn dequant;
+    stream_fn stream_sum;
 } wk_impl;
 
 static const wk_impl IMPLS[WK_N_ISAS] = {
-    {"generic", conv1d_generic, linear_generic, dequant_generic},
+    {"generic", conv1d_generic, linear_generic, dequant_generic, stream_sum_generic},
 #ifdef WK_X86
-    {"avx2", conv1d_avx2, linear_avx2, dequant_avx2},
-    {"avx512", conv1d_avx512, linear_avx512, dequant_avx512},
-    {"avx512bf16", conv1d_avx512, linear_avx512bf16, dequant_avx512},
+    {"avx2", conv1d_avx2, linear_avx2, dequant_avx2, stream_sum_avx2},
+    {"avx512", conv1d_avx512, linear_avx512, dequant_avx512, stream_sum_avx512},
+    {"avx512vnni", conv1d_avx512, linear_avx512vnni, dequant_avx512, stream_sum_avx512},
+    {"avx512bf16", conv1d_avx512, linear_avx512bf16, dequant_avx512, stream_sum_avx512},
 #endif
 };
 
@@ -198,9 +311,11 @@ int wk_isa_detected(void)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
         && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+        if (!__builtin_cpu_supports("avx512vnni"))
+            return WK_ISA_AVX512;
         if (__builtin_cpu_supports("avx512bf16"))
             return WK_ISA_AVX512BF16;
-        return WK_ISA_AVX512;
+        return WK_ISA_AVX512VNNI;
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
         && __builtin_cpu_supports("f16c"))
@@ -211,7 +326,8 @@ int wk_isa_detected(void)
 
 const char *wk_isa_name(int isa)
 {
-    static const char *const names[WK_N_ISAS] = {"generic", "avx2", "avx512", "avx512bf16"};
+    static const char *const names[WK_N_ISAS] = {"generic", "avx2", "avx512", "avx512vnni",
+                                                         "avx512bf16"};
     return (isa >= 0 && isa < WK_N_ISAS) ? names[isa] : "?";
 }
 
@@ -302,3 +418,5 @@ void wk_reduce_partials(float *out, const float *partials, long n_chunks, int M,
                 o[n] += bias[n];
     }
 }
+
+float wk_stream_sum(const float *p, long n) { return impl()->stream_sum(p, n); }

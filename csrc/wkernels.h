@@ -12,15 +12,19 @@
  * Per channel rather than group-wise: decode is memory bound, and per-channel
  * scales cost N floats per matrix (0.1% of the int8 bytes for K = 768) where
  * 128-wide groups cost 3%; GPT-2/llama rows have no outliers bad enough to
- * need groups at int8 (measured: tests/test_quant_quality.py bounds).
+ * need groups at int8 (measured: tests/test_quant_model.py quality bounds).
  * group_size must be 0 (reserved for a group-wise format).
  *
  * Runtime dispatch: the slab kernels are compiled three times (generic
- * vectors for baseline x86-64, AVX2+FMA+F16C, AVX-512F/BW/VL) plus an
- * AVX-512 BF16 variant of the Linear bf16 kernel for 2..8 input rows
- * (vdpbf16ps, activations rounded to bf16; one row keeps fp32 activations).  The best variant the CPU supports is chosen on first use;
- * CMLP_WK_ISA=generic|avx2|avx512|avx512bf16 or wk_set_isa() force a lower
- * one (tests cover every path this CPU can run).
+ * vectors for baseline x86-64, AVX2+FMA+F16C, AVX-512F/BW/VL), plus
+ *   avx512vnni: Linear int8 with vpdpwssd (activations rounded to int16 with
+ *               one scale per row: relative error <= 2^-16 of the row max);
+ *   avx512bf16: that, and Linear bf16 with vdpbf16ps for 2..8 input rows
+ *               (activations rounded to bf16; one row keeps fp32 ones).
+ * Every other kernel keeps fp32 activations.  The best variant the CPU
+ * supports is chosen on first use; CMLP_WK_ISA=generic|avx2|avx512|
+ * avx512vnni|avx512bf16 or wk_set_isa() force a lower one (tests cover
+ * every path this CPU can run).
  *
  * Pointers may be unaligned: all vector loads go through memcpy.
  */
@@ -38,8 +42,8 @@ extern "C" {
 enum { WK_F32 = 0, WK_BF16 = 1, WK_F16 = 2, WK_I8 = 3, WK_N_DTYPES = 4 };
 
 /* instruction-set paths, lowest first */
-enum { WK_ISA_GENERIC = 0, WK_ISA_AVX2 = 1, WK_ISA_AVX512 = 2, WK_ISA_AVX512BF16 = 3,
-       WK_N_ISAS = 4 };
+enum { WK_ISA_GENERIC = 0, WK_ISA_AVX2 = 1, WK_ISA_AVX512 = 2, WK_ISA_AVX512VNNI = 3,
+       WK_ISA_AVX512BF16 = 4, WK_N_ISAS = 5 };
 
 /* most input rows the slab kernels take at once (decode rows, short prompts) */
 #define WK_SMALL_M 8
@@ -84,6 +88,9 @@ void wk_reduce_partials(float *out, const float *partials, long n_chunks, int M,
  * embedding lookups (one row of a Linear-layout [V, C] table). */
 void wk_dequant_tile(float *out, const wk_weight *w, int linear, long r0, long rows, long c0,
                      long cols);
+
+/* sum of p[0:n]: a plain streaming read, the bandwidth ceiling for bench/ */
+float wk_stream_sum(const float *p, long n);
 
 #ifdef __cplusplus
 }

@@ -247,6 +247,23 @@ WK_DEFINE_ALL(bf16, uint16_t, WK_SFX(ld_bf16), wk_bf16_to_f32)
 WK_DEFINE_ALL(f16, uint16_t, WK_SFX(ld_f16), wk_f16_to_f32)
 WK_DEFINE_ALL(i8, int8_t, WK_SFX(ld_i8), wk_i8_to_f32)
 
+/* ---- bandwidth probe: sum of n floats, four independent streams of adds ---- */
+static float WK_SFX(stream_sum)(const float *p, long n)
+{
+    v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    long i = 0;
+    for (; i + 4 * VLEN <= n; i += 4 * VLEN) {
+        a0 += WK_SFX(ld_f32)(p + i);
+        a1 += WK_SFX(ld_f32)(p + i + VLEN);
+        a2 += WK_SFX(ld_f32)(p + i + 2 * VLEN);
+        a3 += WK_SFX(ld_f32)(p + i + 3 * VLEN);
+    }
+    float s = WK_SFX(vsum)((a0 + a1) + (a2 + a3));
+    for (; i < n; i++)
+        s += p[i];
+    return s;
+}
+
 /* ---- per-ISA entry points (dtype switch) ------------------------------------ */
 
 static void WK_SFX(conv1d)(float *y, const float *x, long ldx, int M, const wk_weight *w,

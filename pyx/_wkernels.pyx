@@ -45,6 +45,7 @@ cdef extern from "wkernels.h" nogil:
                         long k_begin, long k_end)
     void wk_linear_slab(float* y, long ldy, const float* x, long ldx, int M,
                         const wk_weight* w, long n_begin, long n_end)
+    float wk_stream_sum(const float* p, long n)
     void wk_reduce_partials(float* out, const float* partials, long n_chunks, int M, long N,
                             const float* bias, const float* scales)
 
@@ -333,3 +334,45 @@ def dequantize(cnp.ndarray w, *, str layout, str dtype, scales=None):
     cdef cnp.ndarray out = np.empty((w.shape[0], w.shape[1]), np.float32)
     wk_dequant_tile(<float*>cnp.PyArray_DATA(out), &desc, linear, 0, w.shape[0], 0, w.shape[1])
     return out
+
+
+cdef struct StreamTask:
+    const float* data
+    long chunk_floats
+    long n
+    float* sums                 # [n_chunks]
+
+
+cdef void stream_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    cdef StreamTask* t = <StreamTask*>ctx
+    cdef long begin = chunk * t.chunk_floats
+    t.sums[chunk] = wk_stream_sum(t.data + begin, min(t.chunk_floats, t.n - begin))
+
+
+def stream_read_seconds(cnp.ndarray buf, int threads, int repeats=5):
+    """Seconds (one per repeat) to read all of ``buf`` (float32, C-contiguous)
+    once with the pool: the plain streaming-read ceiling for bench/.  Chunks
+    as the GEMV ones (256 KiB), so the access pattern matches the kernels."""
+    import time
+    if buf.dtype != np.float32 or not buf.flags.c_contiguous:
+        raise ValueError("buf must be C-contiguous float32")
+    cdef StreamTask t
+    t.data = <const float*>cnp.PyArray_DATA(buf)
+    t.n = buf.size
+    t.chunk_floats = GEMV_CHUNK_BYTES // 4
+    cdef long n_chunks = ceil_div(t.n, t.chunk_floats)
+    cdef cnp.ndarray sums = np.zeros(n_chunks, np.float32)
+    t.sums = <float*>cnp.PyArray_DATA(sums)
+    cdef gpt2_pool* pool = gpt2_pool_create(threads)
+    if pool == NULL:
+        raise MemoryError("cannot start the worker pool")
+    times = []
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with nogil:
+                gpt2_pool_run(pool, stream_chunk, &t, n_chunks)
+            times.append(time.perf_counter() - start)
+    finally:
+        gpt2_pool_destroy(pool)
+    return times

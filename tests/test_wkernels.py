@@ -67,8 +67,37 @@ def test_matmul_matches_numpy(isa, dtype, layout, M, K, N, threads):
     # vdpbf16ps (bf16 activations) runs for Linear bf16 with 2 <= M <= 8
     dp = isa == "avx512bf16" and dtype == "bf16" and layout == "linear" and 2 <= M <= wk.SMALL_M
     tol = tolerance(x, ref_w, layout, dp)
+    if isa in ("avx512vnni", "avx512bf16") and dtype == "i8" and layout == "linear" \
+            and M <= wk.SMALL_M:
+        # vpdpwssd: activations rounded to int16, step max|x_m| / 32767 per row
+        step = np.abs(x).max(axis=1, keepdims=True) / 32767
+        tol = tol + 0.5 * step * (np.abs(ref_w).sum(axis=1)[None, :])
     err = np.abs(out - ref)
     assert np.all(err <= tol), f"max err {err.max()} (bound {tol.ravel()[err.argmax()]})"
+
+
+def test_vnni_int16_activations_saturate_and_zero_rows():
+    """Rows of zeros, one huge value, and mixed magnitudes on the int8 path."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((70, 96)).astype(np.float32)
+    q, s = quant.quantize_int8(w, "linear")
+    x = rng.standard_normal((4, 96)).astype(np.float32)
+    x[0] = 0.0
+    x[1, 5] = 3e4
+    x[2] *= 1e-30
+    ref = x.astype(np.float64) @ quant.dequantize_int8(q, s, "linear").T.astype(np.float64)
+    for isa in ISAS:
+        before = wk.isa_active()
+        wk.set_isa(isa)
+        try:
+            out = wk.matmul(x, q, layout="linear", dtype="i8", scales=s)
+        finally:
+            wk.set_isa(before)
+        step = np.abs(x).max(axis=1, keepdims=True) / 32767
+        bound = 0.5 * step * np.abs(quant.dequantize_int8(q, s, "linear")).sum(axis=1)[None] \
+            + 1e-5 * np.abs(x) @ np.abs(w.T) + 1e-30
+        assert np.all(np.abs(out - ref) <= bound), isa
+        assert np.all(out[0] == 0.0)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "f16", "i8"])
