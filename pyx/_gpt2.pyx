@@ -452,7 +452,8 @@ cdef class ShardEngine:
                               bint linear) except? NULL:
         """A matmul weight: fp32 ndarray (returns its pointer, desc dtype WK_F32)
         or a QuantizedWeight (fills desc, returns NULL).  ``shape`` is the
-        stored shape: [K, N] Conv1D, [N, K] Linear (wte)."""
+        fp32 shape: [K, N] Conv1D, [N, K] Linear (wte); int8 is stored [N, K]
+        for both (so it can take the VNNI Linear kernel)."""
         desc.dtype = WK_F32
         desc.data = NULL
         desc.scales = NULL
@@ -463,6 +464,8 @@ cdef class ShardEngine:
             return self._tensor(arr, shape, name)
         code = {"bf16": WK_BF16, "f16": WK_F16, "i8": WK_I8}.get(getattr(arr, "dtype", None))
         data = getattr(arr, "data", None)
+        if code == WK_I8:
+            shape = (desc.N, desc.K)    # int8 is always stored [N, K] (cmlp.model.quantize)
         if code is None or not isinstance(data, np.ndarray) or not data.flags.c_contiguous \
                 or data.shape != shape or data.dtype != (np.int8 if code == WK_I8 else np.uint16):
             raise ModelError(f"tensor {name}: expected float32 or a QuantizedWeight "
@@ -732,6 +735,9 @@ cdef class ShardEngine:
         wq: the same matrix as stored; anything but fp32 goes to cmlp._wkernels."""
         cdef MatmulTask task
         cdef long c, m, n_chunks
+        if wq != NULL and wq.dtype == WK_I8:      # stored [N, K]
+            linear_forward(self.pool, out, inp, M, wq, bias, self.wtiles)
+            return
         if wq != NULL and wq.dtype != WK_F32:
             conv1d_forward(self.pool, out, inp, M, wq, bias, self.partials, self.wtiles)
             return

@@ -39,10 +39,11 @@ def test_int8_files_and_config(models):
     qc = config["quantization_config"]
     assert qc["quant_method"] == "cmlp" and qc["weight_dtype"] == "int8"
     assert qc["granularity"] == "per_channel" and qc["scale_suffix"] == "_scale"
+    assert qc["weight_layout"] == "out_in"
     header, _ = read_header(models["int8"] / "model.safetensors")
     C = PARITY.config.n_embd
     assert header["h.0.attn.c_attn.weight"]["dtype"] == "I8"
-    assert header["h.0.attn.c_attn.weight"]["shape"] == [C, 3 * C]
+    assert header["h.0.attn.c_attn.weight"]["shape"] == [3 * C, C]      # [out, in]
     assert header["h.0.attn.c_attn.weight_scale"] == {**header["h.0.attn.c_attn.weight_scale"],
                                                       "dtype": "F32", "shape": [3 * C]}
     assert header["wte.weight"]["dtype"] == "I8"
@@ -173,17 +174,19 @@ def _hf_dequantized_int8(int8_dir, fp32_dir, out_dir):
             if name.endswith("_scale"):
                 continue
             t = f.get_tensor(name)
-            if t.dtype == np.int8:
-                layout = quant.LINEAR if name == "wte.weight" else quant.CONV1D
-                t = quant.dequantize_int8(t, f.get_tensor(name + "_scale"), layout)
+            if t.dtype == np.int8:   # stored [out, in]: back to HF's Conv1D [in, out]
+                t = quant.dequantize_int8(t, f.get_tensor(name + "_scale"), quant.LINEAR)
+                if name != "wte.weight":
+                    t = np.ascontiguousarray(t.T)
             tensors[name] = t
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     return out_dir
 
 
-# batch 1 keeps fp32 activations on every path: only fp32 rounding differs
-# (the int8 scale is applied after the sum, transformers multiplies first)
-BOUNDS = {"bf16": 1e-4, "int8": 1e-4}
+# bf16, batch 1: fp32 activations on every path, only fp32 rounding differs.
+# int8: on AVX-512 VNNI CPUs the activations are rounded to int16 per row
+# (<= 2^-16 of the row max per element); elsewhere fp32 rounding only.
+BOUNDS = {"bf16": 1e-4, "int8": 1e-3}
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])

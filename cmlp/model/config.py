@@ -16,7 +16,9 @@ SYNTHETIC_KEY = "cmlp_synthetic"   # set by `cmlp model init` and synthetic.writ
 
 # config.json of an int8 checkpoint written by `cmlp model quantize` (docs/quantization.md):
 #   "quantization_config": {"quant_method": "cmlp", "weight_dtype": "int8",
-#                           "granularity": "per_channel", "scale_suffix": "_scale"}
+#                           "granularity": "per_channel", "scale_suffix": "_scale",
+#                           "weight_layout": "out_in", "modules": [...]}
+# int8 matrices are stored [out, in] (GPT-2's Conv1D ones transposed).
 QUANT_KEY = "quantization_config"
 QUANT_METHOD = "cmlp"
 SCALE_SUFFIX = "_scale"
@@ -109,7 +111,11 @@ def _read_quantization(path: Path, qc) -> bool:
     if qc is None:
         return False
     expected = {"quant_method": QUANT_METHOD, "weight_dtype": "int8",
-                "granularity": "per_channel", "scale_suffix": SCALE_SUFFIX}
-    if not isinstance(qc, dict) or any(qc.get(k) != v for k, v in expected.items()):
-        raise ModelError(f"{path}: unsupported {QUANT_KEY} {qc!r} (cmlp reads {expected})")
+                "granularity": "per_channel", "scale_suffix": SCALE_SUFFIX,
+                "weight_layout": "out_in"}
+    if not isinstance(qc, dict):
+        raise ModelError(f"unsupported {QUANT_KEY}: not a JSON object")
+    wrong = {k: qc.get(k) for k, v in expected.items() if qc.get(k) != v}
+    if wrong:   # the caller prefixes the path
+        raise ModelError(f"unsupported {QUANT_KEY} {str(wrong)[:200]} (cmlp reads {expected})")
     return True

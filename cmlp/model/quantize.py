@@ -5,12 +5,14 @@ Output layout (docs/quantization.md), HF-like so other tools can read it:
 - ``--dtype bf16``: every floating tensor stored BF16, ``torch_dtype`` /
   ``dtype`` set to ``bfloat16`` in config.json: exactly what transformers'
   ``save_pretrained`` writes for a bf16 model (transformers loads it).
-- ``--dtype int8``: each matmul weight ``W`` stored as ``<name>`` I8 (same
-  shape as the fp32 tensor) plus ``<name>_scale`` F32 [N], one scale per
-  output channel (symmetric absmax / 127, see cmlp.model.quant); every other
-  tensor stays F32.  config.json gains ``quantization_config`` =
-  ``{"quant_method": "cmlp", "weight_dtype": "int8", "granularity":
-  "per_channel", "scale_suffix": "_scale", "modules": [...]}``.
+- ``--dtype int8``: each matmul weight ``W`` stored as ``<name>`` I8 in the
+  nn.Linear orientation [out, in] for every family (GPT-2's Conv1D [in, out]
+  matrices are transposed: one kernel layout, whose int8 path has a VNNI
+  variant) plus ``<name>_scale`` F32 [out], one scale per output channel
+  (symmetric absmax / 127, see cmlp.model.quant); every other tensor stays
+  F32.  config.json gains ``quantization_config`` = ``{"quant_method":
+  "cmlp", "weight_dtype": "int8", "granularity": "per_channel",
+  "scale_suffix": "_scale", "weight_layout": "out_in", "modules": [...]}``.
 
 Which tensors are matmul weights: for GPT-2 (HF Conv1D, [in, out]) the four
 block matrices and the tied ``wte`` ([V, C], read as Linear by the lm_head);
@@ -119,7 +121,10 @@ def quantize_model(in_dir, out_dir, dtype: str = "int8", overwrite: bool = False
                 if layout:
                     modules.append(name)
             elif layout:
-                q, scales = quantize_int8(_read_fp32(path, name, entry), layout)
+                w = _read_fp32(path, name, entry)
+                # stored [out, in] whatever the source layout (see the module docstring)
+                q, scales = quantize_int8(np.ascontiguousarray(w.T) if layout == CONV1D else w,
+                                          LINEAR)
                 tensors[name], tensors[name + SCALE_SUFFIX] = q, scales
                 modules.append(name)
             else:
@@ -138,7 +143,7 @@ def quantize_model(in_dir, out_dir, dtype: str = "int8", overwrite: bool = False
     else:
         config[QUANT_KEY] = {"quant_method": QUANT_METHOD, "weight_dtype": "int8",
                              "granularity": "per_channel", "scale_suffix": SCALE_SUFFIX,
-                             "modules": modules}
+                             "weight_layout": "out_in", "modules": modules}
     safetensors_io.write_file(out_dir / WEIGHTS_FILE, tensors, {"format": "pt"})
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out_dir

@@ -21,7 +21,8 @@ be stored F32, BF16 or F16, and the other tensors then in that dtype or F32
 (HF bf16 checkpoints store everything BF16); they are held as stored and the
 small ones are widened to fp32 for the engine (``engine_tensor``).  An int8
 checkpoint (config ``quantization_config``) stores each matrix as I8 plus
-``<name>_scale`` F32 [N], one scale per output channel, everything else F32.
+``<name>_scale`` F32 [N], one scale per output channel, everything else F32;
+int8 matrices are stored [N, K] (nn.Linear orientation, Conv1D ones transposed).
 """
 
 from __future__ import annotations
@@ -172,12 +173,12 @@ def load_shard_weights(model_dir, config: Gpt2Config, layer_start: int,
     """Check then read the shard's tensors; ModelError names file and tensor."""
     path = Path(model_dir) / WEIGHTS_FILE
     wanted = shard_tensor_shapes(config, layer_start, layer_end)
-    if config.int8:
+    if config.int8:   # matrices stored [out, in], plus [out] scales
         for name in list(wanted):
             if matrix_layout(name) is not None:
-                shape = wanted[name]
-                wanted[name + SCALE_SUFFIX] = (shape[1] if matrix_layout(name) == CONV1D
-                                               else shape[0],)
+                if matrix_layout(name) == CONV1D:
+                    wanted[name] = wanted[name][::-1]
+                wanted[name + SCALE_SUFFIX] = (wanted[name][0],)
     dtypes: dict[str, str] = {}
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found")
