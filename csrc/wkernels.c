@@ -142,16 +142,9 @@ static inline __attribute__((always_inline)) void vnni_rows(
     }
 }
 
-static void linear_i8vnni(float *y, long ldy, const float *x, long ldx, int M,
-                          const wk_weight *w, long nb, long ne)
+/* xq[m, 0:K32] = round(x[m, 0:K32] / sx[m]) as int16, sx[m] = max|x[m]| / 32767 */
+static void quantize_rows_i16(int16_t *xq, float *sx, const float *x, long ldx, int M, long K32)
 {
-    long K = w->K, K32 = K - K % 32;
-    if ((long)M * K32 > WK_VNNI_MAX_XQ) { /* activations too long for the stack buffer */
-        linear_avx512(y, ldy, x, ldx, M, w, nb, ne);
-        return;
-    }
-    int16_t xq[WK_VNNI_MAX_XQ] __attribute__((aligned(64)));
-    float sx[WK_SMALL_M];
     for (int m = 0; m < M; m++) {
         const float *xm = x + m * ldx;
         __m512 amax = _mm512_setzero_ps();
@@ -170,6 +163,12 @@ static void linear_i8vnni(float *y, long ldy, const float *x, long ldx, int M,
             _mm512_storeu_si512(xq + m * K32 + k, packed);
         }
     }
+}
+
+static void vnni_dispatch(float *y, long ldy, const int16_t *xq, const float *sx, const float *x,
+                          long ldx, int M, const wk_weight *w, long K32, long nb, long ne)
+{
+    long K = w->K;
     const int8_t *wd = w->data;
     switch (M) {
     case 1: vnni_rows(y, ldy, xq, sx, x, ldx, 1, wd, w->scales, K, K32, nb, ne); break;
@@ -180,6 +179,38 @@ static void linear_i8vnni(float *y, long ldy, const float *x, long ldx, int M,
     case 6: vnni_rows(y, ldy, xq, sx, x, ldx, 6, wd, w->scales, K, K32, nb, ne); break;
     case 7: vnni_rows(y, ldy, xq, sx, x, ldx, 7, wd, w->scales, K, K32, nb, ne); break;
     default: vnni_rows(y, ldy, xq, sx, x, ldx, 8, wd, w->scales, K, K32, nb, ne); break;
+    }
+}
+
+static void linear_i8vnni(float *y, long ldy, const float *x, long ldx, int M,
+                          const wk_weight *w, long nb, long ne)
+{
+    long K32 = w->K - w->K % 32;
+    if ((long)M * K32 > WK_VNNI_MAX_XQ) { /* activations too long for the stack buffer */
+        linear_avx512(y, ldy, x, ldx, M, w, nb, ne);
+        return;
+    }
+    int16_t xq[WK_VNNI_MAX_XQ] __attribute__((aligned(64)));
+    float sx[WK_SMALL_M];
+    quantize_rows_i16(xq, sx, x, ldx, M, K32);
+    vnni_dispatch(y, ldy, xq, sx, x, ldx, M, w, K32, nb, ne);
+}
+
+/* Prefill: M <= WK_BLOCK_M rows quantized once into scratch, then 16 weight
+ * rows at a time (in L1) against every 8-row group. */
+static void linear_i8vnni_block(float *y, long ldy, const float *x, long ldx, int M,
+                                const wk_weight *w, long nb, long ne, int16_t *xq)
+{
+    long K32 = w->K - w->K % 32;
+    float sx[WK_BLOCK_M];
+    quantize_rows_i16(xq, sx, x, ldx, M, K32);
+    for (long n0 = nb; n0 < ne; n0 += 16) {
+        long n1 = n0 + 16 < ne ? n0 + 16 : ne;
+        for (int m0 = 0; m0 < M; m0 += WK_SMALL_M) {
+            int mc = M - m0 < WK_SMALL_M ? M - m0 : WK_SMALL_M;
+            vnni_dispatch(y + m0 * ldy, ldy, xq + m0 * K32, sx + m0, x + m0 * ldx, ldx, mc, w,
+                          K32, n0, n1);
+        }
     }
 }
 
@@ -420,3 +451,20 @@ void wk_reduce_partials(float *out, const float *partials, long n_chunks, int M,
 }
 
 float wk_stream_sum(const float *p, long n) { return impl()->stream_sum(p, n); }
+
+int wk_linear_i8_block(float *y, long ldy, const float *x, long ldx, int M, const wk_weight *w,
+                       long n_begin, long n_end, void *scratch, size_t scratch_bytes)
+{
+#ifdef WK_X86
+    long K32 = w->K - w->K % 32;
+    if (wk_isa_active() < WK_ISA_AVX512VNNI || w->dtype != WK_I8 || M < 1 || M > WK_BLOCK_M
+        || (size_t)M * K32 * sizeof(int16_t) > scratch_bytes || K32 == 0)
+        return -1;
+    linear_i8vnni_block(y, ldy, x, ldx, M, w, n_begin, n_end, scratch);
+    return 0;
+#else
+    (void)y; (void)ldy; (void)x; (void)ldx; (void)M; (void)w; (void)n_begin; (void)n_end;
+    (void)scratch; (void)scratch_bytes;
+    return -1;
+#endif
+}

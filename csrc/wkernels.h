@@ -89,6 +89,15 @@ void wk_reduce_partials(float *out, const float *partials, long n_chunks, int M,
 void wk_dequant_tile(float *out, const wk_weight *w, int linear, long r0, long rows, long c0,
                      long cols);
 
+/* Linear int8 for a block of M <= WK_BLOCK_M rows (prefill) on the VNNI
+ * paths: y[m*ldy + n] for n in [n_begin, n_end), activations rounded to int16
+ * per row into scratch (M * (K - K % 32) int16).  Returns -1 (nothing done)
+ * when the active path has no VNNI or the arguments do not fit: the caller
+ * then takes the fp32 tile path. */
+#define WK_BLOCK_M 64
+int wk_linear_i8_block(float *y, long ldy, const float *x, long ldx, int M, const wk_weight *w,
+                       long n_begin, long n_end, void *scratch, size_t scratch_bytes);
+
 /* sum of p[0:n]: a plain streaming read, the bandwidth ceiling for bench/ */
 float wk_stream_sum(const float *p, long n);
 

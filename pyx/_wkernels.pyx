@@ -36,6 +36,7 @@ cdef extern from "gpt2_kernels.h" nogil:
 
 cdef extern from "wkernels.h" nogil:
     int WK_ISA_GENERIC
+    int WK_ISA_AVX512VNNI
     int WK_N_ISAS
     int wk_isa_detected()
     int wk_isa_active()
@@ -46,6 +47,9 @@ cdef extern from "wkernels.h" nogil:
     void wk_linear_slab(float* y, long ldy, const float* x, long ldx, int M,
                         const wk_weight* w, long n_begin, long n_end)
     float wk_stream_sum(const float* p, long n)
+    int WK_BLOCK_M
+    int wk_linear_i8_block(float* y, long ldy, const float* x, long ldx, int M, const wk_weight* w,
+                           long n_begin, long n_end, void* scratch, size_t scratch_bytes)
     void wk_reduce_partials(float* out, const float* partials, long n_chunks, int M, long N,
                             const float* bias, const float* scales)
 
@@ -59,6 +63,7 @@ cdef enum:
     TILE_M = 512
     TILE_N = 384
     TILE_K = 256
+    I8_BLOCK_N = 256            # int8 VNNI prefill: weight rows per chunk
 
 DTYPES = {"f32": WK_F32, "bf16": WK_BF16, "f16": WK_F16, "i8": WK_I8}
 STORAGE = {WK_F32: np.float32, WK_BF16: np.uint16, WK_F16: np.uint16, WK_I8: np.int8}
@@ -168,6 +173,31 @@ cdef void tile_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
         k0 += kc
 
 
+cdef void i8_block_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """Rows [m0, m0+64) x weight rows [n0, n0+I8_BLOCK_N) on the VNNI path;
+    the fp32 panel path for this tile if the kernel declines."""
+    cdef WTask* t = <WTask*>ctx
+    cdef long N = t.w.N, K = t.w.K
+    cdef long m0 = (chunk // t.col_tiles) * WK_BLOCK_M
+    cdef long n0 = (chunk % t.col_tiles) * I8_BLOCK_N
+    cdef long rows = min(<long>WK_BLOCK_M, t.M - m0)
+    cdef long n1 = min(n0 + I8_BLOCK_N, N)
+    cdef long m, n
+    wk_linear_i8_block(t.out + m0 * N, N, t.x + m0 * K, K, <int>rows, t.w, n0, n1,
+                       t.tiles + thread_idx * tile_floats(), tile_floats() * sizeof(float))
+    if t.bias != NULL:
+        for m in range(m0, m0 + rows):
+            for n in range(n0, n1):
+                t.out[m * N + n] += t.bias[n]
+
+
+cdef bint i8_block_fits(const wk_weight* w) noexcept nogil:
+    """The VNNI prefill path runs (active ISA has VNNI, scratch holds the rows)."""
+    cdef long K32 = w.K - w.K % 32
+    return (w.dtype == WK_I8 and K32 > 0 and wk_isa_active() >= WK_ISA_AVX512VNNI
+            and <long>WK_BLOCK_M * K32 * 2 <= tile_floats() * <long>sizeof(float))
+
+
 cdef void run_tiles(gpt2_pool* pool, WTask* t) noexcept nogil:
     t.col_tiles = ceil_div(t.w.N, TILE_N)
     gpt2_pool_run(pool, tile_chunk, t, ceil_div(t.M, TILE_M) * t.col_tiles)
@@ -186,6 +216,10 @@ cdef int linear_forward(void* pool, float* out, const float* x, long M, const wk
     t.linear = 1
     t.partials = NULL
     t.tiles = tiles
+    if M > WK_SMALL_M and i8_block_fits(w):
+        t.col_tiles = ceil_div(w.N, I8_BLOCK_N)
+        gpt2_pool_run(<gpt2_pool*>pool, i8_block_chunk, &t, ceil_div(M, WK_BLOCK_M) * t.col_tiles)
+        return 0
     if M > WK_SMALL_M:
         run_tiles(<gpt2_pool*>pool, &t)
         return 0
