@@ -196,14 +196,99 @@ static void linear_i8vnni(float *y, long ldy, const float *x, long ldx, int M,
     vnni_dispatch(y, ldy, xq, sx, x, ldx, M, w, K32, nb, ne);
 }
 
-/* Prefill: M <= WK_BLOCK_M rows quantized once into scratch, then 16 weight
- * rows at a time (in L1) against every 8-row group. */
+/* Prefill micro-kernel: 16 outputs (one weight row each) in the lanes of one
+ * register, MC input rows.  The weights of the 16 rows are packed as
+ * pk[k/2][16][2] (int8 pairs), so one vpmovsxbw gives every lane its (k, k+1)
+ * pair and each input row needs one broadcast of its own pair: no horizontal
+ * sums.  Each lane adds 2 * 127 * 32767 per pair: int32 sums are moved to
+ * fp32 every WK_MICRO_BLOCK inputs (128 pairs: < 2^31 / 2). */
+#define WK_MICRO_BLOCK 256
+#define WK_MICRO_M 12
+#define WK_PACK_MAX_K 16384
+
+static inline __attribute__((always_inline)) void vnni_micro(
+    float *y, long ldy, const int16_t *xq, long K32, const float *sx, const float *x, long ldx,
+    const int MC, const int8_t *pk, const int8_t *wd, long K, long n0, int nn,
+    const float *scales)
+{
+    __m512 facc[WK_MICRO_M];
+    for (int m = 0; m < MC; m++)
+        facc[m] = _mm512_setzero_ps();
+    for (long kb = 0; kb < K32; kb += WK_MICRO_BLOCK) {
+        long ke = kb + WK_MICRO_BLOCK < K32 ? kb + WK_MICRO_BLOCK : K32;
+        __m512i acc[WK_MICRO_M];
+        for (int m = 0; m < MC; m++)
+            acc[m] = _mm512_setzero_si512();
+        for (long k = kb; k < ke; k += 2) {
+            __m256i b;
+            memcpy(&b, pk + k * 16, sizeof b);
+            __m512i wv = _mm512_cvtepi8_epi16(b);
+            for (int m = 0; m < MC; m++) {
+                int32_t pair;
+                memcpy(&pair, xq + m * K32 + k, sizeof pair);
+                acc[m] = _mm512_dpwssd_epi32(acc[m], wv, _mm512_set1_epi32(pair));
+            }
+        }
+        for (int m = 0; m < MC; m++)
+            facc[m] = _mm512_add_ps(facc[m], _mm512_cvtepi32_ps(acc[m]));
+    }
+    __mmask16 mask = (__mmask16)((1u << nn) - 1);
+    __m512 sc = _mm512_maskz_loadu_ps(mask, scales + n0);
+    for (int m = 0; m < MC; m++) {
+        __m512 v = _mm512_mul_ps(facc[m], _mm512_set1_ps(sx[m]));
+        if (K32 < K) { /* tail inputs: exact fp32 activations */
+            float t[16] = {0};
+            for (int j = 0; j < nn; j++)
+                for (long k = K32; k < K; k++)
+                    t[j] += (float)wd[(n0 + j) * K + k] * x[m * ldx + k];
+            v = _mm512_add_ps(v, _mm512_loadu_ps(t));
+        }
+        _mm512_mask_storeu_ps(y + m * ldy + n0, mask, _mm512_mul_ps(v, sc));
+    }
+}
+
+/* Prefill: M <= WK_BLOCK_M rows quantized once into scratch; 16 weight rows
+ * at a time packed on the stack (in L1) and run against every row group. */
 static void linear_i8vnni_block(float *y, long ldy, const float *x, long ldx, int M,
                                 const wk_weight *w, long nb, long ne, int16_t *xq)
 {
-    long K32 = w->K - w->K % 32;
+    long K = w->K, K32 = K - K % 32;
     float sx[WK_BLOCK_M];
     quantize_rows_i16(xq, sx, x, ldx, M, K32);
+    if (K32 <= WK_PACK_MAX_K) {
+        int8_t pk[WK_PACK_MAX_K * 16] __attribute__((aligned(64)));
+        const int8_t *wd = w->data;
+        for (long n0 = nb; n0 < ne; n0 += 16) {
+            int nn = ne - n0 < 16 ? (int)(ne - n0) : 16;
+            for (int j = 0; j < 16; j++) {
+                if (j < nn) {
+                    const int8_t *src = wd + (n0 + j) * K;
+                    for (long k = 0; k < K32; k += 2)
+                        memcpy(pk + (k * 16 + 2 * j), src + k, 2);
+                } else {
+                    for (long k = 0; k < K32; k += 2)
+                        memset(pk + (k * 16 + 2 * j), 0, 2);
+                }
+            }
+            for (int m0 = 0; m0 < M; m0 += WK_MICRO_M) {
+                int mc = M - m0 < WK_MICRO_M ? M - m0 : WK_MICRO_M;
+                float *ym = y + m0 * ldy;
+                const int16_t *xm = xq + m0 * K32;
+                const float *xf = x + m0 * ldx;
+                switch (mc) {
+#define WK_MICRO_CASE(c) case c: vnni_micro(ym, ldy, xm, K32, sx + m0, xf, ldx, c, pk, wd, K, \
+                                            n0, nn, w->scales); break;
+                WK_MICRO_CASE(1) WK_MICRO_CASE(2) WK_MICRO_CASE(3) WK_MICRO_CASE(4)
+                WK_MICRO_CASE(5) WK_MICRO_CASE(6) WK_MICRO_CASE(7) WK_MICRO_CASE(8)
+                WK_MICRO_CASE(9) WK_MICRO_CASE(10) WK_MICRO_CASE(11)
+                default: vnni_micro(ym, ldy, xm, K32, sx + m0, xf, ldx, WK_MICRO_M, pk, wd, K,
+                                    n0, nn, w->scales); break;
+#undef WK_MICRO_CASE
+                }
+            }
+        }
+        return;
+    }
     for (long n0 = nb; n0 < ne; n0 += 16) {
         long n1 = n0 + 16 < ne ? n0 + 16 : ne;
         for (int m0 = 0; m0 < M; m0 += WK_SMALL_M) {
