@@ -64,9 +64,10 @@ def parse_args(argv=None):
 
 def cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
@@ -229,9 +230,15 @@ def main(argv=None) -> int:
               f"{cps} {pratio} {nbytes / 1e6:7.1f} {gbs:6.1f} {gbs * 1e9 / ceiling:6.0%}")
     for note in ct2_note.values():
         print("note:", note)
+    print("\nspread over rounds (min / median / max):")
+    for key in runners:
+        d = sorted(x * 1e3 for x in decode_t[key])
+        p = sorted(x * 1e3 for x in prefill_t[key])
+        print(f"  {key:14} decode {d[0]:7.2f} / {statistics.median(d):7.2f} / {d[-1]:7.2f} ms"
+              f"   prefill {p[0]:7.0f} / {statistics.median(p):7.0f} / {p[-1]:7.0f} ms")
 
     if not args.no_quality:
-        print(f"\nquality vs fp32 on the fixed text (teacher-forced decode):")
+        print("\nquality vs fp32 on the fixed text (teacher-forced decode):")
         ids = fixed_ids(50257, 64)
         for name in ("bf16", "int8"):
             report = compare(runners["cmlp fp32"].shard, runners[f"cmlp {name}"].shard, ids)

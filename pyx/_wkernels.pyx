@@ -19,7 +19,6 @@ below are for tests, the bench and the quantizer.
 
 import numpy as np
 cimport numpy as cnp
-from libc.string cimport memset
 
 from blas cimport gemm, openblas_set_num_threads
 
@@ -320,7 +319,8 @@ def matmul(cnp.ndarray x, cnp.ndarray w, *, str layout, str dtype, scales=None, 
     desc.N = N
     desc.K = K
     cdef cnp.ndarray out = np.empty((M, N), np.float32)
-    cdef cnp.ndarray partials = np.empty(max(1, conv1d_partial_floats(M, K, N, code, threads)), np.float32)
+    cdef cnp.ndarray partials = np.empty(max(1, conv1d_partial_floats(M, K, N, code, threads)),
+                                         np.float32)
     cdef cnp.ndarray tiles = np.empty(threads * tile_floats(), np.float32)
     cdef gpt2_pool* pool = gpt2_pool_create(threads)
     if pool == NULL:

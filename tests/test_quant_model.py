@@ -12,6 +12,7 @@ import struct
 
 import numpy as np
 import pytest
+from model_helpers import PARITY, WIDE, HfSession, load_hf_model
 
 from cmlp.cli.main import main as cli_main
 from cmlp.errors import ModelError
@@ -20,7 +21,6 @@ from cmlp.model.engine import Gpt2Shard
 from cmlp.model.quant_eval import compare, fixed_ids
 from cmlp.model.quantize import quantize_model
 from cmlp.model.safetensors_io import read_header
-from model_helpers import PARITY, WIDE, HfSession, load_hf_model
 
 N_LAYER = PARITY.config.n_layer
 
@@ -165,12 +165,13 @@ def test_corrupt_bf16_offsets_are_caught(models, tmp_path):
 def _hf_dequantized_int8(int8_dir, fp32_dir, out_dir):
     """An fp32 HF checkpoint holding exactly q * scale (what cmlp int8 computes with)."""
     import shutil
+
     from safetensors import safe_open
     from safetensors.numpy import save_file
     shutil.copytree(fp32_dir, out_dir)
     tensors = {}
     with safe_open(str(int8_dir / "model.safetensors"), "numpy") as f:
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
             if name.endswith("_scale"):
                 continue
             t = f.get_tensor(name)

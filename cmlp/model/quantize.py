@@ -33,8 +33,13 @@ import numpy as np
 
 from cmlp.errors import ModelError
 from cmlp.model import safetensors_io
-from cmlp.model.config import (CONFIG_FILE, QUANT_KEY, QUANT_METHOD, SCALE_SUFFIX,
-                               WEIGHTS_FILE)
+from cmlp.model.config import (
+    CONFIG_FILE,
+    QUANT_KEY,
+    QUANT_METHOD,
+    SCALE_SUFFIX,
+    WEIGHTS_FILE,
+)
 from cmlp.model.quant import CONV1D, LINEAR, bf16_to_f32, quantize_int8, to_bf16
 
 DTYPES = ("int8", "bf16")
