@@ -148,12 +148,20 @@ static void quantize_rows_i16(int16_t *xq, float *sx, const float *x, long ldx, 
     for (int m = 0; m < M; m++) {
         const float *xm = x + m * ldx;
         __m512 amax = _mm512_setzero_ps();
-        for (long k = 0; k < K32; k += 16)
-            amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(xm + k)));
+        __mmask16 nonfinite = 0;
+        for (long k = 0; k < K32; k += 16) {
+            __m512 a = _mm512_abs_ps(_mm512_loadu_ps(xm + k));
+            nonfinite |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.4028235e38f), _CMP_NLE_UQ);
+            amax = _mm512_max_ps(amax, a);
+        }
         float mx = _mm512_reduce_max_ps(amax);
-        /* NaN/inf or all zeros: scale 1 keeps the conversion defined */
-        sx[m] = (mx > 0.0f && mx <= 3.0e38f) ? mx / 32767.0f : 1.0f;
-        __m512 inv = _mm512_set1_ps(1.0f / sx[m]);
+        /* all zeros: scale 1 keeps the conversion defined.  NaN/inf (hostile
+         * or overflowed activations): the row's outputs become NaN, as the
+         * fp32 paths would give, instead of finite garbage from saturation. */
+        sx[m] = mx > 0.0f ? mx / 32767.0f : 1.0f;
+        __m512 inv = _mm512_set1_ps(nonfinite ? 0.0f : 1.0f / sx[m]);
+        if (nonfinite)
+            sx[m] = __builtin_nanf("");
         for (long k = 0; k < K32; k += 32) {
             __m512i a = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xm + k), inv));
             __m512i b = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xm + k + 16), inv));

@@ -167,3 +167,19 @@ def test_bad_arguments_are_rejected():
         wk.matmul(x, np.zeros((4, 3), np.float32), layout="conv1d", dtype="bf16")  # storage
     with pytest.raises(ValueError):
         wk.matmul(x, np.zeros((3, 4), np.uint16), layout="rows", dtype="bf16")
+
+
+@pytest.mark.parametrize("M", [1, 3, 20])
+def test_nonfinite_activations_propagate(isa, M):
+    """NaN / inf inputs give NaN (or inf) outputs on every path, never finite garbage."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((40, 64)).astype(np.float32)
+    x = rng.standard_normal((M, 64)).astype(np.float32)
+    x[0, 7] = np.nan
+    if M > 1:
+        x[1, 3] = np.inf
+    for dtype in ("f32", "bf16", "f16", "i8"):
+        data, scales, _ = stored(w, dtype, "linear")
+        out = wk.matmul(x, data, layout="linear", dtype=dtype, scales=scales)
+        assert np.all(~np.isfinite(out[:min(M, 2)])), (isa, dtype)
+        assert np.all(np.isfinite(out[2:])), (isa, dtype)
