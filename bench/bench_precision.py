@@ -55,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--context", type=int, default=128, help="prompt length before decode")
     p.add_argument("--prefill", type=int, default=512, help="prefill length")
     p.add_argument("--model-dir", type=Path,
-                   default=Path(tempfile.gettempdir()) / "cmlp-bench-gpt2-small")
+                   default=Path(tempfile.gettempdir()) / "cmlp-bench-precision-gpt2-small")
     p.add_argument("--stream-mib", type=int, default=512, help="bandwidth probe buffer")
     p.add_argument("--no-ct2", action="store_true", help="cmlp only")
     p.add_argument("--no-quality", action="store_true")
