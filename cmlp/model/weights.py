@@ -179,7 +179,6 @@ def load_shard_weights(model_dir, config: Gpt2Config, layer_start: int,
                 if matrix_layout(name) == CONV1D:
                     wanted[name] = wanted[name][::-1]
                 wanted[name + SCALE_SUFFIX] = (wanted[name][0],)
-    dtypes: dict[str, str] = {}
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found")
     try:
@@ -196,7 +195,6 @@ def load_shard_weights(model_dir, config: Gpt2Config, layer_start: int,
                 if info.get_dtype() not in expected:
                     raise ModelError(f"{path}: tensor {prefix + name} has dtype "
                                      f"{info.get_dtype()}, expected {' or '.join(expected)}")
-                dtypes[name] = info.get_dtype()
                 if tuple(info.get_shape()) != shape:
                     raise ModelError(f"{path}: tensor {prefix + name} has shape "
                                      f"{list(info.get_shape())}, expected {list(shape)} "
@@ -208,7 +206,7 @@ def load_shard_weights(model_dir, config: Gpt2Config, layer_start: int,
 
     weights = ShardWeights(path=path, prefix=prefix)
     for name, shape in wanted.items():
-        weights.tensors[name] = _read_tensor(path, prefix + name, shape, dtypes[name])
+        weights.tensors[name] = _read_tensor(path, prefix + name, shape)
     return weights
 
 
@@ -248,7 +246,9 @@ def _check_layer_count(path: Path, names, config: Gpt2Config) -> None:
                          f"{config.n_layer}")
 
 
-def _read_tensor(path: Path, full_name: str, shape: tuple[int, ...], dtype: str = "F32") -> np.ndarray:
+def _read_tensor(path: Path, full_name: str, shape: tuple[int, ...]) -> np.ndarray:
+    # stored dtype, already checked against the expected ones by load_shard_weights
+    dtype = safetensors_io.read_header(path)[0][full_name]["dtype"]
     out = aligned_empty(shape, safetensors_io.STORAGE[dtype])
     if dtype == "BF16":   # numpy has no bfloat16: read the bit patterns directly
         return safetensors_io.read_into(path, full_name, out)
