@@ -240,3 +240,57 @@ def test_quality_cost_is_bounded(tmp_path, spec, dtype):
     assert abs(report.ppl_ratio - 1) <= ppl_bound, report.line()
     assert report.top1_agreement >= 0.9, report.line()
     assert report.max_abs_logit_err > 0, "quantization changed nothing: the test cannot fail"
+
+
+@pytest.fixture
+def forced_isa(request):
+    from cmlp import _wkernels as wk
+    names = wk.isa_names()
+    if names.index(request.param) > names.index(wk.isa_detected()):
+        pytest.skip(f"CPU has no {request.param}")
+    before = wk.isa_active()
+    wk.set_isa(request.param)
+    yield request.param
+    wk.set_isa(before)
+
+
+@pytest.mark.parametrize("forced_isa", ["generic", "avx2", "avx512", "avx512vnni", "avx512bf16"],
+                         indirect=True)
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_every_dispatch_path_end_to_end(models, tmp_path, forced_isa, dtype):
+    """The whole engine on each forced kernel path against transformers."""
+    pytest.importorskip("transformers")
+    hf_dir = models["bf16"] if dtype == "bf16" else _hf_dequantized_int8(
+        models["int8"], models["fp32"], tmp_path / "hf")
+    hf = HfSession(load_hf_model(hf_dir))
+    shard = Gpt2Shard.load(models[dtype], 0, N_LAYER, threads=2)
+    rng = np.random.default_rng(5)
+    prompt = rng.integers(0, PARITY.config.vocab_size, (1, 20)).astype(np.uint32)
+    ref, _ = hf.forward(prompt)
+    assert np.abs(shard.forward(prompt) - ref).max() <= BOUNDS[dtype], forced_isa
+    for _ in range(3):
+        token = rng.integers(0, PARITY.config.vocab_size, (1, 1)).astype(np.uint32)
+        ref, _ = hf.forward(token)
+        assert np.abs(shard.forward(token) - ref).max() <= BOUNDS[dtype], forced_isa
+
+
+def test_fp16_checkpoint_runs_in_fp16(models, tmp_path):
+    """An HF checkpoint stored F16 is held as fp16 and matches transformers on it."""
+    pytest.importorskip("transformers")
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    out = tmp_path / "f16"
+    shutil.copytree(models["fp32"], out)
+    with safe_open(str(models["fp32"] / "model.safetensors"), "numpy") as f:
+        tensors = {name: f.get_tensor(name).astype(np.float16) for name in f.keys()}  # noqa: SIM118
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    shard = Gpt2Shard.load(out, 0, N_LAYER, threads=2)
+    assert shard.weight_dtype == "f16"
+    hf = HfSession(load_hf_model(out))
+    rng = np.random.default_rng(6)
+    for ids in (rng.integers(0, PARITY.config.vocab_size, (1, 30)),
+                rng.integers(0, PARITY.config.vocab_size, (1, 1))):
+        ref, _ = hf.forward(ids.astype(np.uint32))
+        assert np.abs(shard.forward(ids.astype(np.uint32)) - ref).max() <= 1e-4
