@@ -6,6 +6,7 @@ Extensions
   cmlp._netio   socket I/O with the GIL released, AF_VSOCK, relay byte pump
   cmlp._gpt2    GPT-2 forward pass with KV cache over BLAS
   cmlp._llama   Llama-family (llama, qwen2) forward pass with a GQA KV cache
+  cmlp._wkernels  matmuls on bf16/fp16/int8 weights (runtime ISA dispatch)
 
 Build flags are portable on purpose: no -march=native.  Hot C loops use
 ``target_clones`` (runtime CPU dispatch), and every object keeps symbols and
@@ -96,7 +97,7 @@ def numpy_include():
     return numpy.get_include()
 
 
-def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=()):
+def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=(), depends=()):
     include, libdirs, libnames = [], [], []
     for lib in libs or ():
         include += lib[0]
@@ -111,6 +112,7 @@ def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=()):
         define_macros=DEFINE_MACROS,
         extra_compile_args=COMMON_CFLAGS + list(extra_compile_args),
         extra_link_args=["-g"],
+        depends=list(depends),     # headers: a change rebuilds the extension
     )
 
 
@@ -125,6 +127,11 @@ EXTENSIONS = [
     # llama/qwen2: own kernels plus gpt2_kernels.c's worker pool and F32 GEMV
     ext("cmlp._llama", ["pyx/_llama.pyx", "csrc/llama_kernels.c", "csrc/gpt2_kernels.c"],
         libs=[OPENBLAS], extra_compile_args=["-std=gnu11", "-Wno-psabi"]),
+    # the pool code is compiled in here too: _gpt2 passes its gpt2_pool* in,
+    # and both copies come from the same source, so the struct is the same
+    ext("cmlp._wkernels", ["pyx/_wkernels.pyx", "csrc/wkernels.c", "csrc/gpt2_kernels.c"],
+        libs=[OPENBLAS], extra_compile_args=["-std=gnu11", "-Wno-psabi"],
+        depends=["csrc/wkernels.h", "csrc/wkernels_impl.h", "csrc/gpt2_kernels.h"]),
 ]
 
 # CMLP_ONLY=_frame,_record builds a subset (fast iteration on one module)

@@ -15,6 +15,12 @@ Matmul dispatch by the number of input rows M = B*T: up to 8 rows (decode,
 short prompts, small batches) use the streaming kernels in csrc, which read
 each weight once in address order (memory bound); more rows use OpenBLAS
 sgemm, cut into tiles that the pool threads claim.
+
+Reduced-precision weights (bf16, fp16, int8 + per-channel scales: see
+cmlp.model.quant) are passed as ``quant.QuantizedWeight`` for the four block
+matmuls and wte; their matmuls go through cmlp._wkernels (runtime ISA
+dispatch) while fp32 weights keep exactly the code paths below, so fp32
+results are bit-identical whatever else the model holds.
 """
 
 import numpy as np
@@ -27,6 +33,9 @@ from libc.string cimport memcpy, memset
 from cmlp.errors import InvalidModelInput, ModelError
 
 from blas cimport gemm, openblas_set_num_threads, openblas_get_corename, openblas_get_config
+from cmlp._wkernels cimport (wk_weight, WK_F32, WK_BF16, WK_F16, WK_I8, weight_check,
+                             dequant_rows, conv1d_forward, linear_forward, tile_floats,
+                             conv1d_partial_floats)
 
 cnp.import_array()
 
@@ -117,6 +126,11 @@ cdef struct BlockWeights:
     const float* c_fc_bias
     const float* mlp_proj_weight    # [4C, C]
     const float* mlp_proj_bias
+    # the same four matrices as stored; dtype WK_F32 means "use the pointers above"
+    wk_weight c_attn_w
+    wk_weight attn_proj_w
+    wk_weight c_fc_w
+    wk_weight mlp_proj_w
 
 
 # ---------------------------------------------------------------------------
@@ -280,6 +294,20 @@ cdef inline float* fptr(cnp.ndarray arr):
     return <float*>cnp.PyArray_DATA(arr)
 
 
+_DTYPE_NAMES = {WK_F32: "f32", WK_BF16: "bf16", WK_F16: "f16", WK_I8: "i8"}
+
+
+cdef str blocks_dtype(BlockWeights* blocks, int n):
+    """The block matrices' common dtype name, or "mixed"."""
+    names = {_DTYPE_NAMES[blocks[i].c_attn_w.dtype] for i in range(n)} | \
+        {_DTYPE_NAMES[blocks[i].attn_proj_w.dtype] for i in range(n)} | \
+        {_DTYPE_NAMES[blocks[i].c_fc_w.dtype] for i in range(n)} | \
+        {_DTYPE_NAMES[blocks[i].mlp_proj_w.dtype] for i in range(n)}
+    if not names:
+        return "f32"
+    return names.pop() if len(names) == 1 else "mixed"
+
+
 # ---------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------
@@ -302,6 +330,10 @@ cdef class ShardEngine:
     cdef const float* wpe
     cdef const float* ln_f_weight
     cdef const float* ln_f_bias
+    cdef wk_weight wte_w            # wte as stored (WK_F32: use the wte pointer)
+    cdef readonly str weight_dtype  # "f32", "bf16", "f16" or "i8" (the block matrices)
+    cdef cnp.ndarray _wtiles        # per-thread fp32 weight panels for reduced-precision GEMM
+    cdef float* wtiles
     cdef list _weights          # keeps every weight array alive
     cdef gpt2_pool* pool
 
@@ -359,19 +391,26 @@ cdef class ShardEngine:
             blk = &self.blocks[i]
             blk.ln_1_weight = self._block_tensor(tensors, i, "ln_1.weight", (C,))
             blk.ln_1_bias = self._block_tensor(tensors, i, "ln_1.bias", (C,))
-            blk.c_attn_weight = self._block_tensor(tensors, i, "attn.c_attn.weight", (C, 3 * C))
+            blk.c_attn_weight = self._matrix(tensors.get("attn.c_attn.weight"), (C, 3 * C),
+                                             f"block {i} attn.c_attn.weight", &blk.c_attn_w, False)
             blk.c_attn_bias = self._block_tensor(tensors, i, "attn.c_attn.bias", (3 * C,))
-            blk.attn_proj_weight = self._block_tensor(tensors, i, "attn.c_proj.weight", (C, C))
+            blk.attn_proj_weight = self._matrix(tensors.get("attn.c_proj.weight"), (C, C),
+                                                f"block {i} attn.c_proj.weight", &blk.attn_proj_w,
+                                                False)
             blk.attn_proj_bias = self._block_tensor(tensors, i, "attn.c_proj.bias", (C,))
             blk.ln_2_weight = self._block_tensor(tensors, i, "ln_2.weight", (C,))
             blk.ln_2_bias = self._block_tensor(tensors, i, "ln_2.bias", (C,))
-            blk.c_fc_weight = self._block_tensor(tensors, i, "mlp.c_fc.weight", (C, 4 * C))
+            blk.c_fc_weight = self._matrix(tensors.get("mlp.c_fc.weight"), (C, 4 * C),
+                                           f"block {i} mlp.c_fc.weight", &blk.c_fc_w, False)
             blk.c_fc_bias = self._block_tensor(tensors, i, "mlp.c_fc.bias", (4 * C,))
-            blk.mlp_proj_weight = self._block_tensor(tensors, i, "mlp.c_proj.weight", (4 * C, C))
+            blk.mlp_proj_weight = self._matrix(tensors.get("mlp.c_proj.weight"), (4 * C, C),
+                                               f"block {i} mlp.c_proj.weight", &blk.mlp_proj_w,
+                                               False)
             blk.mlp_proj_bias = self._block_tensor(tensors, i, "mlp.c_proj.bias", (C,))
         self.wte = self.wpe = self.ln_f_weight = self.ln_f_bias = NULL
+        self.wte_w.dtype = WK_F32
         if is_first or is_last:
-            self.wte = self._tensor(wte, (n_vocab, C), "wte.weight")
+            self.wte = self._matrix(wte, (n_vocab, C), "wte.weight", &self.wte_w, True)
         if is_first:
             self.wpe = self._tensor(wpe, (n_positions, C), "wpe.weight")
         if is_last:
@@ -381,6 +420,7 @@ cdef class ShardEngine:
         partial_floats = max(ceil_div(K, gemv_chunk_rows(M, N)) * M * N
                              for K, N in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C))
                              for M in (1, GPT2_SMALL_M))
+        self.weight_dtype = blocks_dtype(self.blocks, self.n_blocks)
         self._partials = aligned_empty((partial_floats,))
         self.partials = fptr(self._partials)
         self.rows_capacity = 0
@@ -413,6 +453,42 @@ cdef class ShardEngine:
         self._weights.append(arr)
         return <const float*>cnp.PyArray_DATA(<cnp.ndarray>arr)
 
+    cdef const float* _matrix(self, arr, tuple shape, str name, wk_weight* desc,
+                              bint linear) except? NULL:
+        """A matmul weight: fp32 ndarray (returns its pointer, desc dtype WK_F32)
+        or a QuantizedWeight (fills desc, returns NULL).  ``shape`` is the
+        fp32 shape: [K, N] Conv1D, [N, K] Linear (wte); int8 is stored [N, K]
+        for both (so it can take the VNNI Linear kernel)."""
+        desc.dtype = WK_F32
+        desc.data = NULL
+        desc.scales = NULL
+        desc.group_size = 0
+        desc.N = shape[0] if linear else shape[1]
+        desc.K = shape[1] if linear else shape[0]
+        if isinstance(arr, np.ndarray) or arr is None:
+            return self._tensor(arr, shape, name)
+        code = {"bf16": WK_BF16, "f16": WK_F16, "i8": WK_I8}.get(getattr(arr, "dtype", None))
+        data = getattr(arr, "data", None)
+        if code == WK_I8:
+            shape = (desc.N, desc.K)    # int8 is always stored [N, K] (cmlp.model.quantize)
+        if code is None or not isinstance(data, np.ndarray) or not data.flags.c_contiguous \
+                or data.shape != shape or data.dtype != (np.int8 if code == WK_I8 else np.uint16):
+            raise ModelError(f"tensor {name}: expected float32 or a QuantizedWeight "
+                             f"(bf16/f16 uint16, i8 int8) of shape {shape}, got {arr!r}")
+        desc.dtype = code
+        desc.data = cnp.PyArray_DATA(<cnp.ndarray>data)
+        self._weights.append(data)
+        if code == WK_I8:
+            scales = getattr(arr, "scales", None)
+            if not isinstance(scales, np.ndarray) or scales.dtype != np.float32 \
+                    or not scales.flags.c_contiguous or scales.shape != (desc.N,):
+                raise ModelError(f"tensor {name}: int8 weights need float32 scales [{desc.N}]")
+            desc.scales = <const float*>cnp.PyArray_DATA(<cnp.ndarray>scales)
+            self._weights.append(scales)
+        if weight_check(desc) != 0:
+            raise ModelError(f"tensor {name}: rejected by the weight kernels")
+        return NULL
+
     # -- configuration -------------------------------------------------------
 
     def set_threads(self, int n):
@@ -427,6 +503,16 @@ cdef class ShardEngine:
         self.pool = pool
         self.threads = n
         self._grow_scratch(max(self.seq_capacity, 1), force=True)
+        self._wtiles = aligned_empty((n * tile_floats(),))
+        self.wtiles = fptr(self._wtiles)
+        # the reduced-precision path sizes its decode chunks per dtype and thread count
+        C = self.n_embd
+        cdef long need = max(conv1d_partial_floats(M, K, N, dt, n)
+                             for K, N in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C))
+                             for M in range(1, GPT2_SMALL_M + 1) for dt in (WK_BF16, WK_F16, WK_I8))
+        if need > self._partials.shape[0]:
+            self._partials = aligned_empty((need,))
+            self.partials = fptr(self._partials)
 
     cdef int _grow_scratch(self, long seq, bint force=False) except -1:
         """Per-thread attention scratch: [T, n_positions] scores."""
@@ -618,20 +704,27 @@ cdef class ShardEngine:
         cdef int l, b
         cdef BlockWeights* blk
         if self.is_first:
-            embedding_forward(self.residual, self.ids, self.wte, self.wpe, B, T, self.past_len, C)
+            if self.wte_w.dtype == WK_F32:
+                embedding_forward(self.residual, self.ids, self.wte, self.wpe, B, T, self.past_len, C)
+            else:
+                self._embedding_quantized(B, T)
         for l in range(self.n_blocks):
             blk = &self.blocks[l]
             # attention: residual += c_proj(attention(ln_1(residual)))
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_1_weight, blk.ln_1_bias, M, C)
-            self._matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C)
+            self._matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C,
+                         &blk.c_attn_w)
             self._attention(l, B, T)
-            self._matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias, M, C, C)
+            self._matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias, M, C, C,
+                         &blk.attn_proj_w)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
             # MLP: residual += c_proj(gelu(c_fc(ln_2(residual))))
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_2_weight, blk.ln_2_bias, M, C)
-            self._matmul(self.fc, self.ln_out, blk.c_fc_weight, blk.c_fc_bias, M, C, 4 * C)
+            self._matmul(self.fc, self.ln_out, blk.c_fc_weight, blk.c_fc_bias, M, C, 4 * C,
+                         &blk.c_fc_w)
             self._rows(ROW_GELU, self.fc, NULL, NULL, NULL, M, 4 * C)
-            self._matmul(self.block_out, self.fc, blk.mlp_proj_weight, blk.mlp_proj_bias, M, 4 * C, C)
+            self._matmul(self.block_out, self.fc, blk.mlp_proj_weight, blk.mlp_proj_bias, M, 4 * C, C,
+                         &blk.mlp_proj_w)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
         if self.is_last:
             # ln_f, then the tied lm_head, on the last position of each sequence only
@@ -639,6 +732,17 @@ cdef class ShardEngine:
                 layernorm_forward(self.ln_out + <long>b * C, self.residual + (<long>b * T + T - 1) * C,
                                   self.ln_f_weight, self.ln_f_bias, 1, C, self.eps)
             self._lm_head(B)
+
+    cdef void _embedding_quantized(self, int B, int T) noexcept nogil:
+        """embedding_forward for a reduced-precision wte: row ids[b,t] converted
+        to fp32, then wpe[past_len + t] added (the same single fp32 add)."""
+        cdef int C = self.n_embd
+        cdef long i
+        cdef float* row
+        for i in range(<long>B * T):
+            row = self.residual + i * C
+            dequant_rows(row, &self.wte_w, self.ids[i], 1)
+            residual_forward(row, self.wpe + <long>(self.past_len + i % T) * C, C)
 
     cdef void _rows(self, RowOp op, float* out, const float* inp, const float* weight,
                     const float* bias, long rows, long width) noexcept nogil:
@@ -655,10 +759,18 @@ cdef class ShardEngine:
         gpt2_pool_run(self.pool, rows_chunk, &task, ceil_div(rows, task.rows_per_chunk))
 
     cdef void _matmul(self, float* out, const float* inp, const float* weight, const float* bias,
-                      long M, long K, long N) noexcept nogil:
-        """out[M, N] = inp[M, K] @ weight[K, N] + bias (Conv1D layout)."""
+                      long M, long K, long N, const wk_weight* wq=NULL) noexcept nogil:
+        """out[M, N] = inp[M, K] @ weight[K, N] + bias (Conv1D layout).
+
+        wq: the same matrix as stored; anything but fp32 goes to cmlp._wkernels."""
         cdef MatmulTask task
         cdef long c, m, n_chunks
+        if wq != NULL and wq.dtype == WK_I8:      # stored [N, K]
+            linear_forward(self.pool, out, inp, M, wq, bias, self.wtiles)
+            return
+        if wq != NULL and wq.dtype != WK_F32:
+            conv1d_forward(self.pool, out, inp, M, wq, bias, self.partials, self.wtiles)
+            return
         task.out = out
         task.inp = inp
         task.weight = weight
@@ -691,6 +803,9 @@ cdef class ShardEngine:
     cdef void _lm_head(self, int B) noexcept nogil:
         """logits[B, V] = ln_out[B, C] @ wte^T (tied, no bias)."""
         cdef MatmulTask task
+        if self.wte_w.dtype != WK_F32:
+            linear_forward(self.pool, self.logits, self.ln_out, B, &self.wte_w, NULL, self.wtiles)
+            return
         task.out = self.logits
         task.inp = self.ln_out
         task.weight = self.wte

@@ -231,7 +231,7 @@ libs = sorted(n.split("/", 1)[1] for n in names if n.startswith("cmlp.libs/") an
 for prefix in ("libsodium", "libopenblas"):
     if not any(lib.startswith(prefix) for lib in libs):
         errors.append(f"no {prefix} in cmlp.libs/")
-for ext in ("_frame", "_record", "_netio", "_gpt2", "_llama"):
+for ext in ("_frame", "_record", "_netio", "_gpt2", "_llama", "_wkernels"):
     if not any(n.startswith(f"cmlp/{ext}.") and n.endswith(".so") for n in names):
         errors.append(f"no extension cmlp.{ext}")
 for data in ("cmlp/data/tokenizer.json", "cmlp/data/aws_nitro_root_g1.pem",

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.wheel
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "build_wheel.sh"
 
-EXTENSIONS = ("_frame", "_record", "_netio", "_gpt2", "_llama")
+EXTENSIONS = ("_frame", "_record", "_netio", "_gpt2", "_llama", "_wkernels")
 CONSOLE_SCRIPTS = {
     "cmlp": "cmlp.cli.main:main",
     "cmlp-stage": "cmlp.cli.stage:main",
@@ -260,7 +260,8 @@ def test_extensions_resolve_bundled_libraries(site_packages):
     assert libdir.is_dir()
     sos = sorted((site_packages / "cmlp").glob("*.so"))
     assert sorted(p.name.split(".")[0] for p in sos) == sorted(EXTENSIONS)
-    needs = {"_record": ("libsodium",), "_gpt2": ("libopenblas",), "_llama": ("libopenblas",)}
+    needs = {"_record": ("libsodium",), "_gpt2": ("libopenblas",), "_llama": ("libopenblas",),
+             "_wkernels": ("libopenblas",)}
     for so in sos:
         deps = ldd(so, env)
         missing = [n for n, t in deps.items() if t == "not found"]

@@ -3,6 +3,7 @@
     cmlp model init --out DIR [--arch gpt2|llama|qwen2] [--preset NAME] [--dtype fp32|bf16|fp16]
                     [--seed N] [--force]
     cmlp model hashes --model-dir DIR --layers START:END [--with-names]
+    cmlp model quantize --in DIR --out DIR [--dtype int8|bf16] [--force]
 
 ``hashes`` prints what a manifest stage's ``weight_hashes`` list needs: the
 SHA-256 of every tensor the shard loads, one hex per line, in the canonical
@@ -73,6 +74,18 @@ def register(subparsers) -> None:
     add_log_level(hashes)
     hashes.set_defaults(func=cmd_hashes)
 
+    quantize = sub.add_parser(
+        "quantize", help="write a bf16 or int8 (weight-only) copy of a model directory",
+        description="Write a copy of a model directory with its matmul weights in bf16, or in "
+                    "int8 with one fp32 scale per output channel (docs/quantization.md).")
+    quantize.add_argument("--in", dest="in_dir", required=True, type=Path, help="model to read")
+    quantize.add_argument("--out", required=True, type=Path, help="directory to write")
+    quantize.add_argument("--dtype", choices=("int8", "bf16"), default="int8",
+                          help="stored weight dtype (default: int8)")
+    quantize.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    add_log_level(quantize)
+    quantize.set_defaults(func=cmd_quantize)
+
 
 def _same_llama(out: Path, arch: str, preset: str, dtype: str, seed: int) -> bool:
     """True when ``out`` already holds this synthetic llama-family model (reuse it); ModelError
@@ -141,4 +154,10 @@ def cmd_hashes(args) -> int:
     weights = load_shard_weights(args.model_dir, config, start, end)
     for name, digest in weights.hashes():
         print(f"{digest}  {name}" if args.with_names else digest)
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from cmlp.model.quantize import quantize_model
+    print(quantize_model(args.in_dir, args.out, dtype=args.dtype, overwrite=args.force))
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,3 +224,83 @@ def write_safetensors(path: Path, tensors, metadata: dict | None = None) -> int:
                 raise ValueError(f"tensor {name}: made {arr.shape}, declared {shape}")
             f.write(memoryview(arr.reshape(-1).view(np.uint8)))
     return offset
+
+
+# ---- by-name access for single files (GPT-2's loader, `cmlp model quantize`) ----------------
+
+# safetensors dtype -> numpy storage dtype (BF16 as uint16 bit patterns)
+STORAGE = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+           "I8": np.dtype("i1"), "U8": np.dtype("u1"), "I32": np.dtype("<i4"),
+           "I64": np.dtype("<i8"), "BOOL": np.dtype("?")}
+_NUMPY_TO_ST = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("i1"): "I8",
+                np.dtype("u1"): "U8", np.dtype("<i4"): "I32", np.dtype("<i8"): "I64",
+                np.dtype("?"): "BOOL"}
+
+
+class Bf16(np.ndarray):
+    """Marker: a uint16 array to be written as BF16 (see as_bf16)."""
+
+
+def as_bf16(bits: np.ndarray) -> np.ndarray:
+    """Tag uint16 bf16 bit patterns so write_file stores them as BF16."""
+    return np.ascontiguousarray(bits, dtype=np.uint16).view(Bf16)
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """({name: {"dtype", "shape", "data_offsets"}}, offset of the data block), every entry
+    checked by parse_header; only dtypes with a numpy storage type are accepted."""
+    infos = parse_header(Path(path))
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    data_start = 8 + n
+    header = {}
+    for name, info in infos.items():
+        if info.dtype not in STORAGE:
+            raise ModelError(f"{path}: tensor {name}: dtype {info.dtype} is not supported")
+        begin = info.offset - data_start
+        header[name] = {"dtype": info.dtype, "shape": list(info.shape),
+                        "data_offsets": [begin, begin + info.nbytes]}
+    return header, data_start
+
+
+def read_into(path: Path, name: str, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (C-contiguous, the tensor's storage dtype and shape) from the file."""
+    path = Path(path)
+    info = parse_header(path).get(name)
+    if info is None:
+        raise ModelError(f"{path}: missing tensor {name}")
+    if STORAGE.get(info.dtype) != out.dtype or info.shape != out.shape:
+        raise ModelError(f"{path}: tensor {name} is {info.dtype} {list(info.shape)}, "
+                         f"expected {out.dtype} {list(out.shape)}")
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    try:
+        with open(path, "rb") as f:
+            f.seek(info.offset)
+            done = 0
+            while done < len(view):
+                got = f.readinto(view[done:done + READ_CHUNK_BYTES])
+                if not got:
+                    raise ModelError(f"{path}: tensor {name} is truncated")
+                done += got
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read tensor {name}: {exc}") from None
+    return out
+
+
+def write_file(path: Path, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+    """Write in-memory tensors (Bf16-tagged arrays as BF16) atomically (tmp + fsync + rename)."""
+    path = Path(path)
+    specs = []
+    for name in sorted(tensors):
+        arr = tensors[name]
+        dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        st = "BF16" if isinstance(arr, Bf16) else _NUMPY_TO_ST.get(dtype)
+        if st is None:
+            raise ModelError(f"tensor {name}: dtype {arr.dtype} cannot be stored")
+        plain = np.ascontiguousarray(arr.view(np.ndarray))
+        specs.append((name, st, plain.shape, lambda plain=plain: plain))
+    tmp = path.with_name(path.name + ".tmp")
+    write_safetensors(tmp, specs, {str(k): str(v) for k, v in (metadata or {}).items()})
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -14,6 +14,15 @@ TOKENIZER_FILE = "tokenizer.json"
 
 SYNTHETIC_KEY = "cmlp_synthetic"   # set by `cmlp model init` and synthetic.write_model
 
+# config.json of an int8 checkpoint written by `cmlp model quantize` (docs/quantization.md):
+#   "quantization_config": {"quant_method": "cmlp", "weight_dtype": "int8",
+#                           "granularity": "per_channel", "scale_suffix": "_scale",
+#                           "weight_layout": "out_in", "modules": [...]}
+# int8 matrices are stored [out, in] (GPT-2's Conv1D ones transposed).
+QUANT_KEY = "quantization_config"
+QUANT_METHOD = "cmlp"
+SCALE_SUFFIX = "_scale"
+
 
 @dataclass(frozen=True)
 class Gpt2Config:
@@ -24,6 +33,7 @@ class Gpt2Config:
     n_head: int
     layer_norm_epsilon: float = 1e-5
     synthetic: bool = False
+    int8: bool = False      # matrices stored int8 + per-channel scales (QUANT_KEY)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
@@ -83,6 +93,7 @@ def load_config(model_dir) -> Gpt2Config:
             n_head=raw["n_head"],
             layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-5),
             synthetic=bool(raw.get(SYNTHETIC_KEY, False)),
+            int8=_read_quantization(path, raw.get(QUANT_KEY)),
         )
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from None
@@ -93,3 +104,18 @@ def load_config(model_dir) -> Gpt2Config:
         if value not in allowed:
             raise ModelError(f"{path}: unsupported {key} {value!r} (GPT-2 uses {allowed[0]!r})")
     return config
+
+
+def _read_quantization(path: Path, qc) -> bool:
+    """True for cmlp's int8 format; any other quantization is refused."""
+    if qc is None:
+        return False
+    expected = {"quant_method": QUANT_METHOD, "weight_dtype": "int8",
+                "granularity": "per_channel", "scale_suffix": SCALE_SUFFIX,
+                "weight_layout": "out_in"}
+    if not isinstance(qc, dict):
+        raise ModelError(f"unsupported {QUANT_KEY}: not a JSON object")
+    wrong = {k: qc.get(k) for k, v in expected.items() if qc.get(k) != v}
+    if wrong:   # the caller prefixes the path
+        raise ModelError(f"unsupported {QUANT_KEY} {str(wrong)[:200]} (cmlp reads {expected})")
+    return True

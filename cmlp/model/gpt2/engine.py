@@ -64,10 +64,10 @@ class Gpt2Shard:
             is_first=self.is_first,
             is_last=self.is_last,
             blocks=[weights.block(i) for i in range(layer_start, layer_end)],
-            wte=weights.tensors.get("wte.weight"),
-            wpe=weights.tensors.get("wpe.weight"),
-            ln_f_weight=weights.tensors.get("ln_f.weight"),
-            ln_f_bias=weights.tensors.get("ln_f.bias"),
+            wte=weights.engine_tensor("wte.weight"),
+            wpe=weights.engine_tensor("wpe.weight"),
+            ln_f_weight=weights.engine_tensor("ln_f.weight"),
+            ln_f_bias=weights.engine_tensor("ln_f.bias"),
             threads=_check_threads(threads),
         )
 
@@ -116,6 +116,11 @@ class Gpt2Shard:
     @property
     def threads(self) -> int:
         return self._engine.threads
+
+    @property
+    def weight_dtype(self) -> str:
+        """Stored dtype of the block matrices: f32, bf16, f16, i8 (or mixed)."""
+        return self._engine.weight_dtype
 
     @property
     def weight_bytes(self) -> int:
