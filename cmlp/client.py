@@ -206,6 +206,7 @@ class Client:
         ep = P.Endpoint(P.CLIENT)
         seq = _next_seq()
         done = False
+        received = 0
         try:
             try:
                 channel.send(ep.send(P.Generate(seq, body)))
@@ -219,9 +220,13 @@ class Client:
                     if on_prompt_ids is not None:
                         on_prompt_ids(list(ev.prompt_ids))
                 elif isinstance(ev, P.Token):
+                    received += 1
                     yield TokenEvent(ev.token_id, ev.text)
                 elif isinstance(ev, P.Finished):
                     done = True
+                    if ev.completion_tokens != received:
+                        raise PipelineUnavailable("stage 0's final count does not match the "
+                                                  "tokens received")
                     yield Finished(ev.reason, ev.prompt_tokens, ev.completion_tokens)
                     return
                 elif isinstance(ev, P.Error):

@@ -11,7 +11,7 @@ from cmlp.hostblind.stopping import Stopper
 from cmlp.tokenizer import load_tokenizer
 
 EVENTS = [P.Generate(1, {"prompt": "héllo", "params": SamplingParams().to_json()}),
-          P.Cancel(1), P.Started(1, (1, 2, 50256)), P.Token(1, 50256, "é\n"),
+          P.Cancel(1), P.Started(1, (1, 2, 50256)), P.Token(1, 0, 50256, "é\n"),
           P.Finished(1, "stop", 3, 4), P.Error(1, P.ERR_CONTEXT, "too long"),
           P.Begin(9, 0.7, 0.9, 40, 2**64 - 1), P.Begin(9, 0.0, 1.0, 0, None),
           P.Step(9, 3, 2), P.End(9), P.Fail(9, "stage 1: boom"), P.Sampled(9, 3, 17)]
@@ -23,8 +23,8 @@ def test_every_message_round_trips(ev):
 
 
 def test_padding_hides_exact_lengths():
-    a = P.encode(P.Token(1, 5, "a"))
-    b = P.encode(P.Token(1, 5, "abcdefghijklmnopqrstuvwxyz"))
+    a = P.encode(P.Token(1, 0, 5, "a"))
+    b = P.encode(P.Token(1, 0, 5, "abcdefghijklmnopqrstuvwxyz"))
     assert len(a) == len(b) == P.SMALL_PAD
     g1 = P.encode(P.Generate(1, {"prompt": "x", "params": {}}))
     g2 = P.encode(P.Generate(1, {"prompt": "x" * 100, "params": {}}))
@@ -36,8 +36,8 @@ def test_padding_hides_exact_lengths():
     bytes([0x7f]) + b"\0" * 8,                                  # unknown type
     struct.pack("<BQ", P.CANCEL, 1) + b"x",                     # trailing byte
     struct.pack("<BQI", P.STARTED, 1, 2**31),                   # count beyond the bytes
-    struct.pack("<BQIH", P.TOKEN, 1, 5, 60000),                 # text beyond the bytes
-    struct.pack("<BQIH", P.TOKEN, 1, 5, 2) + b"\xff\xfe" + b"\0" * 50,   # not UTF-8
+    struct.pack("<BQIIH", P.TOKEN, 1, 0, 5, 60000),                 # text beyond the bytes
+    struct.pack("<BQIIH", P.TOKEN, 1, 0, 5, 2) + b"\xff\xfe" + b"\0" * 46,   # not UTF-8
     struct.pack("<BQBII", P.FINISHED, 1, 9, 1, 1),              # unknown reason
     struct.pack("<BQBH", P.ERROR, 1, 99, 0),                    # unknown code
     struct.pack("<BQIB", P.STEP, 1, 0, 0),                      # a Step without tensors
@@ -57,18 +57,20 @@ def test_client_and_stage0_tables_mirror_each_other():
     g = s.receive(c.send(P.Generate(4, {"prompt": "x", "params": {}})))
     assert c.state(4) == s.state(4) == P.WAIT_START
     with pytest.raises(ProtocolError):                      # a token before Started
-        s.send(P.Token(4, 1, "a"))
+        s.send(P.Token(4, 0, 1, "a"))
     c.receive(s.send(P.Started(4, (1,))))
     for i in range(3):
-        c.receive(s.send(P.Token(4, i, "a")))
+        c.receive(s.send(P.Token(4, i, i, "a")))
+    with pytest.raises(ProtocolError, match="step"):        # a dropped token shows
+        c.receive(P.encode(P.Token(4, 4, 1, "a")))
     c.receive(s.send(P.Finished(4, "length", 1, 3)))
     assert c.state(4) == s.state(4) == P.DONE
     with pytest.raises(ProtocolError):                      # no reuse of a finished sequence
         c.send(P.Generate(4, g.body))
     with pytest.raises(ProtocolError):                      # nothing after the end
-        c.receive(P.encode(P.Token(4, 1, "a")))
+        c.receive(P.encode(P.Token(4, 3, 1, "a")))
     with pytest.raises(ProtocolError):                      # a client cannot send tokens
-        P.Endpoint(P.CLIENT).send(P.Token(5, 1, "a"))
+        P.Endpoint(P.CLIENT).send(P.Token(5, 0, 1, "a"))
 
 
 def test_stage_link_order_and_feedback_steps():

@@ -136,7 +136,9 @@ class HostBlindServer:
         self.capture_prefix = capture_prefix
         self.connect_timeout = connect_timeout
         self.stage0 = manifest.client_endpoint.endpoint
-        self.pending: "queue.Queue" = queue.Queue(maxsize=queue_size + 1)
+        self.pending: "queue.Queue" = queue.Queue()
+        # clients in the system (served + waiting): at most queue_size + 1, the rest are "busy"
+        self.slots = threading.BoundedSemaphore(queue_size + 1)
         self.pipeline: Optional[HostLifecycle] = None
         self.up = threading.Event()
         self.stopping = threading.Event()
@@ -233,9 +235,9 @@ class HostBlindServer:
                 continue
             except OSError:
                 return
-            try:
-                self.pending.put_nowait((sock, time.monotonic()))
-            except queue.Full:
+            if self.slots.acquire(blocking=False):
+                self.pending.put((sock, time.monotonic()))
+            else:
                 log.info("client refused: the queue is full")
                 _refuse(sock, STATUS_BUSY)
                 if self.metrics is not None:
@@ -250,8 +252,11 @@ class HostBlindServer:
                 return
             if self.metrics is not None:
                 self.metrics.set_queue_depth(self.pending.qsize())
-            with self.busy:
-                self._serve_one(sock)
+            try:
+                with self.busy:
+                    self._serve_one(sock)
+            finally:
+                self.slots.release()
 
     def _serve_one(self, client: socket.socket) -> None:
         m = self.metrics

@@ -36,7 +36,7 @@ BEGIN, STEP, END, FAIL, SAMPLED = 0x21, 0x22, 0x23, 0x24, 0x31
 
 _HEAD = struct.Struct("<BQ")                  # type, seq
 HEAD = _HEAD.size
-_TOKEN = struct.Struct("<IH")                 # token id, text bytes
+_TOKEN = struct.Struct("<IIH")                # index, token id, text bytes
 _FINISHED = struct.Struct("<BII")             # reason, prompt tokens, completion tokens
 _ERROR = struct.Struct("<BH")                 # code, message bytes
 _BEGIN = struct.Struct("<ddIBQ")              # temperature, top_p, top_k, has_seed, seed
@@ -83,6 +83,7 @@ class Started:
 @dataclass(frozen=True)
 class Token:
     seq: int
+    step: int                  # 0, 1, 2, ...: a dropped Token is detected at the next one
     token_id: int
     text: str
     type = TOKEN
@@ -187,7 +188,7 @@ def encode(ev: Event) -> bytes:
         raw = ev.text.encode("utf-8")
         if len(raw) > MAX_TOKEN_TEXT:
             raise ProtocolError(f"token text longer than {MAX_TOKEN_TEXT} bytes")
-        return _pad(head + _TOKEN.pack(ev.token_id, len(raw)) + raw, SMALL_PAD)
+        return _pad(head + _TOKEN.pack(ev.step, ev.token_id, len(raw)) + raw, SMALL_PAD)
     if t == FINISHED:
         return head + _FINISHED.pack(REASON_CODES[ev.reason], ev.prompt_tokens,
                                      ev.completion_tokens)
@@ -245,11 +246,11 @@ def decode(payload) -> Event:
     if t == TOKEN:
         if n < HEAD + _TOKEN.size:
             raise ProtocolError("Token: truncated")
-        tid, size = _TOKEN.unpack_from(payload, HEAD)
+        step, tid, size = _TOKEN.unpack_from(payload, HEAD)
         start = HEAD + _TOKEN.size
         if start + size > n or n - start - size >= SMALL_PAD:
             raise ProtocolError(f"Token: {size} text bytes do not fit {n} bytes")
-        return Token(seq, tid, _text(bytes(payload[start:start + size]), MAX_TOKEN_TEXT, "text"))
+        return Token(seq, step, tid, _text(bytes(payload[start:start + size]), MAX_TOKEN_TEXT, "text"))
     if t == FINISHED:
         code, p, c = _fixed(payload, _FINISHED, "Finished")
         if code not in REASONS:
@@ -376,7 +377,7 @@ class Endpoint:
             if len(self.seqs) >= MAX_IN_FLIGHT:
                 raise ProtocolError(f"more than {MAX_IN_FLIGHT} sequences in flight")
             cur = self.seqs[ev.seq] = _Seq(state)
-        if t in (STEP, SAMPLED):
+        if t in (STEP, SAMPLED, TOKEN):
             if ev.step != cur.step:
                 raise ProtocolError(f"sequence {ev.seq}: step {ev.step}, expected {cur.step}")
             cur.step += 1

@@ -404,7 +404,7 @@ class _Stage0Loop(_Base):
                     token = self._wait_token(ch, cl, seq, step)
                 trace.event(self.ev["token_in"])
                 text, reason = stopper.push(token)
-                self._to_client(ch, cl.send(P.Token(cseq, token, text)))
+                self._to_client(ch, cl.send(P.Token(cseq, step, token, text)))
                 trace.event(self.ev["token_out"])
                 if reason is None and ch.pending():
                     self._watch_client(ch, cl)     # a Cancel, or the client went away
@@ -441,7 +441,10 @@ class _Stage0Loop(_Base):
                     f"unexpected {type(msg).__name__} on the feedback link"))
             if self.feedback.is_stale(msg.payload):
                 continue
-            ev = self.feedback.receive(msg.payload)
+            try:
+                ev = self.feedback.receive(msg.payload)
+            except ProtocolError as exc:      # a dropped, replayed or forged message
+                raise _LinkLost(self.link_name("in"), exc) from exc
             if isinstance(ev, P.Fail):
                 raise StageError(ev.message)
             if ev.seq != seq or ev.step != step:
