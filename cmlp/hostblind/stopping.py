@@ -12,7 +12,8 @@ newly decoded text of each token and, at the end, the finish reason.
   generation ends with "stop"; the stop sequence and anything after it are
   never emitted) or ruled out (released with a later token).
 * ``max_tokens`` ends with "length", an EOS id with "eos" (the EOS token is
-  reported with empty text and counted as generated).  Held-back text is
+  reported with empty text and counted as generated).  Held-back text, and
+  the bytes of a character the generation cut in half (as U+FFFD), are
   released with the last token.
 """
 
@@ -48,7 +49,7 @@ class Stopper:
         self.completion_tokens += 1
         if token_id in self.eos_ids:
             self.finish_reason = "eos"
-            out, self._held = self._held, ""
+            out, self._held = self._held + self._decode_new(final=True), ""
             return out, "eos"
         self._ids.append(int(token_id))
         text = self._held + self._decode_new()
@@ -63,16 +64,20 @@ class Stopper:
                 text, self._held = text[:-keep], text[-keep:]
         if self.completion_tokens >= self.max_tokens:
             self.finish_reason = "length"
-            text, self._held = text + self._held, ""
+            text, self._held = text + self._held + self._decode_new(final=True), ""
             return text, "length"
         return text, None
 
-    def _decode_new(self) -> str:
-        """Text completed by the ids since the last release ("" inside a UTF-8 character)."""
+    def _decode_new(self, final: bool = False) -> str:
+        """Text completed by the ids since the last release ("" inside a UTF-8 character).
+
+        ``final``: the generation ends here, so an incomplete character is
+        released as the decoder renders it (U+FFFD), as reference mode prints it.
+        """
         ids = self._ids
         before = self.decode(ids[self._prefix:self._read]) if self._read > self._prefix else ""
         after = self.decode(ids[self._prefix:])
-        if len(after) <= len(before) or after.endswith(REPLACEMENT):
+        if len(after) <= len(before) or (after.endswith(REPLACEMENT) and not final):
             return ""
         self._prefix, self._read = self._read, len(ids)
         if self._prefix > _CONTEXT:            # keep the window (and the list) short
