@@ -43,10 +43,16 @@ def host_config(**cfg) -> OrchestratorConfig:
 
 @contextmanager
 def served(manifest: Manifest, executors, options=None, persistent=True, queue_size=2,
-           health_interval=0.5, metrics=None, capture_prefix=None, **host_cfg):
-    """Stages in threads plus a started HostBlindServer on a free port; yields (server, stages)."""
+           health_interval=0.5, metrics=None, capture_prefix=None, data_out_targets=None,
+           **host_cfg):
+    """Stages in threads plus a started HostBlindServer on a free port; yields (server, stages).
+
+    ``data_out_targets``: {stage: endpoint} overrides where a stage's data_out connects
+    (a man in the middle on that link)."""
     options = options or HostBlindOptions()
-    stages = [StageThread(manifest, i, ex, persistent=persistent, hostblind=options)
+    targets = data_out_targets or {}
+    stages = [StageThread(manifest, i, ex, persistent=persistent, hostblind=options,
+                          data_out_target=targets.get(i))
               for i, ex in enumerate(executors)]
     if capture_prefix:
         host_cfg["relay_capture_prefix"] = capture_prefix

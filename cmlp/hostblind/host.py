@@ -318,6 +318,12 @@ class HostBlindServer:
         finally:
             if fd >= 0:
                 os.close(fd)
+            # the client is gone: end the forwarding even if stage 0 never answered
+            # (a connection still in its listener's backlog between sessions)
+            try:
+                _netio.shutdown_both(upstream.fileno())
+            except (OSError, ValueError):
+                pass
 
     def _forward_down(self, upstream: socket.socket, client: socket.socket) -> Optional[str]:
         """stage 0 -> client, counting frames (13-byte headers) for timing metrics only.
