@@ -102,7 +102,7 @@ class _Base:
         self.opts = opts
         self.sampler: Optional[Sampler] = None
         self.ev = {k: f"hb.stage{self.idx}.{k}" for k in ("input", "forward_done", "sent",
-                                                            "token_in", "token_out")}
+                                                            "sampled", "token_in", "token_out")}
 
     # -- control channel ----------------------------------------------------------------
     def watch_control(self) -> None:
@@ -212,6 +212,7 @@ class _RingStageLoop(_Base):
                             raise ProtocolError(f"Step for sequence {ev.seq} without Begin")
                         params, rng = seqs[ev.seq]
                         token = self.sample(outputs, params, rng)
+                        trace.event(self.ev["sampled"])
                         self.send_out(down.send(P.Sampled(ev.seq, ev.step, token)))
                     else:
                         self.send_out(down.send(P.Step(ev.seq, ev.step, len(outputs))), outputs)
