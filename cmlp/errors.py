@@ -108,12 +108,29 @@ class NonceOverflow(CryptoError):
         super().__init__("nonce overflow: 2^32 frames sent in this direction")
 
 
-class SequenceReplay(CryptoError):
+class SequenceError(CryptoError):
+    """A frame whose sequence number is not exactly the next one expected."""
+
+
+class SequenceReplay(SequenceError):
+    """An old sequence number: a replayed, duplicated or reordered frame."""
+
     def __init__(self, received: int, expected: int):
         self.received = received
         self.expected = expected
         super().__init__(
-            f"sequence replay: received {received}, last accepted {expected}")
+            f"sequence replay: received {received}, expected {expected}")
+
+
+class SequenceGap(SequenceError):
+    """A sequence number ahead of the expected one: a frame was dropped or reordered."""
+
+    def __init__(self, received: int, expected: int):
+        self.received = received
+        self.expected = expected
+        super().__init__(
+            f"sequence gap: received {received}, expected {expected} "
+            "(a frame was dropped or reordered)")
 
 
 class NonContributoryKey(CryptoError):
@@ -236,6 +253,13 @@ class MessageTooLarge(PipelineError):
 
 
 UNKNOWN_STAGE = 2**64 - 1  # usize::MAX in the reference: the failing stage is not known
+
+
+class InsecureConfiguration(PipelineError):
+    """A configuration that would silently void a security promise (refused at start-up)."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
 
 
 class StageFailed(PipelineError):

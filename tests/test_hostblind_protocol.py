@@ -14,7 +14,7 @@ EVENTS = [P.Generate(1, {"prompt": "héllo", "params": SamplingParams().to_json(
           P.Cancel(1), P.Started(1, (1, 2, 50256)), P.Token(1, 0, 50256, "é\n"),
           P.Finished(1, "stop", 3, 4), P.Error(1, P.ERR_CONTEXT, "too long"),
           P.Begin(9, 0.7, 0.9, 40, 2**64 - 1), P.Begin(9, 0.0, 1.0, 0, None),
-          P.Step(9, 3, 2), P.End(9), P.Fail(9, "stage 1: boom"), P.Sampled(9, 3, 17)]
+          P.Step(9, 3, 10, 2), P.End(9), P.Fail(9, "stage 1: boom"), P.Sampled(9, 3, 17)]
 
 
 @pytest.mark.parametrize("ev", EVENTS, ids=lambda e: type(e).__name__)
@@ -40,8 +40,8 @@ def test_padding_hides_exact_lengths():
     struct.pack("<BQIIH", P.TOKEN, 1, 0, 5, 2) + b"\xff\xfe" + b"\0" * 46,   # not UTF-8
     struct.pack("<BQBII", P.FINISHED, 1, 9, 1, 1),              # unknown reason
     struct.pack("<BQBH", P.ERROR, 1, 99, 0),                    # unknown code
-    struct.pack("<BQIB", P.STEP, 1, 0, 0),                      # a Step without tensors
-    struct.pack("<BQIB", P.STEP, 1, 0, 200),                    # too many tensors
+    struct.pack("<BQIIB", P.STEP, 1, 0, 5, 0),                  # a Step without tensors
+    struct.pack("<BQIIB", P.STEP, 1, 0, 5, 200),                # too many tensors
     struct.pack("<BQ", P.GENERATE, 1) + b"[1]",                 # body not an object
     struct.pack("<BQ", P.GENERATE, 1) + b"\xff",                # body not UTF-8
     struct.pack("<BQ", P.GENERATE, 1) + b"[" * 100000,          # deep nesting
@@ -76,17 +76,17 @@ def test_client_and_stage0_tables_mirror_each_other():
 def test_stage_link_order_and_feedback_steps():
     up, down = P.Endpoint(P.UPSTREAM), P.Endpoint(P.DOWNSTREAM)
     with pytest.raises(ProtocolError):
-        down.receive(P.encode(P.Step(1, 0, 1)))              # Step before Begin
+        down.receive(P.encode(P.Step(1, 0, 5, 1)))           # Step before Begin
     down.receive(up.send(P.Begin(1, 1.0, 1.0, 0, 3)))
-    down.receive(up.send(P.Step(1, 0, 2)))
+    down.receive(up.send(P.Step(1, 0, 5, 2)))
     with pytest.raises(ProtocolError):                       # replayed step number
-        down.receive(P.encode(P.Step(1, 0, 1)))
+        down.receive(P.encode(P.Step(1, 0, 5, 1)))
     fb_out, fb_in = P.Endpoint(P.UPSTREAM, True), P.Endpoint(P.DOWNSTREAM, True)
     fb_in.receive(fb_out.send(P.Sampled(1, 0, 5)))
     with pytest.raises(ProtocolError):                       # skipped (dropped) step
         fb_in.receive(P.encode(P.Sampled(1, 2, 5)))
     with pytest.raises(ProtocolError):                       # no Steps on the feedback link
-        fb_in.receive(P.encode(P.Step(2, 0, 1)))
+        fb_in.receive(P.encode(P.Step(2, 0, 5, 1)))
     fb_in.forget(1)
     assert fb_in.is_stale(P.encode(P.Sampled(1, 1, 5)))
     assert not fb_in.is_stale(P.encode(P.Sampled(2, 0, 5)))

@@ -214,10 +214,27 @@ def test_init_must_match_the_stages_own_manifest():
     assert s0.join() and "does not match this stage's manifest" in str(s0.error)
 
 
+def test_production_config_rejects_mock_attestation():
+    """Mock documents prove nothing: the production profile refuses them at construction."""
+    m = make_manifest(1)
+    with pytest.raises(errors.InsecureConfiguration, match="refuses mock attestation"):
+        orchestrator(m, session=SessionConfig(handshake_timeout=5))
+    with pytest.raises(errors.InsecureConfiguration, match="refuses mock attestation"):
+        StageThread(m, 0, IdentityExecutor(), session=SessionConfig(handshake_timeout=5))
+
+
 def test_production_config_rejects_init_without_measurements():
+    """Under the Nitro test PKI (real verifier): production still needs pinned stages."""
+    pytest.importorskip("cryptography")
+    pytest.importorskip("cbor2")
+    import nitro_pki
+    from cmlp.attestation.factory import NoAttestation
+    from cmlp.attestation.nitro import NitroVerifier
     m = make_manifest(1)
     StageThread(m, 0, IdentityExecutor())
-    orch = orchestrator(m, session=SessionConfig(handshake_timeout=5))
+    orch = orchestrator(m, provider=NoAttestation(),
+                        verifier=NitroVerifier(root_pem=nitro_pki.make_pki().root_pem),
+                        session=SessionConfig(handshake_timeout=5))
     with pytest.raises(errors.StageFailed, match="production security profile"):
         orch.start()
     m = make_manifest(1)

@@ -14,8 +14,10 @@ import logging
 import math
 import sys
 
-from cmlp.attestation.factory import make_provider, make_verifier, read_nitro_root
+from cmlp.attestation.factory import (MOCK_IN_PRODUCTION, make_provider, make_verifier,
+                                      read_nitro_root)
 from cmlp.cli.common import Parser, add_log_level, arg_type, console_main
+from cmlp.errors import InsecureConfiguration
 from cmlp.manifest import Manifest
 from cmlp.transport.sockets import parse_endpoint
 
@@ -91,6 +93,8 @@ def run(args) -> int:
 
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be >= 1")
+    if args.profile == "production" and "mock" in (args.attestation, args.host_attestation):
+        raise InsecureConfiguration(MOCK_IN_PRODUCTION)
     manifest = Manifest.load(args.manifest)
     tokenizer = load_tokenizer(args.tokenizer)
     if args.text is not None:

@@ -13,11 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from cmlp.attestation.factory import (make_provider, make_verifier, parse_measurement,
-                                      read_nitro_root)
+from cmlp.attestation.factory import (MOCK_IN_PRODUCTION, make_provider, make_verifier,
+                                      parse_measurement, read_nitro_root)
 from cmlp.cli.common import (Parser, add_log_level, arg_type, console_main,
                               stop_on_sigterm)
-from cmlp.errors import ModelError
+from cmlp.errors import InsecureConfiguration, ModelError
 from cmlp.manifest import Manifest
 from cmlp.transport import SecurityProfile, SessionConfig
 from cmlp.transport.sockets import parse_endpoint
@@ -79,6 +79,8 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
     profile = SecurityProfile(args.profile)
+    if profile is SecurityProfile.PRODUCTION and args.attestation == "mock":
+        raise InsecureConfiguration(MOCK_IN_PRODUCTION)
     session = SessionConfig(security_profile=profile,
                             require_measurements=profile is SecurityProfile.PRODUCTION)
     root = read_nitro_root(args.nitro_root_pem)

@@ -40,7 +40,7 @@ _TOKEN = struct.Struct("<IIH")                # index, token id, text bytes
 _FINISHED = struct.Struct("<BII")             # reason, prompt tokens, completion tokens
 _ERROR = struct.Struct("<BH")                 # code, message bytes
 _BEGIN = struct.Struct("<ddIBQ")              # temperature, top_p, top_k, has_seed, seed
-_STEP = struct.Struct("<IB")                  # step, tensors that follow
+_STEP = struct.Struct("<IIB")                 # step, context length after it, tensors
 _SAMPLED = struct.Struct("<II")               # step, token id
 _COUNT = struct.Struct("<I")
 
@@ -122,6 +122,7 @@ class Step:
     """One forward step of ``seq``; exactly ``tensors`` Tensor frames follow on the link."""
     seq: int
     step: int
+    seq_len: int               # context length once this step's tokens are in (cache check)
     tensors: int
     type = STEP
 
@@ -201,7 +202,7 @@ def encode(ev: Event) -> bytes:
         return head + _BEGIN.pack(ev.temperature, ev.top_p, ev.top_k, ev.seed is not None,
                                   ev.seed or 0)
     if t == STEP:
-        return head + _STEP.pack(ev.step, ev.tensors)
+        return head + _STEP.pack(ev.step, ev.seq_len, ev.tensors)
     if t == SAMPLED:
         return head + _SAMPLED.pack(ev.step, ev.token_id)
     raise ProtocolError(f"cannot encode message type 0x{t:02x}")
@@ -274,10 +275,10 @@ def decode(payload) -> Event:
             raise ProtocolError("Begin: bad seed flag")
         return Begin(seq, temp, top_p, top_k, s if has_seed else None)
     if t == STEP:
-        step, count = _fixed(payload, _STEP, "Step")
+        step, seq_len, count = _fixed(payload, _STEP, "Step")
         if not 1 <= count <= MAX_STEP_TENSORS:
             raise ProtocolError(f"Step: {count} tensors (1..{MAX_STEP_TENSORS} allowed)")
-        return Step(seq, step, count)
+        return Step(seq, step, seq_len, count)
     if t == SAMPLED:
         step, tid = _fixed(payload, _SAMPLED, "Sampled")
         return Sampled(seq, step, tid)

@@ -154,6 +154,16 @@ class _Base:
         except (SessionError, CryptoError) as exc:
             raise _LinkLost(self.link_name("out"), exc) from exc
 
+    def forward(self, seq: int, step: int, seq_len: int, inputs: List[Tensor]) -> List[Tensor]:
+        """One step through the executor; ``seq_len`` lets it check its cache position."""
+        if seq_len > self.activation.max_seq_len:
+            raise ProtocolError(f"seq_len {seq_len} exceeds max_seq_len "
+                                f"{self.activation.max_seq_len}")
+        begin = getattr(self.w.executor, "begin_request", None)
+        if begin is not None:
+            begin(seq, seq_len, 1)          # each step is one single-micro-batch request
+        return self.w.executor.forward(seq, step, inputs)
+
     def sample(self, outputs: List[Tensor], params: SamplingParams, rng) -> int:
         logits = outputs[-1].data
         if logits.dtype != np.float32 or logits.ndim != 2 or logits.shape[0] < 1:
@@ -205,7 +215,7 @@ class _RingStageLoop(_Base):
                 if down.state(ev.seq) == P.DONE:
                     continue                    # this stage already failed the sequence
                 try:
-                    outputs = self.w.executor.forward(ev.seq, ev.step, tensors)
+                    outputs = self.forward(ev.seq, ev.step, ev.seq_len, tensors)
                     trace.event(self.ev["forward_done"])
                     if self.is_last:
                         if ev.seq not in seqs:
@@ -215,7 +225,8 @@ class _RingStageLoop(_Base):
                         trace.event(self.ev["sampled"])
                         self.send_out(down.send(P.Sampled(ev.seq, ev.step, token)))
                     else:
-                        self.send_out(down.send(P.Step(ev.seq, ev.step, len(outputs))), outputs)
+                        self.send_out(down.send(P.Step(ev.seq, ev.step, ev.seq_len,
+                                                       len(outputs))), outputs)
                         for t in outputs:
                             t.wipe_metadata()
                     trace.event(self.ev["sent"])
@@ -392,13 +403,14 @@ class _Stage0Loop(_Base):
                                                      params.seed)))
                 begun = True
             while True:
-                outputs = self.w.executor.forward(seq, step, inputs)
+                outputs = self.forward(seq, step, len(prompt_ids) + step, inputs)
                 trace.event(self.ev["forward_done"])
                 if single:
                     token = self.sample(outputs, params, rng)
                     self.watch_control()           # a Ping waits at most one step
                 else:
-                    self.send_out(self.down.send(P.Step(seq, step, len(outputs))), outputs)
+                    self.send_out(self.down.send(P.Step(seq, step, len(prompt_ids) + step,
+                                                        len(outputs))), outputs)
                     for t in outputs:
                         t.wipe_metadata()
                     trace.event(self.ev["sent"])

@@ -28,13 +28,14 @@ from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, Pipeli
                          PipelineShutdown, PipelineTimeout, ProtocolError, RequestFailed,
                          StageFailed, Tainted, Timeout)
 from cmlp import trace
+from cmlp.attestation.factory import refuse_mock_in_production
 from cmlp.manifest import Manifest, compact_json
 from cmlp.pipeline import control as C
 from cmlp.pipeline.ids import next_id
 from cmlp.pipeline.relay import RelayLink
 from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
                             sockets)
-from cmlp.transport.config import RetryPolicy
+from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
 from cmlp.transport.wire import Tensor
 
@@ -70,6 +71,8 @@ class OrchestratorConfig:
         return cls(provider=provider, verifier=verifier, **kw)
 
     def validate(self) -> None:
+        refuse_mock_in_production(self.session.security_profile is SecurityProfile.PRODUCTION,
+                                  self.provider, self.verifier)
         for name in ("stage_drain_timeout", "data_drain_timeout", "data_quiet_period",
                      "infer_timeout", "health_check_timeout", "max_control_message_bytes"):
             if not getattr(self, name) or getattr(self, name) <= 0:

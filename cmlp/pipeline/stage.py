@@ -30,15 +30,17 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from cmlp.errors import (UNKNOWN_STAGE, CmlpError, CryptoError, FrameError, InitFailed,
+from cmlp.errors import (UNKNOWN_STAGE, Closed, CmlpError, CryptoError, FrameError, InitFailed,
                          PipelineError, ProtocolError, SessionError, StageError, StageFailed,
                          Timeout)
 from cmlp import trace
+from cmlp.attestation.factory import refuse_mock_in_production
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
+from cmlp.pipeline.acceptor import Acceptor
 from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
                             sockets)
-from cmlp.transport.config import RetryPolicy
+from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
 from cmlp.transport.wire import Tensor
 
@@ -61,6 +63,10 @@ class StageConfig:
     persistent: bool = False              # serve one orchestrator session after another
     host_unattested: bool = False         # the orchestrator presents no attestation
     hostblind: object = None              # cmlp.hostblind.stage_loop.HostBlindOptions
+    # issue 10: no idle or half-open connection may lock the stage
+    handshake_timeout: float = 10.0       # at most this per incoming handshake
+    first_message_timeout: float = 30.0   # Init must follow the control handshake within it
+    max_pending_handshakes: int = 8       # connections being established at once, per port
 
 
 class SessionEnded(Exception):
@@ -86,11 +92,20 @@ class _Control:
         raise ProtocolError(f"expected Data on control channel, got {type(msg).__name__}")
 
 
+def _discard_control(result) -> None:
+    channel, _ = result
+    if channel is not None:
+        channel.close()
+
+
 class StageWorker:
     """Serves one stage of a manifest: ``bind()`` then ``serve()``."""
 
     def __init__(self, manifest: Manifest, stage_idx: int, executor, config: StageConfig,
                  data_out_target: Optional[Endpoint] = None):
+        refuse_mock_in_production(
+            config.session.security_profile is SecurityProfile.PRODUCTION,
+            config.provider, config.verifier)
         self.manifest = manifest
         self.spec = manifest.stage(stage_idx)
         self.idx = stage_idx
@@ -107,6 +122,7 @@ class StageWorker:
         self.last_error: Optional[BaseException] = None   # of the last failed session
         self._initialized_spec = None
         self._stop = threading.Event()
+        self._control_acceptor: Optional[Acceptor] = None
 
     # -- listening -----------------------------------------------------------
     @staticmethod
@@ -123,6 +139,8 @@ class StageWorker:
 
     def close(self) -> None:
         self._stop.set()
+        if self._control_acceptor is not None:
+            self._control_acceptor.close()
         for lst in (self.control_listener, self.data_listener, self.client_listener):
             if lst is not None:
                 try:
@@ -141,16 +159,26 @@ class StageWorker:
         """Run sessions until Shutdown (or forever with ``persistent``)."""
         if self.control_listener is None:
             self.bind()
-        while not self._stop.is_set():
-            try:
-                self.run_session()
-            except (CmlpError, OSError) as exc:
-                self.last_error = exc
+        cfg = self.config
+        self._control_acceptor = Acceptor(
+            self.control_listener, self._establish_control, discard=_discard_control,
+            on_error=self._handshake_failed("control"), max_in_flight=cfg.max_pending_handshakes,
+            name=f"stage{self.idx}-control")
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.run_session()
+                except (CmlpError, OSError) as exc:
+                    if self._stop.is_set():
+                        return
+                    self.last_error = exc
+                    if not self.config.persistent:
+                        raise
+                    log.warning("stage %d: session ended with an error: %s", self.idx, exc)
                 if not self.config.persistent:
-                    raise
-                log.warning("stage %d: session ended with an error: %s", self.idx, exc)
-            if not self.config.persistent:
-                return
+                    return
+        finally:
+            self._control_acceptor.close()
 
     def _session_config(self, peer_stage: Optional[int]) -> SessionConfig:
         """Pins for a channel whose peer is ``peer_stage`` (None: the host orchestrator)."""
@@ -165,23 +193,68 @@ class StageWorker:
         return base.replace(expected_measurements=self.manifest.stages[peer_stage].measurements()
                             or base.expected_measurements, allow_unattested_peer=False)
 
-    def _accept_control(self) -> SecureChannel:
-        """The next control connection that completes the handshake.
+    def _handshake_failed(self, port: str):
+        def report(exc: BaseException) -> None:
+            self.last_error = exc
+            log.warning("stage %d: %s handshake failed: %s", self.idx, port, exc)
+        return report
 
-        A connection that fails the handshake (a port probe, a peer with the
-        wrong attestation) is logged and dropped; it cannot stop the stage.
+    def _incoming_config(self, peer_stage: Optional[int]) -> SessionConfig:
+        """As _session_config, with the stage's own (shorter) handshake deadline."""
+        config = self._session_config(peer_stage)
+        return config.replace(handshake_timeout=min(config.handshake_timeout,
+                                                    self.config.handshake_timeout))
+
+    def _establish_control(self, sock):
+        """Handshake, then the first control message, each under its deadline.
+
+        Runs in an Acceptor thread, so a connection that stays silent costs one
+        slot for at most these deadlines and never blocks another one.  A failed
+        handshake raises (logged, the connection is forgotten).  A failure after
+        the handshake - no Init in time, a malformed first message - is a session
+        that failed: it is returned as ``(None, error)``, so a one-shot stage ends
+        with that error as before and a persistent one logs it and goes on.
+        """
+        cfg = self.config
+        channel = SecureChannel.accept(sock, cfg.provider, cfg.verifier,
+                                       self._incoming_config(None))
+        try:
+            msg = _Control(channel, cfg.max_control_message_bytes).recv(cfg.first_message_timeout)
+            if not isinstance(msg, C.Init):
+                raise ProtocolError(f"expected Init, got {C.describe(msg)}")
+            return channel, msg
+        except Timeout:
+            channel.close()
+            return None, Timeout(f"no control message within {cfg.first_message_timeout} s "
+                                 "after the handshake")
+        except SessionEnded:
+            channel.close()
+            return None, ProtocolError("Shutdown before Init")
+        except (CmlpError, OSError) as exc:
+            channel.close()
+            return None, exc
+        except BaseException:
+            channel.close()
+            raise
+
+    def _accept_control(self):
+        """The next control connection that completed its handshake and sent Init.
+
+        Handshakes run concurrently in the acceptor: a port probe, a peer with
+        the wrong attestation or an idle connection cannot stop the stage.
         """
         while True:
-            sock = sockets.accept(self.control_listener)
+            if self._stop.is_set():
+                raise Closed("the stage is closing")
             try:
-                return SecureChannel.accept(sock, self.config.provider, self.config.verifier,
-                                            self._session_config(None))
-            except CmlpError as exc:
-                self.last_error = exc
-                log.warning("stage %d: control handshake failed: %s", self.idx, exc)
+                return self._control_acceptor.get(timeout=0.5)
+            except Timeout:
+                continue
 
     def run_session(self) -> None:
-        control = self._accept_control()
+        control, init = self._accept_control()
+        if control is None:
+            raise init            # the connection failed after its handshake
         cfg = self.config
         ctl = _Control(control, cfg.max_control_message_bytes)
         channels = [control]
@@ -189,7 +262,10 @@ class StageWorker:
         log.info("stage %d: control session %d (peer attestation: %s)", self.idx, self.sessions,
                  control.peer_attestation.platform)
         try:
-            num_stages, activation = self._control_phase(ctl)
+            num_stages, activation = self._control_phase(ctl, init)
+            begin = getattr(self.executor, "begin_session", None)
+            if begin is not None:
+                begin()               # every session starts from an empty, wiped cache
             data_in, data_out = self._data_phase(ctl, num_stages)
             channels += [ch for ch in (data_in, data_out) if ch is not None]
             ctl.send(C.DataChannelsReady(self.idx))
@@ -205,8 +281,7 @@ class StageWorker:
                 ch.close()
 
     # -- control phase ---------------------------------------------------------
-    def _control_phase(self, ctl: _Control):
-        msg = ctl.recv()
+    def _control_phase(self, ctl: _Control, msg):
         if not isinstance(msg, C.Init):
             raise ProtocolError(f"expected Init, got {C.describe(msg)}")
         try:
@@ -305,26 +380,30 @@ class StageWorker:
     def _accept_upstream(self, ctl: _Control, deadline: float, config: SessionConfig):
         """The first data_in connection that completes the handshake.
 
-        A connection that fails it (left over from a dead session, or a host
-        probing the port) is dropped and the next one is taken.
+        Handshakes run concurrently (bounded): a connection that fails or stays
+        silent (left over from a dead session, or a host probing the port) is
+        dropped without delaying the real upstream peer.
         """
-        while True:
-            try:
-                sock = sockets.accept(self.data_listener, timeout=0.2)
-            except Timeout:
-                self._check_control(ctl)
-                if time.monotonic() > deadline:
-                    raise Timeout(f"no upstream connection on data_in within "
-                                  f"{self.config.data_setup_timeout} s") from None
-                continue
-            try:
-                return SecureChannel.accept(sock, self.config.provider, self.config.verifier,
-                                            config)
-            except CmlpError as exc:
-                self.last_error = exc
-                log.warning("stage %d: data_in handshake failed: %s", self.idx, exc)
-                if time.monotonic() > deadline:
-                    raise
+        cfg = self.config
+        config = config.replace(handshake_timeout=min(config.handshake_timeout,
+                                                      cfg.handshake_timeout))
+        acceptor = Acceptor(
+            self.data_listener,
+            lambda sock: SecureChannel.accept(sock, cfg.provider, cfg.verifier, config),
+            discard=lambda ch: ch.close(), on_error=self._handshake_failed("data_in"),
+            max_in_flight=cfg.max_pending_handshakes, max_ready=1,
+            name=f"stage{self.idx}-data_in")
+        try:
+            while True:
+                try:
+                    return acceptor.get(timeout=0.2)
+                except Timeout:
+                    self._check_control(ctl)
+                    if time.monotonic() > deadline:
+                        raise Timeout(f"no upstream connection on data_in within "
+                                      f"{self.config.data_setup_timeout} s") from None
+        finally:
+            acceptor.close()
 
     def _connect_downstream(self, ctl: _Control, deadline: float):
         """Connect data_out with the retry policy, checking control between attempts."""
@@ -499,6 +578,9 @@ class _RequestLoop:
             self._drain_inputs(m)
             self._fail_request(rid, reason)
             return
+        begin = getattr(self.w.executor, "begin_request", None)
+        if begin is not None:
+            begin(rid, req.seq_len, m)
         compute_ns = 0
         error: Optional[str] = None
         done = 0
