@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "cmlp.cli.attest_cmd",  # attest verify
     "cmlp.cli.serve",       # serve (host-blind mode, host side)
     "cmlp.cli.generate",    # generate (host-blind mode, user side)
+    "cmlp.cli.manifest_cmd",  # manifest list, show, copy, init
 )
 
 

@@ -16,8 +16,9 @@ import sys
 
 from cmlp.attestation.factory import (MOCK_IN_PRODUCTION, make_provider, make_verifier,
                                       read_nitro_root)
+from cmlp.cli import stage_logs
 from cmlp.cli.common import Parser, add_log_level, arg_type, console_main
-from cmlp.errors import InsecureConfiguration
+from cmlp.errors import InsecureConfiguration, StageFailed
 from cmlp.manifest import Manifest
 from cmlp.transport.sockets import parse_endpoint
 
@@ -57,6 +58,9 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
                    help="seconds to wait for the stages to come back (default: 120)")
     p.add_argument("--relay-capture", metavar="PREFIX", default=None,
                    help="record every byte the host relays to PREFIX<link>_<dir>.bin")
+    p.add_argument("--stage-log", metavar="PATTERN", default=None,
+                   help="where each stage logs, {idx} for its index (default: $CMLP_STAGE_LOG); "
+                        "a stage that fails to start is then quoted from its log")
     add_log_level(p, "warning")
     return p
 
@@ -132,7 +136,12 @@ def run(args) -> int:
         orch = Orchestrator(manifest, config, args.data_out_listen)
         return orch.start()
 
-    generator = Generator(connect(), connect, args.recover, args.recover_timeout)
+    try:
+        first = connect()
+    except StageFailed as exc:
+        raise stage_logs.explain(exc, args.manifest,
+                                 stage_logs.pattern_from_env(args.stage_log)) from None
+    generator = Generator(first, connect, args.recover, args.recover_timeout)
     runs = []
     try:
         for prompt, ids in zip(prompts, encoded):
@@ -151,6 +160,10 @@ def run(args) -> int:
             if gen.recoveries:
                 print(f"Recovered from {gen.recoveries} stage failure(s)", file=sys.stderr)
         generator.shutdown()
+    except KeyboardInterrupt:
+        if generator.orch is not None:
+            generator.orch.abandon()     # the stages end the session cleanly
+        raise
     finally:
         generator.close()
     if args.latency_out:

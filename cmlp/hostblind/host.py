@@ -28,7 +28,7 @@ import time
 from typing import List, Optional
 
 from cmlp import _netio
-from cmlp.errors import (CmlpError, PipelineError, PipelineTimeout, ProtocolError, StageFailed,
+from cmlp.errors import (CmlpError, ProtocolError, StageFailed,
                          Timeout)
 from cmlp.manifest import Manifest
 from cmlp.pipeline import control as C

@@ -33,8 +33,8 @@ from cmlp.manifest import Manifest, compact_json
 from cmlp.pipeline import control as C
 from cmlp.pipeline.ids import next_id
 from cmlp.pipeline.relay import RelayLink
-from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
-                            sockets)
+from cmlp.transport import (Data, ErrorMessage, SecureChannel, SessionConfig, ShutdownMessage,
+                            TensorMessage, sockets)
 from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
 from cmlp.transport.wire import Tensor
@@ -113,6 +113,8 @@ class _StageLink:
             return C.decode_stage_msg(msg.payload, self.limit)
         if isinstance(msg, ShutdownMessage):
             raise PipelineShutdown()
+        if isinstance(msg, ErrorMessage):       # the stage says why it cannot go on
+            raise StageFailed(self.index, msg.text.removeprefix(f"stage {self.index}: "))
         raise ProtocolError(f"expected Data on control channel of stage {self.index}, "
                             f"got {type(msg).__name__}")
 
@@ -199,6 +201,9 @@ class Orchestrator:
             self.init()
             self.establish_data_channels()
             self.health_check()
+        except KeyboardInterrupt:
+            self.abandon()
+            raise
         except BaseException:
             self.close()
             raise
@@ -443,6 +448,20 @@ class Orchestrator:
         self.close()
         if errors:
             raise errors[0]
+
+    def abandon(self, timeout: float = 0.5) -> None:
+        """Leave at once (Ctrl-C): a transport Shutdown on every control channel, then close.
+
+        The stages tell this goodbye from a fault and end the session cleanly
+        (exit 0, or wait for the next session when persistent).  Best effort:
+        nothing is waited for beyond ``timeout`` per send.
+        """
+        for link in self.links:
+            try:
+                link.channel.shutdown(timeout=timeout)
+            except (CmlpError, OSError):
+                pass
+        self.close()
 
     def close(self) -> None:
         """Drop every channel, relay and listener (idempotent)."""

@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from cmlp.errors import (UNKNOWN_STAGE, Closed, CmlpError, CryptoError, FrameError, InitFailed,
-                         PipelineError, ProtocolError, SessionError, StageError, StageFailed,
-                         Timeout)
+from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, CryptoError,
+                         FrameError, InitFailed, MessageTooLarge, PipelineError, ProtocolError,
+                         SessionError, StageError, StageFailed, Timeout, VersionMismatch)
 from cmlp import trace
 from cmlp.attestation.factory import refuse_mock_in_production
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
@@ -73,6 +73,24 @@ class SessionEnded(Exception):
     """The orchestrator said Shutdown: end this session cleanly."""
 
 
+class OrchestratorGone(Exception):
+    """The control channel closed under us: the orchestrator was stopped or died.
+
+    Not a fault of this stage: the session ends cleanly (exit 0, or the next
+    session for a persistent stage) with one line saying so.  ``goodbye``: it
+    sent a transport Shutdown first (``Orchestrator.abandon``, e.g. on Ctrl-C).
+    """
+
+    def __init__(self, why: str, goodbye: bool = False):
+        super().__init__(why)
+        self.goodbye = goodbye
+
+
+# errors caused by what the orchestrator sent: never explained back to it
+_PEER_FAULTS = (ProtocolError, VersionMismatch, MessageTooLarge, FrameError, CryptoError)
+GONE_GRACE = 0.25   # seconds to look for the orchestrator's goodbye after a broken link
+
+
 class _Control:
     """Typed control messages over a SecureChannel (stage side)."""
 
@@ -81,14 +99,21 @@ class _Control:
         self.limit = limit
 
     def send(self, msg) -> None:
-        self.channel.send(msg.encode())
+        try:
+            self.channel.send(msg.encode())
+        except (Closed, ChannelBroken) as exc:
+            raise OrchestratorGone(str(exc)) from exc
 
     def recv(self, timeout: Optional[float] = None):
-        msg = self.channel.recv(timeout)
+        try:
+            msg = self.channel.recv(timeout)
+        except (Closed, ChannelBroken) as exc:
+            raise OrchestratorGone(str(exc)) from exc
         if isinstance(msg, Data):
             return C.decode_orchestrator_msg(msg.payload, self.limit)
         if isinstance(msg, ShutdownMessage):
-            raise SessionEnded()
+            raise OrchestratorGone("it left without waiting for the stages (interrupted)",
+                                   goodbye=True)
         raise ProtocolError(f"expected Data on control channel, got {type(msg).__name__}")
 
 
@@ -262,11 +287,15 @@ class StageWorker:
         log.info("stage %d: control session %d (peer attestation: %s)", self.idx, self.sessions,
                  control.peer_attestation.platform)
         try:
-            num_stages, activation = self._control_phase(ctl, init)
-            begin = getattr(self.executor, "begin_session", None)
-            if begin is not None:
-                begin()               # every session starts from an empty, wiped cache
-            data_in, data_out = self._data_phase(ctl, num_stages)
+            try:
+                num_stages, activation = self._control_phase(ctl, init)
+                begin = getattr(self.executor, "begin_session", None)
+                if begin is not None:
+                    begin()               # every session starts from an empty, wiped cache
+                data_in, data_out = self._data_phase(ctl, num_stages)
+            except (CmlpError, OSError) as exc:
+                self._report_setup_failure(control, exc)
+                raise
             channels += [ch for ch in (data_in, data_out) if ch is not None]
             ctl.send(C.DataChannelsReady(self.idx))
             if self.manifest.host_blind:
@@ -276,9 +305,49 @@ class StageWorker:
                 _RequestLoop(self, ctl, data_in, data_out, activation).run()
         except SessionEnded:
             log.info("stage %d: session ended by the orchestrator", self.idx)
+        except OrchestratorGone as gone:
+            self._say_orchestrator_left(str(gone) if gone.goodbye
+                                        else f"its connection closed: {gone}")
+        except (CmlpError, OSError):
+            # A broken data link may just be the orchestrator leaving (Ctrl-C): it says
+            # goodbye on control before it drops its channels.
+            if not self._orchestrator_said_goodbye(ctl):
+                raise
+            self._say_orchestrator_left("it left without waiting for the stages (interrupted)")
         finally:
             for ch in channels:
                 ch.close()
+
+    def _say_orchestrator_left(self, why: str) -> None:
+        then = "waiting for the next session" if self.config.persistent else "exiting"
+        log.warning("stage %d: the orchestrator went away (%s); %s", self.idx, why, then)
+
+    def _orchestrator_said_goodbye(self, ctl: _Control) -> bool:
+        """After a failure: did the orchestrator end the session (Shutdown) or vanish?"""
+        deadline = time.monotonic() + GONE_GRACE
+        while not ctl.channel.closed:
+            try:
+                msg = ctl.recv(timeout=max(0.01, deadline - time.monotonic()))
+            except OrchestratorGone as gone:
+                return gone.goodbye   # a bare close is no goodbye: keep the link's own error
+            except (CmlpError, OSError, SessionEnded):
+                return False
+            if isinstance(msg, C.Shutdown):
+                return True
+        return False
+
+    def _report_setup_failure(self, control: SecureChannel, exc: BaseException) -> None:
+        """Tell the orchestrator why this stage cannot join (an Error frame), then drop it.
+
+        Only the stage's own reasons (model, weights, hashes, its data links); a peer
+        that broke the protocol on control just gets the closed connection.
+        """
+        if control.closed or isinstance(exc, _PEER_FAULTS):
+            return
+        try:
+            control.send_error(f"stage {self.idx}: {exc}", timeout=1.0)
+        except (CmlpError, OSError):
+            pass
 
     # -- control phase ---------------------------------------------------------
     def _control_phase(self, ctl: _Control, msg):
@@ -563,7 +632,7 @@ class _RequestLoop:
         except _LinkLost as lost:
             try:
                 self.ctl.send(C.RequestError(req.request_id, str(lost)))
-            except CmlpError:
+            except (CmlpError, OrchestratorGone):
                 pass
             raise lost.exc from None
 
