@@ -107,11 +107,31 @@ class Client:
                                                      handshake_timeout=self.timeout)
         self.verifier = make_verifier(kind, nitro_root_pem)
         self._closed = False
+        self._info: Optional[ModelInfo] = None
 
     def model_info(self) -> ModelInfo:
-        m = self.manifest
-        return ModelInfo(model_name=m.model_name, max_seq_len=m.activation_spec.max_seq_len,
-                         chat_template=None, bos_token=None, eos_token=None)
+        """The manifest's name and context, plus the tokenizer's metadata from attested stage 0."""
+        if self._info is None:
+            channel = self._open()
+            ep = P.Endpoint(P.CLIENT)
+            seq = _next_seq()
+            try:
+                try:
+                    channel.send(ep.send(P.Info(seq)))
+                except CmlpError as exc:
+                    raise PipelineUnavailable(f"asking stage 0 for the model info failed: "
+                                              f"{exc}") from exc
+                ev = self._recv(channel, ep)
+            finally:
+                channel.close()
+            if isinstance(ev, P.Error):
+                raise _error(ev)
+            if not isinstance(ev, P.InfoReply) or ev.seq != seq:
+                raise PipelineUnavailable("stage 0 did not answer the model info request")
+            m = self.manifest
+            self._info = ModelInfo(model_name=m.model_name,
+                                   max_seq_len=m.activation_spec.max_seq_len, **ev.body)
+        return self._info
 
     def close(self) -> None:
         self._closed = True

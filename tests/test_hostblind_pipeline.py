@@ -202,6 +202,16 @@ def test_metrics_hooks_see_counts_and_timings_only(parity):
                 isinstance(v, str) and v in ("busy", "unavailable"))
 
 
+def test_model_info_comes_from_the_manifest_and_attested_stage0(parity):
+    model_dir, _, _ = parity
+    m = manifest(2)
+    with served(m, executors(model_dir, 2)) as (server, _):
+        info = Client(str(server.address), m).model_info()
+    assert info.model_name == m.model_name and info.max_seq_len == 512
+    assert info.eos_token == "<|endoftext|>"            # the embedded GPT-2 tokenizer's
+    assert info.chat_template is None                    # GPT-2 has none
+
+
 def test_client_refuses_a_stage0_without_the_pinned_measurements(parity):
     model_dir, prompt, golden = parity
     m = manifest(1)

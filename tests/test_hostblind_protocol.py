@@ -148,3 +148,20 @@ def test_stop_spanning_tokens_and_multibyte_characters():
     if len(ids) > 1:
         out, _, _ = run(ids, max_tokens=len(ids))
         assert out[:-1] == [""] * (len(ids) - 1) and out[-1] == "日"
+
+
+def test_info_exchange_and_malformed_replies():
+    c, s = P.Endpoint(P.CLIENT), P.Endpoint(P.STAGE0)
+    assert isinstance(s.receive(c.send(P.Info(7))), P.Info)
+    body = {"chat_template": "{{ x }}" * 1000, "bos_token": None, "eos_token": "<|endoftext|>"}
+    assert c.receive(s.send(P.InfoReply(7, body))) == P.InfoReply(7, body)
+    assert c.state(7) == P.DONE
+    head = struct.pack("<BQ", P.INFO_REPLY, 8)
+    for raw in (head + b'{"chat_template": 1, "bos_token": null, "eos_token": null}',
+                head + b'{"chat_template": null}', head + b"[]", head + b"\xff"):
+        with pytest.raises(ProtocolError):
+            P.decode(raw)
+    with pytest.raises(ProtocolError):                       # no tokens in an info exchange
+        s2 = P.Endpoint(P.STAGE0)
+        s2.receive(P.encode(P.Info(9)))
+        s2.send(P.Token(9, 0, 1, "a"))

@@ -11,7 +11,8 @@ message that is malformed or not allowed in the sequence's state raises
 ``ProtocolError``.
 
 Links and roles (docs/host-blind.md):
-  client  <-> stage 0   ``CLIENT`` / ``STAGE0``: Generate, Cancel / Started, Token, Finished, Error
+  client  <-> stage 0   ``CLIENT`` / ``STAGE0``: Generate, Cancel, Info / Started, Token,
+                        Finished, Error, InfoReply
   stage i  -> stage i+1 ``UPSTREAM`` / ``DOWNSTREAM``: Begin, Step (+ tensors), End, Fail
   last     -> stage 0   the same link kind (feedback): Sampled, Fail
 
@@ -30,8 +31,8 @@ from typing import Dict, Optional, Tuple, Union
 from cmlp.errors import ProtocolError
 
 # -- message types ----------------------------------------------------------------
-GENERATE, CANCEL = 0x01, 0x02
-STARTED, TOKEN, FINISHED, ERROR = 0x11, 0x12, 0x13, 0x14
+GENERATE, CANCEL, INFO = 0x01, 0x02, 0x03
+STARTED, TOKEN, FINISHED, ERROR, INFO_REPLY = 0x11, 0x12, 0x13, 0x14, 0x15
 BEGIN, STEP, END, FAIL, SAMPLED = 0x21, 0x22, 0x23, 0x24, 0x31
 
 _HEAD = struct.Struct("<BQ")                  # type, seq
@@ -46,6 +47,7 @@ _COUNT = struct.Struct("<I")
 
 MAX_GENERATE_BYTES = 2 << 20                  # JSON body of a Generate (prompt <= 1 MiB)
 MAX_ERROR_TEXT = 1024
+MAX_INFO_BYTES = 1 << 20                      # InfoReply JSON (a chat template can be long)
 MAX_TOKEN_TEXT = 4096
 MAX_STEP_TENSORS = 8
 MAX_PROMPT_IDS = 1 << 16
@@ -71,6 +73,20 @@ class Generate:
 class Cancel:
     seq: int
     type = CANCEL
+
+
+@dataclass(frozen=True)
+class Info:
+    """Ask stage 0 for the tokenizer's metadata (chat template, special tokens)."""
+    seq: int
+    type = INFO
+
+
+@dataclass(frozen=True)
+class InfoReply:
+    seq: int
+    body: dict                 # {"chat_template", "bos_token", "eos_token"}: str or None each
+    type = INFO_REPLY
 
 
 @dataclass(frozen=True)
@@ -151,7 +167,9 @@ class Sampled:
     type = SAMPLED
 
 
-Event = Union[Generate, Cancel, Started, Token, Finished, Error, Begin, Step, End, Fail, Sampled]
+Event = Union[Generate, Cancel, Info, InfoReply, Started, Token, Finished, Error, Begin, Step,
+              End, Fail, Sampled]
+INFO_KEYS = ("chat_template", "bos_token", "eos_token")
 
 
 # -- encoding ---------------------------------------------------------------------
@@ -178,8 +196,13 @@ def encode(ev: Event) -> bytes:
         if len(body) > MAX_GENERATE_BYTES:
             raise ProtocolError(f"request larger than {MAX_GENERATE_BYTES} bytes")
         return head + body
-    if t in (CANCEL, END):
+    if t in (CANCEL, END, INFO):
         return head
+    if t == INFO_REPLY:
+        body = json.dumps(ev.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(body) > MAX_INFO_BYTES:
+            raise ProtocolError(f"model info larger than {MAX_INFO_BYTES} bytes")
+        return head + body
     if t == STARTED:
         if len(ev.prompt_ids) > MAX_PROMPT_IDS:
             raise ProtocolError(f"more than {MAX_PROMPT_IDS} prompt ids")
@@ -231,10 +254,21 @@ def decode(payload) -> Event:
         if not isinstance(body, dict):
             raise ProtocolError("request body must be a JSON object")
         return Generate(seq, body)
-    if t in (CANCEL, END):
+    if t in (CANCEL, END, INFO):
         if n != HEAD:
             raise ProtocolError(f"message 0x{t:02x}: expected {HEAD} bytes, got {n}")
-        return Cancel(seq) if t == CANCEL else End(seq)
+        return {CANCEL: Cancel, END: End, INFO: Info}[t](seq)
+    if t == INFO_REPLY:
+        if n > HEAD + MAX_INFO_BYTES:
+            raise ProtocolError(f"model info larger than {MAX_INFO_BYTES} bytes")
+        try:
+            body = json.loads(bytes(payload[HEAD:]).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ProtocolError("model info is not valid UTF-8 JSON") from None
+        if not isinstance(body, dict) or set(body) != set(INFO_KEYS) or not all(
+                v is None or isinstance(v, str) for v in body.values()):
+            raise ProtocolError(f"model info must map exactly {INFO_KEYS} to strings or null")
+        return InfoReply(seq, body)
     if t == STARTED:
         if n < HEAD + _COUNT.size:
             raise ProtocolError("Started: truncated")
@@ -290,6 +324,7 @@ def decode(payload) -> Event:
 # Direction "send" is checked on send(), "recv" on receive().  A sequence not
 # yet known is in state IDLE; DONE removes it (its id may not be reused).
 IDLE, WAIT_START, STREAMING, DONE = "IDLE", "WAIT_START", "STREAMING", "DONE"
+WAIT_INFO = "WAIT_INFO"
 ACTIVE = "ACTIVE"
 
 CLIENT, STAGE0, UPSTREAM, DOWNSTREAM = "client", "stage0", "upstream", "downstream"
@@ -304,6 +339,9 @@ _CLIENT_LINK = {
     (CLIENT, STREAMING, "recv", TOKEN): STREAMING,
     (CLIENT, STREAMING, "recv", FINISHED): DONE,
     (CLIENT, STREAMING, "recv", ERROR): DONE,
+    (CLIENT, IDLE, "send", INFO): WAIT_INFO,
+    (CLIENT, WAIT_INFO, "recv", INFO_REPLY): DONE,
+    (CLIENT, WAIT_INFO, "recv", ERROR): DONE,
     # stage 0 side (the mirror image)
     (STAGE0, IDLE, "recv", GENERATE): WAIT_START,
     (STAGE0, WAIT_START, "recv", CANCEL): DONE,
@@ -313,6 +351,9 @@ _CLIENT_LINK = {
     (STAGE0, STREAMING, "send", TOKEN): STREAMING,
     (STAGE0, STREAMING, "send", FINISHED): DONE,
     (STAGE0, STREAMING, "send", ERROR): DONE,
+    (STAGE0, IDLE, "recv", INFO): WAIT_INFO,
+    (STAGE0, WAIT_INFO, "send", INFO_REPLY): DONE,
+    (STAGE0, WAIT_INFO, "send", ERROR): DONE,
 }
 
 # A stage link carries, per sequence: Begin (once, first), then Steps with

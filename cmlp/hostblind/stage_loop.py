@@ -67,11 +67,18 @@ class _SessionOver(Exception):
 
 
 def load_stage0_tokenizer(model_dir: Optional[Path]):
-    """The model directory's tokenizer.json if it has one, else the embedded GPT-2 one."""
-    from cmlp.tokenizer import load_tokenizer
+    """The model directory's tokenizer if it has one, else the embedded GPT-2 one.
+
+    Uses ``cmlp.tokenizer.load_model_tokenizer`` (EOS ids, special tokens and chat template
+    from the model directory) where the models branch provides it.
+    """
+    from cmlp import tokenizer as T
     if model_dir is not None and (Path(model_dir) / "tokenizer.json").is_file():
-        return load_tokenizer(Path(model_dir) / "tokenizer.json")
-    return load_tokenizer(None)
+        loader = getattr(T, "load_model_tokenizer", None)
+        if loader is not None:
+            return loader(Path(model_dir))
+        return T.load_tokenizer(Path(model_dir) / "tokenizer.json")
+    return T.load_tokenizer(None)
 
 
 def run_host_blind(worker, ctl, data_in, data_out, activation) -> None:
@@ -175,6 +182,10 @@ class _Base:
         return self.sampler.sample(row, params, rng)
 
 
+def _str_or_none(value) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
 def _ids_tensor(ids: Sequence[int]) -> Tensor:
     arr = np.asarray([ids], dtype=np.uint32)          # [1, T]
     return Tensor("input_ids", DType.U32, arr.shape, arr)
@@ -268,11 +279,15 @@ class _Stage0Loop(_Base):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.tok = self.opts.tokenizer or load_stage0_tokenizer(
-            getattr(self.w.executor, "model_dir", None))
+        self.tok = self.opts.tokenizer or getattr(self.w, "hb_tokenizer", None)
+        if self.tok is None:                     # loaded once per worker, not per session
+            self.tok = self.w.hb_tokenizer = load_stage0_tokenizer(
+                getattr(self.w.executor, "model_dir", None))
         eos = self.opts.eos_ids
         if eos is None:
-            eos = tuple(getattr(self.tok, "eos_ids", ()) or (self.tok.eos_id,))
+            eos = tuple(getattr(self.tok, "eos_ids", None) or ())
+            if not eos and getattr(self.tok, "eos_id", None) is not None:
+                eos = (self.tok.eos_id,)
         self.eos_ids = tuple(eos)
         self.down = P.Endpoint(P.UPSTREAM)
         self.feedback = P.Endpoint(P.DOWNSTREAM, sampled_link=True)
@@ -323,6 +338,15 @@ class _Stage0Loop(_Base):
             log.warning("stage 0: no valid request from the client: %s", exc)
             return
         cseq = req.seq
+        if isinstance(req, P.Info):
+            info = {k: _str_or_none(getattr(self.tok, k, None)) for k in P.INFO_KEYS}
+            if info["eos_token"] is None and hasattr(self.tok, "eos_id"):
+                info["eos_token"] = _str_or_none(self.tok.decode([self.tok.eos_id]))
+            try:
+                self._to_client(ch, cl.send(P.InfoReply(cseq, info)), final=True)
+            except _ClientGone:
+                pass
+            return
         try:
             prompt_ids, params = self._parse(req.body)
         except InvalidRequestError as exc:
