@@ -56,7 +56,7 @@ def _metrics(addr, n_stages):
         from cmlp.serve_metrics import ServeMetrics, start_metrics_server
     except ImportError as exc:
         raise ValueError(f"--metrics needs cmlp.serve_metrics and prometheus_client "
-                         f"(pip install 'cmlp[serve]'): {exc}") from None
+                         f"(pip install 'cmlp[metrics]'): {exc}") from None
     metrics = ServeMetrics(n_stages)
     return metrics, start_metrics_server(str(addr), metrics)
 
