@@ -339,3 +339,26 @@ class PositionOverflow(ModelError):
 
 class InvalidModelInput(ModelError):
     """A forward-pass input has the wrong dtype, shape or values (e.g. an id >= vocab)."""
+
+
+# --------------------------------------------------------------------------
+# Generation (host-blind mode, cmlp.client; the client contract fixes these names)
+# --------------------------------------------------------------------------
+class GenerationError(PipelineError):            # base for what a client sees from a generation
+    """A generation could not be completed."""
+
+
+class InvalidRequestError(GenerationError):      # bad parameters (HTTP 400)
+    """The request's parameters are invalid."""
+
+
+class ContextTooLong(InvalidRequestError):       # prompt + max_tokens > max_seq_len (HTTP 400)
+    """The prompt plus max_tokens exceeds the model's context."""
+
+
+class ServerBusy(GenerationError):               # no slot and the queue is full (HTTP 503)
+    """No generation slot is free and the host's queue is full."""
+
+
+class PipelineUnavailable(GenerationError):      # host/stage down or link broken mid-generation (HTTP 503)
+    """The host, a stage or a link is down, or broke during the generation."""

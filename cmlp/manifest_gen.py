@@ -21,6 +21,10 @@ Port plans (base port P, stage i of n; the packaged examples use P = 9000 / 5000
   relay   as direct, but stage i < n-1 sends to the host relay on P+10i+101
   vsock   every enclave: control P, data_in P+1 (any CID); data_out to the host (CID 3):
           relays P+1001+i, the last stage's output P+2
+
+With ``host_blind`` (docs/host-blind.md) the last stage's data_out closes the ring to
+stage 0's data_in (direct: straight to it; relay: the host's port P+10(n-1)+101; vsock: the
+host's vsock port P+1001+(n-1)), and stage 0 takes clients on P+2 (tcp) / vsock P+3.
 """
 
 from __future__ import annotations
@@ -78,6 +82,20 @@ def vsock_layout(n: int, base: int, host: str) -> Ports:
             for i in range(n)]
 
 
+def close_ring(eps: Ports, layout: str, base: int, host: str) -> dict:
+    """Host-blind: route the last stage's data_out back to stage 0; return the client endpoint."""
+    n = len(eps)
+    if layout == "vsock":
+        if n > 1:
+            eps[-1]["data_out"] = _vsock(HOST_CID, base + 1001 + n - 1)
+        return _vsock(ANY_CID, base + 3)
+    if layout == "relay" and n > 1:
+        eps[-1]["data_out"] = _tcp(host, base + 10 * (n - 1) + 101)
+    else:
+        eps[-1]["data_out"] = dict(eps[0]["data_in"])
+    return _tcp(host, base + 2)
+
+
 LAYOUTS: Dict[str, Callable[[int, int, str], Ports]] = {
     "direct": direct_layout,
     "relay": relay_layout,
@@ -132,7 +150,7 @@ def _shard_hashes(model_dir: Path, config, start: int, end: int) -> List[str]:
 
 def generate(model_dir, splits: Sequence[int], layout: str = "direct", base_port: int = 9000,
              host: str = "127.0.0.1", with_hashes: bool = True,
-             extras: Sequence[str] = ()) -> Manifest:
+             host_blind: bool = False, extras: Sequence[str] = ()) -> Manifest:
     """A validated manifest for ``model_dir`` cut into ``splits`` layers per stage."""
     if layout not in LAYOUTS:
         raise ManifestError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
@@ -143,6 +161,7 @@ def generate(model_dir, splits: Sequence[int], layout: str = "direct", base_port
     name, config, n_layer, hidden, positions = _model_facts(model_dir)
     bounds = stage_bounds(splits, n_layer)
     endpoints = LAYOUTS[layout](len(bounds), base_port, host)
+    client = close_ring(endpoints, layout, base_port, host) if host_blind else None
     stages = []
     for i, ((start, end), ep) in enumerate(zip(bounds, endpoints)):
         hashes = _shard_hashes(model_dir, config, start, end) if with_hashes else []
@@ -152,6 +171,8 @@ def generate(model_dir, splits: Sequence[int], layout: str = "direct", base_port
     doc = {"model_name": name, "model_version": MODEL_VERSION, "total_layers": n_layer,
            "stages": stages,
            "activation_spec": {"dtype": "F32", "hidden_dim": hidden, "max_seq_len": positions}}
+    if client is not None:
+        doc["host_blind"] = {"client": client}
     for extra in extras:
         EXTRAS[extra](doc, layout, base_port, host)
     return Manifest.from_json(json.dumps(doc), source=f"generated from {model_dir}")

@@ -3,7 +3,7 @@
     cmlp manifest list
     cmlp manifest show NAME
     cmlp manifest copy NAME DEST [--force]
-    cmlp manifest init --model-dir DIR --splits 6,6 [--relay | --vsock] [--base-port P]
+    cmlp manifest init --model-dir DIR --splits 6,6 [--relay | --vsock] [--host-blind] [--base-port P]
                        [--host ADDR] [--no-hashes] [--out FILE] [--force]
                        [--<extra> for each cmlp.manifest_gen.EXTRAS key]
 
@@ -119,6 +119,9 @@ def register(subparsers) -> None:
                    help="first port (default: 9000 for tcp, 5000 for vsock)")
     p.add_argument("--host", default="127.0.0.1", help="IP of every tcp endpoint "
                    "(default: 127.0.0.1)")
+    p.add_argument("--host-blind", action="store_true",
+                   help="host-blind mode (cmlp serve / cmlp generate): stage 0 takes clients, "
+                        "the last stage feeds tokens back to stage 0 (docs/host-blind.md)")
     p.add_argument("--no-hashes", action="store_true",
                    help="leave weight_hashes empty (stages then accept any weights)")
     p.add_argument("--out", type=Path, default=None, help="write here (default: stdout)")
@@ -180,7 +183,8 @@ def cmd_init(args) -> int:
     base = args.base_port if args.base_port is not None else \
         (5000 if args.layout == "vsock" else 9000)
     manifest = generate(args.model_dir, splits, layout=args.layout, base_port=base,
-                        host=args.host, with_hashes=not args.no_hashes, extras=args.extras)
+                        host=args.host, with_hashes=not args.no_hashes,
+                        host_blind=args.host_blind, extras=args.extras)
     text = manifest.dumps()
     if args.out is None:
         sys.stdout.write(text)

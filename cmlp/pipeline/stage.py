@@ -63,6 +63,7 @@ class StageConfig:
     input_timeout: float = 300.0          # a request waiting for its input (cmlp addition)
     persistent: bool = False              # serve one orchestrator session after another
     host_unattested: bool = False         # the orchestrator presents no attestation
+    hostblind: object = None              # cmlp.hostblind.stage_loop.HostBlindOptions
     # issue 10: no idle or half-open connection may lock the stage
     handshake_timeout: float = 10.0       # at most this per incoming handshake
     first_message_timeout: float = 30.0   # Init must follow the control handshake within it
@@ -158,6 +159,7 @@ class StageWorker:
                         stage_idx, data_out_target, self.spec.endpoint.data_out.endpoint)
         self.control_listener = None
         self.data_listener = None
+        self.client_listener = None           # host-blind mode, stage 0
         self.sessions = 0
         self.last_error: Optional[BaseException] = None   # of the last failed session
         self._initialized_spec = None
@@ -174,12 +176,14 @@ class StageWorker:
     def bind(self) -> None:
         self.control_listener = self._bind_endpoint(self.spec.endpoint.control.endpoint)
         self.data_listener = self._bind_endpoint(self.spec.endpoint.data_in.endpoint)
+        if self.manifest.host_blind and self.idx == 0:
+            self.client_listener = self._bind_endpoint(self.manifest.client_endpoint.endpoint)
 
     def close(self) -> None:
         self._stop.set()
         if self._control_acceptor is not None:
             self._control_acceptor.close()
-        for lst in (self.control_listener, self.data_listener):
+        for lst in (self.control_listener, self.data_listener, self.client_listener):
             if lst is not None:
                 try:
                     lst.close()
@@ -320,9 +324,13 @@ class StageWorker:
             except (CmlpError, OSError) as exc:
                 self._report_setup_failure(control, exc)
                 raise
-            channels += [data_in, data_out]
+            channels += [ch for ch in (data_in, data_out) if ch is not None]
             ctl.send(C.DataChannelsReady(self.idx))
-            _RequestLoop(self, ctl, data_in, data_out, activation).run()
+            if self.manifest.host_blind:
+                from cmlp.hostblind.stage_loop import run_host_blind
+                run_host_blind(self, ctl, data_in, data_out, activation)
+            else:
+                _RequestLoop(self, ctl, data_in, data_out, activation).run()
         except SessionEnded:
             log.info("stage %d: session ended by the orchestrator", self.idx)
         except OrchestratorGone as gone:
@@ -440,7 +448,26 @@ class StageWorker:
         deadline = time.monotonic() + cfg.data_setup_timeout
         up_peer = None if self.idx == 0 else self.idx - 1
         down_peer = None if self.idx == num_stages - 1 else self.idx + 1
+        if self.manifest.host_blind:
+            # a ring: the last stage's data_out is the feedback link to stage 0's data_in
+            if num_stages == 1:
+                return None, None             # one stage samples itself: no data links
+            up_peer, down_peer = (self.idx - 1) % num_stages, (self.idx + 1) % num_stages
         out_sock = self._connect_downstream(ctl, deadline)
+        if self.manifest.host_blind and self.idx == 0:
+            # stage 0 starts the handshake chain (s0 -> s1 -> ... -> last -> s0)
+            try:
+                data_out = SecureChannel.connect(out_sock, cfg.provider, cfg.verifier,
+                                                 self._session_config(down_peer))
+            except BaseException:
+                out_sock.close()
+                raise
+            try:
+                data_in = self._accept_upstream(ctl, deadline, self._session_config(up_peer))
+            except BaseException:
+                data_out.close()
+                raise
+            return data_in, data_out
         try:
             data_in = self._accept_upstream(ctl, deadline, self._session_config(up_peer))
         except BaseException:
