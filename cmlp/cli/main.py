@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "cmlp.cli.echo",        # echo-server, echo-client
     "cmlp.cli.model_cmd",   # model init, model hashes
     "cmlp.cli.attest_cmd",  # attest verify
+    "cmlp.cli.proxy_cmd",   # proxy (OpenAI-compatible API)
 )
 
 
