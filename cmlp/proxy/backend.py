@@ -8,6 +8,8 @@ the app can be tested against any object that implements the client contract
 
 from __future__ import annotations
 
+import importlib
+
 from cmlp.errors import PipelineError
 
 # A one-token prompt for the attestation probe when the client has no verify() of its own.
@@ -28,7 +30,7 @@ class ClientBackend:
                 timeout: float = 30.0) -> "ClientBackend":
         """The real thing: cmlp.client.Client talking to `cmlp serve` at ``connect``."""
         try:
-            from cmlp import client as mod
+            mod = importlib.import_module("cmlp.client")
         except ModuleNotFoundError as exc:
             if exc.name != "cmlp.client":
                 raise
