@@ -210,26 +210,26 @@ class _Proxy:
                                 out.append(shape.chunk_usage(finished.prompt_tokens,
                                                              finished.completion_tokens))
                         out.append(R.DONE)
-                        yield "".join(out)
+                        yield "".join(out).encode()
                         return
                     if item is CANCELLED:
                         return
                     if isinstance(item, Failure):
                         out.append(_error_event(item.exc))
                         out.append(R.DONE)
-                        yield "".join(out)
+                        yield "".join(out).encode()
                         return
                     if finished is not None:
                         out.append(_error_event(_no_finish()))
                         out.append(R.DONE)
-                        yield "".join(out)
+                        yield "".join(out).encode()
                         return
                     if self.backend.is_finished(item):
                         finished = item
                     elif item.text:
                         out.append(shape.chunk_token(item.text))
                 if out:
-                    yield "".join(out)
+                    yield "".join(out).encode()
                     out = []
                 batch = await stream.next_batch()
         finally:
