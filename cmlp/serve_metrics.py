@@ -23,10 +23,10 @@ from cmlp.transport.sockets import parse_tcp_addr
 
 # Finish reasons the client contract defines; anything else is counted as "other".
 FINISH_REASONS = ("length", "eos", "stop")
-# Error kinds are short identifiers (an exception class name, "timeout", ...).
+# Error kinds are short fixed phrases ("busy", "client gone", an exception class name).
 # At most MAX_ERROR_KINDS distinct ones get their own label; the rest are "other".
 MAX_ERROR_KINDS = 32
-_ERROR_KIND = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_ERROR_KIND = re.compile(r"[A-Za-z_][A-Za-z0-9_ .-]{0,63}\Z")
 
 # Why these buckets: TTFT spans a prefill (tens of ms on a small model, seconds on a
 # long prompt behind a queue); inter-token latency is one decode step plus the hops.

@@ -49,6 +49,7 @@ def test_request_lifecycle_is_counted_and_timed(served):
         metrics.request_finished(reason)
     metrics.request_started()
     metrics.request_finished(None, error="PipelineUnavailable")
+    metrics.request_finished(None, error="client gone")
     metrics.set_active(5)
     metrics.set_queue_depth(2)
     metrics.set_stage_up(0, True)
@@ -61,6 +62,7 @@ def test_request_lifecycle_is_counted_and_timed(served):
     assert s[(fin, (("error", ""), ("finish_reason", "length")))] == 1
     assert s[(fin, (("error", ""), ("finish_reason", "eos")))] == 1
     assert s[(fin, (("error", "PipelineUnavailable"), ("finish_reason", "none")))] == 1
+    assert s[(fin, (("error", "client gone"), ("finish_reason", "none")))] == 1
     assert s[("cmlp_generated_tokens_total", ())] == 5
     ttft = "cmlp_time_to_first_token_seconds"
     assert s[(ttft + "_count", ())] == 2
