@@ -289,9 +289,12 @@ def bench_real(args) -> None:
                             stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=ROOT))
     try:
-        line = proc.stderr.readline()
-        if "serving" not in line:
-            raise SystemExit(f"the proxy did not start: {line}{proc.stderr.read()}")
+        seen = []
+        while not seen or "serving" not in seen[-1]:      # warnings may come first
+            line = proc.stderr.readline()
+            if not line:
+                raise SystemExit("the proxy did not start:\n" + "".join(seen))
+            seen.append(line)
         address = f"127.0.0.1:{port}"
         prompt = "The capital of France is"
         rows = {"direct": [], "proxy": []}
