@@ -302,7 +302,7 @@ def bench_real(args) -> None:
         def gaps(run):
             stamps = []
             n, elapsed = run(lambda text, now: stamps.append(now))
-            g = [(b - a) / 1e3 for a, b in zip(stamps, stamps[1:])]
+            g = [(b - a) / 1e3 for a, b in zip(stamps, stamps[1:], strict=False)]
             return statistics.median(g), elapsed / n * 1e6, n
 
         body = {"model": info.model_name, "prompt": prompt, "max_tokens": args.real_tokens,

@@ -12,12 +12,13 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
+from proxy_fake import fake_backend  # noqa: E402
+
 from cmlp.cli import proxy_cmd  # noqa: E402
 from cmlp.cli.common import run_command  # noqa: E402
 from cmlp.cli.main import build_parser  # noqa: E402
 from cmlp.errors import PublicKeyMismatch, VerificationFailed  # noqa: E402
 from cmlp.proxy.server import ListenPolicyError, check_listen_policy  # noqa: E402
-from proxy_fake import fake_backend  # noqa: E402
 
 
 def _free_port() -> int:

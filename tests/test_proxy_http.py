@@ -14,9 +14,10 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
+from proxy_fake import fake_backend  # noqa: E402
+
 from cmlp.proxy.app import ProxyConfig, create_app  # noqa: E402
 from cmlp.proxy.server import ProxyServer  # noqa: E402
-from proxy_fake import fake_backend  # noqa: E402
 
 MODEL = "gpt2-fake"
 CHAT = "/v1/chat/completions"

@@ -16,10 +16,11 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from cmlp.proxy.app import ProxyConfig, create_app  # noqa: E402
-from cmlp.proxy.server import ProxyServer  # noqa: E402
 from proxy_fake import _TOKENIZER as TOKENIZER  # noqa: E402
 from proxy_fake import fake_backend  # noqa: E402
+
+from cmlp.proxy.app import ProxyConfig, create_app  # noqa: E402
+from cmlp.proxy.server import ProxyServer  # noqa: E402
 
 MODEL = "gpt2-fake"
 

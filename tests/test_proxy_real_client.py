@@ -33,8 +33,7 @@ KEY = "test-key-123"
 def _helpers():
     # Present together with cmlp.client (they come from the same branch).
     from hostblind_helpers import hb_manifest_dict
-    from pipeline_helpers import (cli_env, free_ports, start_stage_process, stop_processes,
-                                  write_manifest)
+    from pipeline_helpers import cli_env, free_ports, start_stage_process, stop_processes, write_manifest
     return hb_manifest_dict, cli_env, free_ports, start_stage_process, stop_processes, \
         write_manifest
 
@@ -73,7 +72,7 @@ def pipeline(tmp_path_factory):
     procs = [start_stage_process(path, i, tiny, ["--persistent"]) for i in range(2)]
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "cmlp.cli.main", "serve", "--manifest", str(path), "--listen",
-         f"127.0.0.1:{serve_port}", "--log-level", "warning"],
+         f"127.0.0.1:{serve_port}", "--log-level", "warning", "--queue", "16"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()))
     try:
         _wait_port(serve_port, procs[-1])
@@ -166,7 +165,7 @@ def test_stop_sequence_and_errors(pipeline):
         client.completions.create(model="gpt-4", prompt=PROMPT)
 
 
-def test_disconnect_frees_the_slot_and_concurrent_streams(pipeline):
+def test_disconnect_frees_the_slot_and_16_concurrent_streams(pipeline):
     client = pipeline["openai"]
     stream = client.completions.create(model=pipeline["model"], prompt=PROMPT,
                                        max_tokens=200, stream=True)
@@ -178,8 +177,9 @@ def test_disconnect_frees_the_slot_and_concurrent_streams(pipeline):
                                       max_tokens=6, temperature=0.5, seed=i)
         return finish == "length" and usage.completion_tokens == 6
 
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        assert all(pool.map(one, range(4)))
+    # 16 clients at once: the proxy opens 16 sessions; `cmlp serve --queue 16` queues them
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        assert all(pool.map(one, range(16)))
 
 
 def test_proxy_refuses_to_start_when_stage0_does_not_match(pipeline):

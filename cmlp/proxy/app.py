@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -61,7 +62,8 @@ class _Proxy:
             # localhost, so a web page cannot reach us through DNS rebinding.
             host = request.headers.get("host", "")
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:host.find("]")]
-            if name != "localhost" and not _is_ip(name):
+            # (no Host at all is not a browser: browsers always send one)
+            if host and name != "localhost" and not _is_ip(name):
                 raise ApiError(403, "Requests must address the proxy by IP or localhost.",
                                code="forbidden_host")
             return
@@ -153,7 +155,7 @@ class _Proxy:
         try:
             first = await stream.next_batch()
             if s.stream:
-                failure = _failure(first, before_any_token=True)
+                failure = _failure(first)
                 if failure is not None:
                     raise from_exception(failure, prompt_param=param)
                 watcher.cancel()   # StreamingResponse listens for the disconnect from now on
@@ -275,7 +277,7 @@ def _no_finish() -> Exception:
     return ProtocolError("the generation ended without exactly one final Finished event")
 
 
-def _failure(batch: list, *, before_any_token: bool):
+def _failure(batch: list):
     """The exception that ended the generation before it yielded anything, if any."""
     first = batch[0]
     if isinstance(first, Failure):
@@ -324,7 +326,8 @@ def create_app(backend, config: ProxyConfig | None = None) -> Starlette:
         Route("/v1/models/{model:path}", proxy.model, methods=["GET"]),
         Route("/health", proxy.health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={
-        ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error})
+    handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error,
+                                Exception: _internal_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.proxy = proxy
     return app
