@@ -325,3 +325,44 @@ def test_api_key_required_when_configured(start_proxy):
         assert info.value.code == "invalid_api_key"
         with pytest.raises(openai.AuthenticationError):
             bad.models.list()
+
+
+def _health_active(server) -> int:
+    import json
+    import urllib.request
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as resp:
+        return json.loads(resp.read())["active"]
+
+
+def test_disconnect_while_waiting_for_a_non_streamed_answer_cancels(start_proxy):
+    import http.client
+    import json
+    server, _, fake = start_proxy(token_delay=0.01)
+    host, port = server.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v1/completions", headers={"Content-Type": "application/json"},
+                 body=json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 1000}))
+    deadline = time.monotonic() + 10
+    while fake.started == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    conn.sock.close()                     # the HTTP client goes away before the answer
+    while (fake.cancelled == 0 or _health_active(server)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.cancelled == 1 and fake.completed == 0
+    assert _health_active(server) == 0
+
+
+def test_every_request_path_releases_its_slot(start_proxy):
+    server, client, fake = start_proxy(ProxyConfig(max_concurrent=2), token_delay=0.002)
+    for _ in range(3):                    # more requests than slots, one after another
+        client.completions.create(model=MODEL, prompt="x", max_tokens=3)
+        list(client.completions.create(model=MODEL, prompt="x", max_tokens=3, stream=True))
+        stream = client.completions.create(model=MODEL, prompt="x", max_tokens=100,
+                                           stream=True)
+        next(iter(stream))
+        stream.close()
+    deadline = time.monotonic() + 10
+    while _health_active(server) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _health_active(server) == 0
+    assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).choices

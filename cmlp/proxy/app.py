@@ -149,6 +149,15 @@ class _Proxy:
             raise ApiError(503, "The proxy is at its limit of concurrent generations; "
                                 "try again later.", type="server_error", code="server_busy")
         self.active += 1
+        released = False
+
+        def release() -> None:     # exactly once, whichever path ends the request
+            nonlocal released
+            if not released:
+                released = True
+                stream.cancel()
+                self.active -= 1
+
         handed_over = False
         stream = TokenStream(lambda: self.backend.generate(prompt, params)).start()
         watcher = asyncio.ensure_future(_cancel_on_disconnect(request, stream))
@@ -161,15 +170,15 @@ class _Proxy:
                 watcher.cancel()   # StreamingResponse listens for the disconnect from now on
                 shape = R.Shape(self.info.model_name, chat, s.include_usage)
                 handed_over = True
-                return StreamingResponse(
-                    self._sse(stream, first, shape), media_type="text/event-stream",
+                return _EventStream(
+                    self._sse(stream, first, shape, release), release,
+                    media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             return await self._collect(stream, first, chat, param)
         finally:
             watcher.cancel()
             if not handed_over:
-                stream.cancel()
-                self.active -= 1
+                release()
 
     async def _collect(self, stream: TokenStream, batch: list, chat: bool, param: str):
         text = []
@@ -196,7 +205,7 @@ class _Proxy:
                     text.append(item.text)
             batch = await stream.next_batch()
 
-    async def _sse(self, stream: TokenStream, batch: list, shape: R.Shape):
+    async def _sse(self, stream: TokenStream, batch: list, shape: R.Shape, release):
         finished = None
         try:
             out = [shape.chunk_role()] if shape.chat else []
@@ -235,8 +244,7 @@ class _Proxy:
                     out = []
                 batch = await stream.next_batch()
         finally:
-            stream.cancel()
-            self.active -= 1
+            release()
 
     # -- routes ---------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
@@ -257,6 +265,21 @@ class _Proxy:
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "active": self.active})
+
+
+class _EventStream(StreamingResponse):
+    """A StreamingResponse that releases its generation however the response ends,
+    even when the client is gone before the body iterator ever started."""
+
+    def __init__(self, content, release, **kw):
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _is_ip(text: str) -> bool:
