@@ -189,6 +189,15 @@ def test_neutral_values_of_unsupported_parameters_are_accepted(server):
     assert status == 200, data
 
 
+def test_lone_surrogates_are_400(server):
+    for path, body, param in (
+            (COMPLETIONS, b'{"model": "gpt2-fake", "prompt": "a\\ud800b"}', "prompt"),
+            (COMPLETIONS, b'{"model": "gpt2-fake", "prompt": "a", "stop": "\\udfff"}', "stop"),
+            (CHAT, b'{"model": "gpt2-fake", "messages": [{"role": "user", '
+                   b'"content": "\\ud83d"}]}', "messages[0].content")):
+        assert_openai_error(*request(server, "POST", path, body), 400, param=param)
+
+
 # transport-level ---------------------------------------------------------------
 def test_wrong_content_type_is_415(server):
     # also what keeps a web page's cross-site "simple" POST (text/plain) out

@@ -139,12 +139,22 @@ def _stop(body):
     for item in items:
         if not isinstance(item, str):
             raise _bad_type("stop", "a string or an array of strings", item)
-        size = len(item.encode("utf-8", "surrogatepass"))
+        size = len(_utf8(item, "stop").encode("utf-8"))
         if not 1 <= size <= MAX_STOP_BYTES:
             raise invalid(f"Invalid 'stop': each stop sequence must be 1 to {MAX_STOP_BYTES} "
                           f"bytes of UTF-8, got {size}.", param="stop")
         out.append(item)
     return tuple(out)
+
+
+def _utf8(value: str, name: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800"); they are no text and no token."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(f"Invalid '{name}': the string is not valid Unicode (lone surrogate).",
+                      param=name) from None
+    return value
 
 
 def _check_known(body, known):
@@ -240,14 +250,14 @@ def _prompt(value) -> str | tuple[int, ...]:
     if value is _MISSING or value is None:
         raise invalid("you must provide a prompt parameter", param="prompt")
     if isinstance(value, str):
-        return value
+        return _utf8(value, "prompt")
     if isinstance(value, list) and value:
         ids = _token_ids(value)
         if ids is not None:
             return ids
         if len(value) == 1:          # a batch of one prompt
             if isinstance(value[0], str):
-                return value[0]
+                return _utf8(value[0], "prompt")
             ids = _token_ids(value[0])
             if ids is not None:
                 return ids
@@ -317,7 +327,7 @@ def _message(i: int, m) -> dict:
         if m.get(key) is not None:
             if not isinstance(m[key], str):
                 raise _bad_type(f"{where}.{key}", "a string", m[key])
-            out[key] = m[key]
+            out[key] = _utf8(m[key], f"{where}.{key}")
     return out
 
 
@@ -328,7 +338,7 @@ def _content(where: str, role: str, content) -> str:
         raise invalid(f"Missing required parameter: '{where}.content'.",
                       param=f"{where}.content")
     if isinstance(content, str):
-        return content
+        return _utf8(content, f"{where}.content")
     if isinstance(content, list):
         # Content parts: only text parts, concatenated (what a text-only model can see).
         texts = []
@@ -339,5 +349,5 @@ def _content(where: str, role: str, content) -> str:
                               "only ({\"type\": \"text\", \"text\": ...}).",
                               param=f"{where}.content")
             texts.append(part["text"])
-        return "".join(texts)
+        return _utf8("".join(texts), f"{where}.content")
     raise _bad_type(f"{where}.content", "a string or an array of text parts", content)
