@@ -41,8 +41,14 @@ def register(sub) -> None:
     p.add_argument("--allow-no-api-key", action="store_true",
                    help="serve beyond loopback without an API key (anyone who can reach "
                         "the address can use the pipeline)")
-    p.add_argument("--profile", default="development",
-                   help="attestation profile the client verifies with (default: development)")
+    p.add_argument("--profile", choices=("development", "production"), default="development",
+                   help="production: real attestation of stage 0, pinned by the manifest "
+                        "(default: development)")
+    p.add_argument("--attestation", choices=("mock", "nitro"), default=None,
+                   help="stage 0's attestation (default: mock in development, nitro in "
+                        "production)")
+    p.add_argument("--nitro-root-pem", metavar="FILE", default=None,
+                   help="TESTING/STAGING ONLY: trust this Nitro root CA instead of AWS's")
     p.add_argument("--timeout", type=arg_type(_timeout, "seconds"), default=30.0,
                    help="client network timeout in seconds (default: 30)")
     p.add_argument("--max-concurrent", type=arg_type(_positive, "count"), default=64,
@@ -66,8 +72,14 @@ def run(args, backend_factory=None) -> int:
               "install the extra: pip install 'cmlp[proxy]'", file=sys.stderr)
         return 1
     if backend_factory is None:
+        extra = {}   # cmlp additions to the client contract, passed only when asked for
+        if args.attestation is not None:
+            extra["attestation"] = args.attestation
+        if args.nitro_root_pem is not None:
+            with open(args.nitro_root_pem, "rb") as f:
+                extra["nitro_root_pem"] = f.read()
         backend = ClientBackend.connect(args.connect, args.manifest, profile=args.profile,
-                                        timeout=args.timeout)
+                                        timeout=args.timeout, **extra)
     else:
         backend = backend_factory(args)
     try:

@@ -27,7 +27,7 @@ class ClientBackend:
 
     @classmethod
     def connect(cls, connect: str, manifest, *, profile: str = "development",
-                timeout: float = 30.0) -> "ClientBackend":
+                timeout: float = 30.0, **client_kwargs) -> ClientBackend:
         """The real thing: cmlp.client.Client talking to `cmlp serve` at ``connect``."""
         try:
             mod = importlib.import_module("cmlp.client")
@@ -36,7 +36,7 @@ class ClientBackend:
                 raise
             raise PipelineError("this cmlp has no host-blind client (cmlp.client); "
                                 "`cmlp proxy` needs it") from None
-        client = mod.Client(connect, manifest, profile=profile, timeout=timeout)
+        client = mod.Client(connect, manifest, profile=profile, timeout=timeout, **client_kwargs)
         return cls(client, sampling_params=mod.SamplingParams, finished=mod.Finished)
 
     def verify(self):
