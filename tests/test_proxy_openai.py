@@ -366,3 +366,19 @@ def test_every_request_path_releases_its_slot(start_proxy):
         time.sleep(0.02)
     assert _health_active(server) == 0
     assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).choices
+
+
+def test_no_content_in_the_logs(start_proxy, caplog):
+    import logging
+    caplog.set_level(logging.DEBUG)
+    _, client, _ = start_proxy(fail_after=2)
+    secret = "my-secret-diagnosis-4711"
+    client.completions.create(model=MODEL, prompt=secret, max_tokens=2, user=secret + "-user")
+    client.chat.completions.create(model=MODEL, max_tokens=1,
+                                   messages=[{"role": "user", "content": secret}])
+    with pytest.raises(openai.APIError):        # a failure mid-stream is logged, not its prompt
+        list(client.completions.create(model=MODEL, prompt=secret, max_tokens=5, stream=True))
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt=secret, temperature=9)
+    assert caplog.records                        # uvicorn and the proxy did log at DEBUG
+    assert secret not in caplog.text
