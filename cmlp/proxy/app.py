@@ -138,7 +138,9 @@ class _Proxy:
         s = req.sampling
         self.check_model(s.model)
         try:
-            prompt, max_tokens, param = self.prompt_and_max_tokens(req)
+            # the template and the tokenizer may take milliseconds on a long conversation:
+            # off the event loop, which keeps streaming the other requests' tokens
+            prompt, max_tokens, param = await asyncio.to_thread(self.prompt_and_max_tokens, req)
             params = self.backend.params(max_tokens=max_tokens, temperature=s.temperature,
                                          top_k=s.top_k, top_p=s.top_p, seed=s.seed, stop=s.stop)
         except (ValueError, TypeError) as exc:   # SamplingParams' own checks
