@@ -266,7 +266,7 @@ def bench_fake(args) -> None:
           f"(target <= 0.2 ms); {own:.1f} us of it beyond the plain hop")
     print(f"flood, {args.flood_tokens} tokens x {args.runs} runs (proxy is the bottleneck):")
     print(f"  wall time per token, median:        direct {med(f['direct'], 1):8.1f} us   "
-          f"proxy {med(f['proxy'], 1):8.1f} us")
+          f"proxy {med(f['proxy'], 1):8.1f} us   plain hop {med(f['hop'], 1):8.1f} us")
     print(f"  => proxy costs {med(f['proxy'], 1) - med(f['direct'], 1):.1f} us per token at "
           f"saturation; ratio {med(f['proxy'], 1) / med(f['direct'], 1):.1f}x")
 

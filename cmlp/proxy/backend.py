@@ -44,7 +44,8 @@ class ClientBackend:
 
         Uses the client's own ``verify()`` when it has one; otherwise opens one
         generation (which attests stage 0 before sending the prompt), takes its first
-        event and cancels it.  Raises the client's AttestError subclasses on a mismatch.
+        event and cancels it: a proxy that starts has seen the whole pipeline produce a
+        token.  Raises the client's AttestError subclasses on a mismatch.
         """
         verify = getattr(self.client, "verify", None)
         if callable(verify):
