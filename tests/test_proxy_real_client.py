@@ -70,6 +70,9 @@ def pipeline(tmp_path_factory):
     path = write_manifest(tmp, doc, "hb.json")
     serve_port, proxy_port = free_ports(2)
     procs = [start_stage_process(path, i, tiny, ["--persistent"]) for i in range(2)]
+    for i, stage in enumerate(doc["stages"]):      # stages listen before the host connects
+        _wait_port(int(stage["endpoint"]["control"]["addr"].rsplit(":", 1)[1]), procs[i],
+                   timeout=120)
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "cmlp.cli.main", "serve", "--manifest", str(path), "--listen",
          f"127.0.0.1:{serve_port}", "--log-level", "warning", "--queue", "16"],
