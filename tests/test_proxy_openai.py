@@ -304,7 +304,8 @@ def test_sixteen_concurrent_streams(start_proxy):
 
 def test_concurrency_limit_is_503(start_proxy):
     _, client, fake = start_proxy(ProxyConfig(max_concurrent=1), token_delay=0.01)
-    stream = client.completions.create(model=MODEL, prompt="x", max_tokens=200, stream=True)
+    # 1000 tokens at 10 ms: the first stream holds the only slot for 10 s
+    stream = client.completions.create(model=MODEL, prompt="x", max_tokens=1000, stream=True)
     next(iter(stream))
     with pytest.raises(openai.InternalServerError) as info:
         client.completions.create(model=MODEL, prompt="y", max_tokens=2)
