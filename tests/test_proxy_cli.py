@@ -103,3 +103,12 @@ def test_cli_bad_arguments():
                  ["--connect", "1.2.3.4:5", "--manifest", "m", "--max-concurrent", "0"]):
         r = _cmlp(*argv)
         assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_cli_names_the_extra_when_starlette_is_missing():
+    code = ("import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
+            "from cmlp.cli.main import main\n"
+            "sys.exit(main(['proxy', '--connect', '127.0.0.1:9', '--manifest', 'm.json']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "pip install 'cmlp[proxy]'" in r.stderr and "Traceback" not in r.stderr

@@ -60,17 +60,18 @@ def register(sub) -> None:
 
 
 def run(args, backend_factory=None) -> int:
-    from cmlp.proxy.server import check_listen_policy
-    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    check_listen_policy(args.listen, api_key, args.allow_no_api_key)   # before any network work
     try:
         from cmlp.proxy.app import ProxyConfig, create_app
         from cmlp.proxy.backend import ClientBackend
-        from cmlp.proxy.server import ProxyServer
+        from cmlp.proxy.server import ProxyServer, check_listen_policy
     except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith("cmlp"):
+            raise
         print(f"cmlp proxy: error: {exc.name} is not installed; "
               "install the extra: pip install 'cmlp[proxy]'", file=sys.stderr)
         return 1
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    check_listen_policy(args.listen, api_key, args.allow_no_api_key)   # before any network work
     if backend_factory is None:
         extra = {}   # cmlp additions to the client contract, passed only when asked for
         if args.attestation is not None:
