@@ -30,12 +30,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = [
-    ("1-stage", "manifest_1stage.json"),
-    ("2-stage", "manifest_2stage.json"),
-    ("2-stage relayed", "manifest_2stage_relay.json"),
-    ("3-stage", "manifest_3stage.json"),
-    ("3-stage relayed", "manifest_3stage_relay.json"),
+CONFIGS = [                       # (name, stages, layout of cmlp/manifest_gen.py)
+    ("1-stage", 1, "direct"),
+    ("2-stage", 2, "direct"),
+    ("2-stage relayed", 2, "relay"),
+    ("3-stage", 3, "direct"),
+    ("3-stage relayed", 3, "relay"),
 ]
 PROMPT = "The capital of France is"
 
@@ -71,16 +71,25 @@ def wait_listening(ports, timeout=180):
     raise RuntimeError(f"stages not listening on {ports}")
 
 
-def remap_ports(manifest: Path, offset: int, out_dir: Path) -> Path:
-    """A copy of a shipped manifest with every TCP port moved by ``offset``."""
-    doc = json.loads(manifest.read_text())
-    for stage in doc["stages"]:
-        for spec in stage["endpoint"].values():
-            host, port = spec["addr"].rsplit(":", 1)
-            spec["addr"] = f"{host}:{int(port) + offset}"
-    out = out_dir / manifest.name
-    out.write_text(json.dumps(doc))
+def even_splits(n_layer: int, stages: int) -> list:
+    """Layers per stage, as even as possible (12 -> 6,6 and 4,4,4: the packaged examples)."""
+    per, rem = divmod(n_layer, stages)
+    return [per + (1 if i < rem else 0) for i in range(stages)]
+
+
+def write_manifest(model_dir: Path, stages: int, layout: str, base_port: int,
+                   out_dir: Path) -> Path:
+    """The packaged examples' port plan from ``base_port``, for this model's layers."""
+    from cmlp.manifest_gen import generate
+    from cmlp.model.config import load_config
+    splits = even_splits(load_config(model_dir).n_layer, stages)
+    out = out_dir / f"manifest_{stages}stage_{layout}.json"
+    out.write_text(generate(model_dir, splits, layout, base_port, with_hashes=False).dumps())
     return out
+
+
+def round_label(r: int, runs: int) -> str:
+    return "round 0 (warm-up, not counted)" if r == 0 else f"round {r}/{runs}"
 
 
 def start_stages(manifest: Path, model_dir: Path, threads: int):
@@ -106,21 +115,26 @@ def run_session(manifest: Path, tokens: int, threads: int, out: Path) -> dict:
     return session_metrics(json.loads(out.read_text()))
 
 
-def run_configs(configs, model_dir: Path, runs: int, tokens: int, threads: int):
-    procs, sessions = [], {name: [] for name, _ in configs}
+def run_configs(configs, model_dir: Path, runs: int, tokens: int, threads: int,
+                base_port: int = 9000):
+    procs, sessions = [], {name: [] for name, _, _ in configs}
     with tempfile.TemporaryDirectory() as tmp:
         manifests = {}
         try:
-            for k, (name, file) in enumerate(configs):
-                d = Path(tmp) / f"c{k}"
-                d.mkdir()
-                manifests[name] = remap_ports(REPO / "manifests" / file, 1000 * k, d)
+            print(f"starting the stages of {len(configs)} configuration(s) ...", file=sys.stderr,
+                  flush=True)
+            for k, (name, stages, layout) in enumerate(configs):
+                manifests[name] = write_manifest(model_dir, stages, layout,
+                                                 base_port + 1000 * k, Path(tmp))
                 p, ports = start_stages(manifests[name], model_dir, threads)
                 procs += p
                 wait_listening(ports)
+            print(f"round 0 is a warm-up (first connections, page faults, cold caches): it "
+                  f"runs every configuration once and is not counted; rounds 1-{runs} are "
+                  "measured", file=sys.stderr, flush=True)
             for r in range(runs + 1):            # round 0 warms caches and is discarded
-                for name, _ in configs:
-                    print(f"round {r}: {name} ...", file=sys.stderr, flush=True)
+                for name, _, _ in configs:
+                    print(f"{round_label(r, runs)}: {name} ...", file=sys.stderr, flush=True)
                     m = run_session(manifests[name], tokens, threads, Path(tmp) / "lat.json")
                     if r:
                         sessions[name].append(m)
@@ -158,12 +172,15 @@ def main():
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--torch", action="store_true", help="compare TTFT with PyTorch")
-    ap.add_argument("--configs", default=",".join(c for c, _ in CONFIGS),
-                    help="comma-separated subset of: " + ", ".join(c for c, _ in CONFIGS))
+    ap.add_argument("--configs", default=",".join(c for c, _, _ in CONFIGS),
+                    help="comma-separated subset of: " + ", ".join(c for c, _, _ in CONFIGS))
+    ap.add_argument("--base-port", type=int, default=9000,
+                    help="first port; configuration k uses base + 1000 k (default: 9000)")
     args = ap.parse_args()
     wanted = [c.strip() for c in args.configs.split(",")]
-    configs = [(name, file) for name, file in CONFIGS if name in wanted]
-    results = run_configs(configs, Path(args.model_dir), args.runs, args.tokens, args.threads)
+    configs = [c for c in CONFIGS if c[0] in wanted]
+    results = run_configs(configs, Path(args.model_dir), args.runs, args.tokens, args.threads,
+                          args.base_port)
     cfg = json.loads((Path(args.model_dir) / "config.json").read_text())
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), platform.processor())
@@ -189,7 +206,7 @@ def main():
     print(f"\n**Config**: {cfg.get('n_layer')} layers, n_embd {cfg.get('n_embd')}, "
           f"{'synthetic' if cfg.get('cmlp_synthetic') else 'real'} weights; {args.threads} BLAS "
           f"threads per stage; {args.runs} rounds of one session per configuration in turn "
-          f"(medians), "
+          f"(medians, after one warm-up round that is not counted), "
           f"{args.tokens} tokens each; TCP loopback, ChaCha20-Poly1305, mock attestation")
     print(f"**CPU**: {cpu}, {os.cpu_count()} cores")
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],

@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import struct
+import sys
 import threading
 import time
 
@@ -255,14 +256,14 @@ def main():
     sizes = [3 * 1024, 64 * 1024, 1 << 20] + ([] if args.quick else [32 << 20])
     sizes[-1] = sizes[-1] - (16 if sizes[-1] == 32 << 20 else 0)
     rows = []
-    if args.only in (None, "codec"):
-        rows += bench_codec(args.repeats)
-    if args.only in (None, "aead"):
-        rows += bench_aead(args.repeats, sizes)
-    if args.only in (None, "handshake"):
-        rows += bench_handshake(args.repeats)
-    if args.only in (None, "rtt"):
-        rows += bench_rtt(args.repeats, [3 * 1024, 1 << 20])
+    parts = [("codec", lambda: bench_codec(args.repeats)),
+             ("aead", lambda: bench_aead(args.repeats, sizes)),
+             ("handshake", lambda: bench_handshake(args.repeats)),
+             ("rtt", lambda: bench_rtt(args.repeats, [3 * 1024, 1 << 20]))]
+    chosen = [(name, run) for name, run in parts if args.only in (None, name)]
+    for k, (name, run) in enumerate(chosen, 1):
+        print(f"[{k}/{len(chosen)}] {name} ({args.repeats} runs) ...", file=sys.stderr, flush=True)
+        rows += run()
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:

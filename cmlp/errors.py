@@ -108,12 +108,29 @@ class NonceOverflow(CryptoError):
         super().__init__("nonce overflow: 2^32 frames sent in this direction")
 
 
-class SequenceReplay(CryptoError):
+class SequenceError(CryptoError):
+    """A frame whose sequence number is not exactly the next one expected."""
+
+
+class SequenceReplay(SequenceError):
+    """An old sequence number: a replayed, duplicated or reordered frame."""
+
     def __init__(self, received: int, expected: int):
         self.received = received
         self.expected = expected
         super().__init__(
-            f"sequence replay: received {received}, last accepted {expected}")
+            f"sequence replay: received {received}, expected {expected}")
+
+
+class SequenceGap(SequenceError):
+    """A sequence number ahead of the expected one: a frame was dropped or reordered."""
+
+    def __init__(self, received: int, expected: int):
+        self.received = received
+        self.expected = expected
+        super().__init__(
+            f"sequence gap: received {received}, expected {expected} "
+            "(a frame was dropped or reordered)")
 
 
 class NonContributoryKey(CryptoError):
@@ -147,6 +164,13 @@ class Expired(AttestError):
 class PublicKeyMismatch(AttestError):
     def __init__(self):
         super().__init__("attested public key does not match the hello public key")
+
+
+class RoleMismatch(AttestError):
+    """The peer's document does not bind the pipeline role this side expects."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"role mismatch: {detail}")
 
 
 class MissingField(AttestError):
@@ -238,6 +262,20 @@ class MessageTooLarge(PipelineError):
 UNKNOWN_STAGE = 2**64 - 1  # usize::MAX in the reference: the failing stage is not known
 
 
+class InputLimitExceeded(PipelineError):
+    """A request's input exceeds what its activation spec and seq_len allow."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"input limit exceeded: {detail}")
+
+
+class InsecureConfiguration(PipelineError):
+    """A configuration that would silently void a security promise (refused at start-up)."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+
+
 class StageFailed(PipelineError):
     def __init__(self, stage_idx: int, reason: str):
         self.stage_idx = stage_idx
@@ -304,26 +342,26 @@ class InvalidModelInput(ModelError):
 
 
 # --------------------------------------------------------------------------
-# Generation, as the user's client sees it (client contract with `proxy`)
+# Generation (host-blind mode, cmlp.client; the client contract fixes these names)
 # --------------------------------------------------------------------------
-class GenerationError(PipelineError):
+class GenerationError(PipelineError):            # base for what a client sees from a generation
     """A generation could not be completed."""
 
 
-class InvalidRequestError(GenerationError):
-    """Bad generation parameters (HTTP 400)."""
+class InvalidRequestError(GenerationError):      # bad parameters (HTTP 400)
+    """The request's parameters are invalid."""
 
 
-class ContextTooLong(InvalidRequestError):
-    """Prompt + max_tokens exceeds the model's context (HTTP 400)."""
+class ContextTooLong(InvalidRequestError):       # prompt + max_tokens > max_seq_len (HTTP 400)
+    """The prompt plus max_tokens exceeds the model's context."""
 
 
-class ServerBusy(GenerationError):
-    """No free slot and the queue is full (HTTP 503)."""
+class ServerBusy(GenerationError):               # no slot and the queue is full (HTTP 503)
+    """No generation slot is free and the host's queue is full."""
 
 
-class PipelineUnavailable(GenerationError):
-    """Host or stage down, or a link broken mid-generation (HTTP 503)."""
+class PipelineUnavailable(GenerationError):      # host/stage down or link broken mid-generation (HTTP 503)
+    """The host, a stage or a link is down, or broke during the generation."""
 
 
 class ChatTemplateError(InvalidRequestError):

@@ -12,6 +12,7 @@ and the field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -211,6 +212,9 @@ class Manifest:
     stages: List[StageSpec]
     activation_spec: ActivationSpec
     source: Optional[str] = field(default=None, compare=False)
+    # host-blind mode (docs/host-blind.md): where stage 0 takes client channels; the last
+    # stage's data_out is then the feedback link to stage 0's data_in (direct or relayed)
+    client_endpoint: Optional[PortSpec] = None
 
     # -- loading -----------------------------------------------------------
     @classmethod
@@ -231,7 +235,7 @@ class Manifest:
             stages=[StageSpec.from_json(s, i) for i, s in enumerate(stages_json)],
             activation_spec=ActivationSpec.from_json(_get(obj, "activation_spec", dict,
                                                           "manifest")),
-            source=source)
+            source=source, client_endpoint=_host_blind(obj))
         manifest.validate()
         return manifest
 
@@ -295,14 +299,50 @@ class Manifest:
         return [i for i in range(len(self.stages) - 1)
                 if self.stages[i].endpoint.data_out != self.stages[i + 1].endpoint.data_in]
 
+    @property
+    def host_blind(self) -> bool:
+        return self.client_endpoint is not None
+
+    def feedback_relayed(self) -> bool:
+        """Host-blind: the last stage's data_out is not stage 0's data_in (the host relays it)."""
+        return self.host_blind and len(self.stages) > 1 and \
+            self.stages[-1].endpoint.data_out != self.stages[0].endpoint.data_in
+
+    def pipeline_digest(self) -> bytes:
+        """SHA-256 identity of the pipeline, bound into every party's attested role.
+
+        Covers the model, the layer cuts, the weight hashes and the activation
+        spec; leaves out endpoints and measurement pins, which the host's copy
+        may legitimately differ in (real vsock CIDs, exact image PCRs).
+        """
+        doc = {"model_name": self.model_name, "model_version": self.model_version,
+               "total_layers": self.total_layers,
+               "activation_spec": self.activation_spec.to_json(),
+               "stages": [[s.stage_idx, s.layer_start, s.layer_end, s.require_weight_hashes,
+                           list(s.weight_hashes)] for s in self.stages]}
+        if self.host_blind:      # the mode is part of the identity (reference digests unchanged)
+            doc["host_blind"] = True
+        return hashlib.sha256(b"cmlp-pipeline-v1\0" + compact_json(doc).encode()).digest()
+
     def to_json(self) -> dict:
-        return {"model_name": self.model_name, "model_version": self.model_version,
-                "total_layers": self.total_layers,
-                "stages": [s.to_json() for s in self.stages],
-                "activation_spec": self.activation_spec.to_json()}
+        doc = {"model_name": self.model_name, "model_version": self.model_version,
+               "total_layers": self.total_layers,
+               "stages": [s.to_json() for s in self.stages],
+               "activation_spec": self.activation_spec.to_json()}
+        if self.client_endpoint is not None:
+            doc["host_blind"] = {"client": self.client_endpoint.to_json()}
+        return doc
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2) + "\n"
+
+
+def _host_blind(obj: dict) -> Optional[PortSpec]:
+    """The optional ``host_blind`` object: ``{"client": PortSpec}`` (stage 0's client endpoint)."""
+    hb = _get(obj, "host_blind", dict, "manifest", required=False)
+    if hb is None:
+        return None
+    return PortSpec.from_json(_get(hb, "client", dict, "host_blind"), "host_blind.client")
 
 
 def compact_json(obj) -> str:

@@ -424,8 +424,7 @@ cdef class FrameDecoder:
         cdef int err = 0
         cdef int64_t deadline = -1
         cdef char* dst
-        if timeout >= 0:
-            deadline = now_ns() + <int64_t>(timeout * 1e9)
+        deadline = deadline_after(timeout)
         self._make_room(want)
         dst = <char*>self.buf.data + self.end
         r = io_try_recv(fd, dst, want, &err)      # bytes already there: keep the GIL

@@ -117,8 +117,7 @@ cdef Py_ssize_t send_all_c(int fd, const char* buf, Py_ssize_t n, double timeout
     cdef ssize_t r
     cdef int err = 0
     cdef int64_t deadline = -1
-    if timeout >= 0:
-        deadline = now_ns() + <int64_t>(timeout * 1e9)
+    deadline = deadline_after(timeout)
     r = io_try_send(fd, buf, n, &err)         # the common case: it all fits at once
     if r >= 0:
         sent = r
@@ -228,6 +227,12 @@ cdef long long pump_splice(int src, int dst, int* err) noexcept nogil:
                 err[0] = errno
                 close(p[0]); close(p[1])
                 return total
+            if m == 0:
+                # nothing moved while bytes are waiting: the destination cannot take
+                # more (it would otherwise spin here forever)
+                err[0] = EPIPE
+                close(p[0]); close(p[1])
+                return total
             n -= m
             total += m
     close(p[0]); close(p[1])
@@ -264,6 +269,9 @@ cdef long long pump_copy(int src, int dst, int capture, char* buf, int* err) noe
                 if errno == EINTR or errno == EAGAIN:
                     continue
                 err[0] = errno
+                return total
+            if m == 0:
+                err[0] = EPIPE
                 return total
             off += m
         total += n

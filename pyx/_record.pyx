@@ -18,11 +18,12 @@ from libc.stdlib cimport malloc, free
 
 from wire cimport *
 from sodium cimport *
-from sysio cimport now_ns
+from sysio cimport now_ns, deadline_after
 from cmlp._frame cimport FrameDecoder, FrameView, encode_tensor_c, tensor_payload_size_c
 from cmlp._netio cimport send_all_c
 
 from cmlp import errors as _errors
+from cmlp._netio import PartialWrite as _PartialWrite
 
 if sodium_init() < 0:
     raise ImportError("libsodium failed to initialise")
@@ -81,7 +82,7 @@ cdef class _DirectionKeys:
     """One direction's key and the session id; the key is wiped on wipe() and on free."""
     cdef uint8_t key[KEY_SIZE]
     cdef uint8_t sid[SID_SIZE]
-    cdef bint wiped
+    cdef readonly bint wiped
 
     def __cinit__(self, key, session_id, *args, **kwargs):
         copy_key(self.key, key, "key")
@@ -190,17 +191,25 @@ cdef class Sealer(_DirectionKeys):
 
 
 cdef class Opener(_DirectionKeys):
-    """Receive direction: key, session id and the replay window (section 1.4)."""
-    cdef bint have_last
-    cdef uint64_t last
+    """Receive direction: key, session id and the next expected sequence number.
+
+    Stricter than section 1.4 (which accepts any first sequence and allows
+    gaps): exactly ``seq == expected`` is accepted, starting at 0.  A dropped,
+    reordered or duplicated frame is a typed error, never a silent gap.  The
+    reference sender starts at 0 and never skips, so this stays interoperable.
+    """
+    cdef uint64_t expected
 
     def __init__(self, key, session_id):
-        self.have_last = False
-        self.last = 0
+        self.expected = 0
 
     @property
     def last_accepted(self):
-        return self.last if self.have_last else None
+        return self.expected - 1 if self.expected else None
+
+    @property
+    def expected_sequence(self):
+        return self.expected
 
     cdef Py_ssize_t _open(self, uint64_t seq, int msg_type, int flags,
                           uint8_t* ct, Py_ssize_t ct_len) except -1:
@@ -209,9 +218,11 @@ cdef class Opener(_DirectionKeys):
         cdef int rc
         cdef Py_ssize_t n
         self._usable()
-        # replay check before decryption; the first frame may carry any sequence
-        if self.have_last and seq <= self.last:
-            raise _errors.SequenceReplay(seq, self.last)
+        # sequence check before decryption: exactly the next one
+        if seq < self.expected:
+            raise _errors.SequenceReplay(seq, self.expected)
+        if seq > self.expected:
+            raise _errors.SequenceGap(seq, self.expected)
         if ct_len < TAG_SIZE:
             raise _errors.OpenFailed("AEAD open failed: ciphertext shorter than the tag")
         n = ct_len - TAG_SIZE
@@ -224,8 +235,7 @@ cdef class Opener(_DirectionKeys):
             rc = open_detached(ct, n, aad, nonce, self.key)
         if rc != 0:
             raise _errors.OpenFailed()
-        self.last = seq
-        self.have_last = True
+        self.expected = seq + 1
         return n
 
     def open_in_place(self, uint64_t sequence, int msg_type, int flags, payload):
@@ -266,6 +276,7 @@ cdef class RecordLayer:
     cdef uint8_t* sbuf
     cdef Py_ssize_t scap
     cdef Py_ssize_t pending          # sealed bytes not yet written (``more=True``)
+    cdef uint64_t chain_seq          # the sealer's sequence before the pending frames
     cdef readonly long long bytes_sent
     cdef readonly long long bytes_received
 
@@ -301,15 +312,33 @@ cdef class RecordLayer:
         self.scap = n
         return 0
 
+    cdef int _begin(self) except -1:
+        """Before sealing: remember where a new chain of frames starts."""
+        if self.pending == 0:
+            self.chain_seq = self.sealer.next_seq
+        return 0
+
     cdef int _sealed(self, Py_ssize_t n, bint more, double timeout) except -1:
-        """Account a sealed frame; write everything pending unless more frames follow."""
+        """Account a sealed frame; write everything pending unless more frames follow.
+
+        Until the write succeeds the frames stay pending, so a failed write
+        (or a later failed seal in the chain) goes through discard_pending(),
+        which rolls the sequence back: the peer never sees a gap.
+        """
         self.pending += n
         if more:
             return 0
-        n = self.pending
+        try:
+            send_all_c(self.fd, <const char*>self.sbuf, self.pending, timeout)
+        except _errors.Timeout as exc:
+            if isinstance(exc, _PartialWrite):
+                self.sealer.wipe()
+            raise                   # nothing written: discard_pending() may roll back
+        except BaseException:
+            self.sealer.wipe()      # part may have gone out: never reuse these nonces
+            raise
+        self.bytes_sent += self.pending
         self.pending = 0
-        send_all_c(self.fd, <const char*>self.sbuf, n, timeout)
-        self.bytes_sent += n
         return 0
 
     def send(self, int msg_type, payload, double timeout=-1.0, bint more=False):
@@ -323,6 +352,7 @@ cdef class RecordLayer:
         PyObject_GetBuffer(payload, &pb, PyBUF_SIMPLE)
         try:
             self.sealer._check(pb.len)
+            self._begin()
             self._reserve(HEADER_SIZE + pb.len + TAG_SIZE)
             n = self.sealer._seal(self.sbuf + self.pending, <const uint8_t*>pb.buf, pb.len,
                                   msg_type, FLAG_ENCRYPTED)
@@ -340,6 +370,7 @@ cdef class RecordLayer:
         try:
             pt_len = tensor_payload_size_c(len(name), len(shape), pb.len)
             self.sealer._check(pt_len)
+            self._begin()
             self._reserve(HEADER_SIZE + pt_len + TAG_SIZE)
             frame = self.sbuf + self.pending
             encode_tensor_c(frame + HEADER_SIZE, pt_len, name, dtype_code, shape,
@@ -360,8 +391,7 @@ cdef class RecordLayer:
         cdef int64_t deadline = -1
         cdef double left = -1.0
         cdef Py_ssize_t n
-        if timeout >= 0:
-            deadline = now_ns() + <int64_t>(timeout * 1e9)
+        deadline = deadline_after(timeout)
         while True:
             fv = self.decoder.next_frame_c()
             if fv is not None:
@@ -376,9 +406,21 @@ cdef class RecordLayer:
             self.bytes_received += n
 
     def discard_pending(self):
-        """Drop frames held by ``more=True`` after a failed send chain."""
-        sodium_memzero(self.sbuf, self.pending)
-        self.pending = 0
+        """Drop frames not yet written after a failed send chain; returns how many.
+
+        The sealer's sequence goes back to the first dropped frame, so the next
+        frame carries the number the peer expects.  Reusing those nonces is safe
+        only because none of the dropped ciphertext left the process: a write
+        cut part-way (PartialWrite) must close the channel instead, which the
+        channel does.
+        """
+        cdef uint64_t dropped = 0
+        if self.pending:
+            dropped = self.sealer.next_seq - self.chain_seq
+            self.sealer.next_seq = self.chain_seq
+            sodium_memzero(self.sbuf, self.pending)
+            self.pending = 0
+        return dropped
 
     def wipe(self):
         self.sealer.wipe()

@@ -56,6 +56,21 @@ cdef inline int64_t now_ns() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
+cdef enum:
+    MAX_TIMEOUT_S = 100000000    # ~3 years: longer timeouts mean "no deadline"
+
+
+cdef inline int64_t deadline_after(double timeout) noexcept nogil:
+    """Absolute deadline (ns) ``timeout`` seconds from now; -1 = none.
+
+    Negative timeouts and NaN mean no deadline, and so does anything above
+    MAX_TIMEOUT_S: ``timeout * 1e9`` is never cast to int64 out of range.
+    """
+    if not (timeout >= 0) or timeout > MAX_TIMEOUT_S:
+        return -1
+    return now_ns() + <int64_t>(timeout * 1e9)
+
+
 cdef inline int wait_ms(int64_t deadline_ns) noexcept nogil:
     """Milliseconds to wait in one slice; -2 (IO_TIMEOUT) when the deadline passed."""
     cdef int64_t left

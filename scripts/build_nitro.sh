@@ -19,7 +19,9 @@
 # nitro-cli, jq or openssl; writes nothing).
 # Env: MODEL_DIR (default model/), NITRO_BUILD_DIR (default build/nitro), IMAGE_PREFIX
 #      (default cmlp-gpt2), WHEEL, BASE_IMAGE (default python:<wheel's X.Y>-slim-bookworm),
-#      SIGNING_KEY, SIGNING_CERT, SIGNING_DAYS (default 365, for a generated certificate).
+#      SIGNING_KEY, SIGNING_CERT, SIGNING_DAYS (default 365, for a generated certificate),
+#      HOST_BLIND=1 (images for host-blind mode: manifest_<n>stage_hostblind_vsock.json,
+#      IMAGE_PREFIX default cmlp-gpt2-hb).
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -33,7 +35,7 @@ args=("${ARGS[@]}")
 [ "${#args[@]}" -le 1 ] || die "too many arguments (see --help)"
 n="${args[0]:-2}"
 check_stages "$n"
-template="$MANIFESTS/manifest_${n}stage_vsock.json"
+template="$MANIFESTS/manifest_${n}stage_${MANIFEST_KIND}.json"
 [ -f "$template" ] || die "no $template"
 need docker nitro-cli openssl "${PYTHON:-python3}"
 is_dry && log "dry run: printing the commands, running none of them"
@@ -112,7 +114,7 @@ run_to "$pcr8_file" nitro-cli pcr --signing-certificate "$cert"
 if is_dry; then pcr8="$DRY_RUN_PCR8"; else pcr8="$(nitro_manifest pcr8 "$pcr8_file")"; fi
 
 ctx="$NITRO_BUILD_DIR/context-${n}stage"
-manifest_rel="manifests/manifest_${n}stage_vsock.json"
+manifest_rel="manifests/manifest_${n}stage_${MANIFEST_KIND}.json"
 run rm -rf "$ctx"
 run mkdir -p "$ctx/wheels" "$ctx/manifests"
 run cp "$wheel" "$ctx/wheels/$wheel_name"

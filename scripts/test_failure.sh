@@ -14,7 +14,7 @@ ensure_model
 trap stop_stages EXIT
 start_stage "$manifest" 0
 start_stage "$manifest" 1
-wait_for_ports "$manifest"
+wait_for_stages "$manifest"
 out=$(mktemp)
 err_log=$(mktemp)
 cmlp-orch --manifest "$manifest" --text "The capital of France is" --max-tokens 500 \

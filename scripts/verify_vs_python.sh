@@ -16,7 +16,7 @@ lat=$(mktemp)
 trap 'stop_stages; rm -f "$lat"' EXIT
 start_stage "$manifest" 0
 start_stage "$manifest" 1
-wait_for_ports "$manifest"
+wait_for_stages "$manifest"
 cmlp-orch --manifest "$manifest" --text "$text" --max-tokens "$max_tokens" \
     --latency-out "$lat" >/dev/null 2>&1
 stop_stages

@@ -177,3 +177,20 @@ def wait_until(predicate, timeout: float = 5.0, step: float = 0.01) -> bool:
             return True
         time.sleep(step)
     return False
+
+
+def drop(at_index: int) -> Tamper:
+    """Silently drop frame ``at_index`` (e.g. the 40-byte cache-clear sentinel)."""
+    return lambda index, frame: b"" if index == at_index else frame
+
+
+def drop_if(predicate) -> Tamper:
+    """Drop the first frame for which ``predicate(index, frame)`` is true."""
+    state = {"done": False}
+
+    def tamper(index, frame):
+        if not state["done"] and predicate(index, frame):
+            state["done"] = True
+            return b""
+        return frame
+    return tamper

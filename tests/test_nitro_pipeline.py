@@ -388,7 +388,11 @@ def test_host_mock_document_is_rejected_by_nitro_stages(pki):
     empty one, so host_unattested does not let it through."""
     m = to_manifest(nitro_manifest(2))
     with running([nitro_stage(m, i, pki) for i in range(2)]) as stages:
-        start_fails(nitro_orchestrator(m, pki, host=MockProvider()), "control connect")
+        # a hostile host runs whatever it likes: its own profile is development here (in
+        # production the orchestrator itself refuses a mock provider at start-up)
+        host = nitro_orchestrator(m, pki, host=MockProvider(),
+                                  session=SessionConfig.development(handshake_timeout=10))
+        start_fails(host, "control connect")
         for s in stages:
             err = wait_for_error(s, "invalid COSE_Sign1")
             assert "initiator attestation verification failed" in err
@@ -399,7 +403,8 @@ def test_host_mock_document_is_accepted_only_by_a_stage_configured_for_mock(pki)
     # development profile: in production a stage cannot pin a host that has no measurements
     stage = nitro_stage(m, 0, pki, verifier=MockVerifier(), host_unattested=False,
                         session=SessionConfig.development(handshake_timeout=10))
-    orch = nitro_orchestrator(m, pki, host=MockProvider())
+    orch = nitro_orchestrator(m, pki, host=MockProvider(),
+                              session=SessionConfig.development(handshake_timeout=10))
     try:
         orch.start()
         assert orch.infer([[t("x", 2.0)]], seq_len=1).outputs[0][0].data[0, 0] == 2.0
@@ -421,7 +426,9 @@ def test_stage_without_host_unattested_refuses_the_unattested_host(pki, profile,
                   nitro_stage(m, 1, pki)]) as stages:
         start_fails(nitro_orchestrator(m, pki), "stage 0 failed: control connect")
         wait_for_error(stages[0], reason)
-        assert not [line for line in STAGE_LOG.lines if line.startswith("stage 1: control")]
+        # stage 1 accepts the host; at most it saw the orchestrator give up mid-handshake
+        assert not [line for line in STAGE_LOG.lines if line.startswith("stage 1: control")
+                    and "closed" not in line]
 
 
 # ---------------------------------------------------------------------------
@@ -494,11 +501,12 @@ def test_unattested_neighbour_is_never_accepted(pki, empty_from, empty_call, jud
         wait_for_error(stages[judge], "peer presented no attestation document")
 
 
-def test_stage_session_configs():
+def test_stage_session_configs(pki):
     """_session_config: the host may be unattested; a neighbour never."""
     m = to_manifest(nitro_manifest(3))
     for base in (SessionConfig(), dev_unpinned_session()):
-        config = StageConfig(provider=NoAttestation(), verifier=MockVerifier(), session=base,
+        config = StageConfig(provider=NoAttestation(),
+                             verifier=NitroVerifier(root_pem=pki.root_pem), session=base,
                              host_unattested=True)
         w = StageWorker(m, 1, IdentityExecutor(), config)       # not bound: no I/O here
         host = w._session_config(None)

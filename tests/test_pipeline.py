@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from cmlp.attestation.role import ORCHESTRATOR, Role
+
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.pipeline import control as C
@@ -53,7 +55,8 @@ def test_double_executor_micro_batches_keep_order():
 
 
 def test_sequential_requests_and_large_tensors():
-    m = make_manifest(2, relay=True)
+    # the activation spec must allow 1.5 MiB rows: stages cap their input by it
+    m = make_manifest(2, relay=True, hidden_dim=393216)
     with running_pipeline(m, [IdentityExecutor(), IdentityExecutor()]) as (orch, _):
         for i in range(100):
             r = orch.infer([[t(f"req{i}", float(i))]], seq_len=1)
@@ -214,10 +217,27 @@ def test_init_must_match_the_stages_own_manifest():
     assert s0.join() and "does not match this stage's manifest" in str(s0.error)
 
 
+def test_production_config_rejects_mock_attestation():
+    """Mock documents prove nothing: the production profile refuses them at construction."""
+    m = make_manifest(1)
+    with pytest.raises(errors.InsecureConfiguration, match="refuses mock attestation"):
+        orchestrator(m, session=SessionConfig(handshake_timeout=5))
+    with pytest.raises(errors.InsecureConfiguration, match="refuses mock attestation"):
+        StageThread(m, 0, IdentityExecutor(), session=SessionConfig(handshake_timeout=5))
+
+
 def test_production_config_rejects_init_without_measurements():
+    """Under the Nitro test PKI (real verifier): production still needs pinned stages."""
+    pytest.importorskip("cryptography")
+    pytest.importorskip("cbor2")
+    import nitro_pki
+    from cmlp.attestation.factory import NoAttestation
+    from cmlp.attestation.nitro import NitroVerifier
     m = make_manifest(1)
     StageThread(m, 0, IdentityExecutor())
-    orch = orchestrator(m, session=SessionConfig(handshake_timeout=5))
+    orch = orchestrator(m, provider=NoAttestation(),
+                        verifier=NitroVerifier(root_pem=nitro_pki.make_pki().root_pem),
+                        session=SessionConfig(handshake_timeout=5))
     with pytest.raises(errors.StageFailed, match="production security profile"):
         orch.start()
     m = make_manifest(1)
@@ -256,6 +276,12 @@ def test_config_validation():
 # ---------------------------------------------------------------------------
 # rogue peers on the control channel
 # ---------------------------------------------------------------------------
+def roles_as(manifest, me, peer=ORCHESTRATOR):
+    """SessionConfig role fields of a hand-made party (``me``/``peer``: stage index)."""
+    digest = manifest.pipeline_digest()
+    return {"own_role": Role(me, digest), "peer_role": Role(peer, digest)}
+
+
 class RogueStage:
     """Accepts the orchestrator's control channel and answers with crafted bytes."""
 
@@ -263,11 +289,12 @@ class RogueStage:
         ep = manifest.stages[0].endpoint.control.endpoint
         self.listener = sockets.listen(ep)
         self.reply = reply
+        self.roles = roles_as(manifest, 0)          # a well-placed stage 0, saying bad things
         threading.Thread(target=self.run, daemon=True).start()
 
     def run(self):
         ch = SecureChannel.accept(sockets.accept(self.listener), MockProvider(), MockVerifier(),
-                                  SessionConfig.development())
+                                  SessionConfig.development(**self.roles))
         ch.recv(timeout=5)
         ch.send(self.reply)
         self.channel = ch
@@ -302,7 +329,7 @@ def test_stage_rejects_bad_control_messages(payload, exc, text):
     stage = StageThread(m, 0, IdentityExecutor(), max_control_message_bytes=4096)
     ep = m.stages[0].endpoint.control.endpoint
     ch = SecureChannel.connect(sockets.connect_retry(ep), MockProvider(), MockVerifier(),
-                               SessionConfig.development())
+                               SessionConfig.development(**roles_as(m, ORCHESTRATOR, 0)))
     ch.send(payload)
     assert stage.join()
     assert isinstance(stage.error, exc) and text in str(stage.error)

@@ -48,7 +48,8 @@ def test_single_bit_flip_anywhere_is_rejected(offset):
         f = decode(bytes(frame))
     except errors.FrameError:
         return          # e.g. a type flipped to an invalid value: rejected by the codec
-    with pytest.raises((errors.OpenFailed, errors.UnencryptedFrame, errors.UnexpectedMessage)):
+    with pytest.raises((errors.OpenFailed, errors.SequenceError, errors.UnencryptedFrame,
+                        errors.UnexpectedMessage)):
         o.open_frame(f)
     assert o.last_accepted is None
 
@@ -63,19 +64,30 @@ def test_replay_and_reorder_rejected_before_decrypt():
     s, o = pair()
     frames = [s.seal_frame(2, 1, bytes([i])) for i in range(4)]
     o.open_frame(decode(frames[0]))
-    o.open_frame(decode(frames[2]))                  # gaps are allowed
+    with pytest.raises(errors.SequenceGap) as e:
+        o.open_frame(decode(frames[2]))              # frame 1 dropped or reordered
+    assert (e.value.received, e.value.expected) == (2, 1)
+    o.open_frame(decode(frames[1]))
     with pytest.raises(errors.SequenceReplay) as e:
-        o.open_frame(decode(frames[1]))              # reordered
+        o.open_frame(decode(frames[1]))              # duplicated
     assert (e.value.received, e.value.expected) == (1, 2)
     with pytest.raises(errors.SequenceReplay):
-        o.open_frame(decode(frames[2]))              # replayed
+        o.open_frame(decode(frames[0]))              # replayed
+    assert bytes(o.open_frame(decode(frames[2]))) == b"\x02"
     assert bytes(o.open_frame(decode(frames[3]))) == b"\x03"
+    assert o.expected_sequence == 4
 
 
-def test_first_frame_may_carry_any_sequence():
-    s = _record.Sealer(KEY, SID, next_sequence=1000)
+def test_first_frame_must_be_sequence_zero():
+    """Stricter than transport.md 1.4: no arbitrary first sequence (a dropped first frame)."""
+    s = _record.Sealer(KEY, SID, next_sequence=1)
     o = _record.Opener(KEY, SID)
-    assert bytes(o.open_frame(decode(s.seal_frame(2, 1, b"late")))) == b"late"
+    with pytest.raises(errors.SequenceGap):
+        o.open_frame(decode(s.seal_frame(2, 1, b"late")))
+    assert o.last_accepted is None
+    s = _record.Sealer(KEY, SID, next_sequence=1000)
+    with pytest.raises(errors.SequenceGap):
+        o.open_frame(decode(s.seal_frame(2, 1, b"late")))
 
 
 def test_failed_open_does_not_advance_window():
@@ -133,7 +145,7 @@ def test_aead_open_fuzz_seeds(seed):
     seq = int.from_bytes(seed[:8], "big")
     o = _record.Opener(KEY, SID)
     for s in (seq, seq + 1, seq):
-        with pytest.raises((errors.OpenFailed, errors.SequenceReplay)):
+        with pytest.raises((errors.OpenFailed, errors.SequenceError)):
             o.open_in_place(s & 0xFFFFFFFFFFFFFFFF, seed[8], seed[9], bytearray(seed[10:]))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from cmlp.attestation.mock import MockProvider, MockVerifier
+from cmlp.errors import InsecureConfiguration
 
 KINDS = ("mock", "nitro", "none")
 
@@ -66,3 +67,20 @@ def read_nitro_root(path: Optional[str]) -> Optional[bytes]:
         return None
     with open(path, "rb") as f:
         return f.read()
+
+
+MOCK_IN_PRODUCTION = ("the production profile refuses mock attestation: anyone can make a mock "
+                      "document claiming any measurement; use real attestation (e.g. "
+                      "--attestation nitro) or --profile development")
+
+
+def is_mock(obj) -> bool:
+    """True for mock providers and verifiers (and anything else declaring platform "mock")."""
+    return getattr(obj, "platform", None) == "mock"
+
+
+def refuse_mock_in_production(production: bool, *parts) -> None:
+    """Start-up gate (pipeline.md hardening item 6, enforced at run time here):
+    in the production profile no provider or verifier may be a mock one."""
+    if production and any(is_mock(p) for p in parts):
+        raise InsecureConfiguration(MOCK_IN_PRODUCTION)

@@ -90,3 +90,22 @@ def run_command(func, args) -> int:
         prog = getattr(args, "prog_name", "cmlp")
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def model_init_hint(model_dir, hidden_dim: int = 768) -> str:
+    """The command that creates the model a command was pointed at (its path, its preset)."""
+    import shlex
+    preset = " --preset tiny" if hidden_dim == 64 else ""    # the tiny preset's n_embd
+    return f"cmlp model init --out {shlex.quote(str(model_dir))}{preset}"
+
+
+def require_model_dir(model_dir, hidden_dim: int = 768) -> None:
+    """ModelError naming the missing file and how to create this very directory."""
+    from pathlib import Path
+    from cmlp.errors import ModelError
+    model_dir = Path(model_dir)
+    for name in ("config.json", "model.safetensors"):
+        if not (model_dir / name).is_file():
+            what = " (it does not exist)" if not model_dir.exists() else ""
+            raise ModelError(f"model directory '{model_dir}' has no {name}{what} "
+                             f"(create it with: {model_init_hint(model_dir, hidden_dim)})")

@@ -17,6 +17,9 @@ SUBCOMMAND_MODULES = (
     "cmlp.cli.echo",        # echo-server, echo-client
     "cmlp.cli.model_cmd",   # model init, model hashes
     "cmlp.cli.attest_cmd",  # attest verify
+    "cmlp.cli.serve",       # serve (host-blind mode, host side)
+    "cmlp.cli.generate",    # generate (host-blind mode, user side)
+    "cmlp.cli.manifest_cmd",  # manifest list, show, copy, init
     "cmlp.cli.proxy_cmd",   # proxy (OpenAI-compatible API)
 )
 

@@ -44,7 +44,9 @@ def register(subparsers) -> None:
     init.add_argument("--preset", choices=PRESET_NAMES, default="small",
                       help="small: GPT-2 small shapes (default); tiny: n_embd 64, 4 layers")
     init.add_argument("--seed", type=int, default=0, help="RNG seed (default: 0)")
-    init.add_argument("--force", action="store_true", help="overwrite an existing model")
+    init.add_argument("--force", action="store_true",
+                      help="overwrite an existing model (without it, the same preset and seed "
+                           "already in DIR are reused and anything else is refused)")
     add_log_level(init)
     init.set_defaults(func=cmd_init)
 
@@ -61,8 +63,12 @@ def register(subparsers) -> None:
 
 
 def cmd_init(args) -> int:
-    from cmlp.model.synthetic import init_model
-    out = init_model(args.out, preset=args.preset, seed=args.seed, overwrite=args.force)
+    import sys
+    from cmlp.model.synthetic import init_or_reuse
+    out, reused = init_or_reuse(args.out, preset=args.preset, seed=args.seed, force=args.force)
+    if reused:
+        print(f"{out} already holds the synthetic {args.preset!r} model with seed {args.seed}: "
+              "reusing it (--force rewrites it)", file=sys.stderr)
     print(out)
     return 0
 
@@ -70,7 +76,9 @@ def cmd_init(args) -> int:
 def cmd_hashes(args) -> int:
     from cmlp.model.config import load_config
     from cmlp.model.weights import load_shard_weights
+    from cmlp.cli.common import require_model_dir
     start, end = args.layers
+    require_model_dir(args.model_dir)
     config = load_config(args.model_dir)
     weights = load_shard_weights(args.model_dir, config, start, end)
     for name, digest in weights.hashes():

@@ -14,8 +14,11 @@ import logging
 import math
 import sys
 
-from cmlp.attestation.factory import make_provider, make_verifier, read_nitro_root
+from cmlp.attestation.factory import (MOCK_IN_PRODUCTION, make_provider, make_verifier,
+                                      read_nitro_root)
+from cmlp.cli import stage_logs
 from cmlp.cli.common import Parser, add_log_level, arg_type, console_main
+from cmlp.errors import InsecureConfiguration, StageFailed
 from cmlp.manifest import Manifest
 from cmlp.transport.sockets import parse_endpoint
 
@@ -55,6 +58,12 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
                    help="seconds to wait for the stages to come back (default: 120)")
     p.add_argument("--relay-capture", metavar="PREFIX", default=None,
                    help="record every byte the host relays to PREFIX<link>_<dir>.bin")
+    p.add_argument("--stage-log", metavar="PATTERN", default=None,
+                   help="where each stage logs, {idx} for its index (default: $CMLP_STAGE_LOG); "
+                        "a stage that fails to start is then quoted from its log")
+    p.add_argument("--no-role-binding", action="store_true",
+                   help="do not attest or check pipeline roles (only to interoperate with the "
+                        "reference's peers, which bind none; see docs/attestation.md)")
     add_log_level(p, "warning")
     return p
 
@@ -91,6 +100,8 @@ def run(args) -> int:
 
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be >= 1")
+    if args.profile == "production" and "mock" in (args.attestation, args.host_attestation):
+        raise InsecureConfiguration(MOCK_IN_PRODUCTION)
     manifest = Manifest.load(args.manifest)
     tokenizer = load_tokenizer(args.tokenizer)
     if args.text is not None:
@@ -114,7 +125,8 @@ def run(args) -> int:
     if root is not None:
         log.warning("trusting the Nitro root CA in %s instead of AWS's (testing/staging only)",
                     args.nitro_root_pem)
-    kwargs = dict(infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture)
+    kwargs = dict(infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture,
+                  bind_roles=not args.no_role_binding)
     provider, verifier = make_provider(host), make_verifier(args.attestation, root)
     if args.profile == "production":
         # every stage must be pinned: SessionConfig() refuses unpinned handshakes
@@ -128,7 +140,12 @@ def run(args) -> int:
         orch = Orchestrator(manifest, config, args.data_out_listen)
         return orch.start()
 
-    generator = Generator(connect(), connect, args.recover, args.recover_timeout)
+    try:
+        first = connect()
+    except StageFailed as exc:
+        raise stage_logs.explain(exc, args.manifest,
+                                 stage_logs.pattern_from_env(args.stage_log)) from None
+    generator = Generator(first, connect, args.recover, args.recover_timeout)
     runs = []
     try:
         for prompt, ids in zip(prompts, encoded):
@@ -147,6 +164,10 @@ def run(args) -> int:
             if gen.recoveries:
                 print(f"Recovered from {gen.recoveries} stage failure(s)", file=sys.stderr)
         generator.shutdown()
+    except KeyboardInterrupt:
+        if generator.orch is not None:
+            generator.orch.abandon()     # the stages end the session cleanly
+        raise
     finally:
         generator.close()
     if args.latency_out:

@@ -13,11 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from cmlp.attestation.factory import (make_provider, make_verifier, parse_measurement,
-                                      read_nitro_root)
+from cmlp.attestation.factory import (MOCK_IN_PRODUCTION, make_provider, make_verifier,
+                                      parse_measurement, read_nitro_root)
 from cmlp.cli.common import (Parser, add_log_level, arg_type, console_main,
-                              stop_on_sigterm)
-from cmlp.errors import ModelError
+                              require_model_dir, stop_on_sigterm)
+from cmlp.errors import InsecureConfiguration
 from cmlp.manifest import Manifest
 from cmlp.transport import SecurityProfile, SessionConfig
 from cmlp.transport.sockets import parse_endpoint
@@ -52,11 +52,14 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                    help="security profile (production refuses unpinned attested peers)")
     p.add_argument("--executor", choices=("gpt2", "identity", "double"), default="gpt2",
                    help=argparse.SUPPRESS)   # identity/double: protocol tests without a model
+    p.add_argument("--no-role-binding", action="store_true",
+                   help="do not attest or check pipeline roles (only to interoperate with the "
+                        "reference's peers, which bind none; see docs/attestation.md)")
     add_log_level(p, "info")
     return p
 
 
-def make_executor(args):
+def make_executor(args, hidden_dim: int = 768):
     if args.executor == "identity":
         from cmlp.pipeline.executor import IdentityExecutor
         return IdentityExecutor()
@@ -64,21 +67,25 @@ def make_executor(args):
         from cmlp.pipeline.executor import DoubleExecutor
         return DoubleExecutor()
     model_dir = Path(args.model_dir)
-    for name in ("config.json", "model.safetensors"):
-        if not (model_dir / name).is_file():
-            raise ModelError(f"model directory '{model_dir}' has no {name} "
-                             "(create one with: cmlp model init --out model)")
+    require_model_dir(model_dir, hidden_dim)
     from cmlp.pipeline.gpt2 import Gpt2Executor
     return Gpt2Executor(model_dir, threads=args.threads)
 
 
 def run(args) -> int:
+    import os
+    from cmlp import progress
     from cmlp.pipeline.stage import StageConfig, StageWorker
+    # stages run side by side in the background of one terminal, where their bars would
+    # overwrite each other: a stage logs "loaded layers ..." instead (CMLP_PROGRESS=1 forces)
+    os.environ.setdefault(progress.ENV, "0")
     manifest = Manifest.load(args.manifest)
     spec = manifest.stage(args.stage_idx)
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
     profile = SecurityProfile(args.profile)
+    if profile is SecurityProfile.PRODUCTION and args.attestation == "mock":
+        raise InsecureConfiguration(MOCK_IN_PRODUCTION)
     session = SessionConfig(security_profile=profile,
                             require_measurements=profile is SecurityProfile.PRODUCTION)
     root = read_nitro_root(args.nitro_root_pem)
@@ -87,8 +94,9 @@ def run(args) -> int:
                     args.nitro_root_pem)
     config = StageConfig(provider=make_provider(args.attestation, dict(args.mock_measurement)),
                          verifier=make_verifier(args.attestation, root), session=session,
-                         persistent=args.persistent, host_unattested=args.host_unattested)
-    executor = make_executor(args)
+                         persistent=args.persistent, host_unattested=args.host_unattested,
+                         bind_roles=not args.no_role_binding)
+    executor = make_executor(args, manifest.activation_spec.hidden_dim)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
     worker.bind()
     stop_on_sigterm()

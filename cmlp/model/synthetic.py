@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmlp import progress
 from cmlp.errors import ModelError
 from cmlp.model.config import (CONFIG_FILE, SYNTHETIC_KEY, TOKENIZER_FILE, WEIGHTS_FILE,
                                Gpt2Config)
@@ -97,6 +98,7 @@ def random_weights(config: Gpt2Config, seed: int = 0, std: float = 0.02,
     rng = np.random.default_rng(seed)
 
     def normal(shape, scale):
+        progress.advance(4 * int(np.prod(shape)))   # bytes drawn (an open bar, if any)
         if scale == 0.0:
             return np.zeros(shape, np.float32)
         return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
@@ -126,6 +128,13 @@ def random_weights(config: Gpt2Config, seed: int = 0, std: float = 0.02,
     return tensors
 
 
+def model_nbytes(config: Gpt2Config) -> int:
+    """Bytes of every F32 parameter of a model (attention mask buffers excluded)."""
+    C = config.n_embd
+    block = sum(int(np.prod(shape)) for shape in block_tensor_shapes(config).values())
+    return 4 * ((config.vocab_size + config.n_positions) * C + config.n_layer * block + 2 * C)
+
+
 def weights_digest(tensors: dict[str, np.ndarray]) -> str:
     """One SHA-256 over every tensor (sorted by name): detects RNG drift."""
     digest = hashlib.sha256()
@@ -152,11 +161,17 @@ def write_model(out_dir, config: Gpt2Config, *, seed: int = 0, std: float = 0.02
         raise ModelError(f"{out / WEIGHTS_FILE} already exists")
     out.mkdir(parents=True, exist_ok=True)
 
-    tensors = random_weights(config, seed=seed, std=std, ln_std=ln_std, bias_std=bias_std,
-                             attn_bias=attn_bias)
-    digest = weights_digest({k: v for k, v in tensors.items() if not k.endswith(".attn.bias")})
-    meta = {"cmlp_seed": seed, "cmlp_weights_sha256": digest, **(extra_config or {})}
-    _write_atomic(out / WEIGHTS_FILE, lambda tmp: _save_safetensors(tensors, prefix, tmp))
+    # one bar: drawing the random parameters, then the file write (bytes of both)
+    drawn = model_nbytes(config)
+    masks = 4 * config.n_layer * config.n_positions ** 2 if attn_bias else 0
+    with progress.bar(f"writing {out / WEIGHTS_FILE}", 2 * drawn + masks):
+        tensors = random_weights(config, seed=seed, std=std, ln_std=ln_std, bias_std=bias_std,
+                                 attn_bias=attn_bias)
+        digest = weights_digest({k: v for k, v in tensors.items()
+                                 if not k.endswith(".attn.bias")})
+        meta = {"cmlp_seed": seed, "cmlp_weights_sha256": digest, **(extra_config or {})}
+        _write_atomic(out / WEIGHTS_FILE, lambda tmp: _save_safetensors(tensors, prefix, tmp))
+        progress.advance(drawn + masks)
     text = json.dumps(hf_config(config, **meta), indent=2, sort_keys=True) + "\n"
     _write_atomic(out / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     if tokenizer_src is not None:
@@ -171,6 +186,27 @@ def init_model(out_dir, preset: str = "small", seed: int = 0, overwrite: bool = 
     config = replace(PRESETS[preset], synthetic=True)
     return write_model(out_dir, config, seed=seed, tokenizer=True, overwrite=overwrite,
                        extra_config={"cmlp_preset": preset})
+
+
+def file_tensor_shapes(config: Gpt2Config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor ``write_model`` stores (attention masks included)."""
+    from cmlp.model.weights import shard_tensor_shapes
+    shapes = dict(shard_tensor_shapes(config, 0, config.n_layer))
+    for i in range(config.n_layer):
+        shapes[f"h.{i}.attn.bias"] = (1, 1, config.n_positions, config.n_positions)
+    return shapes
+
+
+def init_or_reuse(out_dir, preset: str = "small", seed: int = 0,
+                  force: bool = False) -> tuple[Path, bool]:
+    """`cmlp model init`: (path, reused).  The same preset and seed already there is reused;
+    anything else there is refused unless ``force`` (ModelError says what is there)."""
+    from cmlp.model.reuse import check_existing
+    if preset not in PRESETS:
+        raise ModelError(f"unknown preset {preset!r} (choose from {', '.join(sorted(PRESETS))})")
+    if not force and check_existing(out_dir, preset, seed, file_tensor_shapes(PRESETS[preset])):
+        return Path(out_dir), True
+    return init_model(out_dir, preset=preset, seed=seed, overwrite=force), False
 
 
 def _save_safetensors(tensors: dict[str, np.ndarray], prefix: str, path: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmlp import progress
 from cmlp._gpt2 import aligned_empty  # the engine's allocation policy (64-byte aligned)
 from cmlp.errors import ModelError
 from cmlp.model.config import WEIGHTS_FILE, Gpt2Config
@@ -152,8 +153,10 @@ def load_shard_weights(model_dir, config: Gpt2Config, layer_start: int,
         raise ModelError(f"{path}: cannot read safetensors file: {exc}") from None
 
     weights = ShardWeights(path=path, prefix=prefix)
-    for name, shape in wanted.items():
-        weights.tensors[name] = _read_tensor(path, prefix + name, shape)
+    total = sum(4 * int(np.prod(shape)) for shape in wanted.values())
+    with progress.bar(f"loading layers [{layer_start}, {layer_end})", total):
+        for name, shape in wanted.items():
+            weights.tensors[name] = _read_tensor(path, prefix + name, shape)
     return weights
 
 
@@ -180,6 +183,7 @@ def _read_tensor(path: Path, full_name: str, shape: tuple[int, ...]) -> np.ndarr
             stop = min(start + rows_per_read, shape[0])
             with _safe_open(path) as f:  # reopened per slice: see module docstring
                 out[start:stop] = f.get_slice(full_name)[start:stop]
+            progress.advance(out[start:stop].nbytes)
     except Exception as exc:  # the file changed or broke since it was checked
         raise ModelError(f"{path}: cannot read tensor {full_name}: {exc}") from None
     return out

@@ -26,6 +26,13 @@ class Executor(Protocol):
     def forward(self, request_id: int, micro_batch: int, inputs: List[Tensor]) -> List[Tensor]:
         """One micro-batch; raise ForwardFailed on failure."""
 
+    # Optional hooks (the stage calls them when present; stateful executors must have them):
+    #   begin_session()                               a new orchestrator session: empty the
+    #                                                 KV cache (wiped), whatever came before
+    #   begin_request(request_id, seq_len, n_mb)      before the request's first forward, so
+    #                                                 forward() can check its cache position
+    #                                                 against seq_len (defence in depth)
+
 
 class IdentityExecutor:
     """Passes tensors through unchanged (protocol tests, relay benchmarks)."""

@@ -42,11 +42,46 @@ class Gpt2Executor:
         self.model_dir = model_dir
         self.threads = threads
         self.shard = None
+        self._request = None        # (request_id, seq_len, num_micro_batches) being served
+
+    def begin_session(self) -> None:
+        """A new orchestrator session starts from an empty (wiped) KV cache."""
+        if self.shard is not None:
+            self.shard.clear_cache()
+
+    def begin_request(self, request_id: int, seq_len: int, num_micro_batches: int) -> None:
+        """Remember what the request claims, so forward() can check the cache position."""
+        self._request = (request_id, seq_len, num_micro_batches)
+
+    def _check_position(self, request_id: int, micro_batch: int, sentinel: bool,
+                        tokens: int) -> None:
+        """Defence in depth: the KV cache must be exactly where ``seq_len`` says.
+
+        ``seq_len`` is the context length including this request's tokens, so
+        before the last micro-batch's forward the cache holds ``seq_len - T``
+        positions (0 after a cache-clear sentinel).  A host that drops the
+        sentinel (or a frame of it) would otherwise make the stage continue the
+        previous user's context.
+        """
+        req = self._request
+        if req is None or req[0] != request_id:
+            raise ForwardFailed(request_id, micro_batch, "forward outside a started request")
+        _, seq_len, m = req
+        past = 0 if sentinel else self.shard.past_len
+        end = past + tokens
+        if end > seq_len or (micro_batch == m - 1 and end != seq_len):
+            self.shard.clear_cache()          # fail closed: nothing of that context is kept
+            raise ForwardFailed(
+                request_id, micro_batch,
+                f"KV cache position mismatch: {past} cached + {tokens} new tokens != seq_len "
+                f"{seq_len}{'' if sentinel else ' (no cache-clear sentinel)'}")
 
     def init(self, spec, activation, num_stages) -> None:
         from cmlp.model import Gpt2Shard
         if self.shard is not None and (self.shard.layer_start, self.shard.layer_end) == \
                 (spec.layer_start, spec.layer_end):
+            # already loaded: the activation spec is still checked, every time
+            self._check_activation(self.shard.config, activation)
             self.shard.clear_cache()
             return
         try:
@@ -54,7 +89,15 @@ class Gpt2Executor:
                                    threads=self.threads)
         except CmlpError as exc:
             raise InitFailed(f"failed to load model shard: {exc}") from exc
-        cfg = shard.config
+        self._check_activation(shard.config, activation)
+        if self.shard is not None:
+            self.shard.clear_cache()          # wipe the old shard's cache before dropping it
+        self.shard = shard
+        log.info("loaded layers [%d, %d) of %s: %.1f MB, %d BLAS threads", spec.layer_start,
+                 spec.layer_end, self.model_dir, shard.weight_bytes / 1e6, shard.threads)
+
+    @staticmethod
+    def _check_activation(cfg, activation) -> None:
         if activation.dtype != "F32":
             raise InitFailed(f"activation dtype {activation.dtype} is not supported "
                              "(GPT-2 stages exchange F32)")
@@ -64,9 +107,6 @@ class Gpt2Executor:
         if activation.max_seq_len > cfg.n_positions:
             raise InitFailed(f"activation_spec.max_seq_len {activation.max_seq_len} exceeds "
                              f"the model's n_positions {cfg.n_positions}")
-        self.shard = shard
-        log.info("loaded layers [%d, %d) of %s: %.1f MB, %d BLAS threads", spec.layer_start,
-                 spec.layer_end, self.model_dir, shard.weight_bytes / 1e6, shard.threads)
 
     def weight_hashes(self) -> List[str]:
         return [digest for _, digest in self.shard.weight_hashes()]
@@ -91,6 +131,10 @@ class Gpt2Executor:
             raise ForwardFailed(request_id, micro_batch,
                                 f"expected a {want.name} input tensor, got {x.dtype.name} "
                                 f"'{x.name}' {list(x.shape)}")
+        if len(x.shape) < 2:
+            raise ForwardFailed(request_id, micro_batch,
+                                f"input '{x.name}' {list(x.shape)} has no sequence dimension")
+        self._check_position(request_id, micro_batch, sentinel, int(x.shape[1]))
         try:
             out = shard.forward(x.data)
         except CmlpError as exc:

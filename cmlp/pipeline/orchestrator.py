@@ -28,13 +28,15 @@ from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, Pipeli
                          PipelineShutdown, PipelineTimeout, ProtocolError, RequestFailed,
                          StageFailed, Tainted, Timeout)
 from cmlp import trace
+from cmlp.attestation.factory import refuse_mock_in_production
+from cmlp.attestation.role import Role
 from cmlp.manifest import Manifest, compact_json
 from cmlp.pipeline import control as C
 from cmlp.pipeline.ids import next_id
 from cmlp.pipeline.relay import RelayLink
-from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
-                            sockets)
-from cmlp.transport.config import RetryPolicy
+from cmlp.transport import (Data, ErrorMessage, SecureChannel, SessionConfig, ShutdownMessage,
+                            TensorMessage, sockets)
+from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
 from cmlp.transport.wire import Tensor
 
@@ -62,6 +64,7 @@ class OrchestratorConfig:
     init_timeout: float = 600.0           # waiting for Ready: weights load (cmlp addition)
     data_setup_timeout: float = 60.0      # data channels and DataChannelsReady (cmlp addition)
     relay_capture_prefix: Optional[str] = None
+    bind_roles: bool = True               # attested pipeline roles (docs/attestation.md)
 
     @classmethod
     def development(cls, provider, verifier, **kw) -> "OrchestratorConfig":
@@ -70,6 +73,8 @@ class OrchestratorConfig:
         return cls(provider=provider, verifier=verifier, **kw)
 
     def validate(self) -> None:
+        refuse_mock_in_production(self.session.security_profile is SecurityProfile.PRODUCTION,
+                                  self.provider, self.verifier)
         for name in ("stage_drain_timeout", "data_drain_timeout", "data_quiet_period",
                      "infer_timeout", "health_check_timeout", "max_control_message_bytes"):
             if not getattr(self, name) or getattr(self, name) <= 0:
@@ -110,6 +115,8 @@ class _StageLink:
             return C.decode_stage_msg(msg.payload, self.limit)
         if isinstance(msg, ShutdownMessage):
             raise PipelineShutdown()
+        if isinstance(msg, ErrorMessage):       # the stage says why it cannot go on
+            raise StageFailed(self.index, msg.text.removeprefix(f"stage {self.index}: "))
         raise ProtocolError(f"expected Data on control channel of stage {self.index}, "
                             f"got {type(msg).__name__}")
 
@@ -186,8 +193,13 @@ class Orchestrator:
     # -- configuration per peer ----------------------------------------------
     def _config_for(self, stage: int) -> SessionConfig:
         pins = self.manifest.stages[stage].measurements()
-        return self.config.session.with_measurements(pins) if pins \
+        config = self.config.session.with_measurements(pins) if pins \
             else self.config.session
+        if self.config.bind_roles:
+            digest = self.manifest.pipeline_digest()
+            config = config.replace(own_role=Role.orchestrator(digest),
+                                    peer_role=Role(stage, digest))
+        return config
 
     # -- start-up -------------------------------------------------------------
     def start(self) -> "Orchestrator":
@@ -196,6 +208,9 @@ class Orchestrator:
             self.init()
             self.establish_data_channels()
             self.health_check()
+        except KeyboardInterrupt:
+            self.abandon()
+            raise
         except BaseException:
             self.close()
             raise
@@ -440,6 +455,20 @@ class Orchestrator:
         self.close()
         if errors:
             raise errors[0]
+
+    def abandon(self, timeout: float = 0.5) -> None:
+        """Leave at once (Ctrl-C): a transport Shutdown on every control channel, then close.
+
+        The stages tell this goodbye from a fault and end the session cleanly
+        (exit 0, or wait for the next session when persistent).  Best effort:
+        nothing is waited for beyond ``timeout`` per send.
+        """
+        for link in self.links:
+            try:
+                link.channel.shutdown(timeout=timeout)
+            except (CmlpError, OSError):
+                pass
+        self.close()
 
     def close(self) -> None:
         """Drop every channel, relay and listener (idempotent)."""

@@ -23,24 +23,27 @@ Resolutions of the reference's open points (pipeline.md, Ambiguities):
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from cmlp.errors import (UNKNOWN_STAGE, CmlpError, CryptoError, FrameError, InitFailed,
+from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, CryptoError,
+                         FrameError, InitFailed, InputLimitExceeded, MessageTooLarge,
                          PipelineError, ProtocolError, SessionError, StageError, StageFailed,
-                         Timeout)
-from cmlp import trace
+                         Timeout, VersionMismatch)
+from cmlp import strict_json, trace
+from cmlp.attestation.factory import refuse_mock_in_production
+from cmlp.attestation.role import Role
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
+from cmlp.pipeline.acceptor import Acceptor
 from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
                             sockets)
-from cmlp.transport.config import RetryPolicy
+from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
-from cmlp.transport.wire import Tensor
+from cmlp.transport.wire import DType, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,40 @@ class StageConfig:
     input_timeout: float = 300.0          # a request waiting for its input (cmlp addition)
     persistent: bool = False              # serve one orchestrator session after another
     host_unattested: bool = False         # the orchestrator presents no attestation
+    hostblind: object = None              # cmlp.hostblind.stage_loop.HostBlindOptions
+    # issue 10: no idle or half-open connection may lock the stage
+    handshake_timeout: float = 10.0       # at most this per incoming handshake
+    first_message_timeout: float = 30.0   # Init must follow the control handshake within it
+    max_pending_handshakes: int = 8       # connections being established at once, per port
+    # per micro-batch input cap: tensors, and bytes = max_batch x seq_len x one row of the
+    # activation spec (hidden_dim x max(itemsize, 4): ids and F32 hidden states both fit)
+    max_input_tensors: int = 4
+    max_batch: int = 8
+    # attest this stage's role (index + pipeline digest) and check every peer's; off only
+    # for interop with the reference's peers, which bind no role (docs/attestation.md)
+    bind_roles: bool = True
 
 
 class SessionEnded(Exception):
     """The orchestrator said Shutdown: end this session cleanly."""
+
+
+class OrchestratorGone(Exception):
+    """The control channel closed under us: the orchestrator was stopped or died.
+
+    Not a fault of this stage: the session ends cleanly (exit 0, or the next
+    session for a persistent stage) with one line saying so.  ``goodbye``: it
+    sent a transport Shutdown first (``Orchestrator.abandon``, e.g. on Ctrl-C).
+    """
+
+    def __init__(self, why: str, goodbye: bool = False):
+        super().__init__(why)
+        self.goodbye = goodbye
+
+
+# errors caused by what the orchestrator sent: never explained back to it
+_PEER_FAULTS = (ProtocolError, VersionMismatch, MessageTooLarge, FrameError, CryptoError)
+GONE_GRACE = 0.25   # seconds to look for the orchestrator's goodbye after a broken link
 
 
 class _Control:
@@ -74,15 +107,36 @@ class _Control:
         self.limit = limit
 
     def send(self, msg) -> None:
-        self.channel.send(msg.encode())
+        try:
+            self.channel.send(msg.encode())
+        except (Closed, ChannelBroken) as exc:
+            raise OrchestratorGone(str(exc)) from exc
 
     def recv(self, timeout: Optional[float] = None):
-        msg = self.channel.recv(timeout)
+        try:
+            msg = self.channel.recv(timeout)
+        except (Closed, ChannelBroken) as exc:
+            raise OrchestratorGone(str(exc)) from exc
         if isinstance(msg, Data):
             return C.decode_orchestrator_msg(msg.payload, self.limit)
         if isinstance(msg, ShutdownMessage):
-            raise SessionEnded()
+            raise OrchestratorGone("it left without waiting for the stages (interrupted)",
+                                   goodbye=True)
         raise ProtocolError(f"expected Data on control channel, got {type(msg).__name__}")
+
+
+def _json_object(text: str) -> dict:
+    """A nested spec of an Init: strict JSON (duplicate keys, deep nesting refused), an object."""
+    obj = strict_json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
+
+
+def _discard_control(result) -> None:
+    channel, _ = result
+    if channel is not None:
+        channel.close()
 
 
 class StageWorker:
@@ -90,8 +144,12 @@ class StageWorker:
 
     def __init__(self, manifest: Manifest, stage_idx: int, executor, config: StageConfig,
                  data_out_target: Optional[Endpoint] = None):
+        refuse_mock_in_production(
+            config.session.security_profile is SecurityProfile.PRODUCTION,
+            config.provider, config.verifier)
         self.manifest = manifest
         self.spec = manifest.stage(stage_idx)
+        self._pipeline_digest = manifest.pipeline_digest()
         self.idx = stage_idx
         self.executor = executor
         self.config = config
@@ -101,10 +159,12 @@ class StageWorker:
                         stage_idx, data_out_target, self.spec.endpoint.data_out.endpoint)
         self.control_listener = None
         self.data_listener = None
+        self.client_listener = None           # host-blind mode, stage 0
         self.sessions = 0
         self.last_error: Optional[BaseException] = None   # of the last failed session
         self._initialized_spec = None
         self._stop = threading.Event()
+        self._control_acceptor: Optional[Acceptor] = None
 
     # -- listening -----------------------------------------------------------
     @staticmethod
@@ -116,10 +176,14 @@ class StageWorker:
     def bind(self) -> None:
         self.control_listener = self._bind_endpoint(self.spec.endpoint.control.endpoint)
         self.data_listener = self._bind_endpoint(self.spec.endpoint.data_in.endpoint)
+        if self.manifest.host_blind and self.idx == 0:
+            self.client_listener = self._bind_endpoint(self.manifest.client_endpoint.endpoint)
 
     def close(self) -> None:
         self._stop.set()
-        for lst in (self.control_listener, self.data_listener):
+        if self._control_acceptor is not None:
+            self._control_acceptor.close()
+        for lst in (self.control_listener, self.data_listener, self.client_listener):
             if lst is not None:
                 try:
                     lst.close()
@@ -137,20 +201,35 @@ class StageWorker:
         """Run sessions until Shutdown (or forever with ``persistent``)."""
         if self.control_listener is None:
             self.bind()
-        while not self._stop.is_set():
-            try:
-                self.run_session()
-            except (CmlpError, OSError) as exc:
-                self.last_error = exc
+        cfg = self.config
+        self._control_acceptor = Acceptor(
+            self.control_listener, self._establish_control, discard=_discard_control,
+            on_error=self._handshake_failed("control"), max_in_flight=cfg.max_pending_handshakes,
+            name=f"stage{self.idx}-control")
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.run_session()
+                except (CmlpError, OSError) as exc:
+                    if self._stop.is_set():
+                        return
+                    self.last_error = exc
+                    if not self.config.persistent:
+                        raise
+                    log.warning("stage %d: session ended with an error: %s", self.idx, exc)
                 if not self.config.persistent:
-                    raise
-                log.warning("stage %d: session ended with an error: %s", self.idx, exc)
-            if not self.config.persistent:
-                return
+                    return
+        finally:
+            self._control_acceptor.close()
 
     def _session_config(self, peer_stage: Optional[int]) -> SessionConfig:
         """Pins for a channel whose peer is ``peer_stage`` (None: the host orchestrator)."""
         base = self.config.session
+        if self.config.bind_roles:
+            digest = self._pipeline_digest
+            base = base.replace(own_role=Role(self.idx, digest),
+                                peer_role=Role.orchestrator(digest) if peer_stage is None
+                                else Role(peer_stage, digest))
         if peer_stage is None:
             return base.replace(expected_measurements=None,
                                 allow_unattested_peer=self.config.host_unattested) \
@@ -161,23 +240,74 @@ class StageWorker:
         return base.replace(expected_measurements=self.manifest.stages[peer_stage].measurements()
                             or base.expected_measurements, allow_unattested_peer=False)
 
-    def _accept_control(self) -> SecureChannel:
-        """The next control connection that completes the handshake.
+    def _handshake_failed(self, port: str):
+        def report(exc: BaseException) -> None:
+            self.last_error = exc
+            log.warning("stage %d: %s handshake failed: %s", self.idx, port, exc)
+        return report
 
-        A connection that fails the handshake (a port probe, a peer with the
-        wrong attestation) is logged and dropped; it cannot stop the stage.
+    def _incoming_config(self, peer_stage: Optional[int]) -> SessionConfig:
+        """As _session_config, with the stage's own (shorter) handshake deadline."""
+        config = self._session_config(peer_stage)
+        return config.replace(handshake_timeout=min(config.handshake_timeout,
+                                                    self.config.handshake_timeout))
+
+    def _establish_control(self, sock):
+        """Handshake, then the first control message, each under its deadline.
+
+        Runs in an Acceptor thread, so a connection that stays silent costs one
+        slot for at most these deadlines and never blocks another one.  A failed
+        handshake raises (logged, the connection is forgotten).  A failure after
+        the handshake - no Init in time, a malformed first message - is a session
+        that failed: it is returned as ``(None, error)``, so a one-shot stage ends
+        with that error as before and a persistent one logs it and goes on.
+        """
+        cfg = self.config
+        channel = SecureChannel.accept(sock, cfg.provider, cfg.verifier,
+                                       self._incoming_config(None))
+        try:
+            msg = _Control(channel, cfg.max_control_message_bytes).recv(cfg.first_message_timeout)
+            if not isinstance(msg, C.Init):
+                raise ProtocolError(f"expected Init, got {C.describe(msg)}")
+            return channel, msg
+        except Timeout:
+            channel.close()
+            return None, Timeout(f"no control message within {cfg.first_message_timeout} s "
+                                 "after the handshake")
+        except SessionEnded:
+            channel.close()
+            return None, ProtocolError("Shutdown before Init")
+        except OrchestratorGone as gone:       # closed before Init: a session that ended
+            channel.close()
+            return None, gone
+        except (CmlpError, OSError) as exc:
+            channel.close()
+            return None, exc
+        except BaseException:
+            channel.close()
+            raise
+
+    def _accept_control(self):
+        """The next control connection that completed its handshake and sent Init.
+
+        Handshakes run concurrently in the acceptor: a port probe, a peer with
+        the wrong attestation or an idle connection cannot stop the stage.
         """
         while True:
-            sock = sockets.accept(self.control_listener)
+            if self._stop.is_set():
+                raise Closed("the stage is closing")
             try:
-                return SecureChannel.accept(sock, self.config.provider, self.config.verifier,
-                                            self._session_config(None))
-            except CmlpError as exc:
-                self.last_error = exc
-                log.warning("stage %d: control handshake failed: %s", self.idx, exc)
+                return self._control_acceptor.get(timeout=0.5)
+            except Timeout:
+                continue
 
     def run_session(self) -> None:
-        control = self._accept_control()
+        control, init = self._accept_control()
+        if control is None:
+            if isinstance(init, OrchestratorGone):
+                self._say_orchestrator_left(f"its connection closed before Init: {init}")
+                return
+            raise init            # the connection failed after its handshake
         cfg = self.config
         ctl = _Control(control, cfg.max_control_message_bytes)
         channels = [control]
@@ -185,30 +315,87 @@ class StageWorker:
         log.info("stage %d: control session %d (peer attestation: %s)", self.idx, self.sessions,
                  control.peer_attestation.platform)
         try:
-            num_stages, activation = self._control_phase(ctl)
-            data_in, data_out = self._data_phase(ctl, num_stages)
-            channels += [data_in, data_out]
+            try:
+                num_stages, activation = self._control_phase(ctl, init)
+                begin = getattr(self.executor, "begin_session", None)
+                if begin is not None:
+                    begin()               # every session starts from an empty, wiped cache
+                data_in, data_out = self._data_phase(ctl, num_stages)
+            except (CmlpError, OSError) as exc:
+                self._report_setup_failure(control, exc)
+                raise
+            channels += [ch for ch in (data_in, data_out) if ch is not None]
             ctl.send(C.DataChannelsReady(self.idx))
-            _RequestLoop(self, ctl, data_in, data_out, activation).run()
+            if self.manifest.host_blind:
+                from cmlp.hostblind.stage_loop import run_host_blind
+                run_host_blind(self, ctl, data_in, data_out, activation)
+            else:
+                _RequestLoop(self, ctl, data_in, data_out, activation).run()
         except SessionEnded:
             log.info("stage %d: session ended by the orchestrator", self.idx)
+        except OrchestratorGone as gone:
+            self._say_orchestrator_left(str(gone) if gone.goodbye
+                                        else f"its connection closed: {gone}")
+        except (CmlpError, OSError):
+            # A broken data link may just be the orchestrator leaving (Ctrl-C): it says
+            # goodbye on control before it drops its channels.
+            if not self._orchestrator_said_goodbye(ctl):
+                raise
+            self._say_orchestrator_left("it left without waiting for the stages (interrupted)")
         finally:
             for ch in channels:
                 ch.close()
 
+    def _say_orchestrator_left(self, why: str) -> None:
+        then = "waiting for the next session" if self.config.persistent else "exiting"
+        log.warning("stage %d: the orchestrator went away (%s); %s", self.idx, why, then)
+
+    def _orchestrator_said_goodbye(self, ctl: _Control) -> bool:
+        """After a failure: did the orchestrator end the session (Shutdown) or vanish?"""
+        deadline = time.monotonic() + GONE_GRACE
+        while not ctl.channel.closed:
+            try:
+                msg = ctl.recv(timeout=max(0.01, deadline - time.monotonic()))
+            except OrchestratorGone as gone:
+                return gone.goodbye   # a bare close is no goodbye: keep the link's own error
+            except (CmlpError, OSError, SessionEnded):
+                return False
+            if isinstance(msg, C.Shutdown):
+                return True
+        return False
+
+    def _report_setup_failure(self, control: SecureChannel, exc: BaseException) -> None:
+        """Tell the orchestrator why this stage cannot join (an Error frame), then drop it.
+
+        Only the stage's own reasons (model, weights, hashes, its data links); a peer
+        that broke the protocol on control just gets the closed connection.
+        """
+        if control.closed or isinstance(exc, _PEER_FAULTS):
+            return
+        try:
+            control.send_error(f"stage {self.idx}: {exc}", timeout=1.0)
+        except (CmlpError, OSError):
+            pass
+
     # -- control phase ---------------------------------------------------------
-    def _control_phase(self, ctl: _Control):
-        msg = ctl.recv()
+    def _control_phase(self, ctl: _Control, msg):
         if not isinstance(msg, C.Init):
             raise ProtocolError(f"expected Init, got {C.describe(msg)}")
         try:
-            spec = StageSpec.from_json(json.loads(msg.stage_spec_json))
-        except (ValueError, RecursionError, CmlpError) as exc:
+            spec = StageSpec.from_json(_json_object(msg.stage_spec_json))
+        except (ValueError, CmlpError) as exc:
             raise ProtocolError(f"invalid stage_spec: {exc}") from None
         try:
-            activation = ActivationSpec.from_json(json.loads(msg.activation_spec_json))
-        except (ValueError, RecursionError, CmlpError) as exc:
+            activation = ActivationSpec.from_json(_json_object(msg.activation_spec_json))
+        except (ValueError, CmlpError) as exc:
             raise ProtocolError(f"invalid activation_spec: {exc}") from None
+        # every Init, every time (also when the shard is already loaded): the host cannot
+        # widen what this stage accepts - the activation spec is its own manifest's
+        own = self.manifest.activation_spec
+        if activation != own:
+            raise ProtocolError(
+                f"Init activation_spec {activation.to_json()} differs from this stage's "
+                f"manifest {own.to_json()}")
         if not self.spec.admits_init(spec):
             raise ProtocolError(
                 f"Init for stage {spec.stage_idx} layers [{spec.layer_start}, {spec.layer_end}) "
@@ -261,7 +448,26 @@ class StageWorker:
         deadline = time.monotonic() + cfg.data_setup_timeout
         up_peer = None if self.idx == 0 else self.idx - 1
         down_peer = None if self.idx == num_stages - 1 else self.idx + 1
+        if self.manifest.host_blind:
+            # a ring: the last stage's data_out is the feedback link to stage 0's data_in
+            if num_stages == 1:
+                return None, None             # one stage samples itself: no data links
+            up_peer, down_peer = (self.idx - 1) % num_stages, (self.idx + 1) % num_stages
         out_sock = self._connect_downstream(ctl, deadline)
+        if self.manifest.host_blind and self.idx == 0:
+            # stage 0 starts the handshake chain (s0 -> s1 -> ... -> last -> s0)
+            try:
+                data_out = SecureChannel.connect(out_sock, cfg.provider, cfg.verifier,
+                                                 self._session_config(down_peer))
+            except BaseException:
+                out_sock.close()
+                raise
+            try:
+                data_in = self._accept_upstream(ctl, deadline, self._session_config(up_peer))
+            except BaseException:
+                data_out.close()
+                raise
+            return data_in, data_out
         try:
             data_in = self._accept_upstream(ctl, deadline, self._session_config(up_peer))
         except BaseException:
@@ -278,26 +484,30 @@ class StageWorker:
     def _accept_upstream(self, ctl: _Control, deadline: float, config: SessionConfig):
         """The first data_in connection that completes the handshake.
 
-        A connection that fails it (left over from a dead session, or a host
-        probing the port) is dropped and the next one is taken.
+        Handshakes run concurrently (bounded): a connection that fails or stays
+        silent (left over from a dead session, or a host probing the port) is
+        dropped without delaying the real upstream peer.
         """
-        while True:
-            try:
-                sock = sockets.accept(self.data_listener, timeout=0.2)
-            except Timeout:
-                self._check_control(ctl)
-                if time.monotonic() > deadline:
-                    raise Timeout(f"no upstream connection on data_in within "
-                                  f"{self.config.data_setup_timeout} s") from None
-                continue
-            try:
-                return SecureChannel.accept(sock, self.config.provider, self.config.verifier,
-                                            config)
-            except CmlpError as exc:
-                self.last_error = exc
-                log.warning("stage %d: data_in handshake failed: %s", self.idx, exc)
-                if time.monotonic() > deadline:
-                    raise
+        cfg = self.config
+        config = config.replace(handshake_timeout=min(config.handshake_timeout,
+                                                      cfg.handshake_timeout))
+        acceptor = Acceptor(
+            self.data_listener,
+            lambda sock: SecureChannel.accept(sock, cfg.provider, cfg.verifier, config),
+            discard=lambda ch: ch.close(), on_error=self._handshake_failed("data_in"),
+            max_in_flight=cfg.max_pending_handshakes, max_ready=1,
+            name=f"stage{self.idx}-data_in")
+        try:
+            while True:
+                try:
+                    return acceptor.get(timeout=0.2)
+                except Timeout:
+                    self._check_control(ctl)
+                    if time.monotonic() > deadline:
+                        raise Timeout(f"no upstream connection on data_in within "
+                                      f"{self.config.data_setup_timeout} s") from None
+        finally:
+            acceptor.close()
 
     def _connect_downstream(self, ctl: _Control, deadline: float):
         """Connect data_out with the retry policy, checking control between attempts."""
@@ -352,6 +562,7 @@ class _RequestLoop:
                    for k in ("start_request", "input", "forward_done", "output_sent")}
         self.current: Optional[int] = None
         self.aborted: Optional[str] = None
+        self.limit_error: Optional[InputLimitExceeded] = None
         self.shutdown = False
 
     def run(self) -> None:
@@ -420,16 +631,39 @@ class _RequestLoop:
         except (SessionError, CryptoError) as exc:
             raise _LinkLost("data_out", exc) from exc
 
-    def _read_group(self):
-        """Tensors until END: ``(tensors, "END")``, ``(None, "ERR")`` or ``(None, None)`` if cut."""
-        tensors: List[Tensor] = []
+    def _input_limits(self, seq_len: int):
+        """(tensor count, bytes) one micro-batch may hold, from the activation spec."""
+        cfg, a = self.w.config, self.activation
+        row = a.hidden_dim * max(DType[a.dtype].itemsize, 4)
+        return cfg.max_input_tensors, cfg.max_batch * max(seq_len, 1) * row
+
+    def _read_group(self, limits=None):
+        """Tensors until END: ``(tensors, "END")``, ``(None, "ERR")`` or ``(None, None)`` if cut.
+
+        With ``limits`` (count, bytes), a group that exceeds them is read to its
+        END but not kept: ``(None, "LIMIT")``, and ``self.limit_error`` says why.
+        Without limits (draining a failed request) nothing is kept at all.
+        """
+        tensors: Optional[List[Tensor]] = [] if limits is not None else None
+        count = size = 0
         while True:
             msg = self._recv_input()
             if msg is None:
                 return None, None
             if isinstance(msg, TensorMessage):
-                tensors.append(msg.tensor)
+                count += 1
+                size += msg.tensor.nbytes
+                if tensors is not None:
+                    if count > limits[0] or size > limits[1]:
+                        self.limit_error = InputLimitExceeded(
+                            f"{count} tensors / {size} bytes in one micro-batch; this request "
+                            f"allows {limits[0]} tensors / {limits[1]} bytes")
+                        tensors = None          # freed now; the rest is read and dropped
+                    else:
+                        tensors.append(msg.tensor)
             elif isinstance(msg, Data) and msg.payload == END:
+                if tensors is None and limits is not None:
+                    return None, "LIMIT"
                 return tensors, "END"
             elif isinstance(msg, Data) and msg.payload == ERR:
                 return None, "ERR"
@@ -457,7 +691,7 @@ class _RequestLoop:
         except _LinkLost as lost:
             try:
                 self.ctl.send(C.RequestError(req.request_id, str(lost)))
-            except CmlpError:
+            except (CmlpError, OrchestratorGone):
                 pass
             raise lost.exc from None
 
@@ -472,18 +706,26 @@ class _RequestLoop:
             self._drain_inputs(m)
             self._fail_request(rid, reason)
             return
+        begin = getattr(self.w.executor, "begin_request", None)
+        if begin is not None:
+            begin(rid, req.seq_len, m)
         compute_ns = 0
         error: Optional[str] = None
         done = 0
         confirmed = False
         upstream_err = False
+        limits = self._input_limits(req.seq_len)
         for mb in range(m):
-            tensors, status = self._read_group()
+            tensors, status = self._read_group(limits)
             if status == "ERR":
                 upstream_err = True
                 error = str(StageFailed(UNKNOWN_STAGE, "upstream stage reported error"))
                 break
             if status is None:
+                break
+            if status == "LIMIT":
+                error = str(self.limit_error)
+                done = mb + 1
                 break
             trace.event(self.ev["input"])
             t0 = time.perf_counter_ns()

@@ -191,8 +191,14 @@ class SecureChannel:
             try:
                 send(*args)
             except BaseException as exc:
-                self._rec.discard_pending()   # never flush half a chain with a later send
-                if isinstance(exc, _netio.PartialWrite):
+                # never flush half a chain with a later send; the sequence rolls back
+                # to the first unsent frame, so the peer never sees a gap
+                self._rec.discard_pending()
+                if self._rec.sealer.wiped:
+                    self._fail(f"a send failed part-way: {exc!r}")
+                    if isinstance(exc, (OSError, Closed)):
+                        raise Closed(f"send failed: {exc}") from exc
+                elif isinstance(exc, _netio.PartialWrite):
                     self._fail("a send was cut by its timeout")
                 elif isinstance(exc, NonceOverflow):
                     self._fail("send sequence exhausted")

@@ -8,7 +8,17 @@
 DRY_RUN="${DRY_RUN:-0}"
 NITRO_DIR="$CMLP_ROOT/deploy/nitro"
 NITRO_BUILD_DIR="${NITRO_BUILD_DIR:-$CMLP_ROOT/build/nitro}"
-IMAGE_PREFIX="${IMAGE_PREFIX:-cmlp-gpt2}"
+# HOST_BLIND=1: the host-blind layout (manifests/manifest_<n>stage_hostblind_vsock.json):
+# stage 0 takes clients on vsock 5003, the last stage feeds tokens back to stage 0 through
+# the host; its images are separate (the manifest is baked into them).
+HOST_BLIND="${HOST_BLIND:-0}"
+if [ "$HOST_BLIND" = 1 ]; then
+    MANIFEST_KIND=hostblind_vsock
+    IMAGE_PREFIX="${IMAGE_PREFIX:-cmlp-gpt2-hb}"
+else
+    MANIFEST_KIND=vsock
+    IMAGE_PREFIX="${IMAGE_PREFIX:-cmlp-gpt2}"
+fi
 # Dry-run stand-ins for values only real tools can produce (a SHA-384 hex, enclave CIDs).
 # shellcheck disable=SC2034  # used by the scripts that source this file
 DRY_RUN_PCR8="$(printf 'd7%.0s' {1..48})"
@@ -92,6 +102,6 @@ check_stages() {
 image_tag() { printf '%s-%sstage-s%s:latest' "$IMAGE_PREFIX" "$1" "$2"; }
 eif_path() { printf '%s/%s-%sstage-s%s.eif' "$NITRO_BUILD_DIR" "$IMAGE_PREFIX" "$1" "$2"; }
 measurements_path() { printf '%s/%s-%sstage-s%s.pcrs.json' "$NITRO_BUILD_DIR" "$IMAGE_PREFIX" "$1" "$2"; }
-pinned_manifest_path() { printf '%s/manifest_%sstage_vsock.json' "$NITRO_BUILD_DIR" "$1"; }
+pinned_manifest_path() { printf '%s/manifest_%sstage_%s.json' "$NITRO_BUILD_DIR" "$1" "$MANIFEST_KIND"; }
 
 nitro_manifest() { "${PYTHON:-python3}" "$NITRO_DIR/nitro_manifest.py" "$@"; }

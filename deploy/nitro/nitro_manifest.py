@@ -10,7 +10,8 @@ need not be importable).
   pcr8 FILE                    the PCR8 value in `nitro-cli pcr` output
   measurements NAME=FILE...    print the PCRs of `nitro-cli build-enclave` outputs
   host PINNED CIDS [FILE...]   PINNED with each stage's control/data_in CID set
-                               (CIDS: comma-separated, one per stage); with the
+                               (CIDS: comma-separated, one per stage; a host-blind
+                               manifest's client endpoint gets stage 0's); with the
                                build outputs, check that every image was signed
                                with the certificate the manifest pins
 
@@ -147,6 +148,9 @@ def cmd_host(pinned: str, cids: str, outputs) -> None:
             for idx in ("0", "1", "2"):
                 pins[idx] = measured[f"PCR{idx}"]
             stage["expected_measurements"] = pins
+    client = (doc.get("host_blind") or {}).get("client")
+    if isinstance(client, dict) and client.get("type") == "vsock":
+        client["cid"] = cid_list[0]          # the host forwards clients to stage 0's vsock port
     json.dump(doc, sys.stdout, indent=2)
     print()
 
