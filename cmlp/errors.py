@@ -362,3 +362,7 @@ class ServerBusy(GenerationError):               # no slot and the queue is full
 
 class PipelineUnavailable(GenerationError):      # host/stage down or link broken mid-generation (HTTP 503)
     """The host, a stage or a link is down, or broke during the generation."""
+
+
+class ChatTemplateError(InvalidRequestError):
+    """A chat template failed to render these messages (raise_exception, bad template)."""

