@@ -252,8 +252,6 @@ void gpt2_pool_destroy(gpt2_pool *pool)
     free(pool);
 }
 
-int gpt2_pool_threads(const gpt2_pool *pool) { return pool->n_threads; }
-
 /* The caller has no more work for a while (end of a forward pass): idle
  * workers stop spinning at once, leaving the cores to the next stage. */
 void gpt2_pool_quiesce(gpt2_pool *pool)

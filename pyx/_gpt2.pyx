@@ -487,15 +487,15 @@ cdef class ShardEngine:
 
     def clear_cache(self):
         """Forget every cached position (and wipe the cached K/V values)."""
-        cdef int l, kv, b, h
+        cdef int layer, kv, b, h
         cdef long head_stride = <long>self.n_positions * self.head_dim
         cdef float* head
         if self.kv != NULL and self.past_len > 0:
-            for l in range(self.n_blocks):
+            for layer in range(self.n_blocks):
                 for kv in range(2):
                     for b in range(self.cache_batch):
                         for h in range(self.n_head):
-                            head = self._cache(l, kv) + (<long>b * self.n_head + h) * head_stride
+                            head = self._cache(layer, kv) + (<long>b * self.n_head + h) * head_stride
                             memset(head, 0, <size_t>self.past_len * self.head_dim * sizeof(float))
         self.past_len = 0
         self.cache_batch = 0
@@ -585,16 +585,16 @@ cdef class ShardEngine:
     cdef void _forward(self, int B, int T) noexcept nogil:
         cdef long M = <long>B * T
         cdef int C = self.n_embd
-        cdef int l, b
+        cdef int layer, b
         cdef BlockWeights* blk
         if self.is_first:
             embedding_forward(self.residual, self.ids, self.wte, self.wpe, B, T, self.past_len, C)
-        for l in range(self.n_blocks):
-            blk = &self.blocks[l]
+        for layer in range(self.n_blocks):
+            blk = &self.blocks[layer]
             # attention: residual += c_proj(attention(ln_1(residual)))
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_1_weight, blk.ln_1_bias, M, C)
             self._matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C)
-            self._attention(l, B, T)
+            self._attention(layer, B, T)
             self._matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias, M, C, C)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
             # MLP: residual += c_proj(gelu(c_fc(ln_2(residual))))

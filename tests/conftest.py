@@ -14,8 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+# Markers that put a test in the slow tier (`pytest -m slow`); the default run excludes it.
+SLOW_KINDS = ("wheel", "fuzz", "torch", "sustained")
+
+
+@pytest.hookimpl(tryfirst=True)     # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
-    """Skip ``torch``-marked tests when PyTorch is not installed."""
+    """wheel/fuzz/torch/sustained tests are slow; skip ``torch`` ones without PyTorch."""
+    for item in items:
+        if any(kind in item.keywords for kind in SLOW_KINDS):
+            item.add_marker(pytest.mark.slow)
     try:
         import torch  # noqa: F401
         have_torch = True

@@ -41,7 +41,9 @@ def write_frame(sock, mtype, flags, seq, payload):
 
 
 def mock_doc(nonce, pk):
-    field = lambda b: struct.pack("<I", len(b)) + b
+    def field(b):
+        return struct.pack("<I", len(b)) + b
+
     return b"MOCK_ATT_V1\x00" + field(b"") + field(nonce) + field(pk)
 
 
@@ -75,7 +77,7 @@ def transcript(h_i, h_r, pk_i, pk_r, n_i, n_r):
     return hashlib.sha256(
         tlv(b"init-attestation-hash", h_i) + tlv(b"resp-attestation-hash", h_r)
         + tlv(b"pk-low", lo) + tlv(b"pk-high", hi)
-        + tlv(b"combined-nonce", bytes(a ^ b for a, b in zip(n_i, n_r)))
+        + tlv(b"combined-nonce", bytes(a ^ b for a, b in zip(n_i, n_r, strict=True)))
         + tlv(b"protocol-version", b"\x04")).digest()
 
 

@@ -13,6 +13,7 @@ files (``hf_reference``); it needs torch + transformers, the rest does not.
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,7 @@ def layer_partitions(n_layer: int, max_shards: int = 4):
         chosen = [c for i, c in enumerate(cuts) if mask >> i & 1]
         if len(chosen) + 1 <= max_shards:
             bounds = [0, *chosen, n_layer]
-            yield list(zip(bounds[:-1], bounds[1:]))
+            yield list(itertools.pairwise(bounds))
 
 
 class ShardedModel:

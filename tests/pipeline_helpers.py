@@ -150,8 +150,12 @@ def write_manifest(tmp_path, manifest_or_dict, name="manifest.json") -> Path:
 
 
 def start_stage_process(manifest_path, idx, model_dir=None, extra=(), threads=1,
-                        log_level="warning"):
-    cmd = [sys.executable, "-m", "cmlp.cli.stage", "--manifest", str(manifest_path),
+                        log_level="warning", executor=None):
+    """``cmlp-stage`` in a subprocess; ``executor="identity"``/``"double"``: a test executor
+    instead of GPT-2 (tests/executors.py)."""
+    entry = (["-m", "cmlp.cli.stage"] if executor is None
+             else [str(Path(__file__).with_name("executors.py")), executor])
+    cmd = [sys.executable, *entry, "--manifest", str(manifest_path),
            "--stage-idx", str(idx), "--threads", str(threads), "--log-level", log_level]
     if model_dir is not None:
         cmd += ["--model-dir", str(model_dir)]

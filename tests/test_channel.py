@@ -14,8 +14,7 @@ import mitm
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.transport import (Data, ErrorMessage, Heartbeat, RetryPolicy, SecureChannel,
-                            SessionConfig, ShutdownMessage, TensorMessage, sockets, with_retry)
-from cmlp.transport.channel import connect_with_retry
+                            SessionConfig, ShutdownMessage, TensorMessage, sockets)
 from cmlp.transport.wire import DType, Tensor
 
 from conftest import cli_env
@@ -195,7 +194,7 @@ def test_concurrent_send_and_recv_threads(channel_pair):
     threads += [threading.Thread(target=reader), threading.Thread(target=back_reader)]
     for t in threads:
         t.start()
-    for i in range(n):
+    for _ in range(n):
         resp.send(b"x")               # the other direction at the same time
     for t in threads:
         t.join(10)
@@ -330,40 +329,6 @@ def test_vsock_listen_where_the_kernel_allows():
     listener.close()
 
 
-def test_retry_policy_defaults_and_delays():
-    p = RetryPolicy()
-    assert (p.max_retries, p.initial_delay, p.max_delay, p.backoff_multiplier) == (3, 1.0, 30.0, 2.0)
-    assert RetryPolicy.none().max_retries == 0
-    q = RetryPolicy(initial_delay=0.1)
-    for _ in range(50):
-        assert 0.05 <= q.delay(0) <= 0.1
-        assert 0.2 <= q.delay(2) <= 0.4
-    capped = RetryPolicy(initial_delay=1.0, max_delay=0.5, backoff_multiplier=10.0)
-    for _ in range(50):
-        assert 0.25 <= capped.delay(5) <= 0.5
-
-
-def test_with_retry_returns_last_error_and_succeeds_later():
-    calls = []
-
-    def flaky():
-        calls.append(1)
-        if len(calls) < 3:
-            raise OSError(f"attempt {len(calls) - 1}")
-        return "ok"
-
-    assert with_retry(RetryPolicy(max_retries=3), flaky, sleep=lambda s: None) == "ok"
-    calls.clear()
-
-    def always():
-        calls.append(1)
-        raise OSError(f"attempt {len(calls) - 1}")
-
-    with pytest.raises(OSError, match="attempt 2"):
-        with_retry(RetryPolicy(max_retries=2), always, sleep=lambda s: None)
-    assert len(calls) == 3
-
-
 def test_connect_retry_error_names_target_and_attempts():
     from conftest import free_port
     port = free_port()
@@ -391,16 +356,6 @@ def test_connect_retry_reaches_a_late_listener():
                               RetryPolicy(max_retries=20, initial_delay=0.02, max_delay=0.05))
     s.close()
     t.join()
-
-
-def test_connect_with_retry_handshake():
-    srv = TcpServer(handler=echo)
-    ch = connect_with_retry(sockets.TcpAddr(*srv.addr), MockProvider(), MockVerifier(),
-                            dev(retry_policy=RetryPolicy(max_retries=1, initial_delay=0.01)))
-    ch.send(b"hi")
-    assert ch.recv(timeout=5).payload == b"hi"
-    ch.shutdown()
-    srv.wait()
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def one_line_error(res, *fragments):
     assert res.returncode != 0, res
     err = res.stderr.strip()
     assert "Traceback" not in err, err
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     for f in fragments:
         assert f in lines[0], lines[0]

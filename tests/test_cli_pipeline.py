@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,7 @@ def start_stages(manifest_path, n, model_dir, extra=()):
 def listening_ports():
     ports = set()
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in open(name).read().splitlines()[1:]:
+        for row in Path(name).read_text().splitlines()[1:]:
             f = row.split()
             if f[3] == "0A":
                 ports.add(int(f[1].rsplit(":", 1)[1], 16))

@@ -162,7 +162,7 @@ def test_build_dry_run(bare_path, inputs, tmp_path, n):
     m = Manifest.from_json(files[f"{ctx}/{rel}"])
     ref = shipped(n)
     assert m.num_stages == n
-    for got, want in zip(m.stages, ref.stages):
+    for got, want in zip(m.stages, ref.stages, strict=True):
         assert (got.layer_start, got.layer_end, got.endpoint) == \
             (want.layer_start, want.layer_end, want.endpoint)
         assert list(got.expected_measurements) == ["8"]
@@ -237,7 +237,7 @@ def test_run_dry_run(bare_path, inputs, tmp_path, n):
     files = emitted(r.stdout)
     (path, text), = files.items()
     m = Manifest.from_json(text)
-    for i, (got, want) in enumerate(zip(m.stages, shipped(n).stages)):
+    for i, (got, want) in enumerate(zip(m.stages, shipped(n).stages, strict=True)):
         assert got.endpoint.control.endpoint.cid == 16 + i
         assert got.endpoint.data_in.endpoint.cid == 16 + i
         assert (got.endpoint.control.endpoint.port, got.endpoint.data_in.endpoint.port) == \
@@ -444,7 +444,7 @@ def test_enclave_entrypoint_flags_parse():
     from cmlp.cli.stage import build_parser
 
     text = (NITRO / "init.sh").read_text().replace("\\\n", " ")
-    line = next(l for l in text.splitlines() if l.strip().startswith("exec cmlp-stage"))
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("exec cmlp-stage"))
     line = line.replace('"${STAGE_IDX:?STAGE_IDX is not set}"', "1")
     line = line.replace('"${CMLP_LOG_LEVEL:-info}"', "info")
     args = build_parser().parse_args(line.split()[2:])

@@ -18,11 +18,11 @@ import mitm
 from cmlp import errors
 from cmlp.attestation import MockProvider
 from cmlp.manifest import Manifest
-from cmlp.pipeline.executor import IdentityExecutor
 from cmlp.transport import SessionConfig
 from cmlp.transport.sockets import TcpAddr
 from cmlp.transport.wire import Tensor
 
+from executors import IdentityExecutor
 from pipeline_helpers import StageThread, make_manifest, orchestrator
 
 HS_TIMEOUT = 1.0
@@ -82,7 +82,7 @@ def run_once(setup):
     orch = setup.orchestrator()
     try:
         orch.start()
-        for i in range(2):
+        for _ in range(2):
             x = Tensor.from_array("hidden_states", np.frombuffer(
                 (SECRET * 8).encode()[:96], np.float32).reshape(1, 24))
             orch.infer([[x]], seq_len=1)

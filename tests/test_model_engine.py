@@ -151,9 +151,9 @@ def test_clear_cache_matches_a_fresh_shard(model_dir, full):
     assert full.past_len == 0
     again = [full.forward(x).copy() for x in sequence]
     other = Gpt2Shard.load(model_dir, 0, 3, threads=1)
-    for a, b in zip(fresh, again):
+    for a, b in zip(fresh, again, strict=True):
         np.testing.assert_array_equal(a, b)
-    for a, x in zip(fresh, sequence):
+    for a, x in zip(fresh, sequence, strict=True):
         np.testing.assert_array_equal(a, other.forward(x))
 
 
@@ -177,7 +177,7 @@ def test_results_do_not_depend_on_thread_count(model_dir):
         shard = Gpt2Shard.load(model_dir, 0, 3, threads=threads)
         outputs.append([shard.forward(x).copy() for x in sequence])
     for other in outputs[1:]:
-        for a, b in zip(outputs[0], other):
+        for a, b in zip(outputs[0], other, strict=True):
             np.testing.assert_array_equal(a, b)   # bitwise: per-chunk reduction order is fixed
 
 

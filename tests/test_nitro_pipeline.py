@@ -47,13 +47,13 @@ from cmlp.attestation.factory import NoAttestation, make_verifier
 from cmlp.attestation.nitro import NitroVerifier
 from cmlp.attestation.nsm import NitroProvider
 from cmlp.manifest import Manifest
-from cmlp.pipeline.executor import IdentityExecutor
 from cmlp.pipeline.orchestrator import Orchestrator, OrchestratorConfig
 from cmlp.pipeline.stage import StageConfig, StageWorker
 from cmlp.transport import SessionConfig
 from cmlp.transport.handshake import HELLO_FIXED, encode_hello
 from cmlp.transport.wire import Tensor
 
+from executors import IdentityExecutor
 from pipeline_helpers import (FAST_RETRY, REPO, StageThread, cli_env, manifest_dict,
                               start_stage_process, stop_processes, write_manifest)
 
@@ -619,11 +619,11 @@ def test_stage_cli_nitro_root_option(pki, other_pki, tmp_path):
     root.write_bytes(pki.root_pem)
     m = to_manifest(doc)
     host = NitroProvider(transport=FakeNsm(pki, stage_pcrs(9)))
-    base = ["--executor", "identity", "--attestation", "nitro", "--host-unattested",
-            "--profile", "production", "--persistent"]
+    base = ["--attestation", "nitro", "--host-unattested", "--profile", "production",
+            "--persistent"]
     for extra, expect in (([], "cabundle root does not match"),
                           (["--nitro-root-pem", str(root)], "NSM device /dev/nsm not found")):
-        proc = start_stage_process(path, 0, extra=base + extra)
+        proc = start_stage_process(path, 0, extra=base + extra, executor="identity")
         try:
             orch = Orchestrator(m, OrchestratorConfig.development(
                 host, NitroVerifier(root_pem=pki.root_pem), retry=FAST_RETRY,
@@ -663,8 +663,8 @@ def test_stage_cli_nitro_root_errors(tmp_path, args, message):
     path = write_manifest(tmp_path, manifest_dict(1))
     bad = tmp_path / "not-a-cert.pem"
     bad.write_text("hello\n")
-    proc = start_stage_process(path, 0, extra=["--executor", "identity", *args,
-                                               "--nitro-root-pem", str(bad)])
+    proc = start_stage_process(path, 0, extra=[*args, "--nitro-root-pem", str(bad)],
+                               executor="identity")
     try:
         _, err = proc.communicate(timeout=60)
     finally:

@@ -10,11 +10,10 @@ import pytest
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.pipeline import control as C
-from cmlp.pipeline.executor import DoubleExecutor, FailingExecutor, IdentityExecutor
-from cmlp.pipeline.scheduler import InferenceSchedule
 from cmlp.transport import SecureChannel, SessionConfig, sockets
 from cmlp.transport.wire import Tensor
 
+from executors import DoubleExecutor, FailingExecutor, IdentityExecutor
 from pipeline_helpers import (StageThread, make_manifest, orchestrator, running_pipeline)
 
 
@@ -172,7 +171,7 @@ def test_persistent_stages_serve_successive_sessions():
     m = make_manifest(3)
     stages = [StageThread(m, i, DoubleExecutor(), persistent=True) for i in range(3)]
     try:
-        for session in range(3):
+        for _session in range(3):
             orch = orchestrator(m)
             orch.start()
             r = orch.infer([[Tensor.from_array("x", np.ones(4, np.uint8))]], seq_len=1)
@@ -308,23 +307,6 @@ def test_stage_rejects_bad_control_messages(payload, exc, text):
     assert isinstance(stage.error, exc) and text in str(stage.error)
     with pytest.raises(errors.Closed):
         ch.recv(timeout=5)               # the stage closed the connection
-
-
-def test_scheduler_matches_reference():
-    s = InferenceSchedule(2, 2)
-    assert s.total_steps == 3 and s.bubble_fraction == pytest.approx(1 / 3)
-    assert [op.kind for op in s.ops(0, 0)] == ["forward", "send"]
-    assert [op.kind for op in s.ops(1, 1)] == ["recv", "forward"]
-    assert InferenceSchedule(4, 16).bubble_fraction == pytest.approx(3 / 19)
-    assert InferenceSchedule(4, 64).total_steps == 67
-    for p in range(1, 6):
-        for mb in range(1, 11):
-            sch = InferenceSchedule(p, mb)
-            assert all(sch.forward_order(st) == list(range(mb)) for st in range(p))
-    with pytest.raises(errors.PipelineError):
-        InferenceSchedule(0, 1)
-    with pytest.raises(errors.PipelineError):
-        InferenceSchedule(1, 0)
 
 
 def test_init_may_pin_more_of_the_stage_than_its_own_manifest():

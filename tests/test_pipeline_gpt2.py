@@ -73,14 +73,14 @@ def test_persistent_stages_serve_20_prompts_like_fresh_runs(parity):
     stages = [StageThread(m, i, Gpt2Executor(model_dir, threads=1), persistent=True)
               for i in range(3)]
     try:
-        for p, want in zip(prompts, expected):          # one session per prompt
+        for p, want in zip(prompts, expected, strict=True):          # one session per prompt
             orch = orchestrator(m)
             orch.start()
             assert generate(orch, p, 8).generated_ids == want
             orch.shutdown()
         orch = orchestrator(m)                           # all prompts in one session
         orch.start()
-        for p, want in zip(prompts, expected):
+        for p, want in zip(prompts, expected, strict=True):
             assert generate(orch, p, 8).generated_ids == want
         orch.shutdown()
         assert [s.worker.sessions for s in stages] == [21, 21, 21]

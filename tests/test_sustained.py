@@ -14,6 +14,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.model.synthetic import init_model
@@ -63,11 +64,13 @@ orch.shutdown()
 
 
 def rss_kb(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
 
 
+@pytest.mark.sustained
 def test_thousand_requests_relayed_three_stages(tmp_path):
     model = init_model(tmp_path / "tiny", preset="tiny")
     doc = manifest_dict(3, total_layers=4, relay=True, max_seq_len=1024, hidden_dim=64)
@@ -90,7 +93,7 @@ def test_thousand_requests_relayed_three_stages(tmp_path):
         assert driver.wait(60) == 0, driver.stderr.read()
         assert done["requests"] >= 1000
         growth = [(b - a) / a for a, b in zip([warm["rss_kb"]] + stage_warm,
-                                              [done["rss_kb"]] + stage_done)]
+                                              [done["rss_kb"]] + stage_done, strict=True)]
         print("\nRSS growth after warm-up (driver, stage 0-2): "
               + ", ".join(f"{100 * g:+.2f} %" for g in growth))
         assert all(g < 0.05 for g in growth), growth
@@ -100,6 +103,7 @@ def test_thousand_requests_relayed_three_stages(tmp_path):
         stop_processes(stages)
 
 
+@pytest.mark.sustained
 def test_hundred_concurrent_echo_sessions(tmp_path):
     from conftest import free_port
     port = free_port()

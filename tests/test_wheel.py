@@ -338,7 +338,7 @@ def test_two_stage_pipeline_from_the_installed_scripts(venv, outside):
     procs, logs = [], []
     try:
         for idx in range(2):
-            log = open(work / f"stage{idx}.log", "w+")
+            log = open(work / f"stage{idx}.log", "w+")  # noqa: SIM115 - closed in `finally` below
             logs.append(log)
             procs.append(subprocess.Popen(
                 [str(bindir / "cmlp-stage"), "--manifest", str(manifest), "--stage-idx", str(idx),

@@ -8,6 +8,7 @@ AEAD overhead is exactly one 16-byte tag per frame plus the handshake.
 
 import math
 import struct
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -49,8 +50,8 @@ def capture(tmp_path_factory):
         gen = generate(orch, ids, 40)
         orch.shutdown()
     hidden = Gpt2Shard.load(model, 0, 2, threads=1).forward(np.asarray([ids], np.uint32)).copy()
-    down = open(prefix + "0_down.bin", "rb").read()
-    up = open(prefix + "0_up.bin", "rb").read()
+    down = Path(prefix + "0_down.bin").read_bytes()
+    up = Path(prefix + "0_up.bin").read_bytes()
     return {"ids": ids, "hidden": hidden, "down": down, "up": up, "gen": gen}
 
 

@@ -50,19 +50,12 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                    help="accept an orchestrator that presents no attestation document")
     p.add_argument("--profile", choices=("development", "production"), default="development",
                    help="security profile (production refuses unpinned attested peers)")
-    p.add_argument("--executor", choices=("gpt2", "identity", "double"), default="gpt2",
-                   help=argparse.SUPPRESS)   # identity/double: protocol tests without a model
     add_log_level(p, "info")
     return p
 
 
 def make_executor(args):
-    if args.executor == "identity":
-        from cmlp.pipeline.executor import IdentityExecutor
-        return IdentityExecutor()
-    if args.executor == "double":
-        from cmlp.pipeline.executor import DoubleExecutor
-        return DoubleExecutor()
+    """The GPT-2 executor over --model-dir (tests/executors.py passes test executors)."""
     model_dir = Path(args.model_dir)
     for name in ("config.json", "model.safetensors"):
         if not (model_dir / name).is_file():
@@ -72,7 +65,7 @@ def make_executor(args):
     return Gpt2Executor(model_dir, threads=args.threads)
 
 
-def run(args) -> int:
+def run(args, make_executor=make_executor) -> int:
     from cmlp.pipeline.stage import StageConfig, StageWorker
     manifest = Manifest.load(args.manifest)
     spec = manifest.stage(args.stage_idx)
@@ -107,8 +100,8 @@ def run(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    return console_main(build_parser, run, "cmlp-stage", argv)
+def main(argv=None, make_executor=make_executor) -> int:
+    return console_main(build_parser, lambda args: run(args, make_executor), "cmlp-stage", argv)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import json
 import os
 import shutil
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -42,7 +42,8 @@ GPT2_EOS = 50256   # <|endoftext|>
 
 def embedded_tokenizer() -> Path:
     """The GPT-2 tokenizer.json shipped in cmlp/data (ModelError if absent)."""
-    path = Path(str(resources.files("cmlp") / "data" / TOKENIZER_FILE))
+    from cmlp.tokenizer import DEFAULT_TOKENIZER_PATH   # the one definition of the path
+    path = DEFAULT_TOKENIZER_PATH
     if not path.is_file():
         raise ModelError(f"embedded tokenizer {path} is missing: the package was built "
                          "without cmlp/data/tokenizer.json")
@@ -106,7 +107,7 @@ def random_weights(config: Gpt2Config, seed: int = 0, std: float = 0.02,
         "wte.weight": normal((config.vocab_size, C), std),
         "wpe.weight": normal((config.n_positions, C), std),
     }
-    mask = None
+    mask: Optional[np.ndarray] = None
     if attn_bias:
         mask = np.tril(np.ones((config.n_positions, config.n_positions), np.float32))
         mask = mask.reshape(1, 1, config.n_positions, config.n_positions)
@@ -131,7 +132,7 @@ def weights_digest(tensors: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(tensors[name]))
+        digest.update(np.ascontiguousarray(tensors[name]).data)
     return digest.hexdigest()
 
 

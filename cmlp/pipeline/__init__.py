@@ -6,6 +6,5 @@
     relay.py         host relay of ciphertext between enclaves
     gpt2.py          the GPT-2 executor and greedy generation
     executor.py      the executor interface and test executors
-    scheduler.py     the fill-drain micro-batch schedule
     ids.py           request ids from the OS CSPRNG
 """
