@@ -15,14 +15,24 @@ Environment knobs
   CMLP_SANITIZE=...  with CMLP_COVERAGE=1, add a sanitizer: address or undefined
   CMLP_DEBUG=1       -O0, for gdb sessions
   CMLP_ONLY=a,b      build only these extensions (e.g. _frame,_record)
+  CMLP_BLAS=system   CBLAS from the system OpenBLAS (default; Debian: libopenblas-dev)
+  CMLP_BLAS=scipy-openblas32
+                     CBLAS from the scipy-openblas32 wheel (pip install scipy-openblas32):
+                     headers and library from PyPI, no system package needed
+
+Missing system headers stop the build with one line naming the Debian package
+(before the compiler's "fatal error: sodium.h: No such file or directory").
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 try:
     from Cython.Build import cythonize
@@ -63,11 +73,38 @@ def library(package, fallback_lib, fallback_include=()):
     return include, libdirs, libs
 
 
+def scipy_openblas32():
+    """(include, libdirs, libs, macros) of the scipy-openblas32 wheel: its symbols carry a
+    ``scipy_`` prefix, which csrc/cmlp_cblas.h maps cmlp's CBLAS names onto."""
+    try:
+        import scipy_openblas32 as sob
+    except ImportError:
+        sys.exit("cmlp: CMLP_BLAS=scipy-openblas32 needs the wheel: pip install scipy-openblas32")
+    libdir = sob.get_lib_dir()
+    return ([sob.get_include_dir()], [libdir], [sob.get_library()],
+            [("CMLP_SCIPY_OPENBLAS", "1")], ["-Wl,-rpath," + libdir])
+
+
 SODIUM = library("libsodium", "sodium")
-OPENBLAS = library("openblas", "openblas",
-                   ("/usr/include/x86_64-linux-gnu/openblas-pthread",
-                    "/usr/include/aarch64-linux-gnu/openblas-pthread",
-                    "/usr/include/openblas"))
+BLAS_SOURCE = os.environ.get("CMLP_BLAS", "system")
+if BLAS_SOURCE == "scipy-openblas32":
+    *OPENBLAS, BLAS_MACROS, BLAS_LINK_ARGS = scipy_openblas32()
+elif BLAS_SOURCE == "system":
+    OPENBLAS = list(library("openblas", "openblas",
+                            ("/usr/include/x86_64-linux-gnu/openblas-pthread",
+                             "/usr/include/aarch64-linux-gnu/openblas-pthread",
+                             "/usr/include/openblas")))
+    BLAS_MACROS, BLAS_LINK_ARGS = [], []
+else:
+    sys.exit(f"cmlp: CMLP_BLAS={BLAS_SOURCE!r}: expected 'system' or 'scipy-openblas32'")
+
+# header -> what provides it, for the one-line hint when it is missing
+HEADER_HINTS = {
+    "sodium.h": "libsodium headers missing: sudo apt-get install libsodium-dev "
+                "(Fedora: libsodium-devel)",
+    "cblas.h": "CBLAS headers missing: sudo apt-get install libopenblas-dev "
+               "(or pip install scipy-openblas32 and build with CMLP_BLAS=scipy-openblas32)",
+}
 
 COVERAGE = os.environ.get("CMLP_COVERAGE") == "1"
 DEBUG = os.environ.get("CMLP_DEBUG") == "1"
@@ -95,32 +132,60 @@ def numpy_include():
     return numpy.get_include()
 
 
-def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=()):
+NEEDED_HEADERS = {}
+
+
+def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=(), headers=(),
+        define_macros=(), extra_link_args=()):
     include, libdirs, libnames = [], [], []
     for lib in libs or ():
         include += lib[0]
         libdirs += lib[1]
         libnames += lib[2]
-    return Extension(
+    e = Extension(
         name,
         sources=sources,
         include_dirs=["csrc", numpy_include(), *include, *include_dirs],
         library_dirs=libdirs,
         libraries=libnames,
-        define_macros=DEFINE_MACROS,
+        define_macros=DEFINE_MACROS + list(define_macros),
         extra_compile_args=COMMON_CFLAGS + list(extra_compile_args),
-        extra_link_args=["-g"],
+        extra_link_args=["-g", *extra_link_args],
     )
+    NEEDED_HEADERS[name] = tuple(headers)     # checked before compiling (cythonize copies e)
+    return e
+
+
+def header_found(header, include_dirs):
+    """True when the C compiler finds ``#include <header>`` (its own search path + dirs)."""
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    if not shutil.which(cc[0]):
+        return True          # no compiler: let the build report that itself
+    cmd = [*cc, "-E", "-x", "c", "-", "-o", os.devnull, *(f"-I{d}" for d in include_dirs)]
+    probe = subprocess.run(cmd, input=f"#include <{header}>\n", capture_output=True, text=True)
+    return probe.returncode == 0
+
+
+class CheckedBuildExt(build_ext):
+    """build_ext that names the missing package instead of a compiler fatal error."""
+
+    def run(self):
+        for e in self.extensions:
+            for header in NEEDED_HEADERS.get(e.name, ()):
+                if not header_found(header, e.include_dirs):
+                    sys.exit(f"cmlp: cannot build {e.name}: {HEADER_HINTS[header]}")
+        super().run()
 
 
 EXTENSIONS = [
     ext("cmlp._frame", ["pyx/_frame.pyx"]),
-    ext("cmlp._record", ["pyx/_record.pyx"], libs=[SODIUM]),
+    ext("cmlp._record", ["pyx/_record.pyx"], libs=[SODIUM], headers=["sodium.h"]),
     ext("cmlp._netio", ["pyx/_netio.pyx"]),
     # -Wno-psabi: the 64-byte vector helpers in gpt2_kernels.c are always
     # inlined, so GCC's note about the AVX-512 calling convention is moot.
     ext("cmlp._gpt2", ["pyx/_gpt2.pyx", "csrc/gpt2_kernels.c"], libs=[OPENBLAS],
-        extra_compile_args=["-std=gnu11", "-Wno-psabi"]),
+        extra_compile_args=["-std=gnu11", "-Wno-psabi"], headers=["cblas.h"],
+        define_macros=BLAS_MACROS, extra_link_args=BLAS_LINK_ARGS),
 ]
 
 # CMLP_ONLY=_frame,_record builds a subset (fast iteration on one module)
@@ -129,6 +194,7 @@ if _only:
     EXTENSIONS = [e for e in EXTENSIONS if e.name.split(".")[-1] in _only]
 
 setup(
+    cmdclass={"build_ext": CheckedBuildExt},
     ext_modules=cythonize(
         EXTENSIONS,
         include_path=["pyx"],
