@@ -38,7 +38,7 @@ RULES = [
                   r"netio|sodium)\w*\.py"),
     ("pipeline", r"test_(pipeline|control|stage|orchestrator|relay|hostile|sustained|executor|"
                  r"protocol|client|serve|proxy|generate|feedback|integrity|metrics)\w*\.py"),
-    ("build", r"test_(wheel|setup|deploy|fuzz|scripts|packaging|install)\w*\.py"),
+    ("packaging", r"test_(wheel|setup|deploy|fuzz|scripts|packaging|install)\w*\.py"),
     ("core", r"test_\w+\.py"),   # cmlp/*.py: manifest, errors, strict_json, retry, deadline, ...
 ]
 __doc__ += "".join(f"    tests/{d + '/':13} {p}\n" for d, p in RULES)
@@ -89,14 +89,19 @@ def fix_depth(text: str) -> str:
     return text
 
 
+def ensure_package(directory: Path, dry: bool) -> None:
+    """``directory/__init__.py`` (empty), so test modules get unique dotted names."""
+    init = directory / "__init__.py"
+    if not init.exists() and not dry:
+        directory.mkdir(parents=True, exist_ok=True)
+        init.write_text("")
+        subprocess.run(["git", "add", str(init)], cwd=REPO, check=True)
+
+
 def git_mv(src: Path, dst: Path, dry: bool) -> None:
     print(f"git mv {src.relative_to(REPO)} {dst.relative_to(REPO)}")
     if not dry:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        init = dst.parent / "__init__.py"
-        if not init.exists():
-            init.write_text("")
-            subprocess.run(["git", "add", str(init)], cwd=REPO, check=True)
+        ensure_package(dst.parent, dry)
         subprocess.run(["git", "mv", str(src), str(dst)], cwd=REPO, check=True)
 
 
@@ -127,6 +132,7 @@ def main(argv=None) -> int:
     for src in files:
         if src.parent == TESTS:                # files in a subdirectory are placed already
             moves.append((src, TESTS / place(src.name) / src.name))
+    ensure_package(TESTS, args.dry_run)
     moved = set()
     for src, dst in moves:
         git_mv(src, dst, args.dry_run)
