@@ -140,7 +140,30 @@ def main(argv=None) -> int:
     # every test and helper module (moved or not) imports helpers the new way
     for path in sorted(TESTS.rglob("*.py")):
         rewrite(path, path in moved, helpers, args.dry_run)
+    fix_references(moves, args.dry_run)
     return 0
+
+
+def fix_references(moves, dry: bool) -> None:
+    """Mentions of a moved file's old path (docs, docstrings, scripts) -> its new path."""
+    renames = {f"tests/{src.relative_to(TESTS)}": f"tests/{dst.relative_to(TESTS)}"
+               for src, dst in moves}
+    if not renames:
+        return
+    pattern = re.compile("|".join(re.escape(old) + r"(?![\w/])" for old in renames))
+    listed = subprocess.run(["git", "ls-files", "*.md", "*.py", "*.sh", "*.toml", "*.cfg",
+                             "Makefile", ".ci/*"], cwd=REPO, check=True, capture_output=True,
+                            text=True).stdout.split()
+    for name in listed:
+        path = REPO / name
+        if not path.is_file() or path.resolve() == Path(__file__).resolve():
+            continue
+        text = path.read_text()
+        new = pattern.sub(lambda m: renames[m.group(0)], text)
+        if new != text:
+            print(f"fix references: {name}")
+            if not dry:
+                path.write_text(new)
 
 
 if __name__ == "__main__":
