@@ -15,10 +15,10 @@ Environment knobs
   CMLP_SANITIZE=...  with CMLP_COVERAGE=1, add a sanitizer: address or undefined
   CMLP_DEBUG=1       -O0, for gdb sessions
   CMLP_ONLY=a,b      build only these extensions (e.g. _frame,_record)
-  CMLP_BLAS=system   CBLAS from the system OpenBLAS (default; Debian: libopenblas-dev)
-  CMLP_BLAS=scipy-openblas32
-                     CBLAS from the scipy-openblas32 wheel (pip install scipy-openblas32):
-                     headers and library from PyPI, no system package needed
+  CMLP_BLAS=auto     (default) CBLAS from the scipy-openblas32 wheel when it is importable
+                     (a build requirement in pyproject.toml, so `pip install` of the sdist
+                     needs no system BLAS), else the system OpenBLAS
+  CMLP_BLAS=scipy-openblas32 / CMLP_BLAS=system   force one of the two
 
 Missing system headers stop the build with one line naming the Debian package
 (before the compiler's "fatal error: sodium.h: No such file or directory").
@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from typing import NamedTuple
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -64,46 +65,71 @@ def split_flags(flags):
     return include, libdirs, libs
 
 
-def library(package, fallback_lib, fallback_include=()):
+class Lib(NamedTuple):
+    """What linking one C library takes; ``header`` is checked before anything compiles."""
+    include: list
+    libdirs: list
+    libs: list
+    header: str
+    macros: tuple = ()
+    link_args: tuple = ()
+
+
+def library(package, fallback_lib, header, fallback_include=()):
     include, libdirs, libs = split_flags(
         pkg_config(package, "--cflags") + pkg_config(package, "--libs"))
     if not libs:
         libs = [fallback_lib]
     include = include or [d for d in fallback_include if os.path.isdir(d)]
-    return include, libdirs, libs
+    return Lib(include, libdirs, libs, header)
+
+
+def have_scipy_openblas32():
+    try:
+        import scipy_openblas32  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def scipy_openblas32():
-    """(include, libdirs, libs, macros) of the scipy-openblas32 wheel: its symbols carry a
-    ``scipy_`` prefix, which csrc/cmlp_cblas.h maps cmlp's CBLAS names onto."""
+    """CBLAS from the scipy-openblas32 wheel.
+
+    Its symbols carry a ``scipy_`` prefix, which csrc/cmlp_cblas.h maps cmlp's CBLAS names
+    onto.  The library is found at run time next to cmlp in site-packages (a runtime
+    dependency; ``$ORIGIN/..``), or where it was at build time (editable installs); a
+    repaired wheel bundles it (auditwheel).
+    """
     try:
         import scipy_openblas32 as sob
     except ImportError:
         sys.exit("cmlp: CMLP_BLAS=scipy-openblas32 needs the wheel: pip install scipy-openblas32")
     libdir = sob.get_lib_dir()
-    return ([sob.get_include_dir()], [libdir], [sob.get_library()],
-            [("CMLP_SCIPY_OPENBLAS", "1")], ["-Wl,-rpath," + libdir])
+    rpaths = ["$ORIGIN/../scipy_openblas32/lib", libdir]
+    return Lib([sob.get_include_dir()], [libdir], [sob.get_library()], "cblas.h",
+               (("CMLP_SCIPY_OPENBLAS", "1"),), ("-Wl,-rpath," + ":".join(rpaths),))
 
 
-SODIUM = library("libsodium", "sodium")
-BLAS_SOURCE = os.environ.get("CMLP_BLAS", "system")
+SODIUM = library("libsodium", "sodium", "sodium.h")
+BLAS_SOURCE = os.environ.get("CMLP_BLAS", "auto")
+if BLAS_SOURCE == "auto":
+    BLAS_SOURCE = "scipy-openblas32" if have_scipy_openblas32() else "system"
 if BLAS_SOURCE == "scipy-openblas32":
-    *OPENBLAS, BLAS_MACROS, BLAS_LINK_ARGS = scipy_openblas32()
+    OPENBLAS = scipy_openblas32()
 elif BLAS_SOURCE == "system":
-    OPENBLAS = list(library("openblas", "openblas",
-                            ("/usr/include/x86_64-linux-gnu/openblas-pthread",
-                             "/usr/include/aarch64-linux-gnu/openblas-pthread",
-                             "/usr/include/openblas")))
-    BLAS_MACROS, BLAS_LINK_ARGS = [], []
+    OPENBLAS = library("openblas", "openblas", "cblas.h",
+                       ("/usr/include/x86_64-linux-gnu/openblas-pthread",
+                        "/usr/include/aarch64-linux-gnu/openblas-pthread",
+                        "/usr/include/openblas"))
 else:
-    sys.exit(f"cmlp: CMLP_BLAS={BLAS_SOURCE!r}: expected 'system' or 'scipy-openblas32'")
+    sys.exit(f"cmlp: CMLP_BLAS={BLAS_SOURCE!r}: expected 'auto', 'system' or 'scipy-openblas32'")
 
 # header -> what provides it, for the one-line hint when it is missing
 HEADER_HINTS = {
     "sodium.h": "libsodium headers missing: sudo apt-get install libsodium-dev "
                 "(Fedora: libsodium-devel)",
-    "cblas.h": "CBLAS headers missing: sudo apt-get install libopenblas-dev "
-               "(or pip install scipy-openblas32 and build with CMLP_BLAS=scipy-openblas32)",
+    "cblas.h": "CBLAS headers missing: pip install scipy-openblas32 "
+               "(or sudo apt-get install libopenblas-dev)",
 }
 
 COVERAGE = os.environ.get("CMLP_COVERAGE") == "1"
@@ -135,25 +161,26 @@ def numpy_include():
 NEEDED_HEADERS = {}
 
 
-def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=(), headers=(),
-        define_macros=(), extra_link_args=()):
-    include, libdirs, libnames = [], [], []
+def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=()):
+    include, libdirs, libnames, macros, link_args = [], [], [], [], []
     for lib in libs or ():
-        include += lib[0]
-        libdirs += lib[1]
-        libnames += lib[2]
-    e = Extension(
+        include += lib.include
+        libdirs += lib.libdirs
+        libnames += lib.libs
+        macros += lib.macros
+        link_args += lib.link_args
+    # checked before compiling, by name (cythonize hands build_ext copies of these objects)
+    NEEDED_HEADERS[name] = tuple(lib.header for lib in libs or ())
+    return Extension(
         name,
         sources=sources,
         include_dirs=["csrc", numpy_include(), *include, *include_dirs],
         library_dirs=libdirs,
         libraries=libnames,
-        define_macros=DEFINE_MACROS + list(define_macros),
+        define_macros=DEFINE_MACROS + macros,
         extra_compile_args=COMMON_CFLAGS + list(extra_compile_args),
-        extra_link_args=["-g", *extra_link_args],
+        extra_link_args=["-g", *link_args],
     )
-    NEEDED_HEADERS[name] = tuple(headers)     # checked before compiling (cythonize copies e)
-    return e
 
 
 def header_found(header, include_dirs):
@@ -179,13 +206,12 @@ class CheckedBuildExt(build_ext):
 
 EXTENSIONS = [
     ext("cmlp._frame", ["pyx/_frame.pyx"]),
-    ext("cmlp._record", ["pyx/_record.pyx"], libs=[SODIUM], headers=["sodium.h"]),
+    ext("cmlp._record", ["pyx/_record.pyx"], libs=[SODIUM]),
     ext("cmlp._netio", ["pyx/_netio.pyx"]),
     # -Wno-psabi: the 64-byte vector helpers in gpt2_kernels.c are always
     # inlined, so GCC's note about the AVX-512 calling convention is moot.
     ext("cmlp._gpt2", ["pyx/_gpt2.pyx", "csrc/gpt2_kernels.c"], libs=[OPENBLAS],
-        extra_compile_args=["-std=gnu11", "-Wno-psabi"], headers=["cblas.h"],
-        define_macros=BLAS_MACROS, extra_link_args=BLAS_LINK_ARGS),
+        extra_compile_args=["-std=gnu11", "-Wno-psabi"]),
 ]
 
 # CMLP_ONLY=_frame,_record builds a subset (fast iteration on one module)

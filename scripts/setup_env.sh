@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what cmlp needs, only what is missing:
-#   system packages (Debian/Ubuntu: libsodium-dev, libopenblas-dev, a C compiler, python3-venv),
+#   system packages (Debian/Ubuntu: libsodium-dev, a C compiler, python3-venv; OpenBLAS comes
+#   from the scipy-openblas32 wheel),
 #   a virtual environment ($CMLP_VENV, default .venv) and cmlp itself (editable).
 # Usage: scripts/setup_env.sh [--test]   (--test adds the test tools, PyTorch and transformers)
 set -euo pipefail
@@ -11,7 +12,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 apt_missing=()
-system_pkgs=(libsodium-dev libopenblas-dev pkg-config gcc g++ make)
+system_pkgs=(libsodium-dev pkg-config gcc g++ make)
 # the tests also build the parsers with clang + ASan + libFuzzer coverage for atheris
 [ "$want_test" = 1 ] && system_pkgs+=(clang)
 for pkg in "${system_pkgs[@]}"; do
@@ -41,7 +42,7 @@ src_hash=$(cat "$CMLP_ROOT"/setup.py "$CMLP_ROOT"/pyproject.toml "$CMLP_ROOT"/py
     "$CMLP_ROOT"/pyx/cmlp/*.pxd "$CMLP_ROOT"/csrc/* 2>/dev/null | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
     log "building and installing cmlp into $CMLP_VENV"
-    "$py" -m pip install -q --upgrade pip setuptools wheel Cython numpy
+    "$py" -m pip install -q --upgrade pip setuptools wheel Cython numpy scipy-openblas32
     "$py" -m pip install -q --no-build-isolation -e "$CMLP_ROOT"
     echo "$src_hash" > "$stamp"
 fi
