@@ -55,7 +55,7 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
 
 
 def make_executor(args):
-    """The GPT-2 executor over --model-dir (tests/executors.py passes test executors)."""
+    """The GPT-2 executor over --model-dir (tests/helpers/executors.py passes test executors)."""
     model_dir = Path(args.model_dir)
     for name in ("config.json", "model.safetensors"):
         if not (model_dir / name).is_file():
