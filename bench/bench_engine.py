@@ -252,7 +252,7 @@ def decode_weight_bytes(model_dir):
     from safetensors import safe_open
     total = 0
     with safe_open(str(model_dir / "model.safetensors"), "numpy") as f:
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 - safetensors.safe_open is not iterable
             short = name.removeprefix("transformer.")
             if short == "wpe.weight" or re.fullmatch(r"h\.\d+\.attn\.bias", short):
                 continue   # one wpe row per token; HF's mask buffers are not weights
@@ -295,9 +295,10 @@ def peak_rss(name, args):
 
 def cpu_name():
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()

@@ -49,7 +49,7 @@ def session_metrics(doc):
     lat = doc["latencies_ms"]
     gen = sorted(lat[1:])
     comp = [sum(c or 0 for c in cs) / 1000.0 for cs in doc["stage_compute_us"]]
-    over = sorted(l - c for l, c in zip(lat[1:], comp[1:]))
+    over = sorted(t - c for t, c in zip(lat[1:], comp[1:], strict=True))
     return {"ttft": lat[0], "avg": sum(gen) / len(gen), "p50": gen[len(gen) // 2],
             "p95": pct(gen, 0.95), "p99": pct(gen, 0.99),
             "compute": sorted(comp[1:])[len(comp[1:]) // 2],
@@ -61,7 +61,7 @@ def wait_listening(ports, timeout=180):
     while time.monotonic() < end:
         have = set()
         for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-            for row in open(name).read().splitlines()[1:]:
+            for row in Path(name).read_text().splitlines()[1:]:
                 f = row.split()
                 if f[3] == "0A":
                     have.add(int(f[1].rsplit(":", 1)[1], 16))
@@ -182,8 +182,8 @@ def main():
     results = run_configs(configs, Path(args.model_dir), args.runs, args.tokens, args.threads,
                           args.base_port)
     cfg = json.loads((Path(args.model_dir) / "config.json").read_text())
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), platform.processor())
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
     names = list(results)
     print("## GPT-2 Pipeline Benchmark\n")
     print("| Metric | " + " | ".join(names) + " |")

@@ -13,6 +13,7 @@ and the field.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -266,7 +267,7 @@ class Manifest:
             if s.layer_start >= s.layer_end:
                 raise ManifestError(f"stage {i}: invalid layer range [{s.layer_start}, "
                                     f"{s.layer_end}) (layer_start must be < layer_end)")
-        for a, b in zip(self.stages, self.stages[1:]):
+        for a, b in itertools.pairwise(self.stages):
             if a.layer_end != b.layer_start:
                 raise ManifestError(
                     f"stage {a.stage_idx}: non-contiguous layers: layer_end {a.layer_end} but "

@@ -20,5 +20,6 @@ def event(name: str) -> None:
         return
     global _file
     if _file is None:
-        _file = open(f"{_PREFIX}.{os.getpid()}", "a", buffering=1)
+        # open for the life of the process, line-buffered: closed by the interpreter at exit
+        _file = open(f"{_PREFIX}.{os.getpid()}", "a", buffering=1)  # noqa: SIM115
     _file.write(f"{time.monotonic_ns()} {os.getpid()} {name}\n")

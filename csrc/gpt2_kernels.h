@@ -31,7 +31,7 @@ typedef struct gpt2_pool gpt2_pool;
 /* n_threads >= 1 (n_threads - 1 workers are started); NULL on failure. */
 gpt2_pool *gpt2_pool_create(int n_threads);
 void gpt2_pool_destroy(gpt2_pool *pool);
-int gpt2_pool_threads(const gpt2_pool *pool);
+int gpt2_pool_threads(const gpt2_pool *pool);   /* cmlp._wkernels sizes its slabs by it */
 void gpt2_pool_quiesce(gpt2_pool *pool);
 /* Runs every chunk of fn and returns when all have finished. */
 void gpt2_pool_run(gpt2_pool *pool, gpt2_task_fn fn, void *ctx, long n_chunks);

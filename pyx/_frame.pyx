@@ -27,12 +27,19 @@ cdef extern from "string.h" nogil:
 cdef extern from "string.h" nogil:
     char* strerror(int errnum)
 
-# Python-visible constants
-HEADER_SIZE_ = HEADER_SIZE
+# Python-visible constants.  wire.pxd is their one definition: cmlp/transport/wire.py
+# takes its names from WIRE, so the Python side cannot drift from the compiled codec.
 MAX_PAYLOAD = MAX_PAYLOAD_SIZE
-VERSION = PROTOCOL_VERSION
-HANDSHAKE_MAX_BUFFERED = 65536 + 13 + 1024   # 66 573 (section 1.5)
+HANDSHAKE_MAX_BUFFERED = MAX_DOCUMENT_SIZE + HEADER_SIZE + 1024   # 66 573 (section 1.5)
 GROWTH_STEP = 65536                          # allocation hardening (section 1.6 step 3)
+WIRE = {
+    "HEADER_SIZE": HEADER_SIZE, "MAGIC": MAGIC, "PROTOCOL_VERSION": PROTOCOL_VERSION,
+    "MAX_PAYLOAD_SIZE": MAX_PAYLOAD_SIZE, "TAG_SIZE": TAG_SIZE,
+    "MAX_DOCUMENT_SIZE": MAX_DOCUMENT_SIZE, "HANDSHAKE_MAX_BUFFERED": HANDSHAKE_MAX_BUFFERED,
+    "MSG_HELLO": MSG_HELLO, "MSG_DATA": MSG_DATA, "MSG_ERROR": MSG_ERROR,
+    "MSG_HEARTBEAT": MSG_HEARTBEAT, "MSG_SHUTDOWN": MSG_SHUTDOWN, "MSG_TENSOR": MSG_TENSOR,
+    "FLAG_ENCRYPTED": FLAG_ENCRYPTED, "FLAG_TENSOR_PAYLOAD": FLAG_TENSOR_PAYLOAD,
+}
 
 # Buffered frames start at this offset after a compaction so that the payload
 # (13 bytes later) and the tensor data inside it are 8-byte aligned: numpy
@@ -139,7 +146,7 @@ def tensor_payload_size(name, int dtype_code, shape, Py_ssize_t data_len):
 
 
 cdef Py_ssize_t encode_tensor_c(uint8_t* out, Py_ssize_t room, bytes name_b, int dtype_code,
-                               tuple shape, const uint8_t* data, Py_ssize_t data_len) except -1:
+                                tuple shape, const uint8_t* data, Py_ssize_t data_len) except -1:
     """Write sub-header, zero padding and data at ``out``; returns bytes written."""
     cdef uint64_t expected
     cdef Py_ssize_t ndims = len(shape)
@@ -185,7 +192,7 @@ def encode_tensor_into(buf, Py_ssize_t offset, name, int dtype_code, shape, data
             if offset < 0 or offset > out.len:
                 raise ValueError("offset outside the buffer")
             n = encode_tensor_c(<uint8_t*>out.buf + offset, out.len - offset, name_b, dtype_code,
-                               shp, <const uint8_t*>src.buf, src.len)
+                                shp, <const uint8_t*>src.buf, src.len)
         finally:
             PyBuffer_Release(&src)
     finally:

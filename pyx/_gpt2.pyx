@@ -701,7 +701,7 @@ cdef class ShardEngine:
     cdef void _forward(self, int B, int T) noexcept nogil:
         cdef long M = <long>B * T
         cdef int C = self.n_embd
-        cdef int l, b
+        cdef int layer, b
         cdef BlockWeights* blk
         if self.is_first:
             if self.wte_w.dtype == WK_F32:

@@ -41,7 +41,6 @@ cdef extern from "sys/socket.h" nogil:
     int socket(int domain, int type, int protocol)
     int bind(int fd, const sockaddr* addr, socklen_t len)
     int listen(int fd, int backlog)
-    int connect(int fd, const sockaddr* addr, socklen_t len)
     int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
     int shutdown(int fd, int how)
     enum:
@@ -51,14 +50,6 @@ cdef extern from "sys/socket.h" nogil:
         SO_REUSEADDR
         SHUT_WR
         SHUT_RDWR
-
-cdef extern from "netinet/in.h" nogil:
-    enum:
-        IPPROTO_TCP
-
-cdef extern from "netinet/tcp.h" nogil:
-    enum:
-        TCP_NODELAY
 
 cdef extern from "linux/vm_sockets.h" nogil:
     """
@@ -77,8 +68,9 @@ cdef extern from "linux/vm_sockets.h" nogil:
         VMADDR_CID_HOST
 
 
-VSOCK_CID_ANY = VMADDR_CID_ANY
-VSOCK_CID_HOST = VMADDR_CID_HOST
+# the header's -1U: cast, or Python sees the enum's int value -1
+VSOCK_CID_ANY = <uint32_t>VMADDR_CID_ANY
+VSOCK_CID_HOST = <uint32_t>VMADDR_CID_HOST
 
 
 cdef raise_errno(int err, str what):
@@ -138,12 +130,6 @@ cdef Py_ssize_t send_all_c(int fd, const char* buf, Py_ssize_t n, double timeout
     return sent
 
 
-def set_nodelay(int fd):
-    cdef int one = 1
-    if setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0:
-        raise_errno(errno, "setsockopt(TCP_NODELAY)")
-
-
 # ---------------------------------------------------------------------------
 # AF_VSOCK
 # ---------------------------------------------------------------------------
@@ -175,21 +161,6 @@ def vsock_listen(uint32_t port, uint32_t cid=VMADDR_CID_ANY, int backlog=16):
     return fd
 
 
-def vsock_connect(uint32_t cid, uint32_t port):
-    """Connect to (cid, port) (blocking, GIL released); returns the file descriptor."""
-    cdef sockaddr_vm addr
-    cdef int fd = vsock_fd()
-    cdef int rc
-    fill_vm(&addr, cid, port)
-    with nogil:
-        rc = connect(fd, <sockaddr*>&addr, sizeof(addr))
-    if rc != 0:
-        err = errno
-        close(fd)
-        raise_errno(err, f"vsock connect to cid={cid},port={port}")
-    return fd
-
-
 # ---------------------------------------------------------------------------
 # Relay pump (host side; never decrypts)
 # ---------------------------------------------------------------------------
@@ -214,7 +185,8 @@ cdef long long pump_splice(int src, int dst, int* err) noexcept nogil:
             if errno == EINTR or errno == EAGAIN:
                 continue
             if total == 0 and (errno == EINVAL or errno == ENOSYS):
-                close(p[0]); close(p[1])
+                close(p[0])
+                close(p[1])
                 return -2
             err[0] = errno
             break
@@ -225,7 +197,8 @@ cdef long long pump_splice(int src, int dst, int* err) noexcept nogil:
                 if errno == EINTR or errno == EAGAIN:
                     continue
                 err[0] = errno
-                close(p[0]); close(p[1])
+                close(p[0])
+                close(p[1])
                 return total
             if m == 0:
                 # nothing moved while bytes are waiting: the destination cannot take
@@ -235,7 +208,8 @@ cdef long long pump_splice(int src, int dst, int* err) noexcept nogil:
                 return total
             n -= m
             total += m
-    close(p[0]); close(p[1])
+    close(p[0])
+    close(p[1])
     return total
 
 

@@ -10,7 +10,6 @@ frame on either path, and libsodium runs with the GIL released.
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 
@@ -32,8 +31,9 @@ LIBSODIUM_VERSION = sodium_version_string().decode()
 MAX_SEQUENCE = 0xFFFFFFFF
 
 cdef enum:
-    NOGIL_MIN = 16384     # smaller records are sealed/opened without dropping the GIL:
-                          # ~1 us of crypto is cheaper than a possible thread switch
+    # smaller records are sealed/opened without dropping the GIL:
+    # ~1 us of crypto is cheaper than a possible thread switch
+    NOGIL_MIN = 16384
 
 
 cdef inline void make_nonce(uint8_t* nonce, uint64_t seq) noexcept nogil:
@@ -149,22 +149,6 @@ cdef class Sealer(_DirectionKeys):
                      <uint32_t>(pt_len + TAG_SIZE))
         self.next_seq = seq + 1
         return HEADER_SIZE + pt_len + TAG_SIZE
-
-    def seal_in_place(self, buf, int msg_type, int flags, Py_ssize_t pt_len):
-        """Seal ``buf[13:13+pt_len]`` in place; returns the frame length.
-
-        ``buf`` must hold 13 + pt_len + 16 bytes.  The plaintext is overwritten
-        by ciphertext, so nothing of it survives in the send buffer.
-        """
-        cdef Py_buffer pb
-        PyObject_GetBuffer(buf, &pb, PyBUF_WRITABLE)
-        try:
-            if pt_len < 0 or HEADER_SIZE + pt_len + TAG_SIZE > pb.len:
-                raise ValueError("buffer too small for header + plaintext + tag")
-            return self._seal(<uint8_t*>pb.buf, <uint8_t*>pb.buf + HEADER_SIZE, pt_len,
-                              msg_type, flags)
-        finally:
-            PyBuffer_Release(&pb)
 
     def seal_into(self, buf, int msg_type, int flags, plaintext):
         """Encrypt ``plaintext`` straight into ``buf`` as a complete frame."""

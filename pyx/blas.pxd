@@ -11,7 +11,7 @@ at import of ``cmlp._gpt2``) and is called from cmlp's own worker pool, one
 tile per call; see csrc/gpt2_kernels.c for why.
 """
 
-cdef extern from "cblas.h" nogil:
+cdef extern from "cmlp_cblas.h" nogil:   # cblas.h, names mapped
     ctypedef enum CBLAS_ORDER:
         CblasRowMajor
         CblasColMajor

@@ -21,6 +21,7 @@ cdef enum:
     SID_SIZE = 32
     NONCE_SIZE = 12
     AAD_SIZE = 43
+    MAX_DOCUMENT_SIZE = 65536            # attestation document in a hello (section 3.3)
 
     MSG_HELLO = 0x01
     MSG_DATA = 0x02

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The hostile-network table: every attack of tests/test_hostile_network.py, with the
+"""The hostile-network table: every attack of tests/pipeline/test_hostile_network.py, with the
 error the victim reported and the time it took to fail.
 
     python scripts/attack_table.py          (about a minute)
@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the tests package
 
-import mitm  # noqa: E402
-import test_hostile_network as H  # noqa: E402
+from tests.helpers import mitm  # noqa: E402
+from tests.pipeline import test_hostile_network as H  # noqa: E402
 
 
 def victim_error(setup, where, direction):

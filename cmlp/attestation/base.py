@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Protocol
+from typing import Any, Mapping, Optional, Protocol
 
 from cmlp.errors import MissingField, VerificationFailed
 
@@ -63,11 +63,11 @@ class ExpectedMeasurements:
         self._values = dict(sorted(clean.items()))
 
     @classmethod
-    def from_hex(cls, values: Mapping[object, str]) -> "ExpectedMeasurements":
+    def from_hex(cls, values: Mapping[Any, str]) -> "ExpectedMeasurements":
         out = {}
         for key, hexval in values.items():
             try:
-                idx = int(key)
+                idx = int(key)   # str or int keys; anything else raises TypeError below
             except (TypeError, ValueError):
                 raise ValueError(f"measurement index {key!r} is not an integer") from None
             if not isinstance(hexval, str):

@@ -18,8 +18,6 @@ from datetime import datetime, timezone
 
 from cmlp.cli.common import add_log_level
 
-PCR_SIZES = (32, 48, 64)
-
 
 def register(subparsers) -> None:
     attest = subparsers.add_parser("attest", help="attestation document tools")
@@ -52,6 +50,7 @@ def register(subparsers) -> None:
 
 
 def parse_pcr_pins(specs) -> dict:
+    from cmlp.attestation.nitro import PCR_SIZES   # the verifier's definition (no crypto import)
     pins = {}
     for spec in specs:
         idx_text, sep, hex_text = spec.partition("=")
@@ -73,7 +72,8 @@ def parse_pcr_pins(specs) -> dict:
         except ValueError:
             raise ValueError(f"--pcr {idx}: value is not valid hex") from None
         if len(value) not in PCR_SIZES:
-            raise ValueError(f"--pcr {idx}: expected 32, 48 or 64 bytes, got {len(value)}")
+            sizes = ", ".join(map(str, PCR_SIZES[:-1])) + f" or {PCR_SIZES[-1]}"
+            raise ValueError(f"--pcr {idx}: expected {sizes} bytes, got {len(value)}")
         pins[idx] = value
     return pins
 
@@ -108,10 +108,10 @@ def _read(path: str, what: str, limit: int) -> bytes:
         raise ValueError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
 
 
-def _iso(ms: int) -> str:
+def _iso(ms: object) -> str:
     try:
-        when = datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
+        when = datetime.fromtimestamp(float(ms) / 1000.0, tz=timezone.utc)  # type: ignore[arg-type]  # details are the verifier's untyped map; bad values land in the except
+    except (OverflowError, OSError, ValueError, TypeError):
         return "out of range"
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -89,7 +89,7 @@ def latency_summary(latencies, compute_us) -> str:
         steps = [sum(c or 0 for c in cs) / 1000.0 for cs in compute_us[1:]]
         if steps and all(cs and all(c is not None for c in cs) for cs in compute_us[1:]):
             comp = sorted(steps)
-            over = sorted(l - c for l, c in zip(gen, steps))
+            over = sorted(g - c for g, c in zip(gen, steps, strict=True))
             lines.append(f"Stage compute p50: {comp[len(comp) // 2]:.1f} ms/token")
             lines.append(f"Pipeline overhead p50: {over[len(over) // 2]:.2f} ms/token")
     lines.append(f"Tokens generated: {len(latencies)}")
@@ -118,7 +118,7 @@ def run(args) -> int:
         if not prompts:
             raise ValueError(f"{args.prompts_file}: no prompts")
     encoded = [tokenizer.encode(p) for p in prompts]
-    for p, ids in zip(prompts, encoded):
+    for p, ids in zip(prompts, encoded, strict=True):
         if not ids:
             raise ValueError(f"prompt {p!r} encodes to no tokens")
         need = len(ids) + args.max_tokens - 1
@@ -157,7 +157,7 @@ def run(args) -> int:
     runs = []
     mid_line = False
     try:
-        for prompt, ids in zip(prompts, encoded):
+        for prompt, ids in zip(prompts, encoded, strict=True):
             sys.stdout.write(prompt)
             sys.stdout.flush()
             mid_line = True

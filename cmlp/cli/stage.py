@@ -51,8 +51,6 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                    help="accept an orchestrator that presents no attestation document")
     p.add_argument("--profile", choices=("development", "production"), default="development",
                    help="security profile (production refuses unpinned attested peers)")
-    p.add_argument("--executor", choices=("gpt2", "identity", "double"), default="gpt2",
-                   help=argparse.SUPPRESS)   # identity/double: protocol tests without a model
     add_tee_arguments(p)
     p.add_argument("--no-role-binding", action="store_true",
                    help="do not attest or check pipeline roles (only to interoperate with the "
@@ -61,20 +59,16 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
     return p
 
 
-def make_executor(args, hidden_dim: int = 768, model_name=None):
-    if args.executor == "identity":
-        from cmlp.pipeline.executor import IdentityExecutor
-        return IdentityExecutor()
-    if args.executor == "double":
-        from cmlp.pipeline.executor import DoubleExecutor
-        return DoubleExecutor()
+def make_executor(args, manifest):
+    """The model executor over --model-dir (tests/helpers/executors.py passes test executors)."""
+    hidden_dim, model_name = manifest.activation_spec.hidden_dim, manifest.model_name
     model_dir = Path(args.model_dir)
     require_model_dir(model_dir, hidden_dim)
     from cmlp.pipeline.gpt2 import Gpt2Executor
     return Gpt2Executor(model_dir, threads=args.threads, model_name=model_name)
 
 
-def run(args) -> int:
+def run(args, make_executor=make_executor) -> int:
     import os
     from cmlp import progress
     from cmlp.pipeline.stage import StageConfig, StageWorker
@@ -101,7 +95,7 @@ def run(args) -> int:
                          session=session,
                          persistent=args.persistent, host_unattested=args.host_unattested,
                          bind_roles=not args.no_role_binding)
-    executor = make_executor(args, manifest.activation_spec.hidden_dim, manifest.model_name)
+    executor = make_executor(args, manifest)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
     worker.bind()
     stop_on_sigterm()
@@ -120,8 +114,8 @@ def run(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    return console_main(build_parser, run, "cmlp-stage", argv)
+def main(argv=None, make_executor=make_executor) -> int:
+    return console_main(build_parser, lambda args: run(args, make_executor), "cmlp-stage", argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@
     orchestrator.py  Orchestrator: start-up, infer, health check, shutdown
     relay.py         host relay of ciphertext between enclaves
     gpt2.py          the GPT-2 executor and greedy generation
-    executor.py      the executor interface and test executors
-    scheduler.py     the fill-drain micro-batch schedule
+    executor.py      the executor interface (test executors: tests/helpers/executors.py)
     ids.py           request ids from the OS CSPRNG
 """

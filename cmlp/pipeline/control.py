@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from typing import ClassVar, Dict, Optional, Type, Union
+from typing import TYPE_CHECKING, Callable, ClassVar, Dict, Optional, Type, TypeVar, Union, cast
 
 from cmlp import strict_json
 from cmlp.errors import MessageTooLarge, ProtocolError, VersionMismatch
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_CONTROL_MESSAGE_BYTES = 4 * 1024 * 1024
+# The data channels' Data-frame markers (pipeline.md 3.1): END closes a micro-batch's
+# tensors, ERR tells downstream that an upstream stage failed.
+END = b"END"
+ERR = b"ERR"
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
 
@@ -28,11 +32,11 @@ U64 = 0xFFFFFFFFFFFFFFFF
 class _Msg:
     """Base of every control message; subclasses are dataclasses."""
     TYPE: ClassVar[str] = ""
-    _RANGES: ClassVar[Dict[str, object]] = {}
+    _RANGES: ClassVar[Dict[str, int]] = {}
 
     def to_json(self) -> dict:
         body = {"type": self.TYPE}
-        for f in fields(self):
+        for f in fields(self):  # type: ignore[arg-type]  # every subclass is a @_message dataclass
             value = getattr(self, f.name)
             if value is None and f.name in _OPTIONAL:
                 continue
@@ -45,10 +49,19 @@ class _Msg:
 
 
 _OPTIONAL = {"compute_us"}
+_M = TypeVar("_M", bound=_Msg)
+
+if TYPE_CHECKING:
+    # tells mypy that @_message makes a frozen dataclass (typing has it from 3.11 only)
+    from typing_extensions import dataclass_transform
+else:
+    def dataclass_transform(**_kwargs):
+        return lambda decorator: decorator
 
 
-def _message(type_name: str, **ranges):
-    def wrap(cls):
+@dataclass_transform(frozen_default=True)
+def _message(type_name: str, **ranges: int) -> Callable[[Type[_M]], Type[_M]]:
+    def wrap(cls: Type[_M]) -> Type[_M]:
         cls = dataclass(frozen=True)(cls)
         cls.TYPE = type_name
         cls._RANGES = ranges
@@ -198,7 +211,8 @@ def _decode(payload: bytes, catalogue: Dict[str, Type[_Msg]], who: str,
         if not isinstance(kind, str) or kind not in catalogue:
             raise _Malformed(f"unknown variant {kind!r}")
         cls = catalogue[kind]
-        msg = cls(**{f.name: _field(body, cls, f) for f in fields(cls)})
+        msg = cls(**{f.name: _field(body, cls, f)
+                     for f in fields(cls)})  # type: ignore[arg-type]  # a @_message dataclass
     except _Malformed as exc:
         raise ProtocolError(f"malformed {who} message ({size} bytes): {exc}") from None
     if version != PROTOCOL_VERSION:
@@ -209,12 +223,12 @@ def _decode(payload: bytes, catalogue: Dict[str, Type[_Msg]], who: str,
 def decode_orchestrator_msg(payload: bytes,
                             limit: int = DEFAULT_MAX_CONTROL_MESSAGE_BYTES) -> OrchestratorMsg:
     """What a stage receives."""
-    return _decode(payload, ORCHESTRATOR_MESSAGES, "orchestrator", limit)
+    return cast(OrchestratorMsg, _decode(payload, ORCHESTRATOR_MESSAGES, "orchestrator", limit))
 
 
 def decode_stage_msg(payload: bytes, limit: int = DEFAULT_MAX_CONTROL_MESSAGE_BYTES) -> StageMsg:
     """What the orchestrator receives."""
-    return _decode(payload, STAGE_MESSAGES, "stage", limit)
+    return cast(StageMsg, _decode(payload, STAGE_MESSAGES, "stage", limit))
 
 
 def describe(msg) -> str:

@@ -1,17 +1,15 @@
-"""What a stage runs: the executor interface (pipeline.md section 4) and test executors.
+"""What a stage runs: the executor interface (pipeline.md section 4).
 
 The stage runtime owns the executor and calls nothing else on it; executors
 never touch channels.  ``forward`` receives the micro-batch's tensors exactly
-as they arrived and returns the tensors to send downstream.
+as they arrived and returns the tensors to send downstream.  The production
+executor is cmlp.pipeline.gpt2.Gpt2Executor; test executors live in tests/.
 """
 
 from __future__ import annotations
 
 from typing import List, Protocol
 
-import numpy as np
-
-from cmlp.errors import ForwardFailed
 from cmlp.manifest import ActivationSpec, StageSpec
 from cmlp.transport.wire import Tensor
 
@@ -33,41 +31,3 @@ class Executor(Protocol):
     #                                                 forward() can check its cache position
     #                                                 against seq_len (defence in depth)
 
-
-class IdentityExecutor:
-    """Passes tensors through unchanged (protocol tests, relay benchmarks)."""
-
-    def __init__(self, hashes=(), delay: float = 0.0):
-        self.hashes = list(hashes)
-        self.delay = delay
-        self.spec = None
-
-    def init(self, spec, activation, num_stages) -> None:
-        self.spec = spec
-
-    def weight_hashes(self) -> List[str]:
-        return list(self.hashes)
-
-    def forward(self, request_id, micro_batch, inputs):
-        if self.delay:
-            import time
-            time.sleep(self.delay)
-        return [Tensor(t.name, t.dtype, t.shape, np.array(t.data)) for t in inputs]
-
-
-class DoubleExecutor(IdentityExecutor):
-    """Multiplies every data byte by 2 (wrapping), keeping name, dtype and shape."""
-
-    def forward(self, request_id, micro_batch, inputs):
-        out = []
-        for t in inputs:
-            raw = np.frombuffer(t.data.tobytes(), np.uint8) * np.uint8(2)
-            out.append(Tensor(t.name, t.dtype, t.shape, raw.view(t.dtype.numpy).reshape(t.shape)))
-        return out
-
-
-class FailingExecutor(IdentityExecutor):
-    """Always fails its forward pass (fault tests)."""
-
-    def forward(self, request_id, micro_batch, inputs):
-        raise ForwardFailed(request_id, micro_batch, "injected failure")

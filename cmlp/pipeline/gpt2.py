@@ -12,15 +12,21 @@ this stays interoperable.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import numpy as np
 
+from cmlp.deadline import Deadline
 from cmlp.errors import (CmlpError, ForwardFailed, InitFailed, PipelineShutdown,
                          PipelineTimeout, SessionError, StageFailed, Tainted)
+from cmlp.retry import RetryPolicy, retry
 from cmlp.transport.wire import DType, Tensor
+
+if TYPE_CHECKING:
+    from cmlp.model import Gpt2Shard
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,7 @@ class Gpt2Executor:
         self.model_dir = model_dir
         self.threads = threads
         self.model_name = model_name
-        self.shard = None
+        self.shard: Optional[Gpt2Shard] = None
         self.wire = DType.F32
         self._request = None        # (request_id, seq_len, num_micro_batches) being served
 
@@ -122,6 +128,8 @@ class Gpt2Executor:
         return DType[activation.dtype]
 
     def weight_hashes(self) -> List[str]:
+        if self.shard is None:
+            raise InitFailed("weight hashes asked for before init()")
         return [digest for _, digest in self.shard.weight_hashes()]
 
     def forward(self, request_id: int, micro_batch: int, inputs: List[Tensor]) -> List[Tensor]:
@@ -213,6 +221,9 @@ def _ids_tensor(ids: List[int]) -> Tensor:
 # Failures that a reconnect can cure: a stage or its channel went away, or the
 # pipeline lost sync.  A stage that *reports* an error (RequestFailed) would
 # fail again on replay, so it is not retried.
+# recovery retries until its deadline (recover_timeout), every 0.25-0.5 s
+RECONNECT_POLICY = RetryPolicy(max_retries=sys.maxsize, initial_delay=0.5, max_delay=0.5,
+                               backoff_multiplier=1.0)
 RECOVERABLE = (StageFailed, PipelineTimeout, Tainted, SessionError, PipelineShutdown)
 
 
@@ -252,18 +263,14 @@ class Generator:
 
     def _reconnect(self, cause: BaseException) -> None:
         log.warning("pipeline failed (%s); reconnecting to replay the context", cause)
+        reconnect = self.reconnect
+        assert reconnect is not None, "__init__ refuses recover without reconnect"
         self.orch.close()
-        deadline = time.monotonic() + self.recover_timeout
-        while True:
-            try:
-                self.orch = self.reconnect()
-                return
-            except CmlpError as exc:
-                if time.monotonic() > deadline:
-                    raise PipelineTimeout(f"recovery: could not reconnect within "
-                                          f"{self.recover_timeout} s ({exc}); first failure: "
-                                          f"{cause}") from exc
-                time.sleep(0.5)
+        self.orch = retry(reconnect, RECONNECT_POLICY, on=(CmlpError,),
+                          deadline=Deadline(self.recover_timeout),
+                          give_up=lambda exc, n: PipelineTimeout(
+                              f"recovery: could not reconnect within {self.recover_timeout} s "
+                              f"({exc}); first failure: {cause}"))
 
     def generate(self, prompt_ids: List[int], max_tokens: int,
                  on_token: Optional[Callable[[int], None]] = None) -> Generation:
@@ -271,7 +278,7 @@ class Generator:
         token_ids = list(prompt_ids)
         budget = self.recover
         replay = True                      # the first step is a full prefill
-        for step in range(max_tokens):
+        for _ in range(max_tokens):
             t0 = time.perf_counter()
             while True:
                 if replay:

@@ -22,8 +22,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
+from cmlp.deadline import Deadline
 from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, PipelineError,
                          PipelineShutdown, PipelineTimeout, ProtocolError, RequestFailed,
                          StageFailed, Tainted, Timeout)
@@ -42,8 +43,8 @@ from cmlp.transport.wire import Tensor
 
 log = logging.getLogger(__name__)
 
-END = b"END"
-ERR = b"ERR"
+END = C.END
+ERR = C.ERR
 U32_MAX = 0xFFFFFFFF
 
 
@@ -223,7 +224,7 @@ class Orchestrator:
         cfg = self.config
         # every control channel at once: start-up does not pay N handshakes in a row, and
         # if one stage fails every other stage still learns it, through its closed channel
-        results = [None] * self.manifest.num_stages
+        results: List[Union[_StageLink, StageFailed, None]] = [None] * self.manifest.num_stages
 
         def connect(spec):
             ep = spec.endpoint.control.endpoint
@@ -234,9 +235,9 @@ class Orchestrator:
                 results[spec.stage_idx] = _StageLink(spec.stage_idx, channel,
                                                      cfg.max_control_message_bytes)
             except (CmlpError, OSError) as exc:
-                results[spec.stage_idx] = StageFailed(spec.stage_idx,
-                                                      f"control connect to {ep}: {exc}")
-                results[spec.stage_idx].__cause__ = exc
+                failure = StageFailed(spec.stage_idx, f"control connect to {ep}: {exc}")
+                failure.__cause__ = exc
+                results[spec.stage_idx] = failure
 
         threads = [threading.Thread(target=connect, args=(spec,), daemon=True)
                    for spec in self.manifest.stages]
@@ -250,7 +251,7 @@ class Orchestrator:
             raise failed[0] if failed[0] is not None else StageFailed(UNKNOWN_STAGE,
                                                                       "control connect failed")
         activation = compact_json(self.manifest.activation_spec.to_json())
-        for link, spec in zip(self.links, self.manifest.stages):
+        for link, spec in zip(self.links, self.manifest.stages, strict=True):
             link.send(C.Init(compact_json(spec.to_json()), activation, self.manifest.num_stages))
         for link in self.links:       # weights load on every stage at once
             try:
@@ -279,7 +280,7 @@ class Orchestrator:
             link.send(C.EstablishDataChannels(link.index > 0, link.index < n - 1))
         for relay in self.relays:
             relay.start(cfg.data_setup_timeout)
-        accepted: Dict[str, object] = {}
+        accepted: Dict[str, Any] = {}
 
         def accept_last():
             try:
@@ -342,7 +343,7 @@ class Orchestrator:
         max_seq = self.manifest.activation_spec.max_seq_len
         if seq_len > max_seq:
             raise ProtocolError(f"seq_len {seq_len} exceeds manifest max_seq_len {max_seq}")
-        req = _Request(self, rid, m, time.monotonic() + self.config.infer_timeout)
+        req = _Request(self, rid, m, Deadline(self.config.infer_timeout))
         try:
             return req.run(inputs, seq_len)
         except Timeout:
@@ -364,7 +365,7 @@ class Orchestrator:
         between them failed (tampering, or the relay), and the error says so.
         """
         n = len(self.links)
-        state = {}
+        state: Dict[int, Tuple[str, Any]] = {}
         start = time.monotonic()
         while True:
             for link in self.links:
@@ -377,7 +378,7 @@ class Orchestrator:
             if ("explained" in kinds and waited > 0.2) or ("dead" in kinds and waited > grace / 2):
                 break
             time.sleep(0.02)
-        blamed = {}
+        blamed: Dict[int, Tuple[int, str, str]] = {}
         for i, (kind, what) in state.items():
             if kind == "explained":
                 side, text = what
@@ -406,13 +407,13 @@ class Orchestrator:
     def health_check(self) -> None:
         self._check_ready("health_check")
         seq = next_id()
-        deadline = time.monotonic() + self.config.health_check_timeout
+        deadline = Deadline(self.config.health_check_timeout)
         try:
             for link in self.links:
-                link.send(C.Ping(seq), timeout=_left(deadline))
+                link.send(C.Ping(seq), timeout=deadline.left())
             for link in self.links:
                 while True:
-                    msg = link.recv(_left(deadline))
+                    msg = link.recv(deadline.left())
                     if isinstance(msg, C.Pong) and msg.seq == seq:
                         break
                     if isinstance(msg, (C.Pong, C.RequestDone, C.RequestError)):
@@ -434,10 +435,10 @@ class Orchestrator:
             except CmlpError as exc:
                 errors.append(exc)
         for link in self.links:
-            deadline = time.monotonic() + self.config.shutdown_timeout
+            deadline = Deadline(self.config.shutdown_timeout)
             try:
                 while True:
-                    msg = link.recv(_left(deadline))
+                    msg = link.recv(deadline.left())
                     if isinstance(msg, C.ShuttingDown):
                         if msg.stage_idx != link.index:
                             log.warning("stage %d acknowledged shutdown as stage %d",
@@ -474,7 +475,7 @@ class Orchestrator:
         """Drop every channel, relay and listener (idempotent)."""
         for relay in self.relays:
             relay.close()
-        for ch in [l.channel for l in self.links] + [self.data_in, self.data_out]:
+        for ch in [link.channel for link in self.links] + [self.data_in, self.data_out]:
             if ch is not None:
                 ch.close()
         try:
@@ -490,17 +491,10 @@ class Orchestrator:
         self.close()
 
 
-def _left(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise Timeout("deadline passed")
-    return left
-
-
 class _Request:
     """One in-flight request: its sends, its outputs and its confirmations."""
 
-    def __init__(self, orch: Orchestrator, rid: int, m: int, deadline: float):
+    def __init__(self, orch: Orchestrator, rid: int, m: int, deadline: Deadline):
         self.o = orch
         self.rid = rid
         self.m = m
@@ -508,7 +502,7 @@ class _Request:
         self.groups_read = 0             # output micro-batches fully read
         self.got_err = False
         self.sends_done = False
-        self.confirmed = set()
+        self.confirmed: Set[int] = set()
         self.outputs: List[List[Tensor]] = []
         self.reader_error: Optional[BaseException] = None
 
@@ -517,7 +511,7 @@ class _Request:
         trace.event("orch.infer")
         o = self.o
         for link in o.links:
-            link.send(C.StartRequest(self.rid, self.m, seq_len), timeout=_left(self.deadline))
+            link.send(C.StartRequest(self.rid, self.m, seq_len), timeout=self.deadline.left())
         if self.m == 1:
             # stage 0 reads a whole micro-batch before doing anything else, so one
             # micro-batch of input can never deadlock against unread output
@@ -529,15 +523,15 @@ class _Request:
             try:
                 self._send_inputs(inputs)
             finally:
-                reader.join(max(0.0, self.deadline - time.monotonic()) + 1)
+                reader.join(self.deadline.remaining() + 1)
             if self.reader_error is not None:
                 raise self.reader_error
         trace.event("orch.outputs")
         if self.got_err:
             raise self._collect_error()
-        compute = [None] * len(o.links)
+        compute: List[Optional[int]] = [None] * len(o.links)
         for link in o.links:
-            msg = link.recv_for(self.rid, _left(self.deadline))
+            msg = link.recv_for(self.rid, self.deadline.left())
             if isinstance(msg, C.RequestDone):
                 compute[link.index] = msg.compute_us
                 self.confirmed.add(link.index)
@@ -552,11 +546,12 @@ class _Request:
 
     def _send_inputs(self, inputs) -> None:
         data_in = self.o.data_in
+        assert data_in is not None, "Orchestrator.start() opens the data channels first"
         try:
             for group in inputs:
                 for t in group:
-                    data_in.send_tensor(t, timeout=_left(self.deadline), more=True)
-                data_in.send(END, timeout=_left(self.deadline))
+                    data_in.send_tensor(t, timeout=self.deadline.left(), more=True)
+                data_in.send(END, timeout=self.deadline.left())
             trace.event("orch.inputs_sent")
         except (Closed, ChannelBroken) as exc:
             raise self.o._diagnose(exc) from exc
@@ -574,9 +569,10 @@ class _Request:
 
     def _read_outputs(self) -> None:
         data_out = self.o.data_out
+        assert data_out is not None, "Orchestrator.start() opens the data channels first"
         current: List[Tensor] = []
         while self.groups_read < self.m:
-            msg = data_out.recv(_left(self.deadline))
+            msg = data_out.recv(self.deadline.left())
             if isinstance(msg, TensorMessage):
                 current.append(msg.tensor)
             elif isinstance(msg, Data) and msg.payload == END:
@@ -631,12 +627,12 @@ class _Request:
                 o.tainted = True
                 return
         # every stage has finished: the rest of the output is already on the wire
-        end = time.monotonic() + o.config.data_drain_timeout
         try:
-            self.deadline = end
+            self.deadline = Deadline(o.config.data_drain_timeout)
             if not self.got_err:
                 self._read_outputs()
-            quiet = min(o.config.data_quiet_period, max(0.0, end - time.monotonic()))
+            quiet = min(o.config.data_quiet_period, self.deadline.remaining())
+            assert o.data_out is not None, "Orchestrator.start() opens the data channels first"
             try:
                 o.data_out.recv(timeout=quiet)
                 o.tainted = True       # more data than the request could produce

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import threading
-from typing import Optional
+from typing import List, Optional
 
 from cmlp import _netio
 from cmlp.errors import PipelineError, Timeout
@@ -39,9 +39,9 @@ class RelayLink:
         self.listener = sockets.listen(listen_at)
         self.forwarded = {"down": 0, "up": 0}       # down: stage i -> i+1
         self.error: Optional[BaseException] = None
-        self._socks = []
+        self._socks: List[socket.socket] = []
         self._ready = threading.Event()
-        self._pumps = []
+        self._pumps: List[threading.Thread] = []
         self._closed = False
         self._thread: Optional[threading.Thread] = None
 

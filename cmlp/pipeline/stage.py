@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Deque, List, Optional, Tuple
 
+from cmlp.deadline import Deadline
 from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, CryptoError,
                          FrameError, InitFailed, InputLimitExceeded, MessageTooLarge,
                          PipelineError, ProtocolError, SessionError, StageError, StageFailed,
@@ -47,8 +49,8 @@ from cmlp.transport.wire import DType, Tensor
 
 log = logging.getLogger(__name__)
 
-END = b"END"
-ERR = b"ERR"
+END = C.END
+ERR = C.ERR
 WATCH_SLICE = 0.05          # seconds between control checks while waiting for input
 
 
@@ -157,12 +159,12 @@ class StageWorker:
         if data_out_target is not None and data_out_target != self.spec.endpoint.data_out.endpoint:
             log.warning("stage %d: --data-out-target %s differs from the manifest's data_out %s",
                         stage_idx, data_out_target, self.spec.endpoint.data_out.endpoint)
-        self.control_listener = None
-        self.data_listener = None
-        self.client_listener = None           # host-blind mode, stage 0
+        self.control_listener: Optional[socket.socket] = None
+        self.data_listener: Optional[socket.socket] = None
+        self.client_listener: Optional[socket.socket] = None     # host-blind mode, stage 0
         self.sessions = 0
         self.last_error: Optional[BaseException] = None   # of the last failed session
-        self._initialized_spec = None
+        self._initialized_spec: Optional[Tuple[Tuple[Any, ...], ActivationSpec]] = None
         self._stop = threading.Event()
         self._control_acceptor: Optional[Acceptor] = None
 
@@ -293,6 +295,8 @@ class StageWorker:
         Handshakes run concurrently in the acceptor: a port probe, a peer with
         the wrong attestation or an idle connection cannot stop the stage.
         """
+        listener = self.control_listener
+        assert listener is not None, "StageWorker.bind() comes first"
         while True:
             if self._stop.is_set():
                 raise Closed("the stage is closing")
@@ -430,7 +434,7 @@ class StageWorker:
         if len(actual) != len(declared):
             raise InitFailed(f"weight hash count mismatch: manifest declares {len(declared)} "
                              f"hashes, executor returned {len(actual)}")
-        for i, (want, got) in enumerate(zip(declared, actual)):
+        for i, (want, got) in enumerate(zip(declared, actual, strict=True)):
             if want != got:
                 raise InitFailed(f"weight hash mismatch at index {i}: expected {want}, got {got}")
 
@@ -445,7 +449,7 @@ class StageWorker:
         so its listeners are free for the next session.
         """
         cfg = self.config
-        deadline = time.monotonic() + cfg.data_setup_timeout
+        deadline = Deadline(cfg.data_setup_timeout)
         up_peer = None if self.idx == 0 else self.idx - 1
         down_peer = None if self.idx == num_stages - 1 else self.idx + 1
         if self.manifest.host_blind:
@@ -481,7 +485,7 @@ class StageWorker:
             raise
         return data_in, data_out
 
-    def _accept_upstream(self, ctl: _Control, deadline: float, config: SessionConfig):
+    def _accept_upstream(self, ctl: _Control, deadline: Deadline, config: SessionConfig):
         """The first data_in connection that completes the handshake.
 
         Handshakes run concurrently (bounded): a connection that fails or stays
@@ -503,28 +507,22 @@ class StageWorker:
                     return acceptor.get(timeout=0.2)
                 except Timeout:
                     self._check_control(ctl)
-                    if time.monotonic() > deadline:
+                    if deadline.expired():
                         raise Timeout(f"no upstream connection on data_in within "
                                       f"{self.config.data_setup_timeout} s") from None
         finally:
             acceptor.close()
 
-    def _connect_downstream(self, ctl: _Control, deadline: float):
+    def _connect_downstream(self, ctl: _Control, deadline: Deadline):
         """Connect data_out with the retry policy, checking control between attempts."""
-        policy = self.config.retry
-        attempts = policy.max_retries + 1
-        for attempt in range(attempts):
-            try:
-                return sockets.connect(self.data_out_target, timeout=2.0)
-            except OSError as exc:
-                if attempt + 1 >= attempts or time.monotonic() > deadline:
-                    kind = "VSock" if isinstance(self.data_out_target, VsockAddr) else "TCP"
-                    raise OSError(exc.errno, f"{kind} connect to {self.data_out_target} failed "
-                                             f"after {attempt + 1} attempt(s): {exc.strerror or exc}")
-                pause_until = time.monotonic() + policy.delay(attempt)
-                while time.monotonic() < pause_until:
-                    self._check_control(ctl)
-                    time.sleep(0.05)
+        def pause(seconds: float) -> None:
+            until = Deadline(seconds)
+            while not until.expired():
+                self._check_control(ctl)
+                time.sleep(min(0.05, until.remaining()))
+
+        return sockets.connect_retry(self.data_out_target, self.config.retry, timeout=2.0,
+                                     sleep=pause, deadline=deadline)
 
     @staticmethod
     def _check_control(ctl: _Control) -> None:
@@ -556,7 +554,7 @@ class _RequestLoop:
         self.data_in = data_in
         self.data_out = data_out
         self.activation = activation
-        self.queued = collections.deque()
+        self.queued: Deque[C.StartRequest] = collections.deque()
         # trace event names built once, not per request
         self.ev = {k: f"stage{worker.idx}.{k}"
                    for k in ("start_request", "input", "forward_done", "output_sent")}
@@ -608,7 +606,7 @@ class _RequestLoop:
 
     def _recv_input(self):
         """One data_in message, watching control while waiting."""
-        deadline = time.monotonic() + self.w.config.input_timeout
+        deadline = Deadline(self.w.config.input_timeout)
         while True:
             if self.aborted is not None or self.shutdown:
                 return None
@@ -616,7 +614,7 @@ class _RequestLoop:
                 return self.data_in.recv(timeout=WATCH_SLICE)
             except Timeout:
                 self._watch_control()
-                if time.monotonic() > deadline:
+                if deadline.expired():
                     raise Timeout(f"no input for request {self.current} within "
                                   f"{self.w.config.input_timeout} s") from None
             except (SessionError, CryptoError, FrameError) as exc:

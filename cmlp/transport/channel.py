@@ -20,12 +20,12 @@ import logging
 import select
 import socket
 import threading
-import time
 from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
 from cmlp import _frame, _netio, _record
+from cmlp.deadline import Deadline
 from cmlp.errors import ChannelBroken, Closed, CmlpError, NonceOverflow, Timeout
 from cmlp.transport.config import SessionConfig
 from cmlp.transport.handshake import InitiatorHandshake, ResponderHandshake, SessionKeys
@@ -72,52 +72,43 @@ SHUTDOWN = ShutdownMessage()
 # ---------------------------------------------------------------------------
 # Handshake driver
 # ---------------------------------------------------------------------------
-class _Deadline:
-    def __init__(self, seconds: Optional[float]):
-        self.end = None if seconds is None else time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        if self.end is None:
-            return -1.0
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise Timeout("timeout: handshake deadline exceeded")
-        return left
+_HANDSHAKE_EXPIRED = "timeout: handshake deadline exceeded"
 
 
-def _read_frame(sock, decoder, deadline: _Deadline):
+def _read_frame(sock, decoder, deadline: Deadline):
     fd = sock.fileno()
     while True:
         frame = decoder.next_frame()
         if frame is not None:
             return frame
         try:
-            n = decoder.fill(fd, deadline.remaining())
+            n = decoder.fill(fd, deadline.left())
         except Timeout:
-            raise Timeout("timeout: handshake deadline exceeded") from None
+            raise Timeout(_HANDSHAKE_EXPIRED) from None
         if n == 0:
             raise Closed("connection closed during the handshake")
 
 
-def _send(sock, data: bytes, deadline: _Deadline) -> None:
-    _netio.send_all(sock.fileno(), data, len(data), deadline.remaining())
+def _send(sock, data: bytes, deadline: Deadline) -> None:
+    _netio.send_all(sock.fileno(), data, len(data), deadline.left())
 
 
 def _handshake(sock, role: str, provider, verifier, config: SessionConfig,
                secret_key=None, nonce=None):
     decoder = _frame.FrameDecoder(max_buffered=HANDSHAKE_MAX_BUFFERED, initial_capacity=4096)
+    hs: Union[InitiatorHandshake, ResponderHandshake]
     if role == "initiator":
         hs = InitiatorHandshake(provider, verifier, config, secret_key=secret_key, nonce=nonce)
-        deadline = _Deadline(config.handshake_timeout)
+        deadline = Deadline(config.handshake_timeout, _HANDSHAKE_EXPIRED)
         _send(sock, hs.start(), deadline)
         confirm = hs.on_responder_hello(_read_frame(sock, decoder, deadline))
-        deadline.remaining()
+        deadline.check()
         _send(sock, confirm, deadline)
     else:
         hs = ResponderHandshake(provider, verifier, config, secret_key=secret_key, nonce=nonce)
-        deadline = _Deadline(config.handshake_timeout)
+        deadline = Deadline(config.handshake_timeout, _HANDSHAKE_EXPIRED)
         reply = hs.on_hello(_read_frame(sock, decoder, deadline))
-        deadline.remaining()
+        deadline.check()
         _send(sock, reply, deadline)
         hs.on_confirmation(_read_frame(sock, decoder, deadline))
     # residual bytes (frames pipelined right after msg 3) stay in the decoder
@@ -348,21 +339,3 @@ def _close_socket(sock) -> None:
         sock.close()
     except OSError:
         pass
-
-
-def connect_with_retry(endpoint, provider, verifier, config: Optional[SessionConfig] = None,
-                       connect_timeout: Optional[float] = 10.0) -> SecureChannel:
-    """Connect and handshake, retrying *any* failure per ``config.retry_policy``.
-
-    A fresh socket is opened for every attempt (section 6.2); without a
-    policy exactly one attempt is made.
-    """
-    from cmlp.transport import sockets
-    from cmlp.transport.config import with_retry
-    config = config or SessionConfig()
-
-    def attempt():
-        sock = sockets.connect(endpoint, connect_timeout)
-        return SecureChannel.connect(sock, provider, verifier, config)
-
-    return with_retry(config.retry_policy, attempt)

@@ -1,60 +1,27 @@
-"""Session configuration and retry policy (transport.md sections 6.1 and 6.2)."""
+"""Session configuration (transport.md section 6.1); RetryPolicy (6.2) lives in cmlp.retry."""
 
 from __future__ import annotations
 
 import enum
 import logging
-import random
-import time
-from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, TypeVar
+from dataclasses import dataclass, replace
+from typing import Optional
 
 from cmlp.attestation.base import ExpectedMeasurements
 from cmlp.attestation.role import Role
 from cmlp.errors import HandshakeFailed
+from cmlp.retry import RetryPolicy
 from cmlp.transport.wire import MAX_PAYLOAD_SIZE
 
+__all__ = ["RetryPolicy", "SecurityProfile", "SessionConfig"]
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 _warned_unpinned = False
 
 
 class SecurityProfile(enum.Enum):
     PRODUCTION = "production"
     DEVELOPMENT = "development"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 3          # retries after the first attempt
-    initial_delay: float = 1.0    # seconds
-    max_delay: float = 30.0
-    backoff_multiplier: float = 2.0
-
-    @classmethod
-    def none(cls) -> "RetryPolicy":
-        return cls(max_retries=0)
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Sleep after failed attempt ``attempt`` (0-based): capped, then jittered in [0.5, 1]."""
-        base = min(self.initial_delay * (self.backoff_multiplier ** attempt), self.max_delay)
-        return base * (rng or random).uniform(0.5, 1.0)
-
-
-def with_retry(policy: Optional[RetryPolicy], fn: Callable[[], T],
-               sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call ``fn`` up to ``max_retries + 1`` times; return the first success or raise the last error."""
-    attempts = (policy.max_retries if policy else 0) + 1
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - any failure is retried, as in the reference
-            if attempt + 1 >= attempts:
-                raise
-            delay = policy.delay(attempt)
-            log.debug("attempt %d failed (%s); retrying in %.3f s", attempt + 1, exc, delay)
-            sleep(delay)
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -65,11 +32,12 @@ class SessionConfig:
     send and receive after the handshake (None: block, as the reference does).
     ``allow_unattested_peer`` is the asymmetric-attestation switch: accept a
     peer whose hello carries no attestation document (a host orchestrator
-    without a TEE); it must be enabled explicitly.
+    without a TEE); it must be enabled explicitly.  The reference's
+    ``retry_policy`` field (read only by its ``connect_with_retry``) is not
+    carried: connectors take a :class:`cmlp.retry.RetryPolicy` themselves.
     """
     max_payload_size: int = MAX_PAYLOAD_SIZE
     handshake_timeout: float = 30.0
-    retry_policy: Optional[RetryPolicy] = None
     expected_measurements: Optional[ExpectedMeasurements] = None
     require_measurements: bool = True
     security_profile: SecurityProfile = SecurityProfile.PRODUCTION
@@ -79,7 +47,6 @@ class SessionConfig:
     # role the peer's document must attest; None = bare nonce, as the reference
     own_role: Optional[Role] = None
     peer_role: Optional[Role] = None
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.max_payload_size, int) or self.max_payload_size <= 0:

@@ -98,7 +98,7 @@ def transcript_input(init_doc_hash: bytes, resp_doc_hash: bytes, pk_i: bytes, pk
                      nonce_i: bytes, nonce_r: bytes) -> bytes:
     """The 264 labelled bytes hashed into the transcript (v4 framing)."""
     pk_low, pk_high = (pk_i, pk_r) if pk_i <= pk_r else (pk_r, pk_i)
-    combined = bytes(a ^ b for a, b in zip(nonce_i, nonce_r))
+    combined = bytes(a ^ b for a, b in zip(nonce_i, nonce_r, strict=True))
     return b"".join((
         _component(b"init-attestation-hash", init_doc_hash),
         _component(b"resp-attestation-hash", resp_doc_hash),

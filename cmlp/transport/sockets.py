@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from cmlp import _netio
-from cmlp.transport.config import RetryPolicy
+from cmlp.deadline import Deadline
+from cmlp.retry import RetryPolicy, retry
 
 log = logging.getLogger(__name__)
 
-VSOCK_CID_ANY = 0xFFFFFFFF
-VSOCK_CID_HOST = 2
+VSOCK_CID_ANY = socket.VMADDR_CID_ANY      # <linux/vm_sockets.h>, as pyx/_netio.pyx sees them
+VSOCK_CID_HOST = socket.VMADDR_CID_HOST
 VSOCK_CID_PARENT = 3     # the parent instance, as seen from a Nitro enclave
 
 
@@ -92,6 +92,7 @@ def _tcp_family(addr: TcpAddr) -> int:
 def listen(endpoint: Endpoint, backlog: int = 16) -> socket.socket:
     """A listening socket (SO_REUSEADDR; vsock binds the given CID, usually ANY)."""
     if isinstance(endpoint, VsockAddr):
+        from cmlp import _netio   # compiled: imported on use, so addresses parse without it
         fd = _netio.vsock_listen(endpoint.port, endpoint.cid, backlog)
         return socket.socket(fileno=fd)
     sock = socket.socket(_tcp_family(endpoint), socket.SOCK_STREAM)
@@ -126,7 +127,7 @@ def accept(listener: socket.socket, timeout: Optional[float] = None) -> socket.s
     listener.settimeout(timeout)
     try:
         conn, _ = listener.accept()
-    except socket.timeout:
+    except TimeoutError:
         from cmlp.errors import Timeout
         raise Timeout(f"no connection on {local_endpoint(listener)} within {timeout} s") from None
     finally:
@@ -136,6 +137,7 @@ def accept(listener: socket.socket, timeout: Optional[float] = None) -> socket.s
 
 def connect(endpoint: Endpoint, timeout: Optional[float] = 10.0) -> socket.socket:
     """One connection attempt."""
+    target: tuple[Union[int, str], int]
     if isinstance(endpoint, VsockAddr):
         sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         target = (endpoint.cid, endpoint.port)
@@ -151,26 +153,22 @@ def connect(endpoint: Endpoint, timeout: Optional[float] = 10.0) -> socket.socke
     return _prepare(sock)
 
 
-def connect_retry(endpoint: Endpoint, policy: Optional[RetryPolicy] = None,
-                  timeout: Optional[float] = 10.0, sleep=time.sleep) -> socket.socket:
-    """Connect with the retry policy; the final error names the target and attempts."""
-    policy = policy or RetryPolicy.none()
-    attempts = policy.max_retries + 1
-    last: Optional[OSError] = None
-    for attempt in range(attempts):
-        try:
-            return connect(endpoint, timeout)
-        except OSError as exc:
-            last = exc
-            if attempt + 1 < attempts:
-                sleep(policy.delay(attempt))
+def connect_failed(endpoint: Endpoint, exc: BaseException, attempts: int) -> OSError:
+    """The final connect error: names the transport, the target and the attempts made."""
     kind = "VSock" if isinstance(endpoint, VsockAddr) else "TCP"
     target = (f"cid={endpoint.cid},port={endpoint.port}" if isinstance(endpoint, VsockAddr)
               else str(endpoint))
-    cause = last.strerror or str(last) if isinstance(last, OSError) else str(last)
-    err = OSError(getattr(last, "errno", None) or 0,
-                  f"{kind} connect to {target} failed after {attempts} attempt(s): {cause}")
-    raise err from last
+    errno = exc.errno if isinstance(exc, OSError) else None
+    cause = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    return OSError(errno or 0, f"{kind} connect to {target} failed after {attempts} attempt(s): {cause}")
+
+
+def connect_retry(endpoint: Endpoint, policy: Optional[RetryPolicy] = None,
+                  timeout: Optional[float] = 10.0, sleep=time.sleep,
+                  deadline: Optional[Deadline] = None) -> socket.socket:
+    """Connect with the retry policy; the final error names the target and attempts."""
+    return retry(lambda: connect(endpoint, timeout), policy, on=(OSError,), deadline=deadline,
+                 sleep=sleep, give_up=lambda exc, n: connect_failed(endpoint, exc, n))
 
 
 def socketpair():

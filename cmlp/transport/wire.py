@@ -7,29 +7,31 @@ its numbers Python names and maps tensor dtypes to numpy.
 from __future__ import annotations
 
 import enum
-from typing import Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 
 from cmlp import _frame
 from cmlp.errors import ShapeOverflow, UnknownDType
 
-HEADER_SIZE = 13
-MAGIC = 0xCF4D
-PROTOCOL_VERSION = 4
-MAX_PAYLOAD_SIZE = _frame.MAX_PAYLOAD           # 32 MiB
-TAG_SIZE = 16
-HANDSHAKE_MAX_BUFFERED = _frame.HANDSHAKE_MAX_BUFFERED
-MAX_DOCUMENT_SIZE = 65536                        # attestation document in a hello
+# Defined once, in pyx/wire.pxd (compiled into cmlp._frame); named here for Python.
+_WIRE = _frame.WIRE
+HEADER_SIZE: int = _WIRE["HEADER_SIZE"]                         # 13
+MAGIC: int = _WIRE["MAGIC"]                                     # 0xCF4D
+PROTOCOL_VERSION: int = _WIRE["PROTOCOL_VERSION"]               # 4
+MAX_PAYLOAD_SIZE: int = _WIRE["MAX_PAYLOAD_SIZE"]               # 32 MiB
+TAG_SIZE: int = _WIRE["TAG_SIZE"]                               # 16
+HANDSHAKE_MAX_BUFFERED: int = _WIRE["HANDSHAKE_MAX_BUFFERED"]   # 66 573
+MAX_DOCUMENT_SIZE: int = _WIRE["MAX_DOCUMENT_SIZE"]             # attestation document in a hello
 
 
 class MsgType(enum.IntEnum):
-    HELLO = 0x01
-    DATA = 0x02
-    ERROR = 0x03
-    HEARTBEAT = 0x04
-    SHUTDOWN = 0x05
-    TENSOR = 0x06
+    HELLO = _WIRE["MSG_HELLO"]             # 0x01
+    DATA = _WIRE["MSG_DATA"]               # 0x02
+    ERROR = _WIRE["MSG_ERROR"]             # 0x03
+    HEARTBEAT = _WIRE["MSG_HEARTBEAT"]     # 0x04
+    SHUTDOWN = _WIRE["MSG_SHUTDOWN"]       # 0x05
+    TENSOR = _WIRE["MSG_TENSOR"]           # 0x06
 
     @property
     def type_name(self) -> str:
@@ -38,8 +40,8 @@ class MsgType(enum.IntEnum):
 
 class Flag(enum.IntFlag):
     NONE = 0x00
-    ENCRYPTED = 0x01
-    TENSOR_PAYLOAD = 0x02
+    ENCRYPTED = _WIRE["FLAG_ENCRYPTED"]             # 0x01
+    TENSOR_PAYLOAD = _WIRE["FLAG_TENSOR_PAYLOAD"]   # 0x02
     BATCH = 0x04
     COMPRESSED = 0x08
 
@@ -87,11 +89,11 @@ class DType(enum.IntEnum):
         return _FROM_NUMPY[key]
 
 
-_ITEMSIZE = {DType.F32: 4, DType.F64: 8, DType.F16: 2, DType.BF16: 2,
-             DType.I32: 4, DType.I64: 8, DType.U8: 1, DType.U32: 4}
-_NUMPY = {DType.F32: np.dtype("<f4"), DType.F64: np.dtype("<f8"), DType.F16: np.dtype("<f2"),
-          DType.BF16: np.dtype("<u2"), DType.I32: np.dtype("<i4"), DType.I64: np.dtype("<i8"),
-          DType.U8: np.dtype("u1"), DType.U32: np.dtype("<u4")}
+_NUMPY: Dict[DType, np.dtype] = {
+    DType.F32: np.dtype("<f4"), DType.F64: np.dtype("<f8"), DType.F16: np.dtype("<f2"),
+    DType.BF16: np.dtype("<u2"), DType.I32: np.dtype("<i4"), DType.I64: np.dtype("<i8"),
+    DType.U8: np.dtype("u1"), DType.U32: np.dtype("<u4")}
+_ITEMSIZE = {d: dt.itemsize for d, dt in _NUMPY.items()}
 _DTYPE_BY_CODE = tuple(DType)
 _NUMPY_BY_CODE = tuple(_NUMPY[d] for d in _DTYPE_BY_CODE)
 _decode_tensor_header = _frame.decode_tensor_header

@@ -44,7 +44,8 @@ def fail(message: str) -> None:
 def read_json_object(path: str) -> dict:
     """The first JSON object in a file (nitro-cli may print log lines before it)."""
     try:
-        text = open(path, encoding="utf-8").read()
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}")
     start = text.find("{")
@@ -128,7 +129,7 @@ def cmd_host(pinned: str, cids: str, outputs) -> None:
         fail(f"{len(cid_list)} CIDs for {len(stages)} stages")
     if outputs and len(outputs) != len(stages):
         fail(f"{len(outputs)} build outputs for {len(stages)} stages")
-    for i, (stage, cid) in enumerate(zip(stages, cid_list)):
+    for i, (stage, cid) in enumerate(zip(stages, cid_list, strict=True)):
         if not 4 <= cid < 2 ** 32 - 1:
             fail(f"stage {i}: {cid} is not an enclave CID")
         stage["endpoint"]["control"]["cid"] = cid
