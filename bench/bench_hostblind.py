@@ -184,7 +184,7 @@ def main():
             p.wait(30)
     # traced sessions: fresh processes with CMLP_TRACE set
     traces = {}
-    for k, (name, file) in enumerate(HB):
+    for k, (name, _file) in enumerate(HB):
         prefix = str(tmp / f"trace{k}")
         env_t = dict(env, CMLP_TRACE=prefix)
         m = manifests[name]
@@ -207,8 +207,9 @@ def main():
         traces[name] = breakdown(prefix, int(name.split()[1][0]))
     summary = {n: {k: statistics.median(s[k] for s in ss) for k in ("ttft", "p50")}
                for n, ss in results.items()}
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), "?")
     base = summary["hb 1-stage"]["p50"]
     names = list(summary)
     print("## Host-blind generation benchmark\n")

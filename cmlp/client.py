@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -167,7 +166,7 @@ class Client:
                                               "forwarding it to stage 0")
                 head += chunk
             sock.settimeout(None)
-        except socket.timeout:
+        except TimeoutError:                # socket.timeout is its alias
             sock.close()
             raise PipelineUnavailable(f"the host did not forward the connection within "
                                       f"{self.timeout} s") from None

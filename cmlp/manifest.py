@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,7 @@ class Manifest:
         return manifest
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "Manifest":
+    def load(cls, path: Union[str, "os.PathLike[str]"]) -> "Manifest":
         path = Path(path)
         try:
             data = path.read_bytes()

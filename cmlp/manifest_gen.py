@@ -132,7 +132,7 @@ def stage_bounds(splits: Sequence[int], n_layer: int) -> List[Tuple[int, int]]:
 
 def _model_facts(model_dir: Path):
     """(model name, config, n_layer, hidden size, max positions) from config.json."""
-    from cmlp.model.config import load_config
+    from cmlp.model.gpt2.config import load_config
     config = load_config(model_dir)
     try:
         raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -144,7 +144,7 @@ def _model_facts(model_dir: Path):
 
 def _shard_hashes(model_dir: Path, config, start: int, end: int) -> List[str]:
     """The weight_hashes of layers [start, end): what the stage will check after loading."""
-    from cmlp.model.weights import load_shard_weights
+    from cmlp.model.gpt2.weights import load_shard_weights
     return [digest for _, digest in load_shard_weights(model_dir, config, start, end).hashes()]
 
 
@@ -163,7 +163,7 @@ def generate(model_dir, splits: Sequence[int], layout: str = "direct", base_port
     endpoints = LAYOUTS[layout](len(bounds), base_port, host)
     client = close_ring(endpoints, layout, base_port, host) if host_blind else None
     stages = []
-    for i, ((start, end), ep) in enumerate(zip(bounds, endpoints)):
+    for i, ((start, end), ep) in enumerate(zip(bounds, endpoints, strict=True)):
         hashes = _shard_hashes(model_dir, config, start, end) if with_hashes else []
         stages.append({"stage_idx": i, "layer_start": start, "layer_end": end,
                        "require_weight_hashes": bool(hashes), "weight_hashes": hashes,

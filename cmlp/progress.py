@@ -55,8 +55,8 @@ def bar(desc: str, total: int, unit: str = "B"):
         try:
             from tqdm import tqdm
         except ImportError:      # tqdm is a dependency; a stripped install just stays quiet
-            tqdm = None
-        if tqdm is not None:
+            pass
+        else:
             handle = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
                           unit_divisor=1024 if unit == "B" else 1000, file=sys.stderr,
                           leave=True, dynamic_ncols=True, mininterval=0.2)

@@ -109,8 +109,10 @@ def load_model_tokenizer(model_dir: str | Path) -> Tokenizer:
         if value is not None:
             eos_ids = _ids(value, model_dir / name, base.vocab_size)
             break
-    if eos_ids is None and eos_token is not None and hf.token_to_id(eos_token) is not None:
-        eos_ids = (hf.token_to_id(eos_token),)
+    if eos_ids is None and eos_token is not None:
+        eos_id = hf.token_to_id(eos_token)
+        if eos_id is not None:
+            eos_ids = (eos_id,)
     eos_ids = eos_ids or ()
     if eos_token is None and eos_ids:
         eos_token = hf.id_to_token(eos_ids[0])

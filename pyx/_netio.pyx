@@ -204,7 +204,8 @@ cdef long long pump_splice(int src, int dst, int* err) noexcept nogil:
                 # nothing moved while bytes are waiting: the destination cannot take
                 # more (it would otherwise spin here forever)
                 err[0] = EPIPE
-                close(p[0]); close(p[1])
+                close(p[0])
+                close(p[1])
                 return total
             n -= m
             total += m

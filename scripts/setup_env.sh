@@ -66,8 +66,12 @@ if [ "$want_test" = 1 ]; then
     for tool in ruff mypy cython-lint; do
         if [ ! -x "$CMLP_VENV/bin/$tool" ]; then
             log "installing the lint and type-check gates (ruff, mypy, cython-lint)"
-            "$py" -m pip install -q ruff mypy cython-lint
+            "$py" -m pip install -q ruff mypy cython-lint types-tqdm
             break
         fi
     done
+    # mypy needs tqdm's stubs (cmlp/progress.py); an older environment may lack them
+    if ! "$py" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("tqdm-stubs") is None)' 2>/dev/null; then
+        "$py" -m pip install -q tqdm types-tqdm
+    fi
 fi

@@ -36,7 +36,8 @@ def read_tlv(data: bytes, pos: int) -> Tuple[int, bytes, int]:
 
 
 def children(value: bytes) -> List[Tuple[int, bytes]]:
-    out, pos = [], 0
+    out: List[Tuple[int, bytes]] = []
+    pos = 0
     while pos < len(value):
         if len(out) >= MAX_ITEMS:
             raise ValueError("DER: too many items")

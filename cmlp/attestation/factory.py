@@ -52,7 +52,7 @@ def make_provider(kind: str, mock_measurements: Optional[Dict[int, bytes]] = Non
     if kind == "mock":
         return MockProvider(mock_measurements)
     if kind == "nitro":
-        from cmlp.attestation.nsm import NitroProvider
+        from cmlp.attestation.nitro.nsm import NitroProvider
         return NitroProvider()
     if kind == "none":
         return NoAttestation()

@@ -18,9 +18,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from cmlp.errors import AttestError, VerificationFailed
+
+if TYPE_CHECKING:   # an optional dependency: imported lazily at run time
+    from cryptography import x509
 
 
 def require_cryptography(feature: str = "AWS Nitro attestation", extra: str = "nitro") -> None:
@@ -49,7 +52,7 @@ def sha256_hex(der: bytes) -> str:
 @dataclass(frozen=True)
 class PinnedRoot:
     der: bytes
-    cert: object          # cryptography.x509.Certificate
+    cert: x509.Certificate
     sha256: str
 
 

@@ -188,7 +188,7 @@ def run(args, kind: str, at_ms) -> int:
                 document_from_evidence_json,
                 document_from_files,
             )
-            verifier = AzSnpVerifier(_snp_policy(args, pins), at_ms=at_ms)
+            az_verifier = AzSnpVerifier(_snp_policy(args, pins), at_ms=at_ms)
             if args.doc:
                 make = lambda: _read(args.doc, "--doc")   # noqa: E731
             elif args.evidence:
@@ -199,15 +199,15 @@ def run(args, kind: str, at_ms) -> int:
                 make = lambda: document_from_files(hcl, vcek)   # noqa: E731
             else:
                 raise ValueError("az-sev-snp needs --doc, --evidence, or --hcl and --vcek")
-            run_verify = lambda doc: verifier.verify(doc)   # noqa: E731
+            run_verify = lambda doc: az_verifier.verify(doc)   # noqa: E731
         elif kind == "tdx":
             from cmlp.attestation.tdx import TdxVerifier
             from cmlp.attestation.tdx.quote import parse_quote
-            verifier = TdxVerifier(_tdx_policy(args, pins), collateral=_collateral(args.collateral),
-                                   at_ms=at_ms)
+            tdx_verifier = TdxVerifier(_tdx_policy(args, pins),
+                                       collateral=_collateral(args.collateral), at_ms=at_ms)
             if args.doc:
                 make = lambda: _read(args.doc, "--doc")   # noqa: E731
-                run_verify = lambda doc: verifier.verify(doc)   # noqa: E731
+                run_verify = lambda doc: tdx_verifier.verify(doc)   # noqa: E731
             elif args.quote:
                 quote = _read(args.quote, "--quote")
                 make = lambda: quote   # noqa: E731
@@ -218,7 +218,7 @@ def run(args, kind: str, at_ms) -> int:
                     if extra:
                         kind_of = "zero padding" if not any(doc[len(parsed.raw):]) else "data"
                         notes.append(f"ignored {extra} bytes of {kind_of} after the quote")
-                    return verifier.verify_quote(doc)
+                    return tdx_verifier.verify_quote(doc)
             else:
                 raise ValueError("tdx needs --doc or --quote")
         else:
@@ -246,7 +246,8 @@ def run(args, kind: str, at_ms) -> int:
                 "qe_tcb_status", "fmspc", "advisory_ids", "debug", "verified_at_ms"):
         if key in d:
             value = d[key]
-            out.append(f"{key}: {hex(value) if key == 'policy' else value}")
+            shown = hex(value) if key == "policy" and isinstance(value, int) else value
+            out.append(f"{key}: {shown}")
     names = {"sev-snp": ["MEASUREMENT"], "az-sev-snp": ["MEASUREMENT"],
              "tdx": ["MRTD", "RTMR0", "RTMR1", "RTMR2", "RTMR3"]}[kind]
     for idx, value in sorted(verified.measurements.items()):

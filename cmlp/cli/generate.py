@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import List, Optional
 
 from cmlp.attestation.factory import PEER_KINDS, add_tee_arguments
 from cmlp.cli.common import add_log_level
@@ -54,8 +55,10 @@ def run(args) -> int:
                     attestation=args.attestation,
                     nitro_root_pem=read_nitro_root(args.nitro_root_pem),
                     tdx_collateral_dir=args.tdx_collateral, tee_policy=args.tee_policy)
-    prompt_ids, generated, latencies = [], [], []
-    finished = None
+    prompt_ids: List[int] = []
+    generated: List[int] = []
+    latencies: List[float] = []
+    finished: Optional[Finished] = None
     sys.stdout.write(args.text)
     sys.stdout.flush()
     t0 = last = time.perf_counter()
@@ -79,7 +82,7 @@ def run(args) -> int:
     if gen:
         s = sorted(gen)
         print(f"TTFT {ttft:.1f} ms, {len(generated)} tokens, p50 {s[len(s) // 2]:.2f} ms/token, "
-              f"finish_reason {finished.finish_reason}", file=sys.stderr)
+              f"finish_reason {finished.finish_reason if finished else None}", file=sys.stderr)
     if args.latency_out:
         doc = {"prompt_ids": prompt_ids, "generated_ids": generated,
                "finish_reason": finished.finish_reason if finished else None,

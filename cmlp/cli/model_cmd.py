@@ -144,15 +144,15 @@ def cmd_hashes(args) -> int:
     require_model_dir(args.model_dir)
     family = detect_family(args.model_dir)
     if family == "gpt2":
-        from cmlp.model.gpt2.config import load_config
-        from cmlp.model.gpt2.weights import load_shard_weights
-        config = load_config(args.model_dir)
+        from cmlp.model.gpt2.config import load_config as load_gpt2_config
+        from cmlp.model.gpt2.weights import load_shard_weights as load_gpt2_shard
+        hashes = load_gpt2_shard(args.model_dir, load_gpt2_config(args.model_dir), start, end).hashes()
     else:
-        from cmlp.model.llama.config import load_config
-        from cmlp.model.llama.weights import load_shard_weights
-        config = load_config(args.model_dir, family)
-    weights = load_shard_weights(args.model_dir, config, start, end)
-    for name, digest in weights.hashes():
+        from cmlp.model.llama.config import load_config as load_llama_config
+        from cmlp.model.llama.weights import load_shard_weights as load_llama_shard
+        config = load_llama_config(args.model_dir, family)
+        hashes = load_llama_shard(args.model_dir, config, start, end).hashes()
+    for name, digest in hashes:
         print(f"{digest}  {name}" if args.with_names else digest)
     return 0
 

@@ -20,7 +20,7 @@ ENV = "CMLP_STAGE_LOG"     # e.g. /tmp/run/stage{idx}.log
 TAIL_BYTES = 64 << 10
 
 
-def _refused(exc: BaseException) -> bool:
+def _refused(exc: Optional[BaseException]) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -36,8 +36,8 @@ def last_error_line(path: Path) -> Optional[str]:
     try:
         with path.open("rb") as f:
             f.seek(max(0, path.stat().st_size - TAIL_BYTES))
-            lines = [l.strip() for l in f.read().decode("utf-8", "replace").splitlines()
-                     if l.strip()]
+            lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines()
+                     if line.strip()]
     except OSError:
         return None
     for line in reversed(lines):

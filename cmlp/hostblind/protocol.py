@@ -189,44 +189,45 @@ def _text(raw: bytes, limit: int, what: str) -> str:
 def encode(ev: Event) -> bytes:
     head = _HEAD.pack(ev.type, ev.seq)
     t = ev.type
-    if t == GENERATE:
+    # isinstance (one class per type code) rather than `t == ...`, so each branch is typed
+    if isinstance(ev, Generate):
         body = json.dumps(ev.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         # JSON allows trailing whitespace: pad with spaces, the body stays valid as is
         body += b" " * (-(HEAD + len(body)) % GENERATE_PAD)
         if len(body) > MAX_GENERATE_BYTES:
             raise ProtocolError(f"request larger than {MAX_GENERATE_BYTES} bytes")
         return head + body
-    if t in (CANCEL, END, INFO):
+    if isinstance(ev, (Cancel, End, Info)):
         return head
-    if t == INFO_REPLY:
+    if isinstance(ev, InfoReply):
         body = json.dumps(ev.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         if len(body) > MAX_INFO_BYTES:
             raise ProtocolError(f"model info larger than {MAX_INFO_BYTES} bytes")
         return head + body
-    if t == STARTED:
+    if isinstance(ev, Started):
         if len(ev.prompt_ids) > MAX_PROMPT_IDS:
             raise ProtocolError(f"more than {MAX_PROMPT_IDS} prompt ids")
         ids = struct.pack(f"<{len(ev.prompt_ids)}I", *ev.prompt_ids)
         return _pad(head + _COUNT.pack(len(ev.prompt_ids)) + ids, SMALL_PAD)
-    if t == TOKEN:
+    if isinstance(ev, Token):
         raw = ev.text.encode("utf-8")
         if len(raw) > MAX_TOKEN_TEXT:
             raise ProtocolError(f"token text longer than {MAX_TOKEN_TEXT} bytes")
         return _pad(head + _TOKEN.pack(ev.step, ev.token_id, len(raw)) + raw, SMALL_PAD)
-    if t == FINISHED:
+    if isinstance(ev, Finished):
         return head + _FINISHED.pack(REASON_CODES[ev.reason], ev.prompt_tokens,
                                      ev.completion_tokens)
-    if t in (ERROR, FAIL):
+    if isinstance(ev, (Error, Fail)):
         raw = ev.message.encode("utf-8")[:MAX_ERROR_TEXT]
         raw = raw.decode("utf-8", "ignore").encode("utf-8")     # never cut a character
-        code = ev.code if t == ERROR else 0
+        code = ev.code if isinstance(ev, Error) else 0
         return head + _ERROR.pack(code, len(raw)) + raw
-    if t == BEGIN:
+    if isinstance(ev, Begin):
         return head + _BEGIN.pack(ev.temperature, ev.top_p, ev.top_k, ev.seed is not None,
                                   ev.seed or 0)
-    if t == STEP:
+    if isinstance(ev, Step):
         return head + _STEP.pack(ev.step, ev.seq_len, ev.tensors)
-    if t == SAMPLED:
+    if isinstance(ev, Sampled):
         return head + _SAMPLED.pack(ev.step, ev.token_id)
     raise ProtocolError(f"cannot encode message type 0x{t:02x}")
 
@@ -257,7 +258,9 @@ def decode(payload) -> Event:
     if t in (CANCEL, END, INFO):
         if n != HEAD:
             raise ProtocolError(f"message 0x{t:02x}: expected {HEAD} bytes, got {n}")
-        return {CANCEL: Cancel, END: End, INFO: Info}[t](seq)
+        if t == CANCEL:
+            return Cancel(seq)
+        return End(seq) if t == END else Info(seq)
     if t == INFO_REPLY:
         if n > HEAD + MAX_INFO_BYTES:
             raise ProtocolError(f"model info larger than {MAX_INFO_BYTES} bytes")
@@ -419,7 +422,7 @@ class Endpoint:
             if len(self.seqs) >= MAX_IN_FLIGHT:
                 raise ProtocolError(f"more than {MAX_IN_FLIGHT} sequences in flight")
             cur = self.seqs[ev.seq] = _Seq(state)
-        if t in (STEP, SAMPLED, TOKEN):
+        if isinstance(ev, (Step, Sampled, Token)):
             if ev.step != cur.step:
                 raise ProtocolError(f"sequence {ev.seq}: step {ev.step}, expected {cur.step}")
             cur.step += 1

@@ -78,5 +78,7 @@ class Sampler:
             if j < V:
                 np.copyto(x, 0.0, where=x < s[V - 1 - j])
         np.cumsum(x, out=c)
+        if rng is None:                        # only greedy (temperature 0) may go without
+            raise ValueError("sampling at temperature > 0 needs a generator")
         u = rng.random() * c[-1]
         return min(int(np.searchsorted(c, u, side="right")), V - 1)

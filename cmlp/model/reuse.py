@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from cmlp.errors import ModelError
-from cmlp.model.config import CONFIG_FILE, SYNTHETIC_KEY, TOKENIZER_FILE, WEIGHTS_FILE
+from cmlp.model.gpt2.config import CONFIG_FILE, SYNTHETIC_KEY, TOKENIZER_FILE, WEIGHTS_FILE
 
 
 def describe(config: dict) -> str:

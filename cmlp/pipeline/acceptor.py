@@ -25,7 +25,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Deque, Dict, Optional
+from typing import Callable, Deque, Dict, Generic, Optional, TypeVar
 
 from cmlp.errors import CmlpError, Timeout
 from cmlp.transport import sockets
@@ -43,7 +43,10 @@ def _cut(sock: socket.socket) -> None:
         pass
 
 
-class Acceptor:
+T = TypeVar("T")      # what ``establish`` makes of a socket (a channel, a pair, ...)
+
+
+class Acceptor(Generic[T]):
     """Accept connections on ``listener`` and establish them concurrently.
 
     ``establish(sock)`` returns the established result (it owns ``sock`` and
@@ -51,8 +54,8 @@ class Acceptor:
     ``discard(result)`` closes a result nobody will take.
     """
 
-    def __init__(self, listener: socket.socket, establish: Callable[[socket.socket], object],
-                 *, discard: Callable[[object], None], on_error: Callable[[BaseException], None],
+    def __init__(self, listener: socket.socket, establish: Callable[[socket.socket], T],
+                 *, discard: Callable[[T], None], on_error: Callable[[BaseException], None],
                  max_in_flight: int = 8, max_ready: int = 4, name: str = "acceptor"):
         if max_in_flight < 1 or max_ready < 1:
             raise ValueError("max_in_flight and max_ready must be >= 1")
@@ -66,7 +69,7 @@ class Acceptor:
         self._lock = threading.Lock()
         self._ready_cv = threading.Condition(self._lock)
         self._in_flight: Dict[socket.socket, float] = {}     # insertion order = age order
-        self._ready: Deque[object] = collections.deque()
+        self._ready: Deque[T] = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name=name, daemon=True)
         self._thread.start()
@@ -111,7 +114,7 @@ class Acceptor:
             with self._lock:
                 self._in_flight.pop(sock, None)
             raise
-        dropped = None
+        dropped: Optional[T] = None
         with self._lock:
             self._in_flight.pop(sock, None)
             if self._stop.is_set():
@@ -125,7 +128,7 @@ class Acceptor:
             self.discard(dropped)
 
     # -- the consumer ------------------------------------------------------------
-    def get(self, timeout: Optional[float] = None):
+    def get(self, timeout: Optional[float] = None) -> T:
         """The next established connection (oldest first); ``Timeout`` if none in time."""
         end = None if timeout is None else time.monotonic() + timeout
         with self._lock:

@@ -170,7 +170,7 @@ class StageWorker:
 
     # -- listening -----------------------------------------------------------
     @staticmethod
-    def _bind_endpoint(endpoint: Endpoint):
+    def _bind_endpoint(endpoint: Endpoint) -> socket.socket:
         if isinstance(endpoint, VsockAddr):       # enclaves listen on any CID
             endpoint = VsockAddr(sockets.VSOCK_CID_ANY, endpoint.port)
         return sockets.listen(endpoint)
@@ -178,8 +178,9 @@ class StageWorker:
     def bind(self) -> None:
         self.control_listener = self._bind_endpoint(self.spec.endpoint.control.endpoint)
         self.data_listener = self._bind_endpoint(self.spec.endpoint.data_in.endpoint)
-        if self.manifest.host_blind and self.idx == 0:
-            self.client_listener = self._bind_endpoint(self.manifest.client_endpoint.endpoint)
+        client = self.manifest.client_endpoint            # set = host-blind mode
+        if client is not None and self.idx == 0:
+            self.client_listener = self._bind_endpoint(client.endpoint)
 
     def close(self) -> None:
         self._stop.set()
@@ -203,6 +204,7 @@ class StageWorker:
         """Run sessions until Shutdown (or forever with ``persistent``)."""
         if self.control_listener is None:
             self.bind()
+        assert self.control_listener is not None, "bind() sets it"
         cfg = self.config
         self._control_acceptor = Acceptor(
             self.control_listener, self._establish_control, discard=_discard_control,
@@ -297,11 +299,13 @@ class StageWorker:
         """
         listener = self.control_listener
         assert listener is not None, "StageWorker.bind() comes first"
+        acceptor = self._control_acceptor
+        assert acceptor is not None, "serve() starts it"
         while True:
             if self._stop.is_set():
                 raise Closed("the stage is closing")
             try:
-                return self._control_acceptor.get(timeout=0.5)
+                return acceptor.get(timeout=0.5)
             except Timeout:
                 continue
 
@@ -495,6 +499,7 @@ class StageWorker:
         cfg = self.config
         config = config.replace(handshake_timeout=min(config.handshake_timeout,
                                                       cfg.handshake_timeout))
+        assert self.data_listener is not None, "StageWorker.bind() comes first"
         acceptor = Acceptor(
             self.data_listener,
             lambda sock: SecureChannel.accept(sock, cfg.provider, cfg.verifier, config),

@@ -109,6 +109,7 @@ class _Proxy:
     def prompt_and_max_tokens(self, req):
         s = req.sampling
         limit = self.info.max_seq_len
+        prompt: str | list[Any]              # text, or token ids
         if isinstance(req, ChatRequest):
             prompt = render_chat([dict(m) for m in req.messages], self.info.chat_template,
                                  bos_token=self.info.bos_token, eos_token=self.info.eos_token)

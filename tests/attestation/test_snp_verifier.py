@@ -121,7 +121,7 @@ def test_every_signed_byte_flipped_is_rejected():
         mutant = bytearray(report)
         mutant[off] ^= 0x01
         doc = document_from_vendor_files(bytes(mutant), vek_der)
-        codes.add(code_of(lambda: verifier.verify(doc)))
+        codes.add(code_of(lambda doc=doc: verifier.verify(doc)))
     assert "SNP_REPORT_SIG_INVALID" in codes
     assert codes <= {"SNP_REPORT_SIG_INVALID", "SNP_REPORT_VERSION_TOO_OLD",
                      "SNP_UNSUPPORTED_SIGNATURE_ALGO", "SNP_MASK_CHIP_KEY_ENABLED",
@@ -223,7 +223,7 @@ def test_wire_document_codes(pki):
     sv = SnpVerifier(trusted_arks=[pki.ark], at_ms=P.T0_MS)
     assert code_of(lambda: sv.verify(b"XEV_SNP_V1\0\0" + good[12:])) == "SNP_NOT_SNP_DOCUMENT"
     for cut in (5, 14, 100, 1200, 1203, len(good) - 1):
-        assert code_of(lambda: sv.verify(good[:cut])) in (
+        assert code_of(lambda cut=cut: sv.verify(good[:cut])) in (
             "SNP_DOCUMENT_TRUNCATED", "SNP_NOT_SNP_DOCUMENT"), cut
     assert code_of(lambda: sv.verify(good + b"\0")) == "SNP_DOCUMENT_TRAILING_DATA"
     assert code_of(lambda: sv.verify(good + bytes(70000))) == "SNP_DOCUMENT_TOO_LARGE"

@@ -144,7 +144,7 @@ def test_every_signed_byte_flipped_is_rejected():
     for off in range(len(q.signed)):
         mutant = bytearray(q.raw)
         mutant[off] ^= 0x01
-        codes.add(code_of(lambda: verifier.verify(encode_document(bytes(mutant)))))
+        codes.add(code_of(lambda mutant=mutant: verifier.verify(encode_document(bytes(mutant)))))
     assert codes <= {"TDX_QUOTE_SIG_INVALID", "TDX_QUOTE_UNSUPPORTED_FORMAT",
                      "TDX_QUOTE_PARSE_FAILED"}, codes
     assert "TDX_QUOTE_SIG_INVALID" in codes
@@ -182,7 +182,7 @@ def test_flipped_collateral_json_is_rejected():
                 continue
             bad = TdxCollateral(**{**col.__dict__, attr: [SignedJson(bytes(inner),
                                                                      signed.signature, body)]})
-            got = code_of(lambda: TdxVerifier(collateral=bad, at_ms=sample[2]).verify(doc))
+            got = code_of(lambda bad=bad: TdxVerifier(collateral=bad, at_ms=sample[2]).verify(doc))
             assert got in (code, "TDX_FMSPC_MISMATCH", "TDX_COLLATERAL_INCOMPLETE"), got
 
 
@@ -279,14 +279,14 @@ def test_parse_codes(pki):
     assert code_of(lambda: v.verify(encode_document(q + bytes(70000)))) == \
         "TDX_DOCUMENT_TOO_LARGE"
     for cut in (10, 47, 48, 600, 632, 636, 700, len(q) - 1):
-        assert code_of(lambda: v.verify(encode_document(q[:cut]))) == \
+        assert code_of(lambda cut=cut: v.verify(encode_document(q[:cut]))) == \
             "TDX_QUOTE_PARSE_FAILED", cut
     for off, val, code in ((0, 3, "TDX_QUOTE_UNSUPPORTED_FORMAT"),
                            (2, 3, "TDX_QUOTE_UNSUPPORTED_FORMAT"),
                            (4, 0x00, "TDX_QUOTE_UNSUPPORTED_FORMAT")):
         m = bytearray(q)
         m[off] = val
-        assert code_of(lambda: v.verify(encode_document(bytes(m)))) == code
+        assert code_of(lambda m=m: v.verify(encode_document(bytes(m)))) == code
     v5 = bytearray(T.make_quote(pki, T.QuoteFields(version=5, body_type=3)))
     v5[48] = 9
     assert code_of(lambda: v.verify(encode_document(bytes(v5)))) == \

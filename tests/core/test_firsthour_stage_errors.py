@@ -135,7 +135,7 @@ def start_generating(path):
 
 
 def gone_lines(text):
-    return [l for l in text.splitlines() if "the orchestrator went away" in l]
+    return [line for line in text.splitlines() if "the orchestrator went away" in line]
 
 
 def test_sigint_to_the_orchestrator_ends_the_session_cleanly(tiny, tmp_path):
@@ -152,7 +152,7 @@ def test_sigint_to_the_orchestrator_ends_the_session_cleanly(tiny, tmp_path):
     assert orch.returncode == 130 and err.strip().endswith("interrupted"), err
     assert out.endswith("\n") and out.count("\n") == 1        # the partial line is ended
     assert codes == [0, 0, 0], errs
-    for i, text in enumerate(errs):
+    for text in errs:
         assert len(gone_lines(text)) == 1, text
         assert "exiting" in gone_lines(text)[0]
         assert "error" not in text.lower(), text

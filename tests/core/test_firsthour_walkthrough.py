@@ -31,6 +31,6 @@ def test_readme_quick_start_then_by_hand_on_a_fresh_copy(tmp_path):
     assert err.index("+ scripts/run_local.sh") < err.index("+ cmlp model init --out model")
     assert "reusing it" in err                       # item 2: model init after the quick start
     assert "+ cmlp-orch" in err
-    texts = [l for l in r.stdout.splitlines() if l.startswith("The capital of France is")]
+    texts = [line for line in r.stdout.splitlines() if line.startswith("The capital of France is")]
     assert len(texts) == 2, r.stdout                 # one generation per section
     assert "Traceback" not in err

@@ -31,7 +31,7 @@ def test_run_dry_run_host_blind(bare_path, inputs, tmp_path, n):  # noqa: F811
     m = Manifest.from_json(text)
     shipped = Manifest.load(REPO / "manifests" / f"manifest_{n}stage_hostblind_vsock.json")
     assert m.client_endpoint.endpoint == VsockAddr(16, 5003)      # stage 0's CID
-    for i, (got, want) in enumerate(zip(m.stages, shipped.stages)):
+    for i, (got, want) in enumerate(zip(m.stages, shipped.stages, strict=True)):
         assert got.endpoint.control.endpoint.cid == got.endpoint.data_in.endpoint.cid == 16 + i
         assert got.endpoint.data_out == want.endpoint.data_out
         assert list(got.expected_measurements) == ["8"]

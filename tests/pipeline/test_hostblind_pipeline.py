@@ -198,7 +198,7 @@ def test_metrics_hooks_see_counts_and_timings_only(parity):
     assert names.count("request_started") == 1 and names.count("first_token") == 1
     assert names.count("request_finished") == 1 and names.count("token") >= 10
     assert ("set_stage_up", (0, True), {}) in metrics.calls
-    for name, args, kw in metrics.calls:
+    for _name, args, kw in metrics.calls:
         for v in list(args) + list(kw.values()):
             assert v is None or isinstance(v, (int, float, bool)) or (
                 isinstance(v, str) and v in ("busy", "unavailable"))

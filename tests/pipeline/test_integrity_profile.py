@@ -19,7 +19,7 @@ from cmlp.pipeline.stage import StageConfig, StageWorker
 from cmlp.transport import SessionConfig
 
 from tests.helpers.pipeline import make_manifest, write_manifest
-from tests.cli.test_cli_errors import ORCH, STAGE, one_line_error, run
+from tests.cli.test_cli_errors import ORCH, one_line_error, run
 
 FRAGMENT = "production profile refuses mock attestation"
 # cmlp-stage with the identity test executor (no model needed)

@@ -114,7 +114,7 @@ class _Reader:
             raise CborError("text string is not valid UTF-8") from None
 
     def array(self, length: Optional[int], depth: int) -> list:
-        out = []
+        out: list = []
         if length is None:
             while True:
                 value = self.item(depth, allow_break=True)

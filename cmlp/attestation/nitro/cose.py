@@ -90,6 +90,8 @@ def verify_cose_signature(cose: CoseSign1, leaf) -> None:
     if len(cose.signature) != ES384_SIGNATURE_SIZE:
         raise VerificationFailed(
             f"COSE signature is {len(cose.signature)} bytes (ES384 needs 96: r || s)")
+    if cose.payload is None:     # the verifier rejects this first (its step 2); never sign-check nil
+        raise VerificationFailed("COSE_Sign1 payload is detached (nil)")
     r = int.from_bytes(cose.signature[:48], "big")
     s = int.from_bytes(cose.signature[48:], "big")
     try:

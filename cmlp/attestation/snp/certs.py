@@ -12,11 +12,14 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from cmlp.attestation.coded import fail
 from cmlp.attestation.pki import require_cryptography, sha256_hex
 from cmlp.attestation.snp.report import GENOA, MILAN, TURIN
+
+if TYPE_CHECKING:   # an optional dependency: imported lazily at run time
+    from cryptography import x509
 
 AMD_CERTS_RESOURCE = "amd_sev_snp_certs.pem"
 
@@ -54,7 +57,7 @@ OID_CSP_ID = OID_AMD + ".5"
 ROLE_ARK, ROLE_ASK, ROLE_VEK = "ARK", "ASK", "VEK"
 
 
-def load_certificate(der: bytes):
+def load_certificate(der: bytes) -> x509.Certificate:
     """DER -> certificate; AMD's VCEK/VLEK use serial 0, which cryptography warns about."""
     from cryptography import x509
     with warnings.catch_warnings():
@@ -73,7 +76,8 @@ def split_der_stream(data: bytes) -> List[bytes]:
     if len(data) > MAX_CHAIN_BYTES:
         raise fail("SNP_CERT_CHAIN_MALFORMED",
                    f"certificate chain is {len(data)} bytes (max {MAX_CHAIN_BYTES})")
-    out, pos = [], 0
+    out: List[bytes] = []
+    pos = 0
     while pos < len(data):
         if len(out) >= MAX_CERTS:
             raise fail("SNP_CERT_CHAIN_MALFORMED", f"more than {MAX_CERTS} certificates")
@@ -123,9 +127,9 @@ def role_of(cn: str) -> Optional[str]:
 
 @dataclass(frozen=True)
 class AmdChain:
-    ark: object
-    ask: object         # ASK or ASVK
-    vek: object         # VCEK or VLEK
+    ark: x509.Certificate
+    ask: x509.Certificate         # ASK or ASVK
+    vek: x509.Certificate         # VCEK or VLEK
     vek_kind: str       # "VCEK" / "VLEK"
 
 
@@ -135,7 +139,7 @@ def classify(certs_der: List[bytes]) -> AmdChain:
         raise fail("SNP_CERT_TYPE_MISSING",
                    f"certificate chain holds {len(certs_der)} certificates (ARK, ASK and "
                    "VCEK/VLEK needed)")
-    roles: Dict[str, object] = {}
+    roles: Dict[str, x509.Certificate] = {}
     for i, der in enumerate(certs_der):
         try:
             cert = load_certificate(der)
@@ -234,9 +238,9 @@ def product_from_name(name: str) -> Optional[str]:
 
 @dataclass(frozen=True)
 class AmdRoots:
-    ark: Dict[str, object]       # product -> ARK cert
-    ask: Dict[str, object]       # product -> ASK cert
-    asvk: Dict[str, object]      # product -> ASVK cert
+    ark: Dict[str, x509.Certificate]       # product -> ARK cert
+    ask: Dict[str, x509.Certificate]       # product -> ASK cert
+    asvk: Dict[str, x509.Certificate]      # product -> ASVK cert
     der: Dict[str, bytes]        # sha256 -> DER
 
 
@@ -254,7 +258,7 @@ def bundled_roots() -> AmdRoots:
         der = cert.public_bytes(serialization.Encoding.DER)
         by_hash[sha256_hex(der)] = (cert, der)
     maps: Tuple[Dict, Dict, Dict] = ({}, {}, {})
-    for table, out in zip((AMD_ARK_SHA256, AMD_ASK_SHA256, AMD_ASVK_SHA256), maps):
+    for table, out in zip((AMD_ARK_SHA256, AMD_ASK_SHA256, AMD_ASVK_SHA256), maps, strict=True):
         for product, digest in table.items():
             if digest not in by_hash:
                 raise ValueError(f"bundled AMD certificate {product} {digest[:16]}... "
@@ -264,7 +268,7 @@ def bundled_roots() -> AmdRoots:
                     der={h: d for h, (_, d) in by_hash.items()})
 
 
-def intermediate_for(product: str, vek_kind: str):
+def intermediate_for(product: str, vek_kind: str) -> x509.Certificate:
     roots = bundled_roots()
     return (roots.asvk if vek_kind == "VLEK" else roots.ask)[product]
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional, Tuple, cast
 
 from cmlp.attestation.base import VerifiedAttestation, document_hash
 from cmlp.attestation.clock import check_at_ms, ms_to_datetime, now_ms
@@ -128,6 +128,7 @@ def verify_report_signature(report: SnpReport, vek) -> None:
 
 def _check_crl(crl_der: bytes, chain: C.AmdChain, at: datetime) -> None:
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
     try:
         crl = x509.load_der_x509_crl(bytes(crl_der))
     except ValueError as exc:
@@ -135,7 +136,8 @@ def _check_crl(crl_der: bytes, chain: C.AmdChain, at: datetime) -> None:
     if crl.issuer != chain.ark.subject:
         raise fail("SNP_CRL_ISSUER_MISMATCH", "CRL issuer is not the ARK")
     try:
-        ok = crl.is_signature_valid(chain.ark.public_key())
+        # a key type that cannot issue (X25519, ...) raises TypeError: caught as invalid
+        ok = crl.is_signature_valid(cast(CertificateIssuerPublicKeyTypes, chain.ark.public_key()))
     except Exception:   # noqa: BLE001 - unsupported algorithm = invalid here
         ok = False
     if not ok:
@@ -186,7 +188,7 @@ def check_report_and_chain(report: SnpReport, certs_der: List[bytes], policy: Sn
 
     if policy.check_tcb_binding:                                            # 9
         tcb = report.reported_tcb(product)
-        pairs = [("BOOTLOADER", ext.bl_spl, tcb.bootloader), ("TEE", ext.tee_spl, tcb.tee),
+        pairs: List[Tuple[str, int, Optional[int]]] = [("BOOTLOADER", ext.bl_spl, tcb.bootloader), ("TEE", ext.tee_spl, tcb.tee),
                  ("SNP", ext.snp_spl, tcb.snp), ("MICROCODE", ext.ucode_spl, tcb.microcode)]
         if product == TURIN and ext.fmc_spl is not None:
             pairs.append(("FMC", ext.fmc_spl, tcb.fmc))
@@ -195,9 +197,9 @@ def check_report_and_chain(report: SnpReport, certs_der: List[bytes], policy: Sn
                 raise fail(f"SNP_TCB_{name}_MISMATCH",
                            f"{chain.vek_kind} {name.lower()} SPL {cert_value} != "
                            f"REPORTED_TCB {report_value}")
-        if ext.hwid is not None and any(report.chip_id):
-            if not hmac.compare_digest(ext.hwid, report.chip_id[:len(ext.hwid)]):
-                raise fail("SNP_CHIP_ID_MISMATCH", "VCEK hwID does not match the report CHIP_ID")
+        if ext.hwid is not None and any(report.chip_id) and \
+                not hmac.compare_digest(ext.hwid, report.chip_id[:len(ext.hwid)]):
+            raise fail("SNP_CHIP_ID_MISMATCH", "VCEK hwID does not match the report CHIP_ID")
 
     if policy.crl_der is not None:                                          # 10
         _check_crl(policy.crl_der, chain, at)

@@ -210,7 +210,9 @@ class TdxVerifier:
     # ------------------------------------------------------------------
     def _dcap(self, quote: Quote, col: TdxCollateral, at: datetime) -> DcapResult:
         from cryptography import x509
-        if quote.qe_report is None or quote.pck_chain_pem is None:
+        # the QE report, its signature and auth data are parsed together (tdx/quote.py)
+        if (quote.qe_report is None or quote.qe_report_signature is None
+                or quote.qe_auth_data is None or quote.pck_chain_pem is None):
             raise fail("TDX_PCK_CHAIN_INVALID",
                        "the quote carries no QE report / PCK certificate chain")
         try:
@@ -225,7 +227,7 @@ class TdxVerifier:
                        "PCK chain must be leaf .. CA .. pinned Intel SGX Root CA")
         path = [root.cert] + list(reversed(chain[:-1]))          # root, CA(s), leaf
         names = ["root"] + [f"CA{i}" for i in range(1, len(path) - 1)] + ["PCK leaf"]
-        for cert, name in zip(path, names):
+        for cert, name in zip(path, names, strict=True):
             _window(cert, f"PCK chain {name}", at)
         try:
             validate_path(path, names, at, key_check=check_ec_nist_key)
@@ -353,7 +355,7 @@ def _qe_identity_status(body: dict, qe) -> str:
         raise fail(code, "QE MISCSELECT does not match the QE Identity")
     attrs = _hex(body, "attributes", 16, code)
     mask = _hex(body, "attributesMask", 16, code)
-    if any((a & m) != (e & m) for a, e, m in zip(qe.attributes, attrs, mask)):
+    if any((a & m) != (e & m) for a, e, m in zip(qe.attributes, attrs, mask, strict=True)):
         raise fail(code, "QE ATTRIBUTES do not match the QE Identity")
     for level in _levels(body, code):
         tcb = level.get("tcb")
@@ -404,7 +406,7 @@ def _tcb_status(body: dict, pck: PckTcb, quote: Quote):
         tdx = _svns(tcb.get("tdxtcbcomponents"), code, "tdxtcbcomponents")
         if type(tcb.get("pcesvn")) is not int:
             raise fail(code, "TCB level without pcesvn")
-        if any(p < s for p, s in zip(pck.sgx_svns, sgx)) or pck.pcesvn < tcb["pcesvn"]:
+        if any(p < s for p, s in zip(pck.sgx_svns, sgx, strict=True)) or pck.pcesvn < tcb["pcesvn"]:
             continue
         start = 2 if module_major > 0 else 0
         if any(tee_svn[i] < tdx[i] for i in range(start, 16)):
@@ -420,7 +422,7 @@ def _check_module(module: dict, td, code: str) -> None:
         raise fail(code, "MRSIGNERSEAM does not match the TDX module identity")
     attrs = _hex(module, "attributes", 8, code)
     mask = _hex(module, "attributesMask", 8, code)
-    if any((a & m) != (e & m) for a, e, m in zip(td.seam_attributes, attrs, mask)):
+    if any((a & m) != (e & m) for a, e, m in zip(td.seam_attributes, attrs, mask, strict=True)):
         raise fail(code, "SEAM attributes do not match the TDX module identity")
 
 

@@ -108,7 +108,7 @@ def random_weights(config: Gpt2Config, seed: int = 0, std: float = 0.02,
         "wte.weight": normal((config.vocab_size, C), std),
         "wpe.weight": normal((config.n_positions, C), std),
     }
-    mask = None
+    mask: np.ndarray | None = None
     if attn_bias:
         mask = np.tril(np.ones((config.n_positions, config.n_positions), np.float32))
         mask = mask.reshape(1, 1, config.n_positions, config.n_positions)
@@ -140,7 +140,7 @@ def weights_digest(tensors: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(tensors[name]))
+        digest.update(np.ascontiguousarray(tensors[name]).data)
     return digest.hexdigest()
 
 
@@ -190,7 +190,7 @@ def init_model(out_dir, preset: str = "small", seed: int = 0, overwrite: bool = 
 
 def file_tensor_shapes(config: Gpt2Config) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor ``write_model`` stores (attention masks included)."""
-    from cmlp.model.weights import shard_tensor_shapes
+    from cmlp.model.gpt2.weights import shard_tensor_shapes
     shapes = dict(shard_tensor_shapes(config, 0, config.n_layer))
     for i in range(config.n_layer):
         shapes[f"h.{i}.attn.bias"] = (1, 1, config.n_positions, config.n_positions)

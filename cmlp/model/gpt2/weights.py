@@ -160,7 +160,7 @@ class ShardWeights:
 
     def hashes(self) -> list[tuple[str, str]]:
         """(name, sha256 hex) of every tensor, sorted by name."""
-        return [(name, hashlib.sha256(self.tensors[name]).hexdigest())
+        return [(name, hashlib.sha256(self.tensors[name].data).hexdigest())
                 for name in sorted(self.tensors)]
 
 
