@@ -49,7 +49,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
         --no-build-isolation -e "$CMLP_ROOT"
     echo "$src_hash" > "$stamp"
 fi
-if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
+if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps-2" ]; then
     log "installing the test dependencies in 3 steps (PyTorch is the large one)"
     tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, ruff, mypy, cython-lint, atheris, build tools"
     pip_install "$py" "the test tools (step 1/3: $tools)" \
@@ -58,16 +58,5 @@ if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
         || pip_install "$py" "PyTorch from the CPU index (step 2/3)" \
             --index-url https://download.pytorch.org/whl/cpu torch
     pip_install "$py" "transformers (step 3/3)" transformers
-    touch "$CMLP_VENV/.cmlp-test-deps"
-fi
-# the gates of scripts/check.sh (also in the `test` extra); checked apart from the stamp
-# above so that an environment made before the gates existed gets them too
-if [ "$want_test" = 1 ]; then
-    for tool in ruff mypy cython-lint; do
-        if [ ! -x "$CMLP_VENV/bin/$tool" ]; then
-            log "installing the lint and type-check gates (ruff, mypy, cython-lint)"
-            "$py" -m pip install -q ruff mypy cython-lint
-            break
-        fi
-    done
+    touch "$CMLP_VENV/.cmlp-test-deps-2"
 fi
