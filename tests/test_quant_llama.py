@@ -255,3 +255,16 @@ def test_quantize_refuses_unknown_family(tmp_path):
     (tmp_path / "f32" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="cannot quantize model_type 'mistral'"):
         quantize_model(tmp_path / "f32", tmp_path / "out", "int8")
+
+
+def test_cli_quantize_llama(tmp_path, capsys):
+    from cmlp.cli.main import main as cli_main
+    model = build_hf_model(TIED)
+    save(model, tmp_path / "f32", max_shard_size="200KB")
+    rc = cli_main(["model", "quantize", "--in", str(tmp_path / "f32"), "--out",
+                   str(tmp_path / "i8"), "--dtype", "int8"])
+    assert rc in (0, None)
+    shard = LlamaShard.load(tmp_path / "i8", 0, 4)
+    assert any(n.endswith("_scale") for n, _ in shard.weight_hashes())   # manifests cover scales
+    reference = dequantized_reference(TIED, tmp_path / "i8")
+    assert max_diff(Chain(tmp_path / "i8", [(0, 2), (2, 4)]), reference) <= i8_atol()
