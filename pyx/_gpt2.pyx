@@ -463,6 +463,7 @@ cdef class ShardEngine:
         desc.data = NULL
         desc.scales = NULL
         desc.group_size = 0
+        desc.flags = 0
         desc.N = shape[0] if linear else shape[1]
         desc.K = shape[1] if linear else shape[0]
         if isinstance(arr, np.ndarray) or arr is None:
