@@ -1,6 +1,6 @@
 """An int8 llama/qwen2 checkpoint (`cmlp model quantize --dtype int8`) through the
 encrypted pipeline at every 1-4 stage cut: greedy ids equal transformers' argmax
-running exactly q * scale in float32 (tests/test_quant_llama.py bounds the logits)."""
+running exactly q * scale in float32 (tests/model/test_quant_llama.py bounds the logits)."""
 
 import json
 
@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from llama_helpers import Case, build_hf_model, hf_logits, save
-from model_helpers import layer_partitions
-from pipeline_helpers import manifest_dict, running_pipeline
+from tests.helpers.model import layer_partitions
+from tests.helpers.pipeline import manifest_dict, running_pipeline
 from safetensors.numpy import load_file
 
 from cmlp.manifest import Manifest

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from llama_helpers import Case, Chain, build_hf_model, hf_logits, save
-from model_helpers import layer_partitions
+from tests.helpers.model import layer_partitions
 from safetensors.numpy import load_file, save_file
 
 from cmlp import _wkernels as wk
