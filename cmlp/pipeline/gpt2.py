@@ -185,6 +185,9 @@ class Gpt2Executor:
                 (dims == 3 and x.shape[2] != shard.config.n_embd):
             raise ForwardFailed(seq, step, f"expected a {want.name} [1, T{'' if dims == 2 else ', C'}]"
                                 f" row, got {x.dtype.name} {list(x.shape)}")
+        if shard.is_first and int(x.data.max()) >= shard.config.vocab_size:
+            raise ForwardFailed(seq, step, f"token id out of range for vocab_size "
+                                f"{shard.config.vocab_size}")
         if not self.has_seq(seq):
             raise ForwardFailed(seq, step, "sequence has no KV-cache slot")
         past = shard.slot_len(seq)
