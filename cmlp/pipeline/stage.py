@@ -255,6 +255,9 @@ class StageWorker:
         except SessionEnded:
             channel.close()
             return None, ProtocolError("Shutdown before Init")
+        except OrchestratorGone as gone:       # closed before Init: a session that ended
+            channel.close()
+            return None, gone
         except (CmlpError, OSError) as exc:
             channel.close()
             return None, exc
@@ -279,6 +282,9 @@ class StageWorker:
     def run_session(self) -> None:
         control, init = self._accept_control()
         if control is None:
+            if isinstance(init, OrchestratorGone):
+                self._say_orchestrator_left(f"its connection closed before Init: {init}")
+                return
             raise init            # the connection failed after its handshake
         cfg = self.config
         ctl = _Control(control, cfg.max_control_message_bytes)
