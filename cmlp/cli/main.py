@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "cmlp.cli.serve",       # serve (host-blind mode, host side)
     "cmlp.cli.generate",    # generate (host-blind mode, user side)
     "cmlp.cli.manifest_cmd",  # manifest list, show, copy, init
+    "cmlp.cli.bench_cmd",   # bench serve (continuous batching)
 )
 
 

@@ -50,6 +50,14 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                    help="accept an orchestrator that presents no attestation document")
     p.add_argument("--profile", choices=("development", "production"), default="development",
                    help="security profile (production refuses unpinned attested peers)")
+    p.add_argument("--slots", type=int, default=8,
+                   help="host-blind mode: KV-cache slots, i.e. sequences batched at once "
+                        "(docs/batching.md; default 8)")
+    p.add_argument("--kv-budget-mb", type=int, default=None,
+                   help="host-blind mode: cap on the slots' reserved KV-cache MB (fewer slots "
+                        "if they do not fit)")
+    p.add_argument("--admission-queue", type=int, default=8,
+                   help="host-blind stage 0: requests that wait for a slot; more get 'busy'")
     p.add_argument("--executor", choices=("gpt2", "identity", "double"), default="gpt2",
                    help=argparse.SUPPRESS)   # identity/double: protocol tests without a model
     add_log_level(p, "info")
@@ -92,6 +100,12 @@ def run(args) -> int:
     config = StageConfig(provider=make_provider(args.attestation, dict(args.mock_measurement)),
                          verifier=make_verifier(args.attestation, root), session=session,
                          persistent=args.persistent, host_unattested=args.host_unattested)
+    if args.slots < 1 or args.admission_queue < 0:
+        raise ValueError("--slots must be >= 1 and --admission-queue >= 0")
+    if manifest.host_blind:
+        from cmlp.hostblind.stage_loop import HostBlindOptions
+        config.hostblind = HostBlindOptions(slots=args.slots, kv_budget_mb=args.kv_budget_mb,
+                                            admission_queue=args.admission_queue)
     executor = make_executor(args, manifest.activation_spec.hidden_dim)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
     worker.bind()

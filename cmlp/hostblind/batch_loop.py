@@ -401,6 +401,7 @@ class BatchRingLoop(_RingStageLoop):
                 while len(batch) < self.cap and self.data_in.pending():
                     self._handle(self._recv(), batch)
                 self._flush(batch)
+                self.watch_control()        # a busy link never idles: answer Pings here
         finally:
             ex.close_all_seqs()
 
