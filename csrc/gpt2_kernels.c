@@ -486,6 +486,51 @@ void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float 
     }
 }
 
+/* Continuous batching's decode matmul (M <= GPT2_SMALL_M rows, any N); see the header. */
+GPT2_HOT
+void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *weight,
+                        long k_begin, long k_end, long N)
+{
+    for (long j0 = 0; j0 < N; j0 += GPT2_ROWS_COLS) {
+        long jn = N - j0 < GPT2_ROWS_COLS ? N - j0 : GPT2_ROWS_COLS;
+        long vec_end = jn - jn % VLEN;
+        for (int m = 0; m < M; m++)
+            memset(y + m * N + j0, 0, (size_t)jn * sizeof(float));
+        long k = k_begin;
+        for (; k + 4 <= k_end; k += 4) {
+            const float *w0 = weight + k * N + j0;
+            const float *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+            float xs[GPT2_SMALL_M][4];
+            for (int m = 0; m < M; m++)
+                for (int i = 0; i < 4; i++)
+                    xs[m][i] = x[m * ldx + k + i];
+            for (long j = 0; j < vec_end; j += VLEN) {
+                v16f a = vload(w0 + j), b = vload(w1 + j), c = vload(w2 + j), d = vload(w3 + j);
+                for (int m = 0; m < M; m++) {
+                    float *ym = y + m * N + j0 + j;
+                    vstore(ym, vload(ym) + xs[m][0] * a + xs[m][1] * b + xs[m][2] * c
+                                         + xs[m][3] * d);
+                }
+            }
+            for (long j = vec_end; j < jn; j++)
+                for (int m = 0; m < M; m++)
+                    y[m * N + j0 + j] += xs[m][0] * w0[j] + xs[m][1] * w1[j] + xs[m][2] * w2[j]
+                                         + xs[m][3] * w3[j];
+        }
+        for (; k < k_end; k++) {
+            const float *w = weight + k * N + j0;
+            for (int m = 0; m < M; m++) {
+                const float xk = x[m * ldx + k];
+                float *ym = y + m * N + j0;
+                for (long j = 0; j < vec_end; j += VLEN)
+                    vstore(ym + j, vload(ym + j) + xk * vload(w + j));
+                for (long j = vec_end; j < jn; j++)
+                    ym[j] += xk * w[j];
+            }
+        }
+    }
+}
+
 GPT2_HOT
 void matvec_rows(float *y, const float *x, const float *weight, long r_begin, long r_end, long K)
 {

@@ -76,6 +76,13 @@ void matvec_conv1d(float *y, const float *x, const float *weight,
 void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float *weight,
                          long k_begin, long k_end, long N);
 
+/* matmul_conv1d_small in column blocks of GPT2_ROWS_COLS: the M rows' partial sums
+ * stay in L1 (not L2) while the slab streams past; per row the additions run in the
+ * same order as matmul_conv1d_small's, whatever M is (continuous batching). */
+#define GPT2_ROWS_COLS 256
+void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *weight,
+                        long k_begin, long k_end, long N);
+
 /* GEMV against row vectors: y[r] = dot(weight[r, 0:K], x) for r in [r_begin, r_end). */
 void matvec_rows(float *y, const float *x, const float *weight, long r_begin, long r_end, long K);
 

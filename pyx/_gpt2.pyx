@@ -53,6 +53,8 @@ cdef extern from "gpt2_kernels.h" nogil:
     int GPT2_SMALL_M
     void matmul_conv1d_small(float* y, const float* x, long ldx, int M, const float* weight,
                              long k_begin, long k_end, long N)
+    void matmul_conv1d_rows(float* y, const float* x, long ldx, int M, const float* weight,
+                            long k_begin, long k_end, long N)
     void softmax_causal_forward(float* scores, int T, int S, long ld, int past_len, float scale)
     void attention_decode_forward(float* out, const float* q, const float* k_cache,
                                   const float* v_cache, int S, int D, float scale, float* scratch)
@@ -294,9 +296,12 @@ cdef void matmul_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogi
     cdef long k_end = min(k_begin + task.chunk_rows, task.K)
     cdef long m0 = 0
     while m0 < task.M:
-        matmul_conv1d_small(y + m0 * task.N, task.inp + m0 * task.K, task.K,
-                            <int>min(<long>GPT2_SMALL_M, task.M - m0), task.weight,
-                            k_begin, k_end, task.N)
+        if task.M == 1:         # one row: y (N floats) already fits L1
+            matmul_conv1d_small(y, task.inp, task.K, 1, task.weight, k_begin, k_end, task.N)
+        else:                   # same per-row order, partial sums kept in L1
+            matmul_conv1d_rows(y + m0 * task.N, task.inp + m0 * task.K, task.K,
+                               <int>min(<long>GPT2_SMALL_M, task.M - m0), task.weight,
+                               k_begin, k_end, task.N)
         m0 += GPT2_SMALL_M
 
 
