@@ -49,9 +49,11 @@ class CountingExecutor(Gpt2Executor):
         super().__init__(model_dir, threads=1)
         self.delay = delay
         self.max_rows = 0
+        self.calls = []                 # (rows, tokens per row) of every forward
 
     def forward_rows(self, seqs, rows):
         self.max_rows = max(self.max_rows, len(rows))
+        self.calls.append((len(rows), int(rows[0].shape[1])))
         if self.delay:
             time.sleep(self.delay)
         return super().forward_rows(seqs, rows)
@@ -114,7 +116,7 @@ def run_concurrently(fn, n):
 def test_eight_concurrent_clients_equal_their_solo_runs(parity, n, relay):
     m = manifest(n, relay)
     executors = [CountingExecutor(parity, delay=0.003) for _ in range(n)]
-    with served_many(m, executors) as server:
+    with served_many(m, executors, prefill_chunk=16) as server:    # 40 and 21 ids: chunked
         client = Client(str(server.address), m, timeout=30)
         solo = [run(client, PROMPTS[i], PARAMS[i]) for i in range(8)]
         greedy = run(client, PROMPTS[1], SamplingParams(max_tokens=20))[0]
@@ -310,3 +312,25 @@ def test_sustained_1000_requests_from_16_clients_no_error_no_leak(parity):
         rss_end = _rss_bytes()
     assert not errors, errors[:3]
     assert rss_end < cursor["rss_warm"] * 1.05, (cursor["rss_warm"], rss_end)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(parity):
+    m = manifest(1)
+    ex = CountingExecutor(parity, delay=0.005)
+    long_prompt = [int(t) for t in random.Random(99).choices(range(512), k=100)]
+    with served_many(m, [ex], prefill_chunk=32) as server:
+        client = Client(str(server.address), m, timeout=30)
+        solo = run(client, long_prompt, SamplingParams(max_tokens=5))
+        runners = [client.generate(PROMPTS[i], SamplingParams(max_tokens=60)) for i in range(3)]
+        for r in runners:
+            next(r)                                     # three streams are decoding
+        ex.calls.clear()
+        together = run(client, long_prompt, SamplingParams(max_tokens=5))
+        calls = list(ex.calls)
+        for r in runners:
+            assert isinstance(list(r)[-1], Finished)
+    assert together == solo
+    chunks = [i for i, (_, t) in enumerate(calls) if t > 1]
+    assert [calls[i][1] for i in chunks] == [32, 32, 32, 4]
+    # the running streams took a decode step between every two chunks of the prompt
+    assert all(any(calls[j][1] == 1 for j in range(a + 1, b)) for a, b in zip(chunks, chunks[1:]))

@@ -64,6 +64,8 @@ class _Gen:
     token: int = 0                   # the token the next decode row feeds
     begun: bool = False
     sent_at: float = 0.0             # when its Step left (token deadline)
+    prefilled: int = 0               # prompt tokens already in stage 0's slot
+    hidden: Optional[np.ndarray] = None   # [1, P, C] stage 0's prefill output (N stages)
 
 
 class BatchStage0Loop(_Stage0Loop):
@@ -225,7 +227,44 @@ class BatchStage0Loop(_Stage0Loop):
                 self._end(g)
 
     def _prefill(self, g: _Gen) -> None:
-        self._forward([g], [_ids_tensor(g.prompt_ids)])
+        """The next chunk of one prompt (``prefill_chunk`` tokens): a long prompt costs the
+        running streams one chunk per step, not its whole prefill.  With N stages the chunks'
+        hidden states are sent on as one Step (the protocol samples every Step)."""
+        ex = self.w.executor
+        P_len = len(g.prompt_ids)
+        chunk = g.prompt_ids[g.prefilled:g.prefilled + max(1, self.opts.prefill_chunk)]
+        end = g.prefilled + len(chunk)
+        if end == P_len and g.prefilled == 0:
+            self._forward([g], [_ids_tensor(chunk)])        # one chunk: the common path
+            return
+        try:
+            row = _ids_tensor(chunk)
+            ex.check_row(g.seq, 0, end, row)
+            out = ex.forward_rows([g.seq], [row])
+        except CmlpError as exc:
+            self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
+            return
+        if not self.single:
+            if g.hidden is None:
+                g.hidden = np.empty((1, P_len, out.shape[2]), np.float32)
+            g.hidden[0, g.prefilled:end] = out[0]
+        g.prefilled = end
+        if end < P_len:
+            return                                        # more chunks in the next steps
+        trace.event(self.ev["forward_done"])
+        if self.single:
+            try:
+                token = self._sample_row(out[0], g.params, g.rng)
+            except CmlpError as exc:
+                self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
+                return
+            self._emit(g, token)
+            return
+        t = Tensor("hidden_states", DType.F32, g.hidden.shape, g.hidden)
+        self.send_out(self.down.send(P.Step(g.seq, 0, P_len, 1)), [t])
+        g.hidden = None
+        g.state = WAITING
+        g.sent_at = time.monotonic()
 
     def _decode(self, gens: List[_Gen]) -> None:
         self._forward(gens, [_ids_tensor((g.token,)) for g in gens])

@@ -52,6 +52,7 @@ class HostBlindOptions:
     slots: int = 8                        # KV-cache slots per stage (docs/batching.md)
     kv_budget_mb: Optional[int] = None    # cap on the slots' reserved KV bytes
     admission_queue: int = 8              # requests waiting for a slot at stage 0, then busy
+    prefill_chunk: int = 64               # prompt tokens per step at stage 0 (chunked prefill)
 
 
 class _LinkLost(Exception):
