@@ -58,6 +58,9 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                         "if they do not fit)")
     p.add_argument("--admission-queue", type=int, default=8,
                    help="host-blind stage 0: requests that wait for a slot; more get 'busy'")
+    p.add_argument("--micro-batches", type=int, default=0,
+                   help="host-blind stage 0: decode groups in flight through the ring "
+                        "(default 0: one per stage; 1: all sequences in one group)")
     p.add_argument("--executor", choices=("gpt2", "identity", "double"), default="gpt2",
                    help=argparse.SUPPRESS)   # identity/double: protocol tests without a model
     add_log_level(p, "info")
@@ -105,7 +108,8 @@ def run(args) -> int:
     if manifest.host_blind:
         from cmlp.hostblind.stage_loop import HostBlindOptions
         config.hostblind = HostBlindOptions(slots=args.slots, kv_budget_mb=args.kv_budget_mb,
-                                            admission_queue=args.admission_queue)
+                                            admission_queue=args.admission_queue,
+                                            micro_batches=max(0, args.micro_batches))
     executor = make_executor(args, manifest.activation_spec.hidden_dim)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
     worker.bind()

@@ -185,7 +185,7 @@ class BatchStage0Loop(_Stage0Loop):
                 busy = True
             ready = [g for g in self.gens.values() if g.state == READY]
             if ready:
-                self._decode(ready)
+                self._decode(ready[:self._group_size()])
                 busy = True
             waiting = any(g.state == WAITING for g in self.gens.values())
             if not self.single and waiting:
@@ -216,6 +216,14 @@ class BatchStage0Loop(_Stage0Loop):
                 self.send_out(self.down.send(P.Begin(g.seq, float(p.temperature), float(p.top_p),
                                                      p.top_k, p.seed)))
                 g.begun = True
+
+    def _group_size(self) -> int:
+        """Rows per decode forward: the decoding sequences split into ``micro_batches``
+        groups (default: one per stage), so while stage i runs one group stage 0 runs the
+        next; the groups stay apart because each comes back as a unit."""
+        groups = self.opts.micro_batches or self.n
+        decoding = sum(1 for g in self.gens.values() if g.state != PREFILL)
+        return max(1, -(-decoding // groups))
 
     def _poll_clients(self) -> None:
         for g in list(self.gens.values()):

@@ -53,6 +53,7 @@ class HostBlindOptions:
     kv_budget_mb: Optional[int] = None    # cap on the slots' reserved KV bytes
     admission_queue: int = 8              # requests waiting for a slot at stage 0, then busy
     prefill_chunk: int = 64               # prompt tokens per step at stage 0 (chunked prefill)
+    micro_batches: int = 0                # decode groups in flight (0: one per stage)
 
 
 class _LinkLost(Exception):
