@@ -486,46 +486,47 @@ void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float 
     }
 }
 
-/* Continuous batching's decode matmul (M <= GPT2_SMALL_M rows, any N); see the header. */
+/* Continuous batching's decode matmul (M <= GPT2_SMALL_M rows, any N); see the header.
+ * Register tiles of 4 rows x 16 columns summed over the whole k range, so y is written
+ * once; per element the sum is the same chain of multiply-adds over k in order as in
+ * matmul_conv1d_small, so a row's result does not depend on M. */
 GPT2_HOT
 void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *weight,
                         long k_begin, long k_end, long N)
 {
-    for (long j0 = 0; j0 < N; j0 += GPT2_ROWS_COLS) {
-        long jn = N - j0 < GPT2_ROWS_COLS ? N - j0 : GPT2_ROWS_COLS;
-        long vec_end = jn - jn % VLEN;
-        for (int m = 0; m < M; m++)
-            memset(y + m * N + j0, 0, (size_t)jn * sizeof(float));
-        long k = k_begin;
-        for (; k + 4 <= k_end; k += 4) {
-            const float *w0 = weight + k * N + j0;
-            const float *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
-            float xs[GPT2_SMALL_M][4];
-            for (int m = 0; m < M; m++)
-                for (int i = 0; i < 4; i++)
-                    xs[m][i] = x[m * ldx + k + i];
-            for (long j = 0; j < vec_end; j += VLEN) {
-                v16f a = vload(w0 + j), b = vload(w1 + j), c = vload(w2 + j), d = vload(w3 + j);
-                for (int m = 0; m < M; m++) {
-                    float *ym = y + m * N + j0 + j;
-                    vstore(ym, vload(ym) + xs[m][0] * a + xs[m][1] * b + xs[m][2] * c
-                                         + xs[m][3] * d);
-                }
+    long vec_end = N - N % VLEN;
+    for (int m0 = 0; m0 < M; m0 += 4) {
+        int mr = M - m0 < 4 ? M - m0 : 4;
+        const float *x0 = x + (long)m0 * ldx;
+        const float *x1 = x0 + (mr > 1 ? ldx : 0), *x2 = x0 + (mr > 2 ? 2 * ldx : 0);
+        const float *x3 = x0 + (mr > 3 ? 3 * ldx : 0);
+        float *y0 = y + (long)m0 * N;
+        for (long j = 0; j < vec_end; j += VLEN) {
+            v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            const float *w = weight + k_begin * N + j;
+            for (long k = k_begin; k < k_end; k++, w += N) {
+                v16f wv = vload(w);
+                a0 += x0[k] * wv;
+                a1 += x1[k] * wv;          /* rows past mr repeat row 0: not stored */
+                a2 += x2[k] * wv;
+                a3 += x3[k] * wv;
             }
-            for (long j = vec_end; j < jn; j++)
-                for (int m = 0; m < M; m++)
-                    y[m * N + j0 + j] += xs[m][0] * w0[j] + xs[m][1] * w1[j] + xs[m][2] * w2[j]
-                                         + xs[m][3] * w3[j];
+            vstore(y0 + j, a0);
+            if (mr > 1) vstore(y0 + N + j, a1);
+            if (mr > 2) vstore(y0 + 2 * N + j, a2);
+            if (mr > 3) vstore(y0 + 3 * N + j, a3);
         }
-        for (; k < k_end; k++) {
-            const float *w = weight + k * N + j0;
-            for (int m = 0; m < M; m++) {
-                const float xk = x[m * ldx + k];
-                float *ym = y + m * N + j0;
-                for (long j = 0; j < vec_end; j += VLEN)
-                    vstore(ym + j, vload(ym + j) + xk * vload(w + j));
-                for (long j = vec_end; j < jn; j++)
-                    ym[j] += xk * w[j];
+        for (int m = 0; m < mr; m++) {
+            const float *xm = x0 + (long)m * ldx;
+            for (long j = vec_end; j < N; j++) {
+                float s = 0.0f;
+                long k = k_begin;
+                for (; k + 4 <= k_end; k += 4)
+                    s += xm[k] * weight[k * N + j] + xm[k + 1] * weight[(k + 1) * N + j]
+                         + xm[k + 2] * weight[(k + 2) * N + j] + xm[k + 3] * weight[(k + 3) * N + j];
+                for (; k < k_end; k++)
+                    s += xm[k] * weight[k * N + j];
+                y0[(long)m * N + j] = s;
             }
         }
     }

@@ -76,10 +76,9 @@ void matvec_conv1d(float *y, const float *x, const float *weight,
 void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float *weight,
                          long k_begin, long k_end, long N);
 
-/* matmul_conv1d_small in column blocks of GPT2_ROWS_COLS: the M rows' partial sums
- * stay in L1 (not L2) while the slab streams past; per row the additions run in the
- * same order as matmul_conv1d_small's, whatever M is (continuous batching). */
-#define GPT2_ROWS_COLS 256
+/* matmul_conv1d_small for any M (continuous batching's decode rows): register tiles
+ * of 4 rows x 16 columns summed over [k_begin, k_end); per element the same chain of
+ * multiply-adds over k in order as matmul_conv1d_small, so results match it bit for bit. */
 void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *weight,
                         long k_begin, long k_end, long N);
 

@@ -287,22 +287,18 @@ cdef inline float* fptr(cnp.ndarray arr):
 # ---------------------------------------------------------------------------
 
 cdef void matmul_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
-    """One slab of weight rows applied to all M rows, 8 rows per pass: the slab is read
-    from memory once and from cache for the next 8.  The chunking depends on N only,
-    so each row's sums are added in the same order whatever M is."""
+    """One slab of weight rows applied to all M rows (the slab is read from memory once;
+    a 4-row tile re-reads it from cache).  The chunking depends on N only and both
+    kernels add a row's products in the same order, so a row's result is the same
+    whatever M is (checked bit for bit in tests/test_batching_engine.py)."""
     cdef MatmulTask* task = <MatmulTask*>ctx
     cdef float* y = task.partials + chunk * task.M * task.N
     cdef long k_begin = chunk * task.chunk_rows
     cdef long k_end = min(k_begin + task.chunk_rows, task.K)
-    cdef long m0 = 0
-    while m0 < task.M:
-        if task.M == 1:         # one row: y (N floats) already fits L1
-            matmul_conv1d_small(y, task.inp, task.K, 1, task.weight, k_begin, k_end, task.N)
-        else:                   # same per-row order, partial sums kept in L1
-            matmul_conv1d_rows(y + m0 * task.N, task.inp + m0 * task.K, task.K,
-                               <int>min(<long>GPT2_SMALL_M, task.M - m0), task.weight,
-                               k_begin, k_end, task.N)
-        m0 += GPT2_SMALL_M
+    if task.M <= 2:             # [M, N] partial sums fit L1; the slab streams in order
+        matmul_conv1d_small(y, task.inp, task.K, <int>task.M, task.weight, k_begin, k_end, task.N)
+    else:                       # 4-row register tiles summed over the slab, y written once
+        matmul_conv1d_rows(y, task.inp, task.K, <int>task.M, task.weight, k_begin, k_end, task.N)
 
 
 cdef void lm_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:

@@ -259,6 +259,8 @@ def _shard_slot_methods():
             x = np.asarray(x)
         with self._lock:
             table = self.slots
+            if table is None:
+                raise InvalidModelInput("no KV-cache slots configured")
             missing = [s for s in seqs if s not in table]
             if missing:
                 raise InvalidModelInput(f"sequence {missing[0]} has no slot")
