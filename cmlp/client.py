@@ -73,7 +73,8 @@ def _next_seq() -> int:
 class Client:
     def __init__(self, connect: str, manifest: Union[Manifest, str, "os.PathLike"], *,
                  profile: str = "development", timeout: float = 30.0,
-                 attestation: Optional[str] = None, nitro_root_pem: Optional[bytes] = None):
+                 attestation: Optional[str] = None, nitro_root_pem: Optional[bytes] = None,
+                 bind_roles: bool = True):
         # connect: "HOST:PORT" of `cmlp serve` on the (untrusted) host; no I/O happens here
         self.address = sockets.parse_endpoint(connect)
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
@@ -105,6 +106,12 @@ class Client:
             self.session = SessionConfig.development(expected_measurements=pins,
                                                      io_timeout=self.timeout,
                                                      handshake_timeout=self.timeout)
+        if bind_roles:
+            # stage 0 must attest that it is stage 0 of this pipeline (not another stage the
+            # host forwarded the connection to, nor another pipeline with the same pins)
+            from cmlp.attestation.role import Role
+            self.session = self.session.replace(
+                peer_role=Role(0, self.manifest.pipeline_digest()))
         self.verifier = make_verifier(kind, nitro_root_pem)
         self._closed = False
         self._info: Optional[ModelInfo] = None

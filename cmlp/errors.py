@@ -166,6 +166,13 @@ class PublicKeyMismatch(AttestError):
         super().__init__("attested public key does not match the hello public key")
 
 
+class RoleMismatch(AttestError):
+    """The peer's document does not bind the pipeline role this side expects."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"role mismatch: {detail}")
+
+
 class MissingField(AttestError):
     def __init__(self, name: str):
         self.name = name
@@ -253,6 +260,13 @@ class MessageTooLarge(PipelineError):
 
 
 UNKNOWN_STAGE = 2**64 - 1  # usize::MAX in the reference: the failing stage is not known
+
+
+class InputLimitExceeded(PipelineError):
+    """A request's input exceeds what its activation spec and seq_len allow."""
+
+    def __init__(self, detail: str):
+        super().__init__(f"input limit exceeded: {detail}")
 
 
 class InsecureConfiguration(PipelineError):

@@ -12,6 +12,7 @@ and the field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -306,6 +307,22 @@ class Manifest:
         """Host-blind: the last stage's data_out is not stage 0's data_in (the host relays it)."""
         return self.host_blind and len(self.stages) > 1 and \
             self.stages[-1].endpoint.data_out != self.stages[0].endpoint.data_in
+
+    def pipeline_digest(self) -> bytes:
+        """SHA-256 identity of the pipeline, bound into every party's attested role.
+
+        Covers the model, the layer cuts, the weight hashes and the activation
+        spec; leaves out endpoints and measurement pins, which the host's copy
+        may legitimately differ in (real vsock CIDs, exact image PCRs).
+        """
+        doc = {"model_name": self.model_name, "model_version": self.model_version,
+               "total_layers": self.total_layers,
+               "activation_spec": self.activation_spec.to_json(),
+               "stages": [[s.stage_idx, s.layer_start, s.layer_end, s.require_weight_hashes,
+                           list(s.weight_hashes)] for s in self.stages]}
+        if self.host_blind:      # the mode is part of the identity (reference digests unchanged)
+            doc["host_blind"] = True
+        return hashlib.sha256(b"cmlp-pipeline-v1\0" + compact_json(doc).encode()).digest()
 
     def to_json(self) -> dict:
         doc = {"model_name": self.model_name, "model_version": self.model_version,

@@ -21,6 +21,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint32_t
 from libc.math cimport sqrtf
+cimport cython
 from libc.string cimport memcpy, memset
 
 from cmlp.errors import InvalidModelInput, ModelError
@@ -362,6 +363,7 @@ cdef void slot_attention_chunk(void* ctx, long chunk, int thread_idx) noexcept n
 # The engine
 # ---------------------------------------------------------------------------
 
+@cython.no_gc_clear    # __dealloc__ wipes the activation arrays: keep them alive until then
 cdef class ShardEngine:
     """Forward pass of GPT-2 blocks [layer_start, layer_end) with a KV cache.
 
@@ -487,11 +489,17 @@ cdef class ShardEngine:
         if self.pool != NULL:
             gpt2_pool_destroy(self.pool)
         free(self.blocks)
-        free(self.kv)
+        self._wipe_kv()           # cached K/V are derived from a user's prompt: never
+        free(self.kv)             # hand them back to the allocator readable
+        self.kv = NULL
+        if self.slot_kv != NULL and self.slot_lens != NULL:
+            self._wipe_slots()    # the same for every sequence slot
         free(self.slot_kv)
+        self.slot_kv = NULL
         free(self.slot_lens)
         free(self.row_slots)
         free(self.row_pos)
+        self._wipe_activations()
 
     cdef const float* _block_tensor(self, dict tensors, int layer, str name,
                                     tuple shape) except NULL:
@@ -537,6 +545,7 @@ cdef class ShardEngine:
         cdef long rows = <long>B * T
         C = self.n_embd
         if rows > self.rows_capacity:
+            self._wipe_activations()      # the old buffers are about to be dropped
             self._view = None
             self._ids = aligned_empty((rows,), np.uint32)
             self._residual = aligned_empty((rows, C))
@@ -569,6 +578,7 @@ cdef class ShardEngine:
         cdef size_t nbytes = (<size_t>self.n_blocks * 2 * B * self.n_positions
                               * self.n_embd * sizeof(float))
         cdef void* mem = NULL
+        self._wipe_kv()
         free(self.kv)
         self.kv = NULL
         self.batch_capacity = 0
@@ -586,18 +596,41 @@ cdef class ShardEngine:
 
     def clear_cache(self):
         """Forget every cached position (and wipe the cached K/V values)."""
+        self._wipe_kv()
+        self.past_len = 0
+        self.cache_batch = 0
+
+    cdef void _wipe_activations(self) noexcept nogil:
+        """Zero the activation buffers (ids, hidden states, Q/K/V, MLP) before they go."""
+        cdef size_t rows = <size_t>self.rows_capacity
+        cdef size_t C = <size_t>self.n_embd
+        if rows == 0:
+            return
+        memset(self.ids, 0, rows * sizeof(uint32_t))
+        memset(self.residual, 0, rows * C * sizeof(float))
+        memset(self.ln_out, 0, rows * C * sizeof(float))
+        memset(self.qkv, 0, rows * 3 * C * sizeof(float))
+        memset(self.attn_out, 0, rows * C * sizeof(float))
+        memset(self.block_out, 0, rows * C * sizeof(float))
+        memset(self.fc, 0, rows * 4 * C * sizeof(float))
+
+    cdef void _wipe_kv(self) noexcept nogil:
+        """Zero every position written since the last wipe (only those pages are backed).
+
+        Positions [0, past_len) of each cached sequence: the cache is appended in
+        place, so nothing beyond past_len was ever written.
+        """
         cdef int l, kv, b, h
         cdef long head_stride = <long>self.n_positions * self.head_dim
         cdef float* head
-        if self.kv != NULL and self.past_len > 0:
-            for l in range(self.n_blocks):
-                for kv in range(2):
-                    for b in range(self.cache_batch):
-                        for h in range(self.n_head):
-                            head = self._cache(l, kv) + (<long>b * self.n_head + h) * head_stride
-                            memset(head, 0, <size_t>self.past_len * self.head_dim * sizeof(float))
-        self.past_len = 0
-        self.cache_batch = 0
+        if self.kv == NULL or self.past_len <= 0:
+            return
+        for l in range(self.n_blocks):
+            for kv in range(2):
+                for b in range(self.cache_batch):
+                    for h in range(self.n_head):
+                        head = self._cache(l, kv) + (<long>b * self.n_head + h) * head_stride
+                        memset(head, 0, <size_t>self.past_len * self.head_dim * sizeof(float))
 
     cdef inline float* _cache(self, int block, int kv) noexcept nogil:
         return self.kv + (<long>block * 2 + kv) * self.batch_capacity * self.n_positions * self.n_embd

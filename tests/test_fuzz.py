@@ -120,10 +120,6 @@ def test_stage_init_with_deeply_nested_spec_is_a_protocol_error():
     handling and ended even a persistent stage (fixed in stage.py by commit 1e38206)."""
     from cmlp.pipeline.stage import StageWorker
 
-    class FakeControl:
-        def recv(self, timeout=None):
-            return C.Init("[" * 100_000, "{}", 1)
-
     worker = StageWorker.__new__(StageWorker)   # only the Init parsing runs
     with pytest.raises(errors.ProtocolError):
-        worker._control_phase(FakeControl())
+        worker._control_phase(None, C.Init("[" * 100_000, "{}", 1))

@@ -20,6 +20,7 @@ import pytest
 import mitm
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
+from cmlp.attestation.role import Role
 from cmlp.pipeline.executor import IdentityExecutor
 from cmlp.transport import SecureChannel, SessionConfig, sockets
 from cmlp.transport.wire import Tensor
@@ -33,10 +34,13 @@ def idle_socket(endpoint):
     return socket.create_connection((endpoint.host, endpoint.port), timeout=5)
 
 
-def silent_channel(endpoint):
-    """Completes the handshake, then never says anything."""
-    return SecureChannel.connect(sockets.connect(endpoint), MockProvider(), MockVerifier(),
-                                 SessionConfig.development(handshake_timeout=10))
+def silent_channel(m, idx):
+    """Completes the handshake (as a well-formed orchestrator would), then never speaks."""
+    digest = m.pipeline_digest()
+    return SecureChannel.connect(
+        sockets.connect(m.stages[idx].endpoint.control.endpoint), MockProvider(), MockVerifier(),
+        SessionConfig.development(handshake_timeout=10, own_role=Role.orchestrator(digest),
+                                  peer_role=Role(idx, digest)))
 
 
 def stage_threads(m, **cfg):
@@ -64,7 +68,7 @@ def test_real_session_succeeds_despite_idle_and_silent_connections(relay):
     try:
         for st in m.stages:
             held += [idle_socket(st.endpoint.control.endpoint) for _ in range(3)]
-            held += [silent_channel(st.endpoint.control.endpoint) for _ in range(3)]
+            held += [silent_channel(m, st.stage_idx) for _ in range(3)]
             held += [idle_socket(st.endpoint.data_in.endpoint) for _ in range(3)]
         t0 = time.monotonic()
         for _ in range(2):                      # twice: persistent stages keep serving
@@ -85,7 +89,7 @@ def test_deadlines_close_idle_and_silent_connections():
     ep = m.stages[0].endpoint.control.endpoint
     try:
         idle = idle_socket(ep)
-        silent = silent_channel(ep)
+        silent = silent_channel(m, 0)
         idle.settimeout(10)
         assert idle.recv(1) == b""               # the stage gave up on the handshake
         with pytest.raises(errors.Closed):
@@ -107,7 +111,9 @@ def test_handshakes_in_flight_are_bounded():
     try:
         for _ in range(10):
             socks.append(idle_socket(ep))
-        acceptor = stages[0].worker._control_acceptor
+        worker = stages[0].worker
+        assert mitm.wait_until(lambda: worker._control_acceptor is not None, 5)
+        acceptor = worker._control_acceptor
         assert mitm.wait_until(lambda: acceptor.in_flight == 4, 5)
         time.sleep(0.3)
         assert acceptor.in_flight == 4

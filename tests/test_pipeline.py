@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pytest
 
+from cmlp.attestation.role import ORCHESTRATOR, Role
+
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.pipeline import control as C
@@ -53,7 +55,8 @@ def test_double_executor_micro_batches_keep_order():
 
 
 def test_sequential_requests_and_large_tensors():
-    m = make_manifest(2, relay=True)
+    # the activation spec must allow 1.5 MiB rows: stages cap their input by it
+    m = make_manifest(2, relay=True, hidden_dim=393216)
     with running_pipeline(m, [IdentityExecutor(), IdentityExecutor()]) as (orch, _):
         for i in range(100):
             r = orch.infer([[t(f"req{i}", float(i))]], seq_len=1)
@@ -273,6 +276,12 @@ def test_config_validation():
 # ---------------------------------------------------------------------------
 # rogue peers on the control channel
 # ---------------------------------------------------------------------------
+def roles_as(manifest, me, peer=ORCHESTRATOR):
+    """SessionConfig role fields of a hand-made party (``me``/``peer``: stage index)."""
+    digest = manifest.pipeline_digest()
+    return {"own_role": Role(me, digest), "peer_role": Role(peer, digest)}
+
+
 class RogueStage:
     """Accepts the orchestrator's control channel and answers with crafted bytes."""
 
@@ -280,11 +289,12 @@ class RogueStage:
         ep = manifest.stages[0].endpoint.control.endpoint
         self.listener = sockets.listen(ep)
         self.reply = reply
+        self.roles = roles_as(manifest, 0)          # a well-placed stage 0, saying bad things
         threading.Thread(target=self.run, daemon=True).start()
 
     def run(self):
         ch = SecureChannel.accept(sockets.accept(self.listener), MockProvider(), MockVerifier(),
-                                  SessionConfig.development())
+                                  SessionConfig.development(**self.roles))
         ch.recv(timeout=5)
         ch.send(self.reply)
         self.channel = ch
@@ -319,7 +329,7 @@ def test_stage_rejects_bad_control_messages(payload, exc, text):
     stage = StageThread(m, 0, IdentityExecutor(), max_control_message_bytes=4096)
     ep = m.stages[0].endpoint.control.endpoint
     ch = SecureChannel.connect(sockets.connect_retry(ep), MockProvider(), MockVerifier(),
-                               SessionConfig.development())
+                               SessionConfig.development(**roles_as(m, ORCHESTRATOR, 0)))
     ch.send(payload)
     assert stage.join()
     assert isinstance(stage.error, exc) and text in str(stage.error)

@@ -61,6 +61,9 @@ def build_parser(prog: str = "cmlp-orch") -> argparse.ArgumentParser:
     p.add_argument("--stage-log", metavar="PATTERN", default=None,
                    help="where each stage logs, {idx} for its index (default: $CMLP_STAGE_LOG); "
                         "a stage that fails to start is then quoted from its log")
+    p.add_argument("--no-role-binding", action="store_true",
+                   help="do not attest or check pipeline roles (only to interoperate with the "
+                        "reference's peers, which bind none; see docs/attestation.md)")
     add_log_level(p, "warning")
     return p
 
@@ -122,7 +125,8 @@ def run(args) -> int:
     if root is not None:
         log.warning("trusting the Nitro root CA in %s instead of AWS's (testing/staging only)",
                     args.nitro_root_pem)
-    kwargs = dict(infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture)
+    kwargs = dict(infer_timeout=args.infer_timeout, relay_capture_prefix=args.relay_capture,
+                  bind_roles=not args.no_role_binding)
     provider, verifier = make_provider(host), make_verifier(args.attestation, root)
     if args.profile == "production":
         # every stage must be pinned: SessionConfig() refuses unpinned handshakes

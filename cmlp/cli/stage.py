@@ -63,6 +63,9 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
                         "(default 0: one per stage; 1: all sequences in one group)")
     p.add_argument("--executor", choices=("gpt2", "identity", "double"), default="gpt2",
                    help=argparse.SUPPRESS)   # identity/double: protocol tests without a model
+    p.add_argument("--no-role-binding", action="store_true",
+                   help="do not attest or check pipeline roles (only to interoperate with the "
+                        "reference's peers, which bind none; see docs/attestation.md)")
     add_log_level(p, "info")
     return p
 
@@ -102,7 +105,8 @@ def run(args) -> int:
                     args.nitro_root_pem)
     config = StageConfig(provider=make_provider(args.attestation, dict(args.mock_measurement)),
                          verifier=make_verifier(args.attestation, root), session=session,
-                         persistent=args.persistent, host_unattested=args.host_unattested)
+                         persistent=args.persistent, host_unattested=args.host_unattested,
+                         bind_roles=not args.no_role_binding)
     if args.slots < 1 or args.admission_queue < 0:
         raise ValueError("--slots must be >= 1 and --admission-queue >= 0")
     if manifest.host_blind:

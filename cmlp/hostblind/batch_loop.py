@@ -112,8 +112,13 @@ class BatchStage0Loop(_Stage0Loop):
 
     def _accept_one(self, sock) -> None:
         cfg = self.w.config
+        # as _Stage0Loop.run: an unattested client; stage 0 attests its role where roles bind
         client_cfg = cfg.session.replace(expected_measurements=None, allow_unattested_peer=True,
-                                         handshake_timeout=self.opts.client_handshake_timeout)
+                                         handshake_timeout=self.opts.client_handshake_timeout,
+                                         own_role=None, peer_role=None)
+        if getattr(cfg, "bind_roles", False):
+            from cmlp.attestation.role import Role
+            client_cfg = client_cfg.replace(own_role=Role(0, self.w.manifest.pipeline_digest()))
         handed_off = False
         ch = None
         try:

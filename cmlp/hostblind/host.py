@@ -365,7 +365,7 @@ class HostBlindServer:
             while True:
                 try:
                     n = upstream.recv_into(buf)
-                except OSError as exc:
+                except OSError:
                     return "stage0_link"
                 if n == 0:
                     return None
@@ -373,7 +373,7 @@ class HostBlindServer:
                     os.write(fd, view[:n])
                 try:
                     client.sendall(view[:n])
-                except OSError as exc:
+                except OSError:
                     return "client_link"
                 pos = 0
                 while pos < n:         # walk the frame boundaries in this chunk

@@ -305,7 +305,12 @@ class _Stage0Loop(_Base):
     def run(self) -> None:
         cfg = self.w.config
         client_cfg = cfg.session.replace(expected_measurements=None, allow_unattested_peer=True,
-                                         handshake_timeout=self.opts.client_handshake_timeout)
+                                         handshake_timeout=self.opts.client_handshake_timeout,
+                                         own_role=None, peer_role=None)
+        if getattr(cfg, "bind_roles", False):
+            # stage 0 attests its role, so the host cannot hand the client another stage
+            from cmlp.attestation.role import Role
+            client_cfg = client_cfg.replace(own_role=Role(0, self.w.manifest.pipeline_digest()))
         while True:
             self.watch_control()
             self._drain_feedback()

@@ -29,6 +29,7 @@ from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, Pipeli
                          StageFailed, Tainted, Timeout)
 from cmlp import trace
 from cmlp.attestation.factory import refuse_mock_in_production
+from cmlp.attestation.role import Role
 from cmlp.manifest import Manifest, compact_json
 from cmlp.pipeline import control as C
 from cmlp.pipeline.ids import next_id
@@ -63,6 +64,7 @@ class OrchestratorConfig:
     init_timeout: float = 600.0           # waiting for Ready: weights load (cmlp addition)
     data_setup_timeout: float = 60.0      # data channels and DataChannelsReady (cmlp addition)
     relay_capture_prefix: Optional[str] = None
+    bind_roles: bool = True               # attested pipeline roles (docs/attestation.md)
 
     @classmethod
     def development(cls, provider, verifier, **kw) -> "OrchestratorConfig":
@@ -191,8 +193,13 @@ class Orchestrator:
     # -- configuration per peer ----------------------------------------------
     def _config_for(self, stage: int) -> SessionConfig:
         pins = self.manifest.stages[stage].measurements()
-        return self.config.session.with_measurements(pins) if pins \
+        config = self.config.session.with_measurements(pins) if pins \
             else self.config.session
+        if self.config.bind_roles:
+            digest = self.manifest.pipeline_digest()
+            config = config.replace(own_role=Role.orchestrator(digest),
+                                    peer_role=Role(stage, digest))
+        return config
 
     # -- start-up -------------------------------------------------------------
     def start(self) -> "Orchestrator":

@@ -23,7 +23,6 @@ Resolutions of the reference's open points (pipeline.md, Ambiguities):
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
@@ -31,10 +30,12 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, CryptoError,
-                         FrameError, InitFailed, MessageTooLarge, PipelineError, ProtocolError,
-                         SessionError, StageError, StageFailed, Timeout, VersionMismatch)
-from cmlp import trace
+                         FrameError, InitFailed, InputLimitExceeded, MessageTooLarge,
+                         PipelineError, ProtocolError, SessionError, StageError, StageFailed,
+                         Timeout, VersionMismatch)
+from cmlp import strict_json, trace
 from cmlp.attestation.factory import refuse_mock_in_production
+from cmlp.attestation.role import Role
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
 from cmlp.pipeline.acceptor import Acceptor
@@ -42,7 +43,7 @@ from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage,
                             sockets)
 from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
-from cmlp.transport.wire import Tensor
+from cmlp.transport.wire import DType, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ class StageConfig:
     handshake_timeout: float = 10.0       # at most this per incoming handshake
     first_message_timeout: float = 30.0   # Init must follow the control handshake within it
     max_pending_handshakes: int = 8       # connections being established at once, per port
+    # per micro-batch input cap: tensors, and bytes = max_batch x seq_len x one row of the
+    # activation spec (hidden_dim x max(itemsize, 4): ids and F32 hidden states both fit)
+    max_input_tensors: int = 4
+    max_batch: int = 8
+    # attest this stage's role (index + pipeline digest) and check every peer's; off only
+    # for interop with the reference's peers, which bind no role (docs/attestation.md)
+    bind_roles: bool = True
 
 
 class SessionEnded(Exception):
@@ -117,6 +125,14 @@ class _Control:
         raise ProtocolError(f"expected Data on control channel, got {type(msg).__name__}")
 
 
+def _json_object(text: str) -> dict:
+    """A nested spec of an Init: strict JSON (duplicate keys, deep nesting refused), an object."""
+    obj = strict_json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
+
+
 def _discard_control(result) -> None:
     channel, _ = result
     if channel is not None:
@@ -133,6 +149,7 @@ class StageWorker:
             config.provider, config.verifier)
         self.manifest = manifest
         self.spec = manifest.stage(stage_idx)
+        self._pipeline_digest = manifest.pipeline_digest()
         self.idx = stage_idx
         self.executor = executor
         self.config = config
@@ -208,6 +225,11 @@ class StageWorker:
     def _session_config(self, peer_stage: Optional[int]) -> SessionConfig:
         """Pins for a channel whose peer is ``peer_stage`` (None: the host orchestrator)."""
         base = self.config.session
+        if self.config.bind_roles:
+            digest = self._pipeline_digest
+            base = base.replace(own_role=Role(self.idx, digest),
+                                peer_role=Role.orchestrator(digest) if peer_stage is None
+                                else Role(peer_stage, digest))
         if peer_stage is None:
             return base.replace(expected_measurements=None,
                                 allow_unattested_peer=self.config.host_unattested) \
@@ -360,13 +382,20 @@ class StageWorker:
         if not isinstance(msg, C.Init):
             raise ProtocolError(f"expected Init, got {C.describe(msg)}")
         try:
-            spec = StageSpec.from_json(json.loads(msg.stage_spec_json))
-        except (ValueError, RecursionError, CmlpError) as exc:
+            spec = StageSpec.from_json(_json_object(msg.stage_spec_json))
+        except (ValueError, CmlpError) as exc:
             raise ProtocolError(f"invalid stage_spec: {exc}") from None
         try:
-            activation = ActivationSpec.from_json(json.loads(msg.activation_spec_json))
-        except (ValueError, RecursionError, CmlpError) as exc:
+            activation = ActivationSpec.from_json(_json_object(msg.activation_spec_json))
+        except (ValueError, CmlpError) as exc:
             raise ProtocolError(f"invalid activation_spec: {exc}") from None
+        # every Init, every time (also when the shard is already loaded): the host cannot
+        # widen what this stage accepts - the activation spec is its own manifest's
+        own = self.manifest.activation_spec
+        if activation != own:
+            raise ProtocolError(
+                f"Init activation_spec {activation.to_json()} differs from this stage's "
+                f"manifest {own.to_json()}")
         if not self.spec.admits_init(spec):
             raise ProtocolError(
                 f"Init for stage {spec.stage_idx} layers [{spec.layer_start}, {spec.layer_end}) "
@@ -533,6 +562,7 @@ class _RequestLoop:
                    for k in ("start_request", "input", "forward_done", "output_sent")}
         self.current: Optional[int] = None
         self.aborted: Optional[str] = None
+        self.limit_error: Optional[InputLimitExceeded] = None
         self.shutdown = False
 
     def run(self) -> None:
@@ -601,16 +631,39 @@ class _RequestLoop:
         except (SessionError, CryptoError) as exc:
             raise _LinkLost("data_out", exc) from exc
 
-    def _read_group(self):
-        """Tensors until END: ``(tensors, "END")``, ``(None, "ERR")`` or ``(None, None)`` if cut."""
-        tensors: List[Tensor] = []
+    def _input_limits(self, seq_len: int):
+        """(tensor count, bytes) one micro-batch may hold, from the activation spec."""
+        cfg, a = self.w.config, self.activation
+        row = a.hidden_dim * max(DType[a.dtype].itemsize, 4)
+        return cfg.max_input_tensors, cfg.max_batch * max(seq_len, 1) * row
+
+    def _read_group(self, limits=None):
+        """Tensors until END: ``(tensors, "END")``, ``(None, "ERR")`` or ``(None, None)`` if cut.
+
+        With ``limits`` (count, bytes), a group that exceeds them is read to its
+        END but not kept: ``(None, "LIMIT")``, and ``self.limit_error`` says why.
+        Without limits (draining a failed request) nothing is kept at all.
+        """
+        tensors: Optional[List[Tensor]] = [] if limits is not None else None
+        count = size = 0
         while True:
             msg = self._recv_input()
             if msg is None:
                 return None, None
             if isinstance(msg, TensorMessage):
-                tensors.append(msg.tensor)
+                count += 1
+                size += msg.tensor.nbytes
+                if tensors is not None:
+                    if count > limits[0] or size > limits[1]:
+                        self.limit_error = InputLimitExceeded(
+                            f"{count} tensors / {size} bytes in one micro-batch; this request "
+                            f"allows {limits[0]} tensors / {limits[1]} bytes")
+                        tensors = None          # freed now; the rest is read and dropped
+                    else:
+                        tensors.append(msg.tensor)
             elif isinstance(msg, Data) and msg.payload == END:
+                if tensors is None and limits is not None:
+                    return None, "LIMIT"
                 return tensors, "END"
             elif isinstance(msg, Data) and msg.payload == ERR:
                 return None, "ERR"
@@ -661,13 +714,18 @@ class _RequestLoop:
         done = 0
         confirmed = False
         upstream_err = False
+        limits = self._input_limits(req.seq_len)
         for mb in range(m):
-            tensors, status = self._read_group()
+            tensors, status = self._read_group(limits)
             if status == "ERR":
                 upstream_err = True
                 error = str(StageFailed(UNKNOWN_STAGE, "upstream stage reported error"))
                 break
             if status is None:
+                break
+            if status == "LIMIT":
+                error = str(self.limit_error)
+                done = mb + 1
                 break
             trace.event(self.ev["input"])
             t0 = time.perf_counter_ns()

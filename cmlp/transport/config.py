@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, TypeVar
 
 from cmlp.attestation.base import ExpectedMeasurements
+from cmlp.attestation.role import Role
 from cmlp.errors import HandshakeFailed
 from cmlp.transport.wire import MAX_PAYLOAD_SIZE
 
@@ -74,6 +75,10 @@ class SessionConfig:
     security_profile: SecurityProfile = SecurityProfile.PRODUCTION
     io_timeout: Optional[float] = None
     allow_unattested_peer: bool = False
+    # pipeline role binding (cmlp.attestation.role): the role this side attests, and the
+    # role the peer's document must attest; None = bare nonce, as the reference
+    own_role: Optional[Role] = None
+    peer_role: Optional[Role] = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):

@@ -24,7 +24,7 @@ from typing import Optional
 
 from cmlp import _frame
 from cmlp.attestation.base import VerifiedAttestation, document_hash
-from cmlp.errors import (HandshakeFailed, MissingField, PublicKeyMismatch,
+from cmlp.errors import (HandshakeFailed, MissingField, PublicKeyMismatch, RoleMismatch,
                          UnexpectedMessage, VerificationFailed)
 from cmlp.transport import sodium
 from cmlp.transport.config import SessionConfig
@@ -156,8 +156,10 @@ class _Side:
         self.keys: Optional[SessionKeys] = None
 
     def _own_document(self) -> bytes:
+        role = self.config.own_role
+        attested_nonce = self.nonce if role is None else role.bind(self.nonce)
         try:
-            doc = self.provider.attest(None, self.nonce, self.public_key)
+            doc = self.provider.attest(None, attested_nonce, self.public_key)
         except Exception as exc:  # noqa: BLE001 - any provider failure aborts the handshake
             what = ("initiator attestation generation failed" if self.role == "initiator"
                     else "attestation generation failed")
@@ -182,8 +184,15 @@ class _Side:
             raise PublicKeyMismatch()
         if verified.nonce is None:
             raise MissingField("nonce")
-        if bytes(verified.nonce) != peer_nonce:
-            raise VerificationFailed("nonce mismatch")
+        role = self.config.peer_role
+        if role is None:
+            if bytes(verified.nonce) != peer_nonce:
+                raise VerificationFailed("nonce mismatch")
+        elif bytes(verified.nonce) != role.bind(peer_nonce):
+            if bytes(verified.nonce) == peer_nonce:
+                raise RoleMismatch(f"the peer attests no pipeline role; expected {role}")
+            raise RoleMismatch(f"the peer does not attest the expected role {role} (a skipped, "
+                               "swapped or duplicated stage, or another pipeline)")
         if self.config.expected_measurements is not None:
             self.config.expected_measurements.verify(verified.measurements)
         return verified
