@@ -35,8 +35,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from bench_pipeline import (PROMPT, remap_ports, run_session,  # noqa: E402
-                            start_stages, wait_listening)
+from bench_pipeline import (PROMPT, run_session, start_stages,  # noqa: E402
+                            wait_listening)
+
+
+def remap_ports(manifest: Path, offset: int, out_dir: Path) -> Path:
+    """A copy of a shipped manifest with every TCP port of the stages moved by ``offset``."""
+    doc = json.loads(manifest.read_text())
+    for stage in doc["stages"]:
+        for spec in stage["endpoint"].values():
+            host, port = spec["addr"].rsplit(":", 1)
+            spec["addr"] = f"{host}:{int(port) + offset}"
+    out = out_dir / manifest.name
+    out.write_text(json.dumps(doc))
+    return out
 
 HB = [("hb 1-stage", "manifest_1stage_hostblind.json"),
       ("hb 2-stage relayed", "manifest_2stage_hostblind_relay.json"),

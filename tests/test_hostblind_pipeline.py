@@ -5,6 +5,7 @@ mode produces for every cut (test_pipeline_gpt2.py); host-blind mode must
 produce them too, for 1, 2 and 3 stages, direct and relayed.
 """
 
+import json
 import threading
 import time
 
@@ -12,8 +13,9 @@ import pytest
 
 from cmlp.client import Client, Finished, SamplingParams, TokenEvent
 from cmlp.errors import (ContextTooLong, GenerationError, InvalidRequestError, MissingField,
-                         ServerBusy, VerificationFailed)
+                         RoleMismatch, ServerBusy, VerificationFailed)
 from cmlp.hostblind.stage_loop import HostBlindOptions
+from cmlp.manifest import Manifest
 from cmlp.pipeline.gpt2 import Gpt2Executor, generate
 from cmlp.tokenizer import load_tokenizer
 
@@ -222,11 +224,15 @@ def test_client_refuses_a_stage0_without_the_pinned_measurements(parity):
     with served(m, executors(model_dir, 1)) as (server, _):
         pinned = m.to_json()
         pinned["stages"][0]["expected_measurements"] = {"0": "ab" * 48}
-        from cmlp.manifest import Manifest
-        import json
         pinned = Manifest.from_json(json.dumps(pinned))
         with pytest.raises((VerificationFailed, MissingField)):
             list(Client(str(server.address), pinned).generate(prompt, SamplingParams()))
+        # a stage 0 of another pipeline (here: another model version) attests another role
+        other = m.to_json()
+        other["model_version"] = "2"
+        with pytest.raises(RoleMismatch):
+            list(Client(str(server.address), Manifest.from_json(json.dumps(other)))
+                 .generate(prompt, SamplingParams()))
         # production needs real attestation and pins: refused before any I/O
         with pytest.raises(InvalidRequestError, match="production"):
             Client(str(server.address), m, profile="production", attestation="mock")

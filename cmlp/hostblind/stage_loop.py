@@ -357,7 +357,7 @@ class _Stage0Loop(_Base):
             if info["eos_token"] is None and hasattr(self.tok, "eos_id"):
                 info["eos_token"] = _str_or_none(self.tok.decode([self.tok.eos_id]))
             try:
-                self._to_client(ch, cl.send(P.InfoReply(cseq, info)), final=True)
+                self._to_client(ch, cl.send(P.InfoReply(cseq, info)))
             except _ClientGone:
                 pass
             return
@@ -365,7 +365,7 @@ class _Stage0Loop(_Base):
             prompt_ids, params = self._parse(req.body)
         except InvalidRequestError as exc:
             code = P.ERR_CONTEXT if isinstance(exc, ContextTooLong) else P.ERR_INVALID
-            self._to_client(ch, cl.send(P.Error(cseq, code, str(exc))), final=True)
+            self._to_client(ch, cl.send(P.Error(cseq, code, str(exc))))
             return
         self._to_client(ch, cl.send(P.Started(cseq, tuple(prompt_ids))))
         seq, self.next_seq = self.next_seq, self.next_seq + 1
@@ -388,11 +388,11 @@ class _Stage0Loop(_Base):
     def _client_error(self, ch, cl, cseq, code, text) -> None:
         if cl.state(cseq) in (P.WAIT_START, P.STREAMING) and not ch.closed:
             try:
-                self._to_client(ch, cl.send(P.Error(cseq, code, text)), final=True)
+                self._to_client(ch, cl.send(P.Error(cseq, code, text)))
             except _ClientGone:
                 pass
 
-    def _to_client(self, ch: SecureChannel, payload: bytes, final: bool = False) -> None:
+    def _to_client(self, ch: SecureChannel, payload: bytes) -> None:
         try:
             ch.send(payload, timeout=self.opts.client_send_timeout)
         except CmlpError as exc:
