@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from bench_pipeline import even_splits, wait_listening  # noqa: E402
+from bench_pipeline import even_splits, wait_listening
 
 CONFIGS = [("1 stage", 1, "direct"), ("2 stages relayed", 2, "relay")]
 
@@ -40,6 +40,7 @@ def write_manifest(model_dir: Path, stages: int, layout: str, base: int, out: Pa
 
 def start_stages(manifest: Path, model_dir: Path, threads: int, extra=()):
     import subprocess
+
     from cmlp.manifest import Manifest
     m = Manifest.load(manifest)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
@@ -63,7 +64,9 @@ def engine_table(model_dir: Path, runs: int, batches=(1, 2, 4, 8)) -> None:
     """The scaling model's inputs: one decode step of B rows (slot path), full model and half,
     1 and 2 threads, medians of interleaved rounds (ms)."""
     import time
+
     import numpy as np
+
     from cmlp.model import Gpt2Shard
     from cmlp.model.config import load_config
     nl = load_config(model_dir).n_layer
@@ -155,15 +158,16 @@ def main():
             p.terminate()
         for p in procs:
             p.wait(30)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), "?")
     print(f"\nCPU: {cpu}, {os.cpu_count()} cores; {args.threads} threads per stage; "
           f"model {model_dir.name} (n_layer {cfg['n_layer']}, n_embd {cfg['n_embd']}); "
           f"prompt {args.prompt_tokens} tokens, {args.tokens} tokens per stream; "
           f"micro-batches {args.micro_batches or 'one per stage'}; "
           f"medians of {args.runs} rounds (round 0 discarded)\n")
-    print(f"| configuration | streams | aggregate tok/s | x one stream | ITL p50 ms | "
-          f"x one stream | TTFT p50 ms |")
+    print("| configuration | streams | aggregate tok/s | x one stream | ITL p50 ms | "
+          "x one stream | TTFT p50 ms |")
     print("|---|---|---|---|---|---|---|")
     for name, *_ in CONFIGS:
         base_tps = base_itl = None

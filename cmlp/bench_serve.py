@@ -13,7 +13,6 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from cmlp.client import Client, Finished, SamplingParams, TokenEvent
 
@@ -23,23 +22,23 @@ class RoundResult:
     clients: int
     wall_s: float = 0.0
     tokens: int = 0
-    ttft_s: List[float] = field(default_factory=list)
-    itl_s: List[float] = field(default_factory=list)
-    errors: List[str] = field(default_factory=list)
+    ttft_s: list[float] = field(default_factory=list)
+    itl_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def _pct(xs: List[float], q: float) -> float:
+def _pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def prompt_ids(n: int, seed: int, vocab: int = 50000) -> List[int]:
+def prompt_ids(n: int, seed: int, vocab: int = 50000) -> list[int]:
     rng = random.Random(seed)
     return [rng.randrange(256, vocab) for _ in range(n)]
 
@@ -56,7 +55,7 @@ def run_round(client: Client, clients: int, prompt_tokens: int, max_tokens: int,
         params = SamplingParams(max_tokens=max_tokens)
         gate.wait()
         t0 = time.monotonic()
-        last: Optional[float] = None
+        last: float | None = None
         ttft, itl, n = None, [], 0
         try:
             for ev in client.generate(ids, params):
@@ -102,7 +101,7 @@ def row(res: RoundResult) -> str:
             f"{len(res.errors):>6}")
 
 
-def merge(rounds: List[RoundResult]) -> RoundResult:
+def merge(rounds: list[RoundResult]) -> RoundResult:
     """Medians of tokens/s over rounds (as one synthetic result); latencies pooled."""
     out = RoundResult(rounds[0].clients)
     med = statistics.median(r.tokens_per_s for r in rounds)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_helpers import PARITY
 
 from cmlp.errors import InvalidModelInput
 from cmlp.model import Gpt2Shard
-
-from model_helpers import PARITY
 
 V = PARITY.config.vocab_size
 NL = PARITY.config.n_layer

@@ -7,6 +7,7 @@ actually batched fails instead of passing vacuously.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import threading
@@ -14,6 +15,14 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from hostblind_helpers import hb_manifest, hb_manifest_dict, host_config
+from model_helpers import PARITY
+from pipeline_helpers import (
+    StageThread,
+    start_stage_process,
+    stop_processes,
+    write_manifest,
+)
 
 from cmlp.client import Client, Finished, SamplingParams, TokenEvent
 from cmlp.errors import GenerationError, PipelineUnavailable, ServerBusy
@@ -22,10 +31,6 @@ from cmlp.hostblind.stage_loop import HostBlindOptions
 from cmlp.model.synthetic import init_model
 from cmlp.pipeline.gpt2 import Gpt2Executor
 from cmlp.transport.sockets import parse_endpoint
-
-from hostblind_helpers import hb_manifest, hb_manifest_dict, host_config
-from model_helpers import PARITY
-from pipeline_helpers import StageThread, start_stage_process, stop_processes, write_manifest
 
 SPLITS = {1: [(0, 4)], 2: [(0, 2), (2, 4)], 3: [(0, 1), (1, 3), (3, 4)]}
 
@@ -231,7 +236,7 @@ def test_a_killed_stage_fails_every_active_sequence_and_the_server_recovers(tiny
             try:
                 server.start()
                 break
-            except Exception:                          # noqa: BLE001 - retried until up
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
@@ -342,4 +347,5 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(parity):
     chunks = [i for i, (_, t) in enumerate(calls) if t > 1]
     assert [calls[i][1] for i in chunks] == [32, 32, 32, 4]
     # the running streams took a decode step between every two chunks of the prompt
-    assert all(any(calls[j][1] == 1 for j in range(a + 1, b)) for a, b in zip(chunks, chunks[1:]))
+    assert all(any(calls[j][1] == 1 for j in range(a + 1, b))
+               for a, b in itertools.pairwise(chunks))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks against a running server")
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH")

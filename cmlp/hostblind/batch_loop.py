@@ -22,20 +22,37 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from cmlp import trace
-from cmlp.errors import (CmlpError, ContextTooLong, CryptoError, FrameError, InvalidRequestError,
-                         PipelineTimeout, ProtocolError, SessionError, StageError, Timeout)
+from cmlp.errors import (
+    CmlpError,
+    ContextTooLong,
+    CryptoError,
+    FrameError,
+    InvalidRequestError,
+    PipelineTimeout,
+    ProtocolError,
+    SessionError,
+    StageError,
+    Timeout,
+)
 from cmlp.hostblind import protocol as P
 from cmlp.hostblind.params import SamplingParams
 from cmlp.hostblind.sampling import Sampler, make_rng
-from cmlp.hostblind.stage_loop import (WATCH_SLICE, _begin_params, _ClientGone, _ids_tensor,
-                                       _LinkLost, _RingStageLoop, _Stage0Loop, _str_or_none)
+from cmlp.hostblind.stage_loop import (
+    WATCH_SLICE,
+    _begin_params,
+    _ClientGone,
+    _ids_tensor,
+    _LinkLost,
+    _RingStageLoop,
+    _Stage0Loop,
+    _str_or_none,
+)
 from cmlp.hostblind.stopping import Stopper
-from cmlp.transport import Data, SecureChannel, ShutdownMessage, TensorMessage, sockets
+from cmlp.transport import Data, SecureChannel, ShutdownMessage, sockets
 from cmlp.transport.wire import DType, Tensor
 
 log = logging.getLogger(__name__)
@@ -54,10 +71,10 @@ class _Gen:
     ch: SecureChannel
     cl: P.Endpoint
     cseq: int
-    prompt_ids: List[int]
+    prompt_ids: list[int]
     params: SamplingParams
     seq: int = 0
-    stopper: Optional[Stopper] = None
+    stopper: Stopper | None = None
     rng: object = None
     state: str = PREFILL
     step: int = 0                    # the next Step / Token number
@@ -65,7 +82,7 @@ class _Gen:
     begun: bool = False
     sent_at: float = 0.0             # when its Step left (token deadline)
     prefilled: int = 0               # prompt tokens already in stage 0's slot
-    hidden: Optional[np.ndarray] = None   # [1, P, C] stage 0's prefill output (N stages)
+    hidden: np.ndarray | None = None   # [1, P, C] stage 0's prefill output (N stages)
 
 
 class BatchStage0Loop(_Stage0Loop):
@@ -75,9 +92,9 @@ class BatchStage0Loop(_Stage0Loop):
         ex = self.w.executor
         self.n_slots = _configure_slots(ex, self.opts)
         self.single = self.n == 1
-        self.gens: Dict[int, _Gen] = {}
-        self.admit_q: "queue.Queue[_Gen]" = queue.Queue()
-        self.waiting: Deque[_Gen] = deque()
+        self.gens: dict[int, _Gen] = {}
+        self.admit_q: queue.Queue[_Gen] = queue.Queue()
+        self.waiting: deque[_Gen] = deque()
         self.inflight = 0                 # admitted + waiting (acceptor threads read it)
         self.inflight_lock = threading.Lock()
         self.stop = threading.Event()
@@ -279,10 +296,10 @@ class BatchStage0Loop(_Stage0Loop):
         g.state = WAITING
         g.sent_at = time.monotonic()
 
-    def _decode(self, gens: List[_Gen]) -> None:
+    def _decode(self, gens: list[_Gen]) -> None:
         self._forward(gens, [_ids_tensor((g.token,)) for g in gens])
 
-    def _forward(self, gens: List[_Gen], rows: List[Tensor]) -> None:
+    def _forward(self, gens: list[_Gen], rows: list[Tensor]) -> None:
         ex = self.w.executor
         ok_gens, ok_rows = [], []
         for g, row in zip(gens, rows):
@@ -445,10 +462,10 @@ class BatchRingLoop(_RingStageLoop):
         self.cap = _configure_slots(ex, self.opts)
         self.up = P.Endpoint(P.DOWNSTREAM)
         self.down = P.Endpoint(P.UPSTREAM, sampled_link=self.is_last)
-        self.params: Dict[int, Tuple[SamplingParams, object]] = {}
+        self.params: dict[int, tuple[SamplingParams, object]] = {}
         try:
             while True:
-                batch: List[Tuple[int, int, int, Tensor]] = []
+                batch: list[tuple[int, int, int, Tensor]] = []
                 self._handle(self.recv_in(0, idle_ok=True), batch)
                 while len(batch) < self.cap and self.data_in.pending():
                     self._handle(self._recv(), batch)
