@@ -349,3 +349,24 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(parity):
     # the running streams took a decode step between every two chunks of the prompt
     assert all(any(calls[j][1] == 1 for j in range(a + 1, b))
                for a, b in itertools.pairwise(chunks))
+
+
+def test_cmlp_bench_serve_prints_the_table(parity, tmp_path, capsys):
+    import json
+
+    from cmlp.cli.main import build_parser
+    doc = hb_manifest_dict(1, splits=SPLITS[1], max_seq_len=512, hidden_dim=64)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    from cmlp.manifest import Manifest
+    m = Manifest.load(path)
+    with served_many(m, [CountingExecutor(parity)]) as server:
+        args = build_parser().parse_args(
+            ["bench", "serve", "--connect", str(server.address), "--manifest", str(path),
+             "--clients", "4", "--prompt-tokens", "5", "--max-tokens", "6", "--rounds", "2",
+             "--vocab", "512"])
+        assert args.func(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:2] == ["clients", "tok/s"]
+    row = out[2].split()
+    assert row[0] == "4" and float(row[1]) > 0 and row[-1] == "0"      # no errors
