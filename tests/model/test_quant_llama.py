@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from llama_helpers import Case, Chain, build_hf_model, hf_logits, save
+from tests.helpers.llama_helpers import Case, Chain, build_hf_model, hf_logits, save
 from tests.helpers.model import layer_partitions
 from safetensors.numpy import load_file, save_file
 

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from hostblind_helpers import hb_manifest, hb_manifest_dict, host_config
+from tests.helpers.hostblind_helpers import hb_manifest, hb_manifest_dict, host_config
 from tests.helpers.model import PARITY
 from tests.helpers.pipeline import (
     StageThread,

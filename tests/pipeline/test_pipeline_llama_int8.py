@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from llama_helpers import Case, build_hf_model, hf_logits, save
+from tests.helpers.llama_helpers import Case, build_hf_model, hf_logits, save
 from tests.helpers.model import layer_partitions
 from tests.helpers.pipeline import manifest_dict, running_pipeline
 from safetensors.numpy import load_file
