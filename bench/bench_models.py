@@ -2,7 +2,7 @@
 """Llama-family shapes: cmlp vs PyTorch + transformers, decode and prefill, peak RSS.
 
     python bench/bench_models.py [--presets smollm2-135m,qwen2.5-0.5b] [--dtype bf16]
-                                 [--threads 2] [--rounds 5] [--model-root DIR]
+                                 [--threads 2] [--rounds 5] [--model-root DIR] [--no-int8]
 
 Each preset is written once by ``cmlp model init`` (random weights with the real
 shapes, stored in --dtype) under --model-root.  Both implementations run in this
@@ -18,6 +18,15 @@ prefill: ms for PREFILL tokens
 peak RSS: VmHWM of a fresh subprocess per implementation (load, prefill, 16
 decode steps), against the bytes of the weights it holds.  The ratio includes
 the interpreter and numpy (~30-40 MB), which matters for the 135M model.
+
+int8 rows (unless --no-int8): ``cmlp-int8`` runs the ``cmlp model quantize
+--dtype int8`` copy of the same checkpoint (I8 + per-channel scales, VNNI
+kernels where the CPU has them); ``ct2-int8`` is CTranslate2 (bench-only
+dependency: pip install ctranslate2) on its own int8 conversion of the same
+checkpoint (``quantization="int8"``), driven by token strings from its
+vocabulary; its decode time is the median gap between streamed tokens of
+``generate_tokens`` (the first gap, which holds the prefill, dropped) and its
+prefill is ``generate_batch(max_length=1)`` (prefill plus one argmax step).
 
 The machine is shared: report the load alongside the numbers.
 """
@@ -46,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--model-root", type=Path, default=Path("/tmp/cmlp-bench-models"))
+    p.add_argument("--no-int8", action="store_true", help="skip cmlp-int8 and ct2-int8")
     p.add_argument("--rss-child", nargs=3, metavar=("IMPL", "DIR", "THREADS"),
                    help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -80,6 +90,64 @@ class Cmlp:
 
     def step(self, tok):
         return self.shard.forward(self.np.asarray([[tok]], self.np.uint32))
+
+
+def int8_dir(d: Path) -> Path:
+    """The ``cmlp model quantize --dtype int8`` copy of d (written once)."""
+    from cmlp.model.quantize import quantize_model
+    out = d.with_name(d.name + "-int8")
+    if not (out / "config.json").is_file():
+        quantize_model(d, out, "int8", overwrite=True)
+    return out
+
+
+def ct2_dir(d: Path) -> Path:
+    """CTranslate2's own int8 conversion of d (written once)."""
+    import ctranslate2
+    out = d.with_name(d.name + "-ct2-int8")
+    if not (out / "model.bin").is_file():
+        ctranslate2.converters.TransformersConverter(str(d)).convert(
+            str(out), quantization="int8", force=True)
+        # the synthetic tokenizer has no bos_token; CTranslate2 4.x wants a string there
+        cfg_path = out / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("bos_token") is None:
+            cfg["bos_token"] = cfg["eos_token"]
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+class CmlpInt8(Cmlp):
+    name = "cmlp-int8"
+
+    def __init__(self, d, threads):
+        super().__init__(int8_dir(Path(d)), threads)
+
+
+class Ct2Int8:
+    """CTranslate2 int8 (weights int8, its own CPU kernels), same shapes and threads."""
+    name = "ct2-int8"
+
+    def __init__(self, d, threads):
+        import ctranslate2
+        out = ct2_dir(Path(d))
+        self.vocab = json.loads((out / "vocabulary.json").read_text())
+        self.gen = ctranslate2.Generator(str(out), device="cpu", compute_type="int8",
+                                         intra_threads=threads, inter_threads=1)
+
+    def prefill(self, ids):
+        return self.gen.generate_batch([[self.vocab[i] for i in ids]], max_length=1,
+                                       beam_size=1, sampling_topk=1,
+                                       include_prompt_in_result=False)
+
+    def decode_ms(self, prompt):
+        stamps = []
+        for _ in self.gen.generate_tokens([self.vocab[i] for i in prompt],
+                                          max_length=DECODE_STEPS + 1,
+                                          min_length=DECODE_STEPS + 1, sampling_topk=1):
+            stamps.append(time.perf_counter())
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        return statistics.median(gaps) * 1e3
 
 
 class Torch:
@@ -119,10 +187,14 @@ class TorchFp32(Torch):
     upcast = True
 
 
-IMPLS = {"cmlp": Cmlp, "torch": Torch, "torch-fp32": TorchFp32}
+IMPLS = {"cmlp": Cmlp, "torch": Torch, "torch-fp32": TorchFp32, "cmlp-int8": CmlpInt8,
+         "ct2-int8": Ct2Int8}
+INT8_IMPLS = ("cmlp-int8", "ct2-int8")
 
 
 def time_decode(impl, prompt):
+    if hasattr(impl, "decode_ms"):
+        return impl.decode_ms(prompt)
     impl.prefill(prompt)
     times = []
     for i in range(DECODE_STEPS):
@@ -141,7 +213,9 @@ def time_prefill(impl, ids):
 def rss_child(impl_name, d, threads):
     impl = IMPLS[impl_name](d, int(threads))
     impl.prefill(list(range(1, PROMPT + 1)))
-    for i in range(DECODE_STEPS):
+    if hasattr(impl, "decode_ms"):
+        impl.decode_ms(list(range(1, PROMPT + 1)))
+    for i in range(0 if hasattr(impl, "decode_ms") else DECODE_STEPS):
         impl.step(7 + i)
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -156,7 +230,11 @@ def peak_rss(impl_name, d, threads):
     return int(out.stdout.split()[-1])
 
 
-def weight_bytes(d):
+def weight_bytes(d, impl_name="cmlp"):
+    if impl_name == "cmlp-int8":
+        d = int8_dir(Path(d))
+    if impl_name == "ct2-int8":
+        return (ct2_dir(Path(d)) / "model.bin").stat().st_size
     return sum(p.stat().st_size for p in Path(d).glob("*.safetensors"))
 
 
@@ -175,8 +253,14 @@ def main(argv=None):
     prefill_ids = list(range(1, PREFILL + 1))
     for preset in args.presets.split(","):
         d = model_dir(args.model_root, preset, args.dtype)
-        impls = [cls(d, args.threads) for name, cls in IMPLS.items()
-                 if args.dtype == "bf16" or name != "torch-fp32"]
+        names = [n for n in IMPLS if (args.dtype == "bf16" or n != "torch-fp32")
+                 and not (args.no_int8 and n in INT8_IMPLS)]
+        impls = []
+        for name in names:
+            try:
+                impls.append(IMPLS[name](d, args.threads))
+            except ImportError as exc:
+                print(f"{name}: skipped ({exc}; pip install ctranslate2)")
         results = {i.name: {"decode": [], "prefill": []} for i in impls}
         for _ in range(args.rounds):
             for impl in impls:
@@ -184,18 +268,21 @@ def main(argv=None):
                 results[impl.name]["prefill"].append(time_prefill(impl, prefill_ids))
         wb = weight_bytes(d)
         print(f"\n{preset} ({args.dtype}, weights {wb / 1e6:.0f} MB)")
-        print(f"{'impl':8} {'decode ms/tok':>14} {'prefill ' + str(PREFILL) + ' ms':>14} "
+        print(f"{'impl':10} {'decode ms/tok':>14} {'prefill ' + str(PREFILL) + ' ms':>14} "
               f"{'weight GB/s':>12} {'peak RSS MB':>12} {'RSS/weights':>12}")
         del impls
         for name, r in results.items():
             dec, pre = statistics.median(r["decode"]), statistics.median(r["prefill"])
             rss = peak_rss(name, d, args.threads)
-            print(f"{name:8} {dec:14.2f} {pre:14.1f} {wb / dec / 1e6:12.2f} {rss / 1e6:12.0f} "
+            wb = weight_bytes(d, name)
+            print(f"{name:10} {dec:14.2f} {pre:14.1f} {wb / dec / 1e6:12.2f} {rss / 1e6:12.0f} "
                   f"{rss / wb:12.2f}")
-        c = results["cmlp"]
-        for peer in [n for n in results if n != "cmlp"]:
-            t = results[peer]
-            print(f"cmlp/{peer}: decode "
+        pairs = [("cmlp", n) for n in results if n not in ("cmlp",) + INT8_IMPLS]
+        pairs += [("cmlp-int8", n) for n in ("ct2-int8", "torch") if n in results
+                  and "cmlp-int8" in results]
+        for ours, peer in pairs:
+            c, t = results[ours], results[peer]
+            print(f"{ours}/{peer}: decode "
                   f"{statistics.median(c['decode']) / statistics.median(t['decode']):.2f}x, prefill "
                   f"{statistics.median(c['prefill']) / statistics.median(t['prefill']):.2f}x")
     return 0

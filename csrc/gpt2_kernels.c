@@ -486,6 +486,52 @@ void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float 
     }
 }
 
+/* Continuous batching's decode matmul (M <= GPT2_SMALL_M rows, any N); see the header.
+ * Register tiles of 4 rows x 16 columns summed over the whole k range, so y is written
+ * once; per element the sum is the same chain of multiply-adds over k in order as in
+ * matmul_conv1d_small, so a row's result does not depend on M. */
+GPT2_HOT
+void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *weight,
+                        long k_begin, long k_end, long N)
+{
+    long vec_end = N - N % VLEN;
+    for (int m0 = 0; m0 < M; m0 += 4) {
+        int mr = M - m0 < 4 ? M - m0 : 4;
+        const float *x0 = x + (long)m0 * ldx;
+        const float *x1 = x0 + (mr > 1 ? ldx : 0), *x2 = x0 + (mr > 2 ? 2 * ldx : 0);
+        const float *x3 = x0 + (mr > 3 ? 3 * ldx : 0);
+        float *y0 = y + (long)m0 * N;
+        for (long j = 0; j < vec_end; j += VLEN) {
+            v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            const float *w = weight + k_begin * N + j;
+            for (long k = k_begin; k < k_end; k++, w += N) {
+                v16f wv = vload(w);
+                a0 += x0[k] * wv;
+                a1 += x1[k] * wv;          /* rows past mr repeat row 0: not stored */
+                a2 += x2[k] * wv;
+                a3 += x3[k] * wv;
+            }
+            vstore(y0 + j, a0);
+            if (mr > 1) vstore(y0 + N + j, a1);
+            if (mr > 2) vstore(y0 + 2 * N + j, a2);
+            if (mr > 3) vstore(y0 + 3 * N + j, a3);
+        }
+        for (int m = 0; m < mr; m++) {
+            const float *xm = x0 + (long)m * ldx;
+            for (long j = vec_end; j < N; j++) {
+                float s = 0.0f;
+                long k = k_begin;
+                for (; k + 4 <= k_end; k += 4)
+                    s += xm[k] * weight[k * N + j] + xm[k + 1] * weight[(k + 1) * N + j]
+                         + xm[k + 2] * weight[(k + 2) * N + j] + xm[k + 3] * weight[(k + 3) * N + j];
+                for (; k < k_end; k++)
+                    s += xm[k] * weight[k * N + j];
+                y0[(long)m * N + j] = s;
+            }
+        }
+    }
+}
+
 GPT2_HOT
 void matvec_rows(float *y, const float *x, const float *weight, long r_begin, long r_end, long K)
 {

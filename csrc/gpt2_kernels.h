@@ -76,6 +76,12 @@ void matvec_conv1d(float *y, const float *x, const float *weight,
 void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float *weight,
                          long k_begin, long k_end, long N);
 
+/* matmul_conv1d_small for any M (continuous batching's decode rows): register tiles
+ * of 4 rows x 16 columns summed over [k_begin, k_end); per element the same chain of
+ * multiply-adds over k in order as matmul_conv1d_small, so results match it bit for bit. */
+void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *weight,
+                        long k_begin, long k_end, long N);
+
 /* GEMV against row vectors: y[r] = dot(weight[r, 0:K], x) for r in [r_begin, r_end). */
 void matvec_rows(float *y, const float *x, const float *weight, long r_begin, long r_end, long K);
 

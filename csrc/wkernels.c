@@ -394,7 +394,7 @@ static void linear_avx512bf16(float *y, long ldy, const float *x, long ldx, int 
                               const wk_weight *w, long nb, long ne)
 {
     /* one input row is memory bound either way: keep its activations exact */
-    if (w->dtype == WK_BF16 && M >= 2)
+    if (w->dtype == WK_BF16 && M >= 2 && !(w->flags & WK_FP32_ACT))
         linear_bf16dp(y, ldy, x, ldx, M, w, nb, ne);
     else
         linear_avx512vnni(y, ldy, x, ldx, M, w, nb, ne);
@@ -502,6 +502,8 @@ int wk_weight_check(const wk_weight *w)
         return -3;
     if (w->group_size != 0)
         return -4;
+    if (w->flags & ~WK_FP32_ACT)
+        return -5;
     return 0;
 }
 

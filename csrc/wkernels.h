@@ -55,7 +55,13 @@ typedef struct wk_weight {
     long group_size;      /* 0: per channel (the only format implemented) */
     long N;               /* output features */
     long K;               /* input features */
+    int flags;            /* WK_FP32_ACT or 0 */
 } wk_weight;
+
+/* flags: keep fp32 activations on every path (no bf16 rounding for vdpbf16ps),
+ * for callers whose results must match an fp32 reference on the widened
+ * weights to ~1e-5 relative (llama/qwen2 bf16: tests/test_model_llama_parity.py) */
+#define WK_FP32_ACT 1
 
 size_t wk_dtype_size(int dtype);
 /* 0 when w is usable by the kernels below, else a negative code */

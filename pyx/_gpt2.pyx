@@ -63,6 +63,8 @@ cdef extern from "gpt2_kernels.h" nogil:
     int GPT2_SMALL_M
     void matmul_conv1d_small(float* y, const float* x, long ldx, int M, const float* weight,
                              long k_begin, long k_end, long N)
+    void matmul_conv1d_rows(float* y, const float* x, long ldx, int M, const float* weight,
+                            long k_begin, long k_end, long N)
     void softmax_causal_forward(float* scores, int T, int S, long ld, int past_len, float scale)
     void attention_decode_forward(float* out, const float* q, const float* k_cache,
                                   const float* v_cache, int S, int D, float scale, float* scratch)
@@ -70,6 +72,7 @@ cdef extern from "gpt2_kernels.h" nogil:
 cdef extern from "<sys/mman.h>" nogil:
     int madvise(void* addr, size_t length, int advice)
     int MADV_NOHUGEPAGE
+    int MADV_DONTNEED
 
 cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void** memptr, size_t alignment, size_t size)
@@ -309,6 +312,82 @@ cdef str blocks_dtype(BlockWeights* blocks, int n):
 
 
 # ---------------------------------------------------------------------------
+# Slot (batched decode) tasks: results per row independent of the batch
+# ---------------------------------------------------------------------------
+
+cdef void matmul_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """One slab of weight rows applied to all M rows (the slab is read from memory once;
+    a 4-row tile re-reads it from cache).  The chunking depends on N only and both
+    kernels add a row's products in the same order, so a row's result is the same
+    whatever M is (checked bit for bit in tests/test_batching_engine.py)."""
+    cdef MatmulTask* task = <MatmulTask*>ctx
+    cdef float* y = task.partials + chunk * task.M * task.N
+    cdef long k_begin = chunk * task.chunk_rows
+    cdef long k_end = min(k_begin + task.chunk_rows, task.K)
+    if task.M <= 2:             # [M, N] partial sums fit L1; the slab streams in order
+        matmul_conv1d_small(y, task.inp, task.K, <int>task.M, task.weight, k_begin, k_end, task.N)
+    else:                       # 4-row register tiles summed over the slab, y written once
+        matmul_conv1d_rows(y, task.inp, task.K, <int>task.M, task.weight, k_begin, k_end, task.N)
+
+
+cdef void lm_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """Tied lm_head for M rows on one slab of vocabulary rows (read once, M dots each)."""
+    cdef MatmulTask* task = <MatmulTask*>ctx
+    cdef long r_begin = chunk * task.chunk_rows
+    cdef long r_end = min(r_begin + task.chunk_rows, task.N)
+    cdef long m
+    for m in range(task.M):
+        matvec_rows(task.out + m * task.N, task.inp + m * task.K, task.weight,
+                    r_begin, r_end, task.K)
+
+
+cdef struct SlotAttentionTask:
+    float* out                  # [B*T, C]
+    const float* qkv            # [B*T, 3C]
+    float* k_cache              # this block's K: [n_slots, H, n_positions, D]
+    float* v_cache
+    const int* slots            # [B] slot of each row
+    const int* pos              # [B] first position of each row
+    int T
+    int C
+    int H
+    int D
+    int n_positions
+    float scale
+    float* scratch
+    long scratch_stride
+
+
+cdef void slot_attention_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """attention_head_chunk on (row b, head h) with b's own slot and position."""
+    cdef SlotAttentionTask* task = <SlotAttentionTask*>ctx
+    cdef int b = chunk // task.H
+    cdef int h = chunk % task.H
+    cdef int D = task.D
+    cdef int past = task.pos[b]
+    cdef long qkv_ld = 3 * task.C
+    cdef long head_offset = (<long>task.slots[b] * task.H + h) * task.n_positions * D
+    cdef float* k_head = task.k_cache + head_offset
+    cdef float* v_head = task.v_cache + head_offset
+    cdef const float* q = task.qkv + <long>b * task.T * qkv_ld + h * D
+    cdef float* out = task.out + <long>b * task.T * task.C + h * D
+    cdef float* scratch = task.scratch + thread_idx * task.scratch_stride
+    cdef int t
+    cdef const float* row
+    for t in range(task.T):
+        row = q + t * qkv_ld
+        memcpy(k_head + <long>(past + t) * D, row + task.C, D * sizeof(float))
+        memcpy(v_head + <long>(past + t) * D, row + 2 * task.C, D * sizeof(float))
+    cdef int S = past + task.T
+    if task.T == 1:
+        attention_decode_forward(out, q, k_head, v_head, S, D, task.scale, scratch)
+        return
+    gemm(False, True, task.T, S, D, 1.0, q, qkv_ld, k_head, D, 0.0, scratch, S)
+    softmax_causal_forward(scratch, task.T, S, S, past, task.scale)
+    gemm(False, False, task.T, D, S, 1.0, scratch, S, v_head, D, 0.0, out, task.C)
+
+
+# ---------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------
 
@@ -361,10 +440,26 @@ cdef class ShardEngine:
     cdef size_t kv_bytes
     cdef int batch_capacity
 
+    # slot cache (continuous batching, docs/batching.md): one independent sequence
+    # per slot, [n_blocks, 2, n_slots, H, n_positions, D], lazily backed like kv
+    cdef float* slot_kv
+    cdef size_t slot_kv_bytes
+    cdef readonly int n_slots
+    cdef int* slot_lens             # [n_slots] cached positions per slot
+    cdef int* row_slots             # [n_slots] the slot of each row of a slot forward
+    cdef int* row_pos               # [n_slots] that row's first position
+    cdef cnp.ndarray _slot_partials
+    cdef float* slot_partials
+
     def __cinit__(self):
         self.blocks = NULL
         self.pool = NULL
         self.kv = NULL
+        self.slot_kv = NULL
+        self.slot_lens = NULL
+        self.row_slots = NULL
+        self.row_pos = NULL
+        self.n_slots = 0
 
     def __init__(self, *, int n_embd, int n_head, int n_vocab, int n_positions, float eps,
                  bint is_first, bint is_last, list blocks, wte=None, wpe=None,
@@ -437,6 +532,13 @@ cdef class ShardEngine:
         self._wipe_kv()           # cached K/V are derived from a user's prompt: never
         free(self.kv)             # hand them back to the allocator readable
         self.kv = NULL
+        if self.slot_kv != NULL and self.slot_lens != NULL:
+            self._wipe_slots()    # the same for every sequence slot
+        free(self.slot_kv)
+        self.slot_kv = NULL
+        free(self.slot_lens)
+        free(self.row_slots)
+        free(self.row_pos)
         self._wipe_activations()
 
     cdef const float* _block_tensor(self, dict tensors, int layer, str name,
@@ -463,6 +565,7 @@ cdef class ShardEngine:
         desc.data = NULL
         desc.scales = NULL
         desc.group_size = 0
+        desc.flags = 0
         desc.N = shape[0] if linear else shape[1]
         desc.K = shape[1] if linear else shape[0]
         if isinstance(arr, np.ndarray) or arr is None:
@@ -837,3 +940,225 @@ cdef class ShardEngine:
         task.scratch = self.scratch
         task.scratch_stride = self.scratch_stride
         gpt2_pool_run(self.pool, attention_head_chunk, &task, <long>B * self.n_head)
+
+    # -- slots: continuous batching (docs/batching.md) ----------------------------
+
+    @property
+    def slot_bytes(self):
+        """Bytes one slot reserves (virtual; only written positions become resident)."""
+        return <size_t>self.n_blocks * 2 * self.n_positions * self.n_embd * sizeof(float)
+
+    def configure_slots(self, int n):
+        """Reserve n independent sequence slots (all empty); forgets the previous ones."""
+        if not 1 <= n <= MAX_ENGINE_BATCH:
+            raise ValueError(f"slot count must be in [1, {MAX_ENGINE_BATCH}], got {n}")
+        cdef size_t nbytes = <size_t>n * self.slot_bytes
+        cdef void* mem = NULL
+        self._wipe_slots()
+        free(self.slot_kv)
+        free(self.slot_lens)
+        free(self.row_slots)
+        free(self.row_pos)
+        self.slot_kv = NULL
+        self.slot_lens = self.row_slots = self.row_pos = NULL
+        self.n_slots = 0
+        if posix_memalign(&mem, 4096, max(nbytes, <size_t>64)) != 0:
+            raise MemoryError(f"cannot reserve a {nbytes}-byte slot KV cache")
+        madvise(mem, nbytes, MADV_NOHUGEPAGE)
+        self.slot_kv = <float*>mem
+        self.slot_kv_bytes = nbytes
+        self.slot_lens = <int*>calloc(n, sizeof(int))
+        self.row_slots = <int*>calloc(n, sizeof(int))
+        self.row_pos = <int*>calloc(n, sizeof(int))
+        if self.slot_lens == NULL or self.row_slots == NULL or self.row_pos == NULL:
+            raise MemoryError()
+        C = self.n_embd
+        # partials of the row-batched matmuls: n_chunks * n rows * N, chunking by N only
+        partial_floats = max(ceil_div(K, gemv_chunk_rows(1, N)) * n * N
+                             for K, N in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)))
+        self._slot_partials = aligned_empty((partial_floats,))
+        self.slot_partials = fptr(self._slot_partials)
+        self.n_slots = n
+
+    cdef inline float* _slot_cache(self, int block, int kv) noexcept nogil:
+        return self.slot_kv + (<long>block * 2 + kv) * self.n_slots * self.n_positions * self.n_embd
+
+    def slot_len(self, int slot):
+        if not 0 <= slot < self.n_slots:
+            raise InvalidModelInput(f"slot {slot} out of range [0, {self.n_slots})")
+        return self.slot_lens[slot]
+
+    def clear_slot(self, int slot):
+        """Empty one slot: its cached K/V are zeroed and its pages given back."""
+        if not 0 <= slot < self.n_slots:
+            raise InvalidModelInput(f"slot {slot} out of range [0, {self.n_slots})")
+        self._clear_slot(slot)
+
+    cdef void _clear_slot(self, int slot) noexcept nogil:
+        cdef long per_slot = <long>self.n_head * self.n_positions * self.head_dim
+        cdef size_t region = per_slot * sizeof(float)
+        cdef long head_stride = <long>self.n_positions * self.head_dim
+        cdef int l, kv, h
+        cdef float* base
+        if self.slot_lens[slot] == 0:
+            return
+        for l in range(self.n_blocks):
+            for kv in range(2):
+                base = self._slot_cache(l, kv) + slot * per_slot
+                for h in range(self.n_head):
+                    memset(base + h * head_stride, 0,
+                           <size_t>self.slot_lens[slot] * self.head_dim * sizeof(float))
+                # page aligned (always for GPT-2 shapes): the kernel takes the pages back
+                if (<size_t>base) % 4096 == 0 and region % 4096 == 0:
+                    madvise(base, region, MADV_DONTNEED)
+        self.slot_lens[slot] = 0
+
+    cdef void _wipe_slots(self) noexcept nogil:
+        cdef int s
+        for s in range(self.n_slots):
+            self._clear_slot(s)
+
+    def forward_slots(self, cnp.ndarray x, slots):
+        """ids [B, T] (first shard) or hidden [B, T, C] (others), row b continuing slot
+        slots[b] at its own position.  T > 1 (a prefill) only with B == 1.  Returns a view:
+        hidden [B, T, C] or logits [B, V]."""
+        if self.n_slots == 0:
+            raise InvalidModelInput("no slots configured")
+        cdef int B, T, b, s, c
+        cdef long n
+        if self.is_first:
+            if x.ndim != 2 or x.dtype.kind not in "ui":
+                raise InvalidModelInput("token ids must be an integer array [B, T]")
+        elif x.ndim != 3 or x.shape[2] != self.n_embd or x.dtype != np.float32:
+            raise InvalidModelInput(f"hidden states must be float32 [B, T, {self.n_embd}]")
+        if not 1 <= x.shape[0] <= self.n_slots or x.shape[1] < 1:
+            raise InvalidModelInput(f"invalid slot forward of shape {[x.shape[i] for i in range(x.ndim)]} "
+                                    f"with {self.n_slots} slots")
+        B = x.shape[0]
+        T = x.shape[1]
+        if T > 1 and B != 1:
+            raise InvalidModelInput("a prefill (T > 1) runs one sequence at a time")
+        if len(slots) != B:
+            raise InvalidModelInput(f"{len(slots)} slots for {B} rows")
+        for b in range(B):
+            s = slots[b]
+            if not 0 <= s < self.n_slots:
+                raise InvalidModelInput(f"slot {s} out of range [0, {self.n_slots})")
+            for c in range(b):
+                if self.row_slots[c] == s:
+                    raise InvalidModelInput(f"slot {s} appears twice in one forward")
+            if self.slot_lens[s] + T > self.n_positions:
+                raise InvalidModelInput(f"slot {s}: {self.slot_lens[s]} cached + {T} new "
+                                        f"positions exceed {self.n_positions}")
+            self.row_slots[b] = s
+            self.row_pos[b] = self.slot_lens[s]
+        self._ensure_rows(B, T)
+        n = <long>B * T
+        if self.is_first:
+            if (x < 0).any() or (x >= self.n_vocab).any():
+                raise InvalidModelInput(f"token id out of range for vocab_size {self.n_vocab}")
+            np.copyto(self._ids[:n].reshape(B, T), x, casting="unsafe")
+        else:
+            np.copyto(self._residual[:n].reshape(B, T, self.n_embd), x, casting="no")
+        with nogil:
+            self._forward_slots(B, T)
+            gpt2_pool_quiesce(self.pool)
+        for b in range(B):
+            self.slot_lens[self.row_slots[b]] += T
+        self._view = None
+        if self.is_last:
+            return self._logits[:B]
+        return self._residual[:n].reshape(B, T, self.n_embd)
+
+    cdef int _ensure_rows(self, int B, int T) except -1:
+        """Activation buffers for B rows of T (the legacy KV cache is not touched)."""
+        cdef int saved = self.batch_capacity
+        self.batch_capacity = max(saved, B)   # keep _ensure_capacity off the legacy cache
+        try:
+            self._ensure_capacity(B, T)
+        finally:
+            self.batch_capacity = saved
+        return 0
+
+    cdef void _forward_slots(self, int B, int T) noexcept nogil:
+        cdef long M = <long>B * T
+        cdef int C = self.n_embd
+        cdef int l, b
+        cdef BlockWeights* blk
+        if self.is_first:
+            for b in range(B):
+                embedding_forward(self.residual + <long>b * T * C, self.ids + <long>b * T,
+                                  self.wte, self.wpe, 1, T, self.row_pos[b], C)
+        for l in range(self.n_blocks):
+            blk = &self.blocks[l]
+            self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_1_weight, blk.ln_1_bias, M, C)
+            self._slot_matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C, T)
+            self._slot_attention(l, B, T)
+            self._slot_matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias, M, C, C, T)
+            self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
+            self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_2_weight, blk.ln_2_bias, M, C)
+            self._slot_matmul(self.fc, self.ln_out, blk.c_fc_weight, blk.c_fc_bias, M, C, 4 * C, T)
+            self._rows(ROW_GELU, self.fc, NULL, NULL, NULL, M, 4 * C)
+            self._slot_matmul(self.block_out, self.fc, blk.mlp_proj_weight, blk.mlp_proj_bias, M, 4 * C, C, T)
+            self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
+        if self.is_last:
+            for b in range(B):
+                layernorm_forward(self.ln_out + <long>b * C, self.residual + (<long>b * T + T - 1) * C,
+                                  self.ln_f_weight, self.ln_f_bias, 1, C, self.eps)
+            self._slot_lm_head(B)
+
+    cdef void _slot_matmul(self, float* out, const float* inp, const float* weight,
+                           const float* bias, long M, long K, long N, int T) noexcept nogil:
+        """Decode rows (T == 1): the row-batched kernel; a prefill: the usual dispatch."""
+        cdef MatmulTask task
+        cdef long c, m, n_chunks
+        if T > 1:
+            self._matmul(out, inp, weight, bias, M, K, N)
+            return
+        task.out = out
+        task.inp = inp
+        task.weight = weight
+        task.bias = bias
+        task.M = M
+        task.K = K
+        task.N = N
+        task.trans_weight = False
+        task.partials = self.slot_partials
+        task.chunk_rows = gemv_chunk_rows(1, N)
+        n_chunks = ceil_div(K, task.chunk_rows)
+        gpt2_pool_run(self.pool, matmul_rows_chunk, &task, n_chunks)
+        for m in range(M):
+            memcpy(out + m * N, bias, N * sizeof(float))
+            for c in range(n_chunks):
+                residual_forward(out + m * N, self.slot_partials + (c * M + m) * N, N)
+
+    cdef void _slot_lm_head(self, int B) noexcept nogil:
+        cdef MatmulTask task
+        task.out = self.logits
+        task.inp = self.ln_out
+        task.weight = self.wte
+        task.bias = NULL
+        task.M = B
+        task.K = self.n_embd
+        task.N = self.n_vocab
+        task.trans_weight = True
+        task.chunk_rows = gemv_chunk_rows(1, task.K)
+        gpt2_pool_run(self.pool, lm_rows_chunk, &task, ceil_div(task.N, task.chunk_rows))
+
+    cdef void _slot_attention(self, int block, int B, int T) noexcept nogil:
+        cdef SlotAttentionTask task
+        task.out = self.attn_out
+        task.qkv = self.qkv
+        task.k_cache = self._slot_cache(block, 0)
+        task.v_cache = self._slot_cache(block, 1)
+        task.slots = self.row_slots
+        task.pos = self.row_pos
+        task.T = T
+        task.C = self.n_embd
+        task.H = self.n_head
+        task.D = self.head_dim
+        task.n_positions = self.n_positions
+        task.scale = 1.0 / sqrtf(<float>self.head_dim)
+        task.scratch = self.scratch
+        task.scratch_stride = self.scratch_stride
+        gpt2_pool_run(self.pool, slot_attention_chunk, &task, <long>B * self.n_head)

@@ -6,9 +6,12 @@ pointers into weight arrays kept alive by a reference, preallocated
 activation buffers, a lazily backed KV cache, the whole forward with the
 GIL released, no allocation per token.
 
-Every matrix product, the lm_head included, goes through ``_linear`` (one
-place to plug in other weight formats).  Weights keep their stored dtype
-(F32, BF16 as uint16 bits, F16); activations and accumulation are float32.
+Every matrix product, the lm_head included, goes through ``_linear``.
+Weights keep their stored dtype (F32, BF16 as uint16 bits, F16, or I8 with
+per-output-channel F32 scales); activations and accumulation are float32.
+F32 weights take this module's GEMV / BLAS tiles; BF16, F16 and I8 take
+cmlp._wkernels.linear_forward (runtime ISA dispatch: AVX-512 BF16/VNNI,
+AVX-512, AVX2 or generic vectors), the same kernels GPT-2 uses.
 
 Block (HF LlamaDecoderLayer):
     h = x + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))     n1 = rmsnorm(x)
@@ -27,6 +30,8 @@ from cmlp._gpt2 import aligned_empty   # also sets OpenBLAS to one thread (our p
 from blas cimport gemm
 from llama_kernels cimport *
 from llama_types cimport Linear, LayerWeights
+from cmlp._wkernels cimport (wk_weight, WK_F32, WK_BF16, WK_F16, WK_I8, WK_FP32_ACT, weight_check,
+                             dequant_rows, linear_forward, tile_floats)
 
 cnp.import_array()
 
@@ -45,12 +50,15 @@ cdef enum:
     GEMV_CHUNK_BYTES = 262144    # weight bytes per GEMV chunk (as cmlp._gpt2)
     GEMM_TILE_ROWS = 512
     GEMM_TILE_COLS = 256
-    HALF_TILE_ROWS = 64          # half weights: rows widened per tile into thread scratch
     ROWS_CHUNK_FLOATS = 16384
     MAX_ENGINE_BATCH = 4096
 
 MAX_POOL_THREADS = MAX_THREADS
 DTYPE_CODES = {"F32": LLAMA_F32, "BF16": LLAMA_BF16, "F16": LLAMA_F16}
+
+
+cdef enum:
+    LLAMA_I8 = 3                # int8 weights (after LLAMA_F32/BF16/F16): wkernels path only
 
 
 cdef inline long ceil_div(long a, long b) noexcept nogil:
@@ -77,38 +85,26 @@ cdef struct LinearTask:
     long chunk_rows             # GEMV: weight rows per chunk; GEMM: input rows per tile
     long chunk_cols             # GEMM: weight rows (output columns) per tile
     long col_tiles
-    float* scratch              # half GEMM: [threads, HALF_TILE_ROWS * K]
-    long scratch_stride
 
 
 cdef void linear_gemv_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
-    """y[r] = x . W[r] for one slab of weight rows (M == 1)."""
+    """y[r] = x . W[r] for one slab of F32 weight rows (M == 1)."""
     cdef LinearTask* task = <LinearTask*>ctx
     cdef const Linear* w = task.w
     cdef long r0 = chunk * task.chunk_rows
     cdef long r1 = min(r0 + task.chunk_rows, w.N)
-    if w.dtype == LLAMA_F32:
-        matvec_rows(task.out, task.inp, <const float*>w.data, r0, r1, w.K)
-    else:
-        matvec_rows_half(task.out, task.inp, w.data, w.dtype, r0, r1, w.K)
+    matvec_rows(task.out, task.inp, <const float*>w.data, r0, r1, w.K)
 
 
 cdef void linear_gemm_tile(void* ctx, long chunk, int thread_idx) noexcept nogil:
-    """One [rows x cols] tile of out = inp @ W^T; half weights are widened first."""
+    """One [rows x cols] tile of out = inp @ W^T for F32 weights."""
     cdef LinearTask* task = <LinearTask*>ctx
     cdef const Linear* w = task.w
     cdef long m0 = (chunk // task.col_tiles) * task.chunk_rows
     cdef long n0 = (chunk % task.col_tiles) * task.chunk_cols
     cdef long rows = min(task.chunk_rows, task.M - m0)
     cdef long cols = min(task.chunk_cols, w.N - n0)
-    cdef const float* wt
-    cdef float* tile
-    if w.dtype == LLAMA_F32:
-        wt = <const float*>w.data + n0 * w.K
-    else:
-        tile = task.scratch + thread_idx * task.scratch_stride
-        widen_to_f32(tile, <const char*>w.data + n0 * w.K * 2, w.dtype, cols * w.K)
-        wt = tile
+    cdef const float* wt = <const float*>w.data + n0 * w.K
     gemm(False, True, rows, cols, w.K, 1.0, task.inp + m0 * w.K, w.K, wt, w.K, 0.0,
          task.out + m0 * w.N + n0, w.N)
 
@@ -230,7 +226,7 @@ cdef class LlamaEngine:
 
     cdef long rows_capacity, seq_capacity, k_max
     cdef cnp.ndarray _ids, _residual, _norm, _q, _k, _v, _attn, _block_out, _gate, _up
-    cdef cnp.ndarray _logits, _scratch, _half_scratch, _rope_cos, _rope_sin, _last
+    cdef cnp.ndarray _logits, _scratch, _wtiles, _rope_cos, _rope_sin, _last
     cdef uint32_t* ids
     cdef float* residual
     cdef float* norm
@@ -245,8 +241,7 @@ cdef class LlamaEngine:
     cdef float* last
     cdef float* scratch
     cdef long scratch_stride
-    cdef float* half_scratch
-    cdef long half_scratch_stride
+    cdef float* wtiles              # [threads, tile_floats()]: wkernels prefill tiles
     cdef float* rope_cos
     cdef float* rope_sin
     cdef object _view
@@ -341,18 +336,51 @@ cdef class LlamaEngine:
         return self._set_linear(lin, t.get(name), N, K, bias, f"{where} {name}")
 
     cdef int _set_linear(self, Linear* lin, arr, long N, long K, bias, str name) except -1:
-        """Point a Linear at a weight [N, K]: float32, float16, or bfloat16 bits as uint16."""
-        if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous \
-                or arr.shape != (N, K) or arr.dtype not in (np.float32, np.float16, np.uint16):
+        """Point a Linear at a weight [N, K]: float32, float16, bfloat16 bits as uint16,
+        or a QuantizedWeight("i8") (int8 [N, K] + float32 scales [N])."""
+        scales = None
+        if getattr(arr, "dtype", None) == "i8":          # cmlp.model.quant.QuantizedWeight
+            scales = getattr(arr, "scales", None)
+            arr = getattr(arr, "data", None)
+            if not isinstance(scales, np.ndarray) or scales.dtype != np.float32 \
+                    or not scales.flags.c_contiguous or scales.shape != (N,):
+                got = (f"{scales.dtype} {scales.shape}" if isinstance(scales, np.ndarray)
+                       else type(scales).__name__)
+                raise ModelError(f"tensor {name}: int8 weights need C-contiguous float32 "
+                                 f"scales [{N}], got {got}")
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.int8:
+                got = f"{arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise ModelError(f"tensor {name}: int8 weight data must be int8, got {got}")
+        if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous or arr.shape != (N, K) \
+                or arr.dtype not in (np.float32, np.float16, np.uint16, np.int8):
             got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
             raise ModelError(f"tensor {name}: expected C-contiguous [{N}, {K}] float32, "
-                             f"float16 or bfloat16 (uint16), got {got}")
+                             f"float16, bfloat16 (uint16) or int8 with scales, got {got}")
+        if arr.dtype == np.int8 and scales is None:
+            raise ModelError(f"tensor {name}: int8 weights need float32 scales [{N}]")
         lin.dtype = (LLAMA_F32 if arr.dtype == np.float32 else
-                     LLAMA_F16 if arr.dtype == np.float16 else LLAMA_BF16)
+                     LLAMA_F16 if arr.dtype == np.float16 else
+                     LLAMA_I8 if arr.dtype == np.int8 else LLAMA_BF16)
         lin.data = cnp.PyArray_DATA(<cnp.ndarray>arr)
         lin.N = N
         lin.K = K
         lin.bias = NULL
+        # the wkernels descriptor (Linear layout [N, K]); unused for F32
+        lin.wk.dtype = (WK_F32 if lin.dtype == LLAMA_F32 else WK_F16 if lin.dtype == LLAMA_F16
+                        else WK_I8 if lin.dtype == LLAMA_I8 else WK_BF16)
+        lin.wk.data = lin.data
+        lin.wk.scales = NULL
+        lin.wk.group_size = 0
+        lin.wk.N = N
+        lin.wk.K = K
+        # fp32 activations everywhere: bf16 results stay within 1e-4 of fp32 transformers
+        # on the widened weights (vdpbf16ps would round activations: ~1e-2 on logits)
+        lin.wk.flags = WK_FP32_ACT
+        if scales is not None:
+            lin.wk.scales = <const float*>cnp.PyArray_DATA(<cnp.ndarray>scales)
+            self._weights.append(scales)
+        if weight_check(&lin.wk) != 0:
+            raise ModelError(f"tensor {name}: rejected by the weight kernels")
         if bias is not None:
             lin.bias = self._f32(bias, (N,), f"{name} bias")
         self._weights.append(arr)
@@ -370,9 +398,8 @@ cdef class LlamaEngine:
             gpt2_pool_destroy(self.pool)
         self.pool = pool
         self.threads = n
-        self.half_scratch_stride = HALF_TILE_ROWS * self.k_max + 16
-        self._half_scratch = aligned_empty((n, self.half_scratch_stride))
-        self.half_scratch = fptr(self._half_scratch)
+        self._wtiles = aligned_empty((n * tile_floats(),))
+        self.wtiles = fptr(self._wtiles)
         self._grow_scratch(max(self.seq_capacity, 1), force=True)
 
     cdef int _grow_scratch(self, long seq, bint force=False) except -1:
@@ -543,9 +570,15 @@ cdef class LlamaEngine:
         cdef long M = <long>B * T
         cdef int C = self.hidden
         cdef int layer, b
+        cdef long m
         cdef LayerWeights* lw
         if self.is_first:
-            embed_rows(self.residual, self.ids, M, self.embed.data, self.embed.dtype, C)
+            if self.embed.dtype == LLAMA_I8:
+                # ids were range-checked by forward_ids; one dequantised row each
+                for m in range(M):
+                    dequant_rows(self.residual + m * C, &self.embed.wk, self.ids[m], 1)
+            else:
+                embed_rows(self.residual, self.ids, M, self.embed.data, self.embed.dtype, C)
         rope_tables(self.rope_cos, self.rope_sin, self.inv_freq, self.head_dim // 2,
                     self.past_len, T, self.rope_attention_scaling)
         for layer in range(self.n_layers):
@@ -586,13 +619,18 @@ cdef class LlamaEngine:
     cdef void _linear(self, float* out, const float* inp, const Linear* w, long M) noexcept nogil:
         """out[M, N] = inp[M, K] @ W[N, K]^T (+ bias): THE matrix product of this engine.
 
-        Every projection and the lm_head come through here, so a new weight
-        format (tuned BF16, int8) is one more branch on ``w.dtype`` below.
-        M == 1 (decode): streaming GEMV over slabs of weight rows; M > 1: BLAS
-        tiles (half weights widened per tile into per-thread scratch).
+        Every projection and the lm_head come through here.  BF16 / F16 / I8
+        weights: cmlp._wkernels.linear_forward (slab GEMV for M <= WK_SMALL_M,
+        VNNI int8 blocks or fp32-converted tiles + sgemm above; bias fused).
+        F32 weights: streaming GEMV for M == 1, BLAS tiles for M > 1 (kept
+        here unchanged so fp32 results stay bit-identical).
         """
         cdef LinearTask task
         cdef long m
+        if w.dtype != LLAMA_F32:
+            # descriptor checked at load (weight_check), so this cannot fail
+            linear_forward(<void*>self.pool, out, inp, M, &w.wk, w.bias, self.wtiles)
+            return
         task.out = out
         task.inp = inp
         task.w = w
@@ -601,14 +639,8 @@ cdef class LlamaEngine:
             task.chunk_rows = max(1, GEMV_CHUNK_BYTES // (w.K * elem_size(w.dtype)))
             gpt2_pool_run(self.pool, linear_gemv_chunk, &task, ceil_div(w.N, task.chunk_rows))
         else:
-            if w.dtype == LLAMA_F32:
-                task.chunk_rows = GEMM_TILE_ROWS
-                task.chunk_cols = GEMM_TILE_COLS
-            else:
-                task.chunk_rows = M          # widen each weight tile once
-                task.chunk_cols = HALF_TILE_ROWS
-            task.scratch = self.half_scratch
-            task.scratch_stride = self.half_scratch_stride
+            task.chunk_rows = GEMM_TILE_ROWS
+            task.chunk_cols = GEMM_TILE_COLS
             task.col_tiles = ceil_div(w.N, task.chunk_cols)
             gpt2_pool_run(self.pool, linear_gemm_tile, &task,
                           ceil_div(M, task.chunk_rows) * task.col_tiles)

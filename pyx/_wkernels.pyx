@@ -316,6 +316,7 @@ def matmul(cnp.ndarray x, cnp.ndarray w, *, str layout, str dtype, scales=None, 
     desc.data = cnp.PyArray_DATA(w)
     desc.scales = <const float*>cnp.PyArray_DATA(sc) if sc is not None else NULL
     desc.group_size = 0
+    desc.flags = 0
     desc.N = N
     desc.K = K
     cdef cnp.ndarray out = np.empty((M, N), np.float32)
@@ -359,6 +360,7 @@ def dequantize(cnp.ndarray w, *, str layout, str dtype, scales=None):
     desc.N = w.shape[0] if linear else w.shape[1]
     desc.K = w.shape[1] if linear else w.shape[0]
     desc.group_size = 0
+    desc.flags = 0
     desc.scales = NULL
     if code == WK_I8:
         sc = np.ascontiguousarray(scales, dtype=np.float32)

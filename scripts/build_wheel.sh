@@ -102,7 +102,8 @@ fi
 # cmlp._gpt2 links the scipy-openblas32 wheel's library (setup.py, a build requirement);
 # auditwheel must find it to bundle it, and the isolated build env is gone by then.
 if ! "$tools_py" -c 'import scipy_openblas32' >/dev/null 2>&1; then
-    pip_install "$tools_py" "scipy-openblas32" scipy-openblas32 || die "could not install scipy-openblas32"
+    pip_install "$tools_py" "scipy-openblas32 (its library is bundled into the wheel)" \
+        scipy-openblas32 || die "could not install scipy-openblas32"
 fi
 sob_lib="$("$tools_py" -c 'import scipy_openblas32 as s; print(s.get_lib_dir())')"
 export LD_LIBRARY_PATH="$sob_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -49,7 +49,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
         --no-build-isolation -e "$CMLP_ROOT"
     echo "$src_hash" > "$stamp"
 fi
-if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
+if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps-2" ]; then
     log "installing the test dependencies in 3 steps (PyTorch is the large one)"
     tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, ruff, mypy, types-tqdm, cython-lint, atheris, build tools"
     pip_install "$py" "the test tools (step 1/3: $tools)" \
@@ -58,11 +58,5 @@ if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps" ]; then
         || pip_install "$py" "PyTorch from the CPU index (step 2/3)" \
             --index-url https://download.pytorch.org/whl/cpu torch
     pip_install "$py" "transformers (step 3/3)" transformers
-    touch "$CMLP_VENV/.cmlp-test-deps" "$CMLP_VENV/.cmlp-gate-deps"
-elif [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-gate-deps" ]; then
-    # the gates of scripts/check.sh are in the `test` extra (step 1/3 above); an environment
-    # made before the gates existed gets them here once, with the stubs mypy needs
-    pip_install "$py" "the lint and type-check gates (ruff, mypy, types-tqdm, cython-lint)" \
-        ruff mypy cython-lint tqdm types-tqdm
-    touch "$CMLP_VENV/.cmlp-gate-deps"
+    touch "$CMLP_VENV/.cmlp-test-deps-2"
 fi

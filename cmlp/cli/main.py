@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "cmlp.cli.generate",    # generate (host-blind mode, user side)
     "cmlp.cli.manifest_cmd",  # manifest list, show, copy, init
     "cmlp.cli.proxy_cmd",   # proxy (OpenAI-compatible API)
+    "cmlp.cli.bench_cmd",   # bench serve (continuous batching)
 )
 
 

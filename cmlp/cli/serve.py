@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--queue", type=int, default=8,
                    help="clients that may wait for the one being served; more get 'busy' "
                         "(default: 8)")
+    p.add_argument("--slots", type=int, default=8,
+                   help="clients forwarded to stage 0 at once (its batch; docs/batching.md; "
+                        "default 8)")
     p.add_argument("--metrics", type=ENDPOINT, default=None, metavar="ADDR",
                    help="serve Prometheus metrics (counts and timings only) on HOST:PORT")
     p.add_argument("--attestation", choices=PEER_KINDS, default="mock",
@@ -86,6 +89,7 @@ def run(args) -> int:
         config = OrchestratorConfig.development(provider, verifier, **kwargs)
     metrics, metrics_server = _metrics(args.metrics, manifest.num_stages)
     server = HostBlindServer(manifest, config, args.listen, queue_size=args.queue,
+                             concurrency=args.slots,
                              metrics=metrics, health_interval=args.health_interval,
                              capture_prefix=args.relay_capture)
     stop_on_sigterm()

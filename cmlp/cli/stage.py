@@ -52,6 +52,17 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=("development", "production"), default="development",
                    help="security profile (production refuses unpinned attested peers)")
     add_tee_arguments(p)
+    p.add_argument("--slots", type=int, default=8,
+                   help="host-blind mode: KV-cache slots, i.e. sequences batched at once "
+                        "(docs/batching.md; default 8)")
+    p.add_argument("--kv-budget-mb", type=int, default=None,
+                   help="host-blind mode: cap on the slots' reserved KV-cache MB (fewer slots "
+                        "if they do not fit)")
+    p.add_argument("--admission-queue", type=int, default=8,
+                   help="host-blind stage 0: requests that wait for a slot; more get 'busy'")
+    p.add_argument("--micro-batches", type=int, default=0,
+                   help="host-blind stage 0: decode groups in flight through the ring "
+                        "(default 0: one per stage; 1: all sequences in one group)")
     p.add_argument("--no-role-binding", action="store_true",
                    help="do not attest or check pipeline roles (only to interoperate with the "
                         "reference's peers, which bind none; see docs/attestation.md)")
@@ -95,6 +106,13 @@ def run(args, make_executor=make_executor) -> int:
                          session=session,
                          persistent=args.persistent, host_unattested=args.host_unattested,
                          bind_roles=not args.no_role_binding)
+    if args.slots < 1 or args.admission_queue < 0:
+        raise ValueError("--slots must be >= 1 and --admission-queue >= 0")
+    if manifest.host_blind:
+        from cmlp.hostblind.stage_loop import HostBlindOptions
+        config.hostblind = HostBlindOptions(slots=args.slots, kv_budget_mb=args.kv_budget_mb,
+                                            admission_queue=args.admission_queue,
+                                            micro_batches=max(0, args.micro_batches))
     executor = make_executor(args, manifest)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)
     worker.bind()

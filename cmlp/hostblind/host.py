@@ -12,7 +12,8 @@ Before forwarding, the host writes an 8-byte status preamble to the client
 (``CMLPHB`` 0x01 status): 0 connected to stage 0, 1 busy (queue full),
 2 pipeline unavailable.  It is unauthenticated, like anything the host says:
 the host can always refuse service, and that is all the preamble can express.
-Clients are served one at a time; up to ``queue_size`` wait, the rest get
+Up to ``concurrency`` clients are forwarded at once (stage 0 batches them,
+docs/batching.md); up to ``queue_size`` wait, the rest get
 "busy" at once.
 """
 
@@ -125,9 +126,15 @@ class HostBlindServer:
 
     def __init__(self, manifest: Manifest, config: OrchestratorConfig, listen: Endpoint, *,
                  queue_size: int = 8, metrics=None, health_interval: float = 2.0,
-                 capture_prefix: Optional[str] = None, connect_timeout: float = 5.0):
+                 capture_prefix: Optional[str] = None, connect_timeout: float = 5.0,
+                 concurrency: int = 1):
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.concurrency = concurrency
+        self.active = 0                        # clients being forwarded (metrics)
+        self.active_lock = threading.Lock()
         self.manifest = manifest
         self.config = config
         self.listen_at = listen
@@ -137,8 +144,9 @@ class HostBlindServer:
         self.connect_timeout = connect_timeout
         self.stage0 = manifest.client_endpoint.endpoint
         self.pending: "queue.Queue" = queue.Queue()
-        # clients in the system (served + waiting): at most queue_size + 1, the rest are "busy"
-        self.slots = threading.BoundedSemaphore(queue_size + 1)
+        # clients in the system (served + waiting): at most queue_size + concurrency,
+        # the rest are "busy"
+        self.slots = threading.BoundedSemaphore(queue_size + concurrency)
         self.pipeline: Optional[HostLifecycle] = None
         self.up = threading.Event()
         self.stopping = threading.Event()
@@ -170,8 +178,9 @@ class HostBlindServer:
     def start(self) -> "HostBlindServer":
         self._start_pipeline()
         self.listener = sockets.listen(self.listen_at)
-        for target, name in ((self._accept_loop, "hb-accept"), (self._serve_loop, "hb-serve"),
-                             (self._supervise, "hb-health")):
+        loops = [(self._accept_loop, "hb-accept"), (self._supervise, "hb-health")]
+        loops += [(self._serve_loop, f"hb-serve-{i}") for i in range(self.concurrency)]
+        for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -212,7 +221,8 @@ class HostBlindServer:
             except queue.Empty:
                 break
             _refuse(sock, STATUS_UNAVAILABLE)
-        self.pending.put((None, 0.0))
+        for _ in range(self.concurrency):
+            self.pending.put((None, 0.0))
         if self.pipeline is not None:
             self.pipeline.close()
 
@@ -253,7 +263,10 @@ class HostBlindServer:
             if self.metrics is not None:
                 self.metrics.set_queue_depth(self.pending.qsize())
             try:
-                with self.busy:
+                if self.concurrency == 1:
+                    with self.busy:
+                        self._serve_one(sock)
+                else:                  # many at once: a restart fails the ones in flight
                     self._serve_one(sock)
             finally:
                 self.slots.release()
@@ -275,14 +288,14 @@ class HostBlindServer:
             return
         if m is not None:
             m.request_started()
-            m.set_active(1)
+        self._count_active(1)
         try:
             client.sendall(preamble(STATUS_OK))
         except OSError:
             upstream.close()
             client.close()
+            self._count_active(-1)
             if m is not None:
-                m.set_active(0)
                 m.request_finished(None, error="client_gone")
             return
         self.served += 1
@@ -300,9 +313,16 @@ class HostBlindServer:
             pump.join(5)
             client.close()
             upstream.close()
+            self._count_active(-1)
             if m is not None:
-                m.set_active(0)
                 m.request_finished(None, error=error)
+
+    def _count_active(self, delta: int) -> None:
+        with self.active_lock:
+            self.active += delta
+            n = self.active
+        if self.metrics is not None:
+            self.metrics.set_active(n)
 
     def _capture(self, key: str) -> int:
         if not self.capture_prefix:

@@ -49,6 +49,11 @@ class HostBlindOptions:
     token_timeout: float = 60.0           # one token from the feedback link
     client_send_timeout: float = 5.0
     input_timeout: float = 60.0           # the tensors that follow a Step
+    slots: int = 8                        # KV-cache slots per stage (docs/batching.md)
+    kv_budget_mb: Optional[int] = None    # cap on the slots' reserved KV bytes
+    admission_queue: int = 8              # requests waiting for a slot at stage 0, then busy
+    prefill_chunk: int = 64               # prompt tokens per step at stage 0 (chunked prefill)
+    micro_batches: int = 0                # decode groups in flight (0: one per stage)
 
 
 class _LinkLost(Exception):
@@ -84,8 +89,12 @@ def load_stage0_tokenizer(model_dir: Optional[Path]):
 def run_host_blind(worker, ctl, data_in, data_out, activation) -> None:
     from cmlp.pipeline.stage import SessionEnded
     opts = worker.config.hostblind or HostBlindOptions()
-    loop = (_Stage0Loop if worker.idx == 0 else _RingStageLoop)(worker, ctl, data_in, data_out,
-                                                                activation, opts)
+    if getattr(worker.executor, "supports_slots", False):         # continuous batching (docs/batching.md)
+        from cmlp.hostblind.batch_loop import BatchRingLoop, BatchStage0Loop
+        kinds = (BatchStage0Loop, BatchRingLoop)
+    else:
+        kinds = (_Stage0Loop, _RingStageLoop)
+    loop = kinds[worker.idx != 0](worker, ctl, data_in, data_out, activation, opts)
     try:
         loop.run()
     except _SessionOver:

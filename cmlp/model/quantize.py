@@ -43,6 +43,7 @@ from cmlp.model.config import (
 from cmlp.model.quant import CONV1D, LINEAR, bf16_to_f32, quantize_int8, to_bf16
 
 DTYPES = ("int8", "bf16")
+MODEL_TYPES = ("gpt2", "llama", "qwen2")     # the families whose loaders read the output
 INDEX_FILE = "model.safetensors.index.json"
 
 _GPT2_MATRIX = re.compile(r"^(?:transformer\.)?(?:h\.\d+\.(?:attn\.c_attn|attn\.c_proj|"
@@ -108,6 +109,9 @@ def quantize_model(in_dir, out_dir, dtype: str = "int8", overwrite: bool = False
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ModelError(f"{out_dir} exists and is not empty (use --force to overwrite)")
     model_type = config.get("model_type", "gpt2")
+    if model_type not in MODEL_TYPES:
+        raise ModelError(f"{in_dir / CONFIG_FILE}: cannot quantize model_type {model_type!r} "
+                         f"(supported: {', '.join(MODEL_TYPES)})")
 
     tensors: dict[str, np.ndarray] = {}
     modules: list[str] = []

@@ -38,6 +38,8 @@ READ_CHUNK_BYTES = 32 << 20
 # safetensors dtype -> numpy dtype held in memory (BF16 as its uint16 bits)
 HALF_AND_FULL = {"F32": np.dtype(np.float32), "BF16": np.dtype(np.uint16),
                  "F16": np.dtype(np.float16)}
+# what Checkpoint.read can hold: HALF_AND_FULL plus int8 (quantized matrices)
+READABLE = {**HALF_AND_FULL, "I8": np.dtype(np.int8)}
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
              "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 
@@ -176,7 +178,7 @@ class Checkpoint:
 
     def read(self, info: TensorInfo) -> np.ndarray:
         """The tensor's bytes, in its stored dtype (BF16 as uint16), 64-byte aligned."""
-        out = aligned_empty(info.shape, HALF_AND_FULL[info.dtype])
+        out = aligned_empty(info.shape, READABLE[info.dtype])
         view = memoryview(out.reshape(-1).view(np.uint8))
         try:
             with open(info.path, "rb") as f:

@@ -171,6 +171,74 @@ class Gpt2Executor:
         return [result]
 
 
+    # -- slots: continuous batching in host-blind mode (docs/batching.md) -----------
+    @property
+    def supports_slots(self) -> bool:
+        """Continuous batching: GPT-2 shards with fp32 weights and an F32 wire (the batched
+        kernels are fp32 only; other families and precisions keep the one-at-a-time loops)."""
+        from cmlp.model.gpt2.engine import Gpt2Shard
+        return (isinstance(self.shard, Gpt2Shard) and self.shard.weight_dtype == "f32"
+                and self.wire == DType.F32)
+
+    def configure_slots(self, slots: int, kv_budget_bytes: Optional[int] = None) -> int:
+        """Reserve per-sequence KV-cache slots (all empty); returns how many fit."""
+        return self.shard.configure_slots(slots, kv_budget_bytes).n_slots
+
+    @property
+    def free_slots(self) -> int:
+        table = self.shard.slots
+        return 0 if table is None else len(table.free)
+
+    def open_seq(self, seq: int) -> None:
+        try:
+            self.shard.slots.open(seq)
+        except CmlpError as exc:
+            raise ForwardFailed(seq, 0, str(exc)) from exc
+
+    def has_seq(self, seq: int) -> bool:
+        return self.shard.slots is not None and seq in self.shard.slots
+
+    def close_seq(self, seq: int) -> None:
+        """Free the sequence's slot now (its cached K/V are zeroed)."""
+        if self.shard.slots is not None:
+            self.shard.slots.close(seq)
+
+    def close_all_seqs(self) -> None:
+        if self.shard is not None and self.shard.slots is not None:
+            self.shard.slots.close_all()
+
+    def check_row(self, seq: int, step: int, seq_len: int, x: Tensor) -> None:
+        """A row's tensor and position, before it joins a forward (defence in depth:
+        ``seq_len`` is the context length after this row, so the slot must hold
+        ``seq_len - T`` positions)."""
+        shard = self.shard
+        want = DType.U32 if shard.is_first else DType.F32
+        dims = 2 if shard.is_first else 3
+        if x.dtype != want or len(x.shape) != dims or x.shape[0] != 1 or x.shape[1] < 1 or \
+                (dims == 3 and x.shape[2] != shard.config.n_embd):
+            raise ForwardFailed(seq, step, f"expected a {want.name} [1, T{'' if dims == 2 else ', C'}]"
+                                f" row, got {x.dtype.name} {list(x.shape)}")
+        if shard.is_first and int(x.data.max()) >= shard.config.vocab_size:
+            raise ForwardFailed(seq, step, f"token id out of range for vocab_size "
+                                f"{shard.config.vocab_size}")
+        if not self.has_seq(seq):
+            raise ForwardFailed(seq, step, "sequence has no KV-cache slot")
+        past = shard.slot_len(seq)
+        if past + int(x.shape[1]) != seq_len:
+            raise ForwardFailed(seq, step, f"KV cache position mismatch: {past} cached + "
+                                f"{x.shape[1]} new tokens != seq_len {seq_len}")
+
+    def forward_rows(self, seqs: List[int], rows: List[Tensor]) -> np.ndarray:
+        """One forward over checked rows (decode rows [1, 1(, C)], or one prefill row).
+
+        Returns a view: logits [B, V] (last stage) or hidden [B, T, C]."""
+        data = rows[0].data if len(rows) == 1 else np.concatenate([r.data for r in rows])
+        try:
+            return self.shard.forward_slots(data, seqs)
+        except CmlpError as exc:
+            raise ForwardFailed(seqs[0], 0, str(exc)) from exc
+
+
 ModelExecutor = Gpt2Executor   # the family-neutral name
 
 

@@ -13,6 +13,7 @@ The one entry for nn.Linear weights is ``linear_forward``::
     w.group_size = 0           # per output channel (the only format)
     w.N = out_features
     w.K = in_features
+    w.flags = 0                # or WK_FP32_ACT: never round activations (bf16)
     linear_forward(<void*>pool, out, x, M, &w, bias, tiles)
 
 - ``pool`` is a ``gpt2_pool*`` (csrc/gpt2_kernels.h) passed as void*, so this
@@ -37,6 +38,7 @@ cdef extern from "wkernels.h" nogil:
         WK_F16
         WK_I8
         WK_SMALL_M
+        WK_FP32_ACT
     ctypedef struct wk_weight:
         int dtype
         const void* data
@@ -44,6 +46,7 @@ cdef extern from "wkernels.h" nogil:
         long group_size
         long N
         long K
+        int flags
     size_t wk_dtype_size(int dtype)
     int wk_weight_check(const wk_weight* w)
     void wk_dequant_tile(float* out, const wk_weight* w, int linear, long r0, long rows,

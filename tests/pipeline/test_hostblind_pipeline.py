@@ -156,6 +156,10 @@ class SlowExecutor(Gpt2Executor):
         time.sleep(self.delay)
         return super().forward(*args)
 
+    def forward_rows(self, *args):          # the batched step (docs/batching.md)
+        time.sleep(self.delay)
+        return super().forward_rows(*args)
+
 
 def test_busy_when_the_queue_is_full_and_queued_clients_are_served(parity):
     model_dir, prompt, golden = parity

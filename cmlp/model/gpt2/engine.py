@@ -156,7 +156,7 @@ class Gpt2Shard:
                 return self._engine.forward_ids(x)
             return self._engine.forward_hidden(x)
 
-    def _check_input(self, x: np.ndarray) -> None:
+    def _check_input(self, x: np.ndarray, slots: bool = False) -> None:
         cfg = self._config
         if self.is_first:
             if x.dtype.kind not in "ui":
@@ -177,6 +177,8 @@ class Gpt2Shard:
         if B * T > self.max_tokens:
             raise InvalidModelInput(
                 f"{B * T} tokens in one forward exceed the maximum of {self.max_tokens}")
+        if slots:
+            return                      # positions are per slot: the engine checks them
         past = self._engine.past_len
         if past > 0 and B != self._engine.cache_batch:
             raise InvalidModelInput(
@@ -192,3 +194,94 @@ def _check_threads(threads) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
         raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
     return threads
+
+
+class SlotTable:
+    """Sequence ids -> KV-cache slots of one shard (continuous batching, docs/batching.md).
+
+    Opening a slot for an id that has one, or running out of slots, is an error; freeing
+    zeroes the slot's cache at once.  Used under the shard's lock by its owner only.
+    """
+
+    def __init__(self, shard: "Gpt2Shard", n_slots: int):
+        self.shard = shard
+        self.n_slots = n_slots
+        self.free = list(range(n_slots - 1, -1, -1))     # pop() gives slot 0 first
+        self.by_seq: dict[int, int] = {}
+
+    def open(self, seq: int) -> int:
+        if seq in self.by_seq:
+            raise InvalidModelInput(f"sequence {seq} already has a slot")
+        if not self.free:
+            raise InvalidModelInput(f"all {self.n_slots} KV-cache slots are in use")
+        slot = self.free.pop()
+        self.by_seq[seq] = slot
+        return slot
+
+    def close(self, seq: int) -> None:
+        slot = self.by_seq.pop(seq, None)
+        if slot is not None:
+            self.shard._engine.clear_slot(slot)
+            self.free.append(slot)
+
+    def close_all(self) -> None:
+        for seq in list(self.by_seq):
+            self.close(seq)
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self.by_seq
+
+    def __len__(self) -> int:
+        return len(self.by_seq)
+
+
+def slot_count(shard: "Gpt2Shard", slots: int, kv_budget_bytes: int | None = None) -> int:
+    """Slots that fit: ``slots``, or fewer when ``kv_budget_bytes`` (reserved KV bytes)
+    cannot hold that many."""
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    if kv_budget_bytes is not None:
+        fit = kv_budget_bytes // shard._engine.slot_bytes
+        if fit < 1:
+            raise ValueError(f"a KV budget of {kv_budget_bytes} bytes holds no slot of "
+                             f"{shard._engine.slot_bytes} bytes")
+        slots = min(slots, fit)
+    return slots
+
+
+def _shard_slot_methods():
+    """Slot API of Gpt2Shard, kept together (and apart from the single-sequence API)."""
+
+    def configure_slots(self, slots: int, kv_budget_bytes: int | None = None) -> SlotTable:
+        """Reserve per-sequence KV-cache slots; returns the (empty) table."""
+        n = slot_count(self, slots, kv_budget_bytes)
+        with self._lock:
+            self._engine.configure_slots(n)
+            self.slots = SlotTable(self, n)
+        return self.slots
+
+    def slot_len(self, seq: int) -> int:
+        return self._engine.slot_len(self.slots.by_seq[seq])
+
+    def forward_slots(self, x, seqs) -> np.ndarray:
+        """Rows of x continue sequences ``seqs`` (each with an open slot), each at its own
+        position: decode rows [B, 1] (ids) / [B, 1, C] (hidden), or one prefill [1, T(, C)].
+        Returns a view (hidden [B, T, C] or logits [B, V]) valid until the next forward."""
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        with self._lock:
+            table = self.slots
+            if table is None:
+                raise InvalidModelInput("no KV-cache slots configured")
+            missing = [s for s in seqs if s not in table]
+            if missing:
+                raise InvalidModelInput(f"sequence {missing[0]} has no slot")
+            self._check_input(x, slots=True)
+            return self._engine.forward_slots(x, [table.by_seq[s] for s in seqs])
+
+    return configure_slots, slot_len, forward_slots
+
+
+(Gpt2Shard.configure_slots, Gpt2Shard.slot_len,
+ Gpt2Shard.forward_slots) = _shard_slot_methods()
+Gpt2Shard.slots = None

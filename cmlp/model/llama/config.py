@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cmlp.model.gpt2.config import QUANT_KEY
+from cmlp.model.gpt2.config import _read_quantization as read_quantization
 from cmlp.errors import ModelError
 from cmlp.model.registry import read_config_json
 
@@ -35,6 +37,7 @@ class LlamaConfig:
     tie_word_embeddings: bool
     attention_bias: bool             # q/k/v (and for llama o) biases; qwen2: q/k/v always
     synthetic: bool = False
+    int8: bool = False               # matrices stored I8 + per-channel F32 scales (quantize)
 
     @property
     def n_layer(self) -> int:
@@ -173,4 +176,13 @@ def config_from_dict(raw: dict, family: str, where: str = "config.json") -> Llam
         tie_word_embeddings=tie,
         attention_bias=attention_bias,
         synthetic=bool(raw.get(SYNTHETIC_KEY, False)),
+        int8=_quantization(raw, where),
     )
+
+
+def _quantization(raw: dict, where: str) -> bool:
+    """True for cmlp's int8 format (`cmlp model quantize`); any other is refused."""
+    try:
+        return read_quantization(where, raw.get(QUANT_KEY))
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None

@@ -41,8 +41,10 @@ class LlamaShard:
         limit = max_seq_len or DEFAULT_MAX_POSITIONS
         self._max_positions = min(config.max_position_embeddings, limit)
         t = weights.tensors
-        embed = t.get("model.embed_tokens.weight")
-        lm_head = t.get("lm_head.weight", embed) if self.is_last else None
+        embed = weights.matrix("model.embed_tokens.weight")
+        lm_head = None
+        if self.is_last:
+            lm_head = embed if config.tie_word_embeddings else weights.matrix("lm_head.weight")
         self._wire = "BF16" if any(a.dtype == np.uint16 for a in t.values() if a.ndim == 2) \
             else "F32"
         norm = t.get("model.norm.weight")

@@ -15,7 +15,10 @@ HF names (LlamaForCausalLM / Qwen2ForCausalLM)::
     lm_head.weight                                 [V, C]      last shard, unless tied
 
 Matrices stay F32, BF16 (uint16 bits) or F16 as stored; norm weights and
-biases (a few KB) are widened to float32.  Weight hashes are SHA-256 over
+biases (a few KB) are widened to float32.  An int8 checkpoint (config
+``quantization_config``, written by ``cmlp model quantize --dtype int8``)
+stores every matrix above (embed_tokens and lm_head included) as I8 [out, in]
+plus ``<name>_scale`` F32 [out]; norms and biases stay float.  Weight hashes are SHA-256 over
 the stored bytes, sorted by name (as for GPT-2).
 """
 
@@ -29,12 +32,16 @@ import numpy as np
 
 from cmlp.errors import ModelError
 from cmlp.model.llama.config import LlamaConfig
+from cmlp.model.gpt2.config import SCALE_SUFFIX
+from cmlp.model.quant import QuantizedWeight
 from cmlp.model.safetensors_io import Checkpoint, widen
 
 LAYER = "model.layers.{i}."
 MATRICES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 NORMS = ("input_layernorm", "post_attention_layernorm")
+INT8 = {"I8": np.dtype(np.int8)}
+SCALES = {"F32": np.dtype(np.float32)}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -93,6 +100,13 @@ class LlamaWeights:
         return [(name, hashlib.sha256(self.tensors[name]).hexdigest())
                 for name in sorted(self.tensors)]
 
+    def matrix(self, name: str):
+        """A matrix as the engine takes it: the stored array, or QuantizedWeight for int8."""
+        arr = self.tensors.get(name)
+        if arr is not None and arr.dtype == np.int8:
+            return QuantizedWeight(arr, "i8", self.tensors[name + SCALE_SUFFIX])
+        return arr
+
     def layer(self, i: int) -> dict[str, np.ndarray]:
         """The engine's per-layer dict: matrices as stored, norms/biases as float32."""
         p = LAYER.format(i=i)
@@ -100,7 +114,7 @@ class LlamaWeights:
         out = {n: widen(t[p + n + ".weight"]) for n in NORMS}
         for m in MATRICES:
             short = m.split(".")[1]
-            out[short] = t[p + m + ".weight"]
+            out[short] = self.matrix(p + m + ".weight")
             if p + m + ".bias" in t:
                 out[short.replace("_proj", "_bias")] = widen(t[p + m + ".bias"])
         return out
@@ -115,7 +129,13 @@ def load_shard_weights(model_dir, cfg: LlamaConfig, start: int, end: int) -> Lla
     if extra:
         raise ModelError(f"{ckpt.index_path or ckpt.model_dir}: holds model.layers.{extra[0]} "
                          f"but config num_hidden_layers is {cfg.num_hidden_layers}")
-    infos = [ckpt.check(name, shape) for name, shape in wanted.items()]
+    infos = []
+    for name, shape in wanted.items():
+        if cfg.int8 and len(shape) == 2:      # every matrix: I8 + its per-row scales
+            infos.append(ckpt.check(name, shape, dtypes=INT8))
+            infos.append(ckpt.check(name + SCALE_SUFFIX, shape[:1], dtypes=SCALES))
+        else:
+            infos.append(ckpt.check(name, shape))
     weights = LlamaWeights()
     for info in infos:
         weights.tensors[info.name] = ckpt.read(info)

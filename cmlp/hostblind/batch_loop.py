@@ -1,0 +1,580 @@
+"""Continuous batching in host-blind mode (docs/batching.md).
+
+Stage 0 serves many client channels at once: an acceptor thread does the
+handshakes and reads each request; the step loop admits requests into free
+KV-cache slots, runs at most one prefill and one batched decode forward per
+step over every sequence whose next token is known, streams tokens, and reads
+Cancel / disconnects and the feedback link between steps.  A stage i > 0 runs
+every decode Step already buffered on its data_in as one forward, so rows that
+left stage 0 together stay one micro-batch down the ring.
+
+Per sequence everything is as in the one-at-a-time loops (stage_loop.py): the
+same messages, step numbers and state tables, its own sampler RNG; a row's
+result does not depend on the other rows of its batch, so outputs equal solo
+runs exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmlp import trace
+from cmlp.errors import (
+    CmlpError,
+    ContextTooLong,
+    CryptoError,
+    FrameError,
+    InvalidRequestError,
+    PipelineTimeout,
+    ProtocolError,
+    SessionError,
+    StageError,
+    Timeout,
+)
+from cmlp.hostblind import protocol as P
+from cmlp.hostblind.params import SamplingParams
+from cmlp.hostblind.sampling import Sampler, make_rng
+from cmlp.hostblind.stage_loop import (
+    WATCH_SLICE,
+    _begin_params,
+    _ClientGone,
+    _ids_tensor,
+    _LinkLost,
+    _RingStageLoop,
+    _Stage0Loop,
+    _str_or_none,
+)
+from cmlp.hostblind.stopping import Stopper
+from cmlp.transport import Data, SecureChannel, ShutdownMessage, sockets
+from cmlp.transport.wire import DType, Tensor
+
+log = logging.getLogger(__name__)
+
+PREFILL, READY, WAITING = "PREFILL", "READY", "WAITING"
+
+
+def _configure_slots(executor, opts) -> int:
+    budget = None if opts.kv_budget_mb is None else int(opts.kv_budget_mb) << 20
+    return executor.configure_slots(opts.slots, budget)
+
+
+@dataclass(eq=False)
+class _Gen:
+    """One generation at stage 0."""
+    ch: SecureChannel
+    cl: P.Endpoint
+    cseq: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    seq: int = 0
+    stopper: Stopper | None = None
+    rng: object = None
+    state: str = PREFILL
+    step: int = 0                    # the next Step / Token number
+    token: int = 0                   # the token the next decode row feeds
+    begun: bool = False
+    sent_at: float = 0.0             # when its Step left (token deadline)
+    prefilled: int = 0               # prompt tokens already in stage 0's slot
+    hidden: np.ndarray | None = None   # [1, P, C] stage 0's prefill output (N stages)
+
+
+class BatchStage0Loop(_Stage0Loop):
+    """Stage 0: admission, the step clock, tokenizer and stop conditions for many clients."""
+
+    def run(self) -> None:
+        ex = self.w.executor
+        self.n_slots = _configure_slots(ex, self.opts)
+        self.single = self.n == 1
+        self.gens: dict[int, _Gen] = {}
+        self.admit_q: queue.Queue[_Gen] = queue.Queue()
+        self.waiting: deque[_Gen] = deque()
+        self.inflight = 0                 # admitted + waiting (acceptor threads read it)
+        self.inflight_lock = threading.Lock()
+        self.stop = threading.Event()
+        self.handshakes = threading.BoundedSemaphore(self.n_slots + self.opts.admission_queue + 4)
+        acceptor = threading.Thread(target=self._accept_loop, name="hb-batch-accept", daemon=True)
+        acceptor.start()
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._fail_all(exc)
+            raise
+        finally:
+            self.stop.set()
+            acceptor.join(5)
+            self._drain_admissions(P.ERR_UNAVAILABLE, "pipeline unavailable: session ended")
+            ex.close_all_seqs()
+
+    # -- acceptor thread: handshakes and requests ------------------------------------
+    def _accept_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                sock = sockets.accept(self.w.client_listener, timeout=WATCH_SLICE)
+            except Timeout:
+                continue
+            except (OSError, CmlpError):
+                return
+            if not self.handshakes.acquire(blocking=False):
+                sock.close()              # too many half-open clients: drop the newest
+                continue
+            threading.Thread(target=self._accept_one, args=(sock,), daemon=True,
+                             name="hb-client").start()
+
+    def _accept_one(self, sock) -> None:
+        cfg = self.w.config
+        # as _Stage0Loop.run: an unattested client; stage 0 attests its role where roles bind
+        client_cfg = cfg.session.replace(expected_measurements=None, allow_unattested_peer=True,
+                                         handshake_timeout=self.opts.client_handshake_timeout,
+                                         own_role=None, peer_role=None)
+        if getattr(cfg, "bind_roles", False):
+            from cmlp.attestation.role import Role
+            client_cfg = client_cfg.replace(own_role=Role(0, self.w.manifest.pipeline_digest()))
+        handed_off = False
+        ch = None
+        try:
+            ch = SecureChannel.accept(sock, cfg.provider, cfg.verifier, client_cfg)
+            handed_off = self._request(ch)
+        except CmlpError as exc:
+            log.warning("stage 0: client handshake or request failed: %s", exc)
+        except OSError as exc:
+            log.warning("stage 0: client connection failed: %s", exc)
+        finally:
+            self.handshakes.release()
+            if not handed_off:
+                if ch is not None:
+                    ch.close()
+                else:
+                    sock.close()
+
+    def _request(self, ch: SecureChannel) -> bool:
+        """Read one request; answer Info and bad requests here; queue a Generate."""
+        cl = P.Endpoint(P.STAGE0)
+        msg = ch.recv(timeout=self.opts.request_timeout)
+        if not isinstance(msg, Data):
+            raise ProtocolError(f"expected a request, got {type(msg).__name__}")
+        req = cl.receive(msg.payload)
+        cseq = req.seq
+        if isinstance(req, P.Info):
+            info = {k: _str_or_none(getattr(self.tok, k, None)) for k in P.INFO_KEYS}
+            if info["eos_token"] is None and hasattr(self.tok, "eos_id"):
+                info["eos_token"] = _str_or_none(self.tok.decode([self.tok.eos_id]))
+            ch.send(cl.send(P.InfoReply(cseq, info)), timeout=self.opts.client_send_timeout)
+            return False
+        try:
+            prompt_ids, params = self._parse(req.body)
+        except InvalidRequestError as exc:
+            code = P.ERR_CONTEXT if isinstance(exc, ContextTooLong) else P.ERR_INVALID
+            ch.send(cl.send(P.Error(cseq, code, str(exc))), timeout=self.opts.client_send_timeout)
+            return False
+        with self.inflight_lock:
+            full = self.inflight >= self.n_slots + self.opts.admission_queue
+            if not full:
+                self.inflight += 1
+        if full or self.stop.is_set():
+            ch.send(cl.send(P.Error(cseq, P.ERR_BUSY, "server busy: every slot and queue place "
+                                    "is taken")), timeout=self.opts.client_send_timeout)
+            return False
+        try:
+            ch.send(cl.send(P.Started(cseq, tuple(prompt_ids))),
+                    timeout=self.opts.client_send_timeout)
+        except BaseException:
+            self._release()
+            raise
+        self.admit_q.put(_Gen(ch, cl, cseq, list(prompt_ids), params))
+        return True
+
+    def _release(self) -> None:
+        with self.inflight_lock:
+            self.inflight -= 1
+
+    # -- the step loop ------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            self.watch_control()
+            self._admit()
+            self._poll_clients()
+            busy = False
+            pre = next((g for g in self.gens.values() if g.state == PREFILL), None)
+            if pre is not None:
+                self._prefill(pre)
+                busy = True
+            ready = [g for g in self.gens.values() if g.state == READY]
+            if ready:
+                self._decode(ready[:self._group_size()])
+                busy = True
+            waiting = any(g.state == WAITING for g in self.gens.values())
+            if not self.single and waiting:
+                self._read_feedback(block=not busy)
+                self._check_deadlines()
+            elif not busy:
+                try:                              # idle: wait for a request
+                    self.waiting.append(self.admit_q.get(timeout=WATCH_SLICE))
+                except queue.Empty:
+                    pass
+                self._drain_feedback()            # tokens of generations that ended early
+
+    def _admit(self) -> None:
+        while True:
+            try:
+                self.waiting.append(self.admit_q.get_nowait())
+            except queue.Empty:
+                break
+        while self.waiting and self.w.executor.free_slots > 0:
+            g = self.waiting.popleft()
+            g.seq, self.next_seq = self.next_seq, self.next_seq + 1
+            g.stopper = Stopper(self.tok.decode, g.params, self.eos_ids, context_ids=g.prompt_ids)
+            g.rng = make_rng(g.params.seed) if self.single else None
+            self.w.executor.open_seq(g.seq)
+            self.gens[g.seq] = g
+            if not self.single:
+                p = g.params
+                self.send_out(self.down.send(P.Begin(g.seq, float(p.temperature), float(p.top_p),
+                                                     p.top_k, p.seed)))
+                g.begun = True
+
+    def _group_size(self) -> int:
+        """Rows per decode forward: the decoding sequences split into ``micro_batches``
+        groups (default: one per stage), so while stage i runs one group stage 0 runs the
+        next; the groups stay apart because each comes back as a unit."""
+        groups = self.opts.micro_batches or self.n
+        decoding = sum(1 for g in self.gens.values() if g.state != PREFILL)
+        return max(1, -(-decoding // groups))
+
+    def _poll_clients(self) -> None:
+        for g in list(self.gens.values()):
+            try:
+                if g.ch.pending():
+                    self._watch_client(g.ch, g.cl)
+            except _ClientGone as gone:
+                log.info("stage 0: generation %d ended early: %s", g.seq, gone)
+                self._end(g)
+
+    def _prefill(self, g: _Gen) -> None:
+        """The next chunk of one prompt (``prefill_chunk`` tokens): a long prompt costs the
+        running streams one chunk per step, not its whole prefill.  With N stages the chunks'
+        hidden states are sent on as one Step (the protocol samples every Step)."""
+        ex = self.w.executor
+        P_len = len(g.prompt_ids)
+        chunk = g.prompt_ids[g.prefilled:g.prefilled + max(1, self.opts.prefill_chunk)]
+        end = g.prefilled + len(chunk)
+        if end == P_len and g.prefilled == 0:
+            self._forward([g], [_ids_tensor(chunk)])        # one chunk: the common path
+            return
+        try:
+            row = _ids_tensor(chunk)
+            ex.check_row(g.seq, 0, end, row)
+            out = ex.forward_rows([g.seq], [row])
+        except CmlpError as exc:
+            self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
+            return
+        if not self.single:
+            if g.hidden is None:
+                g.hidden = np.empty((1, P_len, out.shape[2]), np.float32)
+            g.hidden[0, g.prefilled:end] = out[0]
+        g.prefilled = end
+        if end < P_len:
+            return                                        # more chunks in the next steps
+        trace.event(self.ev["forward_done"])
+        if self.single:
+            try:
+                token = self._sample_row(out[0], g.params, g.rng)
+            except CmlpError as exc:
+                self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
+                return
+            self._emit(g, token)
+            return
+        t = Tensor("hidden_states", DType.F32, g.hidden.shape, g.hidden)
+        self.send_out(self.down.send(P.Step(g.seq, 0, P_len, 1)), [t])
+        g.hidden = None
+        g.state = WAITING
+        g.sent_at = time.monotonic()
+
+    def _decode(self, gens: list[_Gen]) -> None:
+        self._forward(gens, [_ids_tensor((g.token,)) for g in gens])
+
+    def _forward(self, gens: list[_Gen], rows: list[Tensor]) -> None:
+        ex = self.w.executor
+        ok_gens, ok_rows = [], []
+        for g, row in zip(gens, rows):
+            seq_len = len(g.prompt_ids) + g.step
+            try:
+                if seq_len > self.activation.max_seq_len:
+                    raise ProtocolError(f"seq_len {seq_len} exceeds max_seq_len "
+                                        f"{self.activation.max_seq_len}")
+                ex.check_row(g.seq, g.step, seq_len, row)
+            except CmlpError as exc:
+                self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
+                continue
+            ok_gens.append(g)
+            ok_rows.append(row)
+        if not ok_gens:
+            return
+        try:
+            out = ex.forward_rows([g.seq for g in ok_gens], ok_rows)
+        except CmlpError as exc:
+            for g in ok_gens:
+                self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
+            return
+        trace.event(self.ev["forward_done"])
+        if self.single:
+            for r, g in enumerate(ok_gens):
+                try:
+                    token = self._sample_row(out[r], g.params, g.rng)
+                except CmlpError as exc:
+                    self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
+                    continue
+                self._emit(g, token)
+            return
+        now = time.monotonic()
+        for r, g in enumerate(ok_gens):
+            seq_len = len(g.prompt_ids) + g.step
+            row = out[r:r + 1]                                   # [1, T, C]
+            t = Tensor("hidden_states", DType.F32, row.shape, row)
+            self.send_out(self.down.send(P.Step(g.seq, g.step, seq_len, 1)), [t])
+            g.state = WAITING
+            g.sent_at = now
+        trace.event(self.ev["sent"])
+
+    def _sample_row(self, logits: np.ndarray, params: SamplingParams, rng) -> int:
+        if self.sampler is None or self.sampler.vocab_size != logits.shape[0]:
+            self.sampler = Sampler(logits.shape[0])
+        return self.sampler.sample(logits, params, rng)
+
+    def _emit(self, g: _Gen, token: int) -> None:
+        """A sampled token: stream it, then finish or make the sequence ready again."""
+        trace.event(self.ev["token_in"])
+        text, reason = g.stopper.push(token)
+        try:
+            self._to_client(g.ch, g.cl.send(P.Token(g.cseq, g.step, token, text)))
+            if reason is not None:
+                self._to_client(g.ch, g.cl.send(P.Finished(g.cseq, reason, len(g.prompt_ids),
+                                                           g.stopper.completion_tokens)))
+        except _ClientGone as gone:
+            log.info("stage 0: generation %d ended early: %s", g.seq, gone)
+            reason = "gone"
+        trace.event(self.ev["token_out"])
+        if reason is not None:
+            self._end(g)
+            return
+        g.step += 1
+        g.token = token
+        g.state = READY
+
+    def _read_feedback(self, block: bool) -> None:
+        """Every Sampled already here; with ``block``, wait a watch slice for the first."""
+        first = True
+        while True:
+            if not (first and block) and not self.data_in.pending():
+                return
+            try:
+                msg = self.data_in.recv(timeout=WATCH_SLICE if first and block else 1.0)
+            except Timeout:
+                return
+            except (SessionError, CryptoError, FrameError) as exc:
+                raise _LinkLost(self.link_name("in"), exc) from exc
+            first = False
+            if not isinstance(msg, Data):
+                raise _LinkLost(self.link_name("in"), ProtocolError(
+                    f"unexpected {type(msg).__name__} on the feedback link"))
+            if self.feedback.is_stale(msg.payload):
+                continue
+            try:
+                ev = self.feedback.receive(msg.payload)
+            except ProtocolError as exc:
+                raise _LinkLost(self.link_name("in"), exc) from exc
+            g = self.gens.get(ev.seq)
+            if isinstance(ev, P.Fail):
+                if g is not None:
+                    self._fail(g, P.ERR_INTERNAL, f"generation failed: {ev.message}")
+                continue
+            if g is None or g.state != WAITING or ev.step != g.step:
+                raise ProtocolError(f"feedback for sequence {ev.seq} step {ev.step} that "
+                                    "was not asked for")
+            self._emit(g, ev.token_id)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for g in self.gens.values():
+            if g.state == WAITING and now - g.sent_at > self.opts.token_timeout:
+                raise PipelineTimeout(f"no token from stage {self.n - 1} within "
+                                      f"{self.opts.token_timeout} s")
+
+    # -- ending generations ---------------------------------------------------------
+    def _end(self, g: _Gen) -> None:
+        """Free everything the generation holds, at once."""
+        if self.gens.pop(g.seq, None) is None:
+            return
+        self.w.executor.close_seq(g.seq)
+        if g.begun and self.down.state(g.seq) == P.ACTIVE:
+            self.send_out(self.down.send(P.End(g.seq)))
+        self.feedback.forget(g.seq)
+        g.ch.close()
+        self._release()
+
+    def _fail(self, g: _Gen, code: int, text: str) -> None:
+        log.warning("stage 0: sequence %d failed: %s", g.seq, text)
+        self._client_error(g.ch, g.cl, g.cseq, code, text)
+        self._end(g)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if isinstance(exc, _LinkLost):
+            code, text = P.ERR_UNAVAILABLE, f"pipeline unavailable: {exc.what} failed: {exc.exc}"
+        elif isinstance(exc, PipelineTimeout):
+            code, text = P.ERR_UNAVAILABLE, f"pipeline unavailable: {exc}"
+        else:
+            code, text = P.ERR_UNAVAILABLE, f"pipeline unavailable: {exc or type(exc).__name__}"
+        for g in list(self.gens.values()):
+            self._client_error(g.ch, g.cl, g.cseq, code, text)
+            self.gens.pop(g.seq, None)
+            try:
+                self.w.executor.close_seq(g.seq)
+            except CmlpError:
+                pass
+            g.ch.close()
+            self._release()
+        self._drain_admissions(code, text)
+
+    def _drain_admissions(self, code: int, text: str) -> None:
+        while True:
+            try:
+                self.waiting.append(self.admit_q.get_nowait())
+            except queue.Empty:
+                break
+        while self.waiting:
+            g = self.waiting.popleft()
+            self._client_error(g.ch, g.cl, g.cseq, code, text)
+            g.ch.close()
+            self._release()
+
+
+class BatchRingLoop(_RingStageLoop):
+    """Stage i > 0: every decode Step already buffered runs as one forward."""
+
+    def run(self) -> None:
+        ex = self.w.executor
+        self.cap = _configure_slots(ex, self.opts)
+        self.up = P.Endpoint(P.DOWNSTREAM)
+        self.down = P.Endpoint(P.UPSTREAM, sampled_link=self.is_last)
+        self.params: dict[int, tuple[SamplingParams, object]] = {}
+        try:
+            while True:
+                batch: list[tuple[int, int, int, Tensor]] = []
+                self._handle(self.recv_in(0, idle_ok=True), batch)
+                while len(batch) < self.cap and self.data_in.pending():
+                    self._handle(self._recv(), batch)
+                self._flush(batch)
+                self.watch_control()        # a busy link never idles: answer Pings here
+        finally:
+            ex.close_all_seqs()
+
+    def _recv(self):
+        try:
+            return self.recv_in(self.opts.input_timeout)
+        except Timeout:
+            raise _LinkLost(self.link_name("in"), PipelineTimeout(
+                f"a message did not arrive within {self.opts.input_timeout} s")) from None
+
+    def _handle(self, msg, batch) -> None:
+        if isinstance(msg, ShutdownMessage):
+            raise _LinkLost(self.link_name("in"), ProtocolError("transport Shutdown"))
+        if not isinstance(msg, Data):
+            raise ProtocolError(f"expected a Data message on data_in, got {type(msg).__name__}")
+        ev = self.up.receive(msg.payload)
+        ex = self.w.executor
+        if isinstance(ev, P.Begin):
+            try:
+                params = _begin_params(ev) if self.is_last else None
+                ex.open_seq(ev.seq)
+            except CmlpError as exc:
+                self.send_out(self.down.send(P.Fail(ev.seq, f"stage {self.idx}: {exc}")))
+                self.up.forget(ev.seq)
+                return
+            if self.is_last:
+                self.params[ev.seq] = (params, make_rng(ev.seed))
+            else:
+                self.send_out(self.down.send(ev))
+        elif isinstance(ev, P.Step):
+            tensors = self._read_tensors(ev.tensors)
+            trace.event(self.ev["input"])
+            if self.down.state(ev.seq) == P.DONE:
+                return                          # this stage already failed the sequence
+            try:
+                if len(tensors) != 1:
+                    raise ProtocolError(f"a batched Step carries one tensor, got {len(tensors)}")
+                t = tensors[0]
+                # own the bytes: the next receive may reuse the buffer this view points into
+                row = Tensor(t.name, t.dtype, t.shape, np.array(t.data))
+                if ev.seq_len > self.activation.max_seq_len:
+                    raise ProtocolError(f"seq_len {ev.seq_len} exceeds max_seq_len "
+                                        f"{self.activation.max_seq_len}")
+                ex.check_row(ev.seq, ev.step, ev.seq_len, row)
+            except CmlpError as exc:
+                self._fail_seq(ev.seq, exc)
+                return
+            if row.shape[1] > 1:                # a prefill runs alone
+                self._flush(batch)
+                self._flush([(ev.seq, ev.step, ev.seq_len, row)])
+            else:
+                batch.append((ev.seq, ev.step, ev.seq_len, row))
+        elif isinstance(ev, (P.End, P.Fail)):
+            if any(b[0] == ev.seq for b in batch):
+                self._flush(batch)              # its last Step first, then the slot goes
+            self.params.pop(ev.seq, None)
+            ex.close_seq(ev.seq)
+            if self.is_last and isinstance(ev, P.End):
+                self.down.forget(ev.seq)
+            elif self.down.state(ev.seq) != P.DONE:
+                self.send_out(self.down.send(ev))
+        else:
+            raise ProtocolError(f"unexpected message 0x{ev.type:02x} on data_in")
+
+    def _fail_seq(self, seq: int, exc: BaseException) -> None:
+        log.warning("stage %d: sequence %d failed: %s", self.idx, seq, exc)
+        self.params.pop(seq, None)
+        self.w.executor.close_seq(seq)
+        if self.down.state(seq) != P.DONE:
+            self.send_out(self.down.send(P.Fail(seq, f"stage {self.idx}: {exc}")))
+
+    def _flush(self, batch) -> None:
+        if not batch:
+            return
+        rows = list(batch)
+        batch.clear()
+        try:
+            out = self.w.executor.forward_rows([b[0] for b in rows], [b[3] for b in rows])
+        except (StageError, CmlpError) as exc:
+            if isinstance(exc, (SessionError, CryptoError)):
+                raise
+            for seq, *_ in rows:
+                self._fail_seq(seq, exc)
+            return
+        trace.event(self.ev["forward_done"])
+        for r, (seq, step, seq_len, _) in enumerate(rows):
+            if self.is_last:
+                if seq not in self.params:
+                    self._fail_seq(seq, ProtocolError(f"Step for sequence {seq} without Begin"))
+                    continue
+                params, rng = self.params[seq]
+                try:
+                    token = self._sample_row(out[r], params, rng)
+                except CmlpError as exc:
+                    self._fail_seq(seq, exc)
+                    continue
+                self.send_out(self.down.send(P.Sampled(seq, step, token)))
+            else:
+                row = out[r:r + 1]
+                t = Tensor("hidden_states", DType.F32, row.shape, row)
+                self.send_out(self.down.send(P.Step(seq, step, seq_len, 1)), [t])
+        trace.event(self.ev["sent"])
+
+    def _sample_row(self, logits: np.ndarray, params: SamplingParams, rng) -> int:
+        if self.sampler is None or self.sampler.vocab_size != logits.shape[0]:
+            self.sampler = Sampler(logits.shape[0])
+        return self.sampler.sample(logits, params, rng)

@@ -1,0 +1,372 @@
+"""Continuous batching (issue 14, docs/batching.md): many clients at once through 1-3 stages.
+
+Every concurrent output must equal the same request run alone (greedy ids exactly, seeded
+sampling exactly); the executors record the largest batch they ran, so a test that never
+actually batched fails instead of passing vacuously.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+from tests.helpers.hostblind_helpers import hb_manifest, hb_manifest_dict, host_config
+from tests.helpers.model import PARITY
+from tests.helpers.pipeline import (
+    StageThread,
+    start_stage_process,
+    stop_processes,
+    write_manifest,
+)
+
+from cmlp.client import Client, Finished, SamplingParams, TokenEvent
+from cmlp.errors import GenerationError, PipelineUnavailable, ServerBusy
+from cmlp.hostblind.host import HostBlindServer
+from cmlp.hostblind.stage_loop import HostBlindOptions
+from cmlp.model.synthetic import init_model
+from cmlp.pipeline.gpt2 import Gpt2Executor
+from cmlp.transport.sockets import parse_endpoint
+
+SPLITS = {1: [(0, 4)], 2: [(0, 2), (2, 4)], 3: [(0, 1), (1, 3), (3, 4)]}
+
+# token ids of the parity model (vocab 512), lengths 1..40
+PROMPTS = [[int(t) for t in random.Random(i).choices(range(512), k=n)]
+           for i, n in enumerate((5, 1, 12, 3, 40, 7, 21, 2))]
+PARAMS = [SamplingParams(max_tokens=12),
+          SamplingParams(max_tokens=20, temperature=0.8, seed=1),
+          SamplingParams(max_tokens=7, temperature=1.2, top_k=20, seed=2),
+          SamplingParams(max_tokens=25, temperature=0.9, top_p=0.8, seed=3),
+          SamplingParams(max_tokens=3),
+          SamplingParams(max_tokens=16, temperature=0.7, top_k=5, top_p=0.9, seed=4),
+          SamplingParams(max_tokens=30),
+          SamplingParams(max_tokens=9, temperature=1.0, seed=5)]
+
+
+class CountingExecutor(Gpt2Executor):
+    """Records the largest batched forward; an optional delay keeps sequences overlapping."""
+
+    def __init__(self, model_dir, delay=0.0):
+        super().__init__(model_dir, threads=1)
+        self.delay = delay
+        self.max_rows = 0
+        self.calls = []                 # (rows, tokens per row) of every forward
+
+    def forward_rows(self, seqs, rows):
+        self.max_rows = max(self.max_rows, len(rows))
+        self.calls.append((len(rows), int(rows[0].shape[1])))
+        if self.delay:
+            time.sleep(self.delay)
+        return super().forward_rows(seqs, rows)
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    return PARITY.write(tmp_path_factory.mktemp("parity"))
+
+
+def manifest(n, relay=False):
+    return hb_manifest(n, relay=relay, splits=SPLITS[n], max_seq_len=512, hidden_dim=64)
+
+
+@contextmanager
+def served_many(m, executors, *, slots=8, concurrency=8, queue_size=8, admission_queue=8,
+                health_interval=0.5, **opts):
+    options = HostBlindOptions(slots=slots, admission_queue=admission_queue, **opts)
+    stages = [StageThread(m, i, ex, persistent=True, hostblind=options)
+              for i, ex in enumerate(executors)]
+    server = HostBlindServer(m, host_config(), parse_endpoint("127.0.0.1:0"),
+                             queue_size=queue_size, health_interval=health_interval,
+                             concurrency=concurrency)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+        for s in stages:
+            s.stop()
+
+
+def eventually(cond, within=5.0) -> bool:
+    """Slots downstream are freed when End reaches them, just after the client's Finished."""
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def run(client, prompt, params):
+    events = list(client.generate(prompt, params))
+    assert isinstance(events[-1], Finished)
+    return [e.token_id for e in events[:-1] if isinstance(e, TokenEvent)], events[-1].finish_reason
+
+
+def run_concurrently(fn, n):
+    """fn(i) in n threads started together; returns results (or exceptions) by index."""
+    out = [None] * n
+    gate = threading.Barrier(n)
+
+    def body(i):
+        gate.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as exc:       # noqa: BLE001 - reported by the caller
+            out[i] = exc
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+@pytest.mark.parametrize("n, relay", [(1, False), (2, False), (2, True), (3, False), (3, True)])
+def test_eight_concurrent_clients_equal_their_solo_runs(parity, n, relay):
+    m = manifest(n, relay)
+    executors = [CountingExecutor(parity, delay=0.003) for _ in range(n)]
+    with served_many(m, executors, prefill_chunk=16) as server:    # 40 and 21 ids: chunked
+        client = Client(str(server.address), m, timeout=30)
+        solo = [run(client, PROMPTS[i], PARAMS[i]) for i in range(8)]
+        greedy = run(client, PROMPTS[1], SamplingParams(max_tokens=20))[0]
+        assert all(ex.max_rows == 1 for ex in executors)        # solo really was alone
+        together = run_concurrently(lambda i: run(client, PROMPTS[i], PARAMS[i]), 8)
+    for i in range(8):
+        assert together[i] == solo[i], f"request {i}: {together[i]} != solo {solo[i]}"
+    assert all(ex.max_rows >= 2 for ex in executors), [ex.max_rows for ex in executors]
+    assert solo[1][0] != greedy             # the sampled requests really sampled
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_disconnecting_client_frees_its_slot_and_does_not_disturb_the_others(parity, n):
+    m = manifest(n)
+    executors = [CountingExecutor(parity, delay=0.01) for _ in range(n)]
+    with served_many(m, executors, slots=4) as server:
+        client = Client(str(server.address), m, timeout=30)
+        long = SamplingParams(max_tokens=60)
+        solo = [run(client, PROMPTS[i], long) for i in range(3)]
+        assert eventually(lambda: all(ex.free_slots == 4 for ex in executors))
+        freed = {}
+
+        ends = {}
+
+        def body(i):
+            if i < 3:
+                result = run(client, PROMPTS[i], long)
+                ends[i] = time.monotonic()
+                return result
+            gen = client.generate(PROMPTS[3], long)
+            got = [next(gen) for _ in range(3)]
+            gen.close()                            # cancel: the enclave frees the slot
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:     # at once, while the others still run
+                if all(ex.free_slots >= 1 for ex in executors):
+                    freed["at"] = time.monotonic()
+                    break
+                time.sleep(0.005)
+            return got
+
+        results = run_concurrently(body, 4)
+        assert eventually(lambda: all(ex.free_slots == 4 for ex in executors))
+    for i in range(3):
+        assert results[i] == solo[i]
+    assert len(results[3]) == 3 and "at" in freed and freed["at"] < min(ends.values())
+
+
+def test_a_full_server_answers_busy_and_serves_the_queued(parity):
+    m = manifest(1)
+    ex = CountingExecutor(parity, delay=0.02)
+    with served_many(m, [ex], slots=2, concurrency=2, queue_size=1) as server:
+        client = Client(str(server.address), m, timeout=30)
+        holders = [client.generate(PROMPTS[i], SamplingParams(max_tokens=80)) for i in range(2)]
+        for h in holders:
+            assert isinstance(next(h), TokenEvent)            # both slots taken
+        waited = {}
+        t = threading.Thread(target=lambda: waited.update(r=run(client, PROMPTS[5],
+                                                                SamplingParams(max_tokens=4))))
+        t.start()
+        time.sleep(0.3)                                       # the third waits at the host
+        with pytest.raises(ServerBusy):
+            list(client.generate(PROMPTS[6], SamplingParams(max_tokens=4)))
+        for h in holders:
+            assert isinstance(list(h)[-1], Finished)
+        t.join(30)
+        assert waited["r"][1] == "length" and len(waited["r"][0]) == 4
+
+
+def test_stage0_answers_busy_when_its_slots_and_queue_are_full(parity):
+    m = manifest(1)
+    ex = CountingExecutor(parity, delay=0.02)
+    # the host forwards 4 at once, stage 0 holds 2 slots and no queue: the 3rd gets "busy"
+    with served_many(m, [ex], slots=2, concurrency=4, queue_size=0,
+                     admission_queue=0) as server:
+        client = Client(str(server.address), m, timeout=30)
+        holders = [client.generate(PROMPTS[i], SamplingParams(max_tokens=60)) for i in range(2)]
+        for h in holders:
+            next(h)
+        with pytest.raises(ServerBusy):
+            list(client.generate(PROMPTS[6], SamplingParams(max_tokens=4)))
+        for h in holders:
+            assert isinstance(list(h)[-1], Finished)
+        assert run(client, PROMPTS[6], SamplingParams(max_tokens=4))[1] == "length"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return init_model(tmp_path_factory.mktemp("tiny"), preset="tiny")
+
+
+def test_a_killed_stage_fails_every_active_sequence_and_the_server_recovers(tiny, tmp_path):
+    doc = hb_manifest_dict(2, total_layers=4, max_seq_len=1024, hidden_dim=64)
+    path = write_manifest(tmp_path, doc)
+    from cmlp.manifest import Manifest
+    m = Manifest.load(path)
+    procs = [start_stage_process(path, i, tiny, ["--persistent"]) for i in range(2)]
+    server = HostBlindServer(m, host_config(), parse_endpoint("127.0.0.1:0"), health_interval=0.5,
+                             concurrency=4)
+    try:
+        deadline = time.monotonic() + 60
+        while True:                                    # the stages load their weights
+            try:
+                server.start()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        client = Client(str(server.address), m, timeout=10)
+        want = run(client, "The capital of France is", SamplingParams(max_tokens=8))[0]
+        started = threading.Barrier(5)
+
+        def body(i):
+            gen = client.generate(PROMPTS[i], SamplingParams(max_tokens=1000))
+            next(gen)
+            started.wait(30)
+            for _ in gen:
+                pass
+
+        threads_out = [None] * 4
+
+        def wrap(i):
+            try:
+                body(i)
+            except Exception as exc:               # noqa: BLE001 - checked below
+                threads_out[i] = exc
+
+        threads = [threading.Thread(target=wrap, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        started.wait(30)
+        procs[1].kill()
+        for t in threads:
+            t.join(30)
+        assert all(isinstance(e, PipelineUnavailable) for e in threads_out), threads_out
+        assert all("stage 1" in str(e) for e in threads_out), threads_out
+        procs[1].wait(10)
+        procs[1] = start_stage_process(path, 1, tiny, ["--persistent"])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                got = run(Client(str(server.address), m, timeout=5), "The capital of France is",
+                          SamplingParams(max_tokens=8))[0]
+                break
+            except GenerationError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        assert got == want
+    finally:
+        server.close()
+        stop_processes(procs)
+
+
+def _rss_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_sustained_1000_requests_from_16_clients_no_error_no_leak(parity):
+    m = manifest(2)
+    with served_many(m, [Gpt2Executor(parity, threads=1) for _ in range(2)], slots=8,
+                     concurrency=8, queue_size=16) as server:
+        client = Client(str(server.address), m, timeout=60)
+        rng = random.Random(7)
+        plan = [(rng.choice(PROMPTS), SamplingParams(
+            max_tokens=rng.randint(1, 24), temperature=rng.choice([0.0, 0.8]),
+            seed=rng.randint(0, 1000))) for _ in range(1000)]
+        lock = threading.Lock()
+        cursor = {"i": 0, "rss_warm": None, "done": 0}
+        errors = []
+
+        def worker(_):
+            while True:
+                with lock:
+                    i = cursor["i"]
+                    cursor["i"] += 1
+                if i >= len(plan):
+                    return
+                try:
+                    ids, reason = run(client, *plan[i])
+                    assert reason == "length" and len(ids) == plan[i][1].max_tokens
+                except Exception as exc:           # noqa: BLE001 - collected
+                    errors.append((i, exc))
+                with lock:
+                    cursor["done"] += 1
+                    if cursor["done"] == 200:
+                        cursor["rss_warm"] = _rss_bytes()
+
+        run_concurrently(worker, 16)
+        rss_end = _rss_bytes()
+    assert not errors, errors[:3]
+    assert rss_end < cursor["rss_warm"] * 1.05, (cursor["rss_warm"], rss_end)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(parity):
+    m = manifest(1)
+    ex = CountingExecutor(parity, delay=0.005)
+    long_prompt = [int(t) for t in random.Random(99).choices(range(512), k=100)]
+    with served_many(m, [ex], prefill_chunk=32) as server:
+        client = Client(str(server.address), m, timeout=30)
+        solo = run(client, long_prompt, SamplingParams(max_tokens=5))
+        runners = [client.generate(PROMPTS[i], SamplingParams(max_tokens=60)) for i in range(3)]
+        for r in runners:
+            next(r)                                     # three streams are decoding
+        ex.calls.clear()
+        together = run(client, long_prompt, SamplingParams(max_tokens=5))
+        calls = list(ex.calls)
+        for r in runners:
+            assert isinstance(list(r)[-1], Finished)
+    assert together == solo
+    chunks = [i for i, (_, t) in enumerate(calls) if t > 1]
+    assert [calls[i][1] for i in chunks] == [32, 32, 32, 4]
+    # the running streams took a decode step between every two chunks of the prompt
+    assert all(any(calls[j][1] == 1 for j in range(a + 1, b))
+               for a, b in itertools.pairwise(chunks))
+
+
+def test_cmlp_bench_serve_prints_the_table(parity, tmp_path, capsys):
+    import json
+
+    from cmlp.cli.main import build_parser
+    doc = hb_manifest_dict(1, splits=SPLITS[1], max_seq_len=512, hidden_dim=64)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    from cmlp.manifest import Manifest
+    m = Manifest.load(path)
+    with served_many(m, [CountingExecutor(parity)]) as server:
+        args = build_parser().parse_args(
+            ["bench", "serve", "--connect", str(server.address), "--manifest", str(path),
+             "--clients", "4", "--prompt-tokens", "5", "--max-tokens", "6", "--rounds", "2",
+             "--vocab", "512"])
+        assert args.func(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:2] == ["clients", "tok/s"]
+    row = out[2].split()
+    assert row[0] == "4" and float(row[1]) > 0 and row[-1] == "0"      # no errors
