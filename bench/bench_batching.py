@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from bench_pipeline import even_splits, wait_listening
+from bench_pipeline import even_splits, wait_listening  # noqa: E402 - after the sys.path set-up
 
 CONFIGS = [("1 stage", 1, "direct"), ("2 stages relayed", 2, "relay")]
 

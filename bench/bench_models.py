@@ -146,7 +146,7 @@ class Ct2Int8:
                                           max_length=DECODE_STEPS + 1,
                                           min_length=DECODE_STEPS + 1, sampling_topk=1):
             stamps.append(time.perf_counter())
-        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]   # consecutive pairs
         return statistics.median(gaps) * 1e3
 
 

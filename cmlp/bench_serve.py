@@ -21,7 +21,7 @@ from cmlp.client import Client, Finished, SamplingParams, TokenEvent
 class RoundResult:
     clients: int
     wall_s: float = 0.0
-    tokens: int = 0
+    tokens: float = 0               # a count; merge() stores the median rate here (wall_s 1)
     ttft_s: list[float] = field(default_factory=list)
     itl_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)

@@ -707,16 +707,16 @@ cdef class ShardEngine:
         Positions [0, past_len) of each cached sequence: the cache is appended in
         place, so nothing beyond past_len was ever written.
         """
-        cdef int l, kv, b, h
+        cdef int layer, kv, b, h
         cdef long head_stride = <long>self.n_positions * self.head_dim
         cdef float* head
         if self.kv == NULL or self.past_len <= 0:
             return
-        for l in range(self.n_blocks):
+        for layer in range(self.n_blocks):
             for kv in range(2):
                 for b in range(self.cache_batch):
                     for h in range(self.n_head):
-                        head = self._cache(l, kv) + (<long>b * self.n_head + h) * head_stride
+                        head = self._cache(layer, kv) + (<long>b * self.n_head + h) * head_stride
                         memset(head, 0, <size_t>self.past_len * self.head_dim * sizeof(float))
 
     cdef inline float* _cache(self, int block, int kv) noexcept nogil:
@@ -811,13 +811,13 @@ cdef class ShardEngine:
                 embedding_forward(self.residual, self.ids, self.wte, self.wpe, B, T, self.past_len, C)
             else:
                 self._embedding_quantized(B, T)
-        for l in range(self.n_blocks):
-            blk = &self.blocks[l]
+        for layer in range(self.n_blocks):
+            blk = &self.blocks[layer]
             # attention: residual += c_proj(attention(ln_1(residual)))
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_1_weight, blk.ln_1_bias, M, C)
             self._matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C,
                          &blk.c_attn_w)
-            self._attention(l, B, T)
+            self._attention(layer, B, T)
             self._matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias, M, C, C,
                          &blk.attn_proj_w)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
@@ -998,13 +998,13 @@ cdef class ShardEngine:
         cdef long per_slot = <long>self.n_head * self.n_positions * self.head_dim
         cdef size_t region = per_slot * sizeof(float)
         cdef long head_stride = <long>self.n_positions * self.head_dim
-        cdef int l, kv, h
+        cdef int layer, kv, h
         cdef float* base
         if self.slot_lens[slot] == 0:
             return
-        for l in range(self.n_blocks):
+        for layer in range(self.n_blocks):
             for kv in range(2):
-                base = self._slot_cache(l, kv) + slot * per_slot
+                base = self._slot_cache(layer, kv) + slot * per_slot
                 for h in range(self.n_head):
                     memset(base + h * head_stride, 0,
                            <size_t>self.slot_lens[slot] * self.head_dim * sizeof(float))
@@ -1083,18 +1083,19 @@ cdef class ShardEngine:
     cdef void _forward_slots(self, int B, int T) noexcept nogil:
         cdef long M = <long>B * T
         cdef int C = self.n_embd
-        cdef int l, b
+        cdef int layer, b
         cdef BlockWeights* blk
         if self.is_first:
             for b in range(B):
                 embedding_forward(self.residual + <long>b * T * C, self.ids + <long>b * T,
                                   self.wte, self.wpe, 1, T, self.row_pos[b], C)
-        for l in range(self.n_blocks):
-            blk = &self.blocks[l]
+        for layer in range(self.n_blocks):
+            blk = &self.blocks[layer]
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_1_weight, blk.ln_1_bias, M, C)
             self._slot_matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C, T)
-            self._slot_attention(l, B, T)
-            self._slot_matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias, M, C, C, T)
+            self._slot_attention(layer, B, T)
+            self._slot_matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias,
+                              M, C, C, T)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_2_weight, blk.ln_2_bias, M, C)
             self._slot_matmul(self.fc, self.ln_out, blk.c_fc_weight, blk.c_fc_bias, M, C, 4 * C, T)

@@ -30,7 +30,7 @@ from cmlp._gpt2 import aligned_empty   # also sets OpenBLAS to one thread (our p
 from blas cimport gemm
 from llama_kernels cimport *
 from llama_types cimport Linear, LayerWeights
-from cmlp._wkernels cimport (wk_weight, WK_F32, WK_BF16, WK_F16, WK_I8, WK_FP32_ACT, weight_check,
+from cmlp._wkernels cimport (WK_F32, WK_BF16, WK_F16, WK_I8, WK_FP32_ACT, weight_check,
                              dequant_rows, linear_forward, tile_floats)
 
 cnp.import_array()

@@ -95,8 +95,7 @@ def run(args) -> int:
     stop_on_sigterm()
     try:
         server.start()
-        log.info("serving on %s (stage 0's client endpoint %s)", server.address,
-                 manifest.client_endpoint.endpoint)
+        log.info("serving on %s (stage 0's client endpoint %s)", server.address, server.stage0)
         threading.Event().wait()
     except KeyboardInterrupt:
         log.info("stopping")

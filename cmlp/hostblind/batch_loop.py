@@ -160,11 +160,14 @@ class BatchStage0Loop(_Stage0Loop):
         if not isinstance(msg, Data):
             raise ProtocolError(f"expected a request, got {type(msg).__name__}")
         req = cl.receive(msg.payload)
+        if not isinstance(req, (P.Generate, P.Info)):        # the STAGE0 table admits no other
+            raise ProtocolError(f"expected a request, got {type(req).__name__}")
         cseq = req.seq
         if isinstance(req, P.Info):
             info = {k: _str_or_none(getattr(self.tok, k, None)) for k in P.INFO_KEYS}
-            if info["eos_token"] is None and hasattr(self.tok, "eos_id"):
-                info["eos_token"] = _str_or_none(self.tok.decode([self.tok.eos_id]))
+            eos_id = getattr(self.tok, "eos_id", None)
+            if info["eos_token"] is None and eos_id is not None:
+                info["eos_token"] = _str_or_none(self.tok.decode([eos_id]))
             ch.send(cl.send(P.InfoReply(cseq, info)), timeout=self.opts.client_send_timeout)
             return False
         try:
@@ -290,7 +293,9 @@ class BatchStage0Loop(_Stage0Loop):
                 return
             self._emit(g, token)
             return
-        t = Tensor("hidden_states", DType.F32, g.hidden.shape, g.hidden)
+        hidden = g.hidden
+        assert hidden is not None, "filled chunk by chunk above (N stages)"
+        t = Tensor("hidden_states", DType.F32, hidden.shape, hidden)
         self.send_out(self.down.send(P.Step(g.seq, 0, P_len, 1)), [t])
         g.hidden = None
         g.state = WAITING
@@ -302,7 +307,7 @@ class BatchStage0Loop(_Stage0Loop):
     def _forward(self, gens: list[_Gen], rows: list[Tensor]) -> None:
         ex = self.w.executor
         ok_gens, ok_rows = [], []
-        for g, row in zip(gens, rows):
+        for g, row in zip(gens, rows, strict=True):
             seq_len = len(g.prompt_ids) + g.step
             try:
                 if seq_len > self.activation.max_seq_len:
@@ -350,12 +355,14 @@ class BatchStage0Loop(_Stage0Loop):
     def _emit(self, g: _Gen, token: int) -> None:
         """A sampled token: stream it, then finish or make the sequence ready again."""
         trace.event(self.ev["token_in"])
-        text, reason = g.stopper.push(token)
+        stopper = g.stopper
+        assert stopper is not None, "set when the generation is admitted"
+        text, reason = stopper.push(token)
         try:
             self._to_client(g.ch, g.cl.send(P.Token(g.cseq, g.step, token, text)))
             if reason is not None:
                 self._to_client(g.ch, g.cl.send(P.Finished(g.cseq, reason, len(g.prompt_ids),
-                                                           g.stopper.completion_tokens)))
+                                                           stopper.completion_tokens)))
         except _ClientGone as gone:
             log.info("stage 0: generation %d ended early: %s", g.seq, gone)
             reason = "gone"
@@ -370,11 +377,13 @@ class BatchStage0Loop(_Stage0Loop):
     def _read_feedback(self, block: bool) -> None:
         """Every Sampled already here; with ``block``, wait a watch slice for the first."""
         first = True
+        link = self.data_in
+        assert link is not None, "a one-stage pipeline samples itself, it has no feedback link"
         while True:
-            if not (first and block) and not self.data_in.pending():
+            if not (first and block) and not link.pending():
                 return
             try:
-                msg = self.data_in.recv(timeout=WATCH_SLICE if first and block else 1.0)
+                msg = link.recv(timeout=WATCH_SLICE if first and block else 1.0)
             except Timeout:
                 return
             except (SessionError, CryptoError, FrameError) as exc:
@@ -394,6 +403,9 @@ class BatchStage0Loop(_Stage0Loop):
                 if g is not None:
                     self._fail(g, P.ERR_INTERNAL, f"generation failed: {ev.message}")
                 continue
+            if not isinstance(ev, P.Sampled):       # e.g. an End: the table admits it, a token it is not
+                raise _LinkLost(self.link_name("in"), ProtocolError(
+                    f"unexpected {type(ev).__name__} on the feedback link"))
             if g is None or g.state != WAITING or ev.step != g.step:
                 raise ProtocolError(f"feedback for sequence {ev.seq} step {ev.step} that "
                                     "was not asked for")
@@ -463,11 +475,13 @@ class BatchRingLoop(_RingStageLoop):
         self.up = P.Endpoint(P.DOWNSTREAM)
         self.down = P.Endpoint(P.UPSTREAM, sampled_link=self.is_last)
         self.params: dict[int, tuple[SamplingParams, object]] = {}
+        link = self.data_in
+        assert link is not None, "a ring stage always has its data_in"
         try:
             while True:
                 batch: list[tuple[int, int, int, Tensor]] = []
                 self._handle(self.recv_in(0, idle_ok=True), batch)
-                while len(batch) < self.cap and self.data_in.pending():
+                while len(batch) < self.cap and link.pending():
                     self._handle(self._recv(), batch)
                 self._flush(batch)
                 self.watch_control()        # a busy link never idles: answer Pings here
@@ -496,7 +510,7 @@ class BatchRingLoop(_RingStageLoop):
                 self.send_out(self.down.send(P.Fail(ev.seq, f"stage {self.idx}: {exc}")))
                 self.up.forget(ev.seq)
                 return
-            if self.is_last:
+            if params is not None:                      # the last stage samples
                 self.params[ev.seq] = (params, make_rng(ev.seed))
             else:
                 self.send_out(self.down.send(ev))

@@ -29,7 +29,7 @@ import time
 from typing import List, Optional
 
 from cmlp import _netio
-from cmlp.errors import (CmlpError, ProtocolError, StageFailed,
+from cmlp.errors import (CmlpError, ManifestError, ProtocolError, StageFailed,
                          Timeout)
 from cmlp.manifest import Manifest
 from cmlp.pipeline import control as C
@@ -142,6 +142,8 @@ class HostBlindServer:
         self.health_interval = health_interval
         self.capture_prefix = capture_prefix
         self.connect_timeout = connect_timeout
+        if manifest.client_endpoint is None:
+            raise ManifestError("the manifest has no host_blind section (stage 0's client endpoint)")
         self.stage0 = manifest.client_endpoint.endpoint
         self.pending: "queue.Queue" = queue.Queue()
         # clients in the system (served + waiting): at most queue_size + concurrency,
@@ -152,7 +154,7 @@ class HostBlindServer:
         self.stopping = threading.Event()
         self.busy = threading.Lock()           # held while a client is forwarded
         self.served = 0
-        self.listener = None
+        self.listener: Optional[socket.socket] = None
         self._threads: List[threading.Thread] = []
 
     # -- lifecycle ----------------------------------------------------------------
@@ -188,21 +190,23 @@ class HostBlindServer:
 
     @property
     def address(self) -> Endpoint:
+        assert self.listener is not None, "start() first"
         return sockets.local_endpoint(self.listener)
 
     def _supervise(self) -> None:
         """Health checks; a broken pipeline is torn down and started again."""
         while not self.stopping.wait(self.health_interval):
-            if self.up.is_set():
+            pipeline = self.pipeline                 # set whenever `up` is (this thread restarts it)
+            if self.up.is_set() and pipeline is not None:
                 try:
-                    self.pipeline.health_check()
+                    pipeline.health_check()
                     continue
                 except (CmlpError, OSError) as exc:
                     log.warning("pipeline health check failed: %s; restarting", exc)
                     self.up.clear()
                     self._stage_metrics(False)
                     with self.busy:
-                        self.pipeline.close()
+                        pipeline.close()
             try:
                 self._start_pipeline()
             except (CmlpError, OSError) as exc:
@@ -238,9 +242,11 @@ class HostBlindServer:
 
     # -- clients ------------------------------------------------------------------
     def _accept_loop(self) -> None:
+        listener = self.listener
+        assert listener is not None, "start() binds it before this thread runs"
         while not self.stopping.is_set():
             try:
-                sock = sockets.accept(self.listener, timeout=0.5)
+                sock = sockets.accept(listener, timeout=0.5)
             except Timeout:
                 continue
             except OSError:

@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Type
 
 import numpy as np
 
@@ -40,9 +40,20 @@ log = logging.getLogger(__name__)
 WATCH_SLICE = 0.05          # seconds between control checks while waiting
 
 
+class StageTokenizer(Protocol):
+    """What stage 0 needs of a tokenizer (cmlp.tokenizer.Tokenizer; tests pass small fakes).
+
+    Optional, read with getattr: eos_id, eos_ids, vocab_size and the INFO_KEYS strings.
+    """
+
+    def encode(self, text: str) -> List[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
 @dataclass
 class HostBlindOptions:
-    tokenizer: object = None              # encode/decode/eos_id; default: the model dir's or GPT-2
+    tokenizer: Optional[StageTokenizer] = None   # default: the model dir's or GPT-2
     eos_ids: Optional[Tuple[int, ...]] = None     # override the tokenizer's EOS ids
     client_handshake_timeout: float = 5.0
     request_timeout: float = 10.0         # the Generate after the client's handshake
@@ -91,7 +102,7 @@ def run_host_blind(worker, ctl, data_in, data_out, activation) -> None:
     opts = worker.config.hostblind or HostBlindOptions()
     if getattr(worker.executor, "supports_slots", False):         # continuous batching (docs/batching.md)
         from cmlp.hostblind.batch_loop import BatchRingLoop, BatchStage0Loop
-        kinds = (BatchStage0Loop, BatchRingLoop)
+        kinds: Tuple[Type[_Stage0Loop], Type[_RingStageLoop]] = (BatchStage0Loop, BatchRingLoop)
     else:
         kinds = (_Stage0Loop, _RingStageLoop)
     loop = kinds[worker.idx != 0](worker, ctl, data_in, data_out, activation, opts)
@@ -148,9 +159,11 @@ class _Base:
     def recv_in(self, timeout: float, idle_ok: bool = False):
         """One message from data_in, watching control while waiting."""
         deadline = time.monotonic() + timeout
+        link = self.data_in
+        assert link is not None, "only a one-stage pipeline has no links, and it never waits"
         while True:
             try:
-                return self.data_in.recv(timeout=WATCH_SLICE)
+                return link.recv(timeout=WATCH_SLICE)
             except Timeout:
                 self.watch_control()
                 if not idle_ok and time.monotonic() > deadline:
@@ -160,13 +173,15 @@ class _Base:
 
     def send_out(self, payload: bytes, tensors: Sequence[Tensor] = ()) -> None:
         """One message and its tensors downstream, written in one syscall."""
+        link = self.data_out
+        assert link is not None, "only a one-stage pipeline has no links, and it never sends"
         try:
             if tensors:
-                self.data_out.send(payload, more=True)
+                link.send(payload, more=True)
                 for i, t in enumerate(tensors):
-                    self.data_out.send_tensor(t, more=i + 1 < len(tensors))
+                    link.send_tensor(t, more=i + 1 < len(tensors))
             else:
-                self.data_out.send(payload)
+                link.send(payload)
         except (SessionError, CryptoError) as exc:
             raise _LinkLost(self.link_name("out"), exc) from exc
 
@@ -288,15 +303,17 @@ class _Stage0Loop(_Base):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.tok = self.opts.tokenizer or getattr(self.w, "hb_tokenizer", None)
-        if self.tok is None:                     # loaded once per worker, not per session
-            self.tok = self.w.hb_tokenizer = load_stage0_tokenizer(
+        tok = self.opts.tokenizer or getattr(self.w, "hb_tokenizer", None)
+        if tok is None:                          # loaded once per worker, not per session
+            tok = self.w.hb_tokenizer = load_stage0_tokenizer(
                 getattr(self.w.executor, "model_dir", None))
+        self.tok: StageTokenizer = tok
         eos = self.opts.eos_ids
         if eos is None:
             eos = tuple(getattr(self.tok, "eos_ids", None) or ())
-            if not eos and getattr(self.tok, "eos_id", None) is not None:
-                eos = (self.tok.eos_id,)
+            eos_id = getattr(self.tok, "eos_id", None)
+            if not eos and eos_id is not None:
+                eos = (eos_id,)
         self.eos_ids = tuple(eos)
         self.down = P.Endpoint(P.UPSTREAM)
         self.feedback = P.Endpoint(P.DOWNSTREAM, sampled_link=True)
@@ -348,14 +365,17 @@ class _Stage0Loop(_Base):
             if not isinstance(msg, Data):
                 raise ProtocolError(f"expected a request, got {type(msg).__name__}")
             req = cl.receive(msg.payload)
+            if not isinstance(req, (P.Generate, P.Info)):    # the STAGE0 table admits no other
+                raise ProtocolError(f"expected a request, got {type(req).__name__}")
         except (CmlpError, OSError) as exc:
             log.warning("stage 0: no valid request from the client: %s", exc)
             return
         cseq = req.seq
         if isinstance(req, P.Info):
             info = {k: _str_or_none(getattr(self.tok, k, None)) for k in P.INFO_KEYS}
-            if info["eos_token"] is None and hasattr(self.tok, "eos_id"):
-                info["eos_token"] = _str_or_none(self.tok.decode([self.tok.eos_id]))
+            eos_id = getattr(self.tok, "eos_id", None)
+            if info["eos_token"] is None and eos_id is not None:
+                info["eos_token"] = _str_or_none(self.tok.decode([eos_id]))
             try:
                 self._to_client(ch, cl.send(P.InfoReply(cseq, info)))
             except _ClientGone:
@@ -475,9 +495,11 @@ class _Stage0Loop(_Base):
 
     def _wait_token(self, ch: SecureChannel, cl, seq: int, step: int) -> int:
         deadline = time.monotonic() + self.opts.token_timeout
+        link = self.data_in
+        assert link is not None, "a one-stage pipeline samples itself, it never waits for a token"
         while True:
             try:
-                msg = self.data_in.recv(timeout=WATCH_SLICE)
+                msg = link.recv(timeout=WATCH_SLICE)
             except Timeout:
                 self._watch_client(ch, cl)
                 self.watch_control()
@@ -498,6 +520,9 @@ class _Stage0Loop(_Base):
                 raise _LinkLost(self.link_name("in"), exc) from exc
             if isinstance(ev, P.Fail):
                 raise StageError(ev.message)
+            if not isinstance(ev, P.Sampled):       # e.g. an End: the table admits it, a token it is not
+                raise _LinkLost(self.link_name("in"), ProtocolError(
+                    f"unexpected {type(ev).__name__} on the feedback link"))
             if ev.seq != seq or ev.step != step:
                 raise ProtocolError(f"feedback for sequence {ev.seq} step {ev.step}, "
                                     f"expected {seq} step {step}")

@@ -33,7 +33,7 @@ import numpy as np
 
 from cmlp.errors import ModelError
 from cmlp.model import safetensors_io
-from cmlp.model.config import (
+from cmlp.model.gpt2.config import (
     CONFIG_FILE,
     QUANT_KEY,
     QUANT_METHOD,

@@ -36,10 +36,10 @@ MAX_INDEX_BYTES = 64 << 20
 READ_CHUNK_BYTES = 32 << 20
 
 # safetensors dtype -> numpy dtype held in memory (BF16 as its uint16 bits)
-HALF_AND_FULL = {"F32": np.dtype(np.float32), "BF16": np.dtype(np.uint16),
-                 "F16": np.dtype(np.float16)}
+HALF_AND_FULL: dict[str, np.dtype] = {"F32": np.dtype(np.float32), "BF16": np.dtype(np.uint16),
+                                      "F16": np.dtype(np.float16)}
 # what Checkpoint.read can hold: HALF_AND_FULL plus int8 (quantized matrices)
-READABLE = {**HALF_AND_FULL, "I8": np.dtype(np.int8)}
+READABLE: dict[str, np.dtype] = {**HALF_AND_FULL, "I8": np.dtype(np.int8)}
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
              "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 
@@ -179,7 +179,7 @@ class Checkpoint:
     def read(self, info: TensorInfo) -> np.ndarray:
         """The tensor's bytes, in its stored dtype (BF16 as uint16), 64-byte aligned."""
         out = aligned_empty(info.shape, READABLE[info.dtype])
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        view = out.reshape(-1).view(np.uint8).data
         try:
             with open(info.path, "rb") as f:
                 f.seek(info.offset)
@@ -224,16 +224,17 @@ def write_safetensors(path: Path, tensors, metadata: dict | None = None) -> int:
             arr = np.ascontiguousarray(make(), dtype=HALF_AND_FULL.get(dtype))
             if arr.shape != tuple(shape):
                 raise ValueError(f"tensor {name}: made {arr.shape}, declared {shape}")
-            f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+            f.write(arr.reshape(-1).view(np.uint8).data)
     return offset
 
 
 # ---- by-name access for single files (GPT-2's loader, `cmlp model quantize`) ----------------
 
 # safetensors dtype -> numpy storage dtype (BF16 as uint16 bit patterns)
-STORAGE = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
-           "I8": np.dtype("i1"), "U8": np.dtype("u1"), "I32": np.dtype("<i4"),
-           "I64": np.dtype("<i8"), "BOOL": np.dtype("?")}
+STORAGE: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+                                "BF16": np.dtype("<u2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"),
+                                "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
+                                "BOOL": np.dtype("?")}
 _NUMPY_TO_ST = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("i1"): "I8",
                 np.dtype("u1"): "U8", np.dtype("<i4"): "I32", np.dtype("<i8"): "I64",
                 np.dtype("?"): "BOOL"}
@@ -274,7 +275,7 @@ def read_into(path: Path, name: str, out: np.ndarray) -> np.ndarray:
     if STORAGE.get(info.dtype) != out.dtype or info.shape != out.shape:
         raise ModelError(f"{path}: tensor {name} is {info.dtype} {list(info.shape)}, "
                          f"expected {out.dtype} {list(out.shape)}")
-    view = memoryview(out.reshape(-1).view(np.uint8))
+    view = out.reshape(-1).view(np.uint8).data
     try:
         with open(path, "rb") as f:
             f.seek(info.offset)

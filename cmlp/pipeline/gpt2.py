@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class Gpt2Executor:
         self.model_name = model_name
         self.shard: Optional[Gpt2Shard] = None
         self.wire = DType.F32
-        self._request = None        # (request_id, seq_len, num_micro_batches) being served
+        self._request: Optional[Tuple[int, int, int]] = None   # (request_id, seq_len, micro-batches)
 
     def begin_session(self) -> None:
         """A new orchestrator session starts from an empty (wiped) KV cache."""
@@ -81,10 +81,13 @@ class Gpt2Executor:
         if req is None or req[0] != request_id:
             raise ForwardFailed(request_id, micro_batch, "forward outside a started request")
         _, seq_len, m = req
-        past = 0 if sentinel else self.shard.past_len
+        shard = self.shard
+        if shard is None:
+            raise ForwardFailed(request_id, micro_batch, "forward before init")
+        past = 0 if sentinel else shard.past_len
         end = past + tokens
         if end > seq_len or (micro_batch == m - 1 and end != seq_len):
-            self.shard.clear_cache()          # fail closed: nothing of that context is kept
+            shard.clear_cache()          # fail closed: nothing of that context is kept
             raise ForwardFailed(
                 request_id, micro_batch,
                 f"KV cache position mismatch: {past} cached + {tokens} new tokens != seq_len "

@@ -74,7 +74,7 @@ def test_batched_decode_is_bit_identical_to_solo(model_dir, split):
         decode_all()
     for i in range(len(ps)):
         assert len(got[i]) == len(want[i])
-        for a, b in zip(got[i], want[i]):
+        for a, b in zip(got[i], want[i], strict=True):
             assert np.array_equal(a, b), f"sequence {i} differs from its solo run"
 
 

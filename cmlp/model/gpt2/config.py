@@ -106,7 +106,7 @@ def load_config(model_dir) -> Gpt2Config:
     return config
 
 
-def _read_quantization(path: Path, qc) -> bool:
+def _read_quantization(path: Path | str, qc) -> bool:
     """True for cmlp's int8 format; any other quantization is refused."""
     if qc is None:
         return False

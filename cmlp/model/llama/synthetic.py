@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ _LLAMA3_SCALING = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0
                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 # config.json values of the published models (shapes only; the weights are random)
-PRESETS = {
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {     # family -> preset -> config.json keys
     "llama": {
         "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
@@ -96,7 +97,8 @@ def byte_level_tokenizer(vocab_size: int = 0):
 def _tensor_specs(cfg, st_dtype: str, rng_seed: int, std: float):
     """(name, dtype, shape, make) in HF's order; make() draws that tensor's values."""
     specs = []
-    order = [("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))]
+    order: list[tuple[str, tuple[int, ...]]] = [
+        ("model.embed_tokens.weight", (cfg.vocab_size, cfg.hidden_size))]
     for i in range(cfg.num_hidden_layers):
         order += [(LAYER.format(i=i) + n, s) for n, s in layer_shapes(cfg).items()]
     order.append(("model.norm.weight", (cfg.hidden_size,)))
@@ -139,7 +141,9 @@ def write_model(out_dir, family: str, shape: dict, *, dtype: str = "fp32", seed:
     for stale in [*out.glob("model-*-of-*.safetensors"), out / SINGLE_FILE, out / INDEX_FILE]:
         stale.unlink(missing_ok=True)
     specs = _tensor_specs(cfg, DTYPES[dtype][0], seed, std)
-    shards, current, size = [], [], 0
+    shards: list[list[tuple]] = []      # per file: (name, dtype, shape, make) specs
+    current: list[tuple] = []
+    size = 0
     for spec in specs:
         nbytes = int(np.prod(spec[2])) * (4 if spec[1] == "F32" else 2)
         if current and size + nbytes > shard_bytes:

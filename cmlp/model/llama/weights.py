@@ -46,14 +46,14 @@ _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 def layer_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    C, I = cfg.hidden_size, cfg.intermediate_size
+    C, inter = cfg.hidden_size, cfg.intermediate_size        # C, I above
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     shapes = {
         "input_layernorm.weight": (C,), "post_attention_layernorm.weight": (C,),
         "self_attn.q_proj.weight": (q, C), "self_attn.k_proj.weight": (kv, C),
         "self_attn.v_proj.weight": (kv, C), "self_attn.o_proj.weight": (C, q),
-        "mlp.gate_proj.weight": (I, C), "mlp.up_proj.weight": (I, C),
-        "mlp.down_proj.weight": (C, I),
+        "mlp.gate_proj.weight": (inter, C), "mlp.up_proj.weight": (inter, C),
+        "mlp.down_proj.weight": (C, inter),
     }
     if cfg.attention_bias:
         shapes.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
@@ -97,7 +97,7 @@ class LlamaWeights:
     stored_bytes: int = 0
 
     def hashes(self) -> list[tuple[str, str]]:
-        return [(name, hashlib.sha256(self.tensors[name]).hexdigest())
+        return [(name, hashlib.sha256(self.tensors[name].data).hexdigest())
                 for name in sorted(self.tensors)]
 
     def matrix(self, name: str):
