@@ -183,28 +183,39 @@ class Gpt2Executor:
         return (isinstance(self.shard, Gpt2Shard) and self.shard.weight_dtype == "f32"
                 and self.wire == DType.F32)
 
+    def _slot_shard(self, seq: int = 0) -> Gpt2Shard:
+        """The loaded shard, for the slot API below (used once supports_batching() said so)."""
+        if self.shard is None:
+            raise ForwardFailed(seq, 0, "no model shard loaded")
+        return self.shard
+
     def configure_slots(self, slots: int, kv_budget_bytes: Optional[int] = None) -> int:
         """Reserve per-sequence KV-cache slots (all empty); returns how many fit."""
-        return self.shard.configure_slots(slots, kv_budget_bytes).n_slots
+        return self._slot_shard().configure_slots(slots, kv_budget_bytes).n_slots
 
     @property
     def free_slots(self) -> int:
-        table = self.shard.slots
+        table = self._slot_shard().slots
         return 0 if table is None else len(table.free)
 
     def open_seq(self, seq: int) -> None:
+        table = self._slot_shard(seq).slots
+        if table is None:
+            raise ForwardFailed(seq, 0, "no KV-cache slots configured")
         try:
-            self.shard.slots.open(seq)
+            table.open(seq)
         except CmlpError as exc:
             raise ForwardFailed(seq, 0, str(exc)) from exc
 
     def has_seq(self, seq: int) -> bool:
-        return self.shard.slots is not None and seq in self.shard.slots
+        table = self._slot_shard(seq).slots
+        return table is not None and seq in table
 
     def close_seq(self, seq: int) -> None:
         """Free the sequence's slot now (its cached K/V are zeroed)."""
-        if self.shard.slots is not None:
-            self.shard.slots.close(seq)
+        table = self._slot_shard(seq).slots
+        if table is not None:
+            table.close(seq)
 
     def close_all_seqs(self) -> None:
         if self.shard is not None and self.shard.slots is not None:
@@ -214,7 +225,7 @@ class Gpt2Executor:
         """A row's tensor and position, before it joins a forward (defence in depth:
         ``seq_len`` is the context length after this row, so the slot must hold
         ``seq_len - T`` positions)."""
-        shard = self.shard
+        shard = self._slot_shard(seq)
         want = DType.U32 if shard.is_first else DType.F32
         dims = 2 if shard.is_first else 3
         if x.dtype != want or len(x.shape) != dims or x.shape[0] != 1 or x.shape[1] < 1 or \
@@ -237,7 +248,7 @@ class Gpt2Executor:
         Returns a view: logits [B, V] (last stage) or hidden [B, T, C]."""
         data = rows[0].data if len(rows) == 1 else np.concatenate([r.data for r in rows])
         try:
-            return self.shard.forward_slots(data, seqs)
+            return self._slot_shard(seqs[0]).forward_slots(data, seqs)
         except CmlpError as exc:
             raise ForwardFailed(seqs[0], 0, str(exc)) from exc
 

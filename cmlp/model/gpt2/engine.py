@@ -47,6 +47,8 @@ class Gpt2Shard:
     max_batch = 64
     #: largest B*T of one forward (activation buffers grow to it, never shrink)
     max_tokens = 8192
+    #: per-sequence KV-cache slots, once configure_slots() reserved them
+    slots: SlotTable | None = None
 
     def __init__(self, config: Gpt2Config, weights: ShardWeights, layer_start: int,
                  layer_end: int, threads: int | None = None):
@@ -187,6 +189,37 @@ class Gpt2Shard:
         if past + T > cfg.n_positions:
             raise PositionOverflow(past, T, cfg.n_positions)
 
+    # -- KV-cache slots (continuous batching, docs/batching.md) --------------------------
+    def configure_slots(self, slots: int, kv_budget_bytes: int | None = None) -> SlotTable:
+        """Reserve per-sequence KV-cache slots; returns the (empty) table."""
+        n = slot_count(self, slots, kv_budget_bytes)
+        with self._lock:
+            self._engine.configure_slots(n)
+            table = self.slots = SlotTable(self, n)
+        return table
+
+    def slot_len(self, seq: int) -> int:
+        table = self.slots
+        if table is None:
+            raise InvalidModelInput("no KV-cache slots configured")
+        return self._engine.slot_len(table.by_seq[seq])
+
+    def forward_slots(self, x, seqs) -> np.ndarray:
+        """Rows of x continue sequences ``seqs`` (each with an open slot), each at its own
+        position: decode rows [B, 1] (ids) / [B, 1, C] (hidden), or one prefill [1, T(, C)].
+        Returns a view (hidden [B, T, C] or logits [B, V]) valid until the next forward."""
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        with self._lock:
+            table = self.slots
+            if table is None:
+                raise InvalidModelInput("no KV-cache slots configured")
+            missing = [s for s in seqs if s not in table]
+            if missing:
+                raise InvalidModelInput(f"sequence {missing[0]} has no slot")
+            self._check_input(x, slots=True)
+            return self._engine.forward_slots(x, [table.by_seq[s] for s in seqs])
+
 
 def _check_threads(threads) -> int:
     if threads is None:
@@ -247,41 +280,3 @@ def slot_count(shard: "Gpt2Shard", slots: int, kv_budget_bytes: int | None = Non
                              f"{shard._engine.slot_bytes} bytes")
         slots = min(slots, fit)
     return slots
-
-
-def _shard_slot_methods():
-    """Slot API of Gpt2Shard, kept together (and apart from the single-sequence API)."""
-
-    def configure_slots(self, slots: int, kv_budget_bytes: int | None = None) -> SlotTable:
-        """Reserve per-sequence KV-cache slots; returns the (empty) table."""
-        n = slot_count(self, slots, kv_budget_bytes)
-        with self._lock:
-            self._engine.configure_slots(n)
-            self.slots = SlotTable(self, n)
-        return self.slots
-
-    def slot_len(self, seq: int) -> int:
-        return self._engine.slot_len(self.slots.by_seq[seq])
-
-    def forward_slots(self, x, seqs) -> np.ndarray:
-        """Rows of x continue sequences ``seqs`` (each with an open slot), each at its own
-        position: decode rows [B, 1] (ids) / [B, 1, C] (hidden), or one prefill [1, T(, C)].
-        Returns a view (hidden [B, T, C] or logits [B, V]) valid until the next forward."""
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
-        with self._lock:
-            table = self.slots
-            if table is None:
-                raise InvalidModelInput("no KV-cache slots configured")
-            missing = [s for s in seqs if s not in table]
-            if missing:
-                raise InvalidModelInput(f"sequence {missing[0]} has no slot")
-            self._check_input(x, slots=True)
-            return self._engine.forward_slots(x, [table.by_seq[s] for s in seqs])
-
-    return configure_slots, slot_len, forward_slots
-
-
-(Gpt2Shard.configure_slots, Gpt2Shard.slot_len,
- Gpt2Shard.forward_slots) = _shard_slot_methods()
-Gpt2Shard.slots = None
