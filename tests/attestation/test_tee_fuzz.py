@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.common import rss_limit_mb
+
 pytestmark = pytest.mark.fuzz
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +34,7 @@ def test_tee_harness_finds_nothing(name, tmp_path):
     env = dict(os.environ, CMLP_FUZZ_NATIVE="0")
     cmd = [sys.executable, str(FUZZ / f"fuzz_{name}.py"), str(new_inputs),
            str(FUZZ / "corpus" / name), f"-max_total_time={SECONDS}", "-timeout=10",
-           "-rss_limit_mb=2048", "-malloc_limit_mb=16", "-print_final_stats=1",
+           f"-rss_limit_mb={rss_limit_mb()}", "-malloc_limit_mb=16", "-print_final_stats=1",
            f"-artifact_prefix={artifacts}/"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=SECONDS + 90)

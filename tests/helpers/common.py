@@ -53,3 +53,15 @@ def cli_env():
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return env
+
+
+def rss_limit_mb(budget_mb: int = 2048) -> int:
+    """libFuzzer's -rss_limit_mb for a harness started from this process.
+
+    libFuzzer checks its *peak* RSS (getrusage), and Linux carries the parent's
+    high-water RSS into a child at exec; after the slow tier's full-size models the
+    pytest process is several GB, so a fixed 2048 would flag every harness as OOM
+    on its first input.  The harness gets ``budget_mb`` above that inherited peak.
+    """
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + budget_mb

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.common import rss_limit_mb
+
 from cmlp import _frame, errors
 from cmlp.pipeline import control as C
 from cmlp.transport.wire import Tensor
@@ -52,7 +54,7 @@ def test_harness_finds_nothing_on_the_seed_corpus(name, fuzz_env, tmp_path):
     artifacts.mkdir()
     cmd = [sys.executable, str(FUZZ / f"fuzz_{name}.py"), str(new_inputs),
            str(FUZZ / "corpus" / name), f"-max_total_time={SECONDS}", "-timeout=10",
-           "-rss_limit_mb=2048", "-malloc_limit_mb=16", "-print_final_stats=1",
+           f"-rss_limit_mb={rss_limit_mb()}", "-malloc_limit_mb=16", "-print_final_stats=1",
            f"-artifact_prefix={artifacts}/"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=fuzz_env, cwd=tmp_path,
                          timeout=SECONDS + 60)
