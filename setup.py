@@ -69,6 +69,7 @@ def split_flags(flags):
 
 class Lib(NamedTuple):
     """What linking one C library takes; ``header`` is checked before anything compiles."""
+
     include: list
     libdirs: list
     libs: list
@@ -78,8 +79,7 @@ class Lib(NamedTuple):
 
 
 def library(package, fallback_lib, header, fallback_include=()):
-    include, libdirs, libs = split_flags(
-        pkg_config(package, "--cflags") + pkg_config(package, "--libs"))
+    include, libdirs, libs = split_flags(pkg_config(package, "--cflags") + pkg_config(package, "--libs"))
     if not libs:
         libs = [fallback_lib]
     include = include or [d for d in fallback_include if os.path.isdir(d)]
@@ -108,8 +108,14 @@ def scipy_openblas32():
         sys.exit("cmlp: CMLP_BLAS=scipy-openblas32 needs the wheel: pip install scipy-openblas32")
     libdir = sob.get_lib_dir()
     rpaths = ["$ORIGIN/../scipy_openblas32/lib", libdir]
-    return Lib([sob.get_include_dir()], [libdir], [sob.get_library()], "cblas.h",
-               (("CMLP_SCIPY_OPENBLAS", "1"),), ("-Wl,-rpath," + ":".join(rpaths),))
+    return Lib(
+        [sob.get_include_dir()],
+        [libdir],
+        [sob.get_library()],
+        "cblas.h",
+        (("CMLP_SCIPY_OPENBLAS", "1"),),
+        ("-Wl,-rpath," + ":".join(rpaths),),
+    )
 
 
 SODIUM = library("libsodium", "sodium", "sodium.h")
@@ -119,19 +125,24 @@ if BLAS_SOURCE == "auto":
 if BLAS_SOURCE == "scipy-openblas32":
     OPENBLAS = scipy_openblas32()
 elif BLAS_SOURCE == "system":
-    OPENBLAS = library("openblas", "openblas", "cblas.h",
-                       ("/usr/include/x86_64-linux-gnu/openblas-pthread",
-                        "/usr/include/aarch64-linux-gnu/openblas-pthread",
-                        "/usr/include/openblas"))
+    OPENBLAS = library(
+        "openblas",
+        "openblas",
+        "cblas.h",
+        (
+            "/usr/include/x86_64-linux-gnu/openblas-pthread",
+            "/usr/include/aarch64-linux-gnu/openblas-pthread",
+            "/usr/include/openblas",
+        ),
+    )
 else:
     sys.exit(f"cmlp: CMLP_BLAS={BLAS_SOURCE!r}: expected 'auto', 'system' or 'scipy-openblas32'")
 
 # header -> what provides it, for the one-line hint when it is missing
 HEADER_HINTS = {
-    "sodium.h": "libsodium headers missing: sudo apt-get install libsodium-dev "
-                "(Fedora: libsodium-devel)",
+    "sodium.h": "libsodium headers missing: sudo apt-get install libsodium-dev (Fedora: libsodium-devel)",
     "cblas.h": "CBLAS headers missing: pip install scipy-openblas32 "
-               "(or sudo apt-get install libopenblas-dev)",
+    "(or sudo apt-get install libopenblas-dev)",
 }
 
 COVERAGE = os.environ.get("CMLP_COVERAGE") == "1"
@@ -139,8 +150,8 @@ DEBUG = os.environ.get("CMLP_DEBUG") == "1"
 
 COMMON_CFLAGS = [
     "-O0" if DEBUG else "-O3",
-    "-g",                          # symbols for perf and gdb
-    "-fno-omit-frame-pointer",     # usable call graphs in perf record -g
+    "-g",  # symbols for perf and gdb
+    "-fno-omit-frame-pointer",  # usable call graphs in perf record -g
     "-fno-strict-aliasing",
     "-Wno-unused-function",
     "-Wno-unreachable-code",
@@ -157,6 +168,7 @@ DEFINE_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 
 def numpy_include():
     import numpy
+
     return numpy.get_include()
 
 
@@ -182,7 +194,7 @@ def ext(name, sources, libs=None, include_dirs=(), extra_compile_args=(), depend
         define_macros=DEFINE_MACROS + macros,
         extra_compile_args=COMMON_CFLAGS + list(extra_compile_args),
         extra_link_args=["-g", *link_args],
-        depends=list(depends),     # headers: a change rebuilds the extension
+        depends=list(depends),  # headers: a change rebuilds the extension
     )
 
 
@@ -190,7 +202,7 @@ def header_found(header, include_dirs):
     """True when the C compiler finds ``#include <header>`` (its own search path + dirs)."""
     cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
     if not shutil.which(cc[0]):
-        return True          # no compiler: let the build report that itself
+        return True  # no compiler: let the build report that itself
     cmd = [*cc, "-E", "-x", "c", "-", "-o", os.devnull, *(f"-I{d}" for d in include_dirs)]
     probe = subprocess.run(cmd, input=f"#include <{header}>\n", capture_output=True, text=True)
     return probe.returncode == 0
@@ -213,16 +225,28 @@ EXTENSIONS = [
     ext("cmlp._netio", ["pyx/_netio.pyx"]),
     # -Wno-psabi: the 64-byte vector helpers in gpt2_kernels.c are always
     # inlined, so GCC's note about the AVX-512 calling convention is moot.
-    ext("cmlp._gpt2", ["pyx/_gpt2.pyx", "csrc/gpt2_kernels.c"], libs=[OPENBLAS],
-        extra_compile_args=["-std=gnu11", "-Wno-psabi"]),
+    ext(
+        "cmlp._gpt2",
+        ["pyx/_gpt2.pyx", "csrc/gpt2_kernels.c"],
+        libs=[OPENBLAS],
+        extra_compile_args=["-std=gnu11", "-Wno-psabi"],
+    ),
     # llama/qwen2: own kernels plus gpt2_kernels.c's worker pool and F32 GEMV
-    ext("cmlp._llama", ["pyx/_llama.pyx", "csrc/llama_kernels.c", "csrc/gpt2_kernels.c"],
-        libs=[OPENBLAS], extra_compile_args=["-std=gnu11", "-Wno-psabi"]),
+    ext(
+        "cmlp._llama",
+        ["pyx/_llama.pyx", "csrc/llama_kernels.c", "csrc/gpt2_kernels.c"],
+        libs=[OPENBLAS],
+        extra_compile_args=["-std=gnu11", "-Wno-psabi"],
+    ),
     # the pool code is compiled in here too: _gpt2 passes its gpt2_pool* in,
     # and both copies come from the same source, so the struct is the same
-    ext("cmlp._wkernels", ["pyx/_wkernels.pyx", "csrc/wkernels.c", "csrc/gpt2_kernels.c"],
-        libs=[OPENBLAS], extra_compile_args=["-std=gnu11", "-Wno-psabi"],
-        depends=["csrc/wkernels.h", "csrc/wkernels_impl.h", "csrc/gpt2_kernels.h"]),
+    ext(
+        "cmlp._wkernels",
+        ["pyx/_wkernels.pyx", "csrc/wkernels.c", "csrc/gpt2_kernels.c"],
+        libs=[OPENBLAS],
+        extra_compile_args=["-std=gnu11", "-Wno-psabi"],
+        depends=["csrc/wkernels.h", "csrc/wkernels_impl.h", "csrc/gpt2_kernels.h"],
+    ),
 ]
 
 # CMLP_ONLY=_frame,_record builds a subset (fast iteration on one module)

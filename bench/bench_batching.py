@@ -31,10 +31,10 @@ CONFIGS = [("1 stage", 1, "direct"), ("2 stages relayed", 2, "relay")]
 
 def write_manifest(model_dir: Path, stages: int, layout: str, base: int, out: Path) -> Path:
     from cmlp.manifest_gen import generate
+
     splits = even_splits(json.loads((model_dir / "config.json").read_text())["n_layer"], stages)
     path = out / f"manifest_{stages}_{layout}.json"
-    path.write_text(generate(model_dir, splits, layout, base, with_hashes=False,
-                             host_blind=True).dumps())
+    path.write_text(generate(model_dir, splits, layout, base, with_hashes=False, host_blind=True).dumps())
     return path
 
 
@@ -42,22 +42,59 @@ def start_stages(manifest: Path, model_dir: Path, threads: int, extra=()):
     import subprocess
 
     from cmlp.manifest import Manifest
+
     m = Manifest.load(manifest)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
-    procs = [subprocess.Popen([sys.executable, "-m", "cmlp.cli.stage", "--manifest", str(manifest),
-                               "--stage-idx", str(i), "--model-dir", str(model_dir),
-                               "--threads", str(threads), "--persistent", "--log-level", "error",
-                               *extra], env=env)
-             for i in range(m.num_stages)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cmlp.cli.stage",
+                "--manifest",
+                str(manifest),
+                "--stage-idx",
+                str(i),
+                "--model-dir",
+                str(model_dir),
+                "--threads",
+                str(threads),
+                "--persistent",
+                "--log-level",
+                "error",
+                *extra,
+            ],
+            env=env,
+        )
+        for i in range(m.num_stages)
+    ]
     return procs, [s.endpoint.control.endpoint.port for s in m.stages]
 
 
 def start_serve(manifest: Path, port: int, env, slots: int):
     import subprocess
-    return subprocess.Popen([sys.executable, "-m", "cmlp.cli.main", "serve", "--manifest",
-                             str(manifest), "--listen", f"127.0.0.1:{port}", "--log-level",
-                             "error", "--health-interval", "30", "--slots", str(slots),
-                             "--queue", "16"], env=env)
+
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cmlp.cli.main",
+            "serve",
+            "--manifest",
+            str(manifest),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "error",
+            "--health-interval",
+            "30",
+            "--slots",
+            str(slots),
+            "--queue",
+            "16",
+        ],
+        env=env,
+    )
 
 
 def engine_table(model_dir: Path, runs: int, batches=(1, 2, 4, 8)) -> None:
@@ -69,6 +106,7 @@ def engine_table(model_dir: Path, runs: int, batches=(1, 2, 4, 8)) -> None:
 
     from cmlp.model import Gpt2Shard
     from cmlp.model.config import load_config
+
     nl = load_config(model_dir).n_layer
     shards = {}
     for layers in (nl, nl // 2):
@@ -88,19 +126,24 @@ def engine_table(model_dir: Path, runs: int, batches=(1, 2, 4, 8)) -> None:
                     t0 = time.perf_counter()
                     sh.forward_slots(x, list(range(b)))
                     times[(k, b)].append(time.perf_counter() - t0)
-                for i in range(b):          # keep positions from running out
+                for i in range(b):  # keep positions from running out
                     if sh.slot_len(i) > 900:
                         sh.slots.close(i)
                         sh.slots.open(i)
                         sh.forward_slots(np.arange(16, dtype=np.uint32)[None], [i])
-    print("\nEngine: one batched decode step (ms, median), GPT-2 layers [0, L) incl. embedding "
-          "and lm-head when L = n_layer")
+    print(
+        "\nEngine: one batched decode step (ms, median), GPT-2 layers [0, L) incl. embedding "
+        "and lm-head when L = n_layer"
+    )
     print("| layers | threads | " + " | ".join(f"B={b}" for b in batches) + " | B=8 / B=1 |")
     print("|---" * (len(batches) + 3) + "|")
-    for (layers, threads) in shards:
+    for layers, threads in shards:
         med = [statistics.median(times[((layers, threads), b)]) * 1e3 for b in batches]
-        print(f"| {layers} | {threads} | " + " | ".join(f"{v:.1f}" for v in med)
-              + f" | {med[-1] / med[0]:.2f} |")
+        print(
+            f"| {layers} | {threads} | "
+            + " | ".join(f"{v:.1f}" for v in med)
+            + f" | {med[-1] / med[0]:.2f} |"
+        )
 
 
 def main():
@@ -114,15 +157,21 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--engine-only", action="store_true")
     ap.add_argument("--skip-engine", action="store_true")
-    ap.add_argument("--micro-batches", type=int, default=0,
-                    help="decode groups in flight (stage 0's --micro-batches; 0: one per stage)")
+    ap.add_argument(
+        "--micro-batches",
+        type=int,
+        default=0,
+        help="decode groups in flight (stage 0's --micro-batches; 0: one per stage)",
+    )
     args = ap.parse_args()
     from cmlp.bench_serve import _pct, run_round
     from cmlp.client import Client
+
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     model_dir = Path(args.model_dir) if args.model_dir else tmp / "model"
     if not (model_dir / "config.json").is_file():
         from cmlp.model.synthetic import init_model
+
         init_model(model_dir, preset=args.preset)
     cfg = json.loads((model_dir / "config.json").read_text())
     if not args.skip_engine:
@@ -135,8 +184,7 @@ def main():
     try:
         for k, (name, stages, layout) in enumerate(CONFIGS):
             m = write_manifest(model_dir, stages, layout, 21000 + 2000 * k, tmp)
-            p, ports = start_stages(m, model_dir, args.threads,
-                                    ["--micro-batches", str(args.micro_batches)])
+            p, ports = start_stages(m, model_dir, args.threads, ["--micro-batches", str(args.micro_batches)])
             procs += p
             wait_listening(ports)
             port = 20000 + 2000 * k
@@ -147,8 +195,9 @@ def main():
             for name, *_ in CONFIGS:
                 for n in (1, args.streams):
                     print(f"round {r}: {name}, {n} stream(s)", file=sys.stderr, flush=True)
-                    out = run_round(clients[name], n, args.prompt_tokens, args.tokens, seed=r,
-                                    vocab=cfg["vocab_size"])
+                    out = run_round(
+                        clients[name], n, args.prompt_tokens, args.tokens, seed=r, vocab=cfg["vocab_size"]
+                    )
                     if out.errors:
                         raise RuntimeError(f"{name}, {n} streams: errors {out.errors}")
                     if r:
@@ -159,27 +208,32 @@ def main():
         for p in procs:
             p.wait(30)
     with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f
-                    if line.startswith("model name")), "?")
-    print(f"\nCPU: {cpu}, {os.cpu_count()} cores; {args.threads} threads per stage; "
-          f"model {model_dir.name} (n_layer {cfg['n_layer']}, n_embd {cfg['n_embd']}); "
-          f"prompt {args.prompt_tokens} tokens, {args.tokens} tokens per stream; "
-          f"micro-batches {args.micro_batches or 'one per stage'}; "
-          f"medians of {args.runs} rounds (round 0 discarded)\n")
-    print("| configuration | streams | aggregate tok/s | x one stream | ITL p50 ms | "
-          "x one stream | TTFT p50 ms |")
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    print(
+        f"\nCPU: {cpu}, {os.cpu_count()} cores; {args.threads} threads per stage; "
+        f"model {model_dir.name} (n_layer {cfg['n_layer']}, n_embd {cfg['n_embd']}); "
+        f"prompt {args.prompt_tokens} tokens, {args.tokens} tokens per stream; "
+        f"micro-batches {args.micro_batches or 'one per stage'}; "
+        f"medians of {args.runs} rounds (round 0 discarded)\n"
+    )
+    print(
+        "| configuration | streams | aggregate tok/s | x one stream | ITL p50 ms | "
+        "x one stream | TTFT p50 ms |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, *_ in CONFIGS:
         base_tps = base_itl = None
         for n in (1, args.streams):
             rounds = res[(name, n)]
             tps = statistics.median(x.tokens_per_s for x in rounds)
-            itl = statistics.median(_pct(x.itl_s, .5) for x in rounds) * 1e3
-            ttft = statistics.median(_pct(x.ttft_s, .5) for x in rounds) * 1e3
+            itl = statistics.median(_pct(x.itl_s, 0.5) for x in rounds) * 1e3
+            ttft = statistics.median(_pct(x.ttft_s, 0.5) for x in rounds) * 1e3
             if n == 1:
                 base_tps, base_itl = tps, itl
-            print(f"| {name} | {n} | {tps:.1f} | {tps / base_tps:.2f} | {itl:.2f} | "
-                  f"{itl / base_itl:.2f} | {ttft:.1f} |")
+            print(
+                f"| {name} | {n} | {tps:.1f} | {tps / base_tps:.2f} | {itl:.2f} | "
+                f"{itl / base_itl:.2f} | {ttft:.1f} |"
+            )
 
 
 if __name__ == "__main__":

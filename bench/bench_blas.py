@@ -25,8 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = (("decode ms/token, context 128", "decode", 128), ("prefill 5 tokens, ms", "prefill", 5),
-         ("prefill 64 tokens, ms", "prefill", 64), ("prefill 512 tokens, ms", "prefill", 512))
+CASES = (
+    ("decode ms/token, context 128", "decode", 128),
+    ("prefill 5 tokens, ms", "prefill", 5),
+    ("prefill 64 tokens, ms", "prefill", 64),
+    ("prefill 512 tokens, ms", "prefill", 512),
+)
 
 
 def load_other(path: str):
@@ -43,10 +47,9 @@ def main() -> int:
     ap.add_argument("other", help="the other build's _gpt2 extension (.so)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--model-dir", type=Path,
-                    default=Path(tempfile.gettempdir()) / "cmlp-bench-gpt2-small")
+    ap.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "cmlp-bench-gpt2-small")
     args = ap.parse_args()
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # numpy's own OpenBLAS stays out of the way
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's own OpenBLAS stays out of the way
 
     import numpy as np
 
@@ -62,9 +65,8 @@ def main() -> int:
     shards = {}
     try:
         for name, copy in (("in-place", 0), ("other", 0), ("other", 1), ("in-place", 1)):
-            engine._gpt2 = builds[name]      # Gpt2Shard builds its ShardEngine from this module
-            shards[(name, copy)] = engine.Gpt2Shard.load(args.model_dir, 0, 12,
-                                                         threads=args.threads)
+            engine._gpt2 = builds[name]  # Gpt2Shard builds its ShardEngine from this module
+            shards[(name, copy)] = engine.Gpt2Shard.load(args.model_dir, 0, 12, threads=args.threads)
     finally:
         engine._gpt2 = builds["in-place"]
     rng = np.random.default_rng(0)

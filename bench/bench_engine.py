@@ -57,17 +57,26 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="prefill runs per length")
-    p.add_argument("--decode-repeats", type=int, default=3,
-                   help="decode runs per context length (each a fresh prompt)")
+    p.add_argument(
+        "--decode-repeats", type=int, default=3, help="decode runs per context length (each a fresh prompt)"
+    )
     p.add_argument("--steps", type=int, default=8, help="decode steps timed per run")
-    p.add_argument("--model-dir", type=Path,
-                   default=Path(tempfile.gettempdir()) / "cmlp-bench-gpt2-small",
-                   help="synthetic GPT-2 small model (written if absent)")
-    p.add_argument("--only", choices=IMPLEMENTATIONS, action="append",
-                   help="run only these implementations (repeatable)")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "cmlp-bench-gpt2-small",
+        help="synthetic GPT-2 small model (written if absent)",
+    )
+    p.add_argument(
+        "--only", choices=IMPLEMENTATIONS, action="append", help="run only these implementations (repeatable)"
+    )
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
-    p.add_argument("--profile-decode", type=int, metavar="N",
-                   help="only run N cmlp decode steps at context 128 (for perf record)")
+    p.add_argument(
+        "--profile-decode",
+        type=int,
+        metavar="N",
+        help="only run N cmlp decode steps at context 128 (for perf record)",
+    )
     p.add_argument("--rss-probe", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -79,16 +88,17 @@ if ARGS is not None:
 
 import numpy as np  # noqa: E402
 
-
 # ---------------------------------------------------------------------------
 # The three implementations behind one interface
 # ---------------------------------------------------------------------------
+
 
 class CmlpRunner:
     name = "cmlp"
 
     def __init__(self, model_dir, threads):
         from cmlp.model import Gpt2Shard
+
         n_layer = json.loads((model_dir / "config.json").read_text())["n_layer"]
         self.shard = Gpt2Shard.load(model_dir, 0, n_layer, threads=threads)
 
@@ -104,8 +114,10 @@ class TorchRunner:
 
     def __init__(self, model_dir, threads):
         import inspect
+
         import torch
         from transformers import GPT2LMHeadModel
+
         torch.set_num_threads(threads)
         self.torch = torch
         self.model = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()
@@ -115,12 +127,17 @@ class TorchRunner:
 
     def reset(self):
         from transformers import DynamicCache
+
         self.cache = DynamicCache()
 
     def forward(self, ids):
         with self.torch.inference_mode():
-            out = self.model(self.torch.tensor([list(ids)]), use_cache=True, logits_to_keep=1,
-                             **{self.cache_arg: self.cache})
+            out = self.model(
+                self.torch.tensor([list(ids)]),
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.cache_arg: self.cache},
+            )
         return out.logits[:, -1]
 
 
@@ -131,6 +148,7 @@ class NumpyRunner:
 
     def __init__(self, model_dir, threads):
         from safetensors.numpy import load_file
+
         cfg = json.loads((model_dir / "config.json").read_text())
         tensors = load_file(str(model_dir / "model.safetensors"))
         self.w = {k.removeprefix("transformer."): v for k, v in tensors.items()}
@@ -153,17 +171,18 @@ class NumpyRunner:
 
     @staticmethod
     def gelu(x):
-        return 0.5 * x * (1.0 + np.tanh(np.float32(np.sqrt(2 / np.pi)) * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1.0 + np.tanh(np.float32(np.sqrt(2 / np.pi)) * (x + 0.044715 * x**3)))
 
     def attention(self, layer, x):
         w, T, H, D, past = self.w, x.shape[0], self.n_head, self.D, self.past
         qkv = x @ w[f"h.{layer}.attn.c_attn.weight"] + w[f"h.{layer}.attn.c_attn.bias"]
-        q, k, v = (qkv[:, i * self.C:(i + 1) * self.C].reshape(T, H, D).transpose(1, 0, 2)
-                   for i in range(3))
-        self.k_cache[layer, :, past:past + T] = k
-        self.v_cache[layer, :, past:past + T] = v
-        keys = self.k_cache[layer, :, :past + T]
-        values = self.v_cache[layer, :, :past + T]
+        q, k, v = (
+            qkv[:, i * self.C : (i + 1) * self.C].reshape(T, H, D).transpose(1, 0, 2) for i in range(3)
+        )
+        self.k_cache[layer, :, past : past + T] = k
+        self.v_cache[layer, :, past : past + T] = v
+        keys = self.k_cache[layer, :, : past + T]
+        values = self.v_cache[layer, :, : past + T]
         scores = q @ keys.transpose(0, 2, 1) / np.float32(np.sqrt(D))
         blocked = np.arange(past + T)[None, :] > (past + np.arange(T))[:, None]
         scores[:, blocked] = -np.inf
@@ -179,7 +198,7 @@ class NumpyRunner:
 
     def forward(self, ids):
         ids = np.asarray(ids)
-        x = self.w["wte.weight"][ids] + self.w["wpe.weight"][self.past:self.past + len(ids)]
+        x = self.w["wte.weight"][ids] + self.w["wpe.weight"][self.past : self.past + len(ids)]
         for layer in range(self.n_layer):
             x = x + self.attention(layer, self.layernorm(x, f"h.{layer}.ln_1"))
             x = x + self.mlp(layer, self.layernorm(x, f"h.{layer}.ln_2"))
@@ -193,6 +212,7 @@ RUNNERS = {"cmlp": CmlpRunner, "torch": TorchRunner, "numpy": NumpyRunner}
 # ---------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------
+
 
 def prompt(n):
     return (np.arange(n) * 7919 + 13) % 50000
@@ -227,11 +247,12 @@ def measure(runners, args):
 
     Implementations take turns within every repeat (in rotating order), so
     load from other processes on a shared machine hits all of them alike."""
-    cases = [(f"decode{c}", lambda r, c=c: decode_time(r, c, args.steps), args.decode_repeats)
-             for c in DECODE_CONTEXTS]
-    cases += [(f"prefill{t}", lambda r, t=t: prefill_time(r, t), args.repeats)
-              for t in PREFILL_LENGTHS]
-    for runner in runners.values():       # warm-up: buffers, caches, lazy init
+    cases = [
+        (f"decode{c}", lambda r, c=c: decode_time(r, c, args.steps), args.decode_repeats)
+        for c in DECODE_CONTEXTS
+    ]
+    cases += [(f"prefill{t}", lambda r, t=t: prefill_time(r, t), args.repeats) for t in PREFILL_LENGTHS]
+    for runner in runners.values():  # warm-up: buffers, caches, lazy init
         runner.reset()
         runner.forward(prompt(16))
         runner.forward([1])
@@ -240,22 +261,22 @@ def measure(runners, args):
     for metric, run, repeats in cases:
         print(f"  {metric} ...", file=sys.stderr)
         for repeat in range(repeats):
-            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
                 settle()
                 samples[name].setdefault(metric, []).append(run(runners[name]))
-    return {name: {m: float(np.median(v)) for m, v in per.items()}
-            for name, per in samples.items()}
+    return {name: {m: float(np.median(v)) for m, v in per.items()} for name, per in samples.items()}
 
 
 def decode_weight_bytes(model_dir):
     """Bytes of weights read per decode token: every tensor except wpe (one row)."""
     from safetensors import safe_open
+
     total = 0
     with safe_open(str(model_dir / "model.safetensors"), "numpy") as f:
         for name in f.keys():  # noqa: SIM118 - safetensors.safe_open is not iterable
             short = name.removeprefix("transformer.")
             if short == "wpe.weight" or re.fullmatch(r"h\.\d+\.attn\.bias", short):
-                continue   # one wpe row per token; HF's mask buffers are not weights
+                continue  # one wpe row per token; HF's mask buffers are not weights
             total += 4 * int(np.prod(f.get_slice(name).get_shape()))
     return total
 
@@ -287,8 +308,16 @@ def rss_probe(name, args):
 
 
 def peak_rss(name, args):
-    cmd = [sys.executable, __file__, "--rss-probe", name, "--threads", str(args.threads),
-           "--model-dir", str(args.model_dir)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--rss-probe",
+        name,
+        "--threads",
+        str(args.threads),
+        "--model-dir",
+        str(args.model_dir),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 
@@ -307,6 +336,7 @@ def cpu_name():
 def ensure_model(model_dir):
     if not (model_dir / "model.safetensors").is_file():
         from cmlp.model.synthetic import PRESETS, write_model
+
         print(f"writing synthetic GPT-2 small weights to {model_dir} ...", file=sys.stderr)
         write_model(model_dir, PRESETS["small"], seed=0)
 
@@ -315,9 +345,11 @@ def ensure_model(model_dir):
 # Report
 # ---------------------------------------------------------------------------
 
+
 def report(results, rss, weight_bytes, bandwidth, args):
     names = [n for n in IMPLEMENTATIONS if n in results]
     from cmlp import _gpt2
+
     lines = [
         f"threads: {args.threads}   CPU: {cpu_name()} ({os.cpu_count()} logical)   "
         f"OpenBLAS core: {_gpt2.blas_info()[0]}",
@@ -334,13 +366,13 @@ def report(results, rss, weight_bytes, bandwidth, args):
         lines.append(f"| {label} | " + " | ".join(fmt(n) for n in names) + " |")
 
     for context in DECODE_CONTEXTS:
-        row(f"decode ms/token, context {context}",
-            lambda n, c=context: f"{results[n][f'decode{c}'] * 1e3:.1f}")
+        row(
+            f"decode ms/token, context {context}",
+            lambda n, c=context: f"{results[n][f'decode{c}'] * 1e3:.1f}",
+        )
     for length in PREFILL_LENGTHS:
-        row(f"prefill {length} tokens, ms",
-            lambda n, t=length: f"{results[n][f'prefill{t}'] * 1e3:.1f}")
-    row("decode weight GB/s, context 128",
-        lambda n: f"{weight_bytes / results[n]['decode128'] / GB:.1f}")
+        row(f"prefill {length} tokens, ms", lambda n, t=length: f"{results[n][f'prefill{t}'] * 1e3:.1f}")
+    row("decode weight GB/s, context 128", lambda n: f"{weight_bytes / results[n]['decode128'] / GB:.1f}")
     if rss:
         row("peak RSS, MB", lambda n: f"{rss[n] / 2**20:.0f}")
     print("\n".join(lines))
@@ -351,8 +383,7 @@ def report(results, rss, weight_bytes, bandwidth, args):
         print()
         print(f"decode ctx 128: cmlp/torch = {c['decode128'] / t['decode128']:.2f} (target <= 0.6)")
         print(f"prefill 64:     cmlp/torch = {c['prefill64'] / t['prefill64']:.2f} (target <= 1)")
-        print(f"decode GB/s:    {gbps:.1f} = {gbps / bandwidth:.0%} of numpy read bandwidth "
-              f"(target >= 80%)")
+        print(f"decode GB/s:    {gbps:.1f} = {gbps / bandwidth:.0%} of numpy read bandwidth (target >= 80%)")
 
 
 def profile_decode(args):

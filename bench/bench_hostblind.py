@@ -35,8 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from bench_pipeline import (PROMPT, run_session, start_stages,  # noqa: E402
-                            wait_listening)
+from bench_pipeline import PROMPT, run_session, start_stages, wait_listening  # noqa: E402
 
 
 def remap_ports(manifest: Path, offset: int, out_dir: Path) -> Path:
@@ -50,9 +49,12 @@ def remap_ports(manifest: Path, offset: int, out_dir: Path) -> Path:
     out.write_text(json.dumps(doc))
     return out
 
-HB = [("hb 1-stage", "manifest_1stage_hostblind.json"),
-      ("hb 2-stage relayed", "manifest_2stage_hostblind_relay.json"),
-      ("hb 3-stage relayed", "manifest_3stage_hostblind_relay.json")]
+
+HB = [
+    ("hb 1-stage", "manifest_1stage_hostblind.json"),
+    ("hb 2-stage relayed", "manifest_2stage_hostblind_relay.json"),
+    ("hb 3-stage relayed", "manifest_3stage_hostblind_relay.json"),
+]
 REF = [("ref 2-stage relayed", "manifest_2stage_relay.json")]
 
 
@@ -75,13 +77,28 @@ def remap(manifest: Path, offset: int, out_dir: Path, cfg: dict) -> Path:
 
 
 def start_serve(manifest: Path, port: int, env):
-    return subprocess.Popen([sys.executable, "-m", "cmlp.cli.main", "serve", "--manifest",
-                             str(manifest), "--listen", f"127.0.0.1:{port}", "--log-level",
-                             "error", "--health-interval", "30"], env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cmlp.cli.main",
+            "serve",
+            "--manifest",
+            str(manifest),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "error",
+            "--health-interval",
+            "30",
+        ],
+        env=env,
+    )
 
 
 def hb_session(addr: str, manifest: Path, tokens: int) -> dict:
     from cmlp.client import Client, Finished, SamplingParams
+
     client = Client(addr, manifest, timeout=120)
     t0 = last = time.perf_counter()
     gaps = []
@@ -107,7 +124,7 @@ def breakdown(prefix: str, n: int) -> dict:
             t, _, name = line.split()
             if name.startswith("hb."):
                 ev[name].append(int(t) / 1e6)
-    s = lambda i, k: ev[f"hb.stage{i}.{k}"]          # noqa: E731
+    s = lambda i, k: ev[f"hb.stage{i}.{k}"]  # noqa: E731
     # the last lines may be missing (a stage stopped right after its final send)
     steps = min(len(v) for v in ev.values())
     parts = collections.defaultdict(list)
@@ -118,19 +135,16 @@ def breakdown(prefix: str, n: int) -> dict:
         comp = [s(0, "forward_done")[k] - s(0, "token_out")[k - 1]]
         parts["stage 0 compute"].append(comp[0])
         if n == 1:
-            parts["stage 0 sample+emit to client"].append(
-                s(0, "token_out")[k] - s(0, "forward_done")[k])
+            parts["stage 0 sample+emit to client"].append(s(0, "token_out")[k] - s(0, "forward_done")[k])
         else:
             prev = s(0, "forward_done")[k]
             for i in range(1, n):
-                parts[f"link {i - 1}->{i} (seal, send, wake, open)"].append(
-                    s(i, "input")[k] - prev)
+                parts[f"link {i - 1}->{i} (seal, send, wake, open)"].append(s(i, "input")[k] - prev)
                 comp.append(s(i, "forward_done")[k] - s(i, "input")[k])
                 parts[f"stage {i} compute"].append(comp[-1])
                 prev = s(i, "forward_done")[k]
             parts[f"stage {n - 1} sampling"].append(s(n - 1, "sampled")[k] - prev)
-            parts[f"feedback link {n - 1}->0"].append(
-                s(0, "token_in")[k] - s(n - 1, "sampled")[k])
+            parts[f"feedback link {n - 1}->0"].append(s(0, "token_in")[k] - s(n - 1, "sampled")[k])
             parts["stage 0 emit to client"].append(s(0, "token_out")[k] - s(0, "token_in")[k])
         parts["token interval"].append(total)
         parts["overhead (interval - compute)"].append(total - sum(comp))
@@ -140,8 +154,9 @@ def breakdown(prefix: str, n: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", default=None)
-    ap.add_argument("--preset", default="small", help="model written when --model-dir is "
-                                                      "absent (default: small)")
+    ap.add_argument(
+        "--preset", default="small", help="model written when --model-dir is absent (default: small)"
+    )
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
@@ -150,6 +165,7 @@ def main():
     model_dir = Path(args.model_dir) if args.model_dir else tmp / "model"
     if not (model_dir / "config.json").is_file():
         from cmlp.model.synthetic import init_model
+
         init_model(model_dir, preset=args.preset)
     cfg = json.loads((model_dir / "config.json").read_text())
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads))
@@ -164,11 +180,11 @@ def main():
             procs += p
             wait_listening(ports)
             if name.startswith("hb"):
-                port = 7500 + 1000 * (k + 1)     # clear of the stages' 9000+offset ports
+                port = 7500 + 1000 * (k + 1)  # clear of the stages' 9000+offset ports
                 procs.append(start_serve(manifests[name], port, env))
                 addrs[name] = f"127.0.0.1:{port}"
                 wait_listening([port])
-        for r in range(args.runs + 1):              # round 0 warms up and is discarded
+        for r in range(args.runs + 1):  # round 0 warms up and is discarded
             for name, _ in HB + REF:
                 print(f"round {r}: {name}", file=sys.stderr, flush=True)
                 if name.startswith("hb"):
@@ -189,12 +205,29 @@ def main():
         env_t = dict(env, CMLP_TRACE=prefix)
         m = manifests[name]
         os.environ["CMLP_TRACE"] = prefix
-        procs = [subprocess.Popen([sys.executable, "-m", "cmlp.cli.stage", "--manifest", str(m),
-                                   "--stage-idx", str(i), "--model-dir", str(model_dir),
-                                   "--threads", str(args.threads), "--persistent",
-                                   "--log-level", "error"], env=env_t)
-                 for i in range(int(name.split()[1][0]))]
-        port = 7500 + 1000 * (k + 1)     # clear of the stages' 9000+offset ports
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cmlp.cli.stage",
+                    "--manifest",
+                    str(m),
+                    "--stage-idx",
+                    str(i),
+                    "--model-dir",
+                    str(model_dir),
+                    "--threads",
+                    str(args.threads),
+                    "--persistent",
+                    "--log-level",
+                    "error",
+                ],
+                env=env_t,
+            )
+            for i in range(int(name.split()[1][0]))
+        ]
+        port = 7500 + 1000 * (k + 1)  # clear of the stages' 9000+offset ports
         procs.append(start_serve(m, port, env))
         try:
             wait_listening([port], 300)
@@ -205,11 +238,11 @@ def main():
             for p in procs:
                 p.wait(30)
         traces[name] = breakdown(prefix, int(name.split()[1][0]))
-    summary = {n: {k: statistics.median(s[k] for s in ss) for k in ("ttft", "p50")}
-               for n, ss in results.items()}
+    summary = {
+        n: {k: statistics.median(s[k] for s in ss) for k in ("ttft", "p50")} for n, ss in results.items()
+    }
     with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f
-                    if line.startswith("model name")), "?")
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     base = summary["hb 1-stage"]["p50"]
     names = list(summary)
     print("## Host-blind generation benchmark\n")
@@ -217,11 +250,12 @@ def main():
     print("|---|" + "---|" * len(names))
     print("| TTFT (ms) | " + " | ".join(f"{summary[n]['ttft']:.2f}" for n in names) + " |")
     print("| token p50 (ms) | " + " | ".join(f"{summary[n]['p50']:.3f}" for n in names) + " |")
-    print("| p50 vs hb 1-stage | " + " | ".join(f"{summary[n]['p50'] / base:.3f}x"
-                                               for n in names) + " |")
+    print("| p50 vs hb 1-stage | " + " | ".join(f"{summary[n]['p50'] / base:.3f}x" for n in names) + " |")
     ref = [s.get("overhead") for s in results["ref 2-stage relayed"]]
-    print(f"\nReference mode 2-stage relayed, pipeline overhead p50 (latency - stage compute): "
-          f"{statistics.median(ref):.3f} ms/token")
+    print(
+        f"\nReference mode 2-stage relayed, pipeline overhead p50 (latency - stage compute): "
+        f"{statistics.median(ref):.3f} ms/token"
+    )
     print("\n### Per-token breakdown (CMLP_TRACE, medians over decode steps, ms)\n")
     keys = []
     for t in traces.values():
@@ -229,12 +263,13 @@ def main():
     print("| part | " + " | ".join(traces) + " |")
     print("|---|" + "---|" * len(traces))
     for key in keys:
-        print(f"| {key} | " + " | ".join(f"{t[key]:.3f}" if key in t else "" for t in
-                                         traces.values()) + " |")
-    print(f"\n**Config**: {cfg.get('n_layer')} layers, n_embd {cfg.get('n_embd')}, synthetic "
-          f"weights; {args.threads} BLAS threads per stage; {args.runs} rounds (medians), "
-          f"{args.tokens} tokens per session; TCP loopback, every link relayed by the host; "
-          f"mock attestation")
+        print(f"| {key} | " + " | ".join(f"{t[key]:.3f}" if key in t else "" for t in traces.values()) + " |")
+    print(
+        f"\n**Config**: {cfg.get('n_layer')} layers, n_embd {cfg.get('n_embd')}, synthetic "
+        f"weights; {args.threads} BLAS threads per stage; {args.runs} rounds (medians), "
+        f"{args.tokens} tokens per session; TCP loopback, every link relayed by the host; "
+        f"mock attestation"
+    )
     print(f"**CPU**: {cpu}, {os.cpu_count()} cores (shared with other work while measured)")
 
 

@@ -56,8 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--model-root", type=Path, default=Path("/tmp/cmlp-bench-models"))
     p.add_argument("--no-int8", action="store_true", help="skip cmlp-int8 and ct2-int8")
-    p.add_argument("--rss-child", nargs=3, metavar=("IMPL", "DIR", "THREADS"),
-                   help=argparse.SUPPRESS)
+    p.add_argument("--rss-child", nargs=3, metavar=("IMPL", "DIR", "THREADS"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -66,6 +65,7 @@ ARCH = {"smollm2-135m": "llama", "llama-3.2-1b": "llama", "qwen2.5-0.5b": "qwen2
 
 def model_dir(root: Path, preset: str, dtype: str) -> Path:
     from cmlp.model.llama.synthetic import init_model
+
     d = root / f"{preset}-{dtype}"
     if not (d / "config.json").is_file():
         init_model(d, ARCH[preset], preset, dtype=dtype)
@@ -79,10 +79,12 @@ class Cmlp:
         import numpy as np
 
         from cmlp.model.registry import load_shard
+
         self.np = np
         cfg = json.loads((Path(d) / "config.json").read_text())
-        self.shard = load_shard(d, 0, cfg["num_hidden_layers"], threads=threads,
-                                max_seq_len=PROMPT + DECODE_STEPS + PREFILL + 8)
+        self.shard = load_shard(
+            d, 0, cfg["num_hidden_layers"], threads=threads, max_seq_len=PROMPT + DECODE_STEPS + PREFILL + 8
+        )
 
     def prefill(self, ids):
         self.shard.clear_cache()
@@ -95,6 +97,7 @@ class Cmlp:
 def int8_dir(d: Path) -> Path:
     """The ``cmlp model quantize --dtype int8`` copy of d (written once)."""
     from cmlp.model.quantize import quantize_model
+
     out = d.with_name(d.name + "-int8")
     if not (out / "config.json").is_file():
         quantize_model(d, out, "int8", overwrite=True)
@@ -104,10 +107,12 @@ def int8_dir(d: Path) -> Path:
 def ct2_dir(d: Path) -> Path:
     """CTranslate2's own int8 conversion of d (written once)."""
     import ctranslate2
+
     out = d.with_name(d.name + "-ct2-int8")
     if not (out / "model.bin").is_file():
         ctranslate2.converters.TransformersConverter(str(d)).convert(
-            str(out), quantization="int8", force=True)
+            str(out), quantization="int8", force=True
+        )
         # the synthetic tokenizer has no bos_token; CTranslate2 4.x wants a string there
         cfg_path = out / "config.json"
         cfg = json.loads(cfg_path.read_text())
@@ -126,38 +131,50 @@ class CmlpInt8(Cmlp):
 
 class Ct2Int8:
     """CTranslate2 int8 (weights int8, its own CPU kernels), same shapes and threads."""
+
     name = "ct2-int8"
 
     def __init__(self, d, threads):
         import ctranslate2
+
         out = ct2_dir(Path(d))
         self.vocab = json.loads((out / "vocabulary.json").read_text())
-        self.gen = ctranslate2.Generator(str(out), device="cpu", compute_type="int8",
-                                         intra_threads=threads, inter_threads=1)
+        self.gen = ctranslate2.Generator(
+            str(out), device="cpu", compute_type="int8", intra_threads=threads, inter_threads=1
+        )
 
     def prefill(self, ids):
-        return self.gen.generate_batch([[self.vocab[i] for i in ids]], max_length=1,
-                                       beam_size=1, sampling_topk=1,
-                                       include_prompt_in_result=False)
+        return self.gen.generate_batch(
+            [[self.vocab[i] for i in ids]],
+            max_length=1,
+            beam_size=1,
+            sampling_topk=1,
+            include_prompt_in_result=False,
+        )
 
     def decode_ms(self, prompt):
         stamps = []
-        for _ in self.gen.generate_tokens([self.vocab[i] for i in prompt],
-                                          max_length=DECODE_STEPS + 1,
-                                          min_length=DECODE_STEPS + 1, sampling_topk=1):
+        for _ in self.gen.generate_tokens(
+            [self.vocab[i] for i in prompt],
+            max_length=DECODE_STEPS + 1,
+            min_length=DECODE_STEPS + 1,
+            sampling_topk=1,
+        ):
             stamps.append(time.perf_counter())
-        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]   # consecutive pairs
+        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]  # consecutive pairs
         return statistics.median(gaps) * 1e3
 
 
 class Torch:
     """transformers in the stored dtype (bf16 on CPU: torch's own bf16 kernels)."""
+
     name = "torch"
     upcast = False
 
     def __init__(self, d, threads):
         import torch
         from transformers import AutoModelForCausalLM
+
         torch.set_num_threads(threads)
         self.torch = torch
         cfg = json.loads((Path(d) / "config.json").read_text())
@@ -175,20 +192,21 @@ class Torch:
 
     def step(self, tok):
         with self.torch.inference_mode():
-            out = self.model(self.torch.tensor([[tok]]), past_key_values=self.past,
-                             use_cache=True, logits_to_keep=1)
+            out = self.model(
+                self.torch.tensor([[tok]]), past_key_values=self.past, use_cache=True, logits_to_keep=1
+            )
         self.past = out.past_key_values
         return out.logits
 
 
 class TorchFp32(Torch):
     """transformers on the same weights upcast to float32 (2x the bytes; torch's fast path)."""
+
     name = "torch-fp32"
     upcast = True
 
 
-IMPLS = {"cmlp": Cmlp, "torch": Torch, "torch-fp32": TorchFp32, "cmlp-int8": CmlpInt8,
-         "ct2-int8": Ct2Int8}
+IMPLS = {"cmlp": Cmlp, "torch": Torch, "torch-fp32": TorchFp32, "cmlp-int8": CmlpInt8, "ct2-int8": Ct2Int8}
 INT8_IMPLS = ("cmlp-int8", "ct2-int8")
 
 
@@ -224,9 +242,13 @@ def rss_child(impl_name, d, threads):
 
 
 def peak_rss(impl_name, d, threads):
-    out = subprocess.run([sys.executable, __file__, "--rss-child", impl_name, str(d),
-                          str(threads)], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", impl_name, str(d), str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
     return int(out.stdout.split()[-1])
 
 
@@ -244,17 +266,28 @@ def main(argv=None):
         rss_child(*args.rss_child)
         return 0
     from cmlp import _gpt2
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
-    print(f"CPU: {cpu}; threads {args.threads}; rounds {args.rounds}; dtype {args.dtype}; "
-          f"OpenBLAS {_gpt2.blas_info()[0]}; load average {os.getloadavg()[0]:.1f}")
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    print(
+        f"CPU: {cpu}; threads {args.threads}; rounds {args.rounds}; dtype {args.dtype}; "
+        f"OpenBLAS {_gpt2.blas_info()[0]}; load average {os.getloadavg()[0]:.1f}"
+    )
     prompt = list(range(1, PROMPT + 1))
     prefill_ids = list(range(1, PREFILL + 1))
     for preset in args.presets.split(","):
         d = model_dir(args.model_root, preset, args.dtype)
-        names = [n for n in IMPLS if (args.dtype == "bf16" or n != "torch-fp32")
-                 and not (args.no_int8 and n in INT8_IMPLS)]
+        names = [
+            n
+            for n in IMPLS
+            if (args.dtype == "bf16" or n != "torch-fp32") and not (args.no_int8 and n in INT8_IMPLS)
+        ]
         impls = []
         for name in names:
             try:
@@ -268,23 +301,27 @@ def main(argv=None):
                 results[impl.name]["prefill"].append(time_prefill(impl, prefill_ids))
         wb = weight_bytes(d)
         print(f"\n{preset} ({args.dtype}, weights {wb / 1e6:.0f} MB)")
-        print(f"{'impl':10} {'decode ms/tok':>14} {'prefill ' + str(PREFILL) + ' ms':>14} "
-              f"{'weight GB/s':>12} {'peak RSS MB':>12} {'RSS/weights':>12}")
+        print(
+            f"{'impl':10} {'decode ms/tok':>14} {'prefill ' + str(PREFILL) + ' ms':>14} "
+            f"{'weight GB/s':>12} {'peak RSS MB':>12} {'RSS/weights':>12}"
+        )
         del impls
         for name, r in results.items():
             dec, pre = statistics.median(r["decode"]), statistics.median(r["prefill"])
             rss = peak_rss(name, d, args.threads)
             wb = weight_bytes(d, name)
-            print(f"{name:10} {dec:14.2f} {pre:14.1f} {wb / dec / 1e6:12.2f} {rss / 1e6:12.0f} "
-                  f"{rss / wb:12.2f}")
+            print(
+                f"{name:10} {dec:14.2f} {pre:14.1f} {wb / dec / 1e6:12.2f} {rss / 1e6:12.0f} {rss / wb:12.2f}"
+            )
         pairs = [("cmlp", n) for n in results if n not in ("cmlp",) + INT8_IMPLS]
-        pairs += [("cmlp-int8", n) for n in ("ct2-int8", "torch") if n in results
-                  and "cmlp-int8" in results]
+        pairs += [("cmlp-int8", n) for n in ("ct2-int8", "torch") if n in results and "cmlp-int8" in results]
         for ours, peer in pairs:
             c, t = results[ours], results[peer]
-            print(f"{ours}/{peer}: decode "
-                  f"{statistics.median(c['decode']) / statistics.median(t['decode']):.2f}x, prefill "
-                  f"{statistics.median(c['prefill']) / statistics.median(t['prefill']):.2f}x")
+            print(
+                f"{ours}/{peer}: decode "
+                f"{statistics.median(c['decode']) / statistics.median(t['decode']):.2f}x, prefill "
+                f"{statistics.median(c['prefill']) / statistics.median(t['prefill']):.2f}x"
+            )
     return 0
 
 

@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 PRECISIONS = ("fp32", "bf16", "int8")
-CT2_TYPE = {"fp32": "float32", "bf16": "int16", "int8": "int8"}   # the peer of each precision
-TARGET = {"fp32": 0.95, "bf16": 0.9, "int8": 0.9}                  # cmlp / CT2 decode, at most
+CT2_TYPE = {"fp32": "float32", "bf16": "int16", "int8": "int8"}  # the peer of each precision
+TARGET = {"fp32": 0.95, "bf16": 0.9, "int8": 0.9}  # cmlp / CT2 decode, at most
 MiB = 1 << 20
 
 
@@ -54,8 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=16, help="decode tokens timed per round")
     p.add_argument("--context", type=int, default=128, help="prompt length before decode")
     p.add_argument("--prefill", type=int, default=512, help="prefill length")
-    p.add_argument("--model-dir", type=Path,
-                   default=Path(tempfile.gettempdir()) / "cmlp-bench-precision-gpt2-small")
+    p.add_argument(
+        "--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "cmlp-bench-precision-gpt2-small"
+    )
     p.add_argument("--stream-mib", type=int, default=512, help="bandwidth probe buffer")
     p.add_argument("--no-ct2", action="store_true", help="cmlp only")
     p.add_argument("--no-quality", action="store_true")
@@ -76,6 +77,7 @@ def cpu_name() -> str:
 def prepare_models(model_dir: Path) -> dict[str, Path]:
     from cmlp.model.quantize import quantize_model
     from cmlp.model.synthetic import init_model
+
     if not (model_dir / "model.safetensors").exists():
         init_model(model_dir, preset="small", seed=0, overwrite=True)
     dirs = {"fp32": model_dir}
@@ -95,6 +97,7 @@ def decode_bytes(shard) -> int:
 class CmlpRunner:
     def __init__(self, model_dir: Path, threads: int):
         from cmlp.model.engine import Gpt2Shard
+
         self.shard = Gpt2Shard.load(model_dir, 0, 12, threads=threads)
 
     def prefill(self, ids: np.ndarray) -> float:
@@ -119,8 +122,10 @@ class CmlpRunner:
 class Ct2Runner:
     def __init__(self, ct2_dir: Path, compute_type: str, threads: int, vocab):
         import ctranslate2
-        self.gen = ctranslate2.Generator(str(ct2_dir), device="cpu", compute_type=compute_type,
-                                         intra_threads=threads, inter_threads=1)
+
+        self.gen = ctranslate2.Generator(
+            str(ct2_dir), device="cpu", compute_type=compute_type, intra_threads=threads, inter_threads=1
+        )
         self.compute_type = self.gen.compute_type
         self.vocab = vocab
 
@@ -130,25 +135,29 @@ class Ct2Runner:
     def prefill(self, ids: np.ndarray) -> float:
         tokens = self.tokens(ids)
         start = time.perf_counter()
-        self.gen.generate_batch([tokens], max_length=1, beam_size=1, sampling_topk=1,
-                                include_prompt_in_result=False)
+        self.gen.generate_batch(
+            [tokens], max_length=1, beam_size=1, sampling_topk=1, include_prompt_in_result=False
+        )
         return time.perf_counter() - start
 
     def decode(self, prompt: np.ndarray, steps: int) -> list[float]:
         tokens = self.tokens(prompt)
         stamps = []
-        for _ in self.gen.generate_tokens(tokens, max_length=steps + 1, min_length=steps + 1,
-                                          sampling_topk=1):
+        for _ in self.gen.generate_tokens(
+            tokens, max_length=steps + 1, min_length=steps + 1, sampling_topk=1
+        ):
             stamps.append(time.perf_counter())
-        return list(np.diff(stamps))   # the first yield also holds the prefill: dropped
+        return list(np.diff(stamps))  # the first yield also holds the prefill: dropped
 
 
 def convert_ct2(model_dir: Path) -> Path:
     import ctranslate2
+
     out = model_dir.with_name(f"{model_dir.name}-ct2")
     if not (out / "model.bin").exists():
         ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
-            str(out), quantization=None, force=True)
+            str(out), quantization=None, force=True
+        )
     return out
 
 
@@ -201,16 +210,21 @@ def main(argv=None) -> int:
     def med(d, k):
         return statistics.median(d[k]) * 1e3
 
-    print(f"\nGPT-2 small (synthetic, seed 0), threads {args.threads}, CPU: {cpu_name()} "
-          f"({os.cpu_count()} logical); {args.rounds} interleaved rounds, medians")
-    print(f"cmlp weight kernels: {_wkernels.isa_active()} (detected {_wkernels.isa_detected()}); "
-          f"OpenBLAS {_gpt2.blas_info()[0]}")
-    print(f"streaming-read ceiling: {ceiling / 1e9:.1f} GB/s ({args.stream_mib} MiB, "
-          f"{args.threads} threads)")
+    print(
+        f"\nGPT-2 small (synthetic, seed 0), threads {args.threads}, CPU: {cpu_name()} "
+        f"({os.cpu_count()} logical); {args.rounds} interleaved rounds, medians"
+    )
+    print(
+        f"cmlp weight kernels: {_wkernels.isa_active()} (detected {_wkernels.isa_detected()}); "
+        f"OpenBLAS {_gpt2.blas_info()[0]}"
+    )
+    print(f"streaming-read ceiling: {ceiling / 1e9:.1f} GB/s ({args.stream_mib} MiB, {args.threads} threads)")
     print("machine shared with other jobs: absolute numbers are noisy, ratios less so\n")
-    hdr = (f"{'precision':9} {'cmlp ms/tok':>11} {'CT2 ms/tok':>16} {'ratio':>6} {'target':>7} "
-           f"{'cmlp pf' + str(args.prefill):>11} {'CT2 pf':>8} {'ratio':>6} "
-           f"{'MB/tok':>7} {'GB/s':>6} {'%ceil':>6}")
+    hdr = (
+        f"{'precision':9} {'cmlp ms/tok':>11} {'CT2 ms/tok':>16} {'ratio':>6} {'target':>7} "
+        f"{'cmlp pf' + str(args.prefill):>11} {'CT2 pf':>8} {'ratio':>6} "
+        f"{'MB/tok':>7} {'GB/s':>6} {'%ceil':>6}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for name in PRECISIONS:
@@ -226,16 +240,20 @@ def main(argv=None) -> int:
             cps = f"{cp:8.1f}"
         else:
             ct2, ratio, pratio, cps = f"{'-':>16}", f"{'-':>6}", f"{'-':>6}", f"{'-':>8}"
-        print(f"{name:9} {d:11.2f} {ct2:>16} {ratio} {'<=' + str(TARGET[name]):>7} {p:11.1f} "
-              f"{cps} {pratio} {nbytes / 1e6:7.1f} {gbs:6.1f} {gbs * 1e9 / ceiling:6.0%}")
+        print(
+            f"{name:9} {d:11.2f} {ct2:>16} {ratio} {'<=' + str(TARGET[name]):>7} {p:11.1f} "
+            f"{cps} {pratio} {nbytes / 1e6:7.1f} {gbs:6.1f} {gbs * 1e9 / ceiling:6.0%}"
+        )
     for note in ct2_note.values():
         print("note:", note)
     print("\nspread over rounds (min / median / max):")
     for key in runners:
         d = sorted(x * 1e3 for x in decode_t[key])
         p = sorted(x * 1e3 for x in prefill_t[key])
-        print(f"  {key:14} decode {d[0]:7.2f} / {statistics.median(d):7.2f} / {d[-1]:7.2f} ms"
-              f"   prefill {p[0]:7.0f} / {statistics.median(p):7.0f} / {p[-1]:7.0f} ms")
+        print(
+            f"  {key:14} decode {d[0]:7.2f} / {statistics.median(d):7.2f} / {d[-1]:7.2f} ms"
+            f"   prefill {p[0]:7.0f} / {statistics.median(p):7.0f} / {p[-1]:7.0f} ms"
+        )
 
     if not args.no_quality:
         print("\nquality vs fp32 on the fixed text (teacher-forced decode):")

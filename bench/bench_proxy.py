@@ -108,10 +108,10 @@ def serve_fake(stack: str) -> None:
     from cmlp.proxy.app import create_app
     from cmlp.proxy.backend import ClientBackend
     from cmlp.proxy.server import ProxyServer
+
     backend = ClientBackend(StampClient(), sampling_params=Params, finished=Fin)
     http, loop = stack.split("-") if stack != "auto" else ("auto", "auto")
-    server = ProxyServer(create_app(backend), "127.0.0.1:0", log_level="error", http=http,
-                         loop=loop)
+    server = ProxyServer(create_app(backend), "127.0.0.1:0", log_level="error", http=http, loop=loop)
     print(f"READY {server.address}", flush=True)
     server.run()
 
@@ -119,6 +119,7 @@ def serve_fake(stack: str) -> None:
 def serve_hop() -> None:
     """The floor of any out-of-process proxy: stamps sent straight over one TCP socket."""
     import socket
+
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(8)
@@ -136,6 +137,7 @@ def serve_hop() -> None:
 
 def stream_hop(address: str, pace_us: int, n: int, on_text) -> tuple[int, float]:
     import socket
+
     host, port = address.rsplit(":", 1)
     t0 = time.perf_counter()
     with socket.create_connection((host, int(port))) as conn, conn.makefile("rb") as rf:
@@ -204,8 +206,12 @@ def run_direct(client, prompt, params, on_text) -> tuple[int, float]:
 # fake mode
 # --------------------------------------------------------------------------
 def _spawn(*flags):
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *flags],
-                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *flags],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     line = proc.stdout.readline()
     if not line.startswith("READY "):
         proc.kill()
@@ -225,21 +231,26 @@ def bench_fake(args) -> None:
             return lat, n, elapsed
 
         pace_prompt = f"pace:{int(args.pace_ms * 1000)}"
-        results = {"paced": {"direct": [], "proxy": [], "hop": []},
-                   "flood": {"direct": [], "proxy": [], "hop": []}}
+        results = {
+            "paced": {"direct": [], "proxy": [], "hop": []},
+            "flood": {"direct": [], "proxy": [], "hop": []},
+        }
         # warm-up (imports, first connection, JIT-less but cache-warm)
-        stream_proxy(address, {"model": MODEL, "prompt": "x", "max_tokens": 50,
-                               "stream": True}, lambda t, n: None)
+        stream_proxy(
+            address, {"model": MODEL, "prompt": "x", "max_tokens": 50, "stream": True}, lambda t, n: None
+        )
         for _ in range(args.runs):
-            for regime, prompt, n_tok in (("paced", pace_prompt, args.paced_tokens),
-                                          ("flood", "x", args.flood_tokens)):
+            for regime, prompt, n_tok in (
+                ("paced", pace_prompt, args.paced_tokens),
+                ("flood", "x", args.flood_tokens),
+            ):
                 body = {"model": MODEL, "prompt": prompt, "max_tokens": n_tok, "stream": True}
                 lat_d, n_d, el_d = latencies(
-                    lambda cb: run_direct(direct, prompt, Params(max_tokens=n_tok), cb))
+                    lambda cb: run_direct(direct, prompt, Params(max_tokens=n_tok), cb)
+                )
                 lat_p, n_p, el_p = latencies(lambda cb: stream_proxy(address, body, cb))
                 pace_us = int(prompt.split(":")[1]) if ":" in prompt else 0
-                lat_h, n_h, el_h = latencies(lambda cb: stream_hop(hop_address, pace_us, n_tok,
-                                                                    cb))
+                lat_h, n_h, el_h = latencies(lambda cb: stream_hop(hop_address, pace_us, n_tok, cb))
                 assert n_d == n_p == n_h == n_tok, (n_d, n_p, n_h)
                 results[regime]["hop"].append((statistics.median(lat_h), el_h / n_h * 1e6))
                 results[regime]["direct"].append((statistics.median(lat_d), el_d / n_d * 1e6))
@@ -252,23 +263,32 @@ def bench_fake(args) -> None:
     def med(rows, i):
         return statistics.median(r[i] for r in rows)
 
-    print(header(f"fake backend (contract-shaped; cmlp.client not used), uvicorn stack "
-                 f"{args.stack}", args))
+    print(header(f"fake backend (contract-shaped; cmlp.client not used), uvicorn stack {args.stack}", args))
     p, f = results["paced"], results["flood"]
     print(f"paced, 1 token / {args.pace_ms} ms, {args.paced_tokens} tokens x {args.runs} runs:")
-    print(f"  latency from yield to reader, median: direct {med(p['direct'], 0):8.1f} us   "
-          f"proxy {med(p['proxy'], 0):8.1f} us")
-    print(f"  one plain TCP hop to another process (the floor of any out-of-process proxy): "
-          f"{med(p['hop'], 0):.1f} us")
-    added = med(p['proxy'], 0) - med(p['direct'], 0)
-    own = med(p['proxy'], 0) - med(p['hop'], 0)
-    print(f"  => proxy adds {added:.1f} us = {added / 1000:.3f} ms per streamed token "
-          f"(target <= 0.2 ms); {own:.1f} us of it beyond the plain hop")
+    print(
+        f"  latency from yield to reader, median: direct {med(p['direct'], 0):8.1f} us   "
+        f"proxy {med(p['proxy'], 0):8.1f} us"
+    )
+    print(
+        f"  one plain TCP hop to another process (the floor of any out-of-process proxy): "
+        f"{med(p['hop'], 0):.1f} us"
+    )
+    added = med(p["proxy"], 0) - med(p["direct"], 0)
+    own = med(p["proxy"], 0) - med(p["hop"], 0)
+    print(
+        f"  => proxy adds {added:.1f} us = {added / 1000:.3f} ms per streamed token "
+        f"(target <= 0.2 ms); {own:.1f} us of it beyond the plain hop"
+    )
     print(f"flood, {args.flood_tokens} tokens x {args.runs} runs (proxy is the bottleneck):")
-    print(f"  wall time per token, median:        direct {med(f['direct'], 1):8.1f} us   "
-          f"proxy {med(f['proxy'], 1):8.1f} us   plain hop {med(f['hop'], 1):8.1f} us")
-    print(f"  => proxy costs {med(f['proxy'], 1) - med(f['direct'], 1):.1f} us per token at "
-          f"saturation; ratio {med(f['proxy'], 1) / med(f['direct'], 1):.1f}x")
+    print(
+        f"  wall time per token, median:        direct {med(f['direct'], 1):8.1f} us   "
+        f"proxy {med(f['proxy'], 1):8.1f} us   plain hop {med(f['hop'], 1):8.1f} us"
+    )
+    print(
+        f"  => proxy costs {med(f['proxy'], 1) - med(f['direct'], 1):.1f} us per token at "
+        f"saturation; ratio {med(f['proxy'], 1) / med(f['direct'], 1):.1f}x"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -277,20 +297,35 @@ def bench_fake(args) -> None:
 def bench_real(args) -> None:
     sys.path.insert(0, ROOT)
     from cmlp.client import Client, SamplingParams
+
     client = Client(args.connect, args.manifest, timeout=120)
     info = client.model_info()
     port_sock = __import__("socket").socket()
     port_sock.bind(("127.0.0.1", 0))
     port = port_sock.getsockname()[1]
     port_sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "cmlp.cli.main", "proxy", "--connect",
-                             args.connect, "--manifest", args.manifest, "--listen",
-                             f"127.0.0.1:{port}", "--log-level", "warning"],
-                            stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cmlp.cli.main",
+            "proxy",
+            "--connect",
+            args.connect,
+            "--manifest",
+            args.manifest,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     try:
         seen = []
-        while not seen or "serving" not in seen[-1]:      # warnings may come first
+        while not seen or "serving" not in seen[-1]:  # warnings may come first
             line = proc.stderr.readline()
             if not line:
                 raise SystemExit("the proxy did not start:\n" + "".join(seen))
@@ -305,12 +340,18 @@ def bench_real(args) -> None:
             g = [(b - a) / 1e3 for a, b in zip(stamps, stamps[1:], strict=False)]
             return statistics.median(g), elapsed / n * 1e6, n
 
-        body = {"model": info.model_name, "prompt": prompt, "max_tokens": args.real_tokens,
-                "temperature": 0, "stream": True}
-        stream_proxy(address, dict(body, max_tokens=4), lambda t, n: None)   # warm-up
+        body = {
+            "model": info.model_name,
+            "prompt": prompt,
+            "max_tokens": args.real_tokens,
+            "temperature": 0,
+            "stream": True,
+        }
+        stream_proxy(address, dict(body, max_tokens=4), lambda t, n: None)  # warm-up
         for _ in range(args.runs):
-            rows["direct"].append(gaps(lambda cb: run_direct(
-                client, prompt, SamplingParams(max_tokens=args.real_tokens), cb)))
+            rows["direct"].append(
+                gaps(lambda cb: run_direct(client, prompt, SamplingParams(max_tokens=args.real_tokens), cb))
+            )
             rows["proxy"].append(gaps(lambda cb: stream_proxy(address, body, cb)))
     finally:
         proc.terminate()
@@ -321,22 +362,27 @@ def bench_real(args) -> None:
     gd, gp = statistics.median(r[0] for r in d), statistics.median(r[0] for r in p)
     td, tp = statistics.median(r[1] for r in d), statistics.median(r[1] for r in p)
     print(f"{args.real_tokens} tokens x {args.runs} runs, greedy:")
-    print(f"  median inter-token gap:  direct {gd:9.1f} us   proxy {gp:9.1f} us   "
-          f"=> +{gp - gd:.1f} us/token")
-    print(f"  wall time per token:     direct {td:9.1f} us   proxy {tp:9.1f} us   "
-          f"=> +{tp - td:.1f} us/token (includes one more process and TCP hop)")
+    print(f"  median inter-token gap:  direct {gd:9.1f} us   proxy {gp:9.1f} us   => +{gp - gd:.1f} us/token")
+    print(
+        f"  wall time per token:     direct {td:9.1f} us   proxy {tp:9.1f} us   "
+        f"=> +{tp - td:.1f} us/token (includes one more process and TCP hop)"
+    )
 
 
 def header(mode: str, args) -> str:
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                   if line.startswith("Model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        )
     except (StopIteration, OSError):
         cpu = "unknown CPU"
-    return (f"bench_proxy: {mode}\nCPU: {cpu}, {os.cpu_count()} cores; proxy: 1 uvicorn "
-            f"process (event loop + 1 thread per generation); medians of {args.runs} "
-            "interleaved runs")
+    return (
+        f"bench_proxy: {mode}\nCPU: {cpu}, {os.cpu_count()} cores; proxy: 1 uvicorn "
+        f"process (event loop + 1 thread per generation); medians of {args.runs} "
+        "interleaved runs"
+    )
 
 
 def main() -> None:
@@ -344,9 +390,12 @@ def main() -> None:
     ap.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--serve-hop", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--stack", default="auto",
-                    help="fake mode: uvicorn HTTP-loop pair, e.g. h11-asyncio or "
-                         "httptools-uvloop (default: auto, the best installed)")
+    ap.add_argument(
+        "--stack",
+        default="auto",
+        help="fake mode: uvicorn HTTP-loop pair, e.g. h11-asyncio or "
+        "httptools-uvloop (default: auto, the best installed)",
+    )
     ap.add_argument("--pace-ms", type=float, default=5.0)
     ap.add_argument("--paced-tokens", type=int, default=200)
     ap.add_argument("--flood-tokens", type=int, default=2000)

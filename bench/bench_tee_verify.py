@@ -36,6 +36,7 @@ def cases():
     from cmlp.attestation.az_snp import AzSnpVerifier
     from cmlp.attestation.snp import SnpVerifier
     from cmlp.attestation.tdx import TdxVerifier
+
     for s in SNP:
         yield f"snp/{s[0]}", SnpVerifier(at_ms=s[2]), genuine_doc(s)
     for s in AZ:
@@ -46,8 +47,10 @@ def cases():
 
 def nitro_case():
     from cmlp.attestation.nitro import NitroVerifier
+
     doc = (DATA / "nitro-docs" / "worldcoin-pontifex__real-attestation-doc.cbor").read_bytes()
     from cmlp.attestation.nitro import parse_cose_sign1, parse_payload
+
     ts = parse_payload(parse_cose_sign1(doc).payload).timestamp_ms
     return "nitro/worldcoin-pontifex real doc", NitroVerifier(at_ms=ts), doc
 
@@ -75,8 +78,10 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines()
-                  if line.startswith("Model name")), "unknown")
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")),
+        "unknown",
+    )
     print(f"CPU: {model}; 1 thread; median of {args.repeat} verifies per sample")
     rows = [(name, *measure(v, d, args.repeat)) for name, v, d in [*cases(), nitro_case()]]
     if args.markdown:

@@ -64,20 +64,31 @@ def bench_codec(repeats):
     rows = []
     payload = os.urandom(4096)
     frame = _frame.encode_frame(2, 1, 7, payload)
-    rows.append(("frame header encode", fmt_time(timeit(
-        lambda: _frame.encode_header(2, 1, 7, 4096), 20000, repeats)), "", ""))
+    rows.append(
+        (
+            "frame header encode",
+            fmt_time(timeit(lambda: _frame.encode_header(2, 1, 7, 4096), 20000, repeats)),
+            "",
+            "",
+        )
+    )
     dec = _frame.FrameDecoder()
 
     def decode():
         dec.feed(frame)
         dec.next_frame()
 
-    rows.append(("frame decode 4 KiB (feed + next_frame)", fmt_time(timeit(decode, 20000, repeats)),
-                 "", ""))
+    rows.append(("frame decode 4 KiB (feed + next_frame)", fmt_time(timeit(decode, 20000, repeats)), "", ""))
     t = np.zeros((128, 768), np.float32)
     enc = _frame.encode_tensor("hidden_states", 0, t.shape, t)
-    rows.append(("tensor sub-header decode [128,768] F32 (zero-copy)",
-                 fmt_time(timeit(lambda: _frame.decode_tensor_header(enc), 20000, repeats)), "", ""))
+    rows.append(
+        (
+            "tensor sub-header decode [128,768] F32 (zero-copy)",
+            fmt_time(timeit(lambda: _frame.decode_tensor_header(enc), 20000, repeats)),
+            "",
+            "",
+        )
+    )
     return rows
 
 
@@ -115,9 +126,14 @@ def bench_aead(repeats, sizes):
         label = f"{size // 1024} KiB" if size < (1 << 20) else f"{size >> 20} MiB"
         if size == (32 << 20) - 16:
             label = "32 MiB - 16 B (largest frame)"
-        rows.append((f"seal + open {label}", fmt_time(ours),
-                     f"pysodium encrypt + decrypt {fmt_time(ref)} ({ref / ours:.2f}x slower)",
-                     f"{gbps(size, ours / 2)} per operation; memcpy {fmt_time(cp)}"))
+        rows.append(
+            (
+                f"seal + open {label}",
+                fmt_time(ours),
+                f"pysodium encrypt + decrypt {fmt_time(ref)} ({ref / ours:.2f}x slower)",
+                f"{gbps(size, ours / 2)} per operation; memcpy {fmt_time(cp)}",
+            )
+        )
     return rows
 
 
@@ -146,15 +162,21 @@ def bench_handshake(repeats):
     samples = []
     for _ in range(max(repeats * 10, 50)):
         t0 = time.perf_counter()
-        ch = SecureChannel.connect(sockets.connect(sockets.TcpAddr(*addr)), MockProvider(),
-                                   MockVerifier(), cfg)
+        ch = SecureChannel.connect(
+            sockets.connect(sockets.TcpAddr(*addr)), MockProvider(), MockVerifier(), cfg
+        )
         samples.append(time.perf_counter() - t0)
         ch.close()
     stop.set()
     samples.sort()
-    return [("mock handshake over loopback TCP (connect + 3 messages)",
-             fmt_time(statistics.median(samples)),
-             f"p95 {fmt_time(samples[int(0.95 * len(samples)) - 1])}", "")]
+    return [
+        (
+            "mock handshake over loopback TCP (connect + 3 messages)",
+            fmt_time(statistics.median(samples)),
+            f"p95 {fmt_time(samples[int(0.95 * len(samples)) - 1])}",
+            "",
+        )
+    ]
 
 
 PLAIN_ECHO = r"""
@@ -191,6 +213,7 @@ def bench_rtt(repeats, sizes):
     """
     import subprocess
     import sys
+
     rows = []
     cfg = SessionConfig.development()
     # Every process on one core: on a VM a wake-up across cores costs 40-100 us
@@ -198,16 +221,28 @@ def bench_rtt(repeats, sizes):
     # result 3x; on one core both peers pay the same cheap context switch.
     cpu = {min(os.sched_getaffinity(0))}
     os.sched_setaffinity(0, cpu)
-    secure_srv = subprocess.Popen([sys.executable, "-m", "cmlp.cli.main", "echo-server",
-                                   "--listen", "127.0.0.1:0", "--log-level", "error"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    plain_srv = subprocess.Popen([sys.executable, "-c", PLAIN_ECHO], stdout=subprocess.PIPE,
-                                 text=True)
+    secure_srv = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cmlp.cli.main",
+            "echo-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "error",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    plain_srv = subprocess.Popen([sys.executable, "-c", PLAIN_ECHO], stdout=subprocess.PIPE, text=True)
     try:
         secure_port = int(secure_srv.stdout.readline().rsplit(":", 1)[1])
         plain_port = int(plain_srv.stdout.readline())
-        ch = SecureChannel.connect(sockets.connect(sockets.TcpAddr("127.0.0.1", secure_port)),
-                                   MockProvider(), MockVerifier(), cfg)
+        ch = SecureChannel.connect(
+            sockets.connect(sockets.TcpAddr("127.0.0.1", secure_port)), MockProvider(), MockVerifier(), cfg
+        )
         pc = sockets.connect(sockets.TcpAddr("127.0.0.1", plain_port))
         for size in sizes:
             arr = np.random.default_rng(0).standard_normal(size // 4).astype(np.float32)
@@ -223,11 +258,11 @@ def bench_rtt(repeats, sizes):
                 pc.sendall(msg)
                 got = 0
                 while got < len(msg):
-                    got += pc.recv_into(rview[got:len(msg)])
+                    got += pc.recv_into(rview[got : len(msg)])
 
             inner = 500 if size <= 4096 else 50
             samples_s, samples_p = [], []
-            for _ in range(repeats):   # alternate so machine noise hits both alike
+            for _ in range(repeats):  # alternate so machine noise hits both alike
                 for fn, out in ((secure_rt, samples_s), (plain_rt, samples_p)):
                     fn()
                     for _ in range(inner):
@@ -236,8 +271,14 @@ def bench_rtt(repeats, sizes):
                         out.append(time.perf_counter() - t0)
             s, p = statistics.median(samples_s), statistics.median(samples_p)
             label = f"{size // 1024} KiB" if size < (1 << 20) else f"{size >> 20} MiB"
-            rows.append((f"round trip {label} tensor, SecureChannel vs plain TCP (p50)",
-                         fmt_time(s), f"plain {fmt_time(p)}", f"{s / p:.2f}x"))
+            rows.append(
+                (
+                    f"round trip {label} tensor, SecureChannel vs plain TCP (p50)",
+                    fmt_time(s),
+                    f"plain {fmt_time(p)}",
+                    f"{s / p:.2f}x",
+                )
+            )
         ch.close()
         pc.close()
     finally:
@@ -256,10 +297,12 @@ def main():
     sizes = [3 * 1024, 64 * 1024, 1 << 20] + ([] if args.quick else [32 << 20])
     sizes[-1] = sizes[-1] - (16 if sizes[-1] == 32 << 20 else 0)
     rows = []
-    parts = [("codec", lambda: bench_codec(args.repeats)),
-             ("aead", lambda: bench_aead(args.repeats, sizes)),
-             ("handshake", lambda: bench_handshake(args.repeats)),
-             ("rtt", lambda: bench_rtt(args.repeats, [3 * 1024, 1 << 20]))]
+    parts = [
+        ("codec", lambda: bench_codec(args.repeats)),
+        ("aead", lambda: bench_aead(args.repeats, sizes)),
+        ("handshake", lambda: bench_handshake(args.repeats)),
+        ("rtt", lambda: bench_rtt(args.repeats, [3 * 1024, 1 << 20])),
+    ]
     chosen = [(name, run) for name, run in parts if args.only in (None, name)]
     for k, (name, run) in enumerate(chosen, 1):
         print(f"[{k}/{len(chosen)}] {name} ({args.repeats} runs) ...", file=sys.stderr, flush=True)
@@ -271,9 +314,11 @@ def main():
     except (OSError, StopIteration):
         pass
     print("## cmlp transport benchmark\n")
-    print(f"CPU: {cpu}, {os.cpu_count()} cores; one thread per side (round trips: echo "
-          f"servers in their own processes, all pinned to one core); "
-          f"medians of {args.repeats} runs; libsodium {_record.LIBSODIUM_VERSION}\n")
+    print(
+        f"CPU: {cpu}, {os.cpu_count()} cores; one thread per side (round trips: echo "
+        f"servers in their own processes, all pinned to one core); "
+        f"medians of {args.repeats} runs; libsodium {_record.LIBSODIUM_VERSION}\n"
+    )
     print("| operation | cmlp | peer | ratio / note |")
     print("|---|---|---|---|")
     for r in rows:

@@ -84,8 +84,10 @@ def main():
     for fam in ("tcp", "unix"):
         print(f"| {fam} send() after 10 ms of computing | {send_cost(fam, True):.1f} |")
         print(f"| {fam} send() back to back | {send_cost(fam, False):.1f} |")
-    print(f"\n{os.cpu_count()} CPUs; the cmlp pipeline pays the first two rows once per hop and "
-          "the cold send once per message a stage sends per token.")
+    print(
+        f"\n{os.cpu_count()} CPUs; the cmlp pipeline pays the first two rows once per hop and "
+        "the cold send once per message a stage sends per token."
+    )
 
 
 if __name__ == "__main__":

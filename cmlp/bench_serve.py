@@ -21,7 +21,7 @@ from cmlp.client import Client, Finished, SamplingParams, TokenEvent
 class RoundResult:
     clients: int
     wall_s: float = 0.0
-    tokens: float = 0               # a count; merge() stores the median rate here (wall_s 1)
+    tokens: float = 0  # a count; merge() stores the median rate here (wall_s 1)
     ttft_s: list[float] = field(default_factory=list)
     itl_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -43,8 +43,9 @@ def prompt_ids(n: int, seed: int, vocab: int = 50000) -> list[int]:
     return [rng.randrange(256, vocab) for _ in range(n)]
 
 
-def run_round(client: Client, clients: int, prompt_tokens: int, max_tokens: int,
-              seed: int = 0, vocab: int = 50000) -> RoundResult:
+def run_round(
+    client: Client, clients: int, prompt_tokens: int, max_tokens: int, seed: int = 0, vocab: int = 50000
+) -> RoundResult:
     """One round: ``clients`` generations started together."""
     res = RoundResult(clients)
     lock = threading.Lock()
@@ -69,7 +70,7 @@ def run_round(client: Client, clients: int, prompt_tokens: int, max_tokens: int,
                     n += 1
                 elif isinstance(ev, Finished):
                     break
-        except Exception as exc:        # noqa: BLE001 - counted, reported by kind
+        except Exception as exc:  # noqa: BLE001 - counted, reported by kind
             with lock:
                 res.errors.append(type(exc).__name__)
             return
@@ -90,15 +91,19 @@ def run_round(client: Client, clients: int, prompt_tokens: int, max_tokens: int,
     return res
 
 
-HEADER = (f"{'clients':>7} {'tok/s':>8} {'tok/s/stream':>12} {'TTFT p50 ms':>11} "
-          f"{'TTFT p95 ms':>11} {'ITL p50 ms':>10} {'ITL p95 ms':>10} {'errors':>6}")
+HEADER = (
+    f"{'clients':>7} {'tok/s':>8} {'tok/s/stream':>12} {'TTFT p50 ms':>11} "
+    f"{'TTFT p95 ms':>11} {'ITL p50 ms':>10} {'ITL p95 ms':>10} {'errors':>6}"
+)
 
 
 def row(res: RoundResult) -> str:
-    return (f"{res.clients:>7} {res.tokens_per_s:>8.1f} {res.tokens_per_s / res.clients:>12.1f} "
-            f"{_pct(res.ttft_s, .5) * 1e3:>11.1f} {_pct(res.ttft_s, .95) * 1e3:>11.1f} "
-            f"{_pct(res.itl_s, .5) * 1e3:>10.2f} {_pct(res.itl_s, .95) * 1e3:>10.2f} "
-            f"{len(res.errors):>6}")
+    return (
+        f"{res.clients:>7} {res.tokens_per_s:>8.1f} {res.tokens_per_s / res.clients:>12.1f} "
+        f"{_pct(res.ttft_s, 0.5) * 1e3:>11.1f} {_pct(res.ttft_s, 0.95) * 1e3:>11.1f} "
+        f"{_pct(res.itl_s, 0.5) * 1e3:>10.2f} {_pct(res.itl_s, 0.95) * 1e3:>10.2f} "
+        f"{len(res.errors):>6}"
+    )
 
 
 def merge(rounds: list[RoundResult]) -> RoundResult:

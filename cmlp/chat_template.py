@@ -52,7 +52,7 @@ class _GenerationTag(Extension):
     tags = {"generation"}
 
     def parse(self, parser) -> list[nodes.Node]:
-        next(parser.stream)   # the "generation" token
+        next(parser.stream)  # the "generation" token
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
@@ -63,8 +63,9 @@ def _raise_exception(message):
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
     # Jinja's own tojson escapes HTML characters and sorts keys; chat templates
     # expect plain json.dumps output with Unicode kept.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
-                      separators=separators, sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _strftime_now(fmt):
@@ -74,8 +75,8 @@ def _strftime_now(fmt):
 @lru_cache(maxsize=1)
 def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True,
-        extensions=[_GenerationTag, "jinja2.ext.loopcontrols"])
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, "jinja2.ext.loopcontrols"]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -94,8 +95,15 @@ def compile_template(source: str | None) -> jinja2.Template:
         raise ChatTemplateError(f"chat template does not compile: {exc}") from None
 
 
-def render_chat(messages, template: str | None, *, bos_token: str | None,
-                eos_token: str | None, add_generation_prompt: bool = True, **extra) -> str:
+def render_chat(
+    messages,
+    template: str | None,
+    *,
+    bos_token: str | None,
+    eos_token: str | None,
+    add_generation_prompt: bool = True,
+    **extra,
+) -> str:
     """Render ``messages`` (a list of {"role", "content", ...} dicts) with ``template``.
 
     ``extra`` goes to the template as further variables (``tools``, ``documents``, ...),
@@ -103,12 +111,17 @@ def render_chat(messages, template: str | None, *, bos_token: str | None,
     conversation (``raise_exception``) or fails while rendering raises ChatTemplateError.
     """
     compiled = compile_template(template)
-    extra.setdefault("tools", None)        # transformers always defines these two
+    extra.setdefault("tools", None)  # transformers always defines these two
     extra.setdefault("documents", None)
     try:
-        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token, **extra)
-    except jinja2.TemplateError as exc:   # includes raise_exception and sandbox violations
+        return compiled.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            **extra,
+        )
+    except jinja2.TemplateError as exc:  # includes raise_exception and sandbox violations
         raise ChatTemplateError(f"chat template rejected the messages: {exc}") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
         # e.g. "+" on a None content: the template's own assumption about the messages

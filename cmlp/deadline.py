@@ -21,7 +21,7 @@ class Deadline:
 
     def __init__(self, seconds: Optional[float], what: str = "deadline passed"):
         self.end = None if seconds is None else time.monotonic() + seconds
-        self.what = what        # the Timeout message once it has passed
+        self.what = what  # the Timeout message once it has passed
 
     def remaining(self) -> float:
         """Seconds left (0.0 once passed; infinity without a deadline)."""

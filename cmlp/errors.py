@@ -118,8 +118,7 @@ class SequenceReplay(SequenceError):
     def __init__(self, received: int, expected: int):
         self.received = received
         self.expected = expected
-        super().__init__(
-            f"sequence replay: received {received}, expected {expected}")
+        super().__init__(f"sequence replay: received {received}, expected {expected}")
 
 
 class SequenceGap(SequenceError):
@@ -129,8 +128,8 @@ class SequenceGap(SequenceError):
         self.received = received
         self.expected = expected
         super().__init__(
-            f"sequence gap: received {received}, expected {expected} "
-            "(a frame was dropped or reordered)")
+            f"sequence gap: received {received}, expected {expected} (a frame was dropped or reordered)"
+        )
 
 
 class NonContributoryKey(CryptoError):
@@ -320,8 +319,7 @@ class ForwardFailed(StageError):
         self.request_id = request_id
         self.micro_batch = micro_batch
         self.reason = reason
-        super().__init__(
-            f"forward pass failed for request {request_id}, micro-batch {micro_batch}: {reason}")
+        super().__init__(f"forward pass failed for request {request_id}, micro-batch {micro_batch}: {reason}")
 
 
 # --------------------------------------------------------------------------
@@ -334,7 +332,8 @@ class ModelError(CmlpError):
 class PositionOverflow(ModelError):
     def __init__(self, past: int, new: int, limit: int):
         super().__init__(
-            f"position overflow: {past} cached + {new} new positions exceeds n_positions {limit}")
+            f"position overflow: {past} cached + {new} new positions exceeds n_positions {limit}"
+        )
 
 
 class InvalidModelInput(ModelError):
@@ -344,23 +343,23 @@ class InvalidModelInput(ModelError):
 # --------------------------------------------------------------------------
 # Generation (host-blind mode, cmlp.client; the client contract fixes these names)
 # --------------------------------------------------------------------------
-class GenerationError(PipelineError):            # base for what a client sees from a generation
+class GenerationError(PipelineError):  # base for what a client sees from a generation
     """A generation could not be completed."""
 
 
-class InvalidRequestError(GenerationError):      # bad parameters (HTTP 400)
+class InvalidRequestError(GenerationError):  # bad parameters (HTTP 400)
     """The request's parameters are invalid."""
 
 
-class ContextTooLong(InvalidRequestError):       # prompt + max_tokens > max_seq_len (HTTP 400)
+class ContextTooLong(InvalidRequestError):  # prompt + max_tokens > max_seq_len (HTTP 400)
     """The prompt plus max_tokens exceeds the model's context."""
 
 
-class ServerBusy(GenerationError):               # no slot and the queue is full (HTTP 503)
+class ServerBusy(GenerationError):  # no slot and the queue is full (HTTP 503)
     """No generation slot is free and the host's queue is full."""
 
 
-class PipelineUnavailable(GenerationError):      # host/stage down or link broken mid-generation (HTTP 503)
+class PipelineUnavailable(GenerationError):  # host/stage down or link broken mid-generation (HTTP 503)
     """The host, a stage or a link is down, or broke during the generation."""
 
 

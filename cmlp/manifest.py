@@ -130,19 +130,27 @@ class StageSpec:
                 raise ManifestError(f"{where}: expected_measurements[{k!r}] must be a hex string")
         ep = _get(obj, "endpoint", dict, where)
         endpoints = StageEndpoints(
-            control=PortSpec.from_json(_get(ep, "control", dict, f"{where}: endpoint"),
-                                       f"{where}: endpoint.control"),
-            data_in=PortSpec.from_json(_get(ep, "data_in", dict, f"{where}: endpoint"),
-                                       f"{where}: endpoint.data_in"),
-            data_out=PortSpec.from_json(_get(ep, "data_out", dict, f"{where}: endpoint"),
-                                        f"{where}: endpoint.data_out"))
-        return cls(stage_idx=idx,
-                   layer_start=_get(obj, "layer_start", int, where),
-                   layer_end=_get(obj, "layer_end", int, where),
-                   require_weight_hashes=_get(obj, "require_weight_hashes", bool, where,
-                                              default=False, required=False),
-                   weight_hashes=list(hashes), expected_measurements=dict(meas),
-                   endpoint=endpoints)
+            control=PortSpec.from_json(
+                _get(ep, "control", dict, f"{where}: endpoint"), f"{where}: endpoint.control"
+            ),
+            data_in=PortSpec.from_json(
+                _get(ep, "data_in", dict, f"{where}: endpoint"), f"{where}: endpoint.data_in"
+            ),
+            data_out=PortSpec.from_json(
+                _get(ep, "data_out", dict, f"{where}: endpoint"), f"{where}: endpoint.data_out"
+            ),
+        )
+        return cls(
+            stage_idx=idx,
+            layer_start=_get(obj, "layer_start", int, where),
+            layer_end=_get(obj, "layer_end", int, where),
+            require_weight_hashes=_get(
+                obj, "require_weight_hashes", bool, where, default=False, required=False
+            ),
+            weight_hashes=list(hashes),
+            expected_measurements=dict(meas),
+            endpoint=endpoints,
+        )
 
     def to_json(self) -> dict:
         """Field order of the reference's serialisation (pipeline.md 2.2)."""
@@ -153,9 +161,11 @@ class StageSpec:
             "require_weight_hashes": self.require_weight_hashes,
             "weight_hashes": list(self.weight_hashes),
             "expected_measurements": dict(self.expected_measurements),
-            "endpoint": {"control": self.endpoint.control.to_json(),
-                         "data_in": self.endpoint.data_in.to_json(),
-                         "data_out": self.endpoint.data_out.to_json()},
+            "endpoint": {
+                "control": self.endpoint.control.to_json(),
+                "data_in": self.endpoint.data_in.to_json(),
+                "data_out": self.endpoint.data_out.to_json(),
+            },
         }
 
     def measurements(self) -> Optional[ExpectedMeasurements]:
@@ -182,9 +192,14 @@ class StageSpec:
 
     def security_fields(self) -> tuple:
         """What must agree between a stage's own manifest and the Init it receives."""
-        return (self.stage_idx, self.layer_start, self.layer_end, self.require_weight_hashes,
-                tuple(self.weight_hashes),
-                tuple(sorted((str(k), v.lower()) for k, v in self.expected_measurements.items())))
+        return (
+            self.stage_idx,
+            self.layer_start,
+            self.layer_end,
+            self.require_weight_hashes,
+            tuple(self.weight_hashes),
+            tuple(sorted((str(k), v.lower()) for k, v in self.expected_measurements.items())),
+        )
 
 
 @dataclass(frozen=True)
@@ -199,8 +214,11 @@ class ActivationSpec:
         dtype = _get(obj, "dtype", str, where)
         if dtype not in ACTIVATION_DTYPES:
             raise ManifestError(f"{where}: dtype must be one of F32, F16, BF16, got '{dtype}'")
-        return cls(dtype=dtype, hidden_dim=_u32(obj, "hidden_dim", where),
-                   max_seq_len=_u32(obj, "max_seq_len", where))
+        return cls(
+            dtype=dtype,
+            hidden_dim=_u32(obj, "hidden_dim", where),
+            max_seq_len=_u32(obj, "max_seq_len", where),
+        )
 
     def to_json(self) -> dict:
         return {"dtype": self.dtype, "hidden_dim": self.hidden_dim, "max_seq_len": self.max_seq_len}
@@ -235,9 +253,10 @@ class Manifest:
             model_version=_get(obj, "model_version", str, "manifest"),
             total_layers=_get(obj, "total_layers", int, "manifest"),
             stages=[StageSpec.from_json(s, i) for i, s in enumerate(stages_json)],
-            activation_spec=ActivationSpec.from_json(_get(obj, "activation_spec", dict,
-                                                          "manifest")),
-            source=source, client_endpoint=_host_blind(obj))
+            activation_spec=ActivationSpec.from_json(_get(obj, "activation_spec", dict, "manifest")),
+            source=source,
+            client_endpoint=_host_blind(obj),
+        )
         manifest.validate()
         return manifest
 
@@ -263,33 +282,37 @@ class Manifest:
             if s.stage_idx != i:
                 raise ManifestError(f"stage {i} has wrong stage_idx field: {s.stage_idx}")
             if s.require_weight_hashes and not s.weight_hashes:
-                raise ManifestError(f"stage {i}: require_weight_hashes is true but "
-                                    "weight_hashes is empty")
+                raise ManifestError(f"stage {i}: require_weight_hashes is true but weight_hashes is empty")
             if s.layer_start >= s.layer_end:
-                raise ManifestError(f"stage {i}: invalid layer range [{s.layer_start}, "
-                                    f"{s.layer_end}) (layer_start must be < layer_end)")
+                raise ManifestError(
+                    f"stage {i}: invalid layer range [{s.layer_start}, "
+                    f"{s.layer_end}) (layer_start must be < layer_end)"
+                )
         for a, b in itertools.pairwise(self.stages):
             if a.layer_end != b.layer_start:
                 raise ManifestError(
                     f"stage {a.stage_idx}: non-contiguous layers: layer_end {a.layer_end} but "
-                    f"stage {b.stage_idx} starts at {b.layer_start}")
+                    f"stage {b.stage_idx} starts at {b.layer_start}"
+                )
         if self.stages[0].layer_start != 0:
             raise ManifestError(f"stage 0: layer_start must be 0, got {self.stages[0].layer_start}")
         if self.stages[-1].layer_end != self.total_layers:
-            raise ManifestError(f"layer count mismatch: stages cover {self.stages[-1].layer_end} "
-                                f"layers, total_layers is {self.total_layers}")
+            raise ManifestError(
+                f"layer count mismatch: stages cover {self.stages[-1].layer_end} "
+                f"layers, total_layers is {self.total_layers}"
+            )
         for s in self.stages:
-            s.measurements()   # hex and integer keys
+            s.measurements()  # hex and integer keys
             for j, h in enumerate(s.weight_hashes):
                 if not _SHA256_HEX.match(h):
-                    raise ManifestError(f"stage {s.stage_idx}: weight_hashes[{j}] is not a "
-                                        f"lowercase hex SHA-256: {h!r}")
+                    raise ManifestError(
+                        f"stage {s.stage_idx}: weight_hashes[{j}] is not a lowercase hex SHA-256: {h!r}"
+                    )
 
     # -- helpers -----------------------------------------------------------
     def stage(self, idx: int) -> StageSpec:
         if not 0 <= idx < len(self.stages):
-            raise ManifestError(f"stage_idx {idx} out of range "
-                                f"(manifest has {len(self.stages)} stages)")
+            raise ManifestError(f"stage_idx {idx} out of range (manifest has {len(self.stages)} stages)")
         return self.stages[idx]
 
     @property
@@ -298,8 +321,11 @@ class Manifest:
 
     def relayed_links(self) -> List[int]:
         """Stages i whose data_out is not stage i+1's data_in: the host relays them."""
-        return [i for i in range(len(self.stages) - 1)
-                if self.stages[i].endpoint.data_out != self.stages[i + 1].endpoint.data_in]
+        return [
+            i
+            for i in range(len(self.stages) - 1)
+            if self.stages[i].endpoint.data_out != self.stages[i + 1].endpoint.data_in
+        ]
 
     @property
     def host_blind(self) -> bool:
@@ -307,8 +333,11 @@ class Manifest:
 
     def feedback_relayed(self) -> bool:
         """Host-blind: the last stage's data_out is not stage 0's data_in (the host relays it)."""
-        return self.host_blind and len(self.stages) > 1 and \
-            self.stages[-1].endpoint.data_out != self.stages[0].endpoint.data_in
+        return (
+            self.host_blind
+            and len(self.stages) > 1
+            and self.stages[-1].endpoint.data_out != self.stages[0].endpoint.data_in
+        )
 
     def pipeline_digest(self) -> bytes:
         """SHA-256 identity of the pipeline, bound into every party's attested role.
@@ -317,20 +346,28 @@ class Manifest:
         spec; leaves out endpoints and measurement pins, which the host's copy
         may legitimately differ in (real vsock CIDs, exact image PCRs).
         """
-        doc = {"model_name": self.model_name, "model_version": self.model_version,
-               "total_layers": self.total_layers,
-               "activation_spec": self.activation_spec.to_json(),
-               "stages": [[s.stage_idx, s.layer_start, s.layer_end, s.require_weight_hashes,
-                           list(s.weight_hashes)] for s in self.stages]}
-        if self.host_blind:      # the mode is part of the identity (reference digests unchanged)
+        doc = {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "total_layers": self.total_layers,
+            "activation_spec": self.activation_spec.to_json(),
+            "stages": [
+                [s.stage_idx, s.layer_start, s.layer_end, s.require_weight_hashes, list(s.weight_hashes)]
+                for s in self.stages
+            ],
+        }
+        if self.host_blind:  # the mode is part of the identity (reference digests unchanged)
             doc["host_blind"] = True
         return hashlib.sha256(b"cmlp-pipeline-v1\0" + compact_json(doc).encode()).digest()
 
     def to_json(self) -> dict:
-        doc = {"model_name": self.model_name, "model_version": self.model_version,
-               "total_layers": self.total_layers,
-               "stages": [s.to_json() for s in self.stages],
-               "activation_spec": self.activation_spec.to_json()}
+        doc = {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "total_layers": self.total_layers,
+            "stages": [s.to_json() for s in self.stages],
+            "activation_spec": self.activation_spec.to_json(),
+        }
         if self.client_endpoint is not None:
             doc["host_blind"] = {"client": self.client_endpoint.to_json()}
         return doc

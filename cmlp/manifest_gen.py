@@ -36,8 +36,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 from cmlp.errors import ManifestError
 from cmlp.manifest import Manifest
 
-HOST_CID = 3            # the parent instance, as seen from a Nitro enclave
-ANY_CID = 0             # placeholder: the host fills in each enclave's real CID
+HOST_CID = 3  # the parent instance, as seen from a Nitro enclave
+ANY_CID = 0  # placeholder: the host fills in each enclave's real CID
 MODEL_VERSION = "1.0"
 MAX_PORT = 65535
 
@@ -59,8 +59,7 @@ def _vsock(cid: int, port: int) -> dict:
 
 def direct_layout(n: int, base: int, host: str) -> Ports:
     """TCP; each stage connects straight to the next one's data_in."""
-    eps = [{"control": _tcp(host, base + 10 * i), "data_in": _tcp(host, base + 10 * i + 1)}
-           for i in range(n)]
+    eps = [{"control": _tcp(host, base + 10 * i), "data_in": _tcp(host, base + 10 * i + 1)} for i in range(n)]
     for i, ep in enumerate(eps):
         ep["data_out"] = eps[i + 1]["data_in"] if i + 1 < n else _tcp(host, base + 10 * n + 1)
     return eps
@@ -77,9 +76,14 @@ def relay_layout(n: int, base: int, host: str) -> Ports:
 def vsock_layout(n: int, base: int, host: str) -> Ports:
     """The Nitro layout: enclaves reach only the host, which relays every link."""
     del host
-    return [{"control": _vsock(ANY_CID, base), "data_in": _vsock(ANY_CID, base + 1),
-             "data_out": _vsock(HOST_CID, base + 1001 + i if i + 1 < n else base + 2)}
-            for i in range(n)]
+    return [
+        {
+            "control": _vsock(ANY_CID, base),
+            "data_in": _vsock(ANY_CID, base + 1),
+            "data_out": _vsock(HOST_CID, base + 1001 + i if i + 1 < n else base + 2),
+        }
+        for i in range(n)
+    ]
 
 
 def close_ring(eps: Ports, layout: str, base: int, host: str) -> dict:
@@ -121,8 +125,9 @@ def parse_splits(text: str) -> List[int]:
 def stage_bounds(splits: Sequence[int], n_layer: int) -> List[Tuple[int, int]]:
     """[6, 6] with 12 layers -> [(0, 6), (6, 12)]; the counts must add up to n_layer."""
     if sum(splits) != n_layer:
-        raise ManifestError(f"--splits {','.join(map(str, splits))} covers {sum(splits)} "
-                            f"layers but the model has {n_layer}")
+        raise ManifestError(
+            f"--splits {','.join(map(str, splits))} covers {sum(splits)} layers but the model has {n_layer}"
+        )
     bounds, start = [], 0
     for count in splits:
         bounds.append((start, start + count))
@@ -133,6 +138,7 @@ def stage_bounds(splits: Sequence[int], n_layer: int) -> List[Tuple[int, int]]:
 def _model_facts(model_dir: Path):
     """(model name, config, n_layer, hidden size, max positions) from config.json."""
     from cmlp.model.gpt2.config import load_config
+
     config = load_config(model_dir)
     try:
         raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -145,12 +151,20 @@ def _model_facts(model_dir: Path):
 def _shard_hashes(model_dir: Path, config, start: int, end: int) -> List[str]:
     """The weight_hashes of layers [start, end): what the stage will check after loading."""
     from cmlp.model.gpt2.weights import load_shard_weights
+
     return [digest for _, digest in load_shard_weights(model_dir, config, start, end).hashes()]
 
 
-def generate(model_dir, splits: Sequence[int], layout: str = "direct", base_port: int = 9000,
-             host: str = "127.0.0.1", with_hashes: bool = True,
-             host_blind: bool = False, extras: Sequence[str] = ()) -> Manifest:
+def generate(
+    model_dir,
+    splits: Sequence[int],
+    layout: str = "direct",
+    base_port: int = 9000,
+    host: str = "127.0.0.1",
+    with_hashes: bool = True,
+    host_blind: bool = False,
+    extras: Sequence[str] = (),
+) -> Manifest:
     """A validated manifest for ``model_dir`` cut into ``splits`` layers per stage."""
     if layout not in LAYOUTS:
         raise ManifestError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
@@ -165,12 +179,24 @@ def generate(model_dir, splits: Sequence[int], layout: str = "direct", base_port
     stages = []
     for i, ((start, end), ep) in enumerate(zip(bounds, endpoints, strict=True)):
         hashes = _shard_hashes(model_dir, config, start, end) if with_hashes else []
-        stages.append({"stage_idx": i, "layer_start": start, "layer_end": end,
-                       "require_weight_hashes": bool(hashes), "weight_hashes": hashes,
-                       "expected_measurements": {}, "endpoint": ep})
-    doc = {"model_name": name, "model_version": MODEL_VERSION, "total_layers": n_layer,
-           "stages": stages,
-           "activation_spec": {"dtype": "F32", "hidden_dim": hidden, "max_seq_len": positions}}
+        stages.append(
+            {
+                "stage_idx": i,
+                "layer_start": start,
+                "layer_end": end,
+                "require_weight_hashes": bool(hashes),
+                "weight_hashes": hashes,
+                "expected_measurements": {},
+                "endpoint": ep,
+            }
+        )
+    doc = {
+        "model_name": name,
+        "model_version": MODEL_VERSION,
+        "total_layers": n_layer,
+        "stages": stages,
+        "activation_spec": {"dtype": "F32", "hidden_dim": hidden, "max_seq_len": positions},
+    }
     if client is not None:
         doc["host_blind"] = {"client": client}
     for extra in extras:

@@ -54,12 +54,20 @@ def bar(desc: str, total: int, unit: str = "B"):
     if enabled():
         try:
             from tqdm import tqdm
-        except ImportError:      # tqdm is a dependency; a stripped install just stays quiet
+        except ImportError:  # tqdm is a dependency; a stripped install just stays quiet
             pass
         else:
-            handle = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
-                          unit_divisor=1024 if unit == "B" else 1000, file=sys.stderr,
-                          leave=True, dynamic_ncols=True, mininterval=0.2)
+            handle = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                unit_scale=unit == "B",
+                unit_divisor=1024 if unit == "B" else 1000,
+                file=sys.stderr,
+                leave=True,
+                dynamic_ncols=True,
+                mininterval=0.2,
+            )
     stack = _stack()
     stack.append(handle)
     try:

@@ -23,8 +23,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_retries: int = 3          # retries after the first attempt
-    initial_delay: float = 1.0    # seconds
+    max_retries: int = 3  # retries after the first attempt
+    initial_delay: float = 1.0  # seconds
     max_delay: float = 30.0
     backoff_multiplier: float = 2.0
 
@@ -34,15 +34,19 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Sleep after failed attempt ``attempt`` (0-based): capped, then jittered in [0.5, 1]."""
-        base = min(self.initial_delay * (self.backoff_multiplier ** attempt), self.max_delay)
+        base = min(self.initial_delay * (self.backoff_multiplier**attempt), self.max_delay)
         return base * (rng or random).uniform(0.5, 1.0)
 
 
-def retry(fn: Callable[[], T], policy: Optional[RetryPolicy], *,
-          on: Tuple[Type[BaseException], ...] = (Exception,),
-          deadline: Optional[Deadline] = None,
-          sleep: Callable[[float], None] = time.sleep,
-          give_up: Optional[Callable[[BaseException, int], BaseException]] = None) -> T:
+def retry(
+    fn: Callable[[], T],
+    policy: Optional[RetryPolicy],
+    *,
+    on: Tuple[Type[BaseException], ...] = (Exception,),
+    deadline: Optional[Deadline] = None,
+    sleep: Callable[[float], None] = time.sleep,
+    give_up: Optional[Callable[[BaseException, int], BaseException]] = None,
+) -> T:
     """``fn()``, retried per ``policy`` (None: one attempt) on the exception types ``on``.
 
     Stops early once ``deadline`` has passed (the pause before a retry never runs past

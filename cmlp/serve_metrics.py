@@ -43,23 +43,31 @@ class ServeMetrics:
         self.n_stages = n_stages
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._started = Counter("cmlp_requests_started", "Generation requests accepted",
-                                registry=r)
-        self._finished = Counter("cmlp_requests_finished",
-                                 "Generation requests ended, by finish reason and error kind",
-                                 ("finish_reason", "error"), registry=r)
+        self._started = Counter("cmlp_requests_started", "Generation requests accepted", registry=r)
+        self._finished = Counter(
+            "cmlp_requests_finished",
+            "Generation requests ended, by finish reason and error kind",
+            ("finish_reason", "error"),
+            registry=r,
+        )
         self._tokens = Counter("cmlp_generated_tokens", "Tokens generated", registry=r)
-        self._ttft = Histogram("cmlp_time_to_first_token_seconds",
-                               "Time from request start to its first generated token",
-                               buckets=TTFT_BUCKETS, registry=r)
-        self._itl = Histogram("cmlp_inter_token_latency_seconds",
-                              "Time between two consecutive generated tokens of one request",
-                              buckets=ITL_BUCKETS, registry=r)
-        self._active = Gauge("cmlp_active_sequences", "Sequences being generated now",
-                             registry=r)
+        self._ttft = Histogram(
+            "cmlp_time_to_first_token_seconds",
+            "Time from request start to its first generated token",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self._itl = Histogram(
+            "cmlp_inter_token_latency_seconds",
+            "Time between two consecutive generated tokens of one request",
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self._active = Gauge("cmlp_active_sequences", "Sequences being generated now", registry=r)
         self._queue = Gauge("cmlp_queue_depth", "Requests waiting for a free slot", registry=r)
-        self._stage_up = Gauge("cmlp_stage_up", "1 if the stage is connected and healthy",
-                               ("stage",), registry=r)
+        self._stage_up = Gauge(
+            "cmlp_stage_up", "1 if the stage is connected and healthy", ("stage",), registry=r
+        )
         for i in range(n_stages):
             self._stage_up.labels(stage=str(i)).set(0)
         self._error_kinds: set[str] = set()
@@ -79,8 +87,11 @@ class ServeMetrics:
             self._itl.observe(_seconds(inter_token_s))
 
     def request_finished(self, finish_reason: str | None, error: str | None = None) -> None:
-        reason = finish_reason if finish_reason in FINISH_REASONS else (
-            "none" if finish_reason is None else "other")
+        reason = (
+            finish_reason
+            if finish_reason in FINISH_REASONS
+            else ("none" if finish_reason is None else "other")
+        )
         self._finished.labels(finish_reason=reason, error=self._error_label(error)).inc()
 
     def set_active(self, n: int) -> None:
@@ -110,7 +121,7 @@ class ServeMetrics:
 
 def _seconds(value: float) -> float:
     value = float(value)
-    if not value >= 0.0:   # negative or NaN: a clock bug upstream, not a latency
+    if not value >= 0.0:  # negative or NaN: a clock bug upstream, not a latency
         raise ValueError(f"a duration must be >= 0 seconds, got {value!r}")
     return value
 

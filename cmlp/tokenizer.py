@@ -28,19 +28,26 @@ DEFAULT_TOKENIZER_PATH = Path(__file__).resolve().parent / "data" / "tokenizer.j
 EOS_TOKEN = "<|endoftext|>"
 
 
-MAX_SIDE_FILE_BYTES = 16 << 20   # generation_config.json, tokenizer_config.json
+MAX_SIDE_FILE_BYTES = 16 << 20  # generation_config.json, tokenizer_config.json
 
 
 class Tokenizer:
     """Text <-> token ids, plus what serving needs to know about special tokens."""
 
-    def __init__(self, hf_tokenizer: _HFTokenizer, eos_id: int | None,
-                 eos_ids: tuple[int, ...] | None = None, bos_token: str | None = None,
-                 eos_token: str | None = None, chat_template: str | None = None):
+    def __init__(
+        self,
+        hf_tokenizer: _HFTokenizer,
+        eos_id: int | None,
+        eos_ids: tuple[int, ...] | None = None,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        chat_template: str | None = None,
+    ):
         self._hf = hf_tokenizer
-        self.eos_id = eos_id               # the first EOS id (None: the model has none)
-        self.eos_ids: tuple[int, ...] = eos_ids if eos_ids is not None else (
-            (eos_id,) if eos_id is not None else ())
+        self.eos_id = eos_id  # the first EOS id (None: the model has none)
+        self.eos_ids: tuple[int, ...] = (
+            eos_ids if eos_ids is not None else ((eos_id,) if eos_id is not None else ())
+        )
         self.bos_token = bos_token
         self.eos_token = eos_token
         self.chat_template = chat_template
@@ -98,7 +105,7 @@ def load_model_tokenizer(model_dir: str | Path) -> Tokenizer:
     bos_token = _token_text(tok_cfg.get("bos_token"), model_dir / "tokenizer_config.json")
     eos_token = _token_text(tok_cfg.get("eos_token"), model_dir / "tokenizer_config.json")
     template = tok_cfg.get("chat_template")
-    if isinstance(template, list):   # [{"name": "default", "template": ...}, ...]
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
     if template is not None and not isinstance(template, str):
@@ -146,10 +153,12 @@ def _token_text(value, path: Path) -> str | None:
 
 def _ids(value, path: Path, vocab_size: int) -> tuple[int, ...]:
     values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool)
-                             and 0 <= v < vocab_size for v in values):
-        raise ModelError(f"{path}: eos_token_id {value!r} is not a token id (or list of ids) "
-                         f"in [0, {vocab_size})")
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < vocab_size for v in values
+    ):
+        raise ModelError(
+            f"{path}: eos_token_id {value!r} is not a token id (or list of ids) in [0, {vocab_size})"
+        )
     return tuple(dict.fromkeys(values))
 
 

@@ -27,6 +27,6 @@ def check_tensor(payload) -> Tensor | None:
         assert tensor.data.shape == tensor.shape, (tensor.data.shape, tensor.shape)
     assert tensor.nbytes == tensor.data.size * dtype.itemsize
     # data is the tail of the payload, and re-encoding gives the same bytes
-    assert tensor.data.tobytes() == raw[len(raw) - tensor.nbytes:]
+    assert tensor.data.tobytes() == raw[len(raw) - tensor.nbytes :]
     assert tensor.encode() == raw, "tensor re-encode differs from the decoded payload"
     return tensor

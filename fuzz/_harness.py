@@ -29,6 +29,7 @@ ASAN_DEFAULTS = "detect_leaks=0:allocator_may_return_null=0:quarantine_size_mb=6
 
 def _preload_path() -> str:
     import atheris
+
     return str(Path(atheris.path()) / "asan_with_fuzzer.so")
 
 
@@ -37,8 +38,11 @@ def native_build_present() -> bool:
 
 
 def _use_native() -> bool:
-    return os.environ.get("CMLP_FUZZ_NATIVE", "1") != "0" and native_build_present() \
+    return (
+        os.environ.get("CMLP_FUZZ_NATIVE", "1") != "0"
+        and native_build_present()
         and Path(_preload_path()).is_file()
+    )
 
 
 def setup() -> str:
@@ -58,6 +62,7 @@ def setup() -> str:
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     import cmlp
+
     cmlp.__path__.insert(0, str(NATIVE_DIR))
     return "native+python"
 

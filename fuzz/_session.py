@@ -9,6 +9,7 @@ record layer and the tensor decoder.
 from __future__ import annotations
 
 import _checks
+
 from cmlp import _frame, _record
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.errors import CmlpError

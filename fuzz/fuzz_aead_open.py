@@ -23,6 +23,7 @@ import atheris  # noqa: E402
 
 with atheris.instrument_imports(include=["cmlp"]):
     import _checks
+
     from cmlp import _frame, _record
     from cmlp.errors import CmlpError, OpenFailed, SequenceError, SequenceGap, SequenceReplay
 
@@ -47,8 +48,8 @@ def seal_and_mutate(seq: int, msg_type: int, flags: int, rest: bytes):
     pos = int.from_bytes(rest[0:2], "big")
     xor = rest[2] if len(rest) > 2 else 0
     plaintext = rest[3:]
-    seq = 0                                           # a fresh Opener expects exactly 0
-    msg_type = 2 + msg_type % 5                       # a sealable type: Data..Tensor
+    seq = 0  # a fresh Opener expects exactly 0
+    msg_type = 2 + msg_type % 5  # a sealable type: Data..Tensor
     sealer = _record.Sealer(KEY, SID, next_sequence=seq)
     frame = sealer.seal_frame(msg_type, flags, plaintext)
     record = bytearray(seq.to_bytes(8, "big") + bytes([msg_type, flags]) + frame[13:])
@@ -85,14 +86,14 @@ def test_one_input(data: bytes) -> None:
     seq, msg_type, flags, ct = split(data)
     genuine = None
     if seq >> 56 == SEALED_MARK:
-        (seq, msg_type, flags, ct), genuine, mutated = seal_and_mutate(seq, msg_type, flags,
-                                                                        ct)
+        (seq, msg_type, flags, ct), genuine, mutated = seal_and_mutate(seq, msg_type, flags, ct)
     opener = _record.Opener(KEY, SID)
     first = try_open(opener, seq, msg_type, flags, ct)
     if genuine is not None:
         if mutated:
-            assert isinstance(first, (OpenFailed, SequenceError)), \
+            assert isinstance(first, (OpenFailed, SequenceError)), (
                 f"a modified record was accepted: {first!r}"
+            )
         else:
             assert first == genuine, f"a genuine record did not open: {first!r}"
     if not isinstance(first, CmlpError):
@@ -100,14 +101,16 @@ def test_one_input(data: bytes) -> None:
     else:
         assert opener.last_accepted is None, "a failed open moved the replay window"
     second = try_open(opener, (seq + 1) & U64, msg_type, flags, ct)
-    assert isinstance(first, CmlpError) or isinstance(second, CmlpError), \
+    assert isinstance(first, CmlpError) or isinstance(second, CmlpError), (
         "one ciphertext opened under two different sequence numbers"
+    )
     again = try_open(opener, seq, msg_type, flags, ct)
     if opener.last_accepted is not None:
         assert isinstance(again, SequenceReplay), f"replayed record not rejected: {again!r}"
     else:
-        assert isinstance(again, (OpenFailed, SequenceGap)), \
+        assert isinstance(again, (OpenFailed, SequenceGap)), (
             f"expected OpenFailed or SequenceGap, got {again!r}"
+        )
     check_frame_path(seq, msg_type, flags, ct, first)
 
 

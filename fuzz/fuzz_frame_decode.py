@@ -29,12 +29,13 @@ import atheris  # noqa: E402
 
 with atheris.instrument_imports(include=["cmlp"]):
     import _checks
+
     from cmlp import _frame
     from cmlp.errors import ChannelBroken, CmlpError
     from cmlp.transport.wire import HANDSHAKE_MAX_BUFFERED, MsgType
 
 MAX_INPUT = 1 << 18
-INITIAL_CAPACITY = 4096 + 3          # FrameDecoder's initial_capacity + its BASE offset
+INITIAL_CAPACITY = 4096 + 3  # FrameDecoder's initial_capacity + its BASE offset
 GROWTH_STEP = _frame.GROWTH_STEP
 TENSOR = int(MsgType.TENSOR)
 TENSOR_FLAG = 0x02
@@ -52,14 +53,14 @@ def make_decoder(limits: int, fdp):
 
 def check_frame(frame, stream: bytes, pos: int) -> int:
     """Compare a decoded frame with the stream at ``pos``; returns the next position."""
-    header = _frame.decode_header(stream[pos:pos + 13])
+    header = _frame.decode_header(stream[pos : pos + 13])
     assert header is not None, "decoder returned a frame before 13 header bytes"
     msg_type, flags, seq, length = header
     payload = bytes(frame.payload)
     assert (frame.msg_type, frame.flags, frame.sequence) == (msg_type, flags, seq)
     assert len(payload) == length, f"payload is {len(payload)} bytes, header says {length}"
     end = pos + 13 + length
-    assert stream[pos + 13:end] == payload
+    assert stream[pos + 13 : end] == payload
     assert _frame.encode_frame(msg_type, flags, seq, payload) == stream[pos:end]
     return end
 
@@ -79,7 +80,7 @@ def test_one_input(data: bytes) -> None:
     while fed < len(stream) and not failed:
         size = sizes[chunk % len(sizes)] if sizes else len(stream)
         chunk += 1
-        decoder.feed(stream[fed:fed + size])
+        decoder.feed(stream[fed : fed + size])
         fed = min(len(stream), fed + size)
         limit = 2 * fed + GROWTH_STEP + INITIAL_CAPACITY
         assert decoder.capacity <= limit, f"capacity {decoder.capacity} > {limit} after {fed} B"
@@ -107,7 +108,7 @@ def test_one_input(data: bytes) -> None:
             raise AssertionError("decoder kept going after a fatal decode error")
     else:
         assert decoder.buffered == len(stream) - pos
-    for view, expected in kept:   # memoryviews and numpy arrays (bytes() of a 0-d array lies)
+    for view, expected in kept:  # memoryviews and numpy arrays (bytes() of a 0-d array lies)
         assert view.tobytes() == expected, "an exported payload view was overwritten"
 
 

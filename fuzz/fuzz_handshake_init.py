@@ -15,6 +15,7 @@ import atheris  # noqa: E402
 
 with atheris.instrument_imports(include=["cmlp"]):
     import _session
+
     from cmlp.errors import CmlpError
     from cmlp.transport.handshake import InitiatorHandshake
 
@@ -22,15 +23,20 @@ MAX_INPUT = 1 << 17
 
 
 def test_one_input(data: bytes) -> None:
-    hs = InitiatorHandshake(_session.PROVIDER, _session.VERIFIER, _session.CONFIG,
-                            secret_key=_session.SK_INITIATOR, nonce=_session.NONCE_INITIATOR)
+    hs = InitiatorHandshake(
+        _session.PROVIDER,
+        _session.VERIFIER,
+        _session.CONFIG,
+        secret_key=_session.SK_INITIATOR,
+        nonce=_session.NONCE_INITIATOR,
+    )
     _session.check_reply(hs.start(), 0)
     decoder = _session.handshake_decoder()
     decoder.feed(data)
     try:
         reply = decoder.next_frame()
         if reply is None:
-            return                                   # Closed before msg 2
+            return  # Closed before msg 2
         _session.check_reply(hs.on_responder_hello(reply), 1)
     except CmlpError:
         assert hs.keys is None, "a failed handshake left session keys behind"

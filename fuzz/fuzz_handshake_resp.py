@@ -16,6 +16,7 @@ import atheris  # noqa: E402
 
 with atheris.instrument_imports(include=["cmlp"]):
     import _session
+
     from cmlp.errors import CmlpError
     from cmlp.transport.handshake import ResponderHandshake
 
@@ -23,18 +24,23 @@ MAX_INPUT = 1 << 17
 
 
 def test_one_input(data: bytes) -> None:
-    hs = ResponderHandshake(_session.PROVIDER, _session.VERIFIER, _session.CONFIG,
-                            secret_key=_session.SK_RESPONDER, nonce=_session.NONCE_RESPONDER)
+    hs = ResponderHandshake(
+        _session.PROVIDER,
+        _session.VERIFIER,
+        _session.CONFIG,
+        secret_key=_session.SK_RESPONDER,
+        nonce=_session.NONCE_RESPONDER,
+    )
     decoder = _session.handshake_decoder()
     decoder.feed(data)
     try:
         hello = decoder.next_frame()
         if hello is None:
-            return                                   # Closed before msg 1
+            return  # Closed before msg 1
         _session.check_reply(hs.on_hello(hello), 0)
         confirmation = decoder.next_frame()
         if confirmation is None:
-            return                                   # Closed before msg 3
+            return  # Closed before msg 3
         hs.on_confirmation(confirmation)
     except CmlpError:
         assert hs.keys is None, "a failed handshake left session keys behind"

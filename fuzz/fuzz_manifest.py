@@ -10,7 +10,7 @@ with atheris.instrument_imports(include=["cmlp"]):
     from cmlp.errors import CmlpError
     from cmlp.manifest import Manifest
 
-MAX_INPUT = (1 << 20) + 1024          # just over MAX_MANIFEST_BYTES: the size check runs
+MAX_INPUT = (1 << 20) + 1024  # just over MAX_MANIFEST_BYTES: the size check runs
 
 
 def test_one_input(data: bytes) -> None:

@@ -27,8 +27,7 @@ def test_one_input(data: bytes) -> None:
         return
     assert verified.document_hash == hashlib.sha256(data).digest()
     fields = decode_mock_document(data)
-    assert fields == (verified.user_data, verified.nonce, verified.public_key,
-                      verified.measurements)
+    assert fields == (verified.user_data, verified.nonce, verified.public_key, verified.measurements)
     assert decode_mock_document(encode_mock_document(*fields)) == fields
 
 

@@ -40,7 +40,7 @@ def scratch_root() -> Path:
     for stale in Path(base or tempfile.gettempdir()).glob("cmlp-fuzz-model-*"):
         pid = stale.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(stale, ignore_errors=True)    # libFuzzer exits without cleanup
+            shutil.rmtree(stale, ignore_errors=True)  # libFuzzer exits without cleanup
     root = Path(base or tempfile.gettempdir()) / f"cmlp-fuzz-model-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()

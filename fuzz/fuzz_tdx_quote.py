@@ -21,10 +21,16 @@ with atheris.instrument_imports(include=["cmlp"]):
 
 MAX_INPUT = 1 << 16
 COLLATERAL = collateral_from_dcap_qvl_json(
-    (Path(__file__).resolve().parents[1] / "tests" / "data" / "tdx-docs" / "dcap-qvl"
-     / "tdx_quote_collateral.json").read_bytes())
-VERIFIER = TdxVerifier(TdxVerifyPolicy.development(), collateral=COLLATERAL,
-                       at_ms=1751624191000)
+    (
+        Path(__file__).resolve().parents[1]
+        / "tests"
+        / "data"
+        / "tdx-docs"
+        / "dcap-qvl"
+        / "tdx_quote_collateral.json"
+    ).read_bytes()
+)
+VERIFIER = TdxVerifier(TdxVerifyPolicy.development(), collateral=COLLATERAL, at_ms=1751624191000)
 
 
 def test_one_input(data: bytes) -> None:

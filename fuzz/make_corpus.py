@@ -18,16 +18,16 @@ import shutil
 import struct
 import sys
 
-os.environ.setdefault("CMLP_FUZZ_NATIVE", "0")   # plain extensions are enough to write seeds
+os.environ.setdefault("CMLP_FUZZ_NATIVE", "0")  # plain extensions are enough to write seeds
 
 import _harness  # noqa: E402
 
 _harness.setup()
 
+import _session  # noqa: E402
 import atheris  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _session  # noqa: E402
 from cmlp import _frame, _record  # noqa: E402
 from cmlp.attestation.mock import encode_mock_document  # noqa: E402
 from cmlp.pipeline import control as C  # noqa: E402
@@ -79,15 +79,16 @@ def tensor_seeds() -> dict[str, bytes]:
         "seed_3": _frame.encode_tensor("x", 6, (2, 3), b"\xab" * 6),
         "seed_4": b"",
         "seed_5": b"\x01\x00",
-        "hidden_states": Tensor.from_array("hidden_states",
-                                           np.arange(12, dtype=np.float32).reshape(1, 3, 4)
-                                           ).encode(),
+        "hidden_states": Tensor.from_array(
+            "hidden_states", np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+        ).encode(),
         "input_ids_u32": _frame.encode_tensor("input_ids", 7, (1, 5), bytes(range(20))),
         "bf16": _frame.encode_tensor("b", 3, (2,), bytes(4)),
         "i64_matrix": _frame.encode_tensor("m", 5, (2, 2), bytes(32)),
         # regression: a zero dimension with the others past numpy's index range
         "regress_zero_dim_overflow": _frame.encode_tensor(
-            "x", 6, (0, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), b""),
+            "x", 6, (0, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), b""
+        ),
     }
 
 
@@ -107,22 +108,32 @@ def frame_stream_seeds() -> dict[str, bytes]:
     seeds = {name: data + fdp_tail((0, 0, 255)) for name, data in streams.items()}
     # chunked and view-keeping variants of the multi-frame shapes
     mixed = s1 + frame(6, 3, 1, tensor_seeds()["seed_3"]) + s4 + frame(2, 0, 3, bytes(40))
-    control = 3 | 8                                      # 3 chunk sizes, keep views
+    control = 3 | 8  # 3 chunk sizes, keep views
     tail = ((control, 0, 255), (1, 1, 1 << 16), (13, 1, 1 << 16), (7, 1, 1 << 16))
     seeds["chunked_keep_views"] = mixed + fdp_tail(*tail)
     check_fdp(seeds["chunked_keep_views"], *tail)
-    tail = ((0x30, 0, 255), (64, 0, 1 << 16))             # max_buffered 64, frame incomplete
-    seeds["read_buffer_overflow"] = frame(1, 0, 0, bytes(2000))[:13 + 100] + fdp_tail(*tail)
+    tail = ((0x30, 0, 255), (64, 0, 1 << 16))  # max_buffered 64, frame incomplete
+    seeds["read_buffer_overflow"] = frame(1, 0, 0, bytes(2000))[: 13 + 100] + fdp_tail(*tail)
     check_fdp(seeds["read_buffer_overflow"], *tail)
     return seeds
 
 
 def captured_handshake():
     """Msg 1..3 and a few sealed records each way, with the test-vector identities."""
-    init = InitiatorHandshake(_session.PROVIDER, _session.VERIFIER, _session.CONFIG,
-                              secret_key=_session.SK_INITIATOR, nonce=_session.NONCE_INITIATOR)
-    resp = ResponderHandshake(_session.PROVIDER, _session.VERIFIER, _session.CONFIG,
-                              secret_key=_session.SK_RESPONDER, nonce=_session.NONCE_RESPONDER)
+    init = InitiatorHandshake(
+        _session.PROVIDER,
+        _session.VERIFIER,
+        _session.CONFIG,
+        secret_key=_session.SK_INITIATOR,
+        nonce=_session.NONCE_INITIATOR,
+    )
+    resp = ResponderHandshake(
+        _session.PROVIDER,
+        _session.VERIFIER,
+        _session.CONFIG,
+        secret_key=_session.SK_RESPONDER,
+        nonce=_session.NONCE_RESPONDER,
+    )
     msg1 = init.start()
     dec = _frame.FrameDecoder()
     dec.feed(msg1)
@@ -133,9 +144,13 @@ def captured_handshake():
     resp.on_confirmation(dec.next_frame())
     i2r = _record.Sealer(init.keys.send_key, init.keys.session_id)
     r2i = _record.Sealer(resp.keys.send_key, resp.keys.session_id)
-    to_resp = (i2r.seal_frame(2, 1, b"hello") +
-               i2r.seal_frame(6, 3, tensor_seeds()["seed_3"]) +
-               i2r.seal_frame(4, 1) + i2r.seal_frame(3, 1, b"oops") + i2r.seal_frame(5, 1))
+    to_resp = (
+        i2r.seal_frame(2, 1, b"hello")
+        + i2r.seal_frame(6, 3, tensor_seeds()["seed_3"])
+        + i2r.seal_frame(4, 1)
+        + i2r.seal_frame(3, 1, b"oops")
+        + i2r.seal_frame(5, 1)
+    )
     to_init = r2i.seal_frame(4, 1) + r2i.seal_frame(6, 3, tensor_seeds()["seed_1"])
     return msg1, msg2, msg3, to_resp, to_init
 
@@ -165,7 +180,7 @@ def handshake_init_seeds() -> dict[str, bytes]:
         "seed_3": frame(2, 0, 0, reply),
         "seed_4": frame(1, 0, 0, reply[:-4] + b"\xcc\xdd\xee\xff"),
         "seed_5": bytes.fromhex("3ad7") + bytes((i * 37 + 11) & 0xFF for i in range(126)),
-        "seed_6": frame(1, 0, 0, bytes(100))[:13 + 20],
+        "seed_6": frame(1, 0, 0, bytes(100))[: 13 + 20],
         "captured_reply": msg2,
         "captured_reply_records": msg2 + to_init,
     }
@@ -176,8 +191,8 @@ def aead_seeds() -> dict[str, bytes]:
         return seq.to_bytes(8, "big") + bytes([msg_type, flags]) + ct
 
     def sealed(seq: int, msg_type: int, flags: int, pt: bytes) -> bytes:
-        return record(seq, msg_type, flags, _record.aead_seal(AEAD_KEY, seq, msg_type, flags,
-                                                              AEAD_SID, pt))
+        return record(seq, msg_type, flags, _record.aead_seal(AEAD_KEY, seq, msg_type, flags, AEAD_SID, pt))
+
     mark = 0x5E << 56
     return {
         "seed_1": record(0, 2, 1, b""),
@@ -194,19 +209,31 @@ def aead_seeds() -> dict[str, bytes]:
 
 def control_seeds() -> dict[str, bytes]:
     messages = [
-        C.Init('{"stage_idx":0,"layer_start":0,"layer_end":2}',
-               '{"dtype":"F32","hidden_dim":768,"max_seq_len":1024}', 2),
-        C.EstablishDataChannels(True, False), C.StartRequest(2**64 - 1, 4, 16),
-        C.AbortRequest(7, "because"), C.Shutdown(), C.Ping(5),
-        C.Ready(1), C.DataChannelsReady(2), C.RequestDone(42), C.RequestDone(42, 1234),
-        C.RequestError(42, "boom \u2620"), C.Pong(7), C.ShuttingDown(0),
+        C.Init(
+            '{"stage_idx":0,"layer_start":0,"layer_end":2}',
+            '{"dtype":"F32","hidden_dim":768,"max_seq_len":1024}',
+            2,
+        ),
+        C.EstablishDataChannels(True, False),
+        C.StartRequest(2**64 - 1, 4, 16),
+        C.AbortRequest(7, "because"),
+        C.Shutdown(),
+        C.Ping(5),
+        C.Ready(1),
+        C.DataChannelsReady(2),
+        C.RequestDone(42),
+        C.RequestDone(42, 1234),
+        C.RequestError(42, "boom \u2620"),
+        C.Pong(7),
+        C.ShuttingDown(0),
     ]
     seeds = {f"{i:02d}_{m.TYPE}": m.encode() for i, m in enumerate(messages)}
     seeds["version_2"] = b'{"version":2,"msg":{"type":"Ping","seq":1}}'
     seeds["duplicate_key"] = b'{"version":1,"version":1,"msg":{"type":"Shutdown"}}'
     # regression: a lone surrogate escape decoded to a str that encode() cannot send
-    seeds["regress_lone_surrogate"] = \
+    seeds["regress_lone_surrogate"] = (
         b'{"version":1,"msg":{"type":"AbortRequest","request_id":1,"reason":"\\ud800"}}'
+    )
     return seeds
 
 
@@ -226,12 +253,13 @@ def mock_document_seeds() -> dict[str, bytes]:
 
 
 def model_seeds() -> dict[str, bytes]:
-    import fuzz_model_files as M    # its import writes a scratch dir; removed below
+    import fuzz_model_files as M  # its import writes a scratch dir; removed below
+
     try:
         config, weights = M.BASE_CONFIG, M.BASE_WEIGHTS
     finally:
         shutil.rmtree(M.ROOT, ignore_errors=True)
-    whole = 1 << 4                              # layer_start 0, layer_end 2 (both layers)
+    whole = 1 << 4  # layer_start 0, layer_end 2 (both layers)
     both = ((whole | 3, 0, 255), (len(config), 0, 65535))
     seeds = {
         "config_only": config + fdp_tail((whole | 1, 0, 255)),
@@ -267,8 +295,7 @@ def main() -> None:
         for name, data in seeds.items():
             (out / name).write_bytes(data)
             total += len(data)
-    print(f"wrote {sum(map(len, groups.values()))} seeds, {total} bytes, to {CORPUS}",
-          file=sys.stderr)
+    print(f"wrote {sum(map(len, groups.values()))} seeds, {total} bytes, to {CORPUS}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,25 @@ def write(name: str, seeds) -> None:
 
 def main() -> None:
     snp = DATA / "snp-docs"
-    write("snp_document", [
-        document_from_vendor_files((snp / "milan-v2__trustee__test-report.bin").read_bytes(),
-                                   (snp / "milan-v2__trustee__test-vcek.der").read_bytes())])
+    write(
+        "snp_document",
+        [
+            document_from_vendor_files(
+                (snp / "milan-v2__trustee__test-report.bin").read_bytes(),
+                (snp / "milan-v2__trustee__test-vcek.der").read_bytes(),
+            )
+        ],
+    )
     az = DATA / "az-snp-docs"
-    write("az_snp_document", [document_from_files(
-        (az / "az-snp__trustee__hcl-report.bin").read_bytes(),
-        (az / "az-snp__trustee__vcek.pem").read_bytes())])
+    write(
+        "az_snp_document",
+        [
+            document_from_files(
+                (az / "az-snp__trustee__hcl-report.bin").read_bytes(),
+                (az / "az-snp__trustee__vcek.pem").read_bytes(),
+            )
+        ],
+    )
     q = parse_quote((DATA / "tdx-docs" / "dcap-qvl" / "tdx_quote").read_bytes()).raw
     v5 = (DATA / "tdx-docs" / "go-tdx-guest" / "quote_v5_sample.dat").read_bytes()
     write("tdx_quote", [encode_document(q), q, v5])

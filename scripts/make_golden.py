@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))   # the tests package
+sys.path.insert(0, str(REPO))  # the tests package
 
-from tests.helpers.model import (GOLDEN_DIR, SPECS, golden_metadata,  # noqa: E402
-                                 golden_paths, hf_reference)
+from tests.helpers.model import GOLDEN_DIR, SPECS, golden_metadata, golden_paths, hf_reference  # noqa: E402
 
 MAX_GOLDEN_BYTES = 2 << 20
-MIN_GREEDY_MARGIN = 1e-3   # a smaller top-1/top-2 gap could flip an argmax on rounding
+MIN_GREEDY_MARGIN = 1e-3  # a smaller top-1/top-2 gap could flip an argmax on rounding
 
 
 def make(spec) -> None:
@@ -40,14 +39,17 @@ def make(spec) -> None:
     if len(set(ref["greedy_ids"].tolist())) < 5:
         raise SystemExit(f"{spec.name}: greedy ids barely vary; pick another seed or scale")
     if meta["greedy_min_margin"] < MIN_GREEDY_MARGIN:
-        raise SystemExit(f"{spec.name}: greedy path has a near tie "
-                         f"({meta['greedy_min_margin']:.2e}); pick another seed")
+        raise SystemExit(
+            f"{spec.name}: greedy path has a near tie ({meta['greedy_min_margin']:.2e}); pick another seed"
+        )
     npz_path, meta_path = golden_paths(spec)
     GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(npz_path, **ref)
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    print(f"{npz_path.relative_to(REPO)}: {npz_path.stat().st_size} bytes, "
-          f"greedy min margin {meta['greedy_min_margin']:.3g}")
+    print(
+        f"{npz_path.relative_to(REPO)}: {npz_path.stat().st_size} bytes, "
+        f"greedy min margin {meta['greedy_min_margin']:.3g}"
+    )
 
 
 def main(argv) -> int:

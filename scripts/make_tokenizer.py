@@ -77,9 +77,7 @@ def byte_to_unicode() -> dict[int, str]:
     character; the remaining 68 bytes get U+0100, U+0101, ... in byte order,
     so no token string contains whitespace or control characters.
     """
-    kept = [*range(ord("!"), ord("~") + 1),
-            *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table = {b: chr(b) for b in kept}
     shifted = 0
     for b in range(256):
@@ -101,7 +99,7 @@ def split_with_lower_ranks(token: bytes, ranks: dict[bytes, int]) -> list[bytes]
                 best_rank, best_at = rank, i
         if best_at < 0:
             break
-        parts[best_at:best_at + 2] = [parts[best_at] + parts[best_at + 1]]
+        parts[best_at : best_at + 2] = [parts[best_at] + parts[best_at + 1]]
     return parts
 
 
@@ -115,7 +113,8 @@ def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
         if len(parts) != 2:
             raise RanksError(
                 f"token of rank {ranks[token]} splits into {len(parts)} parts, not 2: "
-                "the ranks are not a BPE merge order")
+                "the ranks are not a BPE merge order"
+            )
         merges.append((parts[0], parts[1]))
     return merges
 
@@ -130,21 +129,22 @@ def build_tokenizer_json(ranks: dict[bytes, int]) -> dict:
     vocab = {spell(token): rank for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])}
     # A byte-level spelling never contains a space, so "left right" is unambiguous.
     merges = [f"{spell(left)} {spell(right)}" for left, right in derive_merges(ranks)]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False,
-                  "trim_offsets": True, "use_regex": True}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     return {
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [{
-            "id": len(ranks),
-            "special": True,
-            "content": EOT_TOKEN,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": True,
-        }],
+        "added_tokens": [
+            {
+                "id": len(ranks),
+                "special": True,
+                "content": EOT_TOKEN,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": True,
+            }
+        ],
         "normalizer": None,
         "pre_tokenizer": byte_level,
         # As in openai-community/gpt2; neither setting changes ids or decoded text.
@@ -175,10 +175,15 @@ def make_tokenizer_json(ranks_path: Path) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ranks", type=Path, default=DEFAULT_RANKS,
-                        help=f"tiktoken ranks file (default: {DEFAULT_RANKS})")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
-                        help=f"tokenizer.json to write (default: {DEFAULT_OUTPUT})")
+    parser.add_argument(
+        "--ranks", type=Path, default=DEFAULT_RANKS, help=f"tiktoken ranks file (default: {DEFAULT_RANKS})"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help=f"tokenizer.json to write (default: {DEFAULT_OUTPUT})",
+    )
     args = parser.parse_args(argv)
     try:
         data = make_tokenizer_json(args.ranks)

@@ -30,23 +30,35 @@ TESTS = REPO / "tests"
 # (directory under tests/, file-name pattern); the docstring lists them too
 RULES = [
     ("cli", r"test_(cli|.*_cli)(_\w+)?\.py"),
-    ("attestation", r"test_(nitro|nsm|attest|attestation|snp|sev|az_?snp|azure|tdx|tee|pki|cbor|"
-                    r"cose|x509|der|mock_att|clock)\w*\.py"),
-    ("model", r"test_(model|models|tokenizer|engine|gpt2_engine|llama|qwen|wkernels|quant|bf16|"
-              r"int8|kernels|weights|safetensors|registry|chat|preset|sampling)\w*\.py"),
-    ("transport", r"test_(channel|frame|handshake|record|vector|interop|wire|transport|sockets|"
-                  r"netio|sodium)\w*\.py"),
-    ("pipeline", r"test_(pipeline|control|stage|orchestrator|relay|hostile|sustained|executor|"
-                 r"protocol|client|serve|proxy|generate|feedback|integrity|metrics)\w*\.py"),
+    (
+        "attestation",
+        r"test_(nitro|nsm|attest|attestation|snp|sev|az_?snp|azure|tdx|tee|pki|cbor|"
+        r"cose|x509|der|mock_att|clock)\w*\.py",
+    ),
+    (
+        "model",
+        r"test_(model|models|tokenizer|engine|gpt2_engine|llama|qwen|wkernels|quant|bf16|"
+        r"int8|kernels|weights|safetensors|registry|chat|preset|sampling)\w*\.py",
+    ),
+    (
+        "transport",
+        r"test_(channel|frame|handshake|record|vector|interop|wire|transport|sockets|"
+        r"netio|sodium)\w*\.py",
+    ),
+    (
+        "pipeline",
+        r"test_(pipeline|control|stage|orchestrator|relay|hostile|sustained|executor|"
+        r"protocol|client|serve|proxy|generate|feedback|integrity|metrics)\w*\.py",
+    ),
     ("packaging", r"test_(wheel|setup|deploy|fuzz|scripts|packaging|install)\w*\.py"),
-    ("core", r"test_\w+\.py"),   # cmlp/*.py: manifest, errors, strict_json, retry, deadline, ...
+    ("core", r"test_\w+\.py"),  # cmlp/*.py: manifest, errors, strict_json, retry, deadline, ...
 ]
 __doc__ += "".join(f"    tests/{d + '/':13} {p}\n" for d, p in RULES)
 
 # helper modules that lived in tests/ (reached through a sys.path edit) -> tests/helpers/;
 # a helper not listed keeps its name (tests/foo.py -> tests/helpers/foo.py)
 HELPERS = {
-    "conftest": "tests.helpers.common",        # REPO, free_port, run_handshake, cli_env
+    "conftest": "tests.helpers.common",  # REPO, free_port, run_handshake, cli_env
     "pipeline_helpers": "tests.helpers.pipeline",
     "model_helpers": "tests.helpers.model",
     "nitro_pki": "tests.helpers.nitro_pki",
@@ -71,21 +83,29 @@ def fix_imports(text: str, helpers: dict[str, str]) -> str:
         # from old import a, b   ->   from tests.helpers.new import a, b
         text = re.sub(rf"^(\s*)from {old} import ", rf"\1from {new} import ", text, flags=re.M)
         # import old as x        ->   from tests.helpers import new as x
-        text = re.sub(rf"^(\s*)import {old} as (\w+)", rf"\1from {package} import {module} as \2",
-                      text, flags=re.M)
+        text = re.sub(
+            rf"^(\s*)import {old} as (\w+)", rf"\1from {package} import {module} as \2", text, flags=re.M
+        )
         # import old             ->   from tests.helpers import new as old
         alias = "" if module == old else f" as {old}"
-        text = re.sub(rf"^(\s*)import {old}\b(?! as)", rf"\1from {package} import {module}{alias}",
-                      text, flags=re.M)
+        text = re.sub(
+            rf"^(\s*)import {old}\b(?! as)", rf"\1from {package} import {module}{alias}", text, flags=re.M
+        )
     return text
 
 
 def fix_depth(text: str) -> str:
     """``Path(__file__)`` arithmetic for a file that moved one directory down."""
-    text = re.sub(r"Path\(__file__\)(\.resolve\(\))?\.parents\[(\d+)\]",
-                  lambda m: f"Path(__file__){m.group(1) or ''}.parents[{int(m.group(2)) + 1}]", text)
-    text = re.sub(r"Path\(__file__\)(\.resolve\(\))?\.parent\b(?!s)",
-                  lambda m: f"Path(__file__){m.group(1) or ''}.parents[1]", text)
+    text = re.sub(
+        r"Path\(__file__\)(\.resolve\(\))?\.parents\[(\d+)\]",
+        lambda m: f"Path(__file__){m.group(1) or ''}.parents[{int(m.group(2)) + 1}]",
+        text,
+    )
+    text = re.sub(
+        r"Path\(__file__\)(\.resolve\(\))?\.parent\b(?!s)",
+        lambda m: f"Path(__file__){m.group(1) or ''}.parents[1]",
+        text,
+    )
     return text
 
 
@@ -130,7 +150,7 @@ def main(argv=None) -> int:
         target = helpers.setdefault(src.stem, f"tests.helpers.{src.stem}")
         moves.append((src, REPO / (target.replace(".", "/") + ".py")))
     for src in files:
-        if src.parent == TESTS:                # files in a subdirectory are placed already
+        if src.parent == TESTS:  # files in a subdirectory are placed already
             moves.append((src, TESTS / place(src.name) / src.name))
     ensure_package(TESTS, args.dry_run)
     moved = set()
@@ -146,14 +166,17 @@ def main(argv=None) -> int:
 
 def fix_references(moves, dry: bool) -> None:
     """Mentions of a moved file's old path (docs, docstrings, scripts) -> its new path."""
-    renames = {f"tests/{src.relative_to(TESTS)}": f"tests/{dst.relative_to(TESTS)}"
-               for src, dst in moves}
+    renames = {f"tests/{src.relative_to(TESTS)}": f"tests/{dst.relative_to(TESTS)}" for src, dst in moves}
     if not renames:
         return
     pattern = re.compile("|".join(re.escape(old) + r"(?![\w/])" for old in renames))
-    listed = subprocess.run(["git", "ls-files", "*.md", "*.py", "*.sh", "*.toml", "*.cfg",
-                             "Makefile", ".ci/*"], cwd=REPO, check=True, capture_output=True,
-                            text=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "*.md", "*.py", "*.sh", "*.toml", "*.cfg", "Makefile", ".ci/*"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     for name in listed:
         path = REPO / name
         if not path.is_file() or path.resolve() == Path(__file__).resolve():

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-
 # Markers that put a test in the slow tier (`pytest -m slow`); the default run excludes it.
 SLOW_KINDS = ("wheel", "fuzz", "torch", "sustained")
 
 
-@pytest.hookimpl(tryfirst=True)     # before `-m "not slow"` deselects
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
     """wheel/fuzz/torch/sustained tests are slow; skip ``torch`` ones without PyTorch."""
     for item in items:
@@ -18,6 +17,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     try:
         import torch  # noqa: F401
+
         have_torch = True
     except ImportError:
         have_torch = False

@@ -35,8 +35,9 @@ class AttestationProvider(Protocol):
     """Produces this side's document.  The handshake calls it with
     ``user_data=None``, the 32-byte hello nonce and the 32-byte public key."""
 
-    def attest(self, user_data: Optional[bytes], nonce: Optional[bytes],
-               public_key: Optional[bytes]) -> bytes: ...
+    def attest(
+        self, user_data: Optional[bytes], nonce: Optional[bytes], public_key: Optional[bytes]
+    ) -> bytes: ...
 
 
 class AttestationVerifier(Protocol):
@@ -67,7 +68,7 @@ class ExpectedMeasurements:
         out = {}
         for key, hexval in values.items():
             try:
-                idx = int(key)   # str or int keys; anything else raises TypeError below
+                idx = int(key)  # str or int keys; anything else raises TypeError below
             except (TypeError, ValueError):
                 raise ValueError(f"measurement index {key!r} is not an integer") from None
             if not isinstance(hexval, str):
@@ -94,7 +95,8 @@ class ExpectedMeasurements:
             got = bytes(actual[idx])
             if got != expected:
                 raise VerificationFailed(
-                    f"measurement[{idx}] mismatch: expected {expected.hex()}, got {got.hex()}")
+                    f"measurement[{idx}] mismatch: expected {expected.hex()}, got {got.hex()}"
+                )
 
     def __repr__(self) -> str:
         return f"ExpectedMeasurements({ {k: v.hex() for k, v in self._values.items()} })"

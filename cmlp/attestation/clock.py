@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from cmlp.errors import VerificationFailed
 
-MAX_TIME_MS = 253_402_300_799_999   # 9999-12-31T23:59:59.999Z, the datetime limit
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the datetime limit
 
 
 def check_at_ms(at_ms: Optional[int]) -> Optional[int]:

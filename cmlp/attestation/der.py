@@ -26,13 +26,13 @@ def read_tlv(data: bytes, pos: int) -> Tuple[int, bytes, int]:
         n = first & 0x7F
         if n == 0 or n > 4 or pos + n > len(data):
             raise ValueError("DER: bad length")
-        length = int.from_bytes(data[pos:pos + n], "big")
+        length = int.from_bytes(data[pos : pos + n], "big")
         if length < 0x80 or data[pos] == 0:
             raise ValueError("DER: non-minimal length")
         pos += n
     if length > len(data) - pos:
         raise ValueError("DER: value runs past the end")
-    return tag, data[pos:pos + length], pos + length
+    return tag, data[pos : pos + length], pos + length
 
 
 def children(value: bytes) -> List[Tuple[int, bytes]]:

@@ -31,6 +31,7 @@ PEER_KINDS = ("mock", "nitro") + TEE_KINDS
 
 class NoAttestation:
     """Presents an empty document: only peers that allow an unattested host accept it."""
+
     platform = "none"
 
     def attest(self, user_data, nonce, public_key) -> bytes:
@@ -53,23 +54,32 @@ def make_provider(kind: str, mock_measurements: Optional[Dict[int, bytes]] = Non
         return MockProvider(mock_measurements)
     if kind == "nitro":
         from cmlp.attestation.nitro.nsm import NitroProvider
+
         return NitroProvider()
     if kind == "none":
         return NoAttestation()
     if kind == "sev-snp":
         from cmlp.attestation.snp.provider import SnpProvider
+
         return SnpProvider()
     if kind == "az-sev-snp":
         from cmlp.attestation.az_snp.provider import AzSnpProvider
+
         return AzSnpProvider()
     if kind == "tdx":
         from cmlp.attestation.tdx.provider import TdxProvider
+
         return TdxProvider()
     raise ValueError(f"unknown attestation kind {kind!r}")
 
 
-def make_verifier(kind: str, nitro_root_pem: Optional[bytes] = None, *,
-                  tdx_collateral_dir: Optional[str] = None, tee_policy: str = "production"):
+def make_verifier(
+    kind: str,
+    nitro_root_pem: Optional[bytes] = None,
+    *,
+    tdx_collateral_dir: Optional[str] = None,
+    tee_policy: str = "production",
+):
     """The peers' verifier.  ``nitro_root_pem`` replaces the bundled AWS Nitro root
     as the trust anchor (test and staging PKIs only; never in production).
     ``tdx_collateral_dir``: Intel PCS collateral for TDX peers (see
@@ -82,40 +92,54 @@ def make_verifier(kind: str, nitro_root_pem: Optional[bytes] = None, *,
         raise ValueError(f"unknown TEE policy {tee_policy!r}")
     if kind in ("sev-snp", "az-sev-snp"):
         from cmlp.attestation.snp.policy import SnpVerifyPolicy
+
         policy = getattr(SnpVerifyPolicy, tee_policy)()
         if kind == "sev-snp":
             from cmlp.attestation.snp.verifier import SnpVerifier
+
             return SnpVerifier(policy)
         from cmlp.attestation.az_snp.verifier import AzSnpVerifier
+
         return AzSnpVerifier(policy)
     if kind == "tdx":
         from cmlp.attestation.tdx.collateral import load_collateral_dir
         from cmlp.attestation.tdx.policy import TdxVerifyPolicy
         from cmlp.attestation.tdx.verifier import TdxVerifier
+
         if tdx_collateral_dir is None and tee_policy == "production":
-            raise ValueError("tdx attestation with the production policy needs Intel PCS "
-                             "collateral: pass --tdx-collateral DIR "
-                             "(scripts/fetch_tdx_collateral.sh)")
+            raise ValueError(
+                "tdx attestation with the production policy needs Intel PCS "
+                "collateral: pass --tdx-collateral DIR "
+                "(scripts/fetch_tdx_collateral.sh)"
+            )
         collateral = load_collateral_dir(tdx_collateral_dir) if tdx_collateral_dir else None
         return TdxVerifier(getattr(TdxVerifyPolicy, tee_policy)(), collateral=collateral)
     if kind == "mock":
         return MockVerifier()
     if kind == "nitro":
         from cmlp.attestation.nitro import NitroVerifier
+
         return NitroVerifier(root_pem=nitro_root_pem)
     raise ValueError(f"unknown peer attestation kind {kind!r}")
 
 
 def add_tee_arguments(parser) -> None:
     """``--tdx-collateral`` and ``--tee-policy`` for the command-line tools."""
-    parser.add_argument("--tdx-collateral", metavar="DIR", default=None,
-                        help="Intel PCS collateral (TCB Info, QE Identity, CRLs, issuer chains) "
-                             "for verifying TDX peers (with --attestation tdx)")
-    parser.add_argument("--tee-policy", choices=("production", "development"),
-                        default="production",
-                        help="SEV-SNP/TDX verification policy (development accepts debug guests, "
-                             "any VMPL, no TCB binding, TDX without collateral; default: "
-                             "production)")
+    parser.add_argument(
+        "--tdx-collateral",
+        metavar="DIR",
+        default=None,
+        help="Intel PCS collateral (TCB Info, QE Identity, CRLs, issuer chains) "
+        "for verifying TDX peers (with --attestation tdx)",
+    )
+    parser.add_argument(
+        "--tee-policy",
+        choices=("production", "development"),
+        default="production",
+        help="SEV-SNP/TDX verification policy (development accepts debug guests, "
+        "any VMPL, no TCB binding, TDX without collateral; default: "
+        "production)",
+    )
 
 
 def read_nitro_root(path: Optional[str]) -> Optional[bytes]:
@@ -126,9 +150,11 @@ def read_nitro_root(path: Optional[str]) -> Optional[bytes]:
         return f.read()
 
 
-MOCK_IN_PRODUCTION = ("the production profile refuses mock attestation: anyone can make a mock "
-                      "document claiming any measurement; use real attestation (e.g. "
-                      "--attestation nitro) or --profile development")
+MOCK_IN_PRODUCTION = (
+    "the production profile refuses mock attestation: anyone can make a mock "
+    "document claiming any measurement; use real attestation (e.g. "
+    "--attestation nitro) or --profile development"
+)
 
 
 def is_mock(obj) -> bool:

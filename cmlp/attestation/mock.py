@@ -29,9 +29,12 @@ MAX_MEASUREMENTS = 64
 MAX_MEASUREMENT_LEN = 1024
 
 
-def encode_mock_document(user_data: Optional[bytes], nonce: Optional[bytes],
-                         public_key: Optional[bytes],
-                         measurements: Optional[Mapping[int, bytes]] = None) -> bytes:
+def encode_mock_document(
+    user_data: Optional[bytes],
+    nonce: Optional[bytes],
+    public_key: Optional[bytes],
+    measurements: Optional[Mapping[int, bytes]] = None,
+) -> bytes:
     parts = [PREFIX]
     for value in (user_data, nonce, public_key):
         value = value or b""
@@ -62,11 +65,11 @@ def decode_mock_document(doc: bytes):
         pos += 4
         if n > len(doc) - pos:
             raise VerificationFailed("truncated mock document")
-        fields.append(doc[pos:pos + n] if n else None)
+        fields.append(doc[pos : pos + n] if n else None)
         pos += n
     measurements = {}
     if pos < len(doc):
-        if doc[pos:pos + 4] != EXT_MAGIC:
+        if doc[pos : pos + 4] != EXT_MAGIC:
             raise VerificationFailed("unexpected trailing bytes in mock document")
         pos += 4
         count = _read_u32(doc, pos, "measurement count")
@@ -81,7 +84,7 @@ def decode_mock_document(doc: bytes):
                 raise VerificationFailed("truncated mock document (measurement value)")
             if idx in measurements:
                 raise VerificationFailed(f"duplicate mock measurement index {idx}")
-            measurements[idx] = doc[pos:pos + n]
+            measurements[idx] = doc[pos : pos + n]
             pos += n
         if pos != len(doc):
             raise VerificationFailed("unexpected trailing bytes in mock document")
@@ -108,8 +111,13 @@ class MockVerifier:
     def verify(self, document: bytes) -> VerifiedAttestation:
         user_data, nonce, public_key, measurements = decode_mock_document(document)
         return VerifiedAttestation(
-            document_hash=document_hash(bytes(document)), public_key=public_key,
-            user_data=user_data, nonce=nonce, measurements=measurements, platform="mock")
+            document_hash=document_hash(bytes(document)),
+            public_key=public_key,
+            user_data=user_data,
+            nonce=nonce,
+            measurements=measurements,
+            platform="mock",
+        )
 
 
 class MockVerifierWithMeasurements(MockVerifier):
@@ -121,5 +129,10 @@ class MockVerifierWithMeasurements(MockVerifier):
     def verify(self, document: bytes) -> VerifiedAttestation:
         v = super().verify(document)
         return VerifiedAttestation(
-            document_hash=v.document_hash, public_key=v.public_key, user_data=v.user_data,
-            nonce=v.nonce, measurements=dict(self.measurements), platform="mock")
+            document_hash=v.document_hash,
+            public_key=v.public_key,
+            user_data=v.user_data,
+            nonce=v.nonce,
+            measurements=dict(self.measurements),
+            platform="mock",
+        )

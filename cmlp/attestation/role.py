@@ -24,12 +24,13 @@ import struct
 from dataclasses import dataclass
 
 LABEL = b"cmlp-pipeline-role-v1"
-ORCHESTRATOR = 0xFFFFFFFF          # the role index of the orchestrator (not a stage)
+ORCHESTRATOR = 0xFFFFFFFF  # the role index of the orchestrator (not a stage)
 
 
 @dataclass(frozen=True)
 class Role:
     """Stage ``index`` (or ORCHESTRATOR) of the pipeline identified by ``manifest_digest``."""
+
     index: int
     manifest_digest: bytes
 

@@ -23,34 +23,46 @@ def register(subparsers) -> None:
     attest = subparsers.add_parser("attest", help="attestation document tools")
     actions = attest.add_subparsers(dest="attest_action", metavar="ACTION")
     verify = actions.add_parser(
-        "verify", help="verify Nitro, SEV-SNP, Azure SEV-SNP or TDX attestation evidence",
+        "verify",
+        help="verify Nitro, SEV-SNP, Azure SEV-SNP or TDX attestation evidence",
         description="Verify attestation evidence offline: an AWS Nitro document against the "
-                    "pinned AWS Nitro root G1, or SEV-SNP / Azure SEV-SNP / TDX evidence "
-                    "against the built-in AMD and Intel roots. Exit 0 = ACCEPT, "
-                    "2 = REJECT, 1 = bad input.")
-    verify.add_argument("--doc", metavar="FILE",
-                        help="attestation document: Nitro COSE_Sign1, or a SEV_SNP_V1 / "
-                             "AZ_SNP_V1 / TDX_V1 wire document")
-    verify.add_argument("--at", metavar="UNIX_MS",
-                        help="verify as of this instant, in ms since the epoch "
-                             "(certificate validity and freshness); default: now")
-    verify.add_argument("--max-age-secs", metavar="N", default="300",
-                        help="maximum document age in seconds (default: 300)")
-    verify.add_argument("--pcr", action="append", default=[], metavar="IDX=HEX",
-                        help="pin PCR IDX to HEX (repeatable)")
-    verify.add_argument("--all-pcrs", action="store_true",
-                        help="print every PCR, not only the non-zero ones")
-    verify.add_argument("--root-pem", metavar="FILE",
-                        help="trust this root CA instead of the bundled AWS Nitro root G1 "
-                             "(test PKIs only)")
+        "pinned AWS Nitro root G1, or SEV-SNP / Azure SEV-SNP / TDX evidence "
+        "against the built-in AMD and Intel roots. Exit 0 = ACCEPT, "
+        "2 = REJECT, 1 = bad input.",
+    )
+    verify.add_argument(
+        "--doc",
+        metavar="FILE",
+        help="attestation document: Nitro COSE_Sign1, or a SEV_SNP_V1 / AZ_SNP_V1 / TDX_V1 wire document",
+    )
+    verify.add_argument(
+        "--at",
+        metavar="UNIX_MS",
+        help="verify as of this instant, in ms since the epoch "
+        "(certificate validity and freshness); default: now",
+    )
+    verify.add_argument(
+        "--max-age-secs", metavar="N", default="300", help="maximum document age in seconds (default: 300)"
+    )
+    verify.add_argument(
+        "--pcr", action="append", default=[], metavar="IDX=HEX", help="pin PCR IDX to HEX (repeatable)"
+    )
+    verify.add_argument("--all-pcrs", action="store_true", help="print every PCR, not only the non-zero ones")
+    verify.add_argument(
+        "--root-pem",
+        metavar="FILE",
+        help="trust this root CA instead of the bundled AWS Nitro root G1 (test PKIs only)",
+    )
     from cmlp.cli import attest_tee
+
     attest_tee.register_arguments(verify)
     add_log_level(verify)
     verify.set_defaults(func=run_verify, prog_name="cmlp attest verify")
 
 
 def parse_pcr_pins(specs) -> dict:
-    from cmlp.attestation.nitro import PCR_SIZES   # the verifier's definition (no crypto import)
+    from cmlp.attestation.nitro import PCR_SIZES  # the verifier's definition (no crypto import)
+
     pins = {}
     for spec in specs:
         idx_text, sep, hex_text = spec.partition("=")
@@ -103,7 +115,7 @@ def _parse_max_age(text) -> float:
 def _read(path: str, what: str, limit: int) -> bytes:
     try:
         with open(path, "rb") as f:
-            return f.read(limit + 1)    # one byte over: the verifier reports "too large"
+            return f.read(limit + 1)  # one byte over: the verifier reports "too large"
     except OSError as exc:
         raise ValueError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
 
@@ -122,26 +134,29 @@ def _size(value) -> str:
 
 def run_verify(args) -> int:
     from cmlp.cli import attest_tee
+
     kind = attest_tee.detect_kind(args)
     if kind != "nitro":
         return attest_tee.run(args, kind, _parse_at(args.at))
     if not args.doc:
-        raise ValueError("--doc is required (or --report/--hcl/--evidence/--quote for "
-                         "the confidential-VM kinds)")
+        raise ValueError(
+            "--doc is required (or --report/--hcl/--evidence/--quote for the confidential-VM kinds)"
+        )
     pins = parse_pcr_pins(args.pcr)
     at_ms = _parse_at(args.at)
     max_age = _parse_max_age(args.max_age_secs)
-    from cmlp.attestation import nitro     # no hard dependency: imports cleanly
+    from cmlp.attestation import nitro  # no hard dependency: imports cleanly
+
     document = _read(args.doc, "--doc", nitro.MAX_DOCUMENT_SIZE)
     root_pem = _read(args.root_pem, "--root-pem", 1 << 20) if args.root_pem else None
     try:
-        verifier = nitro.NitroVerifier(pins, root_pem=root_pem, max_age_secs=max_age,
-                                       at_ms=at_ms)
+        verifier = nitro.NitroVerifier(pins, root_pem=root_pem, max_age_secs=max_age, at_ms=at_ms)
     except ImportError as exc:
         print(f"{args.prog_name}: error: {exc}", file=sys.stderr)
         return 1
 
     from cmlp.errors import AttestError
+
     try:
         verified = verifier.verify(document)
     except AttestError as exc:
@@ -150,17 +165,21 @@ def run_verify(args) -> int:
         return 2
 
     d = verified.details
-    out = ["VERDICT: ACCEPT",
-           f"document_sha256: {verified.document_hash.hex()}",
-           f"module_id: {d['module_id']}",
-           f"timestamp: {d['timestamp_ms']} ({_iso(d['timestamp_ms'])})",
-           f"verified_at: {d['verified_at_ms']} ({_iso(d['verified_at_ms'])})",
-           f"digest: {d['digest']}",
-           f"leaf: {d['leaf_subject']}"]
+    out = [
+        "VERDICT: ACCEPT",
+        f"document_sha256: {verified.document_hash.hex()}",
+        f"module_id: {d['module_id']}",
+        f"timestamp: {d['timestamp_ms']} ({_iso(d['timestamp_ms'])})",
+        f"verified_at: {d['verified_at_ms']} ({_iso(d['verified_at_ms'])})",
+        f"digest: {d['digest']}",
+        f"leaf: {d['leaf_subject']}",
+    ]
     pcrs = verified.measurements
     shown = {i: v for i, v in pcrs.items() if args.all_pcrs or any(v)}
-    out.append(f"pcrs: {len(pcrs)} registers, {sum(1 for v in pcrs.values() if any(v))} non-zero"
-               + (f", pinned: {', '.join(f'PCR{i}' for i in pins)}" if pins else ""))
+    out.append(
+        f"pcrs: {len(pcrs)} registers, {sum(1 for v in pcrs.values() if any(v))} non-zero"
+        + (f", pinned: {', '.join(f'PCR{i}' for i in pins)}" if pins else "")
+    )
     out.extend(f"  PCR{i}: {v.hex()}" for i, v in shown.items())
     out.append(f"public_key: {_size(verified.public_key)}")
     out.append(f"nonce: {_size(verified.nonce)}")

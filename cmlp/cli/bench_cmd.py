@@ -22,14 +22,19 @@ def register(sub) -> None:
 def run(args) -> int:
     from cmlp.bench_serve import HEADER, merge, row, run_round
     from cmlp.client import Client
+
     if args.clients < 1 or args.rounds < 1 or args.prompt_tokens < 1 or args.max_tokens < 1:
         raise ValueError("--clients, --rounds, --prompt-tokens and --max-tokens must be >= 1")
     client = Client(args.connect, args.manifest, timeout=args.timeout)
-    run_round(client, 1, args.prompt_tokens, 2, seed=99, vocab=args.vocab)     # warm-up
-    rounds = [run_round(client, args.clients, args.prompt_tokens, args.max_tokens, seed=r,
-                        vocab=args.vocab) for r in range(args.rounds)]
-    print(f"cmlp bench serve: {args.clients} clients, prompt {args.prompt_tokens} tokens, "
-          f"{args.max_tokens} tokens each, {args.rounds} rounds (tok/s: median)")
+    run_round(client, 1, args.prompt_tokens, 2, seed=99, vocab=args.vocab)  # warm-up
+    rounds = [
+        run_round(client, args.clients, args.prompt_tokens, args.max_tokens, seed=r, vocab=args.vocab)
+        for r in range(args.rounds)
+    ]
+    print(
+        f"cmlp bench serve: {args.clients} clients, prompt {args.prompt_tokens} tokens, "
+        f"{args.max_tokens} tokens each, {args.rounds} rounds (tok/s: median)"
+    )
     print(HEADER)
     print(row(merge(rounds)))
     return 1 if any(r.errors for r in rounds) else 0

@@ -25,11 +25,13 @@ class Parser(argparse.ArgumentParser):
 
 def arg_type(parse, what: str):
     """An argparse ``type=`` that keeps the parser's own error message."""
+
     def convert(text):
         try:
             return parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+
     convert.__name__ = what
     return convert
 
@@ -41,14 +43,20 @@ def prog_name(default: str) -> str:
 
 
 def add_log_level(parser, default: str = "warning") -> None:
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default,
-                        help=f"logging verbosity on stderr (default: {default}); "
-                             "debug also prints tracebacks")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=default,
+        help=f"logging verbosity on stderr (default: {default}); debug also prints tracebacks",
+    )
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def stop_on_sigterm() -> None:
@@ -95,19 +103,27 @@ def run_command(func, args) -> int:
 def model_init_hint(model_dir, hidden_dim: int = 768) -> str:
     """The command that creates the model a command was pointed at (its path, its preset)."""
     import shlex
-    preset = " --preset tiny" if hidden_dim == 64 else ""    # the tiny preset's n_embd
+
+    preset = " --preset tiny" if hidden_dim == 64 else ""  # the tiny preset's n_embd
     return f"cmlp model init --out {shlex.quote(str(model_dir))}{preset}"
 
 
 def require_model_dir(model_dir, hidden_dim: int = 768) -> None:
     """ModelError naming the missing file and how to create this very directory."""
     from pathlib import Path
+
     from cmlp.errors import ModelError
+
     model_dir = Path(model_dir)
-    weights = ("model.safetensors.index.json" if (model_dir / "model.safetensors.index.json").is_file()
-               else "model.safetensors")       # sharded checkpoints have an index instead
+    weights = (
+        "model.safetensors.index.json"
+        if (model_dir / "model.safetensors.index.json").is_file()
+        else "model.safetensors"
+    )  # sharded checkpoints have an index instead
     for name in ("config.json", weights):
         if not (model_dir / name).is_file():
             what = " (it does not exist)" if not model_dir.exists() else ""
-            raise ModelError(f"model directory '{model_dir}' has no {name}{what} "
-                             f"(create it with: {model_init_hint(model_dir, hidden_dim)})")
+            raise ModelError(
+                f"model directory '{model_dir}' has no {name}{what} "
+                f"(create it with: {model_init_hint(model_dir, hidden_dim)})"
+            )

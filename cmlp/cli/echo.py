@@ -17,13 +17,25 @@ import time
 import numpy as np
 
 from cmlp.attestation.base import ExpectedMeasurements
-from cmlp.attestation.factory import (PEER_KINDS, add_tee_arguments, make_provider,
-                                      make_verifier, parse_measurement)
+from cmlp.attestation.factory import (
+    PEER_KINDS,
+    add_tee_arguments,
+    make_provider,
+    make_verifier,
+    parse_measurement,
+)
 from cmlp.cli.common import add_log_level, arg_type, stop_on_sigterm
 from cmlp.errors import CmlpError
-from cmlp.transport import (Data, ErrorMessage, Heartbeat, SecureChannel, SessionConfig,
-                            ShutdownMessage, TensorMessage)
-from cmlp.transport import sockets
+from cmlp.transport import (
+    Data,
+    ErrorMessage,
+    Heartbeat,
+    SecureChannel,
+    SessionConfig,
+    ShutdownMessage,
+    TensorMessage,
+    sockets,
+)
 
 log = logging.getLogger("cmlp.echo")
 ENDPOINT = arg_type(sockets.parse_endpoint, "endpoint")
@@ -31,18 +43,29 @@ MEASUREMENT = arg_type(parse_measurement, "measurement")
 
 
 def _add_attestation(p) -> None:
-    p.add_argument("--attestation", choices=PEER_KINDS, default="mock",
-                   help="this side's provider and the peer's verifier (default: mock)")
-    p.add_argument("--expect-measurement", action="append", default=[], type=MEASUREMENT,
-                   metavar="IDX=HEX", help="pin the peer's measurement IDX (repeatable)")
+    p.add_argument(
+        "--attestation",
+        choices=PEER_KINDS,
+        default="mock",
+        help="this side's provider and the peer's verifier (default: mock)",
+    )
+    p.add_argument(
+        "--expect-measurement",
+        action="append",
+        default=[],
+        type=MEASUREMENT,
+        metavar="IDX=HEX",
+        help="pin the peer's measurement IDX (repeatable)",
+    )
     add_tee_arguments(p)
 
 
 def _attestation(args, **config_overrides):
     """(provider, verifier, session config) from the command line."""
     provider = make_provider(args.attestation)
-    verifier = make_verifier(args.attestation, tdx_collateral_dir=args.tdx_collateral,
-                             tee_policy=args.tee_policy)
+    verifier = make_verifier(
+        args.attestation, tdx_collateral_dir=args.tdx_collateral, tee_policy=args.tee_policy
+    )
     config = SessionConfig.development(**config_overrides)
     if args.expect_measurement:
         config = config.with_measurements(ExpectedMeasurements(dict(args.expect_measurement)))
@@ -51,22 +74,31 @@ def _attestation(args, **config_overrides):
 
 def register(sub) -> None:
     p = sub.add_parser("echo-server", help="encrypted echo server (mock attestation by default)")
-    p.add_argument("--listen", required=True, type=ENDPOINT,
-                   help="address to listen on: IP:PORT, [V6]:PORT or vsock:CID:PORT")
-    p.add_argument("--max-connections", type=int, default=128,
-                   help="concurrent sessions served (default: 128)")
-    p.add_argument("--handshake-timeout", type=float, default=10.0,
-                   help="seconds a client has to finish the handshake (default: 10)")
+    p.add_argument(
+        "--listen",
+        required=True,
+        type=ENDPOINT,
+        help="address to listen on: IP:PORT, [V6]:PORT or vsock:CID:PORT",
+    )
+    p.add_argument(
+        "--max-connections", type=int, default=128, help="concurrent sessions served (default: 128)"
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to finish the handshake (default: 10)",
+    )
     _add_attestation(p)
     add_log_level(p, "info")
     p.set_defaults(func=run_server, prog_name="cmlp echo-server")
 
     c = sub.add_parser("echo-client", help="encrypted echo client (mock attestation by default)")
-    c.add_argument("--connect", required=True, type=ENDPOINT,
-                   help="server address: IP:PORT, [V6]:PORT or vsock:CID:PORT")
+    c.add_argument(
+        "--connect", required=True, type=ENDPOINT, help="server address: IP:PORT, [V6]:PORT or vsock:CID:PORT"
+    )
     c.add_argument("--count", type=int, default=3, help="Data messages to send (default: 3)")
-    c.add_argument("--tensor", action="store_true",
-                   help="also send a F32 [4, 3] tensor and check the echo")
+    c.add_argument("--tensor", action="store_true", help="also send a F32 [4, 3] tensor and check the echo")
     c.add_argument("--timeout", type=float, default=10.0, help="per-reply timeout in seconds")
     _add_attestation(c)
     add_log_level(c, "warning")
@@ -96,7 +128,7 @@ def _serve_one(sock, peer, attestation, slots) -> None:
                 log.warning("%s: peer error: %s", peer, msg.text)
                 continue
             else:
-                continue   # heartbeats need no answer
+                continue  # heartbeats need no answer
             echoed += 1
     except CmlpError as exc:
         log.info("%s: session ended: %s", peer, exc)
@@ -121,8 +153,7 @@ def run_server(args) -> int:
                 slots.release()
                 raise
             sockets._prepare(conn)
-            threading.Thread(target=_serve_one, args=(conn, peer, attestation, slots),
-                             daemon=True).start()
+            threading.Thread(target=_serve_one, args=(conn, peer, attestation, slots), daemon=True).start()
     except KeyboardInterrupt:
         print("echo-server: stopped", file=sys.stderr)
         return 0
@@ -150,8 +181,9 @@ def run_client(args) -> int:
             channel.send_tensor("activations", sent)
             back = _expect(channel, TensorMessage, args.timeout).tensor
             same = back.name == "activations" and np.array_equal(back.data, sent)
-            print(f"tensor: {back.name} {back.dtype.name} {list(back.shape)} "
-                  f"({'ok' if same else 'MISMATCH'})")
+            print(
+                f"tensor: {back.name} {back.dtype.name} {list(back.shape)} ({'ok' if same else 'MISMATCH'})"
+            )
             if not same:
                 return 1
         channel.shutdown()

@@ -14,14 +14,14 @@ import cmlp
 from cmlp.cli.common import Parser
 
 SUBCOMMAND_MODULES = (
-    "cmlp.cli.echo",        # echo-server, echo-client
-    "cmlp.cli.model_cmd",   # model init, model hashes
+    "cmlp.cli.echo",  # echo-server, echo-client
+    "cmlp.cli.model_cmd",  # model init, model hashes
     "cmlp.cli.attest_cmd",  # attest verify
-    "cmlp.cli.serve",       # serve (host-blind mode, host side)
-    "cmlp.cli.generate",    # generate (host-blind mode, user side)
+    "cmlp.cli.serve",  # serve (host-blind mode, host side)
+    "cmlp.cli.generate",  # generate (host-blind mode, user side)
     "cmlp.cli.manifest_cmd",  # manifest list, show, copy, init
-    "cmlp.cli.proxy_cmd",   # proxy (OpenAI-compatible API)
-    "cmlp.cli.bench_cmd",   # bench serve (continuous batching)
+    "cmlp.cli.proxy_cmd",  # proxy (OpenAI-compatible API)
+    "cmlp.cli.bench_cmd",  # bench serve (continuous batching)
 )
 
 
@@ -34,7 +34,7 @@ def build_parser() -> Parser:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name == name:
-                continue   # subcommand not built into this install
+                continue  # subcommand not built into this install
             raise
         module.register(sub)
     return parser
@@ -42,6 +42,7 @@ def build_parser() -> Parser:
 
 def main(argv=None) -> int:
     from cmlp.cli.common import run_command
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -16,7 +16,7 @@ from typing import Optional
 
 from cmlp.errors import UNKNOWN_STAGE, StageFailed
 
-ENV = "CMLP_STAGE_LOG"     # e.g. /tmp/run/stage{idx}.log
+ENV = "CMLP_STAGE_LOG"  # e.g. /tmp/run/stage{idx}.log
 TAIL_BYTES = 64 << 10
 
 
@@ -24,8 +24,9 @@ def _refused(exc: Optional[BaseException]) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, ConnectionRefusedError) or \
-                (isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED):
+        if isinstance(exc, ConnectionRefusedError) or (
+            isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -36,8 +37,9 @@ def last_error_line(path: Path) -> Optional[str]:
     try:
         with path.open("rb") as f:
             f.seek(max(0, path.stat().st_size - TAIL_BYTES))
-            lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines()
-                     if line.strip()]
+            lines = [
+                line.strip() for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()
+            ]
     except OSError:
         return None
     for line in reversed(lines):
@@ -53,15 +55,16 @@ def explain(exc: StageFailed, manifest: str, pattern: Optional[str]) -> StageFai
         return exc
     reason = exc.reason
     if _refused(exc):
-        reason += (f" (nothing listens there: stage {idx} is not running or could not "
-                   "start)")
+        reason += f" (nothing listens there: stage {idx} is not running or could not start)"
     if pattern:
         path = Path(pattern.replace("{idx}", str(idx)))
         line = last_error_line(path)
         reason += f"; its log {path}" + (f" ends with: {line}" if line else "")
     elif _refused(exc):
-        reason += (f"; start it with: cmlp-stage --manifest {manifest} --stage-idx {idx}, "
-                   "or read its stderr for why it stopped")
+        reason += (
+            f"; start it with: cmlp-stage --manifest {manifest} --stage-idx {idx}, "
+            "or read its stderr for why it stopped"
+        )
     else:
         reason += f"; stage {idx}'s own stderr says more"
     better = StageFailed(idx, reason)

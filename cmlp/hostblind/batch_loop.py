@@ -68,6 +68,7 @@ def _configure_slots(executor, opts) -> int:
 @dataclass(eq=False)
 class _Gen:
     """One generation at stage 0."""
+
     ch: SecureChannel
     cl: P.Endpoint
     cseq: int
@@ -77,12 +78,12 @@ class _Gen:
     stopper: Stopper | None = None
     rng: object = None
     state: str = PREFILL
-    step: int = 0                    # the next Step / Token number
-    token: int = 0                   # the token the next decode row feeds
+    step: int = 0  # the next Step / Token number
+    token: int = 0  # the token the next decode row feeds
     begun: bool = False
-    sent_at: float = 0.0             # when its Step left (token deadline)
-    prefilled: int = 0               # prompt tokens already in stage 0's slot
-    hidden: np.ndarray | None = None   # [1, P, C] stage 0's prefill output (N stages)
+    sent_at: float = 0.0  # when its Step left (token deadline)
+    prefilled: int = 0  # prompt tokens already in stage 0's slot
+    hidden: np.ndarray | None = None  # [1, P, C] stage 0's prefill output (N stages)
 
 
 class BatchStage0Loop(_Stage0Loop):
@@ -95,7 +96,7 @@ class BatchStage0Loop(_Stage0Loop):
         self.gens: dict[int, _Gen] = {}
         self.admit_q: queue.Queue[_Gen] = queue.Queue()
         self.waiting: deque[_Gen] = deque()
-        self.inflight = 0                 # admitted + waiting (acceptor threads read it)
+        self.inflight = 0  # admitted + waiting (acceptor threads read it)
         self.inflight_lock = threading.Lock()
         self.stop = threading.Event()
         self.handshakes = threading.BoundedSemaphore(self.n_slots + self.opts.admission_queue + 4)
@@ -122,19 +123,23 @@ class BatchStage0Loop(_Stage0Loop):
             except (OSError, CmlpError):
                 return
             if not self.handshakes.acquire(blocking=False):
-                sock.close()              # too many half-open clients: drop the newest
+                sock.close()  # too many half-open clients: drop the newest
                 continue
-            threading.Thread(target=self._accept_one, args=(sock,), daemon=True,
-                             name="hb-client").start()
+            threading.Thread(target=self._accept_one, args=(sock,), daemon=True, name="hb-client").start()
 
     def _accept_one(self, sock) -> None:
         cfg = self.w.config
         # as _Stage0Loop.run: an unattested client; stage 0 attests its role where roles bind
-        client_cfg = cfg.session.replace(expected_measurements=None, allow_unattested_peer=True,
-                                         handshake_timeout=self.opts.client_handshake_timeout,
-                                         own_role=None, peer_role=None)
+        client_cfg = cfg.session.replace(
+            expected_measurements=None,
+            allow_unattested_peer=True,
+            handshake_timeout=self.opts.client_handshake_timeout,
+            own_role=None,
+            peer_role=None,
+        )
         if getattr(cfg, "bind_roles", False):
             from cmlp.attestation.role import Role
+
             client_cfg = client_cfg.replace(own_role=Role(0, self.w.manifest.pipeline_digest()))
         handed_off = False
         ch = None
@@ -160,7 +165,7 @@ class BatchStage0Loop(_Stage0Loop):
         if not isinstance(msg, Data):
             raise ProtocolError(f"expected a request, got {type(msg).__name__}")
         req = cl.receive(msg.payload)
-        if not isinstance(req, (P.Generate, P.Info)):        # the STAGE0 table admits no other
+        if not isinstance(req, (P.Generate, P.Info)):  # the STAGE0 table admits no other
             raise ProtocolError(f"expected a request, got {type(req).__name__}")
         cseq = req.seq
         if isinstance(req, P.Info):
@@ -181,12 +186,13 @@ class BatchStage0Loop(_Stage0Loop):
             if not full:
                 self.inflight += 1
         if full or self.stop.is_set():
-            ch.send(cl.send(P.Error(cseq, P.ERR_BUSY, "server busy: every slot and queue place "
-                                    "is taken")), timeout=self.opts.client_send_timeout)
+            ch.send(
+                cl.send(P.Error(cseq, P.ERR_BUSY, "server busy: every slot and queue place is taken")),
+                timeout=self.opts.client_send_timeout,
+            )
             return False
         try:
-            ch.send(cl.send(P.Started(cseq, tuple(prompt_ids))),
-                    timeout=self.opts.client_send_timeout)
+            ch.send(cl.send(P.Started(cseq, tuple(prompt_ids))), timeout=self.opts.client_send_timeout)
         except BaseException:
             self._release()
             raise
@@ -210,18 +216,18 @@ class BatchStage0Loop(_Stage0Loop):
                 busy = True
             ready = [g for g in self.gens.values() if g.state == READY]
             if ready:
-                self._decode(ready[:self._group_size()])
+                self._decode(ready[: self._group_size()])
                 busy = True
             waiting = any(g.state == WAITING for g in self.gens.values())
             if not self.single and waiting:
                 self._read_feedback(block=not busy)
                 self._check_deadlines()
             elif not busy:
-                try:                              # idle: wait for a request
+                try:  # idle: wait for a request
                     self.waiting.append(self.admit_q.get(timeout=WATCH_SLICE))
                 except queue.Empty:
                     pass
-                self._drain_feedback()            # tokens of generations that ended early
+                self._drain_feedback()  # tokens of generations that ended early
 
     def _admit(self) -> None:
         while True:
@@ -238,8 +244,9 @@ class BatchStage0Loop(_Stage0Loop):
             self.gens[g.seq] = g
             if not self.single:
                 p = g.params
-                self.send_out(self.down.send(P.Begin(g.seq, float(p.temperature), float(p.top_p),
-                                                     p.top_k, p.seed)))
+                self.send_out(
+                    self.down.send(P.Begin(g.seq, float(p.temperature), float(p.top_p), p.top_k, p.seed))
+                )
                 g.begun = True
 
     def _group_size(self) -> int:
@@ -265,10 +272,10 @@ class BatchStage0Loop(_Stage0Loop):
         hidden states are sent on as one Step (the protocol samples every Step)."""
         ex = self.w.executor
         P_len = len(g.prompt_ids)
-        chunk = g.prompt_ids[g.prefilled:g.prefilled + max(1, self.opts.prefill_chunk)]
+        chunk = g.prompt_ids[g.prefilled : g.prefilled + max(1, self.opts.prefill_chunk)]
         end = g.prefilled + len(chunk)
         if end == P_len and g.prefilled == 0:
-            self._forward([g], [_ids_tensor(chunk)])        # one chunk: the common path
+            self._forward([g], [_ids_tensor(chunk)])  # one chunk: the common path
             return
         try:
             row = _ids_tensor(chunk)
@@ -280,10 +287,10 @@ class BatchStage0Loop(_Stage0Loop):
         if not self.single:
             if g.hidden is None:
                 g.hidden = np.empty((1, P_len, out.shape[2]), np.float32)
-            g.hidden[0, g.prefilled:end] = out[0]
+            g.hidden[0, g.prefilled : end] = out[0]
         g.prefilled = end
         if end < P_len:
-            return                                        # more chunks in the next steps
+            return  # more chunks in the next steps
         trace.event(self.ev["forward_done"])
         if self.single:
             try:
@@ -311,8 +318,9 @@ class BatchStage0Loop(_Stage0Loop):
             seq_len = len(g.prompt_ids) + g.step
             try:
                 if seq_len > self.activation.max_seq_len:
-                    raise ProtocolError(f"seq_len {seq_len} exceeds max_seq_len "
-                                        f"{self.activation.max_seq_len}")
+                    raise ProtocolError(
+                        f"seq_len {seq_len} exceeds max_seq_len {self.activation.max_seq_len}"
+                    )
                 ex.check_row(g.seq, g.step, seq_len, row)
             except CmlpError as exc:
                 self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
@@ -340,7 +348,7 @@ class BatchStage0Loop(_Stage0Loop):
         now = time.monotonic()
         for r, g in enumerate(ok_gens):
             seq_len = len(g.prompt_ids) + g.step
-            row = out[r:r + 1]                                   # [1, T, C]
+            row = out[r : r + 1]  # [1, T, C]
             t = Tensor("hidden_states", DType.F32, row.shape, row)
             self.send_out(self.down.send(P.Step(g.seq, g.step, seq_len, 1)), [t])
             g.state = WAITING
@@ -361,8 +369,9 @@ class BatchStage0Loop(_Stage0Loop):
         try:
             self._to_client(g.ch, g.cl.send(P.Token(g.cseq, g.step, token, text)))
             if reason is not None:
-                self._to_client(g.ch, g.cl.send(P.Finished(g.cseq, reason, len(g.prompt_ids),
-                                                           stopper.completion_tokens)))
+                self._to_client(
+                    g.ch, g.cl.send(P.Finished(g.cseq, reason, len(g.prompt_ids), stopper.completion_tokens))
+                )
         except _ClientGone as gone:
             log.info("stage 0: generation %d ended early: %s", g.seq, gone)
             reason = "gone"
@@ -390,8 +399,10 @@ class BatchStage0Loop(_Stage0Loop):
                 raise _LinkLost(self.link_name("in"), exc) from exc
             first = False
             if not isinstance(msg, Data):
-                raise _LinkLost(self.link_name("in"), ProtocolError(
-                    f"unexpected {type(msg).__name__} on the feedback link"))
+                raise _LinkLost(
+                    self.link_name("in"),
+                    ProtocolError(f"unexpected {type(msg).__name__} on the feedback link"),
+                )
             if self.feedback.is_stale(msg.payload):
                 continue
             try:
@@ -403,20 +414,20 @@ class BatchStage0Loop(_Stage0Loop):
                 if g is not None:
                     self._fail(g, P.ERR_INTERNAL, f"generation failed: {ev.message}")
                 continue
-            if not isinstance(ev, P.Sampled):       # e.g. an End: the table admits it, a token it is not
-                raise _LinkLost(self.link_name("in"), ProtocolError(
-                    f"unexpected {type(ev).__name__} on the feedback link"))
+            if not isinstance(ev, P.Sampled):  # e.g. an End: the table admits it, a token it is not
+                raise _LinkLost(
+                    self.link_name("in"),
+                    ProtocolError(f"unexpected {type(ev).__name__} on the feedback link"),
+                )
             if g is None or g.state != WAITING or ev.step != g.step:
-                raise ProtocolError(f"feedback for sequence {ev.seq} step {ev.step} that "
-                                    "was not asked for")
+                raise ProtocolError(f"feedback for sequence {ev.seq} step {ev.step} that was not asked for")
             self._emit(g, ev.token_id)
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
         for g in self.gens.values():
             if g.state == WAITING and now - g.sent_at > self.opts.token_timeout:
-                raise PipelineTimeout(f"no token from stage {self.n - 1} within "
-                                      f"{self.opts.token_timeout} s")
+                raise PipelineTimeout(f"no token from stage {self.n - 1} within {self.opts.token_timeout} s")
 
     # -- ending generations ---------------------------------------------------------
     def _end(self, g: _Gen) -> None:
@@ -484,7 +495,7 @@ class BatchRingLoop(_RingStageLoop):
                 while len(batch) < self.cap and link.pending():
                     self._handle(self._recv(), batch)
                 self._flush(batch)
-                self.watch_control()        # a busy link never idles: answer Pings here
+                self.watch_control()  # a busy link never idles: answer Pings here
         finally:
             ex.close_all_seqs()
 
@@ -492,8 +503,10 @@ class BatchRingLoop(_RingStageLoop):
         try:
             return self.recv_in(self.opts.input_timeout)
         except Timeout:
-            raise _LinkLost(self.link_name("in"), PipelineTimeout(
-                f"a message did not arrive within {self.opts.input_timeout} s")) from None
+            raise _LinkLost(
+                self.link_name("in"),
+                PipelineTimeout(f"a message did not arrive within {self.opts.input_timeout} s"),
+            ) from None
 
     def _handle(self, msg, batch) -> None:
         if isinstance(msg, ShutdownMessage):
@@ -510,7 +523,7 @@ class BatchRingLoop(_RingStageLoop):
                 self.send_out(self.down.send(P.Fail(ev.seq, f"stage {self.idx}: {exc}")))
                 self.up.forget(ev.seq)
                 return
-            if params is not None:                      # the last stage samples
+            if params is not None:  # the last stage samples
                 self.params[ev.seq] = (params, make_rng(ev.seed))
             else:
                 self.send_out(self.down.send(ev))
@@ -518,7 +531,7 @@ class BatchRingLoop(_RingStageLoop):
             tensors = self._read_tensors(ev.tensors)
             trace.event(self.ev["input"])
             if self.down.state(ev.seq) == P.DONE:
-                return                          # this stage already failed the sequence
+                return  # this stage already failed the sequence
             try:
                 if len(tensors) != 1:
                     raise ProtocolError(f"a batched Step carries one tensor, got {len(tensors)}")
@@ -526,20 +539,21 @@ class BatchRingLoop(_RingStageLoop):
                 # own the bytes: the next receive may reuse the buffer this view points into
                 row = Tensor(t.name, t.dtype, t.shape, np.array(t.data))
                 if ev.seq_len > self.activation.max_seq_len:
-                    raise ProtocolError(f"seq_len {ev.seq_len} exceeds max_seq_len "
-                                        f"{self.activation.max_seq_len}")
+                    raise ProtocolError(
+                        f"seq_len {ev.seq_len} exceeds max_seq_len {self.activation.max_seq_len}"
+                    )
                 ex.check_row(ev.seq, ev.step, ev.seq_len, row)
             except CmlpError as exc:
                 self._fail_seq(ev.seq, exc)
                 return
-            if row.shape[1] > 1:                # a prefill runs alone
+            if row.shape[1] > 1:  # a prefill runs alone
                 self._flush(batch)
                 self._flush([(ev.seq, ev.step, ev.seq_len, row)])
             else:
                 batch.append((ev.seq, ev.step, ev.seq_len, row))
         elif isinstance(ev, (P.End, P.Fail)):
             if any(b[0] == ev.seq for b in batch):
-                self._flush(batch)              # its last Step first, then the slot goes
+                self._flush(batch)  # its last Step first, then the slot goes
             self.params.pop(ev.seq, None)
             ex.close_seq(ev.seq)
             if self.is_last and isinstance(ev, P.End):
@@ -583,7 +597,7 @@ class BatchRingLoop(_RingStageLoop):
                     continue
                 self.send_out(self.down.send(P.Sampled(seq, step, token)))
             else:
-                row = out[r:r + 1]
+                row = out[r : r + 1]
                 t = Tensor("hidden_states", DType.F32, row.shape, row)
                 self.send_out(self.down.send(P.Step(seq, step, seq_len, 1)), [t])
         trace.event(self.ev["sent"])

@@ -29,8 +29,7 @@ import time
 from typing import List, Optional
 
 from cmlp import _netio
-from cmlp.errors import (CmlpError, ManifestError, ProtocolError, StageFailed,
-                         Timeout)
+from cmlp.errors import CmlpError, ManifestError, ProtocolError, StageFailed, Timeout
 from cmlp.manifest import Manifest
 from cmlp.pipeline import control as C
 from cmlp.pipeline.orchestrator import Orchestrator, OrchestratorConfig
@@ -68,14 +67,25 @@ class HostLifecycle(Orchestrator):
         n = manifest.num_stages
         try:
             for i in manifest.relayed_links():
-                self.relays.append(RelayLink(
-                    i, self._relay_listen_addr(i), manifest.stages[i + 1].endpoint.data_in.endpoint,
-                    config.retry, config.relay_capture_prefix))
+                self.relays.append(
+                    RelayLink(
+                        i,
+                        self._relay_listen_addr(i),
+                        manifest.stages[i + 1].endpoint.data_in.endpoint,
+                        config.retry,
+                        config.relay_capture_prefix,
+                    )
+                )
             if manifest.feedback_relayed():
-                self.relays.append(RelayLink(
-                    n - 1, self._relay_listen_addr(n - 1),
-                    manifest.stages[0].endpoint.data_in.endpoint, config.retry,
-                    config.relay_capture_prefix))
+                self.relays.append(
+                    RelayLink(
+                        n - 1,
+                        self._relay_listen_addr(n - 1),
+                        manifest.stages[0].endpoint.data_in.endpoint,
+                        config.retry,
+                        config.relay_capture_prefix,
+                    )
+                )
         except BaseException:
             self.close()
             raise
@@ -96,11 +106,11 @@ class HostLifecycle(Orchestrator):
                 try:
                     msg = link.recv(cfg.data_setup_timeout)
                 except Timeout:
-                    raise StageFailed(link.index, "no DataChannelsReady within "
-                                                  f"{cfg.data_setup_timeout} s") from None
+                    raise StageFailed(
+                        link.index, f"no DataChannelsReady within {cfg.data_setup_timeout} s"
+                    ) from None
                 if not isinstance(msg, C.DataChannelsReady) or msg.stage_idx != link.index:
-                    raise StageFailed(link.index, f"expected DataChannelsReady, got "
-                                                  f"{C.describe(msg)}")
+                    raise StageFailed(link.index, f"expected DataChannelsReady, got {C.describe(msg)}")
         except BaseException:
             for relay in self.relays:
                 relay.close()
@@ -124,16 +134,25 @@ def _bind(endpoint: Endpoint):
 class HostBlindServer:
     """Accepts clients on ``listen`` and forwards them, one at a time, to stage 0."""
 
-    def __init__(self, manifest: Manifest, config: OrchestratorConfig, listen: Endpoint, *,
-                 queue_size: int = 8, metrics=None, health_interval: float = 2.0,
-                 capture_prefix: Optional[str] = None, connect_timeout: float = 5.0,
-                 concurrency: int = 1):
+    def __init__(
+        self,
+        manifest: Manifest,
+        config: OrchestratorConfig,
+        listen: Endpoint,
+        *,
+        queue_size: int = 8,
+        metrics=None,
+        health_interval: float = 2.0,
+        capture_prefix: Optional[str] = None,
+        connect_timeout: float = 5.0,
+        concurrency: int = 1,
+    ):
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.concurrency = concurrency
-        self.active = 0                        # clients being forwarded (metrics)
+        self.active = 0  # clients being forwarded (metrics)
         self.active_lock = threading.Lock()
         self.manifest = manifest
         self.config = config
@@ -152,7 +171,7 @@ class HostBlindServer:
         self.pipeline: Optional[HostLifecycle] = None
         self.up = threading.Event()
         self.stopping = threading.Event()
-        self.busy = threading.Lock()           # held while a client is forwarded
+        self.busy = threading.Lock()  # held while a client is forwarded
         self.served = 0
         self.listener: Optional[socket.socket] = None
         self._threads: List[threading.Thread] = []
@@ -196,7 +215,7 @@ class HostBlindServer:
     def _supervise(self) -> None:
         """Health checks; a broken pipeline is torn down and started again."""
         while not self.stopping.wait(self.health_interval):
-            pipeline = self.pipeline                 # set whenever `up` is (this thread restarts it)
+            pipeline = self.pipeline  # set whenever `up` is (this thread restarts it)
             if self.up.is_set() and pipeline is not None:
                 try:
                     pipeline.health_check()
@@ -272,7 +291,7 @@ class HostBlindServer:
                 if self.concurrency == 1:
                     with self.busy:
                         self._serve_one(sock)
-                else:                  # many at once: a restart fails the ones in flight
+                else:  # many at once: a restart fails the ones in flight
                     self._serve_one(sock)
             finally:
                 self.slots.release()
@@ -333,8 +352,9 @@ class HostBlindServer:
     def _capture(self, key: str) -> int:
         if not self.capture_prefix:
             return -1
-        return os.open(f"{self.capture_prefix}client_{key}.bin",
-                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.open(
+            f"{self.capture_prefix}client_{key}.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
 
     def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
         """client -> stage 0, in C with the GIL released."""
@@ -358,12 +378,12 @@ class HostBlindServer:
         frames 3.. the tokens and the final message; the host cannot tell
         which is which beyond that, and does not try.
         """
-        m = self.metrics           # errors are reported as short kinds, never as text
+        m = self.metrics  # errors are reported as short kinds, never as text
         fd = self._capture("down")
         buf = bytearray(65536)
         view = memoryview(buf)
         header = bytearray()
-        skip = 0                       # payload bytes of the current frame still to pass
+        skip = 0  # payload bytes of the current frame still to pass
         frames = 0
         t_start = time.monotonic()
         t_last = None
@@ -382,14 +402,14 @@ class HostBlindServer:
                 except OSError:
                     return "client_link"
                 pos = 0
-                while pos < n:         # walk the frame boundaries in this chunk
+                while pos < n:  # walk the frame boundaries in this chunk
                     if skip:
                         take = min(skip, n - pos)
                         skip -= take
                         pos += take
                         continue
                     need = HEADER_SIZE - len(header)
-                    header += view[pos:pos + need]
+                    header += view[pos : pos + need]
                     pos += min(need, n - pos)
                     if len(header) == HEADER_SIZE:
                         skip = _LEN.unpack_from(header, 9)[0]

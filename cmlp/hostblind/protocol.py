@@ -35,23 +35,23 @@ GENERATE, CANCEL, INFO = 0x01, 0x02, 0x03
 STARTED, TOKEN, FINISHED, ERROR, INFO_REPLY = 0x11, 0x12, 0x13, 0x14, 0x15
 BEGIN, STEP, END, FAIL, SAMPLED = 0x21, 0x22, 0x23, 0x24, 0x31
 
-_HEAD = struct.Struct("<BQ")                  # type, seq
+_HEAD = struct.Struct("<BQ")  # type, seq
 HEAD = _HEAD.size
-_TOKEN = struct.Struct("<IIH")                # index, token id, text bytes
-_FINISHED = struct.Struct("<BII")             # reason, prompt tokens, completion tokens
-_ERROR = struct.Struct("<BH")                 # code, message bytes
-_BEGIN = struct.Struct("<ddIBQ")              # temperature, top_p, top_k, has_seed, seed
-_STEP = struct.Struct("<IIB")                 # step, context length after it, tensors
-_SAMPLED = struct.Struct("<II")               # step, token id
+_TOKEN = struct.Struct("<IIH")  # index, token id, text bytes
+_FINISHED = struct.Struct("<BII")  # reason, prompt tokens, completion tokens
+_ERROR = struct.Struct("<BH")  # code, message bytes
+_BEGIN = struct.Struct("<ddIBQ")  # temperature, top_p, top_k, has_seed, seed
+_STEP = struct.Struct("<IIB")  # step, context length after it, tensors
+_SAMPLED = struct.Struct("<II")  # step, token id
 _COUNT = struct.Struct("<I")
 
-MAX_GENERATE_BYTES = 2 << 20                  # JSON body of a Generate (prompt <= 1 MiB)
+MAX_GENERATE_BYTES = 2 << 20  # JSON body of a Generate (prompt <= 1 MiB)
 MAX_ERROR_TEXT = 1024
-MAX_INFO_BYTES = 1 << 20                      # InfoReply JSON (a chat template can be long)
+MAX_INFO_BYTES = 1 << 20  # InfoReply JSON (a chat template can be long)
 MAX_TOKEN_TEXT = 4096
 MAX_STEP_TENSORS = 8
 MAX_PROMPT_IDS = 1 << 16
-MAX_IN_FLIGHT = 64                            # sequences one endpoint tracks at once
+MAX_IN_FLIGHT = 64  # sequences one endpoint tracks at once
 GENERATE_PAD, SMALL_PAD = 256, 64
 
 REASONS = {1: "length", 2: "eos", 3: "stop"}
@@ -65,7 +65,7 @@ ERROR_CODES = (ERR_INVALID, ERR_CONTEXT, ERR_BUSY, ERR_UNAVAILABLE, ERR_INTERNAL
 @dataclass(frozen=True)
 class Generate:
     seq: int
-    body: dict                 # {"prompt": str} or {"prompt_ids": [int]}, plus "params": {...}
+    body: dict  # {"prompt": str} or {"prompt_ids": [int]}, plus "params": {...}
     type = GENERATE
 
 
@@ -78,6 +78,7 @@ class Cancel:
 @dataclass(frozen=True)
 class Info:
     """Ask stage 0 for the tokenizer's metadata (chat template, special tokens)."""
+
     seq: int
     type = INFO
 
@@ -85,7 +86,7 @@ class Info:
 @dataclass(frozen=True)
 class InfoReply:
     seq: int
-    body: dict                 # {"chat_template", "bos_token", "eos_token"}: str or None each
+    body: dict  # {"chat_template", "bos_token", "eos_token"}: str or None each
     type = INFO_REPLY
 
 
@@ -99,7 +100,7 @@ class Started:
 @dataclass(frozen=True)
 class Token:
     seq: int
-    step: int                  # 0, 1, 2, ...: a dropped Token is detected at the next one
+    step: int  # 0, 1, 2, ...: a dropped Token is detected at the next one
     token_id: int
     text: str
     type = TOKEN
@@ -125,6 +126,7 @@ class Error:
 @dataclass(frozen=True)
 class Begin:
     """Sampling parameters for ``seq``, for the last stage (travels ahead of the first Step)."""
+
     seq: int
     temperature: float
     top_p: float
@@ -136,9 +138,10 @@ class Begin:
 @dataclass(frozen=True)
 class Step:
     """One forward step of ``seq``; exactly ``tensors`` Tensor frames follow on the link."""
+
     seq: int
     step: int
-    seq_len: int               # context length once this step's tokens are in (cache check)
+    seq_len: int  # context length once this step's tokens are in (cache check)
     tensors: int
     type = STEP
 
@@ -146,6 +149,7 @@ class Step:
 @dataclass(frozen=True)
 class End:
     """``seq`` is over: drop its state (sent by stage 0, forwarded to the last stage)."""
+
     seq: int
     type = END
 
@@ -153,6 +157,7 @@ class End:
 @dataclass(frozen=True)
 class Fail:
     """A stage could not process ``seq``; forwarded to stage 0, which tells the client."""
+
     seq: int
     message: str
     type = FAIL
@@ -161,14 +166,16 @@ class Fail:
 @dataclass(frozen=True)
 class Sampled:
     """The last stage's token for ``seq`` at ``step`` (feedback link)."""
+
     seq: int
     step: int
     token_id: int
     type = SAMPLED
 
 
-Event = Union[Generate, Cancel, Info, InfoReply, Started, Token, Finished, Error, Begin, Step,
-              End, Fail, Sampled]
+Event = Union[
+    Generate, Cancel, Info, InfoReply, Started, Token, Finished, Error, Begin, Step, End, Fail, Sampled
+]
 INFO_KEYS = ("chat_template", "bos_token", "eos_token")
 
 
@@ -215,16 +222,14 @@ def encode(ev: Event) -> bytes:
             raise ProtocolError(f"token text longer than {MAX_TOKEN_TEXT} bytes")
         return _pad(head + _TOKEN.pack(ev.step, ev.token_id, len(raw)) + raw, SMALL_PAD)
     if isinstance(ev, Finished):
-        return head + _FINISHED.pack(REASON_CODES[ev.reason], ev.prompt_tokens,
-                                     ev.completion_tokens)
+        return head + _FINISHED.pack(REASON_CODES[ev.reason], ev.prompt_tokens, ev.completion_tokens)
     if isinstance(ev, (Error, Fail)):
         raw = ev.message.encode("utf-8")[:MAX_ERROR_TEXT]
-        raw = raw.decode("utf-8", "ignore").encode("utf-8")     # never cut a character
+        raw = raw.decode("utf-8", "ignore").encode("utf-8")  # never cut a character
         code = ev.code if isinstance(ev, Error) else 0
         return head + _ERROR.pack(code, len(raw)) + raw
     if isinstance(ev, Begin):
-        return head + _BEGIN.pack(ev.temperature, ev.top_p, ev.top_k, ev.seed is not None,
-                                  ev.seed or 0)
+        return head + _BEGIN.pack(ev.temperature, ev.top_p, ev.top_k, ev.seed is not None, ev.seed or 0)
     if isinstance(ev, Step):
         return head + _STEP.pack(ev.step, ev.seq_len, ev.tensors)
     if isinstance(ev, Sampled):
@@ -268,8 +273,11 @@ def decode(payload) -> Event:
             body = json.loads(bytes(payload[HEAD:]).decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise ProtocolError("model info is not valid UTF-8 JSON") from None
-        if not isinstance(body, dict) or set(body) != set(INFO_KEYS) or not all(
-                v is None or isinstance(v, str) for v in body.values()):
+        if (
+            not isinstance(body, dict)
+            or set(body) != set(INFO_KEYS)
+            or not all(v is None or isinstance(v, str) for v in body.values())
+        ):
             raise ProtocolError(f"model info must map exactly {INFO_KEYS} to strings or null")
         return InfoReply(seq, body)
     if t == STARTED:
@@ -288,7 +296,7 @@ def decode(payload) -> Event:
         start = HEAD + _TOKEN.size
         if start + size > n or n - start - size >= SMALL_PAD:
             raise ProtocolError(f"Token: {size} text bytes do not fit {n} bytes")
-        return Token(seq, step, tid, _text(bytes(payload[start:start + size]), MAX_TOKEN_TEXT, "text"))
+        return Token(seq, step, tid, _text(bytes(payload[start : start + size]), MAX_TOKEN_TEXT, "text"))
     if t == FINISHED:
         code, p, c = _fixed(payload, _FINISHED, "Finished")
         if code not in REASONS:
@@ -300,7 +308,7 @@ def decode(payload) -> Event:
         code, size = _ERROR.unpack_from(payload, HEAD)
         if HEAD + _ERROR.size + size != n:
             raise ProtocolError(f"Error: {size} text bytes do not match {n} bytes")
-        text = _text(bytes(payload[HEAD + _ERROR.size:]), MAX_ERROR_TEXT, "error text")
+        text = _text(bytes(payload[HEAD + _ERROR.size :]), MAX_ERROR_TEXT, "error text")
         if t == FAIL:
             return Fail(seq, text)
         if code not in ERROR_CODES:
@@ -376,14 +384,13 @@ _STAGE_LINK = {
     (DOWNSTREAM, ACTIVE, "recv", FAIL): DONE,
 }
 
-TABLES = {CLIENT: _CLIENT_LINK, STAGE0: _CLIENT_LINK, UPSTREAM: _STAGE_LINK,
-          DOWNSTREAM: _STAGE_LINK}
+TABLES = {CLIENT: _CLIENT_LINK, STAGE0: _CLIENT_LINK, UPSTREAM: _STAGE_LINK, DOWNSTREAM: _STAGE_LINK}
 
 
 @dataclass
 class _Seq:
     state: str = IDLE
-    step: int = 0            # next expected Step / Sampled step number
+    step: int = 0  # next expected Step / Sampled step number
 
 
 @dataclass
@@ -393,10 +400,11 @@ class Endpoint:
     ``sampled_link``: this link is the feedback link (Sampled instead of Steps,
     no Begin: the sequence starts with its first Sampled).
     """
+
     role: str
     sampled_link: bool = False
     seqs: Dict[int, _Seq] = field(default_factory=dict)
-    finished: set = field(default_factory=set)       # recently finished ids (bounded)
+    finished: set = field(default_factory=set)  # recently finished ids (bounded)
 
     def state(self, seq: int) -> str:
         s = self.seqs.get(seq)
@@ -410,12 +418,14 @@ class Endpoint:
         state = cur.state if cur is not None else (DONE if ev.seq in self.finished else IDLE)
         t = ev.type
         if self.sampled_link and state == IDLE and t in (SAMPLED, FAIL):
-            state = ACTIVE                       # the feedback link has no Begin
+            state = ACTIVE  # the feedback link has no Begin
             cur = None
         nxt = table.get((self.role, state, direction, t))
         if nxt is None:
-            raise ProtocolError(f"{self.role}: message 0x{t:02x} not allowed for sequence "
-                                f"{ev.seq} in state {state} ({direction})")
+            raise ProtocolError(
+                f"{self.role}: message 0x{t:02x} not allowed for sequence "
+                f"{ev.seq} in state {state} ({direction})"
+            )
         if (self.sampled_link and t in (BEGIN, STEP)) or (not self.sampled_link and t == SAMPLED):
             raise ProtocolError(f"{self.role}: message 0x{t:02x} does not belong on this link")
         if cur is None:
@@ -430,7 +440,7 @@ class Endpoint:
             del self.seqs[ev.seq]
             self.finished.add(ev.seq)
             if len(self.finished) > 4 * MAX_IN_FLIGHT:
-                self.finished.clear()            # ids are never reused: forgetting is safe
+                self.finished.clear()  # ids are never reused: forgetting is safe
         else:
             cur.state = nxt
 

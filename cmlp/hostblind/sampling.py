@@ -46,12 +46,11 @@ class Sampler:
         if vocab_size < 1:
             raise ValueError("vocab_size must be >= 1")
         self.vocab_size = vocab_size
-        self._x = np.empty(vocab_size, np.float64)       # [V] scaled logits -> probabilities
-        self._s = np.empty(vocab_size, np.float64)       # [V] scratch: sorted copy
-        self._c = np.empty(vocab_size, np.float64)       # [V] cumulative sums
+        self._x = np.empty(vocab_size, np.float64)  # [V] scaled logits -> probabilities
+        self._s = np.empty(vocab_size, np.float64)  # [V] scratch: sorted copy
+        self._c = np.empty(vocab_size, np.float64)  # [V] cumulative sums
 
-    def sample(self, logits: np.ndarray, params: SamplingParams,
-               rng: Optional[np.random.Generator]) -> int:
+    def sample(self, logits: np.ndarray, params: SamplingParams, rng: Optional[np.random.Generator]) -> int:
         """One token id from ``logits`` [V] (float32, any stride)."""
         if logits.ndim != 1 or logits.shape[0] != self.vocab_size:
             raise InvalidModelInput(f"logits shape {logits.shape} is not [{self.vocab_size}]")
@@ -65,20 +64,20 @@ class Sampler:
         k = params.top_k
         if 0 < k < V:
             s[:] = x
-            s.partition(V - k)                 # s[V-k] is the k-th largest value
+            s.partition(V - k)  # s[V-k] is the k-th largest value
             np.copyto(x, -np.inf, where=x < s[V - k])
         x -= x.max()
-        np.exp(x, out=x)                       # masked entries become exactly 0
+        np.exp(x, out=x)  # masked entries become exactly 0
         if params.top_p < 1.0:
             total = x.sum()
             s[:] = x
-            s.sort()                           # ascending
-            np.cumsum(s[::-1], out=c)          # mass of the j+1 most probable tokens
+            s.sort()  # ascending
+            np.cumsum(s[::-1], out=c)  # mass of the j+1 most probable tokens
             j = int(np.searchsorted(c, params.top_p * total))
             if j < V:
                 np.copyto(x, 0.0, where=x < s[V - 1 - j])
         np.cumsum(x, out=c)
-        if rng is None:                        # only greedy (temperature 0) may go without
+        if rng is None:  # only greedy (temperature 0) may go without
             raise ValueError("sampling at temperature > 0 needs a generator")
         u = rng.random() * c[-1]
         return min(int(np.searchsorted(c, u, side="right")), V - 1)

@@ -24,8 +24,18 @@ from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Type
 import numpy as np
 
 from cmlp import trace
-from cmlp.errors import (CmlpError, ContextTooLong, CryptoError, FrameError, InvalidRequestError,
-                         PipelineTimeout, ProtocolError, SessionError, StageError, Timeout)
+from cmlp.errors import (
+    CmlpError,
+    ContextTooLong,
+    CryptoError,
+    FrameError,
+    InvalidRequestError,
+    PipelineTimeout,
+    ProtocolError,
+    SessionError,
+    StageError,
+    Timeout,
+)
 from cmlp.hostblind import protocol as P
 from cmlp.hostblind.params import MAX_PROMPT_BYTES, MAX_PROMPT_IDS, SamplingParams
 from cmlp.hostblind.sampling import Sampler, make_rng
@@ -37,7 +47,7 @@ from cmlp.transport.wire import DType, Tensor
 
 log = logging.getLogger(__name__)
 
-WATCH_SLICE = 0.05          # seconds between control checks while waiting
+WATCH_SLICE = 0.05  # seconds between control checks while waiting
 
 
 class StageTokenizer(Protocol):
@@ -53,18 +63,18 @@ class StageTokenizer(Protocol):
 
 @dataclass
 class HostBlindOptions:
-    tokenizer: Optional[StageTokenizer] = None   # default: the model dir's or GPT-2
-    eos_ids: Optional[Tuple[int, ...]] = None     # override the tokenizer's EOS ids
+    tokenizer: Optional[StageTokenizer] = None  # default: the model dir's or GPT-2
+    eos_ids: Optional[Tuple[int, ...]] = None  # override the tokenizer's EOS ids
     client_handshake_timeout: float = 5.0
-    request_timeout: float = 10.0         # the Generate after the client's handshake
-    token_timeout: float = 60.0           # one token from the feedback link
+    request_timeout: float = 10.0  # the Generate after the client's handshake
+    token_timeout: float = 60.0  # one token from the feedback link
     client_send_timeout: float = 5.0
-    input_timeout: float = 60.0           # the tensors that follow a Step
-    slots: int = 8                        # KV-cache slots per stage (docs/batching.md)
-    kv_budget_mb: Optional[int] = None    # cap on the slots' reserved KV bytes
-    admission_queue: int = 8              # requests waiting for a slot at stage 0, then busy
-    prefill_chunk: int = 64               # prompt tokens per step at stage 0 (chunked prefill)
-    micro_batches: int = 0                # decode groups in flight (0: one per stage)
+    input_timeout: float = 60.0  # the tensors that follow a Step
+    slots: int = 8  # KV-cache slots per stage (docs/batching.md)
+    kv_budget_mb: Optional[int] = None  # cap on the slots' reserved KV bytes
+    admission_queue: int = 8  # requests waiting for a slot at stage 0, then busy
+    prefill_chunk: int = 64  # prompt tokens per step at stage 0 (chunked prefill)
+    micro_batches: int = 0  # decode groups in flight (0: one per stage)
 
 
 class _LinkLost(Exception):
@@ -89,6 +99,7 @@ def load_stage0_tokenizer(model_dir: Optional[Path]):
     from the model directory) where the models branch provides it.
     """
     from cmlp import tokenizer as T
+
     if model_dir is not None and (Path(model_dir) / "tokenizer.json").is_file():
         loader = getattr(T, "load_model_tokenizer", None)
         if loader is not None:
@@ -99,9 +110,11 @@ def load_stage0_tokenizer(model_dir: Optional[Path]):
 
 def run_host_blind(worker, ctl, data_in, data_out, activation) -> None:
     from cmlp.pipeline.stage import SessionEnded
+
     opts = worker.config.hostblind or HostBlindOptions()
-    if getattr(worker.executor, "supports_slots", False):         # continuous batching (docs/batching.md)
+    if getattr(worker.executor, "supports_slots", False):  # continuous batching (docs/batching.md)
         from cmlp.hostblind.batch_loop import BatchRingLoop, BatchStage0Loop
+
         kinds: Tuple[Type[_Stage0Loop], Type[_RingStageLoop]] = (BatchStage0Loop, BatchRingLoop)
     else:
         kinds = (_Stage0Loop, _RingStageLoop)
@@ -116,8 +129,15 @@ def run_host_blind(worker, ctl, data_in, data_out, activation) -> None:
 
 
 class _Base:
-    def __init__(self, worker, ctl, data_in: Optional[SecureChannel],
-                 data_out: Optional[SecureChannel], activation, opts: HostBlindOptions):
+    def __init__(
+        self,
+        worker,
+        ctl,
+        data_in: Optional[SecureChannel],
+        data_out: Optional[SecureChannel],
+        activation,
+        opts: HostBlindOptions,
+    ):
         self.w = worker
         self.idx = worker.idx
         self.n = worker.manifest.num_stages
@@ -128,8 +148,10 @@ class _Base:
         self.activation = activation
         self.opts = opts
         self.sampler: Optional[Sampler] = None
-        self.ev = {k: f"hb.stage{self.idx}.{k}" for k in ("input", "forward_done", "sent",
-                                                            "sampled", "token_in", "token_out")}
+        self.ev = {
+            k: f"hb.stage{self.idx}.{k}"
+            for k in ("input", "forward_done", "sent", "sampled", "token_in", "token_out")
+        }
 
     # -- control channel ----------------------------------------------------------------
     def watch_control(self) -> None:
@@ -137,14 +159,13 @@ class _Base:
             try:
                 msg = self.ctl.recv(timeout=1.0)
             except Timeout:
-                return                      # a partial frame: keep it for later
+                return  # a partial frame: keep it for later
             if isinstance(msg, C.Ping):
                 self.ctl.send(C.Pong(msg.seq))
             elif isinstance(msg, C.Shutdown):
                 raise _SessionOver()
             else:
-                raise ProtocolError(f"unexpected control message in host-blind mode: "
-                                    f"{C.describe(msg)}")
+                raise ProtocolError(f"unexpected control message in host-blind mode: {C.describe(msg)}")
 
     # -- data links ---------------------------------------------------------------------
     def link_name(self, side: str) -> str:
@@ -188,18 +209,18 @@ class _Base:
     def forward(self, seq: int, step: int, seq_len: int, inputs: List[Tensor]) -> List[Tensor]:
         """One step through the executor; ``seq_len`` lets it check its cache position."""
         if seq_len > self.activation.max_seq_len:
-            raise ProtocolError(f"seq_len {seq_len} exceeds max_seq_len "
-                                f"{self.activation.max_seq_len}")
+            raise ProtocolError(f"seq_len {seq_len} exceeds max_seq_len {self.activation.max_seq_len}")
         begin = getattr(self.w.executor, "begin_request", None)
         if begin is not None:
-            begin(seq, seq_len, 1)          # each step is one single-micro-batch request
+            begin(seq, seq_len, 1)  # each step is one single-micro-batch request
         return self.w.executor.forward(seq, step, inputs)
 
     def sample(self, outputs: List[Tensor], params: SamplingParams, rng) -> int:
         logits = outputs[-1].data
         if logits.dtype != np.float32 or logits.ndim != 2 or logits.shape[0] < 1:
-            raise ProtocolError(f"the last stage's output is not F32 logits [B, vocab]: "
-                                f"{logits.dtype} {logits.shape}")
+            raise ProtocolError(
+                f"the last stage's output is not F32 logits [B, vocab]: {logits.dtype} {logits.shape}"
+            )
         row = logits[-1]
         if self.sampler is None or self.sampler.vocab_size != row.shape[0]:
             self.sampler = Sampler(row.shape[0])
@@ -211,13 +232,14 @@ def _str_or_none(value) -> Optional[str]:
 
 
 def _ids_tensor(ids: Sequence[int]) -> Tensor:
-    arr = np.asarray([ids], dtype=np.uint32)          # [1, T]
+    arr = np.asarray([ids], dtype=np.uint32)  # [1, T]
     return Tensor("input_ids", DType.U32, arr.shape, arr)
 
 
 def _begin_params(ev: P.Begin) -> SamplingParams:
-    return SamplingParams(max_tokens=1, temperature=ev.temperature, top_k=ev.top_k,
-                          top_p=ev.top_p, seed=ev.seed).validate()
+    return SamplingParams(
+        max_tokens=1, temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p, seed=ev.seed
+    ).validate()
 
 
 class _RingStageLoop(_Base):
@@ -232,8 +254,7 @@ class _RingStageLoop(_Base):
             if isinstance(msg, ShutdownMessage):
                 raise _LinkLost(self.link_name("in"), ProtocolError("transport Shutdown"))
             if not isinstance(msg, Data):
-                raise ProtocolError(f"expected a Data message on data_in, got "
-                                    f"{type(msg).__name__}")
+                raise ProtocolError(f"expected a Data message on data_in, got {type(msg).__name__}")
             ev = up.receive(msg.payload)
             if isinstance(ev, P.Begin):
                 if self.is_last:
@@ -248,7 +269,7 @@ class _RingStageLoop(_Base):
                 tensors = self._read_tensors(ev.tensors)
                 trace.event(self.ev["input"])
                 if down.state(ev.seq) == P.DONE:
-                    continue                    # this stage already failed the sequence
+                    continue  # this stage already failed the sequence
                 try:
                     outputs = self.forward(ev.seq, ev.step, ev.seq_len, tensors)
                     trace.event(self.ev["forward_done"])
@@ -260,8 +281,7 @@ class _RingStageLoop(_Base):
                         trace.event(self.ev["sampled"])
                         self.send_out(down.send(P.Sampled(ev.seq, ev.step, token)))
                     else:
-                        self.send_out(down.send(P.Step(ev.seq, ev.step, ev.seq_len,
-                                                       len(outputs))), outputs)
+                        self.send_out(down.send(P.Step(ev.seq, ev.step, ev.seq_len, len(outputs))), outputs)
                         for t in outputs:
                             t.wipe_metadata()
                     trace.event(self.ev["sent"])
@@ -290,8 +310,10 @@ class _RingStageLoop(_Base):
             try:
                 msg = self.recv_in(self.opts.input_timeout)
             except Timeout:
-                raise _LinkLost(self.link_name("in"), PipelineTimeout(
-                    f"a Step's tensors did not arrive within {self.opts.input_timeout} s")) from None
+                raise _LinkLost(
+                    self.link_name("in"),
+                    PipelineTimeout(f"a Step's tensors did not arrive within {self.opts.input_timeout} s"),
+                ) from None
             if not isinstance(msg, TensorMessage):
                 raise ProtocolError(f"expected a Tensor after Step, got {type(msg).__name__}")
             tensors.append(msg.tensor)
@@ -304,9 +326,8 @@ class _Stage0Loop(_Base):
     def __init__(self, *args):
         super().__init__(*args)
         tok = self.opts.tokenizer or getattr(self.w, "hb_tokenizer", None)
-        if tok is None:                          # loaded once per worker, not per session
-            tok = self.w.hb_tokenizer = load_stage0_tokenizer(
-                getattr(self.w.executor, "model_dir", None))
+        if tok is None:  # loaded once per worker, not per session
+            tok = self.w.hb_tokenizer = load_stage0_tokenizer(getattr(self.w.executor, "model_dir", None))
         self.tok: StageTokenizer = tok
         eos = self.opts.eos_ids
         if eos is None:
@@ -321,12 +342,17 @@ class _Stage0Loop(_Base):
 
     def run(self) -> None:
         cfg = self.w.config
-        client_cfg = cfg.session.replace(expected_measurements=None, allow_unattested_peer=True,
-                                         handshake_timeout=self.opts.client_handshake_timeout,
-                                         own_role=None, peer_role=None)
+        client_cfg = cfg.session.replace(
+            expected_measurements=None,
+            allow_unattested_peer=True,
+            handshake_timeout=self.opts.client_handshake_timeout,
+            own_role=None,
+            peer_role=None,
+        )
         if getattr(cfg, "bind_roles", False):
             # stage 0 attests its role, so the host cannot hand the client another stage
             from cmlp.attestation.role import Role
+
             client_cfg = client_cfg.replace(own_role=Role(0, self.w.manifest.pipeline_digest()))
         while True:
             self.watch_control()
@@ -365,7 +391,7 @@ class _Stage0Loop(_Base):
             if not isinstance(msg, Data):
                 raise ProtocolError(f"expected a request, got {type(msg).__name__}")
             req = cl.receive(msg.payload)
-            if not isinstance(req, (P.Generate, P.Info)):    # the STAGE0 table admits no other
+            if not isinstance(req, (P.Generate, P.Info)):  # the STAGE0 table admits no other
                 raise ProtocolError(f"expected a request, got {type(req).__name__}")
         except (CmlpError, OSError) as exc:
             log.warning("stage 0: no valid request from the client: %s", exc)
@@ -394,8 +420,9 @@ class _Stage0Loop(_Base):
         except _ClientGone as gone:
             log.info("stage 0: generation %d ended early: %s", seq, gone)
         except _LinkLost as lost:
-            self._client_error(ch, cl, cseq, P.ERR_UNAVAILABLE,
-                               f"pipeline unavailable: {lost.what} failed: {lost.exc}")
+            self._client_error(
+                ch, cl, cseq, P.ERR_UNAVAILABLE, f"pipeline unavailable: {lost.what} failed: {lost.exc}"
+            )
             raise
         except PipelineTimeout as exc:
             self._client_error(ch, cl, cseq, P.ERR_UNAVAILABLE, f"pipeline unavailable: {exc}")
@@ -403,7 +430,7 @@ class _Stage0Loop(_Base):
         except (StageError, ProtocolError, CmlpError) as exc:
             self._client_error(ch, cl, cseq, P.ERR_INTERNAL, f"generation failed: {exc}")
             if isinstance(exc, ProtocolError):
-                raise                        # a confused link: start a fresh session
+                raise  # a confused link: start a fresh session
 
     def _client_error(self, ch, cl, cseq, code, text) -> None:
         if cl.state(cseq) in (P.WAIT_START, P.STREAMING) and not ch.closed:
@@ -421,30 +448,34 @@ class _Stage0Loop(_Base):
     def _parse(self, body: dict) -> Tuple[List[int], SamplingParams]:
         keys = set(body)
         if keys not in ({"prompt", "params"}, {"prompt_ids", "params"}):
-            raise InvalidRequestError("request must have 'params' and one of 'prompt', "
-                                      "'prompt_ids'")
+            raise InvalidRequestError("request must have 'params' and one of 'prompt', 'prompt_ids'")
         params = SamplingParams.from_json(body["params"])
         if "prompt" in body:
             text = body["prompt"]
-            if not isinstance(text, str) or len(text.encode("utf-8", "surrogatepass"))\
-                    > MAX_PROMPT_BYTES:
-                raise InvalidRequestError(f"prompt must be a string of at most "
-                                          f"{MAX_PROMPT_BYTES} UTF-8 bytes")
+            if not isinstance(text, str) or len(text.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
+                raise InvalidRequestError(
+                    f"prompt must be a string of at most {MAX_PROMPT_BYTES} UTF-8 bytes"
+                )
             ids = self.tok.encode(text)
         else:
             ids = body["prompt_ids"]
             vocab = getattr(self.tok, "vocab_size", None)
-            if not isinstance(ids, list) or len(ids) > MAX_PROMPT_IDS or not all(
-                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < (vocab or 2**32)
-                    for i in ids):
-                raise InvalidRequestError("prompt_ids must be a list of token ids in the "
-                                          "vocabulary")
+            if (
+                not isinstance(ids, list)
+                or len(ids) > MAX_PROMPT_IDS
+                or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < (vocab or 2**32) for i in ids
+                )
+            ):
+                raise InvalidRequestError("prompt_ids must be a list of token ids in the vocabulary")
         if not ids:
             raise InvalidRequestError("the prompt encodes to no tokens")
         limit = self.activation.max_seq_len
         if len(ids) + params.max_tokens > limit:
-            raise ContextTooLong(f"prompt ({len(ids)} tokens) + max_tokens "
-                                 f"({params.max_tokens}) exceeds the context of {limit} tokens")
+            raise ContextTooLong(
+                f"prompt ({len(ids)} tokens) + max_tokens "
+                f"({params.max_tokens}) exceeds the context of {limit} tokens"
+            )
         return list(ids), params
 
     def _generate(self, ch, cl, cseq, seq, prompt_ids, params: SamplingParams) -> None:
@@ -456,19 +487,24 @@ class _Stage0Loop(_Base):
         step = 0
         try:
             if not single:
-                self.send_out(self.down.send(P.Begin(seq, float(params.temperature),
-                                                     float(params.top_p), params.top_k,
-                                                     params.seed)))
+                self.send_out(
+                    self.down.send(
+                        P.Begin(
+                            seq, float(params.temperature), float(params.top_p), params.top_k, params.seed
+                        )
+                    )
+                )
                 begun = True
             while True:
                 outputs = self.forward(seq, step, len(prompt_ids) + step, inputs)
                 trace.event(self.ev["forward_done"])
                 if single:
                     token = self.sample(outputs, params, rng)
-                    self.watch_control()           # a Ping waits at most one step
+                    self.watch_control()  # a Ping waits at most one step
                 else:
-                    self.send_out(self.down.send(P.Step(seq, step, len(prompt_ids) + step,
-                                                        len(outputs))), outputs)
+                    self.send_out(
+                        self.down.send(P.Step(seq, step, len(prompt_ids) + step, len(outputs))), outputs
+                    )
                     for t in outputs:
                         t.wipe_metadata()
                     trace.event(self.ev["sent"])
@@ -478,10 +514,11 @@ class _Stage0Loop(_Base):
                 self._to_client(ch, cl.send(P.Token(cseq, step, token, text)))
                 trace.event(self.ev["token_out"])
                 if reason is None and ch.pending():
-                    self._watch_client(ch, cl)     # a Cancel, or the client went away
+                    self._watch_client(ch, cl)  # a Cancel, or the client went away
                 if reason is not None:
-                    self._to_client(ch, cl.send(P.Finished(cseq, reason, len(prompt_ids),
-                                                           stopper.completion_tokens)))
+                    self._to_client(
+                        ch, cl.send(P.Finished(cseq, reason, len(prompt_ids), stopper.completion_tokens))
+                    )
                     return
                 step += 1
                 inputs = [_ids_tensor((token,))]
@@ -504,28 +541,34 @@ class _Stage0Loop(_Base):
                 self._watch_client(ch, cl)
                 self.watch_control()
                 if time.monotonic() > deadline:
-                    raise PipelineTimeout(f"no token from stage {self.n - 1} within "
-                                          f"{self.opts.token_timeout} s") from None
+                    raise PipelineTimeout(
+                        f"no token from stage {self.n - 1} within {self.opts.token_timeout} s"
+                    ) from None
                 continue
             except (SessionError, CryptoError, FrameError) as exc:
                 raise _LinkLost(self.link_name("in"), exc) from exc
             if not isinstance(msg, Data):
-                raise _LinkLost(self.link_name("in"), ProtocolError(
-                    f"unexpected {type(msg).__name__} on the feedback link"))
+                raise _LinkLost(
+                    self.link_name("in"),
+                    ProtocolError(f"unexpected {type(msg).__name__} on the feedback link"),
+                )
             if self.feedback.is_stale(msg.payload):
                 continue
             try:
                 ev = self.feedback.receive(msg.payload)
-            except ProtocolError as exc:      # a dropped, replayed or forged message
+            except ProtocolError as exc:  # a dropped, replayed or forged message
                 raise _LinkLost(self.link_name("in"), exc) from exc
             if isinstance(ev, P.Fail):
                 raise StageError(ev.message)
-            if not isinstance(ev, P.Sampled):       # e.g. an End: the table admits it, a token it is not
-                raise _LinkLost(self.link_name("in"), ProtocolError(
-                    f"unexpected {type(ev).__name__} on the feedback link"))
+            if not isinstance(ev, P.Sampled):  # e.g. an End: the table admits it, a token it is not
+                raise _LinkLost(
+                    self.link_name("in"),
+                    ProtocolError(f"unexpected {type(ev).__name__} on the feedback link"),
+                )
             if ev.seq != seq or ev.step != step:
-                raise ProtocolError(f"feedback for sequence {ev.seq} step {ev.step}, "
-                                    f"expected {seq} step {step}")
+                raise ProtocolError(
+                    f"feedback for sequence {ev.seq} step {ev.step}, expected {seq} step {step}"
+                )
             return ev.token_id
 
     def _watch_client(self, ch: SecureChannel, cl) -> None:

@@ -24,21 +24,26 @@ from typing import Callable, Optional, Sequence, Tuple
 from cmlp.hostblind.params import SamplingParams
 
 REPLACEMENT = "\ufffd"
-_CONTEXT = 6         # ids of decoder context kept before the unreleased ones
+_CONTEXT = 6  # ids of decoder context kept before the unreleased ones
 
 
 class Stopper:
-    def __init__(self, decode: Callable[[Sequence[int]], str], params: SamplingParams,
-                 eos_ids: Sequence[int], context_ids: Sequence[int] = ()):
+    def __init__(
+        self,
+        decode: Callable[[Sequence[int]], str],
+        params: SamplingParams,
+        eos_ids: Sequence[int],
+        context_ids: Sequence[int] = (),
+    ):
         self.decode = decode
         self.max_tokens = params.max_tokens
         self.stops = tuple(params.stop)
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         # the last prompt ids give the decoder its context (a leading space, say)
         self._ids = [int(i) for i in context_ids[-_CONTEXT:]]
-        self._prefix = 0                  # decode window start
-        self._read = len(self._ids)       # ids before this are emitted text
-        self._held = ""                   # decoded, not yet released (possible stop prefix)
+        self._prefix = 0  # decode window start
+        self._read = len(self._ids)  # ids before this are emitted text
+        self._held = ""  # decoded, not yet released (possible stop prefix)
         self.completion_tokens = 0
         self.finish_reason: Optional[str] = None
 
@@ -75,17 +80,17 @@ class Stopper:
         released as the decoder renders it (U+FFFD), as reference mode prints it.
         """
         ids = self._ids
-        before = self.decode(ids[self._prefix:self._read]) if self._read > self._prefix else ""
-        after = self.decode(ids[self._prefix:])
+        before = self.decode(ids[self._prefix : self._read]) if self._read > self._prefix else ""
+        after = self.decode(ids[self._prefix :])
         if len(after) <= len(before) or (after.endswith(REPLACEMENT) and not final):
             return ""
         self._prefix, self._read = self._read, len(ids)
-        if self._prefix > _CONTEXT:            # keep the window (and the list) short
+        if self._prefix > _CONTEXT:  # keep the window (and the list) short
             drop = self._prefix - _CONTEXT
             del ids[:drop]
             self._prefix -= drop
             self._read -= drop
-        return after[len(before):]
+        return after[len(before) :]
 
 
 def _first_stop(text: str, stops) -> Optional[int]:

@@ -21,11 +21,11 @@ class ShardEngine(Protocol):
     layer_end: int
     is_first: bool
     is_last: bool
-    hidden_size: int        # width of the hidden states between stages
+    hidden_size: int  # width of the hidden states between stages
     vocab_size: int
     n_layer: int
-    max_positions: int      # KV cache capacity in positions
-    wire_dtype: str         # "F32" or "BF16": the activation dtype this model prefers
+    max_positions: int  # KV cache capacity in positions
+    wire_dtype: str  # "F32" or "BF16": the activation dtype this model prefers
     past_len: int
     weight_bytes: int
     threads: int

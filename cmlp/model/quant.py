@@ -47,7 +47,7 @@ def quantize_int8(w: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2 or layout not in (CONV1D, LINEAR):
         raise ValueError(f"need a 2-D weight and layout conv1d|linear, got {w.shape} {layout}")
-    axis = 0 if layout == CONV1D else 1          # reduce over the input features
+    axis = 0 if layout == CONV1D else 1  # reduce over the input features
     absmax = np.max(np.abs(w), axis=axis)
     scales = np.where(absmax > 0, absmax / INT8_MAX, 1.0).astype(np.float32)
     shaped = scales[None, :] if layout == CONV1D else scales[:, None]

@@ -42,16 +42,19 @@ class QualityReport:
         return self.ppl_quant / self.ppl_ref
 
     def line(self) -> str:
-        return (f"{self.tokens} tokens: max |dlogit| {self.max_abs_logit_err:.4g}, "
-                f"rms {self.rms_logit_err:.4g} (logit std {self.ref_logit_std:.4g}), "
-                f"top-1 agreement {self.top1_agreement:.1%}, "
-                f"ppl {self.ppl_ref:.4f} -> {self.ppl_quant:.4f} (x{self.ppl_ratio:.4f})")
+        return (
+            f"{self.tokens} tokens: max |dlogit| {self.max_abs_logit_err:.4g}, "
+            f"rms {self.rms_logit_err:.4g} (logit std {self.ref_logit_std:.4g}), "
+            f"top-1 agreement {self.top1_agreement:.1%}, "
+            f"ppl {self.ppl_ref:.4f} -> {self.ppl_quant:.4f} (x{self.ppl_ratio:.4f})"
+        )
 
 
 def fixed_ids(vocab_size: int, max_tokens: int = 128) -> np.ndarray:
     """FIXED_TEXT through the embedded GPT-2 tokenizer (ids folded into a
     smaller test vocabulary when needed)."""
     from cmlp.tokenizer import load_tokenizer
+
     ids = np.array(load_tokenizer().encode(FIXED_TEXT)[:max_tokens], dtype=np.int64)
     return (ids % vocab_size).astype(np.uint32)
 
@@ -69,7 +72,7 @@ def compare(ref_shard, quant_shard, ids: np.ndarray) -> QualityReport:
     errs, ref_logits_all, agree = [], [], 0
     nll_ref = nll_quant = 0.0
     for t in range(len(ids) - 1):
-        token = ids[t:t + 1].reshape(1, 1)
+        token = ids[t : t + 1].reshape(1, 1)
         a = ref_shard.forward(token)[0].astype(np.float64)
         b = quant_shard.forward(token)[0].astype(np.float64)
         errs.append(a - b)
@@ -79,8 +82,12 @@ def compare(ref_shard, quant_shard, ids: np.ndarray) -> QualityReport:
         nll_quant -= _log_softmax(b)[ids[t + 1]]
     n = len(ids) - 1
     err = np.stack(errs)
-    return QualityReport(tokens=n, max_abs_logit_err=float(np.abs(err).max()),
-                         rms_logit_err=float(np.sqrt((err ** 2).mean())),
-                         ref_logit_std=float(np.std(np.stack(ref_logits_all))),
-                         top1_agreement=agree / n, ppl_ref=float(np.exp(nll_ref / n)),
-                         ppl_quant=float(np.exp(nll_quant / n)))
+    return QualityReport(
+        tokens=n,
+        max_abs_logit_err=float(np.abs(err).max()),
+        rms_logit_err=float(np.sqrt((err**2).mean())),
+        ref_logit_std=float(np.std(np.stack(ref_logits_all))),
+        top1_agreement=agree / n,
+        ppl_ref=float(np.exp(nll_ref / n)),
+        ppl_quant=float(np.exp(nll_quant / n)),
+    )

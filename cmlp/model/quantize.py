@@ -43,11 +43,13 @@ from cmlp.model.gpt2.config import (
 from cmlp.model.quant import CONV1D, LINEAR, bf16_to_f32, quantize_int8, to_bf16
 
 DTYPES = ("int8", "bf16")
-MODEL_TYPES = ("gpt2", "llama", "qwen2")     # the families whose loaders read the output
+MODEL_TYPES = ("gpt2", "llama", "qwen2")  # the families whose loaders read the output
 INDEX_FILE = "model.safetensors.index.json"
 
-_GPT2_MATRIX = re.compile(r"^(?:transformer\.)?(?:h\.\d+\.(?:attn\.c_attn|attn\.c_proj|"
-                          r"mlp\.c_fc|mlp\.c_proj)\.weight|wte\.weight)$")
+_GPT2_MATRIX = re.compile(
+    r"^(?:transformer\.)?(?:h\.\d+\.(?:attn\.c_attn|attn\.c_proj|"
+    r"mlp\.c_fc|mlp\.c_proj)\.weight|wte\.weight)$"
+)
 _LINEAR_MATRIX = re.compile(r"(?:_proj\.weight|^lm_head\.weight|embed_tokens\.weight)$")
 
 
@@ -110,8 +112,10 @@ def quantize_model(in_dir, out_dir, dtype: str = "int8", overwrite: bool = False
         raise ModelError(f"{out_dir} exists and is not empty (use --force to overwrite)")
     model_type = config.get("model_type", "gpt2")
     if model_type not in MODEL_TYPES:
-        raise ModelError(f"{in_dir / CONFIG_FILE}: cannot quantize model_type {model_type!r} "
-                         f"(supported: {', '.join(MODEL_TYPES)})")
+        raise ModelError(
+            f"{in_dir / CONFIG_FILE}: cannot quantize model_type {model_type!r} "
+            f"(supported: {', '.join(MODEL_TYPES)})"
+        )
 
     tensors: dict[str, np.ndarray] = {}
     modules: list[str] = []
@@ -119,7 +123,7 @@ def quantize_model(in_dir, out_dir, dtype: str = "int8", overwrite: bool = False
         header, _ = safetensors_io.read_header(path)
         for name, entry in header.items():
             if entry["dtype"] not in ("F32", "F16", "BF16"):
-                tensors[name] = _read_raw(path, name, entry)     # masks, ids: kept as is
+                tensors[name] = _read_raw(path, name, entry)  # masks, ids: kept as is
                 continue
             layout = matrix_layout(model_type, name, len(entry["shape"]))
             if dtype == "bf16":
@@ -132,8 +136,7 @@ def quantize_model(in_dir, out_dir, dtype: str = "int8", overwrite: bool = False
             elif layout:
                 w = _read_fp32(path, name, entry)
                 # stored [out, in] whatever the source layout (see the module docstring)
-                q, scales = quantize_int8(np.ascontiguousarray(w.T) if layout == CONV1D else w,
-                                          LINEAR)
+                q, scales = quantize_int8(np.ascontiguousarray(w.T) if layout == CONV1D else w, LINEAR)
                 tensors[name], tensors[name + SCALE_SUFFIX] = q, scales
                 modules.append(name)
             else:
@@ -142,17 +145,25 @@ def quantize_model(in_dir, out_dir, dtype: str = "int8", overwrite: bool = False
         raise ModelError(f"{in_dir}: no matmul weights found for model_type {model_type!r}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for item in in_dir.iterdir():   # tokenizer, generation config, README ...
-        if item.is_file() and item.name not in (CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE) \
-                and not item.name.endswith(".safetensors"):
+    for item in in_dir.iterdir():  # tokenizer, generation config, README ...
+        if (
+            item.is_file()
+            and item.name not in (CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE)
+            and not item.name.endswith(".safetensors")
+        ):
             shutil.copy2(item, out_dir / item.name)
     if dtype == "bf16":
         config["torch_dtype"] = "bfloat16"
         config["dtype"] = "bfloat16"
     else:
-        config[QUANT_KEY] = {"quant_method": QUANT_METHOD, "weight_dtype": "int8",
-                             "granularity": "per_channel", "scale_suffix": SCALE_SUFFIX,
-                             "weight_layout": "out_in", "modules": modules}
+        config[QUANT_KEY] = {
+            "quant_method": QUANT_METHOD,
+            "weight_dtype": "int8",
+            "granularity": "per_channel",
+            "scale_suffix": SCALE_SUFFIX,
+            "weight_layout": "out_in",
+            "modules": modules,
+        }
     safetensors_io.write_file(out_dir / WEIGHTS_FILE, tensors, {"format": "pt"})
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out_dir

@@ -24,23 +24,26 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 
+
 @dataclass(frozen=True)
 class Family:
     name: str
-    module: str                        # package with load_shard(); imported only when loading
-    model_types: tuple[str, ...]       # config.json model_type values
-    architectures: tuple[str, ...]     # config.json architectures values
-    name_hints: tuple[str, ...]        # lower-case substrings of a manifest model_name
+    module: str  # package with load_shard(); imported only when loading
+    model_types: tuple[str, ...]  # config.json model_type values
+    architectures: tuple[str, ...]  # config.json architectures values
+    name_hints: tuple[str, ...]  # lower-case substrings of a manifest model_name
 
 
-REGISTRY = {f.name: f for f in (
-    Family("gpt2", "cmlp.model.gpt2", ("gpt2",), ("GPT2LMHeadModel", "GPT2Model"),
-           ("gpt2", "gpt-2")),
-    Family("llama", "cmlp.model.llama", ("llama",), ("LlamaForCausalLM", "LlamaModel"),
-           ("llama", "smollm")),
-    Family("qwen2", "cmlp.model.qwen2", ("qwen2",), ("Qwen2ForCausalLM", "Qwen2Model"),
-           ("qwen",)),
-)}
+REGISTRY = {
+    f.name: f
+    for f in (
+        Family("gpt2", "cmlp.model.gpt2", ("gpt2",), ("GPT2LMHeadModel", "GPT2Model"), ("gpt2", "gpt-2")),
+        Family(
+            "llama", "cmlp.model.llama", ("llama",), ("LlamaForCausalLM", "LlamaModel"), ("llama", "smollm")
+        ),
+        Family("qwen2", "cmlp.model.qwen2", ("qwen2",), ("Qwen2ForCausalLM", "Qwen2Model"), ("qwen",)),
+    )
+}
 FAMILIES = tuple(REGISTRY)
 
 
@@ -76,9 +79,11 @@ def family_of_config(raw: dict, where: str = CONFIG_FILE) -> str:
         if any(a in fam.architectures for a in archs):
             return fam.name
     if model_type is None and not archs and "n_embd" in raw:
-        return "gpt2"   # pre-registry synthetic configs: GPT-2 keys, no model_type
-    raise ModelError(f"{where}: unsupported model (model_type {model_type!r}, architectures "
-                     f"{archs}); supported families: {', '.join(FAMILIES)}")
+        return "gpt2"  # pre-registry synthetic configs: GPT-2 keys, no model_type
+    raise ModelError(
+        f"{where}: unsupported model (model_type {model_type!r}, architectures "
+        f"{archs}); supported families: {', '.join(FAMILIES)}"
+    )
 
 
 def detect_family(model_dir) -> str:
@@ -95,17 +100,27 @@ def check_model_name(model_name: str, family: str) -> None:
     lowered = model_name.lower()
     named = [fam.name for fam in REGISTRY.values() if any(h in lowered for h in fam.name_hints)]
     if named and family not in named:
-        raise ModelError(f"manifest model_name {model_name!r} names the {named[0]} family, "
-                         f"but the model directory holds a {family} model")
+        raise ModelError(
+            f"manifest model_name {model_name!r} names the {named[0]} family, "
+            f"but the model directory holds a {family} model"
+        )
     if not named:
         log.debug("model_name %r names no known family; config.json says %s", model_name, family)
 
 
-def load_shard(model_dir, layer_start: int, layer_end: int, *, threads: int | None = None,
-               max_seq_len: int | None = None, model_name: str | None = None):
+def load_shard(
+    model_dir,
+    layer_start: int,
+    layer_end: int,
+    *,
+    threads: int | None = None,
+    max_seq_len: int | None = None,
+    model_name: str | None = None,
+):
     """Load layers [layer_start, layer_end) with the family config.json names."""
     family = detect_family(model_dir)
     if model_name is not None:
         check_model_name(model_name, family)
-    return family_module(family).load_shard(model_dir, layer_start, layer_end,
-                                            threads=threads, max_seq_len=max_seq_len)
+    return family_module(family).load_shard(
+        model_dir, layer_start, layer_end, threads=threads, max_seq_len=max_seq_len
+    )

@@ -21,8 +21,9 @@ from cmlp.model.gpt2.config import CONFIG_FILE, SYNTHETIC_KEY, TOKENIZER_FILE, W
 def describe(config: dict) -> str:
     """A short name for what a config.json describes."""
     if config.get(SYNTHETIC_KEY):
-        return (f"the synthetic {config.get('cmlp_preset', '?')!r} model with seed "
-                f"{config.get('cmlp_seed', '?')}")
+        return (
+            f"the synthetic {config.get('cmlp_preset', '?')!r} model with seed {config.get('cmlp_seed', '?')}"
+        )
     return "a model that `cmlp model init` did not write (real or downloaded weights?)"
 
 
@@ -51,7 +52,7 @@ def _header_shapes(path: Path) -> Optional[dict]:
     try:
         end = max(int(v["data_offsets"][1]) for v in header.values())
         if 8 + n + end != size:
-            return None          # truncated or padded: not the file we wrote
+            return None  # truncated or padded: not the file we wrote
         return {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items()}
     except (KeyError, TypeError, ValueError):
         return None
@@ -70,16 +71,22 @@ def check_existing(out, preset: str, seed: int, expected_shapes: dict) -> bool:
         return False
     config = _read_config(out)
     if config is None:
-        raise ModelError(f"{weights} already exists but {out / CONFIG_FILE} is missing or "
-                         "unreadable: pass --force to rewrite the model, or choose another --out")
+        raise ModelError(
+            f"{weights} already exists but {out / CONFIG_FILE} is missing or "
+            "unreadable: pass --force to rewrite the model, or choose another --out"
+        )
     wanted = f"the synthetic {preset!r} model with seed {seed}"
-    if not (config.get(SYNTHETIC_KEY) and config.get("cmlp_preset") == preset
-            and config.get("cmlp_seed") == seed):
-        raise ModelError(f"{weights} already exists and holds {describe(config)}, not {wanted}: "
-                         "pass --force to overwrite it, or choose another --out")
+    if not (
+        config.get(SYNTHETIC_KEY) and config.get("cmlp_preset") == preset and config.get("cmlp_seed") == seed
+    ):
+        raise ModelError(
+            f"{weights} already exists and holds {describe(config)}, not {wanted}: "
+            "pass --force to overwrite it, or choose another --out"
+        )
     shapes = _header_shapes(weights)
     want = {name: ("F32", tuple(shape)) for name, shape in expected_shapes.items()}
     if shapes != want or not (out / TOKENIZER_FILE).is_file():
-        raise ModelError(f"{out} holds {wanted} but its files are incomplete or damaged: "
-                         "pass --force to rewrite them")
+        raise ModelError(
+            f"{out} holds {wanted} but its files are incomplete or damaged: pass --force to rewrite them"
+        )
     return True

@@ -31,17 +31,35 @@ from cmlp.errors import ModelError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-MAX_HEADER_BYTES = 100 << 20          # the Hub's own limit for safetensors headers
+MAX_HEADER_BYTES = 100 << 20  # the Hub's own limit for safetensors headers
 MAX_INDEX_BYTES = 64 << 20
 READ_CHUNK_BYTES = 32 << 20
 
 # safetensors dtype -> numpy dtype held in memory (BF16 as its uint16 bits)
-HALF_AND_FULL: dict[str, np.dtype] = {"F32": np.dtype(np.float32), "BF16": np.dtype(np.uint16),
-                                      "F16": np.dtype(np.float16)}
+HALF_AND_FULL: dict[str, np.dtype] = {
+    "F32": np.dtype(np.float32),
+    "BF16": np.dtype(np.uint16),
+    "F16": np.dtype(np.float16),
+}
 # what Checkpoint.read can hold: HALF_AND_FULL plus int8 (quantized matrices)
 READABLE: dict[str, np.dtype] = {**HALF_AND_FULL, "I8": np.dtype(np.int8)}
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-             "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+_ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,7 @@ class TensorInfo:
     path: Path
     dtype: str
     shape: tuple[int, ...]
-    offset: int            # absolute file offset of the data
+    offset: int  # absolute file offset of the data
     nbytes: int
 
 
@@ -65,8 +83,7 @@ def parse_header(path: Path) -> dict[str, TensorInfo]:
                 raise ModelError(f"{path}: not a safetensors file (shorter than 8 bytes)")
             (n,) = struct.unpack("<Q", head)
             if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
-                raise ModelError(f"{path}: corrupt safetensors header length {n} "
-                                 f"(file is {size} bytes)")
+                raise ModelError(f"{path}: corrupt safetensors header length {n} (file is {size} bytes)")
             raw = f.read(n)
     except FileNotFoundError:
         raise ModelError(f"{path}: weights file not found") from None
@@ -89,18 +106,27 @@ def parse_header(path: Path) -> dict[str, TensorInfo]:
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in _ITEMSIZE:
             raise ModelError(f"{where}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or len(shape) > 8 or not all(
-                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
+        ):
             raise ModelError(f"{where}: corrupt shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(
-                isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-                and 0 <= offsets[0] <= offsets[1] <= data_size):
-            raise ModelError(f"{where}: data_offsets {offsets!r} outside the file's "
-                             f"{data_size} data bytes (truncated or corrupt)")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise ModelError(
+                f"{where}: data_offsets {offsets!r} outside the file's "
+                f"{data_size} data bytes (truncated or corrupt)"
+            )
         nbytes = math.prod(shape) * _ITEMSIZE[dtype]
         if offsets[1] - offsets[0] != nbytes:
-            raise ModelError(f"{where}: {offsets[1] - offsets[0]} data bytes for {dtype} "
-                             f"{shape} (expected {nbytes})")
+            raise ModelError(
+                f"{where}: {offsets[1] - offsets[0]} data bytes for {dtype} {shape} (expected {nbytes})"
+            )
         out[name] = TensorInfo(name, path, dtype, tuple(shape), data_start + offsets[0], nbytes)
     return out
 
@@ -135,10 +161,17 @@ class Checkpoint:
         if not isinstance(wmap, dict) or not wmap:
             raise ModelError(f"{index}: corrupt index: no weight_map object")
         for name, file in wmap.items():
-            if not isinstance(file, str) or not file.endswith(".safetensors") \
-                    or "/" in file or "\\" in file or file.startswith("."):
-                raise ModelError(f"{index}: corrupt index: tensor {name} maps to {file!r} "
-                                 "(expected a .safetensors file name in the model directory)")
+            if (
+                not isinstance(file, str)
+                or not file.endswith(".safetensors")
+                or "/" in file
+                or "\\" in file
+                or file.startswith(".")
+            ):
+                raise ModelError(
+                    f"{index}: corrupt index: tensor {name} maps to {file!r} "
+                    "(expected a .safetensors file name in the model directory)"
+                )
         return wmap
 
     def _header(self, file: str) -> dict[str, TensorInfo]:
@@ -161,19 +194,23 @@ class Checkpoint:
             raise ModelError(f"{where}: missing tensor {name}")
         header = self._header(file)
         if name not in header:
-            raise ModelError(f"{self.model_dir / file}: missing tensor {name} "
-                             f"(listed there by {self.index_path})")
+            raise ModelError(
+                f"{self.model_dir / file}: missing tensor {name} (listed there by {self.index_path})"
+            )
         return header[name]
 
     def check(self, name: str, shape: tuple[int, ...], dtypes=HALF_AND_FULL) -> TensorInfo:
         """Present, of an accepted dtype and of the expected shape (nothing read yet)."""
         info = self.info(name)
         if info.dtype not in dtypes:
-            raise ModelError(f"{info.path}: tensor {name} has dtype {info.dtype}, expected "
-                             f"{' or '.join(dtypes)}")
+            raise ModelError(
+                f"{info.path}: tensor {name} has dtype {info.dtype}, expected {' or '.join(dtypes)}"
+            )
         if info.shape != tuple(shape):
-            raise ModelError(f"{info.path}: tensor {name} has shape {list(info.shape)}, "
-                             f"expected {list(shape)} from config.json")
+            raise ModelError(
+                f"{info.path}: tensor {name} has shape {list(info.shape)}, "
+                f"expected {list(shape)} from config.json"
+            )
         return info
 
     def read(self, info: TensorInfo) -> np.ndarray:
@@ -185,10 +222,11 @@ class Checkpoint:
                 f.seek(info.offset)
                 done = 0
                 while done < info.nbytes:
-                    n = f.readinto(view[done:min(done + READ_CHUNK_BYTES, info.nbytes)])
+                    n = f.readinto(view[done : min(done + READ_CHUNK_BYTES, info.nbytes)])
                     if not n:
-                        raise ModelError(f"{info.path}: tensor {info.name}: file truncated "
-                                         "since its header was read")
+                        raise ModelError(
+                            f"{info.path}: tensor {info.name}: file truncated since its header was read"
+                        )
                     done += n
         except OSError as exc:
             raise ModelError(f"{info.path}: cannot read tensor {info.name}: {exc}") from None
@@ -197,7 +235,7 @@ class Checkpoint:
 
 def widen(arr: np.ndarray) -> np.ndarray:
     """A stored tensor as float32 (norm weights, biases: small tensors only)."""
-    if arr.dtype == np.uint16:   # bfloat16 bits
+    if arr.dtype == np.uint16:  # bfloat16 bits
         return (arr.astype(np.uint32) << np.uint32(16)).view(np.float32)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
@@ -214,9 +252,9 @@ def write_safetensors(path: Path, tensors, metadata: dict | None = None) -> int:
         nbytes = math.prod(shape) * _ITEMSIZE[dtype]
         table[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
-    table["__metadata__"] = {"format": "pt", **(metadata or {})}   # transformers needs format
+    table["__metadata__"] = {"format": "pt", **(metadata or {})}  # transformers needs format
     header = json.dumps(table, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)              # data 8-byte aligned, as the spec advises
+    header += b" " * (-len(header) % 8)  # data 8-byte aligned, as the spec advises
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(header)))
         f.write(header)
@@ -231,13 +269,25 @@ def write_safetensors(path: Path, tensors, metadata: dict | None = None) -> int:
 # ---- by-name access for single files (GPT-2's loader, `cmlp model quantize`) ----------------
 
 # safetensors dtype -> numpy storage dtype (BF16 as uint16 bit patterns)
-STORAGE: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-                                "BF16": np.dtype("<u2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"),
-                                "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
-                                "BOOL": np.dtype("?")}
-_NUMPY_TO_ST = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("i1"): "I8",
-                np.dtype("u1"): "U8", np.dtype("<i4"): "I32", np.dtype("<i8"): "I64",
-                np.dtype("?"): "BOOL"}
+STORAGE: dict[str, np.dtype] = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "I32": np.dtype("<i4"),
+    "I64": np.dtype("<i8"),
+    "BOOL": np.dtype("?"),
+}
+_NUMPY_TO_ST = {
+    np.dtype("<f4"): "F32",
+    np.dtype("<f2"): "F16",
+    np.dtype("i1"): "I8",
+    np.dtype("u1"): "U8",
+    np.dtype("<i4"): "I32",
+    np.dtype("<i8"): "I64",
+    np.dtype("?"): "BOOL",
+}
 
 
 class Bf16(np.ndarray):
@@ -261,8 +311,11 @@ def read_header(path: Path) -> tuple[dict, int]:
         if info.dtype not in STORAGE:
             raise ModelError(f"{path}: tensor {name}: dtype {info.dtype} is not supported")
         begin = info.offset - data_start
-        header[name] = {"dtype": info.dtype, "shape": list(info.shape),
-                        "data_offsets": [begin, begin + info.nbytes]}
+        header[name] = {
+            "dtype": info.dtype,
+            "shape": list(info.shape),
+            "data_offsets": [begin, begin + info.nbytes],
+        }
     return header, data_start
 
 
@@ -273,15 +326,17 @@ def read_into(path: Path, name: str, out: np.ndarray) -> np.ndarray:
     if info is None:
         raise ModelError(f"{path}: missing tensor {name}")
     if STORAGE.get(info.dtype) != out.dtype or info.shape != out.shape:
-        raise ModelError(f"{path}: tensor {name} is {info.dtype} {list(info.shape)}, "
-                         f"expected {out.dtype} {list(out.shape)}")
+        raise ModelError(
+            f"{path}: tensor {name} is {info.dtype} {list(info.shape)}, "
+            f"expected {out.dtype} {list(out.shape)}"
+        )
     view = out.reshape(-1).view(np.uint8).data
     try:
         with open(path, "rb") as f:
             f.seek(info.offset)
             done = 0
             while done < len(view):
-                got = f.readinto(view[done:done + READ_CHUNK_BYTES])
+                got = f.readinto(view[done : done + READ_CHUNK_BYTES])
                 if not got:
                     raise ModelError(f"{path}: tensor {name} is truncated")
                 done += got

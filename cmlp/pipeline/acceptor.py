@@ -32,7 +32,7 @@ from cmlp.transport import sockets
 
 log = logging.getLogger(__name__)
 
-ACCEPT_SLICE = 0.2          # seconds between checks of the stop flag while accepting
+ACCEPT_SLICE = 0.2  # seconds between checks of the stop flag while accepting
 
 
 def _cut(sock: socket.socket) -> None:
@@ -43,7 +43,7 @@ def _cut(sock: socket.socket) -> None:
         pass
 
 
-T = TypeVar("T")      # what ``establish`` makes of a socket (a channel, a pair, ...)
+T = TypeVar("T")  # what ``establish`` makes of a socket (a channel, a pair, ...)
 
 
 class Acceptor(Generic[T]):
@@ -54,9 +54,17 @@ class Acceptor(Generic[T]):
     ``discard(result)`` closes a result nobody will take.
     """
 
-    def __init__(self, listener: socket.socket, establish: Callable[[socket.socket], T],
-                 *, discard: Callable[[T], None], on_error: Callable[[BaseException], None],
-                 max_in_flight: int = 8, max_ready: int = 4, name: str = "acceptor"):
+    def __init__(
+        self,
+        listener: socket.socket,
+        establish: Callable[[socket.socket], T],
+        *,
+        discard: Callable[[T], None],
+        on_error: Callable[[BaseException], None],
+        max_in_flight: int = 8,
+        max_ready: int = 4,
+        name: str = "acceptor",
+    ):
         if max_in_flight < 1 or max_ready < 1:
             raise ValueError("max_in_flight and max_ready must be >= 1")
         self.listener = listener
@@ -68,7 +76,7 @@ class Acceptor(Generic[T]):
         self.name = name
         self._lock = threading.Lock()
         self._ready_cv = threading.Condition(self._lock)
-        self._in_flight: Dict[socket.socket, float] = {}     # insertion order = age order
+        self._in_flight: Dict[socket.socket, float] = {}  # insertion order = age order
         self._ready: Deque[T] = collections.deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name=name, daemon=True)
@@ -95,12 +103,12 @@ class Acceptor(Generic[T]):
                 if len(self._in_flight) >= self.max_in_flight:
                     oldest = next(iter(self._in_flight))
                     del self._in_flight[oldest]
-                    log.warning("%s: %d handshakes in flight: cutting the oldest", self.name,
-                                self.max_in_flight)
+                    log.warning(
+                        "%s: %d handshakes in flight: cutting the oldest", self.name, self.max_in_flight
+                    )
                     _cut(oldest)
                 self._in_flight[sock] = time.monotonic()
-            threading.Thread(target=self._run, args=(sock,), name=f"{self.name}-hs",
-                             daemon=True).start()
+            threading.Thread(target=self._run, args=(sock,), name=f"{self.name}-hs", daemon=True).start()
 
     def _run(self, sock: socket.socket) -> None:
         try:

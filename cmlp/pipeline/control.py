@@ -31,6 +31,7 @@ U64 = 0xFFFFFFFFFFFFFFFF
 
 class _Msg:
     """Base of every control message; subclasses are dataclasses."""
+
     TYPE: ClassVar[str] = ""
     _RANGES: ClassVar[Dict[str, int]] = {}
 
@@ -44,8 +45,7 @@ class _Msg:
         return {"version": PROTOCOL_VERSION, "msg": body}
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":"),
-                          ensure_ascii=False).encode("utf-8")
+        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 _OPTIONAL = {"compute_us"}
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     # tells mypy that @_message makes a frozen dataclass (typing has it from 3.11 only)
     from typing_extensions import dataclass_transform
 else:
+
     def dataclass_transform(**_kwargs):
         return lambda decorator: decorator
 
@@ -66,6 +67,7 @@ def _message(type_name: str, **ranges: int) -> Callable[[Type[_M]], Type[_M]]:
         cls.TYPE = type_name
         cls._RANGES = ranges
         return cls
+
     return wrap
 
 
@@ -120,7 +122,7 @@ class DataChannelsReady(_Msg):
 @_message("RequestDone", request_id=U64, compute_us=U64)
 class RequestDone(_Msg):
     request_id: int
-    compute_us: Optional[int] = None   # cmlp extension: stage compute time of the request
+    compute_us: Optional[int] = None  # cmlp extension: stage compute time of the request
 
 
 @_message("RequestError", request_id=U64)
@@ -142,9 +144,11 @@ class ShuttingDown(_Msg):
 OrchestratorMsg = Union[Init, EstablishDataChannels, StartRequest, AbortRequest, Shutdown, Ping]
 StageMsg = Union[Ready, DataChannelsReady, RequestDone, RequestError, Pong, ShuttingDown]
 ORCHESTRATOR_MESSAGES: Dict[str, Type[_Msg]] = {
-    c.TYPE: c for c in (Init, EstablishDataChannels, StartRequest, AbortRequest, Shutdown, Ping)}
+    c.TYPE: c for c in (Init, EstablishDataChannels, StartRequest, AbortRequest, Shutdown, Ping)
+}
 STAGE_MESSAGES: Dict[str, Type[_Msg]] = {
-    c.TYPE: c for c in (Ready, DataChannelsReady, RequestDone, RequestError, Pong, ShuttingDown)}
+    c.TYPE: c for c in (Ready, DataChannelsReady, RequestDone, RequestError, Pong, ShuttingDown)
+}
 
 
 # ---------------------------------------------------------------------------
@@ -187,8 +191,7 @@ def _field(body: dict, cls: Type[_Msg], f) -> object:
     return value
 
 
-def _decode(payload: bytes, catalogue: Dict[str, Type[_Msg]], who: str,
-            limit: int) -> _Msg:
+def _decode(payload: bytes, catalogue: Dict[str, Type[_Msg]], who: str, limit: int) -> _Msg:
     size = len(payload)
     if size > limit:
         raise MessageTooLarge(size, limit)
@@ -211,8 +214,7 @@ def _decode(payload: bytes, catalogue: Dict[str, Type[_Msg]], who: str,
         if not isinstance(kind, str) or kind not in catalogue:
             raise _Malformed(f"unknown variant {kind!r}")
         cls = catalogue[kind]
-        msg = cls(**{f.name: _field(body, cls, f)
-                     for f in fields(cls)})  # type: ignore[arg-type]  # a @_message dataclass
+        msg = cls(**{f.name: _field(body, cls, f) for f in fields(cls)})  # type: ignore[arg-type]  # a @_message dataclass
     except _Malformed as exc:
         raise ProtocolError(f"malformed {who} message ({size} bytes): {exc}") from None
     if version != PROTOCOL_VERSION:
@@ -220,8 +222,9 @@ def _decode(payload: bytes, catalogue: Dict[str, Type[_Msg]], who: str,
     return msg
 
 
-def decode_orchestrator_msg(payload: bytes,
-                            limit: int = DEFAULT_MAX_CONTROL_MESSAGE_BYTES) -> OrchestratorMsg:
+def decode_orchestrator_msg(
+    payload: bytes, limit: int = DEFAULT_MAX_CONTROL_MESSAGE_BYTES
+) -> OrchestratorMsg:
     """What a stage receives."""
     return cast(OrchestratorMsg, _decode(payload, ORCHESTRATOR_MESSAGES, "orchestrator", limit))
 

@@ -30,4 +30,3 @@ class Executor(Protocol):
     #   begin_request(request_id, seq_len, n_mb)      before the request's first forward, so
     #                                                 forward() can check its cache position
     #                                                 against seq_len (defence in depth)
-

@@ -20,8 +20,16 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 import numpy as np
 
 from cmlp.deadline import Deadline
-from cmlp.errors import (CmlpError, ForwardFailed, InitFailed, PipelineShutdown,
-                         PipelineTimeout, SessionError, StageFailed, Tainted)
+from cmlp.errors import (
+    CmlpError,
+    ForwardFailed,
+    InitFailed,
+    PipelineShutdown,
+    PipelineTimeout,
+    SessionError,
+    StageFailed,
+    Tainted,
+)
 from cmlp.retry import RetryPolicy, retry
 from cmlp.transport.wire import DType, Tensor
 
@@ -56,7 +64,7 @@ class Gpt2Executor:
         self.model_name = model_name
         self.shard: Optional[Gpt2Shard] = None
         self.wire = DType.F32
-        self._request: Optional[Tuple[int, int, int]] = None   # (request_id, seq_len, micro-batches)
+        self._request: Optional[Tuple[int, int, int]] = None  # (request_id, seq_len, micro-batches)
 
     def begin_session(self) -> None:
         """A new orchestrator session starts from an empty (wiped) KV cache."""
@@ -67,8 +75,7 @@ class Gpt2Executor:
         """Remember what the request claims, so forward() can check the cache position."""
         self._request = (request_id, seq_len, num_micro_batches)
 
-    def _check_position(self, request_id: int, micro_batch: int, sentinel: bool,
-                        tokens: int) -> None:
+    def _check_position(self, request_id: int, micro_batch: int, sentinel: bool, tokens: int) -> None:
         """Defence in depth: the KV cache must be exactly where ``seq_len`` says.
 
         ``seq_len`` is the context length including this request's tokens, so
@@ -87,47 +94,69 @@ class Gpt2Executor:
         past = 0 if sentinel else shard.past_len
         end = past + tokens
         if end > seq_len or (micro_batch == m - 1 and end != seq_len):
-            shard.clear_cache()          # fail closed: nothing of that context is kept
+            shard.clear_cache()  # fail closed: nothing of that context is kept
             raise ForwardFailed(
-                request_id, micro_batch,
+                request_id,
+                micro_batch,
                 f"KV cache position mismatch: {past} cached + {tokens} new tokens != seq_len "
-                f"{seq_len}{'' if sentinel else ' (no cache-clear sentinel)'}")
+                f"{seq_len}{'' if sentinel else ' (no cache-clear sentinel)'}",
+            )
 
     def init(self, spec, activation, num_stages) -> None:
         from cmlp.model.registry import load_shard
-        if self.shard is not None and (self.shard.layer_start, self.shard.layer_end) == \
-                (spec.layer_start, spec.layer_end):
+
+        if self.shard is not None and (self.shard.layer_start, self.shard.layer_end) == (
+            spec.layer_start,
+            spec.layer_end,
+        ):
             # already loaded: the activation spec is still checked, every time
             self.wire = self._check_activation(self.shard, activation)
             self.shard.clear_cache()
             return
         try:
-            shard = load_shard(self.model_dir, spec.layer_start, spec.layer_end,
-                               threads=self.threads, max_seq_len=activation.max_seq_len,
-                               model_name=self.model_name)
+            shard = load_shard(
+                self.model_dir,
+                spec.layer_start,
+                spec.layer_end,
+                threads=self.threads,
+                max_seq_len=activation.max_seq_len,
+                model_name=self.model_name,
+            )
         except CmlpError as exc:
             raise InitFailed(f"failed to load model shard: {exc}") from exc
         self.wire = self._check_activation(shard, activation)
         if self.shard is not None:
-            self.shard.clear_cache()          # wipe the old shard's cache before dropping it
+            self.shard.clear_cache()  # wipe the old shard's cache before dropping it
         self.shard = shard
-        log.info("loaded layers [%d, %d) of %s: %.1f MB, %d threads, wire %s", spec.layer_start,
-                 spec.layer_end, self.model_dir, shard.weight_bytes / 1e6, shard.threads,
-                 self.wire.name)
+        log.info(
+            "loaded layers [%d, %d) of %s: %.1f MB, %d threads, wire %s",
+            spec.layer_start,
+            spec.layer_end,
+            self.model_dir,
+            shard.weight_bytes / 1e6,
+            shard.threads,
+            self.wire.name,
+        )
 
     @staticmethod
     def _check_activation(shard, activation) -> DType:
         """The Init's activation spec against the loaded model (every Init, every time)."""
         allowed = ("F32", shard.wire_dtype)
         if activation.dtype not in allowed:
-            raise InitFailed(f"activation dtype {activation.dtype} is not supported "
-                             f"(this model's stages exchange {' or '.join(sorted(set(allowed)))})")
+            raise InitFailed(
+                f"activation dtype {activation.dtype} is not supported "
+                f"(this model's stages exchange {' or '.join(sorted(set(allowed)))})"
+            )
         if activation.hidden_dim != shard.hidden_size:
-            raise InitFailed(f"activation_spec.hidden_dim {activation.hidden_dim} does not "
-                             f"match the model's hidden size {shard.hidden_size}")
+            raise InitFailed(
+                f"activation_spec.hidden_dim {activation.hidden_dim} does not "
+                f"match the model's hidden size {shard.hidden_size}"
+            )
         if activation.max_seq_len > shard.max_positions:
-            raise InitFailed(f"activation_spec.max_seq_len {activation.max_seq_len} exceeds "
-                             f"the model's n_positions {shard.max_positions}")
+            raise InitFailed(
+                f"activation_spec.max_seq_len {activation.max_seq_len} exceeds "
+                f"the model's n_positions {shard.max_positions}"
+            )
         return DType[activation.dtype]
 
     def weight_hashes(self) -> List[str]:
@@ -144,20 +173,22 @@ class Gpt2Executor:
         sentinel = is_sentinel(inputs[0])
         if sentinel:
             if len(inputs) < 2:
-                raise ForwardFailed(request_id, micro_batch,
-                                    "cache-clear sentinel without actual input")
+                raise ForwardFailed(request_id, micro_batch, "cache-clear sentinel without actual input")
             shard.clear_cache()
             x = inputs[1]
         else:
             x = inputs[0]
         want = (DType.U32,) if shard.is_first else (DType.F32, self.wire)
         if x.dtype not in want:
-            raise ForwardFailed(request_id, micro_batch,
-                                f"expected a {want[-1].name} input tensor, got {x.dtype.name} "
-                                f"'{x.name}' {list(x.shape)}")
+            raise ForwardFailed(
+                request_id,
+                micro_batch,
+                f"expected a {want[-1].name} input tensor, got {x.dtype.name} '{x.name}' {list(x.shape)}",
+            )
         if len(x.shape) < 2:
-            raise ForwardFailed(request_id, micro_batch,
-                                f"input '{x.name}' {list(x.shape)} has no sequence dimension")
+            raise ForwardFailed(
+                request_id, micro_batch, f"input '{x.name}' {list(x.shape)} has no sequence dimension"
+            )
         self._check_position(request_id, micro_batch, sentinel, int(x.shape[1]))
         try:
             out = shard.forward(x.data)
@@ -173,15 +204,16 @@ class Gpt2Executor:
             return [cache_clear_sentinel(), result]
         return [result]
 
-
     # -- slots: continuous batching in host-blind mode (docs/batching.md) -----------
     @property
     def supports_slots(self) -> bool:
         """Continuous batching: GPT-2 shards with fp32 weights and an F32 wire (the batched
         kernels are fp32 only; other families and precisions keep the one-at-a-time loops)."""
         from cmlp.model.gpt2.engine import Gpt2Shard
-        return (isinstance(self.shard, Gpt2Shard) and self.shard.weight_dtype == "f32"
-                and self.wire == DType.F32)
+
+        return (
+            isinstance(self.shard, Gpt2Shard) and self.shard.weight_dtype == "f32" and self.wire == DType.F32
+        )
 
     def _slot_shard(self, seq: int = 0) -> Gpt2Shard:
         """The loaded shard, for the slot API below (used once supports_batching() said so)."""
@@ -228,19 +260,30 @@ class Gpt2Executor:
         shard = self._slot_shard(seq)
         want = DType.U32 if shard.is_first else DType.F32
         dims = 2 if shard.is_first else 3
-        if x.dtype != want or len(x.shape) != dims or x.shape[0] != 1 or x.shape[1] < 1 or \
-                (dims == 3 and x.shape[2] != shard.config.n_embd):
-            raise ForwardFailed(seq, step, f"expected a {want.name} [1, T{'' if dims == 2 else ', C'}]"
-                                f" row, got {x.dtype.name} {list(x.shape)}")
+        if (
+            x.dtype != want
+            or len(x.shape) != dims
+            or x.shape[0] != 1
+            or x.shape[1] < 1
+            or (dims == 3 and x.shape[2] != shard.config.n_embd)
+        ):
+            raise ForwardFailed(
+                seq,
+                step,
+                f"expected a {want.name} [1, T{'' if dims == 2 else ', C'}]"
+                f" row, got {x.dtype.name} {list(x.shape)}",
+            )
         if shard.is_first and int(x.data.max()) >= shard.config.vocab_size:
-            raise ForwardFailed(seq, step, f"token id out of range for vocab_size "
-                                f"{shard.config.vocab_size}")
+            raise ForwardFailed(seq, step, f"token id out of range for vocab_size {shard.config.vocab_size}")
         if not self.has_seq(seq):
             raise ForwardFailed(seq, step, "sequence has no KV-cache slot")
         past = shard.slot_len(seq)
         if past + int(x.shape[1]) != seq_len:
-            raise ForwardFailed(seq, step, f"KV cache position mismatch: {past} cached + "
-                                f"{x.shape[1]} new tokens != seq_len {seq_len}")
+            raise ForwardFailed(
+                seq,
+                step,
+                f"KV cache position mismatch: {past} cached + {x.shape[1]} new tokens != seq_len {seq_len}",
+            )
 
     def forward_rows(self, seqs: List[int], rows: List[Tensor]) -> np.ndarray:
         """One forward over checked rows (decode rows [1, 1(, C)], or one prefill row).
@@ -253,7 +296,7 @@ class Gpt2Executor:
             raise ForwardFailed(seqs[0], 0, str(exc)) from exc
 
 
-ModelExecutor = Gpt2Executor   # the family-neutral name
+ModelExecutor = Gpt2Executor  # the family-neutral name
 
 
 def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -304,8 +347,9 @@ def _ids_tensor(ids: List[int]) -> Tensor:
 # pipeline lost sync.  A stage that *reports* an error (RequestFailed) would
 # fail again on replay, so it is not retried.
 # recovery retries until its deadline (recover_timeout), every 0.25-0.5 s
-RECONNECT_POLICY = RetryPolicy(max_retries=sys.maxsize, initial_delay=0.5, max_delay=0.5,
-                               backoff_multiplier=1.0)
+RECONNECT_POLICY = RetryPolicy(
+    max_retries=sys.maxsize, initial_delay=0.5, max_delay=0.5, backoff_multiplier=1.0
+)
 RECOVERABLE = (StageFailed, PipelineTimeout, Tainted, SessionError, PipelineShutdown)
 
 
@@ -327,8 +371,13 @@ class Generator:
     logits tie within that rounding.
     """
 
-    def __init__(self, orch, reconnect: Optional[Callable[[], object]] = None, recover: int = 0,
-                 recover_timeout: float = 120.0):
+    def __init__(
+        self,
+        orch,
+        reconnect: Optional[Callable[[], object]] = None,
+        recover: int = 0,
+        recover_timeout: float = 120.0,
+    ):
         if recover and reconnect is None:
             raise ValueError("recovery needs a reconnect function")
         self.orch = orch
@@ -348,18 +397,24 @@ class Generator:
         reconnect = self.reconnect
         assert reconnect is not None, "__init__ refuses recover without reconnect"
         self.orch.close()
-        self.orch = retry(reconnect, RECONNECT_POLICY, on=(CmlpError,),
-                          deadline=Deadline(self.recover_timeout),
-                          give_up=lambda exc, n: PipelineTimeout(
-                              f"recovery: could not reconnect within {self.recover_timeout} s "
-                              f"({exc}); first failure: {cause}"))
+        self.orch = retry(
+            reconnect,
+            RECONNECT_POLICY,
+            on=(CmlpError,),
+            deadline=Deadline(self.recover_timeout),
+            give_up=lambda exc, n: PipelineTimeout(
+                f"recovery: could not reconnect within {self.recover_timeout} s "
+                f"({exc}); first failure: {cause}"
+            ),
+        )
 
-    def generate(self, prompt_ids: List[int], max_tokens: int,
-                 on_token: Optional[Callable[[int], None]] = None) -> Generation:
+    def generate(
+        self, prompt_ids: List[int], max_tokens: int, on_token: Optional[Callable[[int], None]] = None
+    ) -> Generation:
         gen = Generation(prompt_ids=list(prompt_ids))
         token_ids = list(prompt_ids)
         budget = self.recover
-        replay = True                      # the first step is a full prefill
+        replay = True  # the first step is a full prefill
         for _ in range(max_tokens):
             t0 = time.perf_counter()
             while True:
@@ -388,7 +443,8 @@ class Generator:
         return gen
 
 
-def generate(orchestrator, prompt_ids: List[int], max_tokens: int,
-             on_token: Optional[Callable[[int], None]] = None) -> Generation:
+def generate(
+    orchestrator, prompt_ids: List[int], max_tokens: int, on_token: Optional[Callable[[int], None]] = None
+) -> Generation:
     """Greedy decoding on an already started orchestrator (no recovery)."""
     return Generator(orchestrator).generate(prompt_ids, max_tokens, on_token)

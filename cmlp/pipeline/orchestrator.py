@@ -24,19 +24,37 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
-from cmlp.deadline import Deadline
-from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, PipelineError,
-                         PipelineShutdown, PipelineTimeout, ProtocolError, RequestFailed,
-                         StageFailed, Tainted, Timeout)
 from cmlp import trace
 from cmlp.attestation.factory import refuse_mock_in_production
 from cmlp.attestation.role import Role
+from cmlp.deadline import Deadline
+from cmlp.errors import (
+    UNKNOWN_STAGE,
+    ChannelBroken,
+    Closed,
+    CmlpError,
+    PipelineError,
+    PipelineShutdown,
+    PipelineTimeout,
+    ProtocolError,
+    RequestFailed,
+    StageFailed,
+    Tainted,
+    Timeout,
+)
 from cmlp.manifest import Manifest, compact_json
 from cmlp.pipeline import control as C
 from cmlp.pipeline.ids import next_id
 from cmlp.pipeline.relay import RelayLink
-from cmlp.transport import (Data, ErrorMessage, SecureChannel, SessionConfig, ShutdownMessage,
-                            TensorMessage, sockets)
+from cmlp.transport import (
+    Data,
+    ErrorMessage,
+    SecureChannel,
+    SessionConfig,
+    ShutdownMessage,
+    TensorMessage,
+    sockets,
+)
 from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
 from cmlp.transport.wire import Tensor
@@ -62,10 +80,10 @@ class OrchestratorConfig:
     shutdown_timeout: float = 10.0
     require_measurements: bool = True
     max_control_message_bytes: int = C.DEFAULT_MAX_CONTROL_MESSAGE_BYTES
-    init_timeout: float = 600.0           # waiting for Ready: weights load (cmlp addition)
-    data_setup_timeout: float = 60.0      # data channels and DataChannelsReady (cmlp addition)
+    init_timeout: float = 600.0  # waiting for Ready: weights load (cmlp addition)
+    data_setup_timeout: float = 60.0  # data channels and DataChannelsReady (cmlp addition)
     relay_capture_prefix: Optional[str] = None
-    bind_roles: bool = True               # attested pipeline roles (docs/attestation.md)
+    bind_roles: bool = True  # attested pipeline roles (docs/attestation.md)
 
     @classmethod
     def development(cls, provider, verifier, **kw) -> "OrchestratorConfig":
@@ -74,10 +92,17 @@ class OrchestratorConfig:
         return cls(provider=provider, verifier=verifier, **kw)
 
     def validate(self) -> None:
-        refuse_mock_in_production(self.session.security_profile is SecurityProfile.PRODUCTION,
-                                  self.provider, self.verifier)
-        for name in ("stage_drain_timeout", "data_drain_timeout", "data_quiet_period",
-                     "infer_timeout", "health_check_timeout", "max_control_message_bytes"):
+        refuse_mock_in_production(
+            self.session.security_profile is SecurityProfile.PRODUCTION, self.provider, self.verifier
+        )
+        for name in (
+            "stage_drain_timeout",
+            "data_drain_timeout",
+            "data_quiet_period",
+            "infer_timeout",
+            "health_check_timeout",
+            "max_control_message_bytes",
+        ):
             if not getattr(self, name) or getattr(self, name) <= 0:
                 raise ProtocolError(f"{name} must be > 0")
 
@@ -85,8 +110,8 @@ class OrchestratorConfig:
 @dataclass
 class InferenceResult:
     request_id: int
-    outputs: List[List[Tensor]]            # per micro-batch
-    compute_us: List[Optional[int]]        # per stage, from RequestDone (None if not reported)
+    outputs: List[List[Tensor]]  # per micro-batch
+    compute_us: List[Optional[int]]  # per stage, from RequestDone (None if not reported)
 
 
 class _StageLink:
@@ -116,10 +141,11 @@ class _StageLink:
             return C.decode_stage_msg(msg.payload, self.limit)
         if isinstance(msg, ShutdownMessage):
             raise PipelineShutdown()
-        if isinstance(msg, ErrorMessage):       # the stage says why it cannot go on
+        if isinstance(msg, ErrorMessage):  # the stage says why it cannot go on
             raise StageFailed(self.index, msg.text.removeprefix(f"stage {self.index}: "))
-        raise ProtocolError(f"expected Data on control channel of stage {self.index}, "
-                            f"got {type(msg).__name__}")
+        raise ProtocolError(
+            f"expected Data on control channel of stage {self.index}, got {type(msg).__name__}"
+        )
 
     def recv_for(self, request_id: int, timeout: Optional[float]):
         """Tolerant reader (2.9): skip Pongs and confirmations of other requests."""
@@ -128,8 +154,7 @@ class _StageLink:
             if isinstance(msg, C.Pong):
                 continue
             if isinstance(msg, (C.RequestDone, C.RequestError)) and msg.request_id != request_id:
-                log.debug("stage %d: skipping stale %s for %d", self.index, msg.TYPE,
-                          msg.request_id)
+                log.debug("stage %d: skipping stale %s for %d", self.index, msg.TYPE, msg.request_id)
                 continue
             return msg
 
@@ -156,12 +181,13 @@ class _StageLink:
             if isinstance(msg, C.RequestError):
                 for side in ("data_in", "data_out"):
                     if msg.error.startswith(f"{side} closed"):
-                        explained = (side, msg.error[len(side) + len(" closed: "):])
+                        explained = (side, msg.error[len(side) + len(" closed: ") :])
 
 
 class Orchestrator:
-    def __init__(self, manifest: Manifest, config: OrchestratorConfig,
-                 data_out_listen: Optional[Endpoint] = None):
+    def __init__(
+        self, manifest: Manifest, config: OrchestratorConfig, data_out_listen: Optional[Endpoint] = None
+    ):
         config.validate()
         self.manifest = manifest
         self.config = config
@@ -174,15 +200,21 @@ class Orchestrator:
         last = manifest.stages[-1].endpoint.data_out.endpoint
         if data_out_listen is None:
             data_out_listen = last
-        if isinstance(data_out_listen, VsockAddr):     # the host binds any CID
+        if isinstance(data_out_listen, VsockAddr):  # the host binds any CID
             data_out_listen = VsockAddr(sockets.VSOCK_CID_ANY, data_out_listen.port)
         self.data_out_listen = data_out_listen
         self._listener = sockets.listen(data_out_listen)
         try:
             for i in manifest.relayed_links():
-                self.relays.append(RelayLink(
-                    i, self._relay_listen_addr(i), manifest.stages[i + 1].endpoint.data_in.endpoint,
-                    config.retry, config.relay_capture_prefix))
+                self.relays.append(
+                    RelayLink(
+                        i,
+                        self._relay_listen_addr(i),
+                        manifest.stages[i + 1].endpoint.data_in.endpoint,
+                        config.retry,
+                        config.relay_capture_prefix,
+                    )
+                )
         except BaseException:
             self.close()
             raise
@@ -194,12 +226,10 @@ class Orchestrator:
     # -- configuration per peer ----------------------------------------------
     def _config_for(self, stage: int) -> SessionConfig:
         pins = self.manifest.stages[stage].measurements()
-        config = self.config.session.with_measurements(pins) if pins \
-            else self.config.session
+        config = self.config.session.with_measurements(pins) if pins else self.config.session
         if self.config.bind_roles:
             digest = self.manifest.pipeline_digest()
-            config = config.replace(own_role=Role.orchestrator(digest),
-                                    peer_role=Role(stage, digest))
+            config = config.replace(own_role=Role.orchestrator(digest), peer_role=Role(stage, digest))
         return config
 
     # -- start-up -------------------------------------------------------------
@@ -230,17 +260,18 @@ class Orchestrator:
             ep = spec.endpoint.control.endpoint
             try:
                 sock = sockets.connect_retry(ep, cfg.retry)
-                channel = SecureChannel.connect(sock, cfg.provider, cfg.verifier,
-                                                self._config_for(spec.stage_idx))
-                results[spec.stage_idx] = _StageLink(spec.stage_idx, channel,
-                                                     cfg.max_control_message_bytes)
+                channel = SecureChannel.connect(
+                    sock, cfg.provider, cfg.verifier, self._config_for(spec.stage_idx)
+                )
+                results[spec.stage_idx] = _StageLink(spec.stage_idx, channel, cfg.max_control_message_bytes)
             except (CmlpError, OSError) as exc:
                 failure = StageFailed(spec.stage_idx, f"control connect to {ep}: {exc}")
                 failure.__cause__ = exc
                 results[spec.stage_idx] = failure
 
-        threads = [threading.Thread(target=connect, args=(spec,), daemon=True)
-                   for spec in self.manifest.stages]
+        threads = [
+            threading.Thread(target=connect, args=(spec,), daemon=True) for spec in self.manifest.stages
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -248,26 +279,26 @@ class Orchestrator:
         self.links = [r for r in results if isinstance(r, _StageLink)]
         failed = [r for r in results if not isinstance(r, _StageLink)]
         if failed:
-            raise failed[0] if failed[0] is not None else StageFailed(UNKNOWN_STAGE,
-                                                                      "control connect failed")
+            raise failed[0] if failed[0] is not None else StageFailed(UNKNOWN_STAGE, "control connect failed")
         activation = compact_json(self.manifest.activation_spec.to_json())
         for link, spec in zip(self.links, self.manifest.stages, strict=True):
             link.send(C.Init(compact_json(spec.to_json()), activation, self.manifest.num_stages))
-        for link in self.links:       # weights load on every stage at once
+        for link in self.links:  # weights load on every stage at once
             try:
                 msg = link.recv(cfg.init_timeout)
             except Timeout:
-                raise PipelineTimeout(f"stage {link.index} did not report Ready within "
-                                      f"{cfg.init_timeout} s") from None
+                raise PipelineTimeout(
+                    f"stage {link.index} did not report Ready within {cfg.init_timeout} s"
+                ) from None
             if not isinstance(msg, C.Ready):
                 raise StageFailed(link.index, f"expected Ready, got {C.describe(msg)}")
             if msg.stage_idx != link.index:
-                raise StageFailed(link.index, f"stage {link.index} reported Ready with wrong "
-                                              f"stage_idx {msg.stage_idx}")
+                raise StageFailed(
+                    link.index, f"stage {link.index} reported Ready with wrong stage_idx {msg.stage_idx}"
+                )
         if not any(s.expected_measurements for s in self.manifest.stages):
             if cfg.require_measurements:
-                raise ProtocolError("require_measurements is set but no stage has "
-                                    "expected_measurements")
+                raise ProtocolError("require_measurements is set but no stage has expected_measurements")
             log.info("no stage pins expected_measurements: stage identities are not verified")
         self.state = "initialized"
 
@@ -294,18 +325,19 @@ class Orchestrator:
             first = self.manifest.stages[0].endpoint.data_in.endpoint
             try:
                 sock = sockets.connect_retry(first, cfg.retry)
-                self.data_in = SecureChannel.connect(sock, cfg.provider, cfg.verifier,
-                                                     self._config_for(0))
+                self.data_in = SecureChannel.connect(sock, cfg.provider, cfg.verifier, self._config_for(0))
             except (CmlpError, OSError) as exc:
                 raise StageFailed(0, f"data_in connect to {first}: {exc}") from exc
             t.join(cfg.data_setup_timeout + 1)
             if "sock" not in accepted:
                 err = accepted.get("error", "no connection")
-                raise StageFailed(n - 1, f"data_out: the last stage did not connect to "
-                                         f"{self.data_out_listen}: {err}")
+                raise StageFailed(
+                    n - 1, f"data_out: the last stage did not connect to {self.data_out_listen}: {err}"
+                )
             try:
-                self.data_out = SecureChannel.accept(accepted["sock"], cfg.provider,
-                                                     cfg.verifier, self._config_for(n - 1))
+                self.data_out = SecureChannel.accept(
+                    accepted["sock"], cfg.provider, cfg.verifier, self._config_for(n - 1)
+                )
             except CmlpError as exc:
                 raise StageFailed(n - 1, f"data_out handshake: {exc}") from exc
             for relay in self.relays:
@@ -313,11 +345,9 @@ class Orchestrator:
             for link in self.links:
                 msg = link.recv(cfg.data_setup_timeout)
                 if not isinstance(msg, C.DataChannelsReady):
-                    raise StageFailed(link.index, f"expected DataChannelsReady, got "
-                                                  f"{C.describe(msg)}")
+                    raise StageFailed(link.index, f"expected DataChannelsReady, got {C.describe(msg)}")
                 if msg.stage_idx != link.index:
-                    raise StageFailed(link.index, f"DataChannelsReady with wrong stage_idx "
-                                                  f"{msg.stage_idx}")
+                    raise StageFailed(link.index, f"DataChannelsReady with wrong stage_idx {msg.stage_idx}")
         except BaseException:
             for relay in self.relays:
                 relay.close()
@@ -392,16 +422,18 @@ class Orchestrator:
             if j in dead:
                 return StageFailed(j, f"{state[j][1]} (stage {i} lost its {side} to it: {text})")
             if state[j][0] == "alive":
-                return StageFailed(j, f"the data link stage {a} -> stage {b} failed: "
-                                      f"stage {i} reported '{text}' and stage {j} is still up "
-                                      "(a tampered or broken link, or the relay)")
+                return StageFailed(
+                    j,
+                    f"the data link stage {a} -> stage {b} failed: "
+                    f"stage {i} reported '{text}' and stage {j} is still up "
+                    "(a tampered or broken link, or the relay)",
+                )
             return StageFailed(j, f"stage {i} lost its {side} to it: {text}")
         if dead:
             return StageFailed(dead[0], state[dead[0]][1])
         for relay in self.relays:
             if not relay.alive:
-                return StageFailed(relay.index, f"relay {relay.index} to stage "
-                                                f"{relay.index + 1} stopped")
+                return StageFailed(relay.index, f"relay {relay.index} to stage {relay.index + 1} stopped")
         return StageFailed(UNKNOWN_STAGE, f"data channel failed: {cause}")
 
     def health_check(self) -> None:
@@ -441,16 +473,22 @@ class Orchestrator:
                     msg = link.recv(deadline.left())
                     if isinstance(msg, C.ShuttingDown):
                         if msg.stage_idx != link.index:
-                            log.warning("stage %d acknowledged shutdown as stage %d",
-                                        link.index, msg.stage_idx)
+                            log.warning(
+                                "stage %d acknowledged shutdown as stage %d", link.index, msg.stage_idx
+                            )
                         break
                     if isinstance(msg, (C.Pong, C.RequestDone, C.RequestError)):
-                        continue           # leftovers of earlier failures (ambiguity 7)
-                    raise ProtocolError(f"expected ShuttingDown from stage {link.index}, "
-                                        f"got {C.describe(msg)}")
+                        continue  # leftovers of earlier failures (ambiguity 7)
+                    raise ProtocolError(
+                        f"expected ShuttingDown from stage {link.index}, got {C.describe(msg)}"
+                    )
             except Timeout:
-                errors.append(PipelineTimeout(f"stage {link.index} did not acknowledge "
-                                              f"shutdown within {self.config.shutdown_timeout} s"))
+                errors.append(
+                    PipelineTimeout(
+                        f"stage {link.index} did not acknowledge "
+                        f"shutdown within {self.config.shutdown_timeout} s"
+                    )
+                )
             except CmlpError as exc:
                 errors.append(exc)
         self.close()
@@ -499,7 +537,7 @@ class _Request:
         self.rid = rid
         self.m = m
         self.deadline = deadline
-        self.groups_read = 0             # output micro-batches fully read
+        self.groups_read = 0  # output micro-batches fully read
         self.got_err = False
         self.sends_done = False
         self.confirmed: Set[int] = set()
@@ -539,8 +577,7 @@ class _Request:
                 self.confirmed.add(link.index)
                 raise RequestFailed(self.rid, f"stage {link.index} error: {msg.error}")
             else:
-                raise ProtocolError(f"expected RequestDone from stage {link.index}, "
-                                    f"got {C.describe(msg)}")
+                raise ProtocolError(f"expected RequestDone from stage {link.index}, got {C.describe(msg)}")
         trace.event("orch.done")
         return InferenceResult(self.rid, self.outputs, compute)
 
@@ -556,7 +593,7 @@ class _Request:
         except (Closed, ChannelBroken) as exc:
             raise self.o._diagnose(exc) from exc
         finally:
-            for group in inputs:          # best-effort zeroization of metadata (2.13)
+            for group in inputs:  # best-effort zeroization of metadata (2.13)
                 for t in group:
                     t.wipe_metadata()
         self.sends_done = True
@@ -603,7 +640,7 @@ class _Request:
             self.confirmed.add(link.index)
             if isinstance(msg, C.RequestError):
                 errors.append(f"stage {link.index} error: {msg.error}")
-        if dead:     # a stage that went away is the root cause: name it
+        if dead:  # a stage that went away is the root cause: name it
             return StageFailed(dead[0][0], "; ".join([d for _, d in dead] + errors))
         if errors:
             return RequestFailed(self.rid, errors[0])
@@ -613,7 +650,7 @@ class _Request:
         """Drain exactly what is left of this request, or taint the pipeline (2.11)."""
         o = self.o
         if not self.sends_done:
-            o.tainted = True           # stage 0 holds part of a request: cannot resync
+            o.tainted = True  # stage 0 holds part of a request: cannot resync
             return
         for link in o.links:
             if link.index in self.confirmed:
@@ -635,7 +672,7 @@ class _Request:
             assert o.data_out is not None, "Orchestrator.start() opens the data channels first"
             try:
                 o.data_out.recv(timeout=quiet)
-                o.tainted = True       # more data than the request could produce
+                o.tainted = True  # more data than the request could produce
             except Timeout:
                 pass
         except (Timeout, CmlpError):

@@ -29,15 +29,21 @@ log = logging.getLogger(__name__)
 class RelayLink:
     """Relays stage ``index``'s data_out (listened on here) to stage ``index + 1``'s data_in."""
 
-    def __init__(self, index: int, listen_at: Endpoint, target: Endpoint,
-                 retry: Optional[RetryPolicy] = None, capture_prefix: Optional[str] = None):
+    def __init__(
+        self,
+        index: int,
+        listen_at: Endpoint,
+        target: Endpoint,
+        retry: Optional[RetryPolicy] = None,
+        capture_prefix: Optional[str] = None,
+    ):
         self.index = index
         self.listen_at = listen_at
         self.target = target
         self.retry = retry or RetryPolicy()
         self.capture_prefix = capture_prefix
         self.listener = sockets.listen(listen_at)
-        self.forwarded = {"down": 0, "up": 0}       # down: stage i -> i+1
+        self.forwarded = {"down": 0, "up": 0}  # down: stage i -> i+1
         self.error: Optional[BaseException] = None
         self._socks: List[socket.socket] = []
         self._ready = threading.Event()
@@ -46,8 +52,9 @@ class RelayLink:
         self._thread: Optional[threading.Thread] = None
 
     def start(self, accept_timeout: Optional[float] = None) -> None:
-        self._thread = threading.Thread(target=self._run, args=(accept_timeout,),
-                                        name=f"relay-{self.index}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(accept_timeout,), name=f"relay-{self.index}", daemon=True
+        )
         self._thread.start()
 
     def _run(self, accept_timeout) -> None:
@@ -59,22 +66,23 @@ class RelayLink:
             if self._closed:
                 return
             for src, dst, key in ((upstream, downstream, "down"), (downstream, upstream, "up")):
-                t = threading.Thread(target=self._pump, args=(src, dst, key),
-                                     name=f"relay-{self.index}-{key}", daemon=True)
+                t = threading.Thread(
+                    target=self._pump, args=(src, dst, key), name=f"relay-{self.index}-{key}", daemon=True
+                )
                 t.start()
                 self._pumps.append(t)
         except BaseException as exc:  # noqa: BLE001 - reported through wait_ready / alive
             self.error = exc
-            log.warning("relay %d (%s -> %s) failed: %s", self.index, self.listen_at,
-                        self.target, exc)
+            log.warning("relay %d (%s -> %s) failed: %s", self.index, self.listen_at, self.target, exc)
         finally:
             self._ready.set()
 
     def _pump(self, src: socket.socket, dst: socket.socket, key: str) -> None:
         capture = -1
         if self.capture_prefix:
-            capture = os.open(f"{self.capture_prefix}{self.index}_{key}.bin",
-                              os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            capture = os.open(
+                f"{self.capture_prefix}{self.index}_{key}.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+            )
         try:
             total, err = _netio.pump(src.fileno(), dst.fileno(), capture)
             self.forwarded[key] += total
@@ -86,11 +94,14 @@ class RelayLink:
 
     def wait_ready(self, timeout: Optional[float]) -> None:
         if not self._ready.wait(timeout):
-            raise Timeout(f"relay {self.index}: stage {self.index} did not connect to "
-                          f"{self.listen_at} within {timeout} s")
+            raise Timeout(
+                f"relay {self.index}: stage {self.index} did not connect to "
+                f"{self.listen_at} within {timeout} s"
+            )
         if self.error is not None:
-            raise PipelineError(f"relay {self.index} ({self.listen_at} -> {self.target}): "
-                                f"{self.error}") from self.error
+            raise PipelineError(
+                f"relay {self.index} ({self.listen_at} -> {self.target}): {self.error}"
+            ) from self.error
 
     @property
     def alive(self) -> bool:

@@ -30,19 +30,32 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, List, Optional, Tuple
 
-from cmlp.deadline import Deadline
-from cmlp.errors import (UNKNOWN_STAGE, ChannelBroken, Closed, CmlpError, CryptoError,
-                         FrameError, InitFailed, InputLimitExceeded, MessageTooLarge,
-                         PipelineError, ProtocolError, SessionError, StageError, StageFailed,
-                         Timeout, VersionMismatch)
 from cmlp import strict_json, trace
 from cmlp.attestation.factory import refuse_mock_in_production
 from cmlp.attestation.role import Role
+from cmlp.deadline import Deadline
+from cmlp.errors import (
+    UNKNOWN_STAGE,
+    ChannelBroken,
+    Closed,
+    CmlpError,
+    CryptoError,
+    FrameError,
+    InitFailed,
+    InputLimitExceeded,
+    MessageTooLarge,
+    PipelineError,
+    ProtocolError,
+    SessionError,
+    StageError,
+    StageFailed,
+    Timeout,
+    VersionMismatch,
+)
 from cmlp.manifest import ActivationSpec, Manifest, StageSpec
 from cmlp.pipeline import control as C
 from cmlp.pipeline.acceptor import Acceptor
-from cmlp.transport import (Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage,
-                            sockets)
+from cmlp.transport import Data, SecureChannel, SessionConfig, ShutdownMessage, TensorMessage, sockets
 from cmlp.transport.config import RetryPolicy, SecurityProfile
 from cmlp.transport.sockets import Endpoint, VsockAddr
 from cmlp.transport.wire import DType, Tensor
@@ -51,7 +64,7 @@ log = logging.getLogger(__name__)
 
 END = C.END
 ERR = C.ERR
-WATCH_SLICE = 0.05          # seconds between control checks while waiting for input
+WATCH_SLICE = 0.05  # seconds between control checks while waiting for input
 
 
 @dataclass
@@ -61,15 +74,15 @@ class StageConfig:
     session: SessionConfig = field(default_factory=SessionConfig.development)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_control_message_bytes: int = C.DEFAULT_MAX_CONTROL_MESSAGE_BYTES
-    data_setup_timeout: float = 60.0      # accepting data_in / reaching data_out
-    input_timeout: float = 300.0          # a request waiting for its input (cmlp addition)
-    persistent: bool = False              # serve one orchestrator session after another
-    host_unattested: bool = False         # the orchestrator presents no attestation
-    hostblind: object = None              # cmlp.hostblind.stage_loop.HostBlindOptions
+    data_setup_timeout: float = 60.0  # accepting data_in / reaching data_out
+    input_timeout: float = 300.0  # a request waiting for its input (cmlp addition)
+    persistent: bool = False  # serve one orchestrator session after another
+    host_unattested: bool = False  # the orchestrator presents no attestation
+    hostblind: object = None  # cmlp.hostblind.stage_loop.HostBlindOptions
     # issue 10: no idle or half-open connection may lock the stage
-    handshake_timeout: float = 10.0       # at most this per incoming handshake
-    first_message_timeout: float = 30.0   # Init must follow the control handshake within it
-    max_pending_handshakes: int = 8       # connections being established at once, per port
+    handshake_timeout: float = 10.0  # at most this per incoming handshake
+    first_message_timeout: float = 30.0  # Init must follow the control handshake within it
+    max_pending_handshakes: int = 8  # connections being established at once, per port
     # per micro-batch input cap: tensors, and bytes = max_batch x seq_len x one row of the
     # activation spec (hidden_dim x max(itemsize, 4): ids and F32 hidden states both fit)
     max_input_tensors: int = 4
@@ -98,7 +111,7 @@ class OrchestratorGone(Exception):
 
 # errors caused by what the orchestrator sent: never explained back to it
 _PEER_FAULTS = (ProtocolError, VersionMismatch, MessageTooLarge, FrameError, CryptoError)
-GONE_GRACE = 0.25   # seconds to look for the orchestrator's goodbye after a broken link
+GONE_GRACE = 0.25  # seconds to look for the orchestrator's goodbye after a broken link
 
 
 class _Control:
@@ -122,8 +135,7 @@ class _Control:
         if isinstance(msg, Data):
             return C.decode_orchestrator_msg(msg.payload, self.limit)
         if isinstance(msg, ShutdownMessage):
-            raise OrchestratorGone("it left without waiting for the stages (interrupted)",
-                                   goodbye=True)
+            raise OrchestratorGone("it left without waiting for the stages (interrupted)", goodbye=True)
         raise ProtocolError(f"expected Data on control channel, got {type(msg).__name__}")
 
 
@@ -144,11 +156,17 @@ def _discard_control(result) -> None:
 class StageWorker:
     """Serves one stage of a manifest: ``bind()`` then ``serve()``."""
 
-    def __init__(self, manifest: Manifest, stage_idx: int, executor, config: StageConfig,
-                 data_out_target: Optional[Endpoint] = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        stage_idx: int,
+        executor,
+        config: StageConfig,
+        data_out_target: Optional[Endpoint] = None,
+    ):
         refuse_mock_in_production(
-            config.session.security_profile is SecurityProfile.PRODUCTION,
-            config.provider, config.verifier)
+            config.session.security_profile is SecurityProfile.PRODUCTION, config.provider, config.verifier
+        )
         self.manifest = manifest
         self.spec = manifest.stage(stage_idx)
         self._pipeline_digest = manifest.pipeline_digest()
@@ -157,13 +175,17 @@ class StageWorker:
         self.config = config
         self.data_out_target = data_out_target or self.spec.endpoint.data_out.endpoint
         if data_out_target is not None and data_out_target != self.spec.endpoint.data_out.endpoint:
-            log.warning("stage %d: --data-out-target %s differs from the manifest's data_out %s",
-                        stage_idx, data_out_target, self.spec.endpoint.data_out.endpoint)
+            log.warning(
+                "stage %d: --data-out-target %s differs from the manifest's data_out %s",
+                stage_idx,
+                data_out_target,
+                self.spec.endpoint.data_out.endpoint,
+            )
         self.control_listener: Optional[socket.socket] = None
         self.data_listener: Optional[socket.socket] = None
-        self.client_listener: Optional[socket.socket] = None     # host-blind mode, stage 0
+        self.client_listener: Optional[socket.socket] = None  # host-blind mode, stage 0
         self.sessions = 0
-        self.last_error: Optional[BaseException] = None   # of the last failed session
+        self.last_error: Optional[BaseException] = None  # of the last failed session
         self._initialized_spec: Optional[Tuple[Tuple[Any, ...], ActivationSpec]] = None
         self._stop = threading.Event()
         self._control_acceptor: Optional[Acceptor] = None
@@ -171,14 +193,14 @@ class StageWorker:
     # -- listening -----------------------------------------------------------
     @staticmethod
     def _bind_endpoint(endpoint: Endpoint) -> socket.socket:
-        if isinstance(endpoint, VsockAddr):       # enclaves listen on any CID
+        if isinstance(endpoint, VsockAddr):  # enclaves listen on any CID
             endpoint = VsockAddr(sockets.VSOCK_CID_ANY, endpoint.port)
         return sockets.listen(endpoint)
 
     def bind(self) -> None:
         self.control_listener = self._bind_endpoint(self.spec.endpoint.control.endpoint)
         self.data_listener = self._bind_endpoint(self.spec.endpoint.data_in.endpoint)
-        client = self.manifest.client_endpoint            # set = host-blind mode
+        client = self.manifest.client_endpoint  # set = host-blind mode
         if client is not None and self.idx == 0:
             self.client_listener = self._bind_endpoint(client.endpoint)
 
@@ -207,9 +229,13 @@ class StageWorker:
         assert self.control_listener is not None, "bind() sets it"
         cfg = self.config
         self._control_acceptor = Acceptor(
-            self.control_listener, self._establish_control, discard=_discard_control,
-            on_error=self._handshake_failed("control"), max_in_flight=cfg.max_pending_handshakes,
-            name=f"stage{self.idx}-control")
+            self.control_listener,
+            self._establish_control,
+            discard=_discard_control,
+            on_error=self._handshake_failed("control"),
+            max_in_flight=cfg.max_pending_handshakes,
+            name=f"stage{self.idx}-control",
+        )
         try:
             while not self._stop.is_set():
                 try:
@@ -231,30 +257,36 @@ class StageWorker:
         base = self.config.session
         if self.config.bind_roles:
             digest = self._pipeline_digest
-            base = base.replace(own_role=Role(self.idx, digest),
-                                peer_role=Role.orchestrator(digest) if peer_stage is None
-                                else Role(peer_stage, digest))
+            base = base.replace(
+                own_role=Role(self.idx, digest),
+                peer_role=Role.orchestrator(digest) if peer_stage is None else Role(peer_stage, digest),
+            )
         if peer_stage is None:
-            return base.replace(expected_measurements=None,
-                                allow_unattested_peer=self.config.host_unattested) \
-                if self.config.host_unattested else base
+            return (
+                base.replace(expected_measurements=None, allow_unattested_peer=self.config.host_unattested)
+                if self.config.host_unattested
+                else base
+            )
         # A link between stages is always mutually attested: an empty document is refused
         # there even when the host may be unattested (or the base config allows it), since
         # the host relays that link and could otherwise stand in for the neighbour.
-        return base.replace(expected_measurements=self.manifest.stages[peer_stage].measurements()
-                            or base.expected_measurements, allow_unattested_peer=False)
+        return base.replace(
+            expected_measurements=self.manifest.stages[peer_stage].measurements()
+            or base.expected_measurements,
+            allow_unattested_peer=False,
+        )
 
     def _handshake_failed(self, port: str):
         def report(exc: BaseException) -> None:
             self.last_error = exc
             log.warning("stage %d: %s handshake failed: %s", self.idx, port, exc)
+
         return report
 
     def _incoming_config(self, peer_stage: Optional[int]) -> SessionConfig:
         """As _session_config, with the stage's own (shorter) handshake deadline."""
         config = self._session_config(peer_stage)
-        return config.replace(handshake_timeout=min(config.handshake_timeout,
-                                                    self.config.handshake_timeout))
+        return config.replace(handshake_timeout=min(config.handshake_timeout, self.config.handshake_timeout))
 
     def _establish_control(self, sock):
         """Handshake, then the first control message, each under its deadline.
@@ -267,8 +299,7 @@ class StageWorker:
         with that error as before and a persistent one logs it and goes on.
         """
         cfg = self.config
-        channel = SecureChannel.accept(sock, cfg.provider, cfg.verifier,
-                                       self._incoming_config(None))
+        channel = SecureChannel.accept(sock, cfg.provider, cfg.verifier, self._incoming_config(None))
         try:
             msg = _Control(channel, cfg.max_control_message_bytes).recv(cfg.first_message_timeout)
             if not isinstance(msg, C.Init):
@@ -276,12 +307,13 @@ class StageWorker:
             return channel, msg
         except Timeout:
             channel.close()
-            return None, Timeout(f"no control message within {cfg.first_message_timeout} s "
-                                 "after the handshake")
+            return None, Timeout(
+                f"no control message within {cfg.first_message_timeout} s after the handshake"
+            )
         except SessionEnded:
             channel.close()
             return None, ProtocolError("Shutdown before Init")
-        except OrchestratorGone as gone:       # closed before Init: a session that ended
+        except OrchestratorGone as gone:  # closed before Init: a session that ended
             channel.close()
             return None, gone
         except (CmlpError, OSError) as exc:
@@ -315,19 +347,23 @@ class StageWorker:
             if isinstance(init, OrchestratorGone):
                 self._say_orchestrator_left(f"its connection closed before Init: {init}")
                 return
-            raise init            # the connection failed after its handshake
+            raise init  # the connection failed after its handshake
         cfg = self.config
         ctl = _Control(control, cfg.max_control_message_bytes)
         channels = [control]
         self.sessions += 1
-        log.info("stage %d: control session %d (peer attestation: %s)", self.idx, self.sessions,
-                 control.peer_attestation.platform)
+        log.info(
+            "stage %d: control session %d (peer attestation: %s)",
+            self.idx,
+            self.sessions,
+            control.peer_attestation.platform,
+        )
         try:
             try:
                 num_stages, activation = self._control_phase(ctl, init)
                 begin = getattr(self.executor, "begin_session", None)
                 if begin is not None:
-                    begin()               # every session starts from an empty, wiped cache
+                    begin()  # every session starts from an empty, wiped cache
                 data_in, data_out = self._data_phase(ctl, num_stages)
             except (CmlpError, OSError) as exc:
                 self._report_setup_failure(control, exc)
@@ -336,14 +372,14 @@ class StageWorker:
             ctl.send(C.DataChannelsReady(self.idx))
             if self.manifest.host_blind:
                 from cmlp.hostblind.stage_loop import run_host_blind
+
                 run_host_blind(self, ctl, data_in, data_out, activation)
             else:
                 _RequestLoop(self, ctl, data_in, data_out, activation).run()
         except SessionEnded:
             log.info("stage %d: session ended by the orchestrator", self.idx)
         except OrchestratorGone as gone:
-            self._say_orchestrator_left(str(gone) if gone.goodbye
-                                        else f"its connection closed: {gone}")
+            self._say_orchestrator_left(str(gone) if gone.goodbye else f"its connection closed: {gone}")
         except (CmlpError, OSError):
             # A broken data link may just be the orchestrator leaving (Ctrl-C): it says
             # goodbye on control before it drops its channels.
@@ -365,7 +401,7 @@ class StageWorker:
             try:
                 msg = ctl.recv(timeout=max(0.01, deadline - time.monotonic()))
             except OrchestratorGone as gone:
-                return gone.goodbye   # a bare close is no goodbye: keep the link's own error
+                return gone.goodbye  # a bare close is no goodbye: keep the link's own error
             except (CmlpError, OSError, SessionEnded):
                 return False
             if isinstance(msg, C.Shutdown):
@@ -403,23 +439,26 @@ class StageWorker:
         if activation != own:
             raise ProtocolError(
                 f"Init activation_spec {activation.to_json()} differs from this stage's "
-                f"manifest {own.to_json()}")
+                f"manifest {own.to_json()}"
+            )
         if not self.spec.admits_init(spec):
             raise ProtocolError(
                 f"Init for stage {spec.stage_idx} layers [{spec.layer_start}, {spec.layer_end}) "
                 f"does not match this stage's manifest (stage {self.idx} layers "
                 f"[{self.spec.layer_start}, {self.spec.layer_end}); the same hashes and at "
-                "least its measurements are required)")
+                "least its measurements are required)"
+            )
         if msg.num_stages != self.manifest.num_stages:
-            raise ProtocolError(f"Init says {msg.num_stages} stages, the manifest has "
-                                f"{self.manifest.num_stages}")
+            raise ProtocolError(
+                f"Init says {msg.num_stages} stages, the manifest has {self.manifest.num_stages}"
+            )
         key = (self.spec.security_fields(), activation)
         if self._initialized_spec != key:
             self.executor.init(self.spec, activation, msg.num_stages)
             self._initialized_spec = key
         self._check_weight_hashes()
         ctl.send(C.Ready(self.idx))
-        while True:   # a loop, never recursion: any number of Pings is fine
+        while True:  # a loop, never recursion: any number of Pings is fine
             msg = ctl.recv()
             if isinstance(msg, C.Ping):
                 ctl.send(C.Pong(msg.seq))
@@ -436,8 +475,10 @@ class StageWorker:
             return
         actual = list(self.executor.weight_hashes())
         if len(actual) != len(declared):
-            raise InitFailed(f"weight hash count mismatch: manifest declares {len(declared)} "
-                             f"hashes, executor returned {len(actual)}")
+            raise InitFailed(
+                f"weight hash count mismatch: manifest declares {len(declared)} "
+                f"hashes, executor returned {len(actual)}"
+            )
         for i, (want, got) in enumerate(zip(declared, actual, strict=True)):
             if want != got:
                 raise InitFailed(f"weight hash mismatch at index {i}: expected {want}, got {got}")
@@ -459,14 +500,15 @@ class StageWorker:
         if self.manifest.host_blind:
             # a ring: the last stage's data_out is the feedback link to stage 0's data_in
             if num_stages == 1:
-                return None, None             # one stage samples itself: no data links
+                return None, None  # one stage samples itself: no data links
             up_peer, down_peer = (self.idx - 1) % num_stages, (self.idx + 1) % num_stages
         out_sock = self._connect_downstream(ctl, deadline)
         if self.manifest.host_blind and self.idx == 0:
             # stage 0 starts the handshake chain (s0 -> s1 -> ... -> last -> s0)
             try:
-                data_out = SecureChannel.connect(out_sock, cfg.provider, cfg.verifier,
-                                                 self._session_config(down_peer))
+                data_out = SecureChannel.connect(
+                    out_sock, cfg.provider, cfg.verifier, self._session_config(down_peer)
+                )
             except BaseException:
                 out_sock.close()
                 raise
@@ -482,8 +524,9 @@ class StageWorker:
             out_sock.close()
             raise
         try:
-            data_out = SecureChannel.connect(out_sock, cfg.provider, cfg.verifier,
-                                             self._session_config(down_peer))
+            data_out = SecureChannel.connect(
+                out_sock, cfg.provider, cfg.verifier, self._session_config(down_peer)
+            )
         except BaseException:
             data_in.close()
             raise
@@ -497,15 +540,17 @@ class StageWorker:
         dropped without delaying the real upstream peer.
         """
         cfg = self.config
-        config = config.replace(handshake_timeout=min(config.handshake_timeout,
-                                                      cfg.handshake_timeout))
+        config = config.replace(handshake_timeout=min(config.handshake_timeout, cfg.handshake_timeout))
         assert self.data_listener is not None, "StageWorker.bind() comes first"
         acceptor = Acceptor(
             self.data_listener,
             lambda sock: SecureChannel.accept(sock, cfg.provider, cfg.verifier, config),
-            discard=lambda ch: ch.close(), on_error=self._handshake_failed("data_in"),
-            max_in_flight=cfg.max_pending_handshakes, max_ready=1,
-            name=f"stage{self.idx}-data_in")
+            discard=lambda ch: ch.close(),
+            on_error=self._handshake_failed("data_in"),
+            max_in_flight=cfg.max_pending_handshakes,
+            max_ready=1,
+            name=f"stage{self.idx}-data_in",
+        )
         try:
             while True:
                 try:
@@ -513,21 +558,24 @@ class StageWorker:
                 except Timeout:
                     self._check_control(ctl)
                     if deadline.expired():
-                        raise Timeout(f"no upstream connection on data_in within "
-                                      f"{self.config.data_setup_timeout} s") from None
+                        raise Timeout(
+                            f"no upstream connection on data_in within {self.config.data_setup_timeout} s"
+                        ) from None
         finally:
             acceptor.close()
 
     def _connect_downstream(self, ctl: _Control, deadline: Deadline):
         """Connect data_out with the retry policy, checking control between attempts."""
+
         def pause(seconds: float) -> None:
             until = Deadline(seconds)
             while not until.expired():
                 self._check_control(ctl)
                 time.sleep(min(0.05, until.remaining()))
 
-        return sockets.connect_retry(self.data_out_target, self.config.retry, timeout=2.0,
-                                     sleep=pause, deadline=deadline)
+        return sockets.connect_retry(
+            self.data_out_target, self.config.retry, timeout=2.0, sleep=pause, deadline=deadline
+        )
 
     @staticmethod
     def _check_control(ctl: _Control) -> None:
@@ -552,8 +600,14 @@ class _LinkLost(Exception):
 class _RequestLoop:
     """The process loop of one session (pipeline.md 2.6, stage side)."""
 
-    def __init__(self, worker: StageWorker, ctl: _Control, data_in: SecureChannel,
-                 data_out: SecureChannel, activation: ActivationSpec):
+    def __init__(
+        self,
+        worker: StageWorker,
+        ctl: _Control,
+        data_in: SecureChannel,
+        data_out: SecureChannel,
+        activation: ActivationSpec,
+    ):
         self.w = worker
         self.ctl = ctl
         self.data_in = data_in
@@ -561,8 +615,9 @@ class _RequestLoop:
         self.activation = activation
         self.queued: Deque[C.StartRequest] = collections.deque()
         # trace event names built once, not per request
-        self.ev = {k: f"stage{worker.idx}.{k}"
-                   for k in ("start_request", "input", "forward_done", "output_sent")}
+        self.ev = {
+            k: f"stage{worker.idx}.{k}" for k in ("start_request", "input", "forward_done", "output_sent")
+        }
         self.current: Optional[int] = None
         self.aborted: Optional[str] = None
         self.limit_error: Optional[InputLimitExceeded] = None
@@ -578,8 +633,7 @@ class _RequestLoop:
             elif isinstance(msg, C.Ping):
                 self.ctl.send(C.Pong(msg.seq))
             elif isinstance(msg, C.AbortRequest):
-                log.warning("stage %d: AbortRequest %d with no request running", self.w.idx,
-                            msg.request_id)
+                log.warning("stage %d: AbortRequest %d with no request running", self.w.idx, msg.request_id)
             elif isinstance(msg, C.Shutdown):
                 break
             else:
@@ -593,15 +647,19 @@ class _RequestLoop:
             try:
                 msg = self.ctl.recv(timeout=1.0)
             except Timeout:
-                return                 # a partial frame: keep it for later
+                return  # a partial frame: keep it for later
             if isinstance(msg, C.Ping):
                 self.ctl.send(C.Pong(msg.seq))
             elif isinstance(msg, C.AbortRequest):
                 if msg.request_id == self.current:
                     self.aborted = msg.reason
                 else:
-                    log.warning("stage %d: AbortRequest for %d while running %s", self.w.idx,
-                                msg.request_id, self.current)
+                    log.warning(
+                        "stage %d: AbortRequest for %d while running %s",
+                        self.w.idx,
+                        msg.request_id,
+                        self.current,
+                    )
             elif isinstance(msg, C.Shutdown):
                 self.shutdown = True
             elif isinstance(msg, C.StartRequest):
@@ -620,8 +678,9 @@ class _RequestLoop:
             except Timeout:
                 self._watch_control()
                 if deadline.expired():
-                    raise Timeout(f"no input for request {self.current} within "
-                                  f"{self.w.config.input_timeout} s") from None
+                    raise Timeout(
+                        f"no input for request {self.current} within {self.w.config.input_timeout} s"
+                    ) from None
             except (SessionError, CryptoError, FrameError) as exc:
                 raise _LinkLost("data_in", exc) from exc
 
@@ -660,8 +719,9 @@ class _RequestLoop:
                     if count > limits[0] or size > limits[1]:
                         self.limit_error = InputLimitExceeded(
                             f"{count} tensors / {size} bytes in one micro-batch; this request "
-                            f"allows {limits[0]} tensors / {limits[1]} bytes")
-                        tensors = None          # freed now; the rest is read and dropped
+                            f"allows {limits[0]} tensors / {limits[1]} bytes"
+                        )
+                        tensors = None  # freed now; the rest is read and dropped
                     else:
                         tensors.append(msg.tensor)
             elif isinstance(msg, Data) and msg.payload == END:
@@ -757,7 +817,7 @@ class _RequestLoop:
             if self.aborted is not None or self.shutdown:
                 break
         if self.shutdown:
-            return                                # no Done/Error/ERR, as the reference
+            return  # no Done/Error/ERR, as the reference
         if error is None and self.aborted is not None:
             error = f"aborted: {self.aborted}"
             if done < m:

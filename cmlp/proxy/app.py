@@ -32,8 +32,8 @@ from cmlp.proxy.schema import ChatRequest, parse_chat, parse_completion
 
 log = logging.getLogger("cmlp.proxy")
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20     # 1 MiB: far above any prompt that fits a context
-DEFAULT_MAX_CONCURRENT = 64          # generations in flight; more -> 503 server_busy
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any prompt that fits a context
+DEFAULT_MAX_CONCURRENT = 64  # generations in flight; more -> 503 server_busy
 
 
 @dataclass(frozen=True)
@@ -61,27 +61,29 @@ class _Proxy:
             # No key (loopback only): refuse Host names other than IP literals and
             # localhost, so a web page cannot reach us through DNS rebinding.
             host = request.headers.get("host", "")
-            name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:host.find("]")]
+            name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1 : host.find("]")]
             # (no Host at all is not a browser: browsers always send one)
             if host and name != "localhost" and not _is_ip(name):
-                raise ApiError(403, "Requests must address the proxy by IP or localhost.",
-                               code="forbidden_host")
+                raise ApiError(
+                    403, "Requests must address the proxy by IP or localhost.", code="forbidden_host"
+                )
             return
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if not auth:
-            raise ApiError(401, "You didn't provide an API key. Send it in the Authorization "
-                                "header as 'Bearer YOUR_KEY'.", code="invalid_api_key")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                 self._key):
+            raise ApiError(
+                401,
+                "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'.",
+                code="invalid_api_key",
+            )
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._key):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     async def read_json(self, request: Request):
         ctype = request.headers.get("content-type", "")
         if ctype.split(";", 1)[0].strip().lower() != "application/json":
             # Also what keeps a web page's "simple" cross-site POST out.
-            raise ApiError(415, "Content-Type must be application/json.",
-                           code="unsupported_media_type")
+            raise ApiError(415, "Content-Type must be application/json.", code="unsupported_media_type")
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -97,39 +99,52 @@ class _Proxy:
         try:
             return strict_json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise invalid("We could not parse the JSON body of your request. "
-                          f"({' '.join(str(exc).split())})", code="invalid_json") from None
+            raise invalid(
+                f"We could not parse the JSON body of your request. ({' '.join(str(exc).split())})",
+                code="invalid_json",
+            ) from None
 
     def check_model(self, model: str) -> None:
         if model != self.info.model_name:
-            raise ApiError(404, f"The model `{model}` does not exist or you do not have "
-                                "access to it.", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
 
     # -- generation -----------------------------------------------------------
     def prompt_and_max_tokens(self, req):
         s = req.sampling
         limit = self.info.max_seq_len
-        prompt: str | list[Any]              # text, or token ids
+        prompt: str | list[Any]  # text, or token ids
         if isinstance(req, ChatRequest):
-            prompt = render_chat([dict(m) for m in req.messages], self.info.chat_template,
-                                 bos_token=self.info.bos_token, eos_token=self.info.eos_token)
+            prompt = render_chat(
+                [dict(m) for m in req.messages],
+                self.info.chat_template,
+                bos_token=self.info.bos_token,
+                eos_token=self.info.eos_token,
+            )
             param = "messages"
         else:
             prompt = req.prompt if isinstance(req.prompt, str) else list(req.prompt)
             param = "prompt"
-        n_prompt = (len(prompt) if isinstance(prompt, list)
-                    else self.backend.count_tokens(prompt))
+        n_prompt = len(prompt) if isinstance(prompt, list) else self.backend.count_tokens(prompt)
         max_tokens = s.max_tokens
-        if max_tokens is None:   # chat default: fill the context, as OpenAI does
-            max_tokens = (limit - n_prompt if n_prompt is not None
-                          else min(self.config.chat_default_max_tokens, limit))
+        if max_tokens is None:  # chat default: fill the context, as OpenAI does
+            max_tokens = (
+                limit - n_prompt if n_prompt is not None else min(self.config.chat_default_max_tokens, limit)
+            )
         if n_prompt is not None and (n_prompt + max_tokens > limit or max_tokens < 1):
             where = "messages" if param == "messages" else "prompt"
-            raise invalid(f"This model's maximum context length is {limit} tokens. However, "
-                          f"you requested {n_prompt + max(max_tokens, 1)} tokens ({n_prompt} in "
-                          f"the {where}, {max(max_tokens, 1)} in the completion). Please reduce "
-                          f"the length of the {where} or completion.",
-                          param=param, code="context_length_exceeded")
+            raise invalid(
+                f"This model's maximum context length is {limit} tokens. However, "
+                f"you requested {n_prompt + max(max_tokens, 1)} tokens ({n_prompt} in "
+                f"the {where}, {max(max_tokens, 1)} in the completion). Please reduce "
+                f"the length of the {where} or completion.",
+                param=param,
+                code="context_length_exceeded",
+            )
         return prompt, max_tokens, param
 
     async def generate(self, request: Request, chat: bool) -> Response:
@@ -142,19 +157,29 @@ class _Proxy:
             # the template and the tokenizer may take milliseconds on a long conversation:
             # off the event loop, which keeps streaming the other requests' tokens
             prompt, max_tokens, param = await asyncio.to_thread(self.prompt_and_max_tokens, req)
-            params = self.backend.params(max_tokens=max_tokens, temperature=s.temperature,
-                                         top_k=s.top_k, top_p=s.top_p, seed=s.seed, stop=s.stop)
-        except (ValueError, TypeError) as exc:   # SamplingParams' own checks
+            params = self.backend.params(
+                max_tokens=max_tokens,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                seed=s.seed,
+                stop=s.stop,
+            )
+        except (ValueError, TypeError) as exc:  # SamplingParams' own checks
             raise invalid(str(exc)) from None
         except Exception as exc:
             raise from_exception(exc, prompt_param="messages" if chat else "prompt") from None
         if self.active >= self.config.max_concurrent:
-            raise ApiError(503, "The proxy is at its limit of concurrent generations; "
-                                "try again later.", type="server_error", code="server_busy")
+            raise ApiError(
+                503,
+                "The proxy is at its limit of concurrent generations; try again later.",
+                type="server_error",
+                code="server_busy",
+            )
         self.active += 1
         released = False
 
-        def release() -> None:     # exactly once, whichever path ends the request
+        def release() -> None:  # exactly once, whichever path ends the request
             nonlocal released
             if not released:
                 released = True
@@ -170,13 +195,15 @@ class _Proxy:
                 failure = _failure(first)
                 if failure is not None:
                     raise from_exception(failure, prompt_param=param)
-                watcher.cancel()   # StreamingResponse listens for the disconnect from now on
+                watcher.cancel()  # StreamingResponse listens for the disconnect from now on
                 shape = R.Shape(self.info.model_name, chat, s.include_usage)
                 handed_over = True
                 return _EventStream(
-                    self._sse(stream, first, shape, release), release,
+                    self._sse(stream, first, shape, release),
+                    release,
                     media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
             return await self._collect(stream, first, chat, param)
         finally:
             watcher.cancel()
@@ -193,11 +220,11 @@ class _Proxy:
                         raise from_exception(_no_finish())
                     shape = R.Shape(self.info.model_name, chat)
                     reason = R.FINISH_REASON.get(finished.finish_reason, "stop")
-                    return JSONResponse(shape.full("".join(text), reason,
-                                                   finished.prompt_tokens,
-                                                   finished.completion_tokens))
+                    return JSONResponse(
+                        shape.full("".join(text), reason, finished.prompt_tokens, finished.completion_tokens)
+                    )
                 if item is CANCELLED:
-                    return Response(status_code=499)   # nobody is listening any more
+                    return Response(status_code=499)  # nobody is listening any more
                 if isinstance(item, Failure):
                     raise from_exception(item.exc, prompt_param=param)
                 if finished is not None:
@@ -218,11 +245,13 @@ class _Proxy:
                         if finished is None:
                             out.append(_error_event(_no_finish()))
                         else:
-                            out.append(shape.chunk_finish(
-                                R.FINISH_REASON.get(finished.finish_reason, "stop")))
+                            out.append(
+                                shape.chunk_finish(R.FINISH_REASON.get(finished.finish_reason, "stop"))
+                            )
                             if shape.include_usage:
-                                out.append(shape.chunk_usage(finished.prompt_tokens,
-                                                             finished.completion_tokens))
+                                out.append(
+                                    shape.chunk_usage(finished.prompt_tokens, finished.completion_tokens)
+                                )
                         out.append(R.DONE)
                         yield "".join(out).encode()
                         return
@@ -258,8 +287,7 @@ class _Proxy:
 
     async def models(self, request: Request) -> Response:
         self.authorize(request)
-        return JSONResponse({"object": "list",
-                             "data": [R.model_card(self.info.model_name, self.created)]})
+        return JSONResponse({"object": "list", "data": [R.model_card(self.info.model_name, self.created)]})
 
     async def model(self, request: Request) -> Response:
         self.authorize(request)
@@ -294,12 +322,14 @@ def _is_ip(text: str) -> bool:
 
 
 def _too_large(size: int, limit: int) -> ApiError:
-    return ApiError(413, f"Request body of {size} bytes exceeds the limit of {limit} bytes.",
-                    code="request_too_large")
+    return ApiError(
+        413, f"Request body of {size} bytes exceeds the limit of {limit} bytes.", code="request_too_large"
+    )
 
 
 def _no_finish() -> Exception:
     from cmlp.errors import ProtocolError
+
     return ProtocolError("the generation ended without exactly one final Finished event")
 
 
@@ -333,8 +363,9 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=kind).body(),
-                        status_code=exc.status_code)
+    return JSONResponse(
+        ApiError(exc.status_code, str(exc.detail), code=kind).body(), status_code=exc.status_code
+    )
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -352,8 +383,7 @@ def create_app(backend, config: ProxyConfig | None = None) -> Starlette:
         Route("/v1/models/{model:path}", proxy.model, methods=["GET"]),
         Route("/health", proxy.health, methods=["GET"]),
     ]
-    handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error,
-                                Exception: _internal_error}
+    handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.proxy = proxy
     return app

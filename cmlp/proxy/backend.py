@@ -23,19 +23,21 @@ class ClientBackend:
         self.client = client
         self._params = sampling_params
         self._finished = finished
-        self.info = None          # ModelInfo, set by verify()
+        self.info = None  # ModelInfo, set by verify()
 
     @classmethod
-    def connect(cls, connect: str, manifest, *, profile: str = "development",
-                timeout: float = 30.0, **client_kwargs) -> ClientBackend:
+    def connect(
+        cls, connect: str, manifest, *, profile: str = "development", timeout: float = 30.0, **client_kwargs
+    ) -> ClientBackend:
         """The real thing: cmlp.client.Client talking to `cmlp serve` at ``connect``."""
         try:
             mod = importlib.import_module("cmlp.client")
         except ModuleNotFoundError as exc:
             if exc.name != "cmlp.client":
                 raise
-            raise PipelineError("this cmlp has no host-blind client (cmlp.client); "
-                                "`cmlp proxy` needs it") from None
+            raise PipelineError(
+                "this cmlp has no host-blind client (cmlp.client); `cmlp proxy` needs it"
+            ) from None
         client = mod.Client(connect, manifest, profile=profile, timeout=timeout, **client_kwargs)
         return cls(client, sampling_params=mod.SamplingParams, finished=mod.Finished)
 

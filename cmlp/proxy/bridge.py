@@ -18,13 +18,14 @@ import threading
 
 class Failure:
     """The generation raised; ``exc`` is what it raised."""
+
     __slots__ = ("exc",)
 
     def __init__(self, exc: BaseException):
         self.exc = exc
 
 
-END = object()        # the iterator is exhausted
+END = object()  # the iterator is exhausted
 CANCELLED = object()  # cancel() was called: the HTTP client is gone
 
 
@@ -32,7 +33,7 @@ class TokenStream:
     def __init__(self, make_iterator):
         self._make = make_iterator
         self._loop = asyncio.get_running_loop()
-        self._items: collections.deque = collections.deque()   # append/popleft are atomic
+        self._items: collections.deque = collections.deque()  # append/popleft are atomic
         self._waiter: asyncio.Future | None = None
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cmlp-proxy-gen", daemon=True)
@@ -77,7 +78,7 @@ class TokenStream:
         try:
             self._loop.call_soon_threadsafe(self._wake)
             return True
-        except RuntimeError:      # the loop is gone (server shutting down)
+        except RuntimeError:  # the loop is gone (server shutting down)
             self._cancel.set()
             return False
 
@@ -89,12 +90,12 @@ class TokenStream:
                 if self._cancel.is_set() or not self._put(event):
                     return
             self._put(END)
-        except BaseException as exc:   # delivered to the request; mapped to an HTTP error there
+        except BaseException as exc:  # delivered to the request; mapped to an HTTP error there
             self._put(Failure(exc))
         finally:
             close = getattr(events, "close", None)
             if close is not None:
                 try:
-                    close()            # cancels the generation if it had not finished
+                    close()  # cancels the generation if it had not finished
                 except Exception:
                     pass

@@ -17,8 +17,15 @@ log = logging.getLogger("cmlp.proxy")
 class ApiError(Exception):
     """An HTTP error answer in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -27,8 +34,7 @@ class ApiError(Exception):
         self.code = code
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def invalid(message: str, *, param: str | None = None, code: str | None = None) -> ApiError:
@@ -46,15 +52,18 @@ def from_exception(exc: BaseException, *, prompt_param: str = "prompt") -> ApiEr
     if isinstance(exc, E.InvalidRequestError):
         return invalid(str(exc))
     if isinstance(exc, E.ServerBusy):
-        return ApiError(503, f"The server is busy, try again later: {exc}",
-                        type="server_error", code="server_busy")
+        return ApiError(
+            503, f"The server is busy, try again later: {exc}", type="server_error", code="server_busy"
+        )
     if isinstance(exc, E.AttestError):
         # Stage 0 no longer matches the manifest: nothing was sent, and nothing will be.
         log.error("attestation of stage 0 failed: %s", exc)
-        return ApiError(503, f"The pipeline failed attestation: {exc}",
-                        type="server_error", code="attestation_failed")
+        return ApiError(
+            503, f"The pipeline failed attestation: {exc}", type="server_error", code="attestation_failed"
+        )
     if isinstance(exc, (E.CmlpError, OSError)):
-        return ApiError(503, f"The pipeline is unavailable: {exc}",
-                        type="server_error", code="pipeline_unavailable")
+        return ApiError(
+            503, f"The pipeline is unavailable: {exc}", type="server_error", code="pipeline_unavailable"
+        )
     log.error("internal error in the proxy", exc_info=exc)
     return ApiError(500, "Internal server error.", type="server_error", code="internal_error")

@@ -24,8 +24,11 @@ def sse(obj) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 class Shape:
@@ -38,8 +41,10 @@ class Shape:
         self.model = model
         self.include_usage = include_usage
         obj = "chat.completion.chunk" if chat else "text_completion"
-        head = (f'data: {{"id":{_dumps(self.id)},"object":"{obj}","created":{self.created},'
-                f'"model":{_dumps(model)},"system_fingerprint":null,"choices":[')
+        head = (
+            f'data: {{"id":{_dumps(self.id)},"object":"{obj}","created":{self.created},'
+            f'"model":{_dumps(model)},"system_fingerprint":null,"choices":['
+        )
         tail = "]" + (',"usage":null' if include_usage else "") + "}\n\n"
         if chat:
             self._token_head = head + '{"index":0,"delta":{"content":'
@@ -55,8 +60,10 @@ class Shape:
         return self._token_head + json.dumps(text) + self._token_tail
 
     def chunk_role(self) -> str:
-        return (self._head + '{"index":0,"delta":{"role":"assistant","content":""},'
-                '"logprobs":null,"finish_reason":null}' + self._tail)
+        return (
+            self._head + '{"index":0,"delta":{"role":"assistant","content":""},'
+            '"logprobs":null,"finish_reason":null}' + self._tail
+        )
 
     def chunk_finish(self, finish_reason: str) -> str:
         reason = _dumps(finish_reason)
@@ -67,21 +74,28 @@ class Shape:
         return self._head + choice + self._tail
 
     def chunk_usage(self, prompt_tokens: int, completion_tokens: int) -> str:
-        return (self._head + '],"usage":' + _dumps(usage(prompt_tokens, completion_tokens))
-                + "}\n\n")
+        return self._head + '],"usage":' + _dumps(usage(prompt_tokens, completion_tokens)) + "}\n\n"
 
     # -- whole responses ---------------------------------------------------
-    def full(self, text: str, finish_reason: str, prompt_tokens: int,
-             completion_tokens: int) -> dict:
+    def full(self, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text,
-                                              "refusal": None},
-                      "logprobs": None, "finish_reason": finish_reason}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
         else:
             choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
-        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "system_fingerprint": None,
-                "choices": [choice], "usage": usage(prompt_tokens, completion_tokens)}
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [choice],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
 
 
 def model_card(model: str, created: int) -> dict:

@@ -27,7 +27,8 @@ def check_listen_policy(listen: str, api_key: str | None, allow_no_key: bool) ->
         raise ListenPolicyError(
             f"refusing to listen on {listen} (beyond loopback) without an API key: pass "
             "--api-key (or set CMLP_PROXY_API_KEY), or --allow-no-api-key to accept anyone "
-            "who can reach this address")
+            "who can reach this address"
+        )
 
 
 def bind(listen: str) -> socket.socket:
@@ -47,8 +48,9 @@ def bind(listen: str) -> socket.socket:
 class ProxyServer:
     """uvicorn serving ``app`` on ``listen``; ``run()`` blocks, ``start()`` uses a thread."""
 
-    def __init__(self, app, listen: str, *, log_level: str = "warning", http: str = "auto",
-                 loop: str = "auto"):
+    def __init__(
+        self, app, listen: str, *, log_level: str = "warning", http: str = "auto", loop: str = "auto"
+    ):
         self.sock = bind(listen)
         host, port = self.sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -56,8 +58,15 @@ class ProxyServer:
         # access_log off: request lines would be the only trace of what users did.
         # http/loop "auto": httptools and uvloop when installed (the proxy extra), which
         # take about a third off the per-token cost of h11 + asyncio.
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, http=http, loop=loop)
+        config = uvicorn.Config(
+            app,
+            log_level=log_level,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            http=http,
+            loop=loop,
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
@@ -71,8 +80,7 @@ class ProxyServer:
         self._thread = threading.Thread(target=self.run, name="cmlp-proxy", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while (not self._server.started and self._thread.is_alive()
-               and time.monotonic() < deadline):
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
         if not self._server.started:
             raise RuntimeError(f"proxy did not start on {self.address}")

@@ -20,22 +20,55 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cmlp.transport.channel import (HEARTBEAT, SHUTDOWN, Data, ErrorMessage, Heartbeat,
-                                        Message, SecureChannel, ShutdownMessage, TensorMessage)
+    from cmlp.transport.channel import (
+        HEARTBEAT,
+        SHUTDOWN,
+        Data,
+        ErrorMessage,
+        Heartbeat,
+        Message,
+        SecureChannel,
+        ShutdownMessage,
+        TensorMessage,
+    )
     from cmlp.transport.config import RetryPolicy, SecurityProfile, SessionConfig
     from cmlp.transport.wire import DType, Flag, MsgType, Tensor
 
 _HOME = {
-    "SecureChannel": "channel", "Message": "channel", "Data": "channel",
-    "TensorMessage": "channel", "Heartbeat": "channel", "ShutdownMessage": "channel",
-    "ErrorMessage": "channel", "HEARTBEAT": "channel", "SHUTDOWN": "channel",
-    "SessionConfig": "config", "SecurityProfile": "config", "RetryPolicy": "config",
-    "DType": "wire", "Flag": "wire", "MsgType": "wire", "Tensor": "wire",
+    "SecureChannel": "channel",
+    "Message": "channel",
+    "Data": "channel",
+    "TensorMessage": "channel",
+    "Heartbeat": "channel",
+    "ShutdownMessage": "channel",
+    "ErrorMessage": "channel",
+    "HEARTBEAT": "channel",
+    "SHUTDOWN": "channel",
+    "SessionConfig": "config",
+    "SecurityProfile": "config",
+    "RetryPolicy": "config",
+    "DType": "wire",
+    "Flag": "wire",
+    "MsgType": "wire",
+    "Tensor": "wire",
 }
 __all__ = [
-    "SecureChannel", "Message", "Data", "TensorMessage", "Heartbeat", "ShutdownMessage",
-    "ErrorMessage", "HEARTBEAT", "SHUTDOWN", "SessionConfig", "SecurityProfile", "RetryPolicy",
-    "DType", "Flag", "MsgType", "Tensor",
+    "SecureChannel",
+    "Message",
+    "Data",
+    "TensorMessage",
+    "Heartbeat",
+    "ShutdownMessage",
+    "ErrorMessage",
+    "HEARTBEAT",
+    "SHUTDOWN",
+    "SessionConfig",
+    "SecurityProfile",
+    "RetryPolicy",
+    "DType",
+    "Flag",
+    "MsgType",
+    "Tensor",
 ]
 assert set(__all__) == set(_HOME)
 
@@ -45,7 +78,7 @@ def __getattr__(name: str) -> Any:
     if home is None:
         raise AttributeError(f"module 'cmlp.transport' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"cmlp.transport.{home}"), name)
-    globals()[name] = value        # later look-ups skip this function
+    globals()[name] = value  # later look-ups skip this function
     return value
 
 

@@ -93,8 +93,7 @@ def _send(sock, data: bytes, deadline: Deadline) -> None:
     _netio.send_all(sock.fileno(), data, len(data), deadline.left())
 
 
-def _handshake(sock, role: str, provider, verifier, config: SessionConfig,
-               secret_key=None, nonce=None):
+def _handshake(sock, role: str, provider, verifier, config: SessionConfig, secret_key=None, nonce=None):
     decoder = _frame.FrameDecoder(max_buffered=HANDSHAKE_MAX_BUFFERED, initial_capacity=4096)
     hs: Union[InitiatorHandshake, ResponderHandshake]
     if role == "initiator":
@@ -127,16 +126,16 @@ class SecureChannel:
     senders (or receivers) are serialised by a lock.
     """
 
-    def __init__(self, sock: socket.socket, keys: SessionKeys, decoder, config: SessionConfig,
-                 role: str):
+    def __init__(self, sock: socket.socket, keys: SessionKeys, decoder, config: SessionConfig, role: str):
         self._sock = sock
         self._fd = sock.fileno()
         self.config = config
         self.role = role
         self.session_id = keys.session_id
         self.peer_attestation = keys.peer_attestation
-        self._rec = _record.RecordLayer(self._fd, decoder, keys.send_key, keys.recv_key,
-                                        keys.session_id, config.max_payload_size)
+        self._rec = _record.RecordLayer(
+            self._fd, decoder, keys.send_key, keys.recv_key, keys.session_id, config.max_payload_size
+        )
         # re-entrant: close() may run inside recv()/send() after a failure
         self._send_lock = threading.RLock()
         self._recv_lock = threading.RLock()
@@ -152,14 +151,16 @@ class SecureChannel:
 
     # -- establishment -----------------------------------------------------
     @classmethod
-    def connect(cls, sock: socket.socket, provider, verifier,
-                config: Optional[SessionConfig] = None, **inject) -> "SecureChannel":
+    def connect(
+        cls, sock: socket.socket, provider, verifier, config: Optional[SessionConfig] = None, **inject
+    ) -> "SecureChannel":
         """Run the initiator handshake on a connected socket."""
         return cls._establish(sock, "initiator", provider, verifier, config, inject)
 
     @classmethod
-    def accept(cls, sock: socket.socket, provider, verifier,
-               config: Optional[SessionConfig] = None, **inject) -> "SecureChannel":
+    def accept(
+        cls, sock: socket.socket, provider, verifier, config: Optional[SessionConfig] = None, **inject
+    ) -> "SecureChannel":
         """Run the responder handshake on an accepted socket."""
         return cls._establish(sock, "responder", provider, verifier, config, inject)
 
@@ -167,10 +168,11 @@ class SecureChannel:
     def _establish(cls, sock, role, provider, verifier, config, inject):
         config = config or SessionConfig()
         try:
-            keys, decoder = _handshake(sock, role, provider, verifier, config,
-                                       inject.get("secret_key"), inject.get("nonce"))
+            keys, decoder = _handshake(
+                sock, role, provider, verifier, config, inject.get("secret_key"), inject.get("nonce")
+            )
         except BaseException:
-            _close_socket(sock)   # no error frame during the handshake (section 3.8)
+            _close_socket(sock)  # no error frame during the handshake (section 3.8)
             raise
         return cls(sock, keys, decoder, config, role)
 
@@ -206,8 +208,14 @@ class SecureChannel:
         """
         self._send(self._rec.send, _DATA, data, self._timeout(timeout), more)
 
-    def send_tensor(self, tensor: Union[Tensor, str], array=None, dtype: Optional[DType] = None,
-                    timeout: Optional[float] = None, more: bool = False) -> None:
+    def send_tensor(
+        self,
+        tensor: Union[Tensor, str],
+        array=None,
+        dtype: Optional[DType] = None,
+        timeout: Optional[float] = None,
+        more: bool = False,
+    ) -> None:
         """Send a Tensor frame: ``send_tensor(tensor)`` or ``send_tensor(name, array)``.
 
         The sub-header and data are written into the send buffer once and
@@ -218,8 +226,15 @@ class SecureChannel:
         data = tensor.data
         if not (data.flags.c_contiguous and data.dtype == tensor.dtype.numpy):
             data = np.ascontiguousarray(data, dtype=tensor.dtype.numpy)
-        self._send(self._rec.send_tensor, tensor.name.encode("utf-8"), int(tensor.dtype),
-                   tensor.shape, data, self._timeout(timeout), more)
+        self._send(
+            self._rec.send_tensor,
+            tensor.name.encode("utf-8"),
+            int(tensor.dtype),
+            tensor.shape,
+            data,
+            self._timeout(timeout),
+            more,
+        )
 
     def send_error(self, text: str, timeout: Optional[float] = None) -> None:
         """Send an Error frame (sealed, type 0x03, flags 0x01: transport.md 11.5)."""

@@ -36,6 +36,7 @@ class SessionConfig:
     ``retry_policy`` field (read only by its ``connect_with_retry``) is not
     carried: connectors take a :class:`cmlp.retry.RetryPolicy` themselves.
     """
+
     max_payload_size: int = MAX_PAYLOAD_SIZE
     handshake_timeout: float = 30.0
     expected_measurements: Optional[ExpectedMeasurements] = None
@@ -79,18 +80,20 @@ class SessionConfig:
         """
         if self.security_profile is SecurityProfile.PRODUCTION:
             if self.allow_unattested_peer and self.expected_measurements is None:
-                return      # a host peer without a TEE: there is nothing to pin
+                return  # a host peer without a TEE: there is nothing to pin
             if not self.expected_measurements or len(self.expected_measurements) == 0:
                 raise HandshakeFailed(
                     "production security profile requires expected_measurements (non-empty); "
-                    "pin the peer's measurements or use the development profile")
+                    "pin the peer's measurements or use the development profile"
+                )
             return
         if self.expected_measurements is not None:
             return
         if self.require_measurements:
             raise HandshakeFailed("require_measurements is set but expected_measurements is None")
         global _warned_unpinned
-        if not _warned_unpinned:   # once per process: every channel would repeat it
+        if not _warned_unpinned:  # once per process: every channel would repeat it
             _warned_unpinned = True
-            log.warning("no expected measurements configured: peer identities are not pinned "
-                        "(development profile)")
+            log.warning(
+                "no expected measurements configured: peer identities are not pinned (development profile)"
+            )

@@ -20,9 +20,9 @@ from cmlp.retry import RetryPolicy, retry
 
 log = logging.getLogger(__name__)
 
-VSOCK_CID_ANY = socket.VMADDR_CID_ANY      # <linux/vm_sockets.h>, as pyx/_netio.pyx sees them
+VSOCK_CID_ANY = socket.VMADDR_CID_ANY  # <linux/vm_sockets.h>, as pyx/_netio.pyx sees them
 VSOCK_CID_HOST = socket.VMADDR_CID_HOST
-VSOCK_CID_PARENT = 3     # the parent instance, as seen from a Nitro enclave
+VSOCK_CID_PARENT = 3  # the parent instance, as seen from a Nitro enclave
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ def _tcp_family(addr: TcpAddr) -> int:
 def listen(endpoint: Endpoint, backlog: int = 16) -> socket.socket:
     """A listening socket (SO_REUSEADDR; vsock binds the given CID, usually ANY)."""
     if isinstance(endpoint, VsockAddr):
-        from cmlp import _netio   # compiled: imported on use, so addresses parse without it
+        from cmlp import _netio  # compiled: imported on use, so addresses parse without it
+
         fd = _netio.vsock_listen(endpoint.port, endpoint.cid, backlog)
         return socket.socket(fileno=fd)
     sock = socket.socket(_tcp_family(endpoint), socket.SOCK_STREAM)
@@ -129,6 +130,7 @@ def accept(listener: socket.socket, timeout: Optional[float] = None) -> socket.s
         conn, _ = listener.accept()
     except TimeoutError:
         from cmlp.errors import Timeout
+
         raise Timeout(f"no connection on {local_endpoint(listener)} within {timeout} s") from None
     finally:
         listener.settimeout(None)
@@ -156,19 +158,28 @@ def connect(endpoint: Endpoint, timeout: Optional[float] = 10.0) -> socket.socke
 def connect_failed(endpoint: Endpoint, exc: BaseException, attempts: int) -> OSError:
     """The final connect error: names the transport, the target and the attempts made."""
     kind = "VSock" if isinstance(endpoint, VsockAddr) else "TCP"
-    target = (f"cid={endpoint.cid},port={endpoint.port}" if isinstance(endpoint, VsockAddr)
-              else str(endpoint))
+    target = f"cid={endpoint.cid},port={endpoint.port}" if isinstance(endpoint, VsockAddr) else str(endpoint)
     errno = exc.errno if isinstance(exc, OSError) else None
     cause = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
     return OSError(errno or 0, f"{kind} connect to {target} failed after {attempts} attempt(s): {cause}")
 
 
-def connect_retry(endpoint: Endpoint, policy: Optional[RetryPolicy] = None,
-                  timeout: Optional[float] = 10.0, sleep=time.sleep,
-                  deadline: Optional[Deadline] = None) -> socket.socket:
+def connect_retry(
+    endpoint: Endpoint,
+    policy: Optional[RetryPolicy] = None,
+    timeout: Optional[float] = 10.0,
+    sleep=time.sleep,
+    deadline: Optional[Deadline] = None,
+) -> socket.socket:
     """Connect with the retry policy; the final error names the target and attempts."""
-    return retry(lambda: connect(endpoint, timeout), policy, on=(OSError,), deadline=deadline,
-                 sleep=sleep, give_up=lambda exc, n: connect_failed(endpoint, exc, n))
+    return retry(
+        lambda: connect(endpoint, timeout),
+        policy,
+        on=(OSError,),
+        deadline=deadline,
+        sleep=sleep,
+        give_up=lambda exc, n: connect_failed(endpoint, exc, n),
+    )
 
 
 def socketpair():

@@ -26,10 +26,10 @@ def _import_pysodium():
     bundled = _bundled_libsodium()
     if bundled is None:
         import pysodium
+
         return pysodium
     original = ctypes.util.find_library
-    ctypes.util.find_library = lambda name: bundled if name in ("sodium", "libsodium") \
-        else original(name)
+    ctypes.util.find_library = lambda name: bundled if name in ("sodium", "libsodium") else original(name)
     try:
         import pysodium
     finally:
@@ -56,7 +56,7 @@ def x25519(secret: bytes, peer_public: bytes) -> bytes:
     try:
         shared = pysodium.crypto_scalarmult_curve25519(secret, peer_public)
     except ValueError:
-        raise NonContributoryKey() from None   # libsodium returns -1 for an all-zero result
+        raise NonContributoryKey() from None  # libsodium returns -1 for an all-zero result
     if not any(shared):
         raise NonContributoryKey()
     return shared

@@ -16,22 +16,22 @@ from cmlp.errors import ShapeOverflow, UnknownDType
 
 # Defined once, in pyx/wire.pxd (compiled into cmlp._frame); named here for Python.
 _WIRE = _frame.WIRE
-HEADER_SIZE: int = _WIRE["HEADER_SIZE"]                         # 13
-MAGIC: int = _WIRE["MAGIC"]                                     # 0xCF4D
-PROTOCOL_VERSION: int = _WIRE["PROTOCOL_VERSION"]               # 4
-MAX_PAYLOAD_SIZE: int = _WIRE["MAX_PAYLOAD_SIZE"]               # 32 MiB
-TAG_SIZE: int = _WIRE["TAG_SIZE"]                               # 16
-HANDSHAKE_MAX_BUFFERED: int = _WIRE["HANDSHAKE_MAX_BUFFERED"]   # 66 573
-MAX_DOCUMENT_SIZE: int = _WIRE["MAX_DOCUMENT_SIZE"]             # attestation document in a hello
+HEADER_SIZE: int = _WIRE["HEADER_SIZE"]  # 13
+MAGIC: int = _WIRE["MAGIC"]  # 0xCF4D
+PROTOCOL_VERSION: int = _WIRE["PROTOCOL_VERSION"]  # 4
+MAX_PAYLOAD_SIZE: int = _WIRE["MAX_PAYLOAD_SIZE"]  # 32 MiB
+TAG_SIZE: int = _WIRE["TAG_SIZE"]  # 16
+HANDSHAKE_MAX_BUFFERED: int = _WIRE["HANDSHAKE_MAX_BUFFERED"]  # 66 573
+MAX_DOCUMENT_SIZE: int = _WIRE["MAX_DOCUMENT_SIZE"]  # attestation document in a hello
 
 
 class MsgType(enum.IntEnum):
-    HELLO = _WIRE["MSG_HELLO"]             # 0x01
-    DATA = _WIRE["MSG_DATA"]               # 0x02
-    ERROR = _WIRE["MSG_ERROR"]             # 0x03
-    HEARTBEAT = _WIRE["MSG_HEARTBEAT"]     # 0x04
-    SHUTDOWN = _WIRE["MSG_SHUTDOWN"]       # 0x05
-    TENSOR = _WIRE["MSG_TENSOR"]           # 0x06
+    HELLO = _WIRE["MSG_HELLO"]  # 0x01
+    DATA = _WIRE["MSG_DATA"]  # 0x02
+    ERROR = _WIRE["MSG_ERROR"]  # 0x03
+    HEARTBEAT = _WIRE["MSG_HEARTBEAT"]  # 0x04
+    SHUTDOWN = _WIRE["MSG_SHUTDOWN"]  # 0x05
+    TENSOR = _WIRE["MSG_TENSOR"]  # 0x06
 
     @property
     def type_name(self) -> str:
@@ -40,8 +40,8 @@ class MsgType(enum.IntEnum):
 
 class Flag(enum.IntFlag):
     NONE = 0x00
-    ENCRYPTED = _WIRE["FLAG_ENCRYPTED"]             # 0x01
-    TENSOR_PAYLOAD = _WIRE["FLAG_TENSOR_PAYLOAD"]   # 0x02
+    ENCRYPTED = _WIRE["FLAG_ENCRYPTED"]  # 0x01
+    TENSOR_PAYLOAD = _WIRE["FLAG_TENSOR_PAYLOAD"]  # 0x02
     BATCH = 0x04
     COMPRESSED = 0x08
 
@@ -55,6 +55,7 @@ def type_name(code: int) -> str:
 
 class DType(enum.IntEnum):
     """Tensor element types (transport.md section 2.2). Elements are little-endian."""
+
     F32 = 0
     F64 = 1
     F16 = 2
@@ -90,18 +91,30 @@ class DType(enum.IntEnum):
 
 
 _NUMPY: Dict[DType, np.dtype] = {
-    DType.F32: np.dtype("<f4"), DType.F64: np.dtype("<f8"), DType.F16: np.dtype("<f2"),
-    DType.BF16: np.dtype("<u2"), DType.I32: np.dtype("<i4"), DType.I64: np.dtype("<i8"),
-    DType.U8: np.dtype("u1"), DType.U32: np.dtype("<u4")}
+    DType.F32: np.dtype("<f4"),
+    DType.F64: np.dtype("<f8"),
+    DType.F16: np.dtype("<f2"),
+    DType.BF16: np.dtype("<u2"),
+    DType.I32: np.dtype("<i4"),
+    DType.I64: np.dtype("<i8"),
+    DType.U8: np.dtype("u1"),
+    DType.U32: np.dtype("<u4"),
+}
 _ITEMSIZE = {d: dt.itemsize for d, dt in _NUMPY.items()}
 _DTYPE_BY_CODE = tuple(DType)
 _NUMPY_BY_CODE = tuple(_NUMPY[d] for d in _DTYPE_BY_CODE)
 _decode_tensor_header = _frame.decode_tensor_header
 _frombuffer = np.frombuffer
 _new_object = object.__new__
-_FROM_NUMPY = {("f", 4): DType.F32, ("f", 8): DType.F64, ("f", 2): DType.F16,
-               ("i", 4): DType.I32, ("i", 8): DType.I64, ("u", 1): DType.U8,
-               ("u", 4): DType.U32}
+_FROM_NUMPY = {
+    ("f", 4): DType.F32,
+    ("f", 8): DType.F64,
+    ("f", 2): DType.F16,
+    ("i", 4): DType.I32,
+    ("i", 8): DType.I64,
+    ("u", 1): DType.U8,
+    ("u", 4): DType.U32,
+}
 
 
 class Tensor:
@@ -148,7 +161,7 @@ class Tensor:
                 # a zero dimension makes the wire size 0 while the other dimensions can
                 # still multiply past what numpy can index: unrepresentable, reject
                 raise ShapeOverflow(f"tensor shape {shape} cannot be represented") from None
-        t = _new_object(cls)                     # per-frame path: skip __init__'s checks
+        t = _new_object(cls)  # per-frame path: skip __init__'s checks
         t.name = name
         t.dtype = _DTYPE_BY_CODE[code]
         t.shape = shape
@@ -157,8 +170,7 @@ class Tensor:
 
     def encode(self) -> bytes:
         """The plaintext tensor payload (sub-header, padding, data)."""
-        return _frame.encode_tensor(self.name, int(self.dtype), self.shape,
-                                    np.ascontiguousarray(self.data))
+        return _frame.encode_tensor(self.name, int(self.dtype), self.shape, np.ascontiguousarray(self.data))
 
     @property
     def nbytes(self) -> int:

@@ -33,7 +33,7 @@ import json
 import re
 import sys
 
-PCR_HEX = re.compile(r"^[0-9a-f]{96}$")          # SHA-384
+PCR_HEX = re.compile(r"^[0-9a-f]{96}$")  # SHA-384
 
 
 def fail(message: str) -> None:
@@ -130,7 +130,7 @@ def cmd_host(pinned: str, cids: str, outputs) -> None:
     if outputs and len(outputs) != len(stages):
         fail(f"{len(outputs)} build outputs for {len(stages)} stages")
     for i, (stage, cid) in enumerate(zip(stages, cid_list, strict=True)):
-        if not 4 <= cid < 2 ** 32 - 1:
+        if not 4 <= cid < 2**32 - 1:
             fail(f"stage {i}: {cid} is not an enclave CID")
         stage["endpoint"]["control"]["cid"] = cid
         stage["endpoint"]["data_in"]["cid"] = cid
@@ -142,8 +142,10 @@ def cmd_host(pinned: str, cids: str, outputs) -> None:
             for idx, want in pins.items():
                 got = measured.get(f"PCR{idx}")
                 if got != want.lower():
-                    fail(f"stage {i}: the image measures PCR{idx} {got} but the manifest "
-                         f"baked into it pins {want}; rebuild with scripts/build_nitro.sh")
+                    fail(
+                        f"stage {i}: the image measures PCR{idx} {got} but the manifest "
+                        f"baked into it pins {want}; rebuild with scripts/build_nitro.sh"
+                    )
             # the host also pins the exact image: a stage accepts an Init that pins more
             # of it than its own manifest does (never less), see StageSpec.admits_init
             for idx in ("0", "1", "2"):
@@ -151,7 +153,7 @@ def cmd_host(pinned: str, cids: str, outputs) -> None:
             stage["expected_measurements"] = pins
     client = (doc.get("host_blind") or {}).get("client")
     if isinstance(client, dict) and client.get("type") == "vsock":
-        client["cid"] = cid_list[0]          # the host forwards clients to stage 0's vsock port
+        client["cid"] = cid_list[0]  # the host forwards clients to stage 0's vsock port
     json.dump(doc, sys.stdout, indent=2)
     print()
 

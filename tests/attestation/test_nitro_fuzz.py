@@ -25,8 +25,28 @@ GENUINE = {
     "capeprivacy-cape-js__isomorphic_attestation_bin.cbor": 1657831567740,
     "worldcoin-pontifex__real-attestation-doc.cbor": 1758628609915,
 }
-INTERESTING = [0x00, 0x17, 0x18, 0x1B, 0x1F, 0x40, 0x5F, 0x7F, 0x80, 0x9F, 0xA0, 0xBF,
-               0xC0, 0xD2, 0xF4, 0xF6, 0xF7, 0xF9, 0xFB, 0xFF]
+INTERESTING = [
+    0x00,
+    0x17,
+    0x18,
+    0x1B,
+    0x1F,
+    0x40,
+    0x5F,
+    0x7F,
+    0x80,
+    0x9F,
+    0xA0,
+    0xBF,
+    0xC0,
+    0xD2,
+    0xF4,
+    0xF6,
+    0xF7,
+    0xF9,
+    0xFB,
+    0xFF,
+]
 
 
 def mutate_bytes(rng: random.Random, data: bytes, donor: bytes) -> bytes:
@@ -41,15 +61,15 @@ def mutate_bytes(rng: random.Random, data: bytes, donor: bytes) -> bytes:
         elif op == 2:
             b[pos:pos] = bytes([rng.randrange(256)]) * rng.randint(1, 8)
         elif op == 3 and b:
-            del b[pos:pos + rng.randint(1, 16)]
+            del b[pos : pos + rng.randint(1, 16)]
         elif op == 4:
-            del b[rng.randint(0, len(b)):]
+            del b[rng.randint(0, len(b)) :]
         elif op == 5 and b:
             end = min(len(b), pos + rng.randint(1, 64))
             b[pos:pos] = b[pos:end]
         elif op == 6:
             start = rng.randrange(len(donor))
-            b[pos:pos + rng.randint(1, 32)] = donor[start:start + rng.randint(1, 32)]
+            b[pos : pos + rng.randint(1, 32)] = donor[start : start + rng.randint(1, 32)]
         else:
             b += bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
     return bytes(b)
@@ -71,8 +91,9 @@ def mutate_structure(rng: random.Random, raw: bytes, donor: bytes) -> bytes:
         fields["pcrs"][idx] = mutate_bytes(rng, fields["pcrs"][idx], donor)
     elif target == 4:
         key = rng.choice(list(fields))
-        fields[key] = rng.choice([None, 0, -1, 2**64 - 1, "", b"", [], {}, True, 1.5,
-                                  cbor2.undefined, [b"x"], {0: b"x"}])
+        fields[key] = rng.choice(
+            [None, 0, -1, 2**64 - 1, "", b"", [], {}, True, 1.5, cbor2.undefined, [b"x"], {0: b"x"}]
+        )
     elif target == 5:
         prot = mutate_bytes(rng, prot, donor)
     elif target == 6:
@@ -136,7 +157,8 @@ def test_random_documents_only_raise_attest_errors():
     verifier = NitroVerifier(at_ms=1725719859545)
     for _ in range(1500):
         prefix = bytes([rng.choice([0x84, 0xD2, 0x9F, 0xA4])])
-        data = prefix + bytes(rng.choice(INTERESTING + [rng.randrange(256)])
-                              for _ in range(rng.randint(0, 40)))
+        data = prefix + bytes(
+            rng.choice(INTERESTING + [rng.randrange(256)]) for _ in range(rng.randint(0, 40))
+        )
         with pytest.raises(AttestError):
             verifier.verify(data)

@@ -10,8 +10,13 @@ import pytest
 cbor2 = pytest.importorskip("cbor2")
 
 from cmlp.attestation import nsm
-from cmlp.attestation.nsm import (NSM_IOCTL_RAW, IoctlTransport, NitroProvider,
-                                  decode_attestation_response, encode_attestation_request)
+from cmlp.attestation.nsm import (
+    NSM_IOCTL_RAW,
+    IoctlTransport,
+    NitroProvider,
+    decode_attestation_response,
+    encode_attestation_request,
+)
 from cmlp.errors import AttestError, GenerationFailed
 
 PK = bytes(range(32))
@@ -31,13 +36,11 @@ def test_ioctl_number_matches_the_linux_uapi():
 # --------------------------------------------------------------------------
 def test_request_encoding_is_the_serde_shape():
     req = encode_attestation_request(None, NONCE, PK)
-    assert cbor2.loads(req) == {"Attestation": {"user_data": None, "nonce": NONCE,
-                                                "public_key": PK}}
+    assert cbor2.loads(req) == {"Attestation": {"user_data": None, "nonce": NONCE, "public_key": PK}}
     # Field order of nsm_io::Request::Attestation, byte strings as CBOR bstr.
-    assert req == (b"\xa1\x6bAttestation\xa3"
-                   b"\x69user_data\xf6"
-                   b"\x65nonce\x58\x20" + NONCE +
-                   b"\x6apublic_key\x58\x20" + PK)
+    assert req == (
+        b"\xa1\x6bAttestation\xa3\x69user_data\xf6\x65nonce\x58\x20" + NONCE + b"\x6apublic_key\x58\x20" + PK
+    )
 
 
 def test_request_accepts_bytes_likes():
@@ -45,8 +48,10 @@ def test_request_accepts_bytes_likes():
     assert cbor2.loads(req)["Attestation"]["user_data"] == b"u"
 
 
-@pytest.mark.parametrize("kw", [dict(user_data=b"x" * 1025), dict(nonce=b"x" * 1025),
-                                dict(public_key=b"x" * 1025), dict(nonce="text")])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(user_data=b"x" * 1025), dict(nonce=b"x" * 1025), dict(public_key=b"x" * 1025), dict(nonce="text")],
+)
 def test_request_field_limits(kw):
     args = {"user_data": None, "nonce": None, "public_key": None}
     args.update(kw)
@@ -63,23 +68,25 @@ def test_request_of_three_max_fields_fits():
 # response decoding
 # --------------------------------------------------------------------------
 def test_response_document():
-    assert decode_attestation_response(
-        cbor2.dumps({"Attestation": {"document": DOC}})) == DOC
+    assert decode_attestation_response(cbor2.dumps({"Attestation": {"document": DOC}})) == DOC
 
 
-@pytest.mark.parametrize("response, fragment", [
-    (cbor2.dumps({"Error": "InvalidArgument"}), "InvalidArgument"),
-    (cbor2.dumps({"Error": "InternalError"}), "InternalError"),
-    (cbor2.dumps({"GetRandom": {"random": b"x"}}), "unexpected"),
-    (cbor2.dumps({"Attestation": {"document": "text"}}), "no document"),
-    (cbor2.dumps({"Attestation": {}}), "no document"),
-    (cbor2.dumps({"Attestation": {"document": b""}}), "empty"),
-    (cbor2.dumps({"Attestation": {"document": DOC}, "Error": "x"}), "single-entry"),
-    (cbor2.dumps(["Attestation"]), "single-entry"),
-    (b"", "not valid CBOR"),
-    (cbor2.dumps({"Attestation": {"document": DOC}}) + b"\x00", "not valid CBOR"),
-    (b"\xa1" * 5000, "not valid CBOR"),
-])
+@pytest.mark.parametrize(
+    "response, fragment",
+    [
+        (cbor2.dumps({"Error": "InvalidArgument"}), "InvalidArgument"),
+        (cbor2.dumps({"Error": "InternalError"}), "InternalError"),
+        (cbor2.dumps({"GetRandom": {"random": b"x"}}), "unexpected"),
+        (cbor2.dumps({"Attestation": {"document": "text"}}), "no document"),
+        (cbor2.dumps({"Attestation": {}}), "no document"),
+        (cbor2.dumps({"Attestation": {"document": b""}}), "empty"),
+        (cbor2.dumps({"Attestation": {"document": DOC}, "Error": "x"}), "single-entry"),
+        (cbor2.dumps(["Attestation"]), "single-entry"),
+        (b"", "not valid CBOR"),
+        (cbor2.dumps({"Attestation": {"document": DOC}}) + b"\x00", "not valid CBOR"),
+        (b"\xa1" * 5000, "not valid CBOR"),
+    ],
+)
 def test_response_errors(response, fragment):
     with pytest.raises(GenerationFailed, match=fragment):
         decode_attestation_response(response)
@@ -122,6 +129,7 @@ def test_absent_custom_device_is_named(tmp_path):
 def test_unopenable_device(tmp_path):
     def opener(path, flags):
         raise PermissionError(errno.EACCES, "Permission denied")
+
     with pytest.raises(GenerationFailed, match="Permission denied"):
         IoctlTransport(str(tmp_path / "nsm"), opener=opener, ioctl=lambda *a: 0)(b"\xa0")
 
@@ -155,8 +163,7 @@ class FakeNsmDriver:
         response = self.respond(request_bytes)
         assert len(response) <= resp_cap
         ctypes.memmove(resp_addr, response, len(response))
-        arg[24:32] = struct.pack("=Q", self.claim_len if self.claim_len is not None
-                                 else len(response))
+        arg[24:32] = struct.pack("=Q", self.claim_len if self.claim_len is not None else len(response))
         return 0
 
 
@@ -170,10 +177,9 @@ def test_ioctl_transport_passes_request_and_reads_response_length(monkeypatch):
     driver = FakeNsmDriver(lambda req: response)
     provider = NitroProvider(transport=fake_transport(driver, monkeypatch))
     assert provider.attest(b"user", NONCE, PK) == b"d" * 5000
-    (request, capacity), = driver.calls
+    ((request, capacity),) = driver.calls
     assert capacity == 0x3000
-    assert cbor2.loads(request) == {"Attestation": {"user_data": b"user", "nonce": NONCE,
-                                                    "public_key": PK}}
+    assert cbor2.loads(request) == {"Attestation": {"user_data": b"user", "nonce": NONCE, "public_key": PK}}
     assert driver.closed == [1234]
 
 
@@ -206,15 +212,16 @@ def test_transport_rejects_oversized_request(monkeypatch):
 def test_provider_document_verifies_with_nitro_verifier():
     """End to end: a fake NSM that signs with the test PKI feeds the real verifier."""
     pytest.importorskip("cryptography")
-    from tests.helpers import nitro_pki as P
     from cmlp.attestation.nitro import NitroVerifier
+    from tests.helpers import nitro_pki as P
 
     pki = P.make_pki()
 
     def fake_nsm(request):
         fields = cbor2.loads(request)["Attestation"]
-        doc = P.make_document(pki, user_data=fields["user_data"], nonce=fields["nonce"],
-                              public_key=fields["public_key"])
+        doc = P.make_document(
+            pki, user_data=fields["user_data"], nonce=fields["nonce"], public_key=fields["public_key"]
+        )
         return cbor2.dumps({"Attestation": {"document": doc}})
 
     doc = NitroProvider(transport=fake_nsm).attest(None, NONCE, PK)
@@ -232,24 +239,25 @@ def test_all_provider_failures_are_attest_errors():
 def test_secure_channel_handshake_with_nitro_attestation():
     """Mutual attestation over a real handshake: fake NSMs, test PKI, NitroVerifier."""
     pytest.importorskip("cryptography")
-    from tests.helpers import nitro_pki as P
-    from tests.helpers.common import run_handshake
     from cmlp.attestation.nitro import NitroVerifier
     from cmlp.errors import HandshakeFailed
     from cmlp.transport import sockets
+    from tests.helpers import nitro_pki as P
+    from tests.helpers.common import run_handshake
 
     pki = P.make_pki()
 
     def fake_nsm(request):
         fields = cbor2.loads(request)["Attestation"]
         assert fields["user_data"] is None and len(fields["nonce"]) == 32
-        doc = P.make_document(pki, user_data=None, nonce=fields["nonce"],
-                              public_key=fields["public_key"])
+        doc = P.make_document(pki, user_data=None, nonce=fields["nonce"], public_key=fields["public_key"])
         return cbor2.dumps({"Attestation": {"document": doc}})
 
     def side(pins=None):
-        return dict(provider=NitroProvider(transport=fake_nsm),
-                    verifier=NitroVerifier(pins, root_pem=pki.root_pem, at_ms=P.T0_MS))
+        return dict(
+            provider=NitroProvider(transport=fake_nsm),
+            verifier=NitroVerifier(pins, root_pem=pki.root_pem, at_ms=P.T0_MS),
+        )
 
     a, b = sockets.socketpair()
     init, resp = run_handshake(a, b, side({0: bytes(48)}), side())

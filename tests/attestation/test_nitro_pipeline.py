@@ -40,7 +40,6 @@ import pytest
 cbor2 = pytest.importorskip("cbor2")
 pytest.importorskip("cryptography")
 
-from tests.helpers import nitro_pki as P
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.attestation.factory import NoAttestation, make_verifier
@@ -52,21 +51,32 @@ from cmlp.pipeline.stage import StageConfig, StageWorker
 from cmlp.transport import SessionConfig
 from cmlp.transport.handshake import HELLO_FIXED, encode_hello
 from cmlp.transport.wire import Tensor
-
+from tests.helpers import nitro_pki as P
 from tests.helpers.executors import IdentityExecutor
-from tests.helpers.pipeline import (FAST_RETRY, REPO, StageThread, cli_env, manifest_dict,
-                              start_stage_process, stop_processes, write_manifest)
+from tests.helpers.pipeline import (
+    FAST_RETRY,
+    REPO,
+    StageThread,
+    cli_env,
+    manifest_dict,
+    start_stage_process,
+    stop_processes,
+    write_manifest,
+)
 
 
 # ---------------------------------------------------------------------------
 # test PKI valid *now* (the verifier runs on the real clock here)
 # ---------------------------------------------------------------------------
 def realtime_pki(root_key=None, root_name="cmlp-test-root") -> P.Pki:
-    shift = datetime.now(timezone.utc) - P.T0          # nitro_pki's validities are around T0
-    return P.make_pki(root_key=root_key, root_name=root_name,
-                      leaf_validity=(shift - P.HOUR, shift + 2 * P.HOUR),
-                      inter_validity=(shift - 240 * P.HOUR, shift + 240 * P.HOUR),
-                      root_validity=(shift - 10000 * P.HOUR, shift + 10000 * P.HOUR))
+    shift = datetime.now(timezone.utc) - P.T0  # nitro_pki's validities are around T0
+    return P.make_pki(
+        root_key=root_key,
+        root_name=root_name,
+        leaf_validity=(shift - P.HOUR, shift + 2 * P.HOUR),
+        inter_validity=(shift - 240 * P.HOUR, shift + 240 * P.HOUR),
+        root_validity=(shift - 10000 * P.HOUR, shift + 10000 * P.HOUR),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +97,18 @@ def sha384(text: str) -> bytes:
     return hashlib.sha384(text.encode()).digest()
 
 
-KERNEL_PCR1 = sha384("nitro kernel + bootstrap")      # the same for every image
+KERNEL_PCR1 = sha384("nitro kernel + bootstrap")  # the same for every image
 SIGNER_PCR8 = sha384("operator signing certificate")  # the same for every signed image
 
 
 def stage_pcrs(i: int, image: str = "genuine") -> dict:
     """PCR0 (image), PCR1 (kernel), PCR2 (application): each stage its own image."""
-    return {0: sha384(f"{image} stage {i} enclave image"), 1: KERNEL_PCR1,
-            2: sha384(f"{image} stage {i} application"), 8: SIGNER_PCR8}
+    return {
+        0: sha384(f"{image} stage {i} enclave image"),
+        1: KERNEL_PCR1,
+        2: sha384(f"{image} stage {i} application"),
+        8: SIGNER_PCR8,
+    }
 
 
 def pins_json(pcrs: dict, indices=(0, 1, 2)) -> dict:
@@ -112,8 +126,7 @@ class FakeNsm:
     handshake.
     """
 
-    def __init__(self, pki: P.Pki, pcrs: dict, *, age_ms: int = 0, cabundle=None,
-                 replay: bool = False):
+    def __init__(self, pki: P.Pki, pcrs: dict, *, age_ms: int = 0, cabundle=None, replay: bool = False):
         self.pki, self.pcrs, self.age_ms = pki, dict(pcrs), age_ms
         self.cabundle, self.replay = cabundle, replay
         self.requests = []
@@ -128,8 +141,7 @@ class FakeNsm:
         fields = P.default_fields(self.pki, timestamp_ms=now_ms() - self.age_ms)
         fields["pcrs"] = {i: self.pcrs.get(i, bytes(48)) for i in range(16)}
         if not self.replay:
-            fields.update(nonce=req["nonce"], public_key=req["public_key"],
-                          user_data=req["user_data"])
+            fields.update(nonce=req["nonce"], public_key=req["public_key"], user_data=req["user_data"])
         if self.cabundle is not None:
             fields["cabundle"] = self.cabundle
         return cbor2.dumps({"Attestation": {"document": P.make_document(self.pki, fields=fields)}})
@@ -183,15 +195,32 @@ def repin(doc: dict, stage: int, pcrs: dict) -> dict:
     return out
 
 
-def nitro_stage(manifest, idx, pki, executor=None, *, pcrs=None, nsm=None, provider=None,
-                verifier=None, host_unattested=True, session=None, **kw) -> StageThread:
+def nitro_stage(
+    manifest,
+    idx,
+    pki,
+    executor=None,
+    *,
+    pcrs=None,
+    nsm=None,
+    provider=None,
+    verifier=None,
+    host_unattested=True,
+    session=None,
+    **kw,
+) -> StageThread:
     nsm = nsm or FakeNsm(pki, pcrs or stage_pcrs(idx))
     stage = StageThread(
-        manifest, idx, executor or IdentityExecutor(),
+        manifest,
+        idx,
+        executor or IdentityExecutor(),
         provider=provider or NitroProvider(transport=nsm),
         verifier=verifier or RecordingVerifier(NitroVerifier(root_pem=pki.root_pem)),
-        session=session or SessionConfig(handshake_timeout=10),          # Production
-        host_unattested=host_unattested, data_setup_timeout=10, **kw)
+        session=session or SessionConfig(handshake_timeout=10),  # Production
+        host_unattested=host_unattested,
+        data_setup_timeout=10,
+        **kw,
+    )
     stage.nsm = nsm
     return stage
 
@@ -200,9 +229,12 @@ def nitro_orchestrator(manifest, pki, host=None, session=None, **kw) -> Orchestr
     kw.setdefault("retry", FAST_RETRY)
     kw.setdefault("data_setup_timeout", 10)
     kw.setdefault("require_measurements", True)
-    config = OrchestratorConfig(provider=host or NoAttestation(),
-                                verifier=NitroVerifier(root_pem=pki.root_pem),
-                                session=session or SessionConfig(handshake_timeout=10), **kw)
+    config = OrchestratorConfig(
+        provider=host or NoAttestation(),
+        verifier=NitroVerifier(root_pem=pki.root_pem),
+        session=session or SessionConfig(handshake_timeout=10),
+        **kw,
+    )
     return Orchestrator(manifest, config)
 
 
@@ -265,15 +297,16 @@ def wait_for_error(stage, fragment, timeout=15.0) -> str:
     prefix = f"stage {stage.worker.idx}: "
     end = time.monotonic() + timeout
     while True:
-        found = [line for line in list(STAGE_LOG.lines)
-                 if line.startswith(prefix) and fragment in line]
+        found = [line for line in list(STAGE_LOG.lines) if line.startswith(prefix) and fragment in line]
         if stage.error is not None and fragment in str(stage.error):
             found.append(str(stage.error))
         if found:
             return found[0]
         if time.monotonic() > end:
-            raise AssertionError(f"stage {stage.worker.idx}: no failure mentioning {fragment!r}; "
-                                 f"log {STAGE_LOG.lines}, thread error {stage.error!r}")
+            raise AssertionError(
+                f"stage {stage.worker.idx}: no failure mentioning {fragment!r}; "
+                f"log {STAGE_LOG.lines}, thread error {stage.error!r}"
+            )
         time.sleep(0.02)
 
 
@@ -305,8 +338,9 @@ def test_asymmetric_pipeline_succeeds(pki, n, relay):
         for i, link in enumerate(orch.links):
             att = link.channel.peer_attestation
             assert att.platform == "nitro"
-            assert {k: att.measurements[k] for k in (0, 1, 2)} == \
-                {k: v for k, v in stage_pcrs(i).items() if k in (0, 1, 2)}
+            assert {k: att.measurements[k] for k in (0, 1, 2)} == {
+                k: v for k, v in stage_pcrs(i).items() if k in (0, 1, 2)
+            }
         assert orch.data_in.peer_attestation.measurements[0] == stage_pcrs(0)[0]
         assert orch.data_out.peer_attestation.measurements[0] == stage_pcrs(n - 1)[0]
         orch.shutdown()
@@ -318,12 +352,14 @@ def test_asymmetric_pipeline_succeeds(pki, n, relay):
         reqs = s.nsm.requests
         assert len(reqs) == 3
         assert len({r["nonce"] for r in reqs}) == 3 and len({r["public_key"] for r in reqs}) == 3
-        assert all(len(r["nonce"]) == 32 and len(r["public_key"]) == 32
-                   and r["user_data"] is None for r in reqs)
+        assert all(
+            len(r["nonce"]) == 32 and len(r["public_key"]) == 32 and r["user_data"] is None for r in reqs
+        )
         # stages verified only their neighbours, with Nitro, pinned to the neighbour's PCR0
         neighbours = [j for j in (i - 1, i + 1) if 0 <= j < n]
-        assert sorted(s.worker.config.verifier.accepted, key=lambda a: a[1]) == \
-            sorted([("nitro", stage_pcrs(j)[0]) for j in neighbours], key=lambda a: a[1])
+        assert sorted(s.worker.config.verifier.accepted, key=lambda a: a[1]) == sorted(
+            [("nitro", stage_pcrs(j)[0]) for j in neighbours], key=lambda a: a[1]
+        )
 
 
 def engine_greedy(model_dir, prompt, n):
@@ -348,8 +384,9 @@ def test_gpt2_tiny_model_over_nitro_attested_pipeline(pki, tmp_path):
     prompt = [464, 3139, 286, 4881, 318]
     expected = engine_greedy(model_dir, prompt, 8)
 
-    m = to_manifest(nitro_manifest(2, relay=True, total_layers=4, splits=[(0, 2), (2, 4)],
-                                   max_seq_len=64, hidden_dim=64))
+    m = to_manifest(
+        nitro_manifest(2, relay=True, total_layers=4, splits=[(0, 2), (2, 4)], max_seq_len=64, hidden_dim=64)
+    )
     stages = [nitro_stage(m, i, pki, Gpt2Executor(model_dir, threads=1)) for i in range(2)]
     orch = nitro_orchestrator(m, pki)
     try:
@@ -390,8 +427,9 @@ def test_host_mock_document_is_rejected_by_nitro_stages(pki):
     with running([nitro_stage(m, i, pki) for i in range(2)]) as stages:
         # a hostile host runs whatever it likes: its own profile is development here (in
         # production the orchestrator itself refuses a mock provider at start-up)
-        host = nitro_orchestrator(m, pki, host=MockProvider(),
-                                  session=SessionConfig.development(handshake_timeout=10))
+        host = nitro_orchestrator(
+            m, pki, host=MockProvider(), session=SessionConfig.development(handshake_timeout=10)
+        )
         start_fails(host, "control connect")
         for s in stages:
             err = wait_for_error(s, "invalid COSE_Sign1")
@@ -401,10 +439,17 @@ def test_host_mock_document_is_rejected_by_nitro_stages(pki):
 def test_host_mock_document_is_accepted_only_by_a_stage_configured_for_mock(pki):
     m = to_manifest(nitro_manifest(1))
     # development profile: in production a stage cannot pin a host that has no measurements
-    stage = nitro_stage(m, 0, pki, verifier=MockVerifier(), host_unattested=False,
-                        session=SessionConfig.development(handshake_timeout=10))
-    orch = nitro_orchestrator(m, pki, host=MockProvider(),
-                              session=SessionConfig.development(handshake_timeout=10))
+    stage = nitro_stage(
+        m,
+        0,
+        pki,
+        verifier=MockVerifier(),
+        host_unattested=False,
+        session=SessionConfig.development(handshake_timeout=10),
+    )
+    orch = nitro_orchestrator(
+        m, pki, host=MockProvider(), session=SessionConfig.development(handshake_timeout=10)
+    )
     try:
         orch.start()
         assert orch.infer([[t("x", 2.0)]], seq_len=1).outputs[0][0].data[0, 0] == 2.0
@@ -414,21 +459,29 @@ def test_host_mock_document_is_accepted_only_by_a_stage_configured_for_mock(pki)
     assert stage.error is None
 
 
-@pytest.mark.parametrize("profile, reason", [
-    ("development", "peer presented no attestation document"),
-    ("production", "production security profile requires expected_measurements"),
-])
+@pytest.mark.parametrize(
+    "profile, reason",
+    [
+        ("development", "peer presented no attestation document"),
+        ("production", "production security profile requires expected_measurements"),
+    ],
+)
 def test_stage_without_host_unattested_refuses_the_unattested_host(pki, profile, reason):
     m = to_manifest(nitro_manifest(2))
-    session = SessionConfig(handshake_timeout=10) if profile == "production" else \
-        SessionConfig.development(handshake_timeout=10)
-    with running([nitro_stage(m, 0, pki, session=session, host_unattested=False),
-                  nitro_stage(m, 1, pki)]) as stages:
+    session = (
+        SessionConfig(handshake_timeout=10)
+        if profile == "production"
+        else SessionConfig.development(handshake_timeout=10)
+    )
+    with running(
+        [nitro_stage(m, 0, pki, session=session, host_unattested=False), nitro_stage(m, 1, pki)]
+    ) as stages:
         start_fails(nitro_orchestrator(m, pki), "stage 0 failed: control connect")
         wait_for_error(stages[0], reason)
         # stage 1 accepts the host; at most it saw the orchestrator give up mid-handshake
-        assert not [line for line in STAGE_LOG.lines if line.startswith("stage 1: control")
-                    and "closed" not in line]
+        assert not [
+            line for line in STAGE_LOG.lines if line.startswith("stage 1: control") and "closed" not in line
+        ]
 
 
 # ---------------------------------------------------------------------------
@@ -436,8 +489,9 @@ def test_stage_without_host_unattested_refuses_the_unattested_host(pki, profile,
 # ---------------------------------------------------------------------------
 def test_orchestrator_refuses_a_stage_with_other_pcrs(pki):
     m = to_manifest(nitro_manifest(3))
-    with running([nitro_stage(m, 0, pki), nitro_stage(m, 1, pki, pcrs=stage_pcrs(1, "evil")),
-                  nitro_stage(m, 2, pki)]):
+    with running(
+        [nitro_stage(m, 0, pki), nitro_stage(m, 1, pki, pcrs=stage_pcrs(1, "evil")), nitro_stage(m, 2, pki)]
+    ):
         err = start_fails(nitro_orchestrator(m, pki), r"stage 1 failed: control connect")
     assert "measurement[0] mismatch" in str(err)
     assert stage_pcrs(1)[0].hex() in str(err) and stage_pcrs(1, "evil")[0].hex() in str(err)
@@ -450,14 +504,13 @@ def test_neighbour_refuses_an_impostor_the_host_lets_in(pki, impostor, judge):
     n = 2
     genuine = nitro_manifest(n)
     evil = stage_pcrs(impostor, "evil")
-    host_doc = repin(genuine, impostor, evil)            # what the host was made to accept
+    host_doc = repin(genuine, impostor, evil)  # what the host was made to accept
     stages = []
     for i in range(n):
         own = to_manifest(genuine if i == judge else host_doc)
         stages.append(nitro_stage(own, i, pki, pcrs=evil if i == impostor else None))
     with running(stages):
-        orch = nitro_orchestrator(to_manifest(host_doc), pki,
-                                  session=SessionConfig(handshake_timeout=3))
+        orch = nitro_orchestrator(to_manifest(host_doc), pki, session=SessionConfig(handshake_timeout=3))
         start_fails(orch)
         err = wait_for_error(stages[judge], "measurement[0] mismatch")
     assert evil[0].hex() in err
@@ -470,10 +523,14 @@ def dev_unpinned_session():
     return SessionConfig.development(handshake_timeout=10, allow_unattested_peer=True)
 
 
-@pytest.mark.parametrize("empty_from, empty_call, judge", [
-    (1, 1, 0),     # stage 1 answers stage 0's data_out with an empty document
-    (0, 2, 1),     # stage 0 opens stage 1's data_in with an empty document
-], ids=["downstream", "upstream"])
+@pytest.mark.parametrize(
+    "empty_from, empty_call, judge",
+    [
+        (1, 1, 0),  # stage 1 answers stage 0's data_out with an empty document
+        (0, 2, 1),  # stage 0 opens stage 1's data_in with an empty document
+    ],
+    ids=["downstream", "upstream"],
+)
 @pytest.mark.parametrize("pinned", [True, False], ids=["production-pinned", "dev-unpinned"])
 def test_unattested_neighbour_is_never_accepted(pki, empty_from, empty_call, judge, pinned):
     """Even with host_unattested (and, unpinned, even with a base config that allows
@@ -490,14 +547,13 @@ def test_unattested_neighbour_is_never_accepted(pki, empty_from, empty_call, jud
     for i in range(n):
         provider = None
         if i == empty_from:
-            provider = EmptyDocumentOnCall(NitroProvider(transport=FakeNsm(pki, stage_pcrs(i))),
-                                           [empty_call])
+            provider = EmptyDocumentOnCall(NitroProvider(transport=FakeNsm(pki, stage_pcrs(i))), [empty_call])
         stages.append(nitro_stage(m, i, pki, provider=provider, session=session))
-    orch_session = SessionConfig(handshake_timeout=3) if pinned else \
-        SessionConfig.development(handshake_timeout=3)
+    orch_session = (
+        SessionConfig(handshake_timeout=3) if pinned else SessionConfig.development(handshake_timeout=3)
+    )
     with running(stages):
-        start_fails(nitro_orchestrator(m, pki, session=orch_session,
-                                       require_measurements=pinned))
+        start_fails(nitro_orchestrator(m, pki, session=orch_session, require_measurements=pinned))
         wait_for_error(stages[judge], "peer presented no attestation document")
 
 
@@ -505,17 +561,21 @@ def test_stage_session_configs(pki):
     """_session_config: the host may be unattested; a neighbour never."""
     m = to_manifest(nitro_manifest(3))
     for base in (SessionConfig(), dev_unpinned_session()):
-        config = StageConfig(provider=NoAttestation(),
-                             verifier=NitroVerifier(root_pem=pki.root_pem), session=base,
-                             host_unattested=True)
-        w = StageWorker(m, 1, IdentityExecutor(), config)       # not bound: no I/O here
+        config = StageConfig(
+            provider=NoAttestation(),
+            verifier=NitroVerifier(root_pem=pki.root_pem),
+            session=base,
+            host_unattested=True,
+        )
+        w = StageWorker(m, 1, IdentityExecutor(), config)  # not bound: no I/O here
         host = w._session_config(None)
         assert host.allow_unattested_peer and host.expected_measurements is None
         for peer in (0, 2):
             cfg = w._session_config(peer)
             assert not cfg.allow_unattested_peer
-            assert dict(cfg.expected_measurements.items()) == \
-                {k: v for k, v in stage_pcrs(peer).items() if k in (0, 1, 2)}
+            assert dict(cfg.expected_measurements.items()) == {
+                k: v for k, v in stage_pcrs(peer).items() if k in (0, 1, 2)
+            }
 
 
 # ---------------------------------------------------------------------------
@@ -540,9 +600,8 @@ def test_document_from_another_root_is_refused(pki, other_pki):
 
 def test_forged_chain_under_the_pinned_root_is_refused(pki):
     """The attacker copies the genuine root into cabundle but signs with its own CA."""
-    forger = realtime_pki(root_name="cmlp-test-root")       # same name, another key
-    err = refused_stage_1(pki, FakeNsm(forger, stage_pcrs(1),
-                                       cabundle=[pki.root_der, forger.inter_der]))
+    forger = realtime_pki(root_name="cmlp-test-root")  # same name, another key
+    err = refused_stage_1(pki, FakeNsm(forger, stage_pcrs(1), cabundle=[pki.root_der, forger.inter_der]))
     assert "certificate chain broken" in err
 
 
@@ -557,7 +616,7 @@ def test_replayed_document_is_refused(pki):
 # ---------------------------------------------------------------------------
 def test_empty_document_on_the_wire_and_reference_verdicts(pki):
     hello = encode_hello(1, bytes(32), bytes(range(32)), NoAttestation().attest(None, b"n", b"k"))
-    assert len(hello) == HELLO_FIXED and hello[65:69] == b"\x00\x00\x00\x00"   # doc_len 0
+    assert len(hello) == HELLO_FIXED and hello[65:69] == b"\x00\x00\x00\x00"  # doc_len 0
     with pytest.raises(errors.VerificationFailed, match="not a mock attestation document"):
         MockVerifier().verify(b"")
     with pytest.raises(errors.VerificationFailed, match="invalid COSE_Sign1"):
@@ -576,10 +635,21 @@ def test_make_verifier_root_option(pki):
 # the command-line tools: --attestation nitro, --host-attestation, --nitro-root-pem
 # ---------------------------------------------------------------------------
 def run_orch_cli(manifest_path, *extra, text="The capital of France is", max_tokens=4):
-    cmd = [sys.executable, "-m", "cmlp.cli.orch", "--manifest", str(manifest_path),
-           "--text", text, "--max-tokens", str(max_tokens), "--attestation", "nitro", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=120,
-                          cwd=REPO)
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmlp.cli.orch",
+        "--manifest",
+        str(manifest_path),
+        "--text",
+        text,
+        "--max-tokens",
+        str(max_tokens),
+        "--attestation",
+        "nitro",
+        *extra,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=120, cwd=REPO)
 
 
 def test_orch_cli_against_nitro_stages(pki, tmp_path):
@@ -588,14 +658,14 @@ def test_orch_cli_against_nitro_stages(pki, tmp_path):
     from cmlp.tokenizer import load_tokenizer
 
     model_dir = init_model(tmp_path / "tiny", preset="tiny")
-    doc = nitro_manifest(2, relay=True, total_layers=4, splits=[(0, 2), (2, 4)],
-                         max_seq_len=64, hidden_dim=64)
+    doc = nitro_manifest(
+        2, relay=True, total_layers=4, splits=[(0, 2), (2, 4)], max_seq_len=64, hidden_dim=64
+    )
     m = to_manifest(doc)
     path = write_manifest(tmp_path, doc)
     root = tmp_path / "test-root.pem"
     root.write_bytes(pki.root_pem)
-    stages = [nitro_stage(m, i, pki, Gpt2Executor(model_dir, threads=1), persistent=True)
-              for i in range(2)]
+    stages = [nitro_stage(m, i, pki, Gpt2Executor(model_dir, threads=1), persistent=True) for i in range(2)]
     try:
         # the bundled AWS root does not trust the test PKI
         r = run_orch_cli(path, "--host-attestation", "none")
@@ -627,15 +697,22 @@ def test_stage_cli_nitro_root_option(pki, other_pki, tmp_path):
     root.write_bytes(pki.root_pem)
     m = to_manifest(doc)
     host = NitroProvider(transport=FakeNsm(pki, stage_pcrs(9)))
-    base = ["--attestation", "nitro", "--host-unattested", "--profile", "production",
-            "--persistent"]
-    for extra, expect in (([], "cabundle root does not match"),
-                          (["--nitro-root-pem", str(root)], "NSM device /dev/nsm not found")):
+    base = ["--attestation", "nitro", "--host-unattested", "--profile", "production", "--persistent"]
+    for extra, expect in (
+        ([], "cabundle root does not match"),
+        (["--nitro-root-pem", str(root)], "NSM device /dev/nsm not found"),
+    ):
         proc = start_stage_process(path, 0, extra=base + extra, executor="identity")
         try:
-            orch = Orchestrator(m, OrchestratorConfig.development(
-                host, NitroVerifier(root_pem=pki.root_pem), retry=FAST_RETRY,
-                session=SessionConfig.development(handshake_timeout=10)))
+            orch = Orchestrator(
+                m,
+                OrchestratorConfig.development(
+                    host,
+                    NitroVerifier(root_pem=pki.root_pem),
+                    retry=FAST_RETRY,
+                    session=SessionConfig.development(handshake_timeout=10),
+                ),
+            )
             with pytest.raises(errors.StageFailed, match="control connect"):
                 orch.start()
             orch.close()
@@ -663,16 +740,18 @@ def read_stderr_until(proc, fragment, timeout=15.0) -> str:
     return out.decode(errors="replace")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--attestation", "mock"], "only applies to nitro attestation"),
-    (["--attestation", "nitro"], "root CA is not a PEM certificate"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--attestation", "mock"], "only applies to nitro attestation"),
+        (["--attestation", "nitro"], "root CA is not a PEM certificate"),
+    ],
+)
 def test_stage_cli_nitro_root_errors(tmp_path, args, message):
     path = write_manifest(tmp_path, manifest_dict(1))
     bad = tmp_path / "not-a-cert.pem"
     bad.write_text("hello\n")
-    proc = start_stage_process(path, 0, extra=[*args, "--nitro-root-pem", str(bad)],
-                               executor="identity")
+    proc = start_stage_process(path, 0, extra=[*args, "--nitro-root-pem", str(bad)], executor="identity")
     try:
         _, err = proc.communicate(timeout=60)
     finally:

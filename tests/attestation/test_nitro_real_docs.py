@@ -23,18 +23,16 @@ HOURS_4 = 4 * 3600 * 1000
 
 # file -> (timestamp ms, non-zero PCR indices, public_key/user_data/nonce sizes or None)
 GENUINE = {
-    "blocky-nitrite__nitro_attestation.cbor":
-        (1725719859545, {0, 1, 2, 4}, (1024, 1024, 1024)),
-    "blocky-nitrite__nitro_attestation_debug.cbor":
-        (1725719886508, {4}, (1024, 1024, 1024)),
-    "eternis-rav__example_attestation.cbor":
-        (1725911352400, {3, 4}, (5, 68, 20)),
-    "capeprivacy-cape-js__cape_spec_attestationDocument.cbor":
-        (1663263808848, {0, 1, 2, 3, 4, 8}, (32, 250, 12)),
-    "capeprivacy-cape-js__isomorphic_attestation_bin.cbor":
-        (1657831567740, {4}, (32, None, 6)),
-    "worldcoin-pontifex__real-attestation-doc.cbor":
-        (1758628609915, {0, 1, 2, 4, 8}, (32, None, None)),
+    "blocky-nitrite__nitro_attestation.cbor": (1725719859545, {0, 1, 2, 4}, (1024, 1024, 1024)),
+    "blocky-nitrite__nitro_attestation_debug.cbor": (1725719886508, {4}, (1024, 1024, 1024)),
+    "eternis-rav__example_attestation.cbor": (1725911352400, {3, 4}, (5, 68, 20)),
+    "capeprivacy-cape-js__cape_spec_attestationDocument.cbor": (
+        1663263808848,
+        {0, 1, 2, 3, 4, 8},
+        (32, 250, 12),
+    ),
+    "capeprivacy-cape-js__isomorphic_attestation_bin.cbor": (1657831567740, {4}, (32, None, 6)),
+    "worldcoin-pontifex__real-attestation-doc.cbor": (1758628609915, {0, 1, 2, 4, 8}, (32, None, None)),
 }
 REJECTED = {
     "eternis-rav__invalid_attestation.cbor": 1721770180771,
@@ -108,6 +106,7 @@ def test_genuine_document_with_wrong_pcr_pin_is_rejected(name):
 @pytest.mark.parametrize("name", sorted(GENUINE))
 def test_genuine_document_with_another_root_is_rejected(name):
     from tests.helpers.nitro_pki import make_pki
+
     ts = GENUINE[name][0]
     with pytest.raises(VerificationFailed, match="root"):
         NitroVerifier(root_pem=make_pki().root_pem, at_ms=ts).verify(load(name))
@@ -186,6 +185,6 @@ def test_real_document_payload_bit_flip_is_rejected():
     prot, unprot, payload, sig = cbor2.loads(load(name))
     fields = cbor2.loads(payload)
     pos = payload.index(fields["nonce"])
-    flipped = payload[:pos] + bytes([payload[pos] ^ 1]) + payload[pos + 1:]
+    flipped = payload[:pos] + bytes([payload[pos] ^ 1]) + payload[pos + 1 :]
     with pytest.raises(VerificationFailed, match="signature does not verify"):
         NitroVerifier(at_ms=GENUINE[name][0]).verify(cbor2.dumps([prot, unprot, flipped, sig]))

@@ -12,11 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.helpers import nitro_pki as P
 from cmlp.attestation import nitro
 from cmlp.attestation.nitro import NitroVerifier
-from cmlp.errors import (AttestError, Expired, MissingField, PublicKeyMismatch,
-                         VerificationFailed)
+from cmlp.errors import AttestError, Expired, MissingField, PublicKeyMismatch, VerificationFailed
+from tests.helpers import nitro_pki as P
 
 
 @pytest.fixture(scope="module")
@@ -149,22 +148,38 @@ def test_zero_timestamp(pki):
 # --------------------------------------------------------------------------
 # payload fields (steps 3, 4, 7)
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("field", ["module_id", "digest", "timestamp", "certificate",
-                                   "cabundle", "pcrs"])
+@pytest.mark.parametrize("field", ["module_id", "digest", "timestamp", "certificate", "cabundle", "pcrs"])
 def test_missing_required_field(pki, field):
     err = rejects(pki, P.make_document(pki, drop=(field,)), MissingField)
     assert err.name == field
 
 
-@pytest.mark.parametrize("field, value", [
-    ("module_id", b"bytes"), ("module_id", None), ("module_id", 7),
-    ("digest", b"SHA384"), ("digest", None),
-    ("timestamp", "1900000000000"), ("timestamp", float(P.T0_MS)), ("timestamp", True),
-    ("timestamp", -5), ("timestamp", None),
-    ("certificate", "pem"), ("certificate", [b"x"]), ("certificate", None),
-    ("cabundle", b"x"), ("cabundle", {0: b"x"}), ("cabundle", ["text"]), ("cabundle", None),
-    ("pcrs", [b"x" * 48]), ("pcrs", None), ("pcrs", {"0": b"x" * 48}), ("pcrs", {0: "x"}),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("module_id", b"bytes"),
+        ("module_id", None),
+        ("module_id", 7),
+        ("digest", b"SHA384"),
+        ("digest", None),
+        ("timestamp", "1900000000000"),
+        ("timestamp", float(P.T0_MS)),
+        ("timestamp", True),
+        ("timestamp", -5),
+        ("timestamp", None),
+        ("certificate", "pem"),
+        ("certificate", [b"x"]),
+        ("certificate", None),
+        ("cabundle", b"x"),
+        ("cabundle", {0: b"x"}),
+        ("cabundle", ["text"]),
+        ("cabundle", None),
+        ("pcrs", [b"x" * 48]),
+        ("pcrs", None),
+        ("pcrs", {"0": b"x" * 48}),
+        ("pcrs", {0: "x"}),
+    ],
+)
 def test_wrong_type_of_required_field(pki, field, value):
     err = rejects(pki, P.make_document(pki, **{field: value}))
     assert field in str(err) or "PCR" in str(err)
@@ -198,14 +213,17 @@ def test_empty_module_id(pki):
     assert "module_id" in str(err)
 
 
-@pytest.mark.parametrize("pcrs, fragment", [
-    ({}, "entries"),
-    ({32: b"x" * 48}, "index"),
-    ({-1: b"x" * 48}, "index"),
-    ({0: b"x" * 47}, "PCR0 is 47 bytes"),
-    ({0: b""}, "PCR0"),
-    ({0: b"x" * 96}, "PCR0"),
-])
+@pytest.mark.parametrize(
+    "pcrs, fragment",
+    [
+        ({}, "entries"),
+        ({32: b"x" * 48}, "index"),
+        ({-1: b"x" * 48}, "index"),
+        ({0: b"x" * 47}, "PCR0 is 47 bytes"),
+        ({0: b""}, "PCR0"),
+        ({0: b"x" * 96}, "PCR0"),
+    ],
+)
 def test_bad_pcrs(pki, pcrs, fragment):
     rejects(pki, P.make_document(pki, pcrs=pcrs), match=fragment)
 
@@ -224,7 +242,7 @@ def test_duplicate_payload_key_is_rejected(pki):
     # A second "nonce" entry must not be able to shadow (or be shadowed by) the first.
     fields = P.default_fields(pki)
     payload = bytearray(cbor2.dumps(fields))
-    payload[0] += 1     # one more entry in the (small, definite) map header
+    payload[0] += 1  # one more entry in the (small, definite) map header
     payload += cbor2.dumps("nonce") + cbor2.dumps(b"\x00" * 32)
     rejects(pki, P.sign1(bytes(payload), pki.leaf_key), match="duplicate map key")
 
@@ -285,9 +303,16 @@ def test_intermediate_from_another_pki(pki, other_pki):
 
 def test_leaf_signed_by_an_impostor_with_the_right_issuer_name(pki):
     impostor = ec.generate_private_key(ec.SECP384R1())
-    leaf = P.make_cert(P.name("evil"), pki.inter_cert.subject, impostor, pki.leaf_key.public_key(),
-                       ca=False, not_before=P.T0 - P.HOUR, not_after=P.T0 + P.HOUR,
-                       key_usage=P.LEAF_USAGE)
+    leaf = P.make_cert(
+        P.name("evil"),
+        pki.inter_cert.subject,
+        impostor,
+        pki.leaf_key.public_key(),
+        ca=False,
+        not_before=P.T0 - P.HOUR,
+        not_after=P.T0 + P.HOUR,
+        key_usage=P.LEAF_USAGE,
+    )
     rejects(pki, P.make_document(pki, certificate=P.der(leaf)), match="chain broken")
 
 
@@ -300,12 +325,15 @@ def test_unparsable_certificate(pki):
     rejects(pki, P.make_document(pki, certificate=b"\x30\x03\x02\x01\x00"), match="certificate")
 
 
-@pytest.mark.parametrize("kw, fragment", [
-    (dict(leaf_validity=(-3 * P.HOUR, -P.HOUR)), "leaf is not valid"),
-    (dict(leaf_validity=(P.HOUR, 3 * P.HOUR)), "leaf is not valid"),
-    (dict(inter_validity=(-30 * P.HOUR, -2 * P.HOUR)), "cabundle\\[1\\] is not valid"),
-    (dict(root_validity=(P.HOUR, 30 * P.HOUR)), "root is not valid"),
-])
+@pytest.mark.parametrize(
+    "kw, fragment",
+    [
+        (dict(leaf_validity=(-3 * P.HOUR, -P.HOUR)), "leaf is not valid"),
+        (dict(leaf_validity=(P.HOUR, 3 * P.HOUR)), "leaf is not valid"),
+        (dict(inter_validity=(-30 * P.HOUR, -2 * P.HOUR)), "cabundle\\[1\\] is not valid"),
+        (dict(root_validity=(P.HOUR, 30 * P.HOUR)), "root is not valid"),
+    ],
+)
 def test_expired_or_not_yet_valid_certificates(kw, fragment):
     pki = P.make_pki(**kw)
     rejects(pki, P.make_document(pki), match=fragment)
@@ -322,25 +350,55 @@ def test_intermediate_path_length_exceeded():
     base = P.make_pki(root_key=root_key)
     # root -> inter(pathlen 0) -> sub-CA -> leaf: one CA too many below inter.
     sub_key = ec.generate_private_key(ec.SECP384R1())
-    sub = P.make_cert(P.name("sub-ca"), base.inter_cert.subject, base.inter_key,
-                      sub_key.public_key(), ca=True, path_length=None,
-                      not_before=P.T0 - P.HOUR, not_after=P.T0 + P.HOUR, key_usage=P.CA_USAGE)
-    leaf = P.make_cert(P.name("leaf"), sub.subject, sub_key, base.leaf_key.public_key(),
-                       ca=False, not_before=P.T0 - P.HOUR, not_after=P.T0 + P.HOUR,
-                       key_usage=P.LEAF_USAGE)
-    doc = P.make_document(base, certificate=P.der(leaf),
-                          cabundle=[base.root_der, base.inter_der, P.der(sub)])
+    sub = P.make_cert(
+        P.name("sub-ca"),
+        base.inter_cert.subject,
+        base.inter_key,
+        sub_key.public_key(),
+        ca=True,
+        path_length=None,
+        not_before=P.T0 - P.HOUR,
+        not_after=P.T0 + P.HOUR,
+        key_usage=P.CA_USAGE,
+    )
+    leaf = P.make_cert(
+        P.name("leaf"),
+        sub.subject,
+        sub_key,
+        base.leaf_key.public_key(),
+        ca=False,
+        not_before=P.T0 - P.HOUR,
+        not_after=P.T0 + P.HOUR,
+        key_usage=P.LEAF_USAGE,
+    )
+    doc = P.make_document(base, certificate=P.der(leaf), cabundle=[base.root_der, base.inter_der, P.der(sub)])
     rejects(base, doc, match="pathLenConstraint")
     # The same shape passes when the intermediate allows one more CA.
     ok = P.make_pki(root_key=root_key, inter_path_length=1)
-    sub2 = P.make_cert(P.name("sub-ca"), ok.inter_cert.subject, ok.inter_key,
-                       sub_key.public_key(), ca=True, path_length=0,
-                       not_before=P.T0 - P.HOUR, not_after=P.T0 + P.HOUR, key_usage=P.CA_USAGE)
-    leaf2 = P.make_cert(P.name("leaf"), sub2.subject, sub_key, base.leaf_key.public_key(),
-                        ca=False, not_before=P.T0 - P.HOUR, not_after=P.T0 + P.HOUR,
-                        key_usage=P.LEAF_USAGE)
-    doc = P.make_document(ok, certificate=P.der(leaf2), key=base.leaf_key,
-                          cabundle=[ok.root_der, ok.inter_der, P.der(sub2)])
+    sub2 = P.make_cert(
+        P.name("sub-ca"),
+        ok.inter_cert.subject,
+        ok.inter_key,
+        sub_key.public_key(),
+        ca=True,
+        path_length=0,
+        not_before=P.T0 - P.HOUR,
+        not_after=P.T0 + P.HOUR,
+        key_usage=P.CA_USAGE,
+    )
+    leaf2 = P.make_cert(
+        P.name("leaf"),
+        sub2.subject,
+        sub_key,
+        base.leaf_key.public_key(),
+        ca=False,
+        not_before=P.T0 - P.HOUR,
+        not_after=P.T0 + P.HOUR,
+        key_usage=P.LEAF_USAGE,
+    )
+    doc = P.make_document(
+        ok, certificate=P.der(leaf2), key=base.leaf_key, cabundle=[ok.root_der, ok.inter_der, P.der(sub2)]
+    )
     verifier(ok).verify(doc)
 
 
@@ -379,11 +437,19 @@ def test_unknown_critical_extension():
 
 def test_rsa_leaf_is_rejected():
     from cryptography.hazmat.primitives.asymmetric import rsa
+
     pki = P.make_pki()
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    leaf = P.make_cert(P.name("rsa-leaf"), pki.inter_cert.subject, pki.inter_key,
-                       rsa_key.public_key(), ca=False, not_before=P.T0 - P.HOUR,
-                       not_after=P.T0 + P.HOUR, key_usage=P.LEAF_USAGE)
+    leaf = P.make_cert(
+        P.name("rsa-leaf"),
+        pki.inter_cert.subject,
+        pki.inter_key,
+        rsa_key.public_key(),
+        ca=False,
+        not_before=P.T0 - P.HOUR,
+        not_after=P.T0 + P.HOUR,
+        key_usage=P.LEAF_USAGE,
+    )
     rejects(pki, P.make_document(pki, certificate=P.der(leaf)), match="not an EC key")
 
 
@@ -410,7 +476,7 @@ def test_tampered_payload(pki):
 
 def test_reencoded_protected_header_breaks_the_signature(pki):
     prot, unprot, payload, sig = P.split_cose(P.make_document(pki))
-    longer = b"\xa1\x01\x39\x00\x22"       # same map {1: -35}, non-minimal encoding
+    longer = b"\xa1\x01\x39\x00\x22"  # same map {1: -35}, non-minimal encoding
     rejects(pki, P.join_cose(longer, unprot, payload, sig), match="signature does not verify")
 
 
@@ -446,8 +512,7 @@ def test_empty_protected_bytes_means_no_alg(pki):
 
 
 def test_crit_header_is_rejected(pki):
-    doc = P.sign1(cbor2.dumps(P.default_fields(pki)), pki.leaf_key,
-                  protected={1: -35, 2: [99]})
+    doc = P.sign1(cbor2.dumps(P.default_fields(pki)), pki.leaf_key, protected={1: -35, 2: [99]})
     rejects(pki, doc, match="crit")
 
 
@@ -463,10 +528,11 @@ def test_unprotected_header_contents_are_otherwise_ignored(pki):
 
 def test_non_p384_leaf_key():
     pki = P.make_pki(leaf_curve=ec.SECP256R1())
-    doc = P.make_document(pki)          # signed with the P-256 key, 64-byte r||s
+    doc = P.make_document(pki)  # signed with the P-256 key, 64-byte r||s
     rejects(pki, doc, match="P-384")
-    doc = P.sign1(cbor2.dumps(P.default_fields(pki)), pki.leaf_key, hash_alg=hashes.SHA256(),
-                  protected={1: -7})
+    doc = P.sign1(
+        cbor2.dumps(P.default_fields(pki)), pki.leaf_key, hash_alg=hashes.SHA256(), protected={1: -7}
+    )
     rejects(pki, doc)
 
 
@@ -492,9 +558,11 @@ def test_deeply_nested_document_does_not_crash(pki):
 
 
 def test_huge_declared_lengths_do_not_allocate(pki):
-    for doc in (b"\x84\x5b\xff\xff\xff\xff\xff\xff\xff\xff",
-                b"\x9b\x00\x00\x00\x01\x00\x00\x00\x00",
-                b"\x84\x40\xa0\x5a\xff\xff\xff\xff"):
+    for doc in (
+        b"\x84\x5b\xff\xff\xff\xff\xff\xff\xff\xff",
+        b"\x9b\x00\x00\x00\x01\x00\x00\x00\x00",
+        b"\x84\x40\xa0\x5a\xff\xff\xff\xff",
+    ):
         rejects(pki, doc, match="invalid COSE_Sign1")
 
 
@@ -554,15 +622,13 @@ def test_binding_nonce_mismatch(pki):
 @pytest.mark.parametrize("field", ["public_key", "nonce"])
 def test_binding_missing_field(pki, field):
     with pytest.raises(MissingField) as info:
-        verifier(pki).verify_with_binding(P.make_document(pki, drop=(field,)),
-                                          P.PUBLIC_KEY, P.NONCE)
+        verifier(pki).verify_with_binding(P.make_document(pki, drop=(field,)), P.PUBLIC_KEY, P.NONCE)
     assert info.value.name == field
 
 
 def test_binding_runs_after_full_verification(pki):
     with pytest.raises(Expired):
-        verifier(pki, at_ms=P.T0_MS + 3600_000).verify_with_binding(
-            P.make_document(pki), b"wrong", b"wrong")
+        verifier(pki, at_ms=P.T0_MS + 3600_000).verify_with_binding(P.make_document(pki), b"wrong", b"wrong")
 
 
 # --------------------------------------------------------------------------
@@ -593,16 +659,26 @@ def test_root_pem_must_be_a_certificate():
 
 def test_root_pem_must_be_self_signed(pki):
     from cryptography.hazmat.primitives import serialization
+
     inter_pem = pki.inter_cert.public_bytes(serialization.Encoding.PEM)
     with pytest.raises(ValueError, match="self-signed"):
         NitroVerifier(root_pem=inter_pem)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(expected_pcrs={32: b"x"}), dict(expected_pcrs={"0": b"x"}),
-    dict(expected_pcrs={0: "00"}), dict(max_age_secs=-1), dict(max_age_secs=float("nan")),
-    dict(future_skew_secs=-1), dict(at_ms=-1), dict(at_ms=1.5), dict(at_ms=10**18),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(expected_pcrs={32: b"x"}),
+        dict(expected_pcrs={"0": b"x"}),
+        dict(expected_pcrs={0: "00"}),
+        dict(max_age_secs=-1),
+        dict(max_age_secs=float("nan")),
+        dict(future_skew_secs=-1),
+        dict(at_ms=-1),
+        dict(at_ms=1.5),
+        dict(at_ms=10**18),
+    ],
+)
 def test_bad_construction_arguments(pki, kw):
     with pytest.raises(ValueError):
         NitroVerifier(root_pem=pki.root_pem, **kw)

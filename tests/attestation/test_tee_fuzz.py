@@ -32,12 +32,19 @@ def test_tee_harness_finds_nothing(name, tmp_path):
     new_inputs.mkdir()
     artifacts.mkdir()
     env = dict(os.environ, CMLP_FUZZ_NATIVE="0")
-    cmd = [sys.executable, str(FUZZ / f"fuzz_{name}.py"), str(new_inputs),
-           str(FUZZ / "corpus" / name), f"-max_total_time={SECONDS}", "-timeout=10",
-           f"-rss_limit_mb={rss_limit_mb()}", "-malloc_limit_mb=16", "-print_final_stats=1",
-           f"-artifact_prefix={artifacts}/"]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=SECONDS + 90)
+    cmd = [
+        sys.executable,
+        str(FUZZ / f"fuzz_{name}.py"),
+        str(new_inputs),
+        str(FUZZ / "corpus" / name),
+        f"-max_total_time={SECONDS}",
+        "-timeout=10",
+        f"-rss_limit_mb={rss_limit_mb()}",
+        "-malloc_limit_mb=16",
+        "-print_final_stats=1",
+        f"-artifact_prefix={artifacts}/",
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=SECONDS + 90)
     log = run.stdout + run.stderr
     found = sorted(p.name for p in artifacts.iterdir())
     assert run.returncode == 0 and not found, f"finding(s) {found}:\n{log[-6000:]}"

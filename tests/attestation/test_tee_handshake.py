@@ -9,11 +9,6 @@ import pytest
 
 pytest.importorskip("cryptography")
 
-from tests.helpers import snp_pki as P
-from tests.helpers import tdx_pki as T
-from tests.helpers.common import run_handshake
-from tests.attestation.test_tee_providers import FakeConfigfs, FakeSevGuest
-
 from cmlp.attestation.base import ExpectedMeasurements
 from cmlp.attestation.snp import SnpVerifier
 from cmlp.attestation.snp import provider as sp
@@ -21,6 +16,10 @@ from cmlp.attestation.tdx import TdxVerifier
 from cmlp.attestation.tdx.provider import TdxProvider
 from cmlp.errors import HandshakeFailed, VerificationFailed
 from cmlp.transport import SessionConfig, sockets
+from tests.attestation.test_tee_providers import FakeConfigfs, FakeSevGuest
+from tests.helpers import snp_pki as P
+from tests.helpers import tdx_pki as T
+from tests.helpers.common import run_handshake
 
 
 def _close(*chs):
@@ -32,7 +31,8 @@ def _close(*chs):
 def _pins(hex_map):
     """As a manifest stage's expected_measurements (index -> hex) become pins."""
     return SessionConfig.development(handshake_timeout=5.0).with_measurements(
-        ExpectedMeasurements.from_hex(hex_map))
+        ExpectedMeasurements.from_hex(hex_map)
+    )
 
 
 def test_snp_handshake_and_manifest_pins(monkeypatch):
@@ -41,10 +41,11 @@ def test_snp_handshake_and_manifest_pins(monkeypatch):
 
     def side(config=None):
         fake = FakeSevGuest(pki)
-        transport = sp.SevGuestTransport("/dev/fake-sev-guest", ioctl=fake.ioctl,
-                                         opener=fake.opener)
-        kw = dict(provider=sp.SnpProvider(transport=transport),
-                  verifier=SnpVerifier(trusted_arks=[pki.ark], at_ms=P.T0_MS))
+        transport = sp.SevGuestTransport("/dev/fake-sev-guest", ioctl=fake.ioctl, opener=fake.opener)
+        kw = dict(
+            provider=sp.SnpProvider(transport=transport),
+            verifier=SnpVerifier(trusted_arks=[pki.ark], at_ms=P.T0_MS),
+        )
         if config is not None:
             kw["config"] = config
         return kw
@@ -70,8 +71,10 @@ def test_tdx_handshake_and_rtmr_pins(tmp_path):
     def side(sub, config=None):
         root = tmp_path / sub
         root.mkdir(exist_ok=True)
-        kw = dict(provider=TdxProvider(str(root), ops=FakeConfigfs(pki)),
-                  verifier=TdxVerifier(collateral=col, root_der=T.der(pki.root), at_ms=T.T0_MS))
+        kw = dict(
+            provider=TdxProvider(str(root), ops=FakeConfigfs(pki)),
+            verifier=TdxVerifier(collateral=col, root_der=T.der(pki.root), at_ms=T.T0_MS),
+        )
         if config is not None:
             kw["config"] = config
         return kw

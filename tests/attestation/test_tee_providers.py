@@ -17,8 +17,6 @@ import pytest
 
 pytest.importorskip("cryptography")
 
-from tests.helpers import snp_pki as P
-from tests.helpers import tdx_pki as T
 from cryptography.hazmat.primitives import serialization
 
 from cmlp.attestation.az_snp import AzSnpVerifier
@@ -28,6 +26,8 @@ from cmlp.attestation.snp import provider as sp
 from cmlp.attestation.tdx import TdxVerifier, TdxVerifyPolicy
 from cmlp.attestation.tdx.provider import ConfigfsOps, TdxProvider
 from cmlp.errors import GenerationFailed
+from tests.helpers import snp_pki as P
+from tests.helpers import tdx_pki as T
 
 PK, NONCE = P.PK, P.NONCE
 
@@ -49,10 +49,12 @@ class FakeSevGuest:
 
     def cert_table(self, base_len):
         guid = (lambda g: uuid.UUID(g).bytes_le) if self.le else (lambda g: uuid.UUID(g).bytes)
-        entries = [("c0b406a4-a803-4952-9743-3fb6014cd0ae", self.pki.der("ark")),
-                   ("4ab7b379-bbac-4fe4-a02f-05aef327c782", self.pki.der("ask")),
-                   ("92f81bc3-5811-4d3d-97ff-d19f88dc67ea", b"\x30\x00"),          # CRL: skipped
-                   ("63da758d-e664-4564-adc5-f4b93be8accd", self.pki.der("vek"))]
+        entries = [
+            ("c0b406a4-a803-4952-9743-3fb6014cd0ae", self.pki.der("ark")),
+            ("4ab7b379-bbac-4fe4-a02f-05aef327c782", self.pki.der("ask")),
+            ("92f81bc3-5811-4d3d-97ff-d19f88dc67ea", b"\x30\x00"),  # CRL: skipped
+            ("63da758d-e664-4564-adc5-f4b93be8accd", self.pki.der("vek")),
+        ]
         head = 24 * (len(entries) + 1)
         table, blobs, off = b"", b"", head
         for g, der in entries:
@@ -66,7 +68,8 @@ class FakeSevGuest:
         version, req_addr, resp_addr, _ = struct.unpack("=B7xQQQ", bytes(msg))
         assert version == 1
         user_data, vmpl, rsvd, certs_addr, certs_len = struct.unpack(
-            "=64sI28sQI4x", ctypes.string_at(req_addr, 112))
+            "=64sI28sQI4x", ctypes.string_at(req_addr, 112)
+        )
         self.calls.append((user_data, vmpl, certs_len))
         assert certs_addr % 4096 == 0 and certs_len % 4096 == 0 and rsvd == bytes(28)
         if self.fail_errno:
@@ -88,8 +91,7 @@ def snp_pki():
 
 
 def snp_provider(fake):
-    transport = sp.SevGuestTransport("/dev/fake-sev-guest", ioctl=fake.ioctl,
-                                     opener=fake.opener)
+    transport = sp.SevGuestTransport("/dev/fake-sev-guest", ioctl=fake.ioctl, opener=fake.opener)
     return sp.SnpProvider(transport=transport)
 
 
@@ -114,15 +116,23 @@ def test_sev_guest_retries_with_the_size_the_firmware_asks(snp_pki, monkeypatch)
         snp_provider(fake).attest(None, NONCE, PK)
 
 
-@pytest.mark.parametrize("fake_kw,match", [
-    (dict(fail_errno=errno.EIO), "SNP_GET_EXT_REPORT"),
-    (dict(status=0x16), "status"),
-    (dict(table=bytes(24)), "no AMD certificates"),
-    (dict(table=(b"\x01" * 16 + bytes(8)) * (16384 // 24) + b"\x01" * (16384 % 24)),
-     "terminator"),
-    (dict(table=uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes_le
-          + struct.pack("<II", 100000, 5) + bytes(24)), "outside"),
-])
+@pytest.mark.parametrize(
+    "fake_kw,match",
+    [
+        (dict(fail_errno=errno.EIO), "SNP_GET_EXT_REPORT"),
+        (dict(status=0x16), "status"),
+        (dict(table=bytes(24)), "no AMD certificates"),
+        (dict(table=(b"\x01" * 16 + bytes(8)) * (16384 // 24) + b"\x01" * (16384 % 24)), "terminator"),
+        (
+            dict(
+                table=uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes_le
+                + struct.pack("<II", 100000, 5)
+                + bytes(24)
+            ),
+            "outside",
+        ),
+    ],
+)
 def test_sev_guest_failures_are_typed(snp_pki, monkeypatch, fake_kw, match):
     fake = FakeSevGuest(snp_pki, **fake_kw)
     monkeypatch.setattr(sp.os, "close", lambda fd: None)
@@ -175,6 +185,7 @@ class FakeTpm:
 
         def err(rc):
             return struct.pack(">HII", 0x8001, 10, rc)
+
         if cc == azp.CC_NV_READ_PUBLIC:
             (index,) = struct.unpack_from(">I", cmd, 10)
             if index not in self.nv:
@@ -196,20 +207,19 @@ class FakeTpm:
             p = 22 + auth_len
             if cc == azp.CC_NV_WRITE:
                 (n,) = struct.unpack_from(">H", cmd, p)
-                data = cmd[p + 2:p + 2 + n]
+                data = cmd[p + 2 : p + 2 + n]
                 self.nv[index][:n] = data
                 self.nv[azp.NV_HCL_REPORT] = bytearray(self._hcl(bytes(data)))
                 return ok()
             n, off = struct.unpack_from(">HH", cmd, p)
-            chunk = bytes(self.nv[index][off:off + n])
+            chunk = bytes(self.nv[index][off : off + n])
             return ok(struct.pack(">H", len(chunk)) + chunk)
         return err(0x143)
 
 
 def imds_body(pki):
-    pem = lambda c: c.public_bytes(serialization.Encoding.PEM).decode()   # noqa: E731
-    return json.dumps({"vcekCert": pem(pki.vek),
-                       "certificateChain": pem(pki.ask) + pem(pki.ark)}).encode()
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM).decode()  # noqa: E731
+    return json.dumps({"vcekCert": pem(pki.vek), "certificateChain": pem(pki.ask) + pem(pki.ark)}).encode()
 
 
 @pytest.mark.parametrize("defined", [False, True])
@@ -219,15 +229,16 @@ def test_azure_vtpm_provider_verifies(snp_pki, defined):
     v = AzSnpVerifier(trusted_arks=[snp_pki.ark], at_ms=P.T0_MS).verify(doc)
     assert (v.public_key, v.nonce) == (PK, NONCE)
     assert (azp.CC_NV_DEFINE_SPACE in tpm.commands) != defined
-    assert tpm.commands.count(azp.CC_NV_READ) == 3          # 2600 bytes in 1024-byte chunks
+    assert tpm.commands.count(azp.CC_NV_READ) == 3  # 2600 bytes in 1024-byte chunks
 
 
 def test_azure_provider_failures(snp_pki):
     with pytest.raises(GenerationFailed, match="vcekCert"):
         azp.AzSnpProvider(tpm=FakeTpm(snp_pki), fetch=lambda: b"{}").attest(None, NONCE, PK)
     with pytest.raises(GenerationFailed, match="rc 0x143"):
-        azp.AzSnpProvider(tpm=lambda cmd: struct.pack(">HII", 0x8001, 10, 0x143),
-                          fetch=lambda: b"").attest(None, NONCE, PK)
+        azp.AzSnpProvider(tpm=lambda cmd: struct.pack(">HII", 0x8001, 10, 0x143), fetch=lambda: b"").attest(
+            None, NONCE, PK
+        )
     with pytest.raises(GenerationFailed, match="short response"):
         azp.AzSnpProvider(tpm=lambda cmd: b"\x80", fetch=lambda: b"").attest(None, NONCE, PK)
     with pytest.raises(GenerationFailed, match="exactly 32"):
@@ -261,7 +272,7 @@ class FakeConfigfs(ConfigfsOps):
         super().write(path, data)
         entry = os.path.dirname(path)
         rd = bytes(64) if self.wrong_data else bytes(data)
-        quote = T.make_quote(self.pki, T.QuoteFields(reportdata=rd)) + bytes(70)   # padded
+        quote = T.make_quote(self.pki, T.QuoteFields(reportdata=rd)) + bytes(70)  # padded
         with open(os.path.join(entry, "outblob"), "wb") as f:
             f.write(quote)
         gen = 1
@@ -284,18 +295,20 @@ def tdx_pki():
 def test_configfs_tsm_provider_verifies(tdx_pki, tmp_path):
     fs = FakeConfigfs(tdx_pki)
     doc = TdxProvider(str(tmp_path), ops=fs).attest(None, NONCE, PK)
-    v = TdxVerifier(collateral=T.collateral(tdx_pki), root_der=T.der(tdx_pki.root),
-                    at_ms=T.T0_MS).verify(doc)
+    v = TdxVerifier(collateral=T.collateral(tdx_pki), root_der=T.der(tdx_pki.root), at_ms=T.T0_MS).verify(doc)
     assert (v.public_key, v.nonce) == (PK, NONCE)
-    assert fs.entries and not os.listdir(tmp_path)            # the entry was removed
+    assert fs.entries and not os.listdir(tmp_path)  # the entry was removed
     assert os.path.basename(fs.entries[0]).startswith(f"cmt_{os.getpid()}_")
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(provider="sev_guest"), "not tdx_guest"),
-    (dict(race=True), "generation"),
-    (dict(wrong_data=True), "REPORTDATA"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(provider="sev_guest"), "not tdx_guest"),
+        (dict(race=True), "generation"),
+        (dict(wrong_data=True), "REPORTDATA"),
+    ],
+)
 def test_configfs_tsm_failures(tdx_pki, tmp_path, kw, match):
     with pytest.raises(GenerationFailed, match=match):
         TdxProvider(str(tmp_path), ops=FakeConfigfs(tdx_pki, **kw)).attest(None, NONCE, PK)
@@ -311,6 +324,7 @@ def test_configfs_tsm_missing_and_garbage(tdx_pki, tmp_path):
             ConfigfsOps.write(self, path, data)
             with open(os.path.join(os.path.dirname(path), "outblob"), "wb") as f:
                 f.write(b"\x04\x00\x02\x00garbage")
+
     with pytest.raises(GenerationFailed, match="unusable quote"):
         TdxProvider(str(tmp_path), ops=Garbage(tdx_pki)).attest(None, NONCE, PK)
     dev = TdxVerifyPolicy.development()
@@ -320,9 +334,11 @@ def test_configfs_tsm_missing_and_garbage(tdx_pki, tmp_path):
 
 def test_user_data_cannot_be_bound(snp_pki, tdx_pki, tmp_path):
     """REPORT_DATA holds pk || nonce only: user data is refused, never silently dropped."""
-    for provider in (sp.SnpProvider("/nonexistent"),
-                     azp.AzSnpProvider(tpm=FakeTpm(snp_pki), fetch=lambda: b""),
-                     TdxProvider(str(tmp_path), ops=FakeConfigfs(tdx_pki))):
+    for provider in (
+        sp.SnpProvider("/nonexistent"),
+        azp.AzSnpProvider(tpm=FakeTpm(snp_pki), fetch=lambda: b""),
+        TdxProvider(str(tmp_path), ops=FakeConfigfs(tdx_pki)),
+    ):
         with pytest.raises(GenerationFailed, match="user_data cannot be attested"):
             provider.attest(b"role", NONCE, PK)
         # an empty user_data is the same as none

@@ -19,10 +19,16 @@ import pytest
 from cmlp import errors
 from cmlp.pipeline.gpt2 import Generator, generate
 from cmlp.tokenizer import load_tokenizer
-
 from tests.helpers import mitm
-from tests.helpers.pipeline import (cli_env, manifest_dict, orchestrator, run_orch_process,
-                              start_stage_process, stop_processes, write_manifest)
+from tests.helpers.pipeline import (
+    cli_env,
+    manifest_dict,
+    orchestrator,
+    run_orch_process,
+    start_stage_process,
+    stop_processes,
+    write_manifest,
+)
 
 PROMPT = "The capital of France is"
 
@@ -81,11 +87,17 @@ def test_orchestrator_output_and_latency_file(tiny, tmp_path, n, relay):
         tok = load_tokenizer()
         assert out.stdout == PROMPT + tok.decode(data["generated_ids"]) + "\n"
         assert len(data["stage_compute_us"]) == 6 and len(data["stage_compute_us"][0]) == n
-        for label in ("--- Latency Summary ---", "Prompt (TTFT):", "Generation avg:",
-                      "Generation p50:", "Generation p95:", "Tokens generated: 6",
-                      "Pipeline overhead p50:"):
+        for label in (
+            "--- Latency Summary ---",
+            "Prompt (TTFT):",
+            "Generation avg:",
+            "Generation p50:",
+            "Generation p95:",
+            "Tokens generated: 6",
+            "Pipeline overhead p50:",
+        ):
             assert label in out.stderr
-        for p in procs:                  # the reference behaviour: stages exit after Shutdown
+        for p in procs:  # the reference behaviour: stages exit after Shutdown
             assert p.wait(20) == 0
     finally:
         stop_processes(procs)
@@ -109,8 +121,17 @@ def test_prompts_file_in_one_session_equals_fresh_runs(tiny, tmp_path):
     procs = start_stages(path, 2, tiny, ["--persistent"])
     try:
         wait_listening(doc)
-        cmd = [sys.executable, "-m", "cmlp.cli.orch", "--manifest", str(path),
-               "--prompts-file", str(pf), "--max-tokens", "5"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cmlp.cli.orch",
+            "--manifest",
+            str(path),
+            "--prompts-file",
+            str(pf),
+            "--max-tokens",
+            "5",
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout == "".join(fresh)
@@ -122,16 +143,32 @@ def test_prompts_file_in_one_session_equals_fresh_runs(tiny, tmp_path):
 
 
 def test_help_flags_and_entry_points():
-    out = subprocess.run([sys.executable, "-m", "cmlp.cli.orch", "--help"], capture_output=True,
-                         text=True, env=cli_env())
-    for flag in ("--manifest", "--tokenizer", "--text", "--max-tokens", "--latency-out",
-                 "--data-out-listen", "--prompts-file", "--recover"):
+    out = subprocess.run(
+        [sys.executable, "-m", "cmlp.cli.orch", "--help"], capture_output=True, text=True, env=cli_env()
+    )
+    for flag in (
+        "--manifest",
+        "--tokenizer",
+        "--text",
+        "--max-tokens",
+        "--latency-out",
+        "--data-out-listen",
+        "--prompts-file",
+        "--recover",
+    ):
         assert flag in out.stdout
     assert "--data-out-port" not in out.stdout
-    out = subprocess.run([sys.executable, "-m", "cmlp.cli.stage", "--help"], capture_output=True,
-                         text=True, env=cli_env())
-    for flag in ("--manifest", "--stage-idx", "--model-dir", "--data-out-target", "--threads",
-                 "--persistent"):
+    out = subprocess.run(
+        [sys.executable, "-m", "cmlp.cli.stage", "--help"], capture_output=True, text=True, env=cli_env()
+    )
+    for flag in (
+        "--manifest",
+        "--stage-idx",
+        "--model-dir",
+        "--data-out-target",
+        "--threads",
+        "--persistent",
+    ):
         assert flag in out.stdout
 
 
@@ -144,6 +181,7 @@ def pipeline_with_processes(tiny, tmp_path, persistent=False):
     procs = start_stages(path, 2, tiny, extra)
     wait_listening(doc)
     from cmlp.manifest import Manifest
+
     return Manifest.load(path), doc, procs, path
 
 
@@ -179,7 +217,7 @@ def test_kill_stage(tiny, tmp_path, when, victim):
     try:
         ids = load_tokenizer().encode(PROMPT)
         if when == "handshake":
-            os.kill(procs[victim].pid, signal.SIGSTOP)      # frozen before it answers
+            os.kill(procs[victim].pid, signal.SIGSTOP)  # frozen before it answers
             t, box = run_in_thread(orch.start)
         else:
             orch.start()
@@ -214,10 +252,23 @@ def test_cli_orchestrator_names_the_killed_stage(tiny, tmp_path):
     procs = start_stages(path, 2, tiny)
     try:
         wait_listening(doc)
-        orch = subprocess.Popen([sys.executable, "-m", "cmlp.cli.orch", "--manifest", str(path),
-                                 "--text", PROMPT, "--max-tokens", "1000"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=cli_env())
+        orch = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cmlp.cli.orch",
+                "--manifest",
+                str(path),
+                "--text",
+                PROMPT,
+                "--max-tokens",
+                "1000",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
         assert mitm.wait_until(lambda: procs[1].poll() is None and orch.poll() is None, 5)
         time.sleep(1.5)
         procs[1].kill()
@@ -248,7 +299,7 @@ def test_recovery_replays_the_context(tiny, tmp_path):
 
         def on_token(tok):
             if len(killed) == 0 and on_token.count == 10:
-                procs[1].kill()                     # dies between step 10 and 11
+                procs[1].kill()  # dies between step 10 and 11
                 procs[1].wait(5)
                 killed["at"] = on_token.count
                 procs[1] = start_stage_process(path, 1, tiny, ["--persistent"])

@@ -12,11 +12,17 @@ import pytest
 
 from cmlp.model.synthetic import init_model
 from cmlp.tokenizer import load_tokenizer
-
 from tests.helpers import mitm
 from tests.helpers.hostblind_helpers import hb_manifest_dict
-from tests.helpers.pipeline import (cli_env, free_ports, manifest_dict, run_orch_process,
-                              start_stage_process, stop_processes, write_manifest)
+from tests.helpers.pipeline import (
+    cli_env,
+    free_ports,
+    manifest_dict,
+    run_orch_process,
+    start_stage_process,
+    stop_processes,
+    write_manifest,
+)
 
 PROMPT = "The capital of France is"
 
@@ -27,15 +33,34 @@ def tiny(tmp_path_factory):
 
 
 def start_serve(manifest_path, port, extra=()):
-    cmd = [sys.executable, "-m", "cmlp.cli.main", "serve", "--manifest", str(manifest_path),
-           "--listen", f"127.0.0.1:{port}", "--log-level", "warning"] + list(extra)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env())
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmlp.cli.main",
+        "serve",
+        "--manifest",
+        str(manifest_path),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+    ] + list(extra)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
 
 
 def run_generate(manifest_path, port, text, extra=(), timeout=120):
-    cmd = [sys.executable, "-m", "cmlp.cli.main", "generate", "--connect", f"127.0.0.1:{port}",
-           "--manifest", str(manifest_path), "--text", text] + list(extra)
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmlp.cli.main",
+        "generate",
+        "--connect",
+        f"127.0.0.1:{port}",
+        "--manifest",
+        str(manifest_path),
+        "--text",
+        text,
+    ] + list(extra)
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=timeout)
 
 
@@ -48,6 +73,7 @@ def wait_port(port, timeout=60):
             return True
         except OSError:
             return False
+
     assert mitm.wait_until(up, timeout), f"nothing listens on {port}"
 
 

@@ -12,14 +12,23 @@ from safetensors import safe_open
 
 from cmlp.cli.main import main
 from cmlp.errors import ModelError
-from cmlp.model import Gpt2Shard, load_config
-from cmlp.model import synthetic
+from cmlp.model import Gpt2Shard, load_config, synthetic
 from cmlp.model.synthetic import PRESETS, write_model
 
 PUBLISHED_BLOCK_NAMES = {
-    "ln_1.weight", "ln_1.bias", "attn.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-    "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias",
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.bias",
+    "attn.c_attn.weight",
+    "attn.c_attn.bias",
+    "attn.c_proj.weight",
+    "attn.c_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
 }
 
 
@@ -31,13 +40,11 @@ def tiny(tmp_path_factory):
 
 
 def test_init_writes_the_published_layout(tiny):
-    assert sorted(p.name for p in tiny.iterdir()) == ["config.json", "model.safetensors",
-                                                     "tokenizer.json"]
+    assert sorted(p.name for p in tiny.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     config = json.loads((tiny / "config.json").read_text())
     assert config["cmlp_synthetic"] is True and config["model_type"] == "gpt2"
     assert config["activation_function"] == "gelu_new" and config["n_ctx"] == 1024
-    assert (config["vocab_size"], config["n_embd"], config["n_layer"], config["n_head"]) == \
-        (50257, 64, 4, 4)
+    assert (config["vocab_size"], config["n_embd"], config["n_layer"], config["n_head"]) == (50257, 64, 4, 4)
     assert load_config(tiny).synthetic
     with safe_open(str(tiny / "model.safetensors"), "numpy") as f:
         assert f.metadata() == {"format": "pt"}
@@ -48,7 +55,7 @@ def test_init_writes_the_published_layout(tiny):
         mask = f.get_tensor("h.0.attn.bias")
         assert mask.shape == (1, 1, 1024, 1024)
         np.testing.assert_array_equal(mask[0, 0], np.tril(np.ones((1024, 1024), np.float32)))
-        assert f.get_tensor("h.1.ln_2.weight").tolist() == [1.0] * 64      # HF init
+        assert f.get_tensor("h.1.ln_2.weight").tolist() == [1.0] * 64  # HF init
         assert not f.get_tensor("h.1.mlp.c_fc.bias").any()
         std = f.get_tensor("wte.weight").std()
         assert 0.019 < std < 0.021
@@ -57,19 +64,19 @@ def test_init_writes_the_published_layout(tiny):
 def test_init_is_deterministic(tiny, tmp_path):
     def digest(d):
         return hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
-    assert main(["model", "init", "--out", str(tmp_path / "same"), "--preset", "tiny",
-                 "--seed", "3"]) == 0
-    assert main(["model", "init", "--out", str(tmp_path / "other"), "--preset", "tiny",
-                 "--seed", "4"]) == 0
+
+    assert main(["model", "init", "--out", str(tmp_path / "same"), "--preset", "tiny", "--seed", "3"]) == 0
+    assert main(["model", "init", "--out", str(tmp_path / "other"), "--preset", "tiny", "--seed", "4"]) == 0
     assert digest(tmp_path / "same") == digest(tiny)
     assert digest(tmp_path / "other") != digest(tiny)
 
 
 def test_init_model_runs_end_to_end_with_the_tokenizer(tiny):
     from tokenizers import Tokenizer
+
     tokenizer = Tokenizer.from_file(str(tiny / "tokenizer.json"))
     ids = tokenizer.encode("The capital of France is", add_special_tokens=False).ids
-    assert ids == [464, 3139, 286, 4881, 318]          # pipeline.md 5.8
+    assert ids == [464, 3139, 286, 4881, 318]  # pipeline.md 5.8
     first = Gpt2Shard.load(tiny, 0, 2, threads=1)
     last = Gpt2Shard.load(tiny, 2, 4, threads=1)
     logits = last.forward(first.forward(np.array([ids], np.uint32)))
@@ -80,8 +87,7 @@ def test_init_model_runs_end_to_end_with_the_tokenizer(tiny):
 def test_init_refuses_to_overwrite_without_force(tiny, capsys):
     assert main(["model", "init", "--out", str(tiny), "--preset", "tiny"]) == 1
     assert "already exists" in capsys.readouterr().err
-    assert main(["model", "init", "--out", str(tiny), "--preset", "tiny", "--seed", "3",
-                 "--force"]) == 0
+    assert main(["model", "init", "--out", str(tiny), "--preset", "tiny", "--seed", "3", "--force"]) == 0
 
 
 def test_init_without_embedded_tokenizer_fails_clearly(tmp_path, monkeypatch, capsys):
@@ -99,8 +105,13 @@ def _missing_tokenizer():
 
 def test_small_preset_has_gpt2_small_shapes():
     small = PRESETS["small"]
-    assert (small.vocab_size, small.n_positions, small.n_embd, small.n_layer, small.n_head) == \
-        (50257, 1024, 768, 12, 12)
+    assert (small.vocab_size, small.n_positions, small.n_embd, small.n_layer, small.n_head) == (
+        50257,
+        1024,
+        768,
+        12,
+        12,
+    )
 
 
 def test_hashes_prints_the_canonical_list(tiny, capsys):
@@ -109,8 +120,7 @@ def test_hashes_prints_the_canonical_list(tiny, capsys):
     expected = Gpt2Shard.load(tiny, 1, 4, threads=1).weight_hashes()
     assert lines == [digest for _, digest in expected]
     assert all(re.fullmatch(r"[0-9a-f]{64}", line) for line in lines)
-    assert main(["model", "hashes", "--model-dir", str(tiny), "--layers", "1:4",
-                 "--with-names"]) == 0
+    assert main(["model", "hashes", "--model-dir", str(tiny), "--layers", "1:4", "--with-names"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{d}  {n}" for n, d in expected]
 
 
@@ -135,8 +145,16 @@ def test_hashes_on_a_missing_model(tmp_path, capsys):
 
 def test_write_model_options(tmp_path):
     config = PRESETS["tiny"]
-    d = write_model(tmp_path / "p", config, seed=1, std=0.1, ln_std=0.2, bias_std=0.05,
-                    prefix="transformer.", attn_bias=False)
+    d = write_model(
+        tmp_path / "p",
+        config,
+        seed=1,
+        std=0.1,
+        ln_std=0.2,
+        bias_std=0.05,
+        prefix="transformer.",
+        attn_bias=False,
+    )
     with safe_open(str(d / "model.safetensors"), "numpy") as f:
         names = list(f.keys())
         assert all(n.startswith("transformer.") for n in names)
@@ -152,8 +170,8 @@ def test_write_model_options(tmp_path):
 def test_transformers_loads_the_init_model(tiny):
     """The synthetic directory is a valid HF checkpoint with the same outputs."""
     from tests.helpers.model import ATOL, HfSession, load_hf_model
+
     ids = np.array([[464, 3139, 286, 4881, 318]], np.uint32)
     ref, _ = HfSession(load_hf_model(tiny)).forward(ids)
     ours = Gpt2Shard.load(tiny, 0, 4, threads=2).forward(ids)
     assert np.max(np.abs(ours - ref)) <= ATOL
-

@@ -11,14 +11,15 @@ import pytest
 pytest.importorskip("cbor2")
 pytest.importorskip("cryptography")
 
-from tests.helpers import nitro_pki as P
 from cmlp.cli.main import main
+from tests.helpers import nitro_pki as P
 
 DOCS = Path(__file__).parents[1] / "data" / "nitro-docs"
 ETERNIS = DOCS / "eternis-rav__example_attestation.cbor"
 ETERNIS_TS = 1725911352400
-ETERNIS_PCR4 = ("d352cfa31b8dc5f4856c9fa8181b19ed12f5da23883ac4ec729530f50dc1d37f"
-                "1ac3876a7af39bd4de7a2aead14d14cb")
+ETERNIS_PCR4 = (
+    "d352cfa31b8dc5f4856c9fa8181b19ed12f5da23883ac4ec729530f50dc1d37f1ac3876a7af39bd4de7a2aead14d14cb"
+)
 
 
 def run(capsys, *argv):
@@ -50,8 +51,9 @@ def test_all_pcrs_flag(capsys):
 
 
 def test_absent_fields_are_reported(capsys):
-    rc, out, _ = run(capsys, "--doc", DOCS / "worldcoin-pontifex__real-attestation-doc.cbor",
-                     "--at", 1758628609915)
+    rc, out, _ = run(
+        capsys, "--doc", DOCS / "worldcoin-pontifex__real-attestation-doc.cbor", "--at", 1758628609915
+    )
     assert rc == 0
     assert "nonce: absent" in out and "user_data: absent" in out
 
@@ -74,16 +76,18 @@ def test_reject_without_at_because_expired(capsys):
 def test_reject_four_hours_later(capsys):
     rc, out, _ = run(capsys, "--doc", ETERNIS, "--at", ETERNIS_TS + 4 * 3600_000)
     assert rc == 2 and "Expired" in out
-    rc, out, _ = run(capsys, "--doc", ETERNIS, "--at", ETERNIS_TS + 4 * 3600_000,
-                     "--max-age-secs", 86400)
+    rc, out, _ = run(capsys, "--doc", ETERNIS, "--at", ETERNIS_TS + 4 * 3600_000, "--max-age-secs", 86400)
     assert rc == 2 and "leaf is not valid" in out
 
 
-@pytest.mark.parametrize("name, ts", [
-    ("eternis-rav__invalid_attestation.cbor", 1721770180771),
-    ("blocky-nitrite__selfsigned_attestation.cbor", 1713379906),
-    ("worldcoin-pontifex__mock-attestation-doc.cose.cbor", 1748469829761),
-])
+@pytest.mark.parametrize(
+    "name, ts",
+    [
+        ("eternis-rav__invalid_attestation.cbor", 1721770180771),
+        ("blocky-nitrite__selfsigned_attestation.cbor", 1713379906),
+        ("worldcoin-pontifex__mock-attestation-doc.cose.cbor", 1748469829761),
+    ],
+)
 def test_reject_bad_documents(capsys, name, ts):
     rc, out, _ = run(capsys, "--doc", DOCS / name, "--at", ts)
     assert rc == 2
@@ -98,7 +102,7 @@ def test_custom_root_for_a_test_pki(capsys, tmp_path):
     root.write_bytes(pki.root_pem)
     rc, out, _ = run(capsys, "--doc", doc, "--at", P.T0_MS, "--root-pem", root)
     assert rc == 0 and "module_id: " + P.MODULE_ID in out
-    rc, out, _ = run(capsys, "--doc", doc, "--at", P.T0_MS)      # bundled AWS root
+    rc, out, _ = run(capsys, "--doc", doc, "--at", P.T0_MS)  # bundled AWS root
     assert rc == 2 and "root" in out
 
 
@@ -109,21 +113,24 @@ def test_oversized_file_is_a_reject(capsys, tmp_path):
     assert rc == 2 and "max 65536" in out
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--doc", "/nonexistent/doc.cbor"], "cannot read --doc"),
-    (["--doc", ETERNIS, "--pcr", "0=zz"], "not valid hex"),
-    (["--doc", ETERNIS, "--pcr", "0"], "IDX=HEX"),
-    (["--doc", ETERNIS, "--pcr", "x=00"], "not an integer"),
-    (["--doc", ETERNIS, "--pcr", "32=" + "00" * 48], "0..31"),
-    (["--doc", ETERNIS, "--pcr", "0=0011"], "48 or 64 bytes"),
-    (["--doc", ETERNIS, "--pcr", "1=" + "00" * 48, "--pcr", "1=" + "00" * 48], "twice"),
-    (["--doc", ETERNIS, "--at", "yesterday"], "--at"),
-    (["--doc", ETERNIS, "--at", "-5"], "--at"),
-    (["--doc", ETERNIS, "--at", "99999999999999999999"], "--at"),
-    (["--doc", ETERNIS, "--max-age-secs", "soon"], "--max-age-secs"),
-    (["--doc", ETERNIS, "--max-age-secs", "inf"], "--max-age-secs"),
-    (["--doc", ETERNIS, "--root-pem", "/nonexistent/root.pem"], "cannot read --root-pem"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--doc", "/nonexistent/doc.cbor"], "cannot read --doc"),
+        (["--doc", ETERNIS, "--pcr", "0=zz"], "not valid hex"),
+        (["--doc", ETERNIS, "--pcr", "0"], "IDX=HEX"),
+        (["--doc", ETERNIS, "--pcr", "x=00"], "not an integer"),
+        (["--doc", ETERNIS, "--pcr", "32=" + "00" * 48], "0..31"),
+        (["--doc", ETERNIS, "--pcr", "0=0011"], "48 or 64 bytes"),
+        (["--doc", ETERNIS, "--pcr", "1=" + "00" * 48, "--pcr", "1=" + "00" * 48], "twice"),
+        (["--doc", ETERNIS, "--at", "yesterday"], "--at"),
+        (["--doc", ETERNIS, "--at", "-5"], "--at"),
+        (["--doc", ETERNIS, "--at", "99999999999999999999"], "--at"),
+        (["--doc", ETERNIS, "--max-age-secs", "soon"], "--max-age-secs"),
+        (["--doc", ETERNIS, "--max-age-secs", "inf"], "--max-age-secs"),
+        (["--doc", ETERNIS, "--root-pem", "/nonexistent/root.pem"], "cannot read --root-pem"),
+    ],
+)
 def test_bad_input_is_one_line_on_stderr(capsys, argv, fragment):
     rc, out, err = run(capsys, *argv)
     assert rc == 1
@@ -142,16 +149,33 @@ def test_not_a_pem_root(capsys, tmp_path):
 
 def test_subprocess_entry_point():
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get(
-        "PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "cmlp.cli.main", "attest", "verify", "--doc", str(ETERNIS),
-         "--at", str(ETERNIS_TS)], capture_output=True, text=True, env=env, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "cmlp.cli.main",
+            "attest",
+            "verify",
+            "--doc",
+            str(ETERNIS),
+            "--at",
+            str(ETERNIS_TS),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("VERDICT: ACCEPT\n")
     proc = subprocess.run(
         [sys.executable, "-m", "cmlp.cli.main", "attest", "verify", "--doc", str(ETERNIS)],
-        capture_output=True, text=True, env=env, timeout=60)
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stdout.startswith("VERDICT: REJECT\n")
 
@@ -160,15 +184,14 @@ def test_missing_optional_dependency_is_one_clear_line(tmp_path):
     # Simulate an install without the `nitro` extra: block `cryptography`.
     script = (
         "import sys; sys.modules['cryptography'] = None\n"
-        "import cmlp.attestation.nitro as n\n"                     # imports cleanly
+        "import cmlp.attestation.nitro as n\n"  # imports cleanly
         "try:\n    n.NitroVerifier()\nexcept ImportError as e:\n    print('IMPORT:', e)\n"
         "from cmlp.cli.main import main\n"
-        f"sys.exit(main(['attest', 'verify', '--doc', {str(ETERNIS)!r}]))\n")
+        f"sys.exit(main(['attest', 'verify', '--doc', {str(ETERNIS)!r}]))\n"
+    )
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get(
-        "PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=60)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert "IMPORT: AWS Nitro attestation needs the 'cryptography' package" in proc.stdout
     assert proc.returncode == 1
     assert len(proc.stderr.strip().splitlines()) == 1 and "cmlp[nitro]" in proc.stderr

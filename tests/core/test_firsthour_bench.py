@@ -10,7 +10,6 @@ import subprocess
 import pytest
 
 from cmlp.model.synthetic import init_model
-
 from tests.helpers.common import REPO
 from tests.helpers.pipeline import cli_env
 
@@ -20,7 +19,7 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 def section(title: str) -> str:
     start = README.index(f"\n## {title}\n")
     end = README.find("\n## ", start + 1)
-    return README[start:end if end > 0 else None]
+    return README[start : end if end > 0 else None]
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +31,22 @@ def test_bench_script_announces_the_warm_up_round(tiny):
     env = cli_env()
     # five configurations on base, base+1000, ... (+ up to 200 ports each), below the
     # ephemeral range (32768+) that outgoing connections and free-port tests use
-    env.update(CMLP_SKIP_SETUP="1", MODEL_DIR=str(tiny), THREADS="1",
-               BASE_PORT=str(random.randrange(10000, 27000, 100)))
-    r = subprocess.run([str(REPO / "scripts" / "bench.sh"), "1", "3"], capture_output=True,
-                       text=True, env=env, timeout=600)
+    env.update(
+        CMLP_SKIP_SETUP="1",
+        MODEL_DIR=str(tiny),
+        THREADS="1",
+        BASE_PORT=str(random.randrange(10000, 27000, 100)),
+    )
+    r = subprocess.run(
+        [str(REPO / "scripts" / "bench.sh"), "1", "3"], capture_output=True, text=True, env=env, timeout=600
+    )
     assert r.returncode == 0, r.stderr
     err = r.stderr
     assert "round 0 is a warm-up" in err and "not counted" in err
     assert "round 0 (warm-up, not counted): 1-stage" in err
     assert "round 1/1: 3-stage relayed" in err
     assert "round 1: " not in err
-    assert re.search(r"CPU: .+, \d+ cores", err)                       # the lscpu model name
+    assert re.search(r"CPU: .+, \d+ cores", err)  # the lscpu model name
     assert "after one warm-up round that is not counted" in r.stdout
     assert "| p50 vs 1-stage |" in r.stdout
 
@@ -61,8 +65,9 @@ def test_readme_names_the_cpu_next_to_every_benchmark():
 
 def test_readme_wheel_path_starts_from_make_wheel():
     """A fresh clone's wheels/ is empty: the README builds the wheel before installing it."""
-    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "wheels"],
-                             capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "wheels"], capture_output=True, text=True
+    ).stdout.split()
     assert not [t for t in tracked if t.endswith(".whl")]
     for line in README.splitlines():
         if "pip install wheels/" in line:

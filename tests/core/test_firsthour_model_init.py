@@ -13,7 +13,6 @@ import pytest
 from cmlp import progress
 from cmlp.cli.main import main
 from cmlp.model.synthetic import PRESETS, model_nbytes, random_weights
-
 from tests.helpers.pipeline import cli_env, manifest_dict, write_manifest
 
 CMLP = [sys.executable, "-m", "cmlp.cli.main"]
@@ -40,7 +39,7 @@ def test_same_preset_and_seed_is_reused_with_a_message(tiny):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(tiny)
     assert "reusing it" in r.stderr and "'tiny'" in r.stderr and "seed 5" in r.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in tiny.iterdir()} == before   # nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in tiny.iterdir()} == before  # nothing rewritten
 
 
 def test_another_preset_or_seed_is_refused_naming_what_is_there(tiny):
@@ -56,8 +55,7 @@ def test_another_preset_or_seed_is_refused_naming_what_is_there(tiny):
 def test_force_rewrites(tmp_path):
     out = tmp_path / "m"
     assert main(["model", "init", "--out", str(out), "--preset", "tiny", "--seed", "1"]) == 0
-    assert main(["model", "init", "--out", str(out), "--preset", "tiny", "--seed", "2",
-                 "--force"]) == 0
+    assert main(["model", "init", "--out", str(out), "--preset", "tiny", "--seed", "2", "--force"]) == 0
     assert json.loads((out / "config.json").read_text())["cmlp_seed"] == 2
     # and the rewritten model is then reused as itself
     assert main(["model", "init", "--out", str(out), "--preset", "tiny", "--seed", "2"]) == 0
@@ -96,15 +94,19 @@ def test_stage_on_a_missing_model_dir_hints_the_given_path(tmp_path, given):
     assert len(line.splitlines()) == 1, line
     assert "has no config.json (it does not exist)" in line
     import shlex
+
     assert f"cmlp model init --out {shlex.quote(str(missing))} --preset tiny" in line, line
 
 
 def test_every_model_command_hints_the_given_missing_path(tmp_path):
     missing = tmp_path / "no such model"
     import shlex
+
     hint = f"cmlp model init --out {shlex.quote(str(missing))}"
-    for args in (["model", "hashes", "--model-dir", str(missing), "--layers", "0:2"],
-                 ["manifest", "init", "--model-dir", str(missing), "--splits", "2,2"]):
+    for args in (
+        ["model", "hashes", "--model-dir", str(missing), "--layers", "0:2"],
+        ["manifest", "init", "--model-dir", str(missing), "--splits", "2,2"],
+    ):
         r = run(CMLP + args)
         assert r.returncode == 1
         assert len(r.stderr.strip().splitlines()) == 1 and hint in r.stderr, r.stderr
@@ -123,18 +125,16 @@ def test_progress_bar_reaches_its_known_total_when_writing_and_loading(tmp_path)
     out = tmp_path / "m"
     r = run(CMLP + ["model", "init", "--out", str(out), "--preset", "tiny"], CMLP_PROGRESS="1")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(out)            # stdout stays machine-readable
+    assert r.stdout.strip() == str(out)  # stdout stays machine-readable
     assert "writing" in r.stderr and "100%" in r.stderr, r.stderr
-    r = run(CMLP + ["model", "hashes", "--model-dir", str(out), "--layers", "0:2"],
-            CMLP_PROGRESS="1")
+    r = run(CMLP + ["model", "hashes", "--model-dir", str(out), "--layers", "0:2"], CMLP_PROGRESS="1")
     assert r.returncode == 0, r.stderr
     assert "loading layers [0, 2)" in r.stderr and "100%" in r.stderr, r.stderr
     assert all(len(line) == 64 for line in r.stdout.split())
 
 
 def test_quiet_without_a_terminal(tmp_path):
-    r = run(CMLP + ["model", "init", "--out", str(tmp_path / "m"), "--preset", "tiny"],
-            CMLP_PROGRESS="")
+    r = run(CMLP + ["model", "init", "--out", str(tmp_path / "m"), "--preset", "tiny"], CMLP_PROGRESS="")
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 

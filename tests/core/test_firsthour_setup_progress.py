@@ -30,8 +30,9 @@ def fake_venv(tmp_path):
 
 def run_setup(venv, *args):
     env = dict(os.environ, CMLP_VENV=str(venv))
-    return subprocess.run([str(REPO / "scripts" / "setup_env.sh"), *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    return subprocess.run(
+        [str(REPO / "scripts" / "setup_env.sh"), *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 @pytest.mark.skipif(shutil.which("dpkg") is None, reason="Debian tooling")
@@ -41,7 +42,7 @@ def test_every_install_step_is_announced_with_pips_progress(tmp_path):
     assert r.returncode == 0, r.stderr
     calls = (venv / "calls.txt").read_text().splitlines()
     pip_calls = [c for c in calls if c.startswith("-m pip install")]
-    assert len(pip_calls) == 5, calls                 # 2 for cmlp, 3 for the test tools
+    assert len(pip_calls) == 5, calls  # 2 for cmlp, 3 for the test tools
     for c in pip_calls:
         words = c.split()
         assert "-q" not in words and "--quiet" not in words, c
@@ -49,8 +50,8 @@ def test_every_install_step_is_announced_with_pips_progress(tmp_path):
     err = r.stderr
     for step in ("step 1/2", "step 2/2", "step 1/3", "step 2/3", "step 3/3"):
         assert re.search(rf"\] installing [^\n]*\({step}", err), err
-    assert err.count("Collecting something") == 5     # pip's own output reaches the user
-    assert err.count("] installed ") == 5             # and each step says it finished
+    assert err.count("Collecting something") == 5  # pip's own output reaches the user
+    assert err.count("] installed ") == 5  # and each step says it finished
     # a second run has nothing to do and says nothing
     r = run_setup(venv, "--test")
     assert r.returncode == 0 and r.stderr == "" and r.stdout == ""

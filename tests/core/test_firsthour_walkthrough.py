@@ -15,13 +15,19 @@ from tests.helpers.common import REPO
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
-                    reason="needs a git checkout to copy")
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout to copy"
+)
 def test_readme_quick_start_then_by_hand_on_a_fresh_copy(tmp_path):
-    env = dict(os.environ, WALKTHROUGH_DIR=str(tmp_path / "walk"),
-               WALKTHROUGH_VENV=sys.prefix, OPENBLAS_NUM_THREADS="1")
-    r = subprocess.run([str(REPO / "scripts" / "walkthrough.sh")], capture_output=True,
-                       text=True, env=env, timeout=1800)
+    env = dict(
+        os.environ,
+        WALKTHROUGH_DIR=str(tmp_path / "walk"),
+        WALKTHROUGH_VENV=sys.prefix,
+        OPENBLAS_NUM_THREADS="1",
+    )
+    r = subprocess.run(
+        [str(REPO / "scripts" / "walkthrough.sh")], capture_output=True, text=True, env=env, timeout=1800
+    )
     tail = "\n".join((r.stdout + r.stderr).splitlines()[-60:])
     assert r.returncode == 0, tail
     err = r.stderr
@@ -29,8 +35,8 @@ def test_readme_quick_start_then_by_hand_on_a_fresh_copy(tmp_path):
     # the quick start generated text, then the by-hand section ran in the same directory
     assert "+ scripts/run_local.sh" in err
     assert err.index("+ scripts/run_local.sh") < err.index("+ cmlp model init --out model")
-    assert "reusing it" in err                       # item 2: model init after the quick start
+    assert "reusing it" in err  # item 2: model init after the quick start
     assert "+ cmlp-orch" in err
     texts = [line for line in r.stdout.splitlines() if line.startswith("The capital of France is")]
-    assert len(texts) == 2, r.stdout                 # one generation per section
+    assert len(texts) == 2, r.stdout  # one generation per section
     assert "Traceback" not in err

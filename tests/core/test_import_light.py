@@ -21,8 +21,14 @@ sys.meta_path.insert(0, Block())
 
 
 def run_blocked(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_EXTENSIONS + code], capture_output=True,
-                          text=True, env=cli_env(), cwd=str(REPO), timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_EXTENSIONS + code],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=str(REPO),
+        timeout=60,
+    )
 
 
 def test_the_blocker_really_blocks():
@@ -47,6 +53,7 @@ def test_transport_names_still_resolve_lazily():
     from cmlp import transport
     from cmlp.transport.channel import SecureChannel
     from cmlp.transport.config import RetryPolicy
+
     assert transport.SecureChannel is SecureChannel and transport.RetryPolicy is RetryPolicy
     assert "SecureChannel" in dir(transport)
     try:

@@ -7,7 +7,6 @@ import pytest
 from cmlp.errors import ManifestError
 from cmlp.manifest import Manifest, StageSpec
 from cmlp.transport.sockets import TcpAddr, VsockAddr
-
 from tests.helpers.pipeline import REPO, manifest_dict
 
 
@@ -23,10 +22,19 @@ def test_valid_three_stages_and_roundtrip():
     assert again == m
 
 
-@pytest.mark.parametrize("name", ["manifest_1stage.json", "manifest_2stage.json",
-                                  "manifest_3stage.json", "manifest_2stage_relay.json",
-                                  "manifest_3stage_relay.json", "manifest_1stage_vsock.json",
-                                  "manifest_2stage_vsock.json", "manifest_3stage_vsock.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "manifest_1stage.json",
+        "manifest_2stage.json",
+        "manifest_3stage.json",
+        "manifest_2stage_relay.json",
+        "manifest_3stage_relay.json",
+        "manifest_1stage_vsock.json",
+        "manifest_2stage_vsock.json",
+        "manifest_3stage_vsock.json",
+    ],
+)
 def test_shipped_manifests_load(name):
     m = Manifest.load(REPO / "manifests" / name)
     assert m.total_layers == 12 and m.activation_spec.max_seq_len == 1024
@@ -46,31 +54,50 @@ def mutate(fn, n=3, total=12):
     return doc
 
 
-@pytest.mark.parametrize("fn, text", [
-    (lambda d: d.update(stages=[]), "empty stages list"),
-    (lambda d: d["stages"][1].update(stage_idx=5), "stage 1 has wrong stage_idx field: 5"),
-    (lambda d: d["stages"][1].update(require_weight_hashes=True), "stage 1: require_weight_hashes"),
-    (lambda d: d["stages"][1].update(layer_start=10, layer_end=5), "stage 1: invalid layer range"),
-    (lambda d: d["stages"][1].update(layer_start=5), "stage 0: non-contiguous layers"),
-    (lambda d: d.update(total_layers=100), "layer count mismatch: stages cover 12 layers"),
-    (lambda d: [s.update(layer_start=s["layer_start"] + 10, layer_end=s["layer_end"] + 10)
-                for s in d["stages"]] and d.update(total_layers=22), "layer_start must be 0"),
-    (lambda d: d["stages"][0]["endpoint"]["control"].update(addr="localhost:9000"),
-     "stage 0: endpoint.control: invalid TCP address 'localhost:9000'"),
-    (lambda d: d["stages"][2]["endpoint"].pop("data_in"), "stage 2: endpoint: missing field 'data_in'"),
-    (lambda d: d["stages"][1].update(expected_measurements={"0": "zz"}),
-     "invalid measurements for stage 1"),
-    (lambda d: d["stages"][1].update(expected_measurements={"x": "00"}),
-     "invalid measurements for stage 1"),
-    (lambda d: d["stages"][0].update(weight_hashes=["abc123"]), "weight_hashes[0] is not"),
-    (lambda d: d["stages"][0].update(layer_end=True), "must be an integer"),
-    (lambda d: d["stages"][0].update(layer_start=-1), "non-negative"),
-    (lambda d: d.pop("activation_spec"), "missing field 'activation_spec'"),
-    (lambda d: d["activation_spec"].update(dtype="I8"), "dtype must be one of"),
-    (lambda d: d["stages"][0]["endpoint"]["control"].update(type="udp"), "unknown port type"),
-    (lambda d: d["stages"][0]["endpoint"]["control"].update(type="vsock", cid=2**32, port=1),
-     "must fit in u32"),
-])
+@pytest.mark.parametrize(
+    "fn, text",
+    [
+        (lambda d: d.update(stages=[]), "empty stages list"),
+        (lambda d: d["stages"][1].update(stage_idx=5), "stage 1 has wrong stage_idx field: 5"),
+        (lambda d: d["stages"][1].update(require_weight_hashes=True), "stage 1: require_weight_hashes"),
+        (lambda d: d["stages"][1].update(layer_start=10, layer_end=5), "stage 1: invalid layer range"),
+        (lambda d: d["stages"][1].update(layer_start=5), "stage 0: non-contiguous layers"),
+        (lambda d: d.update(total_layers=100), "layer count mismatch: stages cover 12 layers"),
+        (
+            lambda d: (
+                [
+                    s.update(layer_start=s["layer_start"] + 10, layer_end=s["layer_end"] + 10)
+                    for s in d["stages"]
+                ]
+                and d.update(total_layers=22)
+            ),
+            "layer_start must be 0",
+        ),
+        (
+            lambda d: d["stages"][0]["endpoint"]["control"].update(addr="localhost:9000"),
+            "stage 0: endpoint.control: invalid TCP address 'localhost:9000'",
+        ),
+        (lambda d: d["stages"][2]["endpoint"].pop("data_in"), "stage 2: endpoint: missing field 'data_in'"),
+        (
+            lambda d: d["stages"][1].update(expected_measurements={"0": "zz"}),
+            "invalid measurements for stage 1",
+        ),
+        (
+            lambda d: d["stages"][1].update(expected_measurements={"x": "00"}),
+            "invalid measurements for stage 1",
+        ),
+        (lambda d: d["stages"][0].update(weight_hashes=["abc123"]), "weight_hashes[0] is not"),
+        (lambda d: d["stages"][0].update(layer_end=True), "must be an integer"),
+        (lambda d: d["stages"][0].update(layer_start=-1), "non-negative"),
+        (lambda d: d.pop("activation_spec"), "missing field 'activation_spec'"),
+        (lambda d: d["activation_spec"].update(dtype="I8"), "dtype must be one of"),
+        (lambda d: d["stages"][0]["endpoint"]["control"].update(type="udp"), "unknown port type"),
+        (
+            lambda d: d["stages"][0]["endpoint"]["control"].update(type="vsock", cid=2**32, port=1),
+            "must fit in u32",
+        ),
+    ],
+)
 def test_validation_errors_name_stage_and_field(fn, text):
     with pytest.raises(ManifestError) as e:
         load(mutate(fn))
@@ -98,12 +125,27 @@ def test_measurements_and_hashes_convert():
 def test_stage_spec_json_field_order_matches_reference():
     m = load(manifest_dict(1))
     keys = list(m.stages[0].to_json())
-    assert keys == ["stage_idx", "layer_start", "layer_end", "require_weight_hashes",
-                    "weight_hashes", "expected_measurements", "endpoint"]
-    vs = StageSpec.from_json({"stage_idx": 0, "layer_start": 0, "layer_end": 1,
-                              "weight_hashes": [], "expected_measurements": {},
-                              "endpoint": {k: {"type": "vsock", "cid": 16, "port": 5000}
-                                           for k in ("control", "data_in", "data_out")}})
+    assert keys == [
+        "stage_idx",
+        "layer_start",
+        "layer_end",
+        "require_weight_hashes",
+        "weight_hashes",
+        "expected_measurements",
+        "endpoint",
+    ]
+    vs = StageSpec.from_json(
+        {
+            "stage_idx": 0,
+            "layer_start": 0,
+            "layer_end": 1,
+            "weight_hashes": [],
+            "expected_measurements": {},
+            "endpoint": {
+                k: {"type": "vsock", "cid": 16, "port": 5000} for k in ("control", "data_in", "data_out")
+            },
+        }
+    )
     assert vs.to_json()["endpoint"]["control"] == {"type": "vsock", "cid": 16, "port": 5000}
 
 

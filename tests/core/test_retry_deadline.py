@@ -25,6 +25,7 @@ def test_retry_policy_defaults_and_delays():
 
 def test_retry_transport_reexport_is_the_same_class():
     from cmlp.transport import RetryPolicy as TransportRetryPolicy
+
     assert TransportRetryPolicy is RetryPolicy
 
 
@@ -36,6 +37,7 @@ def _flaky(failures, exc_type=OSError):
         if len(calls) <= failures:
             raise exc_type(f"attempt {len(calls) - 1}")
         return "ok"
+
     return fn, calls
 
 
@@ -72,8 +74,12 @@ def test_retry_lets_other_exception_types_through_at_once():
 def test_retry_give_up_wraps_the_last_error_with_the_attempt_count():
     fn, _ = _flaky(10)
     with pytest.raises(CmlpError, match="gave up after 4") as info:
-        retry(fn, RetryPolicy(max_retries=3), sleep=lambda s: None,
-              give_up=lambda exc, n: CmlpError(f"gave up after {n}: {exc}"))
+        retry(
+            fn,
+            RetryPolicy(max_retries=3),
+            sleep=lambda s: None,
+            give_up=lambda exc, n: CmlpError(f"gave up after {n}: {exc}"),
+        )
     assert isinstance(info.value.__cause__, OSError)
 
 
@@ -90,7 +96,7 @@ def test_retry_stops_at_the_deadline_and_never_sleeps_past_it():
     with pytest.raises(OSError):
         retry(fn, policy, deadline=deadline, sleep=sleep)
     assert deadline.expired()
-    assert pauses and all(p <= 0.2 for p in pauses)     # clipped to what was left, not 2.5-5 s
+    assert pauses and all(p <= 0.2 for p in pauses)  # clipped to what was left, not 2.5-5 s
     assert len(calls) == len(pauses) + 1
 
 
@@ -110,5 +116,5 @@ def test_deadline_counts_down_and_raises_its_message():
 def test_no_deadline_never_expires_and_means_block():
     d = Deadline(None)
     assert not d.expired() and d.remaining() == math.inf
-    assert d.left() == -1.0        # the Cython I/O layer's "block"
+    assert d.left() == -1.0  # the Cython I/O layer's "block"
     d.check()

@@ -24,6 +24,7 @@ def run_handshake(init_sock, resp_sock, init_kwargs=None, resp_kwargs=None):
     """Connect and accept concurrently; returns (initiator, responder) channels or errors."""
     from cmlp.attestation import MockProvider, MockVerifier
     from cmlp.transport import SecureChannel, SessionConfig
+
     init_kwargs = dict(init_kwargs or {})
     resp_kwargs = dict(resp_kwargs or {})
     for kw in (init_kwargs, resp_kwargs):
@@ -64,4 +65,5 @@ def rss_limit_mb(budget_mb: int = 2048) -> int:
     on its first input.  The harness gets ``budget_mb`` above that inherited peak.
     """
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + budget_mb

@@ -58,6 +58,7 @@ BY_NAME = {"identity": IdentityExecutor, "double": DoubleExecutor}
 
 def main(argv) -> int:
     from cmlp.cli import stage
+
     if not argv or argv[0] not in BY_NAME:
         print(f"usage: {sys.argv[0]} {{{'|'.join(BY_NAME)}}} <cmlp-stage arguments>", file=sys.stderr)
         return 2

@@ -52,9 +52,9 @@ def parse_mock(doc):
     pos, fields = 12, []
     for _ in range(3):
         (n,) = struct.unpack_from("<I", doc, pos)
-        fields.append(doc[pos + 4:pos + 4 + n])
+        fields.append(doc[pos + 4 : pos + 4 + n])
         pos += 4 + n
-    return fields   # user_data, nonce, public key
+    return fields  # user_data, nonce, public key
 
 
 def hello(msg_no, pk, nonce, doc):
@@ -75,10 +75,13 @@ def tlv(label, value):
 def transcript(h_i, h_r, pk_i, pk_r, n_i, n_r):
     lo, hi = sorted([pk_i, pk_r])
     return hashlib.sha256(
-        tlv(b"init-attestation-hash", h_i) + tlv(b"resp-attestation-hash", h_r)
-        + tlv(b"pk-low", lo) + tlv(b"pk-high", hi)
+        tlv(b"init-attestation-hash", h_i)
+        + tlv(b"resp-attestation-hash", h_r)
+        + tlv(b"pk-low", lo)
+        + tlv(b"pk-high", hi)
         + tlv(b"combined-nonce", bytes(a ^ b for a, b in zip(n_i, n_r, strict=True)))
-        + tlv(b"protocol-version", b"\x04")).digest()
+        + tlv(b"protocol-version", b"\x04")
+    ).digest()
 
 
 def hm(key, msg):
@@ -105,8 +108,10 @@ class Session:
         self.seq_out, self.last_in = 0, None
 
     def _nonce_aad(self, mtype, flags, seq):
-        return (b"\x00" * 4 + struct.pack(">Q", seq),
-                bytes([VERSION, mtype, flags]) + self.sid + struct.pack(">Q", seq))
+        return (
+            b"\x00" * 4 + struct.pack(">Q", seq),
+            bytes([VERSION, mtype, flags]) + self.sid + struct.pack(">Q", seq),
+        )
 
     def send(self, mtype, plaintext):
         flags = 0x03 if mtype == TENSOR else 0x01
@@ -135,8 +140,7 @@ def connect(sock):
     pk_r, nonce_r, doc_r = parse_hello(payload, 2)
     _, doc_nonce, doc_pk = parse_mock(doc_r)
     assert (doc_pk, doc_nonce) == (pk_r, nonce_r)
-    th = transcript(hashlib.sha256(doc).digest(), hashlib.sha256(doc_r).digest(), pk, pk_r,
-                    nonce, nonce_r)
+    th = transcript(hashlib.sha256(doc).digest(), hashlib.sha256(doc_r).digest(), pk, pk_r, nonce, nonce_r)
     k_i2r, k_r2i, sid, confirm = keys(th, sk.exchange(X25519PublicKey.from_public_bytes(pk_r)))
     write_frame(sock, HELLO, 0, 1, b"\x03" + confirm)
     return Session(sock, k_i2r, k_r2i, sid)
@@ -153,8 +157,7 @@ def accept(sock):
     pk = raw_public(sk)
     doc = mock_doc(nonce, pk)
     write_frame(sock, HELLO, 0, 0, hello(2, pk, nonce, doc))
-    th = transcript(hashlib.sha256(doc_i).digest(), hashlib.sha256(doc).digest(), pk_i, pk,
-                    nonce_i, nonce)
+    th = transcript(hashlib.sha256(doc_i).digest(), hashlib.sha256(doc).digest(), pk_i, pk, nonce_i, nonce)
     k_i2r, k_r2i, sid, confirm = keys(th, sk.exchange(X25519PublicKey.from_public_bytes(pk_i)))
     mtype, _, seq, payload = read_frame(sock)
     assert (mtype, seq, payload) == (HELLO, 1, b"\x03" + confirm), "confirmation mismatch"
@@ -163,6 +166,10 @@ def accept(sock):
 
 def tensor_payload(name: str, dtype: int, shape, data: bytes) -> bytes:
     nb = name.encode()
-    head = struct.pack("<HB", len(shape), dtype) + b"".join(struct.pack("<I", d) for d in shape) \
-        + struct.pack("<H", len(nb)) + nb
+    head = (
+        struct.pack("<HB", len(shape), dtype)
+        + b"".join(struct.pack("<I", d) for d in shape)
+        + struct.pack("<H", len(nb))
+        + nb
+    )
     return head + bytes((8 - len(head) % 8) % 8) + data

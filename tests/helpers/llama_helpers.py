@@ -18,15 +18,24 @@ from cmlp.pipeline.gpt2 import f32_to_bf16_bits, greedy_token
 @dataclass(frozen=True)
 class Case:
     name: str
-    family: str                         # "llama" | "qwen2"
+    family: str  # "llama" | "qwen2"
     kwargs: dict = field(default_factory=dict)
     seed: int = 0
 
     def hf_config(self):
         from transformers import LlamaConfig, Qwen2Config
-        base = dict(vocab_size=301, hidden_size=96, intermediate_size=200, num_hidden_layers=4,
-                    num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
-                    initializer_range=0.1, tie_word_embeddings=False)
+
+        base = dict(
+            vocab_size=301,
+            hidden_size=96,
+            intermediate_size=200,
+            num_hidden_layers=4,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            initializer_range=0.1,
+            tie_word_embeddings=False,
+        )
         base.update(self.kwargs)
         return (LlamaConfig if self.family == "llama" else Qwen2Config)(**base)
 
@@ -35,6 +44,7 @@ def build_hf_model(case: Case):
     """transformers' own random model (float32, eval mode)."""
     import torch
     from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+
     torch.manual_seed(case.seed)
     cls = LlamaForCausalLM if case.family == "llama" else Qwen2ForCausalLM
     model = cls(case.hf_config()).eval()
@@ -49,6 +59,7 @@ def build_hf_model(case: Case):
 
 def save(model, out_dir, dtype=None, max_shard_size=None):
     import torch
+
     if dtype is not None:
         model = model.to({"bf16": torch.bfloat16, "f16": torch.float16}[dtype])
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
@@ -59,6 +70,7 @@ def save(model, out_dir, dtype=None, max_shard_size=None):
 def hf_logits(model, ids) -> np.ndarray:
     """Logits [T, V] of one sequence, float32, full forward (no cache)."""
     import torch
+
     with torch.no_grad():
         return model(torch.as_tensor([list(ids)], dtype=torch.long)).logits[0].float().numpy()
 
@@ -67,8 +79,9 @@ class Chain:
     """Our shards chained like pipeline stages; hidden states cross as the wire would."""
 
     def __init__(self, model_dir, ranges, threads=2, wire="F32", max_seq_len=None):
-        self.shards = [load_shard(model_dir, a, b, threads=threads, max_seq_len=max_seq_len)
-                       for a, b in ranges]
+        self.shards = [
+            load_shard(model_dir, a, b, threads=threads, max_seq_len=max_seq_len) for a, b in ranges
+        ]
         self.wire = wire
 
     def forward(self, ids) -> np.ndarray:

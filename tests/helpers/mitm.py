@@ -16,7 +16,7 @@ import time
 from typing import Callable
 
 CLOSE = object()
-Tamper = Callable[[int, bytes], object]   # (frame index in this direction, frame) -> output
+Tamper = Callable[[int, bytes], object]  # (frame index in this direction, frame) -> output
 
 
 def passthrough(index: int, frame: bytes):
@@ -30,6 +30,7 @@ def flip_bit(at_index: int, offset: int, bit: int = 0) -> Tamper:
         b = bytearray(frame)
         b[offset if offset >= 0 else len(b) + offset] ^= 1 << bit
         return bytes(b)
+
     return tamper
 
 
@@ -49,6 +50,7 @@ def swap(at_index: int) -> Tamper:
         if index == at_index + 1:
             return frame + held.pop("f")
         return frame
+
     return tamper
 
 
@@ -67,15 +69,18 @@ def oversized_header(msg_type: int = 2, seq: int = 0) -> bytes:
 def set_version(at_index: int, version: int) -> Tamper:
     def tamper(index, frame):
         return frame[:2] + bytes([version]) + frame[3:] if index == at_index else frame
+
     return tamper
 
 
 def stall(at_index: int, keep: int = 10) -> Tamper:
     """Forward part of frame ``at_index`` and then nothing, forever (slowloris)."""
+
     def tamper(index, frame):
         if index == at_index:
             return [frame[:keep], STALL]
         return frame
+
     return tamper
 
 
@@ -85,11 +90,16 @@ STALL = object()
 class MitmProxy:
     """Listen on 127.0.0.1:0, forward to ``target``; tamper per direction."""
 
-    def __init__(self, target: tuple, upstream: Tamper = passthrough,
-                 downstream: Tamper = passthrough, record: bool = False):
+    def __init__(
+        self,
+        target: tuple,
+        upstream: Tamper = passthrough,
+        downstream: Tamper = passthrough,
+        record: bool = False,
+    ):
         self.target = target
-        self.upstream = upstream          # client -> server
-        self.downstream = downstream      # server -> client
+        self.upstream = upstream  # client -> server
+        self.downstream = downstream  # server -> client
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -119,8 +129,10 @@ class MitmProxy:
             server.settimeout(None)
             self.connections += 1
             self._socks += [client, server]
-            for src, dst, fn, key in ((client, server, self.upstream, "up"),
-                                      (server, client, self.downstream, "down")):
+            for src, dst, fn, key in (
+                (client, server, self.upstream, "up"),
+                (server, client, self.downstream, "down"),
+            ):
                 threading.Thread(target=self._pump, args=(src, dst, fn, key), daemon=True).start()
 
     def _pump(self, src, dst, tamper, key):
@@ -140,7 +152,7 @@ class MitmProxy:
                     del buf[:n]
                     out = tamper(index, frame)
                     index += 1
-                    for piece in (out if isinstance(out, list) else [out]):
+                    for piece in out if isinstance(out, list) else [out]:
                         if piece is CLOSE:
                             raise ConnectionAbortedError
                         if piece is STALL:
@@ -193,4 +205,5 @@ def drop_if(predicate) -> Tamper:
             state["done"] = True
             return b""
         return frame
+
     return tamper

@@ -24,7 +24,7 @@ from cmlp.model import Gpt2Config, Gpt2Shard
 from cmlp.model.synthetic import write_model
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
-ATOL = 1e-4   # max abs logit / hidden-state difference against transformers
+ATOL = 1e-4  # max abs logit / hidden-state difference against transformers
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,12 @@ class ParitySpec:
     prefill_lengths: tuple[int, ...]
     decode_steps: int
     greedy_tokens: int
-    cut_decode_steps: int = 3          # decode steps checked at every cut
+    cut_decode_steps: int = 3  # decode steps checked at every cut
     batch_shape: tuple[int, int] = (3, 7)
     write_kwargs: dict = field(default_factory=lambda: dict(std=0.1, ln_std=0.2, bias_std=0.1))
 
     def write(self, out_dir, prefix: str = "") -> Path:
-        return write_model(out_dir, self.config, seed=self.seed, prefix=prefix,
-                           **self.write_kwargs)
+        return write_model(out_dir, self.config, seed=self.seed, prefix=prefix, **self.write_kwargs)
 
     def inputs(self) -> dict[str, np.ndarray]:
         """Token ids of every case, drawn from a seeded RNG (stored in the golden)."""
@@ -60,13 +59,21 @@ class ParitySpec:
 PARITY = ParitySpec(
     name="parity",
     config=Gpt2Config(vocab_size=512, n_positions=512, n_embd=64, n_layer=4, n_head=4),
-    seed=1234, prefill_lengths=(1, 5, 64, 300), decode_steps=50, greedy_tokens=100)
+    seed=1234,
+    prefill_lengths=(1, 5, 64, 300),
+    decode_steps=50,
+    greedy_tokens=100,
+)
 
 # a non-default shape: head_dim 32, odd layer count
 WIDE = ParitySpec(
     name="wide",
     config=Gpt2Config(vocab_size=512, n_positions=128, n_embd=192, n_layer=5, n_head=6),
-    seed=99, prefill_lengths=(5, 33), decode_steps=20, greedy_tokens=30)
+    seed=99,
+    prefill_lengths=(5, 33),
+    decode_steps=20,
+    greedy_tokens=30,
+)
 
 SPECS = {spec.name: spec for spec in (PARITY, WIDE)}
 
@@ -105,9 +112,11 @@ class ShardedModel:
 # Reference computation with transformers (torch required)
 # ---------------------------------------------------------------------------
 
+
 def load_hf_model(model_dir):
     import torch
     from transformers import GPT2LMHeadModel
+
     model = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=torch.float32)
     return model.eval()
 
@@ -117,6 +126,7 @@ class HfSession:
 
     def __init__(self, model):
         from transformers import DynamicCache
+
         self.model = model
         self.cache = DynamicCache()
         params = inspect.signature(model.forward).parameters
@@ -125,9 +135,14 @@ class HfSession:
     def forward(self, ids: np.ndarray):
         """-> (last-position logits [B, V], hidden states tuple of [B, T, C])."""
         import torch
+
         with torch.no_grad():
-            out = self.model(torch.from_numpy(ids.astype(np.int64)), use_cache=True,
-                             output_hidden_states=True, **{self._cache_arg: self.cache})
+            out = self.model(
+                torch.from_numpy(ids.astype(np.int64)),
+                use_cache=True,
+                output_hidden_states=True,
+                **{self._cache_arg: self.cache},
+            )
         hidden = tuple(h.numpy().copy() for h in out.hidden_states)
         return out.logits[:, -1].numpy().copy(), hidden
 
@@ -155,8 +170,8 @@ def hf_reference(model_dir, spec: ParitySpec) -> dict[str, np.ndarray]:
         if i < spec.cut_decode_steps:
             cut_decode.append([hidden[c] for c in range(1, n_layer)])
     ref["decode_logits"] = np.stack(step_logits)
-    ref["cut_hidden_prefill"] = np.stack(cut_prefill)          # [cuts, 1, 5, C]
-    ref["cut_hidden_decode"] = np.array(cut_decode)            # [steps, cuts, 1, 1, C]
+    ref["cut_hidden_prefill"] = np.stack(cut_prefill)  # [cuts, 1, 5, C]
+    ref["cut_hidden_decode"] = np.array(cut_decode)  # [steps, cuts, 1, 1, C]
 
     # greedy decoding; the smallest top-1/top-2 gap shows how safe the ids are
     session = HfSession(model)
@@ -177,6 +192,7 @@ def hf_reference(model_dir, spec: ParitySpec) -> dict[str, np.ndarray]:
 # Golden files
 # ---------------------------------------------------------------------------
 
+
 def golden_paths(spec: ParitySpec) -> tuple[Path, Path]:
     return GOLDEN_DIR / f"gpt2_{spec.name}.npz", GOLDEN_DIR / f"gpt2_{spec.name}.json"
 
@@ -196,7 +212,8 @@ def load_golden(spec: ParitySpec, model_dir) -> dict[str, np.ndarray]:
             f"RNG drift: numpy {np.__version__} regenerates different weights for the "
             f"'{spec.name}' model (sha256 {digest[:16]}...) than the golden files were made "
             f"from (numpy {meta['numpy']}, sha256 {meta['weights_sha256'][:16]}...). "
-            "Regenerate them with scripts/make_golden.py.")
+            "Regenerate them with scripts/make_golden.py."
+        )
     with np.load(npz_path) as data:
         return {k: data[k] for k in data.files}
 
@@ -204,11 +221,17 @@ def load_golden(spec: ParitySpec, model_dir) -> dict[str, np.ndarray]:
 def golden_metadata(spec: ParitySpec, model_dir, ref: dict[str, np.ndarray]) -> dict:
     import torch
     import transformers
+
     cfg = spec.config
     return {
         "model": spec.name,
-        "config": {"vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions,
-                   "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head},
+        "config": {
+            "vocab_size": cfg.vocab_size,
+            "n_positions": cfg.n_positions,
+            "n_embd": cfg.n_embd,
+            "n_layer": cfg.n_layer,
+            "n_head": cfg.n_head,
+        },
         "seed": spec.seed,
         "write_kwargs": spec.write_kwargs,
         "weights_sha256": model_digest(model_dir),

@@ -19,35 +19,65 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-T0_MS = 1_900_000_000_000                      # 2030-03-17T17:46:40Z
+T0_MS = 1_900_000_000_000  # 2030-03-17T17:46:40Z
 T0 = datetime.fromtimestamp(T0_MS / 1000, tz=timezone.utc)
 HOUR = timedelta(hours=1)
 PUBLIC_KEY = bytes(range(32))
 NONCE = bytes(range(100, 132))
 MODULE_ID = "i-0123456789abcdef0-enc0123456789abcdef"
 
-CA_USAGE = dict(digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False)
+CA_USAGE = dict(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
 LEAF_USAGE = dict(CA_USAGE, content_commitment=True, key_cert_sign=False, crl_sign=False)
 
 
 def name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cmlp-test"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cmlp-test"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
 
 
-def make_cert(subject: x509.Name, issuer: x509.Name, issuer_key, public_key, *,
-              ca: bool, path_length=None, not_before: datetime, not_after: datetime,
-              key_usage=None, basic_constraints: bool = True, extra_extensions=(),
-              hash_alg=None) -> x509.Certificate:
-    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-         .public_key(public_key).serial_number(x509.random_serial_number())
-         .not_valid_before(not_before).not_valid_after(not_after))
+def make_cert(
+    subject: x509.Name,
+    issuer: x509.Name,
+    issuer_key,
+    public_key,
+    *,
+    ca: bool,
+    path_length=None,
+    not_before: datetime,
+    not_after: datetime,
+    key_usage=None,
+    basic_constraints: bool = True,
+    extra_extensions=(),
+    hash_alg=None,
+) -> x509.Certificate:
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
     if basic_constraints:
-        b = b.add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None),
-                            critical=True)
+        b = b.add_extension(
+            x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True
+        )
     if key_usage is not None:
         b = b.add_extension(x509.KeyUsage(**key_usage), critical=True)
     for ext, critical in extra_extensions:
@@ -85,26 +115,59 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def make_pki(*, root_key=None, root_name="cmlp-test-root", leaf_curve=None,
-             leaf_validity=(-HOUR, 2 * HOUR), inter_validity=(-240 * HOUR, 240 * HOUR),
-             root_validity=(-10000 * HOUR, 10000 * HOUR), inter_path_length=0,
-             inter_key_usage=CA_USAGE, inter_ca=True, leaf_key_usage=LEAF_USAGE,
-             leaf_ca=False, leaf_subject=None, leaf_extra_extensions=(),
-             leaf_hash=None) -> Pki:
+def make_pki(
+    *,
+    root_key=None,
+    root_name="cmlp-test-root",
+    leaf_curve=None,
+    leaf_validity=(-HOUR, 2 * HOUR),
+    inter_validity=(-240 * HOUR, 240 * HOUR),
+    root_validity=(-10000 * HOUR, 10000 * HOUR),
+    inter_path_length=0,
+    inter_key_usage=CA_USAGE,
+    inter_ca=True,
+    leaf_key_usage=LEAF_USAGE,
+    leaf_ca=False,
+    leaf_subject=None,
+    leaf_extra_extensions=(),
+    leaf_hash=None,
+) -> Pki:
     root_key = root_key or ec.generate_private_key(ec.SECP384R1())
-    root = make_cert(name(root_name), name(root_name), root_key, root_key.public_key(),
-                     ca=True, not_before=T0 + root_validity[0],
-                     not_after=T0 + root_validity[1], key_usage=CA_USAGE)
+    root = make_cert(
+        name(root_name),
+        name(root_name),
+        root_key,
+        root_key.public_key(),
+        ca=True,
+        not_before=T0 + root_validity[0],
+        not_after=T0 + root_validity[1],
+        key_usage=CA_USAGE,
+    )
     inter_key = ec.generate_private_key(ec.SECP384R1())
-    inter = make_cert(name("cmlp-test-intermediate"), root.subject, root_key,
-                      inter_key.public_key(), ca=inter_ca, path_length=inter_path_length,
-                      not_before=T0 + inter_validity[0], not_after=T0 + inter_validity[1],
-                      key_usage=inter_key_usage)
+    inter = make_cert(
+        name("cmlp-test-intermediate"),
+        root.subject,
+        root_key,
+        inter_key.public_key(),
+        ca=inter_ca,
+        path_length=inter_path_length,
+        not_before=T0 + inter_validity[0],
+        not_after=T0 + inter_validity[1],
+        key_usage=inter_key_usage,
+    )
     leaf_key = ec.generate_private_key(leaf_curve or ec.SECP384R1())
-    leaf = make_cert(leaf_subject or name("cmlp-test-enclave"), inter.subject, inter_key,
-                     leaf_key.public_key(), ca=leaf_ca, not_before=T0 + leaf_validity[0],
-                     not_after=T0 + leaf_validity[1], key_usage=leaf_key_usage,
-                     extra_extensions=leaf_extra_extensions, hash_alg=leaf_hash)
+    leaf = make_cert(
+        leaf_subject or name("cmlp-test-enclave"),
+        inter.subject,
+        inter_key,
+        leaf_key.public_key(),
+        ca=leaf_ca,
+        not_before=T0 + leaf_validity[0],
+        not_after=T0 + leaf_validity[1],
+        key_usage=leaf_key_usage,
+        extra_extensions=leaf_extra_extensions,
+        hash_alg=leaf_hash,
+    )
     return Pki(root_key, root, inter_key, inter, leaf_key, leaf)
 
 
@@ -122,8 +185,16 @@ def default_fields(pki: Pki, *, timestamp_ms: int = T0_MS) -> dict:
     }
 
 
-def sign1(payload: bytes, key, *, protected=None, unprotected=None, tagged: bool = False,
-          hash_alg=None, detached: bool = False) -> bytes:
+def sign1(
+    payload: bytes,
+    key,
+    *,
+    protected=None,
+    unprotected=None,
+    tagged: bool = False,
+    hash_alg=None,
+    detached: bool = False,
+) -> bytes:
     """COSE_Sign1 over ``payload`` with an EC ``key``; r||s at the curve's size."""
     if protected is None:
         protected = {1: -35}
@@ -132,8 +203,12 @@ def sign1(payload: bytes, key, *, protected=None, unprotected=None, tagged: bool
     r, s = decode_dss_signature(key.sign(tbs, ec.ECDSA(hash_alg or hashes.SHA384())))
     n = (key.curve.key_size + 7) // 8
     signature = r.to_bytes(n, "big") + s.to_bytes(n, "big")
-    body = [protected_bytes, {} if unprotected is None else unprotected,
-            None if detached else payload, signature]
+    body = [
+        protected_bytes,
+        {} if unprotected is None else unprotected,
+        None if detached else payload,
+        signature,
+    ]
     return cbor2.dumps(cbor2.CBORTag(18, body) if tagged else body)
 
 

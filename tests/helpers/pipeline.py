@@ -34,8 +34,15 @@ def free_ports(n: int):
     return ports
 
 
-def manifest_dict(num_stages: int, total_layers: int = None, relay: bool = False,
-                  max_seq_len: int = 16, hidden_dim: int = 4, splits=None, stage_overrides=None):
+def manifest_dict(
+    num_stages: int,
+    total_layers: int = None,
+    relay: bool = False,
+    max_seq_len: int = 16,
+    hidden_dim: int = 4,
+    splits=None,
+    stage_overrides=None,
+):
     total_layers = total_layers or num_stages
     if splits is None:
         per, rem = divmod(total_layers, num_stages)
@@ -50,11 +57,20 @@ def manifest_dict(num_stages: int, total_layers: int = None, relay: bool = False
     stages = []
     for i, (a, b) in enumerate(bounds):
         ctl, din = ports[3 * i], ports[3 * i + 1]
-        stages.append({"stage_idx": i, "layer_start": a, "layer_end": b,
-                       "weight_hashes": [], "expected_measurements": {},
-                       "endpoint": {"control": {"type": "tcp", "addr": f"127.0.0.1:{ctl}"},
-                                    "data_in": {"type": "tcp", "addr": f"127.0.0.1:{din}"},
-                                    "data_out": None}})
+        stages.append(
+            {
+                "stage_idx": i,
+                "layer_start": a,
+                "layer_end": b,
+                "weight_hashes": [],
+                "expected_measurements": {},
+                "endpoint": {
+                    "control": {"type": "tcp", "addr": f"127.0.0.1:{ctl}"},
+                    "data_in": {"type": "tcp", "addr": f"127.0.0.1:{din}"},
+                    "data_out": None,
+                },
+            }
+        )
         stages[-1].update((stage_overrides or {}).get(i, {}))
     final = ports[-1]
     for i, s in enumerate(stages):
@@ -65,10 +81,13 @@ def manifest_dict(num_stages: int, total_layers: int = None, relay: bool = False
         else:
             out = stages[i + 1]["endpoint"]["data_in"]["addr"]
         s["endpoint"]["data_out"] = {"type": "tcp", "addr": out}
-    return {"model_name": "test", "model_version": "1", "total_layers": bounds[-1][1],
-            "stages": stages,
-            "activation_spec": {"dtype": "F32", "hidden_dim": hidden_dim,
-                                "max_seq_len": max_seq_len}}
+    return {
+        "model_name": "test",
+        "model_version": "1",
+        "total_layers": bounds[-1][1],
+        "stages": stages,
+        "activation_spec": {"dtype": "F32", "hidden_dim": hidden_dim, "max_seq_len": max_seq_len},
+    }
 
 
 def make_manifest(*args, **kwargs) -> Manifest:
@@ -78,14 +97,15 @@ def make_manifest(*args, **kwargs) -> Manifest:
 class StageThread:
     """A StageWorker serving in a background thread."""
 
-    def __init__(self, manifest: Manifest, idx: int, executor, persistent=False,
-                 data_out_target=None, **cfg):
+    def __init__(self, manifest: Manifest, idx: int, executor, persistent=False, data_out_target=None, **cfg):
         cfg.setdefault("retry", FAST_RETRY)
-        config = StageConfig(provider=cfg.pop("provider", MockProvider()),
-                             verifier=cfg.pop("verifier", MockVerifier()),
-                             session=cfg.pop("session", SessionConfig.development(
-                                 handshake_timeout=10)),
-                             persistent=persistent, **cfg)
+        config = StageConfig(
+            provider=cfg.pop("provider", MockProvider()),
+            verifier=cfg.pop("verifier", MockVerifier()),
+            session=cfg.pop("session", SessionConfig.development(handshake_timeout=10)),
+            persistent=persistent,
+            **cfg,
+        )
         self.worker = StageWorker(manifest, idx, executor, config, data_out_target)
         self.worker.bind()
         self.error = None
@@ -116,8 +136,7 @@ def orchestrator(manifest: Manifest, **cfg) -> Orchestrator:
 
 @contextmanager
 def running_pipeline(manifest: Manifest, executors, persistent=False, start=True, **orch_cfg):
-    stages = [StageThread(manifest, i, ex, persistent=persistent)
-              for i, ex in enumerate(executors)]
+    stages = [StageThread(manifest, i, ex, persistent=persistent) for i, ex in enumerate(executors)]
     orch = orchestrator(manifest, **orch_cfg)
     try:
         if start:
@@ -149,24 +168,48 @@ def write_manifest(tmp_path, manifest_or_dict, name="manifest.json") -> Path:
     return path
 
 
-def start_stage_process(manifest_path, idx, model_dir=None, extra=(), threads=1,
-                        log_level="warning", executor=None):
+def start_stage_process(
+    manifest_path, idx, model_dir=None, extra=(), threads=1, log_level="warning", executor=None
+):
     """``cmlp-stage`` in a subprocess; ``executor="identity"``/``"double"``: a test executor
     instead of GPT-2 (tests/helpers/executors.py)."""
-    entry = (["-m", "cmlp.cli.stage"] if executor is None
-             else [str(Path(__file__).with_name("executors.py")), executor])
-    cmd = [sys.executable, *entry, "--manifest", str(manifest_path),
-           "--stage-idx", str(idx), "--threads", str(threads), "--log-level", log_level]
+    entry = (
+        ["-m", "cmlp.cli.stage"]
+        if executor is None
+        else [str(Path(__file__).with_name("executors.py")), executor]
+    )
+    cmd = [
+        sys.executable,
+        *entry,
+        "--manifest",
+        str(manifest_path),
+        "--stage-idx",
+        str(idx),
+        "--threads",
+        str(threads),
+        "--log-level",
+        log_level,
+    ]
     if model_dir is not None:
         cmd += ["--model-dir", str(model_dir)]
     cmd += list(extra)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(threads))
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(threads)
+    )
 
 
 def run_orch_process(manifest_path, text, max_tokens=5, extra=(), timeout=120):
-    cmd = [sys.executable, "-m", "cmlp.cli.orch", "--manifest", str(manifest_path),
-           "--text", text, "--max-tokens", str(max_tokens)] + list(extra)
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmlp.cli.orch",
+        "--manifest",
+        str(manifest_path),
+        "--text",
+        text,
+        "--max-tokens",
+        str(max_tokens),
+    ] + list(extra)
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=timeout)
 
 

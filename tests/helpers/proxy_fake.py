@@ -19,8 +19,28 @@ from cmlp.tokenizer import load_tokenizer
 
 _TOKENIZER = load_tokenizer()
 # Single-token words, so the fake's output reads like text and decodes token by token.
-WORDS = [" the", " cat", " sat", " on", " a", " mat", ".", " and", " dog", " ran", ",",
-         " home", " to", " big", " red", " sun", "\n", " it", " was", " good"]
+WORDS = [
+    " the",
+    " cat",
+    " sat",
+    " on",
+    " a",
+    " mat",
+    ".",
+    " and",
+    " dog",
+    " ran",
+    ",",
+    " home",
+    " to",
+    " big",
+    " red",
+    " sun",
+    "\n",
+    " it",
+    " was",
+    " good",
+]
 WORD_IDS = []
 for _w in WORDS:
     (_id,) = _TOKENIZER.encode(_w)
@@ -72,11 +92,20 @@ class ModelInfo:
 class FakeClient:
     """Contract-shaped client; see the module docstring for the knobs."""
 
-    def __init__(self, *, model_name="gpt2-fake", max_seq_len=1024, chat_template=None,
-                 eos_after=None, fail_after=None, token_delay=0.0, verify_error=None,
-                 busy=False, expose_tokenizer=False):
-        self.info = ModelInfo(model_name, max_seq_len, chat_template, "<|endoftext|>",
-                              "<|endoftext|>")
+    def __init__(
+        self,
+        *,
+        model_name="gpt2-fake",
+        max_seq_len=1024,
+        chat_template=None,
+        eos_after=None,
+        fail_after=None,
+        token_delay=0.0,
+        verify_error=None,
+        busy=False,
+        expose_tokenizer=False,
+    ):
+        self.info = ModelInfo(model_name, max_seq_len, chat_template, "<|endoftext|>", "<|endoftext|>")
         self.eos_after = eos_after
         self.fail_after = fail_after
         self.token_delay = token_delay
@@ -85,12 +114,12 @@ class FakeClient:
         if expose_tokenizer:
             self.tokenizer = _TOKENIZER
         self.lock = threading.Lock()
-        self.started = 0          # generations opened
-        self.cancelled = 0        # generations closed before their Finished
+        self.started = 0  # generations opened
+        self.cancelled = 0  # generations closed before their Finished
         self.completed = 0
         self.active = 0
         self.max_active = 0
-        self.prompts = []         # what reached the client (text or ids)
+        self.prompts = []  # what reached the client (text or ids)
         self.closed = False
 
     # -- contract -------------------------------------------------------------
@@ -107,8 +136,10 @@ class FakeClient:
     def generate(self, prompt, params: SamplingParams):
         ids = _TOKENIZER.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         if len(ids) + params.max_tokens > self.info.max_seq_len:
-            raise ContextTooLong(f"{len(ids)} prompt tokens + max_tokens {params.max_tokens} "
-                                 f"exceeds the context of {self.info.max_seq_len}")
+            raise ContextTooLong(
+                f"{len(ids)} prompt tokens + max_tokens {params.max_tokens} "
+                f"exceeds the context of {self.info.max_seq_len}"
+            )
         if self.busy:
             raise ServerBusy("no free slot")
         with self.lock:
@@ -135,9 +166,8 @@ class FakeClient:
     def _run(self, prompt_ids, params):
         ctx = list(prompt_ids)
         if params.temperature > 0:
-            rng = (random.Random(f"{params.seed}:{prompt_ids}") if params.seed is not None
-                   else random.Random())
-        held = ""      # decoded text not yet emitted (a possible stop-sequence prefix)
+            rng = random.Random(f"{params.seed}:{prompt_ids}") if params.seed is not None else random.Random()
+        held = ""  # decoded text not yet emitted (a possible stop-sequence prefix)
         n = 0
         while True:
             if self.fail_after is not None and n >= self.fail_after:
@@ -166,7 +196,7 @@ class FakeClient:
                 yield Finished("length", len(prompt_ids), n)
                 return
             keep = _stop_prefix_len(held, params.stop)
-            out, held = held[:len(held) - keep], held[len(held) - keep:]
+            out, held = held[: len(held) - keep], held[len(held) - keep :]
             yield TokenEvent(tok, out)
 
 
@@ -183,5 +213,6 @@ def _stop_prefix_len(text: str, stops) -> int:
 
 def fake_backend(**kw):
     from cmlp.proxy.backend import ClientBackend
+
     client = FakeClient(**kw)
     return ClientBackend(client, sampling_params=SamplingParams, finished=Finished)

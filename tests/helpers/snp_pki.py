@@ -33,10 +33,14 @@ CHIP_ID = bytes(range(1, 65))
 
 
 def amd_name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Engineering"),
-                      x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Advanced Micro Devices"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Engineering"),
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Advanced Micro Devices"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
 
 
 def der_int(v: int) -> bytes:
@@ -83,9 +87,15 @@ def _ec(tag):
 
 
 def build_cert(subject, issuer, issuer_key, pub, *, ca, nb, na, exts=(), serial=None, pss=True):
-    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(pub)
-         .serial_number(serial if serial is not None else x509.random_serial_number())
-         .not_valid_before(nb).not_valid_after(na))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(pub)
+        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .not_valid_before(nb)
+        .not_valid_after(na)
+    )
     if ca:
         b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     for e in exts:
@@ -95,10 +105,16 @@ def build_cert(subject, issuer, issuer_key, pub, *, ca, nb, na, exts=(), serial=
     return b.sign(issuer_key, hashes.SHA384())
 
 
-def vcek_extensions(*, bl=3, tee=0, snp=8, ucode=115, product="Milan-B0", hwid=CHIP_ID,
-                    kind="VCEK", fmc=None, drop=()):
-    exts = [("3.1", der_int(bl)), ("3.2", der_int(tee)), ("3.3", der_int(snp)),
-            ("3.8", der_int(ucode)), ("2", ia5(product))]
+def vcek_extensions(
+    *, bl=3, tee=0, snp=8, ucode=115, product="Milan-B0", hwid=CHIP_ID, kind="VCEK", fmc=None, drop=()
+):
+    exts = [
+        ("3.1", der_int(bl)),
+        ("3.2", der_int(tee)),
+        ("3.3", der_int(snp)),
+        ("3.8", der_int(ucode)),
+        ("2", ia5(product)),
+    ]
     if fmc is not None:
         exts.append(("3.9", der_int(fmc)))
     if kind == "VCEK" and hwid is not None:
@@ -108,20 +124,43 @@ def vcek_extensions(*, bl=3, tee=0, snp=8, ucode=115, product="Milan-B0", hwid=C
     return [amd_ext(o, v) for o, v in exts if o not in drop]
 
 
-def make_pki(*, product="Milan", kind="VCEK", vek_nb=T0 - YEAR, vek_na=T0 + YEAR,
-             ask_nb=T0 - 5 * YEAR, ask_na=T0 + 5 * YEAR, ark_cn=None, ask_cn=None,
-             vek_exts=None, vek_curve=None, ark_tag="ark") -> SnpPki:
+def make_pki(
+    *,
+    product="Milan",
+    kind="VCEK",
+    vek_nb=T0 - YEAR,
+    vek_na=T0 + YEAR,
+    ask_nb=T0 - 5 * YEAR,
+    ask_na=T0 + 5 * YEAR,
+    ark_cn=None,
+    ask_cn=None,
+    vek_exts=None,
+    vek_curve=None,
+    ark_tag="ark",
+) -> SnpPki:
     ark_key, ask_key = _rsa(ark_tag), _rsa("ask")
-    vek_key = (_ec("vek") if vek_curve is None else ec.generate_private_key(vek_curve))
+    vek_key = _ec("vek") if vek_curve is None else ec.generate_private_key(vek_curve)
     ark_n = amd_name(ark_cn or f"ARK-{product}")
     ask_n = amd_name(ask_cn or (f"SEV-VLEK-{product}" if kind == "VLEK" else f"SEV-{product}"))
-    ark = build_cert(ark_n, ark_n, ark_key, ark_key.public_key(), ca=True,
-                     nb=T0 - 10 * YEAR, na=T0 + 10 * YEAR)
+    ark = build_cert(
+        ark_n, ark_n, ark_key, ark_key.public_key(), ca=True, nb=T0 - 10 * YEAR, na=T0 + 10 * YEAR
+    )
     ask = build_cert(ask_n, ark_n, ark_key, ask_key.public_key(), ca=True, nb=ask_nb, na=ask_na)
-    exts = vek_exts if vek_exts is not None else vcek_extensions(
-        kind=kind, product="Milan-B0" if product == "Milan" else product)
-    vek = build_cert(amd_name(f"SEV-{kind}"), ask_n, ask_key, vek_key.public_key(), ca=False,
-                     nb=vek_nb, na=vek_na, exts=exts)
+    exts = (
+        vek_exts
+        if vek_exts is not None
+        else vcek_extensions(kind=kind, product="Milan-B0" if product == "Milan" else product)
+    )
+    vek = build_cert(
+        amd_name(f"SEV-{kind}"),
+        ask_n,
+        ask_key,
+        vek_key.public_key(),
+        ca=False,
+        nb=vek_nb,
+        na=vek_na,
+        exts=exts,
+    )
     return SnpPki(ark_key, ask_key, vek_key, ark, ask, vek)
 
 
@@ -129,25 +168,24 @@ def make_pki(*, product="Milan", kind="VCEK", vek_nb=T0 - YEAR, vek_na=T0 + YEAR
 class ReportFields:
     version: int = 3
     guest_svn: int = 0
-    policy: int = 0x30000           # SMT allowed, reserved bit 17 set
+    policy: int = 0x30000  # SMT allowed, reserved bit 17 set
     vmpl: int = 0
     sig_algo: int = 1
-    key_info: int = 0               # VCEK, chip key not masked
+    key_info: int = 0  # VCEK, chip key not masked
     report_data: bytes = PK + NONCE
     measurement: bytes = MEASUREMENT
-    reported_tcb: bytes = bytes([3, 0, 0, 0, 0, 0, 8, 115])   # Milan: bl tee .. snp ucode
+    reported_tcb: bytes = bytes([3, 0, 0, 0, 0, 0, 8, 115])  # Milan: bl tee .. snp ucode
     chip_id: bytes = CHIP_ID
-    cpuid: bytes = bytes([0x19, 0x01, 0x01])                   # Milan
-    extra: dict = field(default_factory=dict)                  # offset -> bytes
+    cpuid: bytes = bytes([0x19, 0x01, 0x01])  # Milan
+    extra: dict = field(default_factory=dict)  # offset -> bytes
 
 
-def make_report(pki: Optional[SnpPki], f: Optional[ReportFields] = None, *,
-                sign_key=None) -> bytes:
+def make_report(pki: Optional[SnpPki], f: Optional[ReportFields] = None, *, sign_key=None) -> bytes:
     f = f or ReportFields()
     r = bytearray(1184)
     struct.pack_into("<IIQ", r, 0, f.version, f.guest_svn, f.policy)
     struct.pack_into("<II", r, 0x30, f.vmpl, f.sig_algo)
-    r[0x38:0x40] = f.reported_tcb            # CURRENT_TCB
+    r[0x38:0x40] = f.reported_tcb  # CURRENT_TCB
     struct.pack_into("<I", r, 0x48, f.key_info)
     r[0x50:0x90] = f.report_data
     r[0x90:0xC0] = f.measurement
@@ -155,25 +193,31 @@ def make_report(pki: Optional[SnpPki], f: Optional[ReportFields] = None, *,
     if f.version >= 3:
         r[0x188:0x18B] = f.cpuid
     r[0x1A0:0x1E0] = f.chip_id
-    r[0x1E0:0x1E8] = f.reported_tcb          # COMMITTED_TCB
-    r[0x1F0:0x1F8] = f.reported_tcb          # LAUNCH_TCB
+    r[0x1E0:0x1E8] = f.reported_tcb  # COMMITTED_TCB
+    r[0x1F0:0x1F8] = f.reported_tcb  # LAUNCH_TCB
     for off, val in f.extra.items():
-        r[off:off + len(val)] = val
+        r[off : off + len(val)] = val
     key = sign_key if sign_key is not None else pki.vek_key
     der = key.sign(bytes(r[:0x2A0]), ec.ECDSA(hashes.SHA384()))
     rr, ss = decode_dss_signature(der)
-    r[0x2A0:0x2A0 + 72] = rr.to_bytes(72, "little")
-    r[0x2E8:0x2E8 + 72] = ss.to_bytes(72, "little")
+    r[0x2A0 : 0x2A0 + 72] = rr.to_bytes(72, "little")
+    r[0x2E8 : 0x2E8 + 72] = ss.to_bytes(72, "little")
     return bytes(r)
 
 
-def make_crl(pki: SnpPki, *, revoked=(), last=T0 - timedelta(days=1),
-             nxt=T0 + timedelta(days=1), key=None, issuer=None):
-    b = (x509.CertificateRevocationListBuilder().issuer_name(issuer or pki.ark.subject)
-         .last_update(last).next_update(nxt))
+def make_crl(
+    pki: SnpPki, *, revoked=(), last=T0 - timedelta(days=1), nxt=T0 + timedelta(days=1), key=None, issuer=None
+):
+    b = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer or pki.ark.subject)
+        .last_update(last)
+        .next_update(nxt)
+    )
     for serial in revoked:
-        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
-                                      .revocation_date(last).build())
+        b = b.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(last).build()
+        )
     k = key or pki.ark_key
     if isinstance(k, rsa.RSAPrivateKey):
         return b.sign(k, hashes.SHA384(), rsa_padding=PSS).public_bytes(serialization.Encoding.DER)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.helpers.model import PARITY
 
 from cmlp.errors import InvalidModelInput
 from cmlp.model import Gpt2Shard
+from tests.helpers.model import PARITY
 
 V = PARITY.config.vocab_size
 NL = PARITY.config.n_layer
@@ -36,8 +36,10 @@ def test_batched_decode_is_bit_identical_to_solo(model_dir, split):
     if split is None:
         shards = [Gpt2Shard.load(model_dir, 0, NL, threads=2)]
     else:
-        shards = [Gpt2Shard.load(model_dir, 0, split, threads=2),
-                  Gpt2Shard.load(model_dir, split, NL, threads=1)]
+        shards = [
+            Gpt2Shard.load(model_dir, 0, split, threads=2),
+            Gpt2Shard.load(model_dir, split, NL, threads=1),
+        ]
     for s in shards:
         s.configure_slots(len(ps))
 
@@ -81,7 +83,7 @@ def test_batched_decode_is_bit_identical_to_solo(model_dir, split):
 def test_slot_inputs_are_checked(model_dir):
     s = Gpt2Shard.load(model_dir, 0, NL, threads=1)
     with pytest.raises(InvalidModelInput):
-        s.forward_slots(np.zeros((1, 1), np.uint32), [0])            # no slots yet
+        s.forward_slots(np.zeros((1, 1), np.uint32), [0])  # no slots yet
     table = s.configure_slots(2)
     table.open(7)
     table.open(8)
@@ -98,14 +100,14 @@ def test_slot_inputs_are_checked(model_dir):
     with pytest.raises(InvalidModelInput, match="one sequence"):
         s.forward_slots(np.zeros((2, 3), np.uint32), [7, 8])
     with pytest.raises(InvalidModelInput):
-        s.forward_slots(np.full((1, 1), V, np.uint32), [7])          # token id out of range
+        s.forward_slots(np.full((1, 1), V, np.uint32), [7])  # token id out of range
     with pytest.raises(InvalidModelInput):
-        s.forward_slots(np.zeros((1, 1), np.float32), [7])           # dtype
+        s.forward_slots(np.zeros((1, 1), np.float32), [7])  # dtype
     n = PARITY.config.n_positions
     s.forward_slots(np.zeros((1, n - 1), np.uint32), [7])
     s.forward_slots(np.zeros((1, 1), np.uint32), [7])
     with pytest.raises(InvalidModelInput, match="exceed"):
-        s.forward_slots(np.zeros((1, 1), np.uint32), [7])            # position overflow
+        s.forward_slots(np.zeros((1, 1), np.uint32), [7])  # position overflow
     assert s.slot_len(7) == n and s.slot_len(8) == 0
 
 
@@ -117,7 +119,7 @@ def test_a_freed_slot_is_wiped_and_reused_cleanly(model_dir):
     s.forward_slots(p[0], [1])
     table.close(1)
     assert s._engine.slot_len(0) == 0
-    table.open(2)                                   # the same physical slot
+    table.open(2)  # the same physical slot
     first = s.forward_slots(p[1], [2])[0].copy()
     fresh = Gpt2Shard.load(model_dir, 0, NL, threads=1)
     fresh.configure_slots(1).open(3)

@@ -109,46 +109,83 @@ FEATURES = """{{ bos_token }}Today is {{ strftime_now("%d %b %Y") }}.
 {% endfor %}
 {% if add_generation_prompt %}A:{% endif %}"""
 
-TEMPLATES = {"qwen2": QWEN2, "llama3": LLAMA3, "zephyr": ZEPHYR, "qwen25": QWEN25_TOOLS,
-             "features": FEATURES, "plain": PLAIN_TEXT_TEMPLATE}
-TOKENS = {"qwen2": ("<|endoftext|>", "<|im_end|>"), "qwen25": ("<|endoftext|>", "<|im_end|>"),
-          "llama3": ("<|begin_of_text|>", "<|eot_id|>"), "zephyr": ("<s>", "</s>"),
-          "mistral": ("<s>", "</s>"), "features": ("<s>", "</s>"),
-          "plain": ("<|endoftext|>", "<|endoftext|>")}
+TEMPLATES = {
+    "qwen2": QWEN2,
+    "llama3": LLAMA3,
+    "zephyr": ZEPHYR,
+    "qwen25": QWEN25_TOOLS,
+    "features": FEATURES,
+    "plain": PLAIN_TEXT_TEMPLATE,
+}
+TOKENS = {
+    "qwen2": ("<|endoftext|>", "<|im_end|>"),
+    "qwen25": ("<|endoftext|>", "<|im_end|>"),
+    "llama3": ("<|begin_of_text|>", "<|eot_id|>"),
+    "zephyr": ("<s>", "</s>"),
+    "mistral": ("<s>", "</s>"),
+    "features": ("<s>", "</s>"),
+    "plain": ("<|endoftext|>", "<|endoftext|>"),
+}
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],
-    [{"role": "system", "content": "You are terse."},
-     {"role": "user", "content": "  What is 2+2? \n"}],
-    [{"role": "user", "content": "Schreib ein Gedicht über Käse \"mit\" Anführungszeichen 🧀"},
-     {"role": "assistant", "content": "Käse ist gut.\n\nSehr gut."},
-     {"role": "user", "content": "Noch eins, mit {{ braces }} and {% tags %}."}],
-    [{"role": "system", "content": ""}, {"role": "user", "content": "\n"},
-     {"role": "assistant", "content": ""}, {"role": "user", "content": "ok", "name": "bob"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "  What is 2+2? \n"}],
+    [
+        {"role": "user", "content": 'Schreib ein Gedicht über Käse "mit" Anführungszeichen 🧀'},
+        {"role": "assistant", "content": "Käse ist gut.\n\nSehr gut."},
+        {"role": "user", "content": "Noch eins, mit {{ braces }} and {% tags %}."},
+    ],
+    [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": "\n"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "ok", "name": "bob"},
+    ],
 ]
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city, in °C",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city, in °C",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 
 
 def _hf_tokenizer(bos, eos):
-    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(DEFAULT_TOKENIZER_PATH),
-                                                bos_token=bos, eos_token=eos)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(DEFAULT_TOKENIZER_PATH), bos_token=bos, eos_token=eos
+    )
 
 
 def _hf(template_name, messages, add_generation_prompt, **kw):
     bos, eos = TOKENS[template_name]
     return _hf_tokenizer(bos, eos).apply_chat_template(
-        messages, chat_template=TEMPLATES.get(template_name, MISTRAL), tokenize=False,
-        add_generation_prompt=add_generation_prompt, **kw)
+        messages,
+        chat_template=TEMPLATES.get(template_name, MISTRAL),
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        **kw,
+    )
 
 
 def _ours(template_name, messages, add_generation_prompt, **kw):
     bos, eos = TOKENS[template_name]
-    return render_chat(messages, TEMPLATES.get(template_name, MISTRAL), bos_token=bos,
-                       eos_token=eos, add_generation_prompt=add_generation_prompt, **kw)
+    return render_chat(
+        messages,
+        TEMPLATES.get(template_name, MISTRAL),
+        bos_token=bos,
+        eos_token=eos,
+        add_generation_prompt=add_generation_prompt,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
@@ -174,38 +211,49 @@ def test_tools_match_transformers():
     messages = CONVERSATIONS[1]
     want = _hf("qwen25", messages, True, tools=TOOLS)
     assert _ours("qwen25", messages, True, tools=TOOLS) == want
-    assert '"description": "Weather in a city, in °C"' in want    # tojson keeps Unicode
+    assert '"description": "Weather in a city, in °C"' in want  # tojson keeps Unicode
 
 
 def test_mistral_alternation_and_rejection():
-    ok = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-          {"role": "user", "content": "c"}]
-    assert _ours("mistral", ok, False) == _hf("mistral", ok, False) == \
-        "<s>[INST] a [/INST]b</s>[INST] c [/INST]"
+    ok = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    assert (
+        _ours("mistral", ok, False) == _hf("mistral", ok, False) == "<s>[INST] a [/INST]b</s>[INST] c [/INST]"
+    )
     bad = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
     with pytest.raises(jinja2.TemplateError, match="must alternate"):
         _hf("mistral", bad, False)
     with pytest.raises(ChatTemplateError, match="must alternate"):
         _ours("mistral", bad, False)
-    assert issubclass(ChatTemplateError, InvalidRequestError)     # -> HTTP 400 in the proxy
+    assert issubclass(ChatTemplateError, InvalidRequestError)  # -> HTTP 400 in the proxy
 
 
 def test_plain_text_template_for_gpt2_is_as_documented():
-    messages = [{"role": "system", "content": "You are helpful."},
-                {"role": "user", "content": "Hello"},
-                {"role": "assistant", "content": "Hi."},
-                {"role": "user", "content": "Bye"}]
+    messages = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "Bye"},
+    ]
     text = render_chat(messages, None, bos_token=None, eos_token="<|endoftext|>")
     assert text == "You are helpful.\n\nUser: Hello\nAssistant: Hi.\nUser: Bye\nAssistant:"
-    assert render_chat(messages[1:2], None, bos_token=None, eos_token=None,
-                       add_generation_prompt=False) == "User: Hello\n"
+    assert (
+        render_chat(messages[1:2], None, bos_token=None, eos_token=None, add_generation_prompt=False)
+        == "User: Hello\n"
+    )
 
 
-@pytest.mark.parametrize("template", [
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{{ messages.append({'role': 'x'}) }}{{ messages }}",
-    "{{ cycler.__init__.__globals__ }}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ messages.append({'role': 'x'}) }}{{ messages }}",
+        "{{ cycler.__init__.__globals__ }}",
+    ],
+)
 def test_sandbox_refuses_escapes(template):
     with pytest.raises(ChatTemplateError):
         render_chat([{"role": "user", "content": "x"}], template, bos_token=None, eos_token=None)
@@ -215,5 +263,9 @@ def test_broken_template_fails_to_compile():
     with pytest.raises(ChatTemplateError, match="does not compile"):
         compile_template("{% for m in messages %}")
     with pytest.raises(ChatTemplateError):
-        render_chat([{"role": "user", "content": None}],
-                    "{{ messages[0]['content'] + 'x' }}", bos_token=None, eos_token=None)
+        render_chat(
+            [{"role": "user", "content": None}],
+            "{{ messages[0]['content'] + 'x' }}",
+            bos_token=None,
+            eos_token=None,
+        )

@@ -19,9 +19,15 @@ def write(tmp_path, content):
 
 
 def test_published_gpt2_config(tmp_path):
-    published = {**BASE, "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"],
-                 "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024,
-                 "task_specific_params": {"text-generation": {"do_sample": True}}}
+    published = {
+        **BASE,
+        "activation_function": "gelu_new",
+        "architectures": ["GPT2LMHeadModel"],
+        "layer_norm_epsilon": 1e-05,
+        "model_type": "gpt2",
+        "n_ctx": 1024,
+        "task_specific_params": {"text-generation": {"do_sample": True}},
+    }
     cfg = load_config(write(tmp_path, published))
     assert cfg == Gpt2Config(50257, 1024, 768, 12, 12, 1e-5, False)
     assert (cfg.head_dim, cfg.n_inner) == (64, 3072)
@@ -34,17 +40,20 @@ def test_defaults_and_synthetic_marker(tmp_path):
     assert load_config(write(tmp_path, {**BASE, "n_inner": 3072})).n_inner == 3072
 
 
-@pytest.mark.parametrize("edit,match", [
-    ({"n_embd": None}, "n_embd must be a positive integer"),
-    ({"n_head": 0}, "n_head must be a positive integer"),
-    ({"n_layer": 1.5}, "n_layer must be a positive integer"),
-    ({"vocab_size": True}, "vocab_size must be a positive integer"),
-    ({"n_head": 7}, "not a multiple of n_head"),
-    ({"layer_norm_epsilon": -1}, "layer_norm_epsilon"),
-    ({"activation_function": "gelu"}, "unsupported activation_function 'gelu'"),
-    ({"n_inner": 1000}, "unsupported n_inner"),
-    ({"scale_attn_by_inverse_layer_idx": True}, "unsupported scale_attn_by_inverse_layer_idx"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        ({"n_embd": None}, "n_embd must be a positive integer"),
+        ({"n_head": 0}, "n_head must be a positive integer"),
+        ({"n_layer": 1.5}, "n_layer must be a positive integer"),
+        ({"vocab_size": True}, "vocab_size must be a positive integer"),
+        ({"n_head": 7}, "not a multiple of n_head"),
+        ({"layer_norm_epsilon": -1}, "layer_norm_epsilon"),
+        ({"activation_function": "gelu"}, "unsupported activation_function 'gelu'"),
+        ({"n_inner": 1000}, "unsupported n_inner"),
+        ({"scale_attn_by_inverse_layer_idx": True}, "unsupported scale_attn_by_inverse_layer_idx"),
+    ],
+)
 def test_invalid_values(tmp_path, edit, match):
     with pytest.raises(ModelError, match=match):
         load_config(write(tmp_path, {**BASE, **edit}))

@@ -14,8 +14,9 @@ CONFIG = Gpt2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=3, n_head
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return write_model(tmp_path_factory.mktemp("engine") / "m", CONFIG, seed=5, std=0.1,
-                       ln_std=0.2, bias_std=0.1)
+    return write_model(
+        tmp_path_factory.mktemp("engine") / "m", CONFIG, seed=5, std=0.1, ln_std=0.2, bias_std=0.1
+    )
 
 
 @pytest.fixture
@@ -56,21 +57,25 @@ def test_output_shapes_and_past_len(full, middle):
 
 def test_default_threads_is_cpu_count(model_dir):
     import os
+
     assert Gpt2Shard.load(model_dir, 0, 1).threads == min(os.cpu_count(), 64)
 
 
-@pytest.mark.parametrize("bad", [
-    np.array([[1.0, 2.0]], np.float32),          # float ids
-    np.array([[True, False]]),                   # bool
-    np.array([1, 2, 3], np.uint32),              # 1-D
-    np.zeros((1, 1, 2), np.uint32),              # 3-D
-    np.zeros((0, 3), np.uint32),                 # B = 0
-    np.zeros((1, 0), np.uint32),                 # T = 0
-    np.array([[1, 300]], np.uint32),             # id == vocab
-    np.array([[1, -1]], np.int64),               # negative
-    np.array([[2**40]], np.int64),               # wraps to a valid u32 if narrowed first
-    np.array([["a"]]),                           # strings
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([[1.0, 2.0]], np.float32),  # float ids
+        np.array([[True, False]]),  # bool
+        np.array([1, 2, 3], np.uint32),  # 1-D
+        np.zeros((1, 1, 2), np.uint32),  # 3-D
+        np.zeros((0, 3), np.uint32),  # B = 0
+        np.zeros((1, 0), np.uint32),  # T = 0
+        np.array([[1, 300]], np.uint32),  # id == vocab
+        np.array([[1, -1]], np.int64),  # negative
+        np.array([[2**40]], np.int64),  # wraps to a valid u32 if narrowed first
+        np.array([["a"]]),  # strings
+    ],
+)
 def test_bad_ids_are_rejected_without_state_change(full, bad):
     full.forward(ids(7, 8))
     with pytest.raises(InvalidModelInput):
@@ -78,14 +83,17 @@ def test_bad_ids_are_rejected_without_state_change(full, bad):
     assert full.past_len == 2
 
 
-@pytest.mark.parametrize("bad", [
-    np.zeros((1, 2, CONFIG.n_embd), np.float64),
-    np.zeros((1, 2, CONFIG.n_embd), np.float16),
-    np.zeros((1, 2, CONFIG.n_embd), np.uint32),
-    np.zeros((1, 2, CONFIG.n_embd + 1), np.float32),
-    np.zeros((2, CONFIG.n_embd), np.float32),
-    np.zeros((0, 2, CONFIG.n_embd), np.float32),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((1, 2, CONFIG.n_embd), np.float64),
+        np.zeros((1, 2, CONFIG.n_embd), np.float16),
+        np.zeros((1, 2, CONFIG.n_embd), np.uint32),
+        np.zeros((1, 2, CONFIG.n_embd + 1), np.float32),
+        np.zeros((2, CONFIG.n_embd), np.float32),
+        np.zeros((0, 2, CONFIG.n_embd), np.float32),
+    ],
+)
 def test_bad_hidden_is_rejected(middle, bad):
     with pytest.raises(InvalidModelInput):
         middle.forward(bad)
@@ -109,7 +117,7 @@ def test_position_overflow_is_raised_before_any_state_change(full):
     with pytest.raises(PositionOverflow, match="30 cached \\+ 3 new positions exceeds n_positions 32"):
         full.forward(ids(1, 2, 3))
     assert full.past_len == 30
-    after = full.forward(ids(1, 2)).copy()   # exactly fills n_positions
+    after = full.forward(ids(1, 2)).copy()  # exactly fills n_positions
     assert full.past_len == 32
     with pytest.raises(PositionOverflow):
         full.forward(ids(1))
@@ -165,9 +173,8 @@ def test_batched_rows_equal_single_sequences(model_dir):
     step = shard.forward(np.array([[1], [2], [3]], np.uint32)).copy()
     for b in range(3):
         single = Gpt2Shard.load(model_dir, 0, 3, threads=2)
-        np.testing.assert_allclose(single.forward(batch[b:b + 1])[0], out[b], atol=1e-5)
-        np.testing.assert_allclose(single.forward(np.array([[b + 1]], np.uint32))[0], step[b],
-                                   atol=1e-5)
+        np.testing.assert_allclose(single.forward(batch[b : b + 1])[0], out[b], atol=1e-5)
+        np.testing.assert_allclose(single.forward(np.array([[b + 1]], np.uint32))[0], step[b], atol=1e-5)
 
 
 def test_results_do_not_depend_on_thread_count(model_dir):
@@ -178,7 +185,7 @@ def test_results_do_not_depend_on_thread_count(model_dir):
         outputs.append([shard.forward(x).copy() for x in sequence])
     for other in outputs[1:]:
         for a, b in zip(outputs[0], other, strict=True):
-            np.testing.assert_array_equal(a, b)   # bitwise: per-chunk reduction order is fixed
+            np.testing.assert_array_equal(a, b)  # bitwise: per-chunk reduction order is fixed
 
 
 def test_set_threads(full):
@@ -220,8 +227,14 @@ def test_unaligned_and_other_integer_ids(model_dir):
     raw = bytearray(tokens.nbytes + 3)
     unaligned = np.frombuffer(raw, np.uint32, count=4, offset=3).reshape(1, 4)
     unaligned[...] = tokens
-    variants = [unaligned, tokens.astype(np.int64), tokens.astype(">u4"), tokens.astype(np.uint16),
-                np.asfortranarray(np.repeat(tokens, 2, axis=0))[:1], [[5, 17, 299, 0]]]
+    variants = [
+        unaligned,
+        tokens.astype(np.int64),
+        tokens.astype(">u4"),
+        tokens.astype(np.uint16),
+        np.asfortranarray(np.repeat(tokens, 2, axis=0))[:1],
+        [[5, 17, 299, 0]],
+    ]
     for variant in variants:
         shard = Gpt2Shard.load(model_dir, 0, 3, threads=2)
         np.testing.assert_array_equal(shard.forward(variant), reference)
@@ -232,11 +245,12 @@ def test_output_is_a_view_reused_by_the_next_forward(full):
     kept = first.copy()
     second = full.forward(ids(3))
     assert np.shares_memory(first, second)
-    assert not np.array_equal(first, kept)   # documented: valid until the next forward
+    assert not np.array_equal(first, kept)  # documented: valid until the next forward
 
 
 def test_concurrent_forwards_are_serialised(model_dir):
     import threading
+
     shard = Gpt2Shard.load(model_dir, 0, 3, threads=2)
     errors = []
 
@@ -244,7 +258,7 @@ def test_concurrent_forwards_are_serialised(model_dir):
         try:
             for _ in range(10):
                 shard.forward(ids(1))
-        except Exception as exc:   # pragma: no cover - reported below
+        except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
@@ -267,13 +281,22 @@ def test_prefill_in_chunks_equals_one_prefill(model_dir):
 def test_engine_guards_memory_even_without_the_wrapper(full, middle):
     """cmlp._gpt2.ShardEngine re-checks what it needs to stay in bounds."""
     engine, hidden_engine = full._engine, middle._engine
-    for bad in (np.zeros(3, np.uint32), np.full((1, 2), np.nan), np.zeros((1, 2, 3), np.uint32),
-                np.zeros((0, 1), np.uint32), np.zeros((1, 33), np.uint32),
-                np.array([[300]], np.uint32), np.array([[-1]], np.int32)):
+    for bad in (
+        np.zeros(3, np.uint32),
+        np.full((1, 2), np.nan),
+        np.zeros((1, 2, 3), np.uint32),
+        np.zeros((0, 1), np.uint32),
+        np.zeros((1, 33), np.uint32),
+        np.array([[300]], np.uint32),
+        np.array([[-1]], np.int32),
+    ):
         with pytest.raises(InvalidModelInput):
             engine.forward_ids(bad)
-    for bad in (np.zeros((2, CONFIG.n_embd), np.float32), np.zeros((1, 2, CONFIG.n_embd)),
-                np.zeros((1, 2, 3), np.float32)):
+    for bad in (
+        np.zeros((2, CONFIG.n_embd), np.float32),
+        np.zeros((1, 2, CONFIG.n_embd)),
+        np.zeros((1, 2, 3), np.float32),
+    ):
         with pytest.raises(InvalidModelInput):
             hidden_engine.forward_hidden(bad)
     assert engine.past_len == 0 and hidden_engine.past_len == 0

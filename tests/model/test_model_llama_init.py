@@ -6,17 +6,18 @@ import sys
 
 import numpy as np
 import pytest
-from tests.helpers.pipeline import cli_env
 
 from cmlp.errors import ModelError
 from cmlp.model.llama.synthetic import PRESETS, init_model
 from cmlp.model.registry import detect_family, load_shard
 from cmlp.tokenizer import load_model_tokenizer, load_tokenizer
+from tests.helpers.pipeline import cli_env
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "cmlp.cli.main", "model", *args],
-                          capture_output=True, text=True, env=cli_env())
+    return subprocess.run(
+        [sys.executable, "-m", "cmlp.cli.main", "model", *args], capture_output=True, text=True, env=cli_env()
+    )
 
 
 @pytest.mark.parametrize("arch,dtype", [("llama", "bf16"), ("qwen2", "fp32"), ("llama", "fp16")])
@@ -24,8 +25,13 @@ def test_init_writes_the_published_layout(tmp_path, arch, dtype):
     out = tmp_path / arch
     r = cli("init", "--arch", arch, "--preset", "tiny", "--dtype", dtype, "--out", str(out))
     assert r.returncode == 0, r.stderr
-    for name in ("config.json", "generation_config.json", "model.safetensors",
-                 "tokenizer.json", "tokenizer_config.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == arch and cfg["cmlp_synthetic"] is True
@@ -74,25 +80,35 @@ def test_model_tokenizer_exposes_special_tokens_and_template(tmp_path):
 def test_model_tokenizer_reads_published_forms(tmp_path):
     out = init_model(tmp_path / "m", "llama")
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0, 2]}))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": {"content": "<|im_start|>", "lstrip": False},
-        "eos_token": "<|im_end|>",
-        "chat_template": [{"name": "default", "template": "T"}, {"name": "tool_use", "template": "U"}],
-    }))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": {"content": "<|im_start|>", "lstrip": False},
+                "eos_token": "<|im_end|>",
+                "chat_template": [
+                    {"name": "default", "template": "T"},
+                    {"name": "tool_use", "template": "U"},
+                ],
+            }
+        )
+    )
     tok = load_model_tokenizer(out)
     assert tok.eos_ids == (2, 0) and tok.bos_token == "<|im_start|>" and tok.chat_template == "T"
-    (out / "generation_config.json").unlink()     # falls back to config.json's eos_token_id
+    (out / "generation_config.json").unlink()  # falls back to config.json's eos_token_id
     assert load_model_tokenizer(out).eos_ids == (0,)
 
 
-@pytest.mark.parametrize("file,content,fragment", [
-    ("generation_config.json", {"eos_token_id": 10**9}, "is not a token id"),
-    ("generation_config.json", {"eos_token_id": "x"}, "is not a token id"),
-    ("generation_config.json", "[1]", "not a JSON object"),
-    ("tokenizer_config.json", {"chat_template": 5}, "chat_template is not a string"),
-    ("tokenizer_config.json", {"eos_token": 5}, "is not a string"),
-    ("tokenizer_config.json", "{bad", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "file,content,fragment",
+    [
+        ("generation_config.json", {"eos_token_id": 10**9}, "is not a token id"),
+        ("generation_config.json", {"eos_token_id": "x"}, "is not a token id"),
+        ("generation_config.json", "[1]", "not a JSON object"),
+        ("tokenizer_config.json", {"chat_template": 5}, "chat_template is not a string"),
+        ("tokenizer_config.json", {"eos_token": 5}, "is not a string"),
+        ("tokenizer_config.json", "{bad", "cannot read"),
+    ],
+)
 def test_model_tokenizer_errors_name_the_file(tmp_path, file, content, fragment):
     out = init_model(tmp_path / "m", "llama")
     (out / file).write_text(content if isinstance(content, str) else json.dumps(content))
@@ -109,12 +125,13 @@ def test_tokenizer_without_endoftext_loads(tmp_path):
     (out / "tokenizer.json").write_text(json.dumps(doc))
     tok = load_tokenizer(out / "tokenizer.json")
     assert tok.eos_id is None and tok.eos_ids == ()
-    assert load_tokenizer().eos_id == 50256          # GPT-2's embedded default is unchanged
+    assert load_tokenizer().eos_id == 50256  # GPT-2's embedded default is unchanged
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,preset", [("llama", "smollm2-135m"), ("qwen2", "qwen2.5-0.5b"),
-                                         ("llama", "llama-3.2-1b")])
+@pytest.mark.parametrize(
+    "arch,preset", [("llama", "smollm2-135m"), ("qwen2", "qwen2.5-0.5b"), ("llama", "llama-3.2-1b")]
+)
 def test_full_size_presets(tmp_path, arch, preset):
     """Real shapes, bf16: written, loaded in two halves, one prefill + decode step."""
     out = init_model(tmp_path / preset, arch, preset, dtype="bf16")

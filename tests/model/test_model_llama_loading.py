@@ -42,8 +42,7 @@ def rewrite(model_dir, file, change):
     infos = {n: ckpt.info(n) for n, f in ckpt.weight_map.items() if f == file}
     tensors = {n: (i.dtype, ckpt.read(i)) for n, i in infos.items()}
     change(tensors)
-    write_safetensors(model_dir / file, [(n, d, a.shape, lambda a=a: a)
-                                         for n, (d, a) in tensors.items()])
+    write_safetensors(model_dir / file, [(n, d, a.shape, lambda a=a: a) for n, (d, a) in tensors.items()])
 
 
 def test_sharded_equals_single(single, sharded):
@@ -53,8 +52,10 @@ def test_sharded_equals_single(single, sharded):
     a = load_shard(single, 0, 4, threads=1).forward(ids).copy()
     b = load_shard(sharded, 0, 4, threads=1).forward(ids).copy()
     assert np.array_equal(a, b)
-    assert load_shard(single, 1, 3, threads=1).weight_hashes() == \
-        load_shard(sharded, 1, 3, threads=1).weight_hashes()
+    assert (
+        load_shard(single, 1, 3, threads=1).weight_hashes()
+        == load_shard(sharded, 1, 3, threads=1).weight_hashes()
+    )
 
 
 @pytest.mark.parametrize("dtype,itemsize", [("fp32", 4), ("bf16", 2), ("fp16", 2)])
@@ -64,9 +65,8 @@ def test_weights_kept_in_stored_dtype(tmp_path, dtype, itemsize):
     w = load_shard_weights(d, cfg, 0, 4)
     stored = sum(int(np.prod(s)) for s in shard_tensor_shapes(cfg, 0, 4).values()) * itemsize
     assert w.stored_bytes == stored
-    assert sum(t.nbytes for t in w.tensors.values()) == stored   # no float32 copy held
-    assert w.tensors[Q_PROJ].dtype == {"fp32": np.float32, "bf16": np.uint16,
-                                       "fp16": np.float16}[dtype]
+    assert sum(t.nbytes for t in w.tensors.values()) == stored  # no float32 copy held
+    assert w.tensors[Q_PROJ].dtype == {"fp32": np.float32, "bf16": np.uint16, "fp16": np.float16}[dtype]
     assert load_shard(d, 2, 4, threads=1).wire_dtype == ("BF16" if dtype == "bf16" else "F32")
 
 
@@ -110,36 +110,46 @@ def test_tensor_missing_from_the_index(sharded):
     (sharded / INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(ModelError, match=f"{INDEX_FILE}: missing tensor {Q_PROJ}"):
         load_shard(sharded, 0, 4)
-    load_shard(sharded, 2, 4, threads=1)      # a shard that does not need it still loads
+    load_shard(sharded, 2, 4, threads=1)  # a shard that does not need it still loads
 
 
 def test_wrong_dtype(single):
     rewrite(single, SINGLE_FILE, lambda t: t.update({Q_PROJ: ("F64", t[Q_PROJ][1].astype(np.float64))}))
-    with pytest.raises(ModelError, match=f"{SINGLE_FILE}: tensor {Q_PROJ} has dtype F64, "
-                                         "expected F32 or BF16 or F16"):
+    with pytest.raises(
+        ModelError, match=f"{SINGLE_FILE}: tensor {Q_PROJ} has dtype F64, expected F32 or BF16 or F16"
+    ):
         load_shard(single, 0, 4)
 
 
 def test_wrong_shape(single):
     rewrite(single, SINGLE_FILE, lambda t: t.update({Q_PROJ: ("F32", t[Q_PROJ][1][:-1].copy())}))
-    with pytest.raises(ModelError, match=rf"{SINGLE_FILE}: tensor {Q_PROJ} has shape \[63, 64\], "
-                                         r"expected \[64, 64\]"):
+    with pytest.raises(
+        ModelError,
+        match=rf"{SINGLE_FILE}: tensor {Q_PROJ} has shape \[63, 64\], "
+        r"expected \[64, 64\]",
+    ):
         load_shard(single, 0, 4)
 
 
 def test_more_layers_than_config(single):
-    rewrite(single, SINGLE_FILE, lambda t: t.update(
-        {"model.layers.7.mlp.up_proj.weight": t["model.layers.0.mlp.up_proj.weight"]}))
+    rewrite(
+        single,
+        SINGLE_FILE,
+        lambda t: t.update({"model.layers.7.mlp.up_proj.weight": t["model.layers.0.mlp.up_proj.weight"]}),
+    )
     with pytest.raises(ModelError, match="holds model.layers.7 but config num_hidden_layers is 4"):
         load_shard(single, 0, 4)
 
 
-@pytest.mark.parametrize("mutate,fragment", [
-    (lambda b: b[:len(b) // 2], "outside the file"),                       # truncated data
-    (lambda b: struct.pack("<Q", 1 << 40) + b[8:], "corrupt safetensors header length"),
-    (lambda b: b[:8] + b"\xff" * 16 + b[24:], "corrupt safetensors header"),
-    (lambda b: b"\x01", "shorter than 8 bytes"),
-])
+@pytest.mark.parametrize(
+    "mutate,fragment",
+    [
+        (lambda b: b[: len(b) // 2], "outside the file"),  # truncated data
+        (lambda b: struct.pack("<Q", 1 << 40) + b[8:], "corrupt safetensors header length"),
+        (lambda b: b[:8] + b"\xff" * 16 + b[24:], "corrupt safetensors header"),
+        (lambda b: b"\x01", "shorter than 8 bytes"),
+    ],
+)
 def test_corrupt_file(single, mutate, fragment):
     path = single / SINGLE_FILE
     path.write_bytes(mutate(path.read_bytes()))
@@ -153,24 +163,27 @@ def test_header_lying_about_sizes(single):
     path = single / SINGLE_FILE
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     header[Q_PROJ]["shape"] = [64, 65]
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (n - len(text)) if len(text) <= n else b""
     assert len(text) == n
-    path.write_bytes(raw[:8] + text + raw[8 + n:])
+    path.write_bytes(raw[:8] + text + raw[8 + n :])
     with pytest.raises(ModelError, match=f"tensor {Q_PROJ}: 16384 data bytes for F32"):
         load_shard(single, 0, 4)
 
 
-@pytest.mark.parametrize("change,fragment", [
-    ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads"),
-    ({"hidden_act": "gelu"}, "unsupported hidden_act"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "unsupported rope_scaling type"),
-    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
-    ({"vocab_size": -1}, "vocab_size must be a positive integer"),
-    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "unsupported model"),
-])
+@pytest.mark.parametrize(
+    "change,fragment",
+    [
+        ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads"),
+        ({"hidden_act": "gelu"}, "unsupported hidden_act"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "unsupported rope_scaling type"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
+        ({"vocab_size": -1}, "vocab_size must be a positive integer"),
+        ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "unsupported model"),
+    ],
+)
 def test_config_errors(single, change, fragment):
     cfg = json.loads((single / "config.json").read_text())
     cfg.update(change)
@@ -185,17 +198,24 @@ def test_family_detection(tmp_path, single):
     q = write_model(tmp_path / "q", "qwen2", PRESETS["qwen2"]["tiny"])
     assert detect_family(q) == "qwen2"
     cfg = json.loads((q / "config.json").read_text())
-    del cfg["model_type"]                          # architectures alone also tell
+    del cfg["model_type"]  # architectures alone also tell
     (q / "config.json").write_text(json.dumps(cfg))
     assert detect_family(q) == "qwen2"
 
 
-@pytest.mark.parametrize("name,family,ok", [
-    ("HuggingFaceTB/SmolLM2-135M", "llama", True), ("meta-llama/Llama-3.2-1B", "llama", True),
-    ("Qwen/Qwen2.5-0.5B", "qwen2", True), ("gpt2", "gpt2", True), ("my-finetune", "qwen2", True),
-    ("gpt2", "llama", False), ("Qwen/Qwen2.5-0.5B", "llama", False),
-    ("SmolLM2", "gpt2", False),
-])
+@pytest.mark.parametrize(
+    "name,family,ok",
+    [
+        ("HuggingFaceTB/SmolLM2-135M", "llama", True),
+        ("meta-llama/Llama-3.2-1B", "llama", True),
+        ("Qwen/Qwen2.5-0.5B", "qwen2", True),
+        ("gpt2", "gpt2", True),
+        ("my-finetune", "qwen2", True),
+        ("gpt2", "llama", False),
+        ("Qwen/Qwen2.5-0.5B", "llama", False),
+        ("SmolLM2", "gpt2", False),
+    ],
+)
 def test_model_name_check(name, family, ok):
     if ok:
         check_model_name(name, family)
@@ -216,12 +236,12 @@ def test_random_corruption_is_always_a_model_error(tmp_path):
     for _ in range(200):
         data = bytearray(raw)
         kind = rng.integers(3)
-        if kind == 0:                                     # flip bytes in the header
+        if kind == 0:  # flip bytes in the header
             for pos in rng.integers(0, 8 + n, rng.integers(1, 4)):
                 data[pos] ^= int(rng.integers(1, 256))
-        elif kind == 1:                                   # truncate anywhere
-            data = data[:int(rng.integers(0, len(data)))]
-        else:                                             # a lying header length
+        elif kind == 1:  # truncate anywhere
+            data = data[: int(rng.integers(0, len(data)))]
+        else:  # a lying header length
             data[:8] = struct.pack("<Q", int(rng.integers(0, 2**63)))
         (d / SINGLE_FILE).write_bytes(bytes(data))
         try:

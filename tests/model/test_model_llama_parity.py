@@ -29,29 +29,58 @@ GREEDY = 50
 PROMPT = [5, 17, 250, 3, 99, 42]
 
 CASES = [
-    Case("llama-mha-d32-untied", "llama", dict(num_attention_heads=3, num_key_value_heads=3,
-                                               hidden_size=96)),
-    Case("llama-gqa3-d32-tied-theta5e5", "llama", dict(num_key_value_heads=1, num_attention_heads=3,
-                                                       tie_word_embeddings=True,
-                                                       rope_theta=500000.0), seed=1),
-    Case("llama-gqa2-d64-llama3", "llama", dict(hidden_size=128, num_attention_heads=2 * 1,
-                                                num_key_value_heads=1, head_dim=64,
-                                                rope_theta=500000.0, tie_word_embeddings=True,
-                                                rope_scaling=dict(
-                                                    rope_type="llama3", factor=8.0,
-                                                    low_freq_factor=1.0, high_freq_factor=4.0,
-                                                    original_max_position_embeddings=16)),
-         seed=2),
-    Case("llama-gqa2-d128-bias", "llama", dict(hidden_size=96, num_attention_heads=4,
-                                               num_key_value_heads=2, head_dim=128,
-                                               attention_bias=True), seed=3),
-    Case("qwen2-gqa6-d32-tied", "qwen2", dict(hidden_size=192, num_attention_heads=6,
-                                              num_key_value_heads=1, head_dim=32,
-                                              tie_word_embeddings=True, rope_theta=1e6),
-         seed=4),
-    Case("qwen2-gqa2-d64-untied", "qwen2", dict(hidden_size=256, num_attention_heads=4,
-                                                num_key_value_heads=2, intermediate_size=333),
-         seed=5),
+    Case("llama-mha-d32-untied", "llama", dict(num_attention_heads=3, num_key_value_heads=3, hidden_size=96)),
+    Case(
+        "llama-gqa3-d32-tied-theta5e5",
+        "llama",
+        dict(num_key_value_heads=1, num_attention_heads=3, tie_word_embeddings=True, rope_theta=500000.0),
+        seed=1,
+    ),
+    Case(
+        "llama-gqa2-d64-llama3",
+        "llama",
+        dict(
+            hidden_size=128,
+            num_attention_heads=2 * 1,
+            num_key_value_heads=1,
+            head_dim=64,
+            rope_theta=500000.0,
+            tie_word_embeddings=True,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        ),
+        seed=2,
+    ),
+    Case(
+        "llama-gqa2-d128-bias",
+        "llama",
+        dict(hidden_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=128, attention_bias=True),
+        seed=3,
+    ),
+    Case(
+        "qwen2-gqa6-d32-tied",
+        "qwen2",
+        dict(
+            hidden_size=192,
+            num_attention_heads=6,
+            num_key_value_heads=1,
+            head_dim=32,
+            tie_word_embeddings=True,
+            rope_theta=1e6,
+        ),
+        seed=4,
+    ),
+    Case(
+        "qwen2-gqa2-d64-untied",
+        "qwen2",
+        dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, intermediate_size=333),
+        seed=5,
+    ),
 ]
 
 
@@ -65,11 +94,11 @@ def case_model(request, tmp_path_factory):
 
 def check_against_hf(model, chain, atol=ATOL):
     ids, logits = chain.greedy(PROMPT, GREEDY)
-    ref = hf_logits(model, PROMPT + ids[:-1])[len(PROMPT) - 1:]
+    ref = hf_logits(model, PROMPT + ids[:-1])[len(PROMPT) - 1 :]
     diff = float(np.abs(logits - ref).max())
     assert diff <= atol, f"max logit diff {diff}"
     assert ids == [int(i) for i in ref.argmax(axis=1)]
-    assert len(set(ids)) >= 3          # ids vary (the logit check is the sharp one)
+    assert len(set(ids)) >= 3  # ids vary (the logit check is the sharp one)
     return diff
 
 
@@ -90,8 +119,9 @@ def test_batch_prefill_matches_transformers(case_model):
     assert float(np.abs(out - ref).max()) <= ATOL
 
 
-@pytest.mark.parametrize("splits", list(layer_partitions(4)),
-                         ids=lambda s: "+".join(f"{a}-{b}" for a, b in s))
+@pytest.mark.parametrize(
+    "splits", list(layer_partitions(4)), ids=lambda s: "+".join(f"{a}-{b}" for a, b in s)
+)
 def test_every_cut_matches_transformers(case_model, splits):
     case, model, d = case_model
     if case.name not in ("llama-gqa2-d64-llama3", "qwen2-gqa2-d64-untied") and len(splits) > 2:
@@ -141,7 +171,7 @@ def test_bf16_on_the_wire_every_cut(tmp_path):
     for splits in layer_partitions(4):
         chain = Chain(d, splits, wire="BF16")
         ids, logits = chain.greedy(PROMPT, GREEDY)
-        ref = hf_logits(reference, PROMPT + ids[:-1])[len(PROMPT) - 1:]
+        ref = hf_logits(reference, PROMPT + ids[:-1])[len(PROMPT) - 1 :]
         worst = max(worst, float(np.abs(logits - ref).max()))
         if len(splits) == 1:
             assert ids == [int(i) for i in ref.argmax(axis=1)]

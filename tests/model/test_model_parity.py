@@ -11,8 +11,18 @@ import numpy as np
 import pytest
 
 from cmlp.model import Gpt2Shard
-from tests.helpers.model import (ATOL, PARITY, SPECS, WIDE, HfSession, ShardedModel, hf_reference,
-                           layer_partitions, load_golden, load_hf_model)
+from tests.helpers.model import (
+    ATOL,
+    PARITY,
+    SPECS,
+    WIDE,
+    HfSession,
+    ShardedModel,
+    hf_reference,
+    layer_partitions,
+    load_golden,
+    load_hf_model,
+)
 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
@@ -38,6 +48,7 @@ def assert_close(actual, expected, what):
 # ---------------------------------------------------------------------------
 # Checks shared by the golden and the live runs
 # ---------------------------------------------------------------------------
+
 
 def check_prefill(model_dir, spec, ref):
     shard = Gpt2Shard.load(model_dir, 0, spec.config.n_layer, threads=2)
@@ -85,13 +96,15 @@ def check_every_partition(model_dir, spec, ref):
             token = np.array([[ref["decode_ids"][step]]], np.uint32)
             assert_close(model.forward(token), ref["decode_logits"][step], f"{label}, step {step}")
             for cut, hidden in model.cut_hidden.items():
-                assert_close(hidden, ref["cut_hidden_decode"][step][cut - 1],
-                             f"{label}, decode step {step} cut {cut}")
+                assert_close(
+                    hidden, ref["cut_hidden_decode"][step][cut - 1], f"{label}, decode step {step} cut {cut}"
+                )
 
 
 # ---------------------------------------------------------------------------
 # Against the committed golden files
 # ---------------------------------------------------------------------------
+
 
 def test_prefill_matches_golden(spec, model_dir, golden):
     check_prefill(model_dir, spec, golden)
@@ -122,6 +135,7 @@ def test_prefixed_file_matches_golden(tmp_path):
 # Live against transformers
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.torch
 def test_live_reference(spec, model_dir):
     ref = hf_reference(model_dir, spec)
@@ -143,9 +157,9 @@ def test_live_prefixed_reference(tmp_path):
 def test_live_gpt2_small_shape(tmp_path):
     """One full-size case: GPT-2-small shapes, synthetic weights, 3 shards."""
     from cmlp.model.synthetic import PRESETS, write_model
+
     config = PRESETS["small"]
-    model_dir = write_model(tmp_path / "small", config, seed=7, std=0.05, ln_std=0.1,
-                            bias_std=0.02)
+    model_dir = write_model(tmp_path / "small", config, seed=7, std=0.05, ln_std=0.1, bias_std=0.02)
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, config.vocab_size, (1, 64)).astype(np.uint32)
     session = HfSession(load_hf_model(model_dir))

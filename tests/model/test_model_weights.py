@@ -24,44 +24,52 @@ CONFIG = Gpt2Config(vocab_size=100, n_positions=16, n_embd=16, n_layer=4, n_head
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return write_model(tmp_path_factory.mktemp("w") / "m", CONFIG, seed=3, std=0.1,
-                       ln_std=0.1, bias_std=0.1)
+    return write_model(tmp_path_factory.mktemp("w") / "m", CONFIG, seed=3, std=0.1, ln_std=0.1, bias_std=0.1)
 
 
 @pytest.fixture
 def broken(model_dir, tmp_path):
     """A copy of the model whose tensors (or config) a test edits."""
+
     def make(edit_tensors=None, edit_config=None, prefix=""):
         tensors = load_file(str(model_dir / "model.safetensors"))
         if edit_tensors:
             edit_tensors(tensors)
         out = tmp_path / "broken"
         out.mkdir(exist_ok=True)
-        save_file({prefix + k: v for k, v in tensors.items()}, str(out / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {prefix + k: v for k, v in tensors.items()},
+            str(out / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         config = json.loads((model_dir / "config.json").read_text())
         if edit_config:
             edit_config(config)
         (out / "config.json").write_text(json.dumps(config))
         return out
+
     return make
 
 
 def file_hashes(path, prefix=""):
     tensors = load_file(str(path))
-    return {k[len(prefix):]: hashlib.sha256(v.tobytes()).hexdigest() for k, v in tensors.items()}
+    return {k[len(prefix) :]: hashlib.sha256(v.tobytes()).hexdigest() for k, v in tensors.items()}
 
 
 # ---------------------------------------------------------------------------
 # What a shard holds
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("start,end,extra", [
-    (0, 4, {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"}),
-    (0, 2, {"wte.weight", "wpe.weight"}),
-    (1, 3, set()),
-    (3, 4, {"wte.weight", "ln_f.weight", "ln_f.bias"}),
-])
+
+@pytest.mark.parametrize(
+    "start,end,extra",
+    [
+        (0, 4, {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"}),
+        (0, 2, {"wte.weight", "wpe.weight"}),
+        (1, 3, set()),
+        (3, 4, {"wte.weight", "ln_f.weight", "ln_f.bias"}),
+    ],
+)
 def test_shard_holds_exactly_its_tensors(model_dir, start, end, extra):
     w = load_shard_weights(model_dir, CONFIG, start, end)
     blocks = {f"h.{i}.{n}" for i in range(start, end) for n in weights_mod.BLOCK_TENSORS}
@@ -103,7 +111,7 @@ def test_conv1d_weights_are_kept_as_stored(model_dir):
     stored = load_file(str(model_dir / "model.safetensors"))
     for name in ("h.0.attn.c_attn.weight", "h.0.mlp.c_proj.weight", "wte.weight"):
         np.testing.assert_array_equal(w.tensors[name], stored[name])
-    assert w.tensors["h.0.attn.c_attn.weight"].shape == (16, 48)   # [in, out]
+    assert w.tensors["h.0.attn.c_attn.weight"].shape == (16, 48)  # [in, out]
 
 
 def test_weight_bytes(model_dir):
@@ -116,12 +124,13 @@ def test_weight_bytes(model_dir):
 # Weight hashes
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("start,end", [(0, 4), (0, 1), (1, 3), (2, 4)])
 def test_weight_hashes_match_hashlib_over_the_file(model_dir, start, end):
     shard = Gpt2Shard.load(model_dir, start, end, threads=1)
     hashes = shard.weight_hashes()
     names = [name for name, _ in hashes]
-    assert names == sorted(shard_tensor_shapes(CONFIG, start, end))   # canonical order
+    assert names == sorted(shard_tensor_shapes(CONFIG, start, end))  # canonical order
     expected = file_hashes(model_dir / "model.safetensors")
     assert hashes == [(name, expected[name]) for name in names]
     assert names.count("wte.weight") <= 1
@@ -129,8 +138,7 @@ def test_weight_hashes_match_hashlib_over_the_file(model_dir, start, end):
 
 def test_prefixed_file_gives_the_same_names_and_hashes(model_dir, broken):
     prefixed = broken(prefix="transformer.")
-    assert Gpt2Shard.load(prefixed, 0, 4).weight_hashes() == \
-        Gpt2Shard.load(model_dir, 0, 4).weight_hashes()
+    assert Gpt2Shard.load(prefixed, 0, 4).weight_hashes() == Gpt2Shard.load(model_dir, 0, 4).weight_hashes()
 
 
 def test_prefix_detection():
@@ -145,11 +153,12 @@ def test_prefix_detection():
 # Errors
 # ---------------------------------------------------------------------------
 
+
 def test_missing_tensor_is_named(broken):
     d = broken(lambda t: t.pop("h.2.mlp.c_fc.bias"))
     with pytest.raises(ModelError, match=r"missing tensor h\.2\.mlp\.c_fc\.bias"):
         Gpt2Shard.load(d, 2, 3)
-    Gpt2Shard.load(d, 0, 2)   # a shard that does not need it loads fine
+    Gpt2Shard.load(d, 0, 2)  # a shard that does not need it loads fine
 
 
 def test_missing_prefixed_tensor_is_named_with_its_prefix(broken):
@@ -160,26 +169,34 @@ def test_missing_prefixed_tensor_is_named_with_its_prefix(broken):
 
 def test_wrong_shape_is_named(broken):
     def edit(t):
-        t["h.1.attn.c_attn.weight"] = np.zeros((48, 16), np.float32)   # transposed
-    with pytest.raises(ModelError, match=r"h\.1\.attn\.c_attn\.weight has shape \[48, 16\], "
-                                         r"expected \[16, 48\]"):
+        t["h.1.attn.c_attn.weight"] = np.zeros((48, 16), np.float32)  # transposed
+
+    with pytest.raises(
+        ModelError,
+        match=r"h\.1\.attn\.c_attn\.weight has shape \[48, 16\], "
+        r"expected \[16, 48\]",
+    ):
         Gpt2Shard.load(broken(edit), 0, 4)
 
 
 def test_wrong_dtype_is_named(broken):
     def edit(t):
         t["wpe.weight"] = t["wpe.weight"].astype(np.float16)
+
     with pytest.raises(ModelError, match=r"wpe\.weight has dtype F16, expected F32"):
         Gpt2Shard.load(broken(edit), 0, 1)
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("n_embd", 32, r"wte\.weight has shape \[100, 16\], expected \[100, 32\]"),
-    ("vocab_size", 101, r"wte\.weight has shape \[100, 16\], expected \[101, 16\]"),
-    ("n_positions", 32, r"wpe\.weight has shape"),
-    ("n_layer", 3, r"holds block h\.3 but config n_layer is 3"),
-    ("n_layer", 5, r"missing tensor h\.4\."),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("n_embd", 32, r"wte\.weight has shape \[100, 16\], expected \[100, 32\]"),
+        ("vocab_size", 101, r"wte\.weight has shape \[100, 16\], expected \[101, 16\]"),
+        ("n_positions", 32, r"wpe\.weight has shape"),
+        ("n_layer", 3, r"holds block h\.3 but config n_layer is 3"),
+        ("n_layer", 5, r"missing tensor h\.4\."),
+    ],
+)
 def test_config_that_does_not_match_the_file(broken, key, value, match):
     d = broken(edit_config=lambda c: c.update({key: value}))
     with pytest.raises(ModelError, match=match):
@@ -203,13 +220,16 @@ def test_truncated_file(model_dir, tmp_path):
             Gpt2Shard.load(d, 0, 4)
 
 
-@pytest.mark.parametrize("corrupt", [
-    lambda b: b"",
-    lambda b: b[:5],
-    lambda b: (2**62).to_bytes(8, "little") + b[8:],           # absurd header length
-    lambda b: b[:8] + b"{" * 40 + b[48:],                       # broken JSON header
-    lambda b: b.replace(b'"F32"', b'"Q99"', 1),                 # unknown dtype
-])
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda b: b"",
+        lambda b: b[:5],
+        lambda b: (2**62).to_bytes(8, "little") + b[8:],  # absurd header length
+        lambda b: b[:8] + b"{" * 40 + b[48:],  # broken JSON header
+        lambda b: b.replace(b'"F32"', b'"Q99"', 1),  # unknown dtype
+    ],
+)
 def test_corrupted_file(model_dir, tmp_path, corrupt):
     (tmp_path / "config.json").write_bytes((model_dir / "config.json").read_bytes())
     (tmp_path / "model.safetensors").write_bytes(corrupt((model_dir / "model.safetensors").read_bytes()))

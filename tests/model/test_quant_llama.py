@@ -20,8 +20,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tests.helpers.llama_helpers import Case, Chain, build_hf_model, hf_logits, save
-from tests.helpers.model import layer_partitions
 from safetensors.numpy import load_file, save_file
 
 from cmlp import _wkernels as wk
@@ -29,22 +27,30 @@ from cmlp.errors import ModelError
 from cmlp.model.llama.engine import LlamaShard
 from cmlp.model.quant import LINEAR, dequantize_int8
 from cmlp.model.quantize import quantize_model
-from cmlp.model.safetensors_io import read_header, read_into, STORAGE
+from cmlp.model.safetensors_io import STORAGE, read_header, read_into
+from tests.helpers.llama_helpers import Case, Chain, build_hf_model, hf_logits, save
+from tests.helpers.model import layer_partitions
 
 BF16_ATOL = 1e-4
 I8_ATOL_FP32_ACT = 1e-4
 I8_ATOL_VNNI = 5e-3
 PROMPT = [5, 17, 250, 3, 99, 42]
-LONG_PROMPT = list(range(7, 7 + 3 * 13, 3))      # 13 rows: the tiled prefill path
+LONG_PROMPT = list(range(7, 7 + 3 * 13, 3))  # 13 rows: the tiled prefill path
 GREEDY = 12
 ISAS = ["generic", "avx2", "avx512", "avx512vnni", "avx512bf16"]
 
-TIED = Case("llama-gqa3-tied", "llama", dict(num_key_value_heads=1, num_attention_heads=3,
-                                             tie_word_embeddings=True, rope_theta=500000.0),
-            seed=1)
-QWEN = Case("qwen2-gqa2-untied-bias", "qwen2", dict(hidden_size=256, num_attention_heads=4,
-                                                    num_key_value_heads=2,
-                                                    intermediate_size=333), seed=5)
+TIED = Case(
+    "llama-gqa3-tied",
+    "llama",
+    dict(num_key_value_heads=1, num_attention_heads=3, tie_word_embeddings=True, rope_theta=500000.0),
+    seed=1,
+)
+QWEN = Case(
+    "qwen2-gqa2-untied-bias",
+    "qwen2",
+    dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, intermediate_size=333),
+    seed=5,
+)
 
 
 def i8_atol():
@@ -54,8 +60,7 @@ def i8_atol():
 def raw_tensors(path):
     """Every tensor of one .safetensors file in its storage dtype (BF16 as uint16)."""
     header, _ = read_header(path)
-    return {n: read_into(path, n, np.empty(e["shape"], STORAGE[e["dtype"]]))
-            for n, e in header.items()}
+    return {n: read_into(path, n, np.empty(e["shape"], STORAGE[e["dtype"]])) for n, e in header.items()}
 
 
 def dequantized_reference(case, q_dir):
@@ -78,7 +83,7 @@ def dequantized_reference(case, q_dir):
 
 def max_diff(chain, reference, prompt=PROMPT):
     ids, logits = chain.greedy(prompt, GREEDY)
-    ref = hf_logits(reference, prompt + ids[:-1])[len(prompt) - 1:]
+    ref = hf_logits(reference, prompt + ids[:-1])[len(prompt) - 1 :]
     assert ids == [int(i) for i in ref.argmax(axis=1)]
     return float(np.abs(logits - ref).max())
 
@@ -100,14 +105,13 @@ def test_int8_checkpoint_layout(int8_model):
     for name, arr in tensors.items():
         if name.endswith("_scale"):
             continue
-        is_matrix = name.endswith("_proj.weight") or name in ("model.embed_tokens.weight",
-                                                               "lm_head.weight")
+        is_matrix = name.endswith("_proj.weight") or name in ("model.embed_tokens.weight", "lm_head.weight")
         assert (arr.dtype == np.int8) == is_matrix, name
         if is_matrix:
             assert tensors[name + "_scale"].dtype == np.float32
             assert tensors[name + "_scale"].shape == (arr.shape[0],)
         else:
-            assert arr.dtype == np.float32, name      # norms, biases stay float
+            assert arr.dtype == np.float32, name  # norms, biases stay float
     assert ("lm_head.weight" in tensors) != bool(case.kwargs.get("tie_word_embeddings"))
 
 
@@ -124,8 +128,9 @@ def test_int8_matches_dequantized_transformers(int8_model):
     assert float(np.abs(chain.forward(ids) - ref).max()) <= i8_atol()
 
 
-@pytest.mark.parametrize("splits", [s for s in layer_partitions(4) if len(s) > 1],
-                         ids=lambda s: "+".join(f"{a}-{b}" for a, b in s))
+@pytest.mark.parametrize(
+    "splits", [s for s in layer_partitions(4) if len(s) > 1], ids=lambda s: "+".join(f"{a}-{b}" for a, b in s)
+)
 def test_int8_every_cut(int8_model, splits):
     case, q_dir, reference = int8_model
     assert max_diff(Chain(q_dir, splits), reference) <= i8_atol()
@@ -148,9 +153,8 @@ def bf16_and_i8(tmp_path_factory):
     model = build_hf_model(QWEN)
     save(model, root / "f32")
     bf16 = quantize_model(root / "f32", root / "bf16", "bf16")
-    reference = build_hf_model(QWEN)     # float32 on the bf16 weights, upcast exactly
-    reference.load_state_dict({k: v.to(torch.bfloat16).float()
-                               for k, v in model.state_dict().items()})
+    reference = build_hf_model(QWEN)  # float32 on the bf16 weights, upcast exactly
+    reference.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in model.state_dict().items()})
     i8 = quantize_model(root / "f32", root / "i8", "int8")
     return bf16, reference, i8, dequantized_reference(QWEN, i8)
 
@@ -161,9 +165,9 @@ def test_every_isa_path(bf16_and_i8, forced_isa):
     assert wk.isa_active() == forced_isa
     for d, ref, atol in ((bf16, bf16_ref, BF16_ATOL), (i8, i8_ref, i8_atol())):
         chain = Chain(d, [(0, 2), (2, 4)])
-        for prompt in (PROMPT, LONG_PROMPT):       # slab (<= 8 rows) and tiled prefill
+        for prompt in (PROMPT, LONG_PROMPT):  # slab (<= 8 rows) and tiled prefill
             assert max_diff(chain, ref, prompt) <= atol, (forced_isa, d.name)
-        ids = np.random.default_rng(1).integers(0, 301, (4, 1))   # batched decode rows
+        ids = np.random.default_rng(1).integers(0, 301, (4, 1))  # batched decode rows
         chain.clear_cache()
         with torch.no_grad():
             want = ref(torch.as_tensor(ids, dtype=torch.long)).logits[:, -1].numpy()
@@ -171,6 +175,7 @@ def test_every_isa_path(bf16_and_i8, forced_isa):
 
 
 # ---- loader refusals -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def small_i8(tmp_path_factory):
@@ -195,30 +200,43 @@ def _variant(src, dst, edit_tensors=None, edit_config=None):
 Q = "model.layers.1.self_attn.q_proj.weight"
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda t: t.pop(Q + "_scale"), f"missing tensor {Q}_scale"),
-    (lambda t: t.update({Q + "_scale": t[Q + "_scale"].astype(np.float16)}), "dtype F16"),
-    (lambda t: t.update({Q + "_scale": t[Q + "_scale"][:-1].copy()}), "shape"),
-    (lambda t: t.update({Q: t[Q].astype(np.float32)}), "dtype F32, expected I8"),
-    (lambda t: t.update({Q: t[Q][:, :-1].copy()}), "shape"),
-    (lambda t: t.update({"model.embed_tokens.weight":
-                         t["model.embed_tokens.weight"].view(np.uint8)}), "dtype U8"),
-], ids=["no-scale", "scale-f16", "scale-shape", "matrix-f32", "matrix-shape", "embed-u8"])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda t: t.pop(Q + "_scale"), f"missing tensor {Q}_scale"),
+        (lambda t: t.update({Q + "_scale": t[Q + "_scale"].astype(np.float16)}), "dtype F16"),
+        (lambda t: t.update({Q + "_scale": t[Q + "_scale"][:-1].copy()}), "shape"),
+        (lambda t: t.update({Q: t[Q].astype(np.float32)}), "dtype F32, expected I8"),
+        (lambda t: t.update({Q: t[Q][:, :-1].copy()}), "shape"),
+        (
+            lambda t: t.update({"model.embed_tokens.weight": t["model.embed_tokens.weight"].view(np.uint8)}),
+            "dtype U8",
+        ),
+    ],
+    ids=["no-scale", "scale-f16", "scale-shape", "matrix-f32", "matrix-shape", "embed-u8"],
+)
 def test_int8_loader_refuses(small_i8, tmp_path, edit, message):
     bad = _variant(small_i8, tmp_path / "bad", edit_tensors=edit)
     with pytest.raises(ModelError, match=message):
         LlamaShard.load(bad, 0, 4)
 
 
-@pytest.mark.parametrize("qc", [
-    {"quant_method": "gptq", "bits": 4},
-    {"quant_method": "cmlp", "weight_dtype": "int4", "granularity": "per_channel",
-     "scale_suffix": "_scale", "weight_layout": "out_in"},
-    "int8",
-])
+@pytest.mark.parametrize(
+    "qc",
+    [
+        {"quant_method": "gptq", "bits": 4},
+        {
+            "quant_method": "cmlp",
+            "weight_dtype": "int4",
+            "granularity": "per_channel",
+            "scale_suffix": "_scale",
+            "weight_layout": "out_in",
+        },
+        "int8",
+    ],
+)
 def test_foreign_quantization_config_refused(small_i8, tmp_path, qc):
-    bad = _variant(small_i8, tmp_path / "bad", edit_config=lambda c: c.update(
-        quantization_config=qc))
+    bad = _variant(small_i8, tmp_path / "bad", edit_config=lambda c: c.update(quantization_config=qc))
     with pytest.raises(ModelError, match="quantization_config"):
         LlamaShard.load(bad, 0, 4)
 
@@ -230,6 +248,7 @@ def test_int8_tensors_without_quantization_config_refused(small_i8, tmp_path):
 
 
 # ---- quantize ------------------------------------------------------------------------------
+
 
 def test_quantize_sharded_checkpoint(tmp_path):
     model = build_hf_model(QWEN)
@@ -259,12 +278,14 @@ def test_quantize_refuses_unknown_family(tmp_path):
 
 def test_cli_quantize_llama(tmp_path, capsys):
     from cmlp.cli.main import main as cli_main
+
     model = build_hf_model(TIED)
     save(model, tmp_path / "f32", max_shard_size="200KB")
-    rc = cli_main(["model", "quantize", "--in", str(tmp_path / "f32"), "--out",
-                   str(tmp_path / "i8"), "--dtype", "int8"])
+    rc = cli_main(
+        ["model", "quantize", "--in", str(tmp_path / "f32"), "--out", str(tmp_path / "i8"), "--dtype", "int8"]
+    )
     assert rc in (0, None)
     shard = LlamaShard.load(tmp_path / "i8", 0, 4)
-    assert any(n.endswith("_scale") for n, _ in shard.weight_hashes())   # manifests cover scales
+    assert any(n.endswith("_scale") for n, _ in shard.weight_hashes())  # manifests cover scales
     reference = dequantized_reference(TIED, tmp_path / "i8")
     assert max_diff(Chain(tmp_path / "i8", [(0, 2), (2, 4)]), reference) <= i8_atol()

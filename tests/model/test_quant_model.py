@@ -12,7 +12,6 @@ import struct
 
 import numpy as np
 import pytest
-from tests.helpers.model import PARITY, WIDE, HfSession, load_hf_model
 
 from cmlp.cli.main import main as cli_main
 from cmlp.errors import ModelError
@@ -21,6 +20,7 @@ from cmlp.model.engine import Gpt2Shard
 from cmlp.model.quant_eval import compare, fixed_ids
 from cmlp.model.quantize import quantize_model
 from cmlp.model.safetensors_io import read_header
+from tests.helpers.model import PARITY, WIDE, HfSession, load_hf_model
 
 N_LAYER = PARITY.config.n_layer
 
@@ -29,9 +29,11 @@ N_LAYER = PARITY.config.n_layer
 def models(tmp_path_factory):
     base = tmp_path_factory.mktemp("quant")
     ref = PARITY.write(base / "fp32")
-    return {"fp32": ref,
-            "int8": quantize_model(ref, base / "int8", "int8"),
-            "bf16": quantize_model(ref, base / "bf16", "bf16")}
+    return {
+        "fp32": ref,
+        "int8": quantize_model(ref, base / "int8", "int8"),
+        "bf16": quantize_model(ref, base / "bf16", "bf16"),
+    }
 
 
 def test_int8_files_and_config(models):
@@ -43,17 +45,20 @@ def test_int8_files_and_config(models):
     header, _ = read_header(models["int8"] / "model.safetensors")
     C = PARITY.config.n_embd
     assert header["h.0.attn.c_attn.weight"]["dtype"] == "I8"
-    assert header["h.0.attn.c_attn.weight"]["shape"] == [3 * C, C]      # [out, in]
-    assert header["h.0.attn.c_attn.weight_scale"] == {**header["h.0.attn.c_attn.weight_scale"],
-                                                      "dtype": "F32", "shape": [3 * C]}
+    assert header["h.0.attn.c_attn.weight"]["shape"] == [3 * C, C]  # [out, in]
+    assert header["h.0.attn.c_attn.weight_scale"] == {
+        **header["h.0.attn.c_attn.weight_scale"],
+        "dtype": "F32",
+        "shape": [3 * C],
+    }
     assert header["wte.weight"]["dtype"] == "I8"
     assert header["wte.weight_scale"]["shape"] == [PARITY.config.vocab_size]
     assert header["h.0.ln_1.weight"]["dtype"] == "F32"
     assert header["wpe.weight"]["dtype"] == "F32"
-    assert sorted(qc["modules"]) == sorted(n for n, e in header.items()
-                                           if e["dtype"] == "I8")
+    assert sorted(qc["modules"]) == sorted(n for n, e in header.items() if e["dtype"] == "I8")
     # the library itself reads our file
     from safetensors import safe_open
+
     with safe_open(str(models["int8"] / "model.safetensors"), "numpy") as f:
         assert f.get_tensor("h.1.mlp.c_fc.weight").dtype == np.int8
 
@@ -76,8 +81,20 @@ def test_loader_holds_stored_dtype(models, dtype, stored):
 
 
 def test_hashes_cover_stored_tensors_and_scales(models, capsys):
-    assert cli_main(["model", "hashes", "--model-dir", str(models["int8"]), "--layers",
-                     f"0:{N_LAYER}", "--with-names"]) == 0
+    assert (
+        cli_main(
+            [
+                "model",
+                "hashes",
+                "--model-dir",
+                str(models["int8"]),
+                "--layers",
+                f"0:{N_LAYER}",
+                "--with-names",
+            ]
+        )
+        == 0
+    )
     names = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
     assert "h.0.attn.c_attn.weight_scale" in names and "wte.weight_scale" in names
     assert names == sorted(names)
@@ -87,11 +104,14 @@ def test_hashes_cover_stored_tensors_and_scales(models, capsys):
 
 def test_quantize_cli(models, tmp_path, capsys):
     out = tmp_path / "q"
-    assert cli_main(["model", "quantize", "--in", str(models["fp32"]), "--out", str(out),
-                     "--dtype", "int8"]) == 0
+    assert (
+        cli_main(["model", "quantize", "--in", str(models["fp32"]), "--out", str(out), "--dtype", "int8"])
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(out)
-    assert (out / "model.safetensors").read_bytes() == \
-        (models["int8"] / "model.safetensors").read_bytes()     # deterministic
+    assert (out / "model.safetensors").read_bytes() == (
+        models["int8"] / "model.safetensors"
+    ).read_bytes()  # deterministic
     # non-empty --out without --force: a clear CLI error, non-zero exit
     assert cli_main(["model", "quantize", "--in", str(models["fp32"]), "--out", str(out)]) != 0
     assert "exists and is not empty" in capsys.readouterr().err
@@ -111,6 +131,7 @@ def test_quantize_refuses_bad_input(models, tmp_path):
 
 def _rewrite_config(src, dst, **changes):
     import shutil
+
     shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())
     for k, v in changes.items():
@@ -128,39 +149,44 @@ def test_loader_errors_name_the_tensor(models, tmp_path):
     with pytest.raises(ModelError, match=r"tensor wte\.weight has dtype I8, expected F32"):
         Gpt2Shard.load(plain, 0, N_LAYER)
     # a marker cmlp does not implement
-    other = _rewrite_config(models["fp32"], tmp_path / "gptq",
-                            quantization_config={"quant_method": "gptq", "bits": 4})
+    other = _rewrite_config(
+        models["fp32"], tmp_path / "gptq", quantization_config={"quant_method": "gptq", "bits": 4}
+    )
     with pytest.raises(ModelError, match="unsupported quantization_config"):
         Gpt2Shard.load(other, 0, N_LAYER)
     # the marker on fp32 tensors: scales missing
-    fake = _rewrite_config(models["fp32"], tmp_path / "fake",
-                           quantization_config=json.loads(
-                               (models["int8"] / "config.json").read_text())["quantization_config"])
+    fake = _rewrite_config(
+        models["fp32"],
+        tmp_path / "fake",
+        quantization_config=json.loads((models["int8"] / "config.json").read_text())["quantization_config"],
+    )
     with pytest.raises(ModelError, match=r"expected I8|missing tensor .*_scale"):
         Gpt2Shard.load(fake, 0, N_LAYER)
 
 
 def test_corrupt_bf16_offsets_are_caught(models, tmp_path):
     import shutil
+
     bad = tmp_path / "bad"
     shutil.copytree(models["bf16"], bad)
     path = bad / "model.safetensors"
     raw = bytearray(path.read_bytes())
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     begin, end = header["h.0.attn.c_attn.weight"]["data_offsets"]
-    header["h.0.attn.c_attn.weight"]["data_offsets"] = [begin, end + 2]   # wrong byte count
+    header["h.0.attn.c_attn.weight"]["data_offsets"] = [begin, end + 2]  # wrong byte count
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (n - len(text))
     assert len(text) == n
-    path.write_bytes(bytes(raw[:8]) + text + bytes(raw[8 + n:]))
+    path.write_bytes(bytes(raw[:8]) + text + bytes(raw[8 + n :]))
     with pytest.raises(ModelError, match="model.safetensors"):
-        Gpt2Shard.load(bad, 0, N_LAYER)          # the library's check
+        Gpt2Shard.load(bad, 0, N_LAYER)  # the library's check
     with pytest.raises(ModelError, match=r"tensor h\.0\.attn\.c_attn\.weight: \d+ data bytes for BF16"):
-        read_header(path)                        # and the raw BF16 reader's own
+        read_header(path)  # and the raw BF16 reader's own
 
 
 # ---- parity with transformers --------------------------------------------------------
+
 
 def _hf_dequantized_int8(int8_dir, fp32_dir, out_dir):
     """An fp32 HF checkpoint holding exactly q * scale (what cmlp int8 computes with)."""
@@ -168,6 +194,7 @@ def _hf_dequantized_int8(int8_dir, fp32_dir, out_dir):
 
     from safetensors import safe_open
     from safetensors.numpy import save_file
+
     shutil.copytree(fp32_dir, out_dir)
     tensors = {}
     with safe_open(str(int8_dir / "model.safetensors"), "numpy") as f:
@@ -175,7 +202,7 @@ def _hf_dequantized_int8(int8_dir, fp32_dir, out_dir):
             if name.endswith("_scale"):
                 continue
             t = f.get_tensor(name)
-            if t.dtype == np.int8:   # stored [out, in]: back to HF's Conv1D [in, out]
+            if t.dtype == np.int8:  # stored [out, in]: back to HF's Conv1D [in, out]
                 t = quant.dequantize_int8(t, f.get_tensor(name + "_scale"), quant.LINEAR)
                 if name != "wte.weight":
                     t = np.ascontiguousarray(t.T)
@@ -195,8 +222,11 @@ BOUNDS = {"bf16": 1e-4, "int8": 1e-3}
 def test_parity_with_transformers(models, tmp_path, dtype, ranges):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    hf_dir = models["bf16"] if dtype == "bf16" else _hf_dequantized_int8(
-        models["int8"], models["fp32"], tmp_path / "hf")
+    hf_dir = (
+        models["bf16"]
+        if dtype == "bf16"
+        else _hf_dequantized_int8(models["int8"], models["fp32"], tmp_path / "hf")
+    )
     hf = HfSession(load_hf_model(hf_dir))
     shards = [Gpt2Shard.load(models[dtype], a, b, threads=2) for a, b in ranges]
 
@@ -212,7 +242,7 @@ def test_parity_with_transformers(models, tmp_path, dtype, ranges):
     bound = BOUNDS[dtype]
     assert np.abs(run(prompt) - ref).max() <= bound
     ids = []
-    for step in range(20):                      # decode: the slab kernels
+    for step in range(20):  # decode: the slab kernels
         token = rng.integers(0, PARITY.config.vocab_size, (1, 1)).astype(np.uint32)
         ref, _ = hf.forward(token)
         got = run(token)
@@ -233,8 +263,11 @@ def test_quality_cost_is_bounded(tmp_path, spec, dtype):
     ref_dir = spec.write(tmp_path / "fp32")
     q_dir = quantize_model(ref_dir, tmp_path / dtype, dtype)
     n = spec.config.n_layer
-    report = compare(Gpt2Shard.load(ref_dir, 0, n, threads=2), Gpt2Shard.load(q_dir, 0, n, threads=2),
-                     fixed_ids(spec.config.vocab_size, 100))
+    report = compare(
+        Gpt2Shard.load(ref_dir, 0, n, threads=2),
+        Gpt2Shard.load(q_dir, 0, n, threads=2),
+        fixed_ids(spec.config.vocab_size, 100),
+    )
     rms_bound, ppl_bound = QUALITY_BOUNDS[dtype]
     assert report.rms_logit_err <= rms_bound * report.ref_logit_std, report.line()
     assert abs(report.ppl_ratio - 1) <= ppl_bound, report.line()
@@ -245,6 +278,7 @@ def test_quality_cost_is_bounded(tmp_path, spec, dtype):
 @pytest.fixture
 def forced_isa(request):
     from cmlp import _wkernels as wk
+
     names = wk.isa_names()
     if names.index(request.param) > names.index(wk.isa_detected()):
         pytest.skip(f"CPU has no {request.param}")
@@ -254,14 +288,18 @@ def forced_isa(request):
     wk.set_isa(before)
 
 
-@pytest.mark.parametrize("forced_isa", ["generic", "avx2", "avx512", "avx512vnni", "avx512bf16"],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "forced_isa", ["generic", "avx2", "avx512", "avx512vnni", "avx512bf16"], indirect=True
+)
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 def test_every_dispatch_path_end_to_end(models, tmp_path, forced_isa, dtype):
     """The whole engine on each forced kernel path against transformers."""
     pytest.importorskip("transformers")
-    hf_dir = models["bf16"] if dtype == "bf16" else _hf_dequantized_int8(
-        models["int8"], models["fp32"], tmp_path / "hf")
+    hf_dir = (
+        models["bf16"]
+        if dtype == "bf16"
+        else _hf_dequantized_int8(models["int8"], models["fp32"], tmp_path / "hf")
+    )
     hf = HfSession(load_hf_model(hf_dir))
     shard = Gpt2Shard.load(models[dtype], 0, N_LAYER, threads=2)
     rng = np.random.default_rng(5)
@@ -281,6 +319,7 @@ def test_fp16_checkpoint_runs_in_fp16(models, tmp_path):
 
     from safetensors import safe_open
     from safetensors.numpy import save_file
+
     out = tmp_path / "f16"
     shutil.copytree(models["fp32"], out)
     with safe_open(str(models["fp32"] / "model.safetensors"), "numpy") as f:
@@ -290,7 +329,9 @@ def test_fp16_checkpoint_runs_in_fp16(models, tmp_path):
     assert shard.weight_dtype == "f16"
     hf = HfSession(load_hf_model(out))
     rng = np.random.default_rng(6)
-    for ids in (rng.integers(0, PARITY.config.vocab_size, (1, 30)),
-                rng.integers(0, PARITY.config.vocab_size, (1, 1))):
+    for ids in (
+        rng.integers(0, PARITY.config.vocab_size, (1, 30)),
+        rng.integers(0, PARITY.config.vocab_size, (1, 1)),
+    ):
         ref, _ = hf.forward(ids.astype(np.uint32))
         assert np.abs(shard.forward(ids.astype(np.uint32)) - ref).max() <= 1e-4

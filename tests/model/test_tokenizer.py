@@ -30,8 +30,7 @@ GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(
 EOT = "<|endoftext|>"
 EOT_ID = 50256
 
-PROPERTY_SETTINGS = settings(max_examples=300, deadline=None,
-                             suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +47,9 @@ def reference():
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
-    return tiktoken.Encoding(name="gpt2-committed-ranks", pat_str=GPT2_PAT,
-                             mergeable_ranks=ranks, special_tokens={EOT: EOT_ID})
+    return tiktoken.Encoding(
+        name="gpt2-committed-ranks", pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={EOT: EOT_ID}
+    )
 
 
 def assert_like_tiktoken(tok, reference, text: str) -> None:
@@ -65,7 +65,9 @@ CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "HELLO World hello WORLD",
     "Wait... what?! (Really?) [yes] {no} <maybe>",
-    "a", " ", "",
+    "a",
+    " ",
+    "",
     # contractions, including ones the regex does not special-case
     "it's don't they're we've I'm you'll he'd",
     "IT'S DON'T THEY'RE WE'VE I'M YOU'LL HE'D",
@@ -76,10 +78,20 @@ CORPUS = [
     "3.14159 -42 +7 1,000,000 1e-9 0x1F 2024-06-25 12:30:45",
     "٣٤٥ ৭৮৯ ௧௨ Ⅻ ½ ²³",
     # whitespace runs
-    "two  spaces", "three   spaces", "trailing space ", "trailing spaces   ",
-    "   leading spaces", "\ttab\tseparated\t", "\t\t\tindented",
-    "line one\nline two\n", "\n\n\nblank lines\n\n", "crlf\r\nline\r\n",
-    "mixed \t \n \r\n  whitespace", "     ", "\n", "\u00a0nbsp\u00a0 and\u3000ideographic\u2003em",
+    "two  spaces",
+    "three   spaces",
+    "trailing space ",
+    "trailing spaces   ",
+    "   leading spaces",
+    "\ttab\tseparated\t",
+    "\t\t\tindented",
+    "line one\nline two\n",
+    "\n\n\nblank lines\n\n",
+    "crlf\r\nline\r\n",
+    "mixed \t \n \r\n  whitespace",
+    "     ",
+    "\n",
+    "\u00a0nbsp\u00a0 and\u3000ideographic\u2003em",
     "form\x0cfeed\x0bvtab\x85nel\u2028line\u2029para",
     # accents and other scripts, RTL included
     "café naïve résumé coöperate Ångström façade",
@@ -101,7 +113,7 @@ CORPUS = [
     "def f(x):\n    return x ** 2  # square\n",
     "for (int i = 0; i < n; ++i) {\n\tsum += a[i];\n}\n",
     '{"key": [1, 2.5, null, true], "nested": {"a": "b"}}',
-    "<div class=\"x\">&amp; &lt;tag&gt;</div>",
+    '<div class="x">&amp; &lt;tag&gt;</div>',
     "$ ls -la | grep '\\.py$' && echo \"done\" > /dev/null 2>&1",
     "SELECT * FROM t WHERE id IN (1,2,3) AND name LIKE '%x%';",
     "fn main() -> Result<(), Box<dyn Error>> { Ok(()) }",
@@ -124,8 +136,13 @@ def test_default_path_is_the_packaged_file():
 def test_known_prompt(tok):
     assert tok.encode("The capital of France is") == [464, 3139, 286, 4881, 318]
     assert tok.decode([464, 3139, 286, 4881, 318]) == "The capital of France is"
-    assert [tok.decode_one(i) for i in [464, 3139, 286, 4881, 318]] == \
-        ["The", " capital", " of", " France", " is"]
+    assert [tok.decode_one(i) for i in [464, 3139, 286, 4881, 318]] == [
+        "The",
+        " capital",
+        " of",
+        " France",
+        " is",
+    ]
 
 
 def test_eos_and_vocab_size(tok):
@@ -188,9 +205,20 @@ def test_random_ids_decode_like_tiktoken(tok, reference, ids):
 
 def _random_unicode(rng: random.Random) -> str:
     pools = [
-        (0x20, 0x7E), (0xA0, 0xFF), (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF),
-        (0x590, 0x5FF), (0x600, 0x6FF), (0x900, 0x97F), (0xE00, 0xE7F), (0x3040, 0x30FF),
-        (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF), (0x10000, 0x10FFFF),
+        (0x20, 0x7E),
+        (0xA0, 0xFF),
+        (0x300, 0x36F),
+        (0x370, 0x3FF),
+        (0x400, 0x4FF),
+        (0x590, 0x5FF),
+        (0x600, 0x6FF),
+        (0x900, 0x97F),
+        (0xE00, 0xE7F),
+        (0x3040, 0x30FF),
+        (0x4E00, 0x9FFF),
+        (0xAC00, 0xD7A3),
+        (0x1F300, 0x1FAFF),
+        (0x10000, 0x10FFFF),
     ]
     specials = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "\u200d", "\ufe0f", "'s", "'ll", "0", "42"]
     parts = []
@@ -211,8 +239,11 @@ def test_seeded_random_unicode_matches_tiktoken(tok, reference):
 
 def test_generated_file_is_reproducible(tmp_path):
     out = tmp_path / "tokenizer.json"
-    subprocess.run([sys.executable, str(SCRIPT_PATH), "--ranks", str(RANKS_PATH),
-                    "--output", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(SCRIPT_PATH), "--ranks", str(RANKS_PATH), "--output", str(out)],
+        check=True,
+        capture_output=True,
+    )
     generated = out.read_bytes()
     assert generated == COMMITTED_TOKENIZER.read_bytes()
     assert generated == DEFAULT_TOKENIZER_PATH.read_bytes()
@@ -221,8 +252,11 @@ def test_generated_file_is_reproducible(tmp_path):
 def test_script_rejects_a_bad_ranks_file(tmp_path):
     bad = tmp_path / "bad.tiktoken"
     bad.write_text("IQ== 0\nnot-base64! 1\n")
-    result = subprocess.run([sys.executable, str(SCRIPT_PATH), "--ranks", str(bad),
-                             "--output", str(tmp_path / "out.json")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT_PATH), "--ranks", str(bad), "--output", str(tmp_path / "out.json")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert "bad.tiktoken:2" in result.stderr
     assert not (tmp_path / "out.json").exists()
@@ -240,10 +274,16 @@ def test_missing_file_is_a_model_error(tmp_path):
     _assert_one_line_model_error(tmp_path / "absent.json", "not found")
 
 
-@pytest.mark.parametrize("content", [
-    b"", b"not json at all", b'{"version": "1.0"}', b"[1, 2, 3]",
-    b"\xff\xfe\x00 not utf-8",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"not json at all",
+        b'{"version": "1.0"}',
+        b"[1, 2, 3]",
+        b"\xff\xfe\x00 not utf-8",
+    ],
+)
 def test_corrupt_file_is_a_model_error(tmp_path, content):
     path = tmp_path / "tokenizer.json"
     path.write_bytes(content)

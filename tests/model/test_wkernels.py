@@ -15,8 +15,17 @@ from cmlp.model import quant
 
 ISAS = wk.isa_names()[: wk.isa_names().index(wk.isa_detected()) + 1]
 SHAPES = [  # (M, K, N)
-    (1, 1, 1), (1, 17, 33), (1, 768, 300), (2, 63, 15), (3, 100, 65), (8, 130, 47),
-    (9, 40, 31), (37, 300, 400), (1, 1000, 2), (70, 96, 300), (130, 64, 17),
+    (1, 1, 1),
+    (1, 17, 33),
+    (1, 768, 300),
+    (2, 63, 15),
+    (3, 100, 65),
+    (8, 130, 47),
+    (9, 40, 31),
+    (37, 300, 400),
+    (1, 1000, 2),
+    (70, 96, 300),
+    (130, 64, 17),
 ]
 
 
@@ -44,9 +53,10 @@ def stored(w, dtype, layout):
 
 def tolerance(x, w_ref, layout, dp_bf16):
     """Bound on |out - ref|: fp32 rounding of sum_k |x w|, or bf16 activations."""
-    mag = np.abs(x.astype(np.float64)) @ np.abs(w_ref.astype(np.float64) if layout == "conv1d"
-                                                 else w_ref.astype(np.float64).T)
-    rel = 2.0 ** -8 if dp_bf16 else 4e-6 * max(1.0, np.log2(x.shape[1]))
+    mag = np.abs(x.astype(np.float64)) @ np.abs(
+        w_ref.astype(np.float64) if layout == "conv1d" else w_ref.astype(np.float64).T
+    )
+    rel = 2.0**-8 if dp_bf16 else 4e-6 * max(1.0, np.log2(x.shape[1]))
     return rel * mag + 1e-6
 
 
@@ -60,8 +70,7 @@ def test_matmul_matches_numpy(isa, dtype, layout, M, K, N, threads):
     x = rng.standard_normal((M, K)).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)
     data, scales, ref_w = stored(w, dtype, layout)
-    out = wk.matmul(x, data, layout=layout, dtype=dtype, scales=scales, bias=bias,
-                    threads=threads)
+    out = wk.matmul(x, data, layout=layout, dtype=dtype, scales=scales, bias=bias, threads=threads)
     w64 = ref_w.astype(np.float64)
     ref = x.astype(np.float64) @ (w64 if layout == "conv1d" else w64.T) + bias
     # vdpbf16ps (bf16 activations) runs for Linear bf16 with 2 <= M <= 8
@@ -93,8 +102,11 @@ def test_vnni_int16_activations_saturate_and_zero_rows():
         finally:
             wk.set_isa(before)
         step = np.abs(x).max(axis=1, keepdims=True) / 32767
-        bound = 0.5 * step * np.abs(quant.dequantize_int8(q, s, "linear")).sum(axis=1)[None] \
-            + 1e-5 * np.abs(x) @ np.abs(w.T) + 1e-30
+        bound = (
+            0.5 * step * np.abs(quant.dequantize_int8(q, s, "linear")).sum(axis=1)[None]
+            + 1e-5 * np.abs(x) @ np.abs(w.T)
+            + 1e-30
+        )
         assert np.all(np.abs(out - ref) <= bound), isa
         assert np.all(out[0] == 0.0)
 
@@ -111,8 +123,28 @@ def test_dequantize_is_exact(isa, dtype, layout):
 
 def test_f16_special_values(isa):
     """Subnormals, zeros, infinities and NaN convert exactly on every path."""
-    specials = np.array([0.0, -0.0, 6e-8, -6e-8, 3e-5, 65504.0, -65504.0, np.inf, -np.inf,
-                         1.0, -2.5, 1e-4, 0.333, np.nan, 5.96e-8, 6.1e-5, 7.0], np.float16)
+    specials = np.array(
+        [
+            0.0,
+            -0.0,
+            6e-8,
+            -6e-8,
+            3e-5,
+            65504.0,
+            -65504.0,
+            np.inf,
+            -np.inf,
+            1.0,
+            -2.5,
+            1e-4,
+            0.333,
+            np.nan,
+            5.96e-8,
+            6.1e-5,
+            7.0,
+        ],
+        np.float16,
+    )
     h = np.ascontiguousarray(np.tile(specials, (3, 2)).view(np.uint16))  # [3, 34]
     out = wk.dequantize(h, layout="linear", dtype="f16")
     np.testing.assert_array_equal(out, h.view(np.float16).astype(np.float32))
@@ -121,9 +153,12 @@ def test_f16_special_values(isa):
 def test_bf16_rounding_matches_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
-    w = np.concatenate([rng.standard_normal(10000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 10000),
-                        np.array([0.0, -0.0, np.inf, -np.inf, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8,
-                                  3.4e38, 1e-40], np.float32)]).astype(np.float32)
+    w = np.concatenate(
+        [
+            rng.standard_normal(10000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 10000),
+            np.array([0.0, -0.0, np.inf, -np.inf, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.4e38, 1e-40], np.float32),
+        ]
+    ).astype(np.float32)
     ref = torch.from_numpy(w).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(quant.to_bf16(w), ref)
 
@@ -148,7 +183,7 @@ def test_forced_isa_is_reported_and_bounded():
         assert wk.set_isa("generic") == "generic"
         assert wk.isa_active() == "generic"
         best = names.index(wk.isa_detected())
-        for name in names[best + 1:]:
+        for name in names[best + 1 :]:
             with pytest.raises(ValueError):
                 wk.set_isa(name)
         with pytest.raises(ValueError):
@@ -181,5 +216,5 @@ def test_nonfinite_activations_propagate(isa, M):
     for dtype in ("f32", "bf16", "f16", "i8"):
         data, scales, _ = stored(w, dtype, "linear")
         out = wk.matmul(x, data, layout="linear", dtype=dtype, scales=scales)
-        assert np.all(~np.isfinite(out[:min(M, 2)])), (isa, dtype)
+        assert np.all(~np.isfinite(out[: min(M, 2)])), (isa, dtype)
         assert np.all(np.isfinite(out[2:])), (isa, dtype)

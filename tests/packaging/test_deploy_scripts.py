@@ -41,8 +41,7 @@ def uname_m():
 # ---------------------------------------------------------------------------
 # shellcheck
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("script", [BUILD, RUN, NITRO / "lib.sh", NITRO / "init.sh"],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [BUILD, RUN, NITRO / "lib.sh", NITRO / "init.sh"], ids=lambda p: p.name)
 def test_shellcheck(script):
     exe = shutil.which("shellcheck")
     if exe is None:
@@ -88,13 +87,29 @@ def inputs(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "model.safetensors").write_bytes(b"\0" * 64)
-    return {"WHEEL": str(wheel), "MODEL_DIR": str(model),
-            "NITRO_BUILD_DIR": str(tmp_path / "build"), "PYTHON": sys.executable}
+    return {
+        "WHEEL": str(wheel),
+        "MODEL_DIR": str(model),
+        "NITRO_BUILD_DIR": str(tmp_path / "build"),
+        "PYTHON": sys.executable,
+    }
 
 
 def script_env(path, **extra):
-    knobs = ("DRY_RUN", "DEBUG_MODE", "SIGNING_", "ENCLAVE_", "BASE_IMAGE", "IMAGE_PREFIX",
-             "STARTUP_WAIT", "ORCH_ARGS", "NITRO_BUILD_DIR", "MODEL_DIR", "WHEEL", "STUB_")
+    knobs = (
+        "DRY_RUN",
+        "DEBUG_MODE",
+        "SIGNING_",
+        "ENCLAVE_",
+        "BASE_IMAGE",
+        "IMAGE_PREFIX",
+        "STARTUP_WAIT",
+        "ORCH_ARGS",
+        "NITRO_BUILD_DIR",
+        "MODEL_DIR",
+        "WHEEL",
+        "STUB_",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(knobs)}
     env["PATH"] = path
     env["CMLP_VENV"] = "/nonexistent-venv"
@@ -103,8 +118,14 @@ def script_env(path, **extra):
 
 
 def run_script(script, args, env, cwd, timeout=120):
-    return subprocess.run(["bash", str(script), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(script), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def commands(stdout):
@@ -114,8 +135,9 @@ def commands(stdout):
 
 def emitted(stdout):
     """{path: text} of the files a dry run prints between '# begin' and '# end'."""
-    return {m.group(1): m.group(2)
-            for m in re.finditer(r"^# begin (\S+)\n(.*?)^# end \1$", stdout, re.S | re.M)}
+    return {
+        m.group(1): m.group(2) for m in re.finditer(r"^# begin (\S+)\n(.*?)^# end \1$", stdout, re.S | re.M)
+    }
 
 
 def shipped(n):
@@ -135,8 +157,10 @@ def test_build_dry_run(bare_path, inputs, tmp_path, n):
     build = inputs["NITRO_BUILD_DIR"]
     key, cert = f"{build}/signing/key.pem", f"{build}/signing/cert.pem"
     assert f"openssl ecparam -name secp384r1 -genkey -noout -out {key}" in cmds
-    assert any(c.startswith(f"openssl req -new -x509 -sha384 -key {key}") and
-               c.endswith(f"-out {cert}") for c in cmds)
+    assert any(
+        c.startswith(f"openssl req -new -x509 -sha384 -key {key}") and c.endswith(f"-out {cert}")
+        for c in cmds
+    )
     assert f"nitro-cli pcr --signing-certificate {cert}" in cmds
     rel = f"manifests/manifest_{n}stage_vsock.json"
     ctx = f"{build}/context-{n}stage"
@@ -148,13 +172,17 @@ def test_build_dry_run(bare_path, inputs, tmp_path, n):
     assert len(docker) == len(eifs) == n
     for i in range(n):
         tag = f"cmlp-gpt2-{n}stage-s{i}:latest"
-        assert docker[i] == (f"docker build -f {NITRO}/Dockerfile "
-                             f"--build-arg BASE_IMAGE=python:3.11-slim-bookworm "
-                             f"--build-arg STAGE_IDX={i} --build-arg MANIFEST={rel} "
-                             f"-t {tag} {ctx}")
-        assert eifs[i] == (f"nitro-cli build-enclave --docker-uri {tag} "
-                           f"--output-file {build}/cmlp-gpt2-{n}stage-s{i}.eif "
-                           f"--signing-certificate {cert} --private-key {key}")
+        assert docker[i] == (
+            f"docker build -f {NITRO}/Dockerfile "
+            f"--build-arg BASE_IMAGE=python:3.11-slim-bookworm "
+            f"--build-arg STAGE_IDX={i} --build-arg MANIFEST={rel} "
+            f"-t {tag} {ctx}"
+        )
+        assert eifs[i] == (
+            f"nitro-cli build-enclave --docker-uri {tag} "
+            f"--output-file {build}/cmlp-gpt2-{n}stage-s{i}.eif "
+            f"--signing-certificate {cert} --private-key {key}"
+        )
         assert cmds.index(docker[i]) < cmds.index(eifs[i])
     # the n-stage manifest, pinned, is what goes into the images (not always the 2-stage one)
     files = emitted(r.stdout)
@@ -163,12 +191,15 @@ def test_build_dry_run(bare_path, inputs, tmp_path, n):
     ref = shipped(n)
     assert m.num_stages == n
     for got, want in zip(m.stages, ref.stages, strict=True):
-        assert (got.layer_start, got.layer_end, got.endpoint) == \
-            (want.layer_start, want.layer_end, want.endpoint)
+        assert (got.layer_start, got.layer_end, got.endpoint) == (
+            want.layer_start,
+            want.layer_end,
+            want.endpoint,
+        )
         assert list(got.expected_measurements) == ["8"]
         assert len(got.measurements()._values[8]) == 48
     assert f"cp {ctx}/{rel} {build}/manifest_{n}stage_vsock.json" in cmds
-    assert not Path(build).exists()                 # a dry run writes nothing
+    assert not Path(build).exists()  # a dry run writes nothing
     assert "nothing was built" in r.stderr
 
 
@@ -183,30 +214,34 @@ def test_build_dry_run_without_wheel_or_model(bare_path, inputs, tmp_path):
 
 
 def test_build_with_existing_signing_key_generates_none(bare_path, inputs, tmp_path):
-    env = script_env(bare_path, **dict(inputs, SIGNING_KEY="/keys/k.pem",
-                                       SIGNING_CERT="/keys/c.pem"))
+    env = script_env(bare_path, **dict(inputs, SIGNING_KEY="/keys/k.pem", SIGNING_CERT="/keys/c.pem"))
     r = run_script(BUILD, ["--dry-run", "2"], env, tmp_path)
     assert r.returncode == 0, r.stderr
     cmds = commands(r.stdout)
     assert not [c for c in cmds if c.startswith("openssl")]
     assert "nitro-cli pcr --signing-certificate /keys/c.pem" in cmds
-    assert all(c.endswith("--signing-certificate /keys/c.pem --private-key /keys/k.pem")
-               for c in cmds if c.startswith("nitro-cli build-enclave"))
+    assert all(
+        c.endswith("--signing-certificate /keys/c.pem --private-key /keys/k.pem")
+        for c in cmds
+        if c.startswith("nitro-cli build-enclave")
+    )
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["4"], {}, "num_stages must be 1, 2 or 3"),
-    (["0"], {}, "num_stages must be 1, 2 or 3"),
-    (["2", "3"], {}, "too many arguments"),
-    (["--bogus"], {}, "unknown option"),
-    ([], {"WHEEL": "/w/cmlp-0.1.0-cp311-cp311-manylinux_2_39_x86_64.whl"}, "needs glibc 2.39"),
-    ([], {"WHEEL": "/w/something.whl"}, "not a cmlp CPython wheel"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["4"], {}, "num_stages must be 1, 2 or 3"),
+        (["0"], {}, "num_stages must be 1, 2 or 3"),
+        (["2", "3"], {}, "too many arguments"),
+        (["--bogus"], {}, "unknown option"),
+        ([], {"WHEEL": "/w/cmlp-0.1.0-cp311-cp311-manylinux_2_39_x86_64.whl"}, "needs glibc 2.39"),
+        ([], {"WHEEL": "/w/something.whl"}, "not a cmlp CPython wheel"),
+    ],
+)
 def test_build_rejects(bare_path, inputs, tmp_path, args, env, message):
     if "manylinux_2_39" in env.get("WHEEL", ""):
         env = {"WHEEL": env["WHEEL"].replace("x86_64", uname_m())}
-    r = run_script(BUILD, ["--dry-run", *args], script_env(bare_path, **dict(inputs, **env)),
-                   tmp_path)
+    r = run_script(BUILD, ["--dry-run", *args], script_env(bare_path, **dict(inputs, **env)), tmp_path)
     assert r.returncode != 0 and message in r.stderr, r.stderr
 
 
@@ -220,37 +255,46 @@ def test_build_real_mode_needs_the_tools(bare_path, inputs, tmp_path):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_run_dry_run(bare_path, inputs, tmp_path, n):
-    env = script_env(bare_path, **inputs, ENCLAVE_MEMORY_MIB=6144, ENCLAVE_CPUS=4,
-                     ORCH_ARGS="--latency-out /tmp/l.json")
+    env = script_env(
+        bare_path, **inputs, ENCLAVE_MEMORY_MIB=6144, ENCLAVE_CPUS=4, ORCH_ARGS="--latency-out /tmp/l.json"
+    )
     r = run_script(RUN, ["--dry-run", "Hello there", 7, n], env, tmp_path)
     assert r.returncode == 0, r.stderr
     cmds = commands(r.stdout)
     build = inputs["NITRO_BUILD_DIR"]
     launches = [c for c in cmds if c.startswith("nitro-cli run-enclave")]
-    assert launches == [f"nitro-cli run-enclave --eif-path {build}/cmlp-gpt2-{n}stage-s{i}.eif "
-                        f"--memory 6144 --cpu-count 4 --enclave-name cmlp-stage{i}"
-                        for i in range(n)]
+    assert launches == [
+        f"nitro-cli run-enclave --eif-path {build}/cmlp-gpt2-{n}stage-s{i}.eif "
+        f"--memory 6144 --cpu-count 4 --enclave-name cmlp-stage{i}"
+        for i in range(n)
+    ]
     for i in range(n):
         for field in ("EnclaveID", "EnclaveCID"):
-            assert any(c.startswith(f"nitro-cli describe-enclaves | jq -r --arg name "
-                                    f"cmlp-stage{i} --arg field {field} ") for c in cmds)
+            assert any(
+                c.startswith(
+                    f"nitro-cli describe-enclaves | jq -r --arg name cmlp-stage{i} --arg field {field} "
+                )
+                for c in cmds
+            )
     files = emitted(r.stdout)
-    (path, text), = files.items()
+    ((path, text),) = files.items()
     m = Manifest.from_json(text)
     for i, (got, want) in enumerate(zip(m.stages, shipped(n).stages, strict=True)):
         assert got.endpoint.control.endpoint.cid == 16 + i
         assert got.endpoint.data_in.endpoint.cid == 16 + i
-        assert (got.endpoint.control.endpoint.port, got.endpoint.data_in.endpoint.port) == \
-            (5000, 5001)
+        assert (got.endpoint.control.endpoint.port, got.endpoint.data_in.endpoint.port) == (5000, 5001)
         assert got.endpoint.data_out == want.endpoint.data_out
         assert list(got.expected_measurements) == ["8"]
     orch = [c for c in cmds if c.startswith("cmlp-orch")]
-    assert orch == [f"cmlp-orch --manifest {path} --text Hello\\ there --max-tokens 7 "
-                    "--attestation nitro --host-attestation none --latency-out /tmp/l.json"]
+    assert orch == [
+        f"cmlp-orch --manifest {path} --text Hello\\ there --max-tokens 7 "
+        "--attestation nitro --host-attestation none --latency-out /tmp/l.json"
+    ]
     assert "sleep 15" in cmds and cmds.index("sleep 15") < cmds.index(orch[0])
     terminations = [c for c in cmds if c.startswith("nitro-cli terminate-enclave")]
-    assert terminations == [f"nitro-cli terminate-enclave --enclave-id i-dry-run-enc{i}"
-                            for i in reversed(range(n))]
+    assert terminations == [
+        f"nitro-cli terminate-enclave --enclave-id i-dry-run-enc{i}" for i in reversed(range(n))
+    ]
     assert cmds.index(orch[0]) < cmds.index(terminations[0])
 
 
@@ -262,12 +306,15 @@ def test_run_dry_run_debug_mode(bare_path, inputs, tmp_path):
     assert "all-zero PCRs" in r.stderr
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["x", "0"], {}, "max_tokens must be a positive integer"),
-    (["x", "5", "4"], {}, "num_stages must be 1, 2 or 3"),
-    ([], {"ENCLAVE_MEMORY_MIB": "lots"}, "ENCLAVE_MEMORY_MIB must be a positive integer"),
-    (["a", "1", "2", "3"], {}, "too many arguments"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["x", "0"], {}, "max_tokens must be a positive integer"),
+        (["x", "5", "4"], {}, "num_stages must be 1, 2 or 3"),
+        ([], {"ENCLAVE_MEMORY_MIB": "lots"}, "ENCLAVE_MEMORY_MIB must be a positive integer"),
+        (["a", "1", "2", "3"], {}, "too many arguments"),
+    ],
+)
 def test_run_rejects(bare_path, inputs, tmp_path, args, env, message):
     r = run_script(RUN, ["--dry-run", *args], script_env(bare_path, **inputs, **env), tmp_path)
     assert r.returncode != 0 and message in r.stderr, r.stderr
@@ -373,18 +420,16 @@ def test_build_then_run_with_stand_ins(stubs, inputs, tmp_path, n):
         assert hashlib.sha384(f"cmlp-gpt2-{n}stage-s{i}:latest".encode()).hexdigest() in r.stdout
     assert f'{{"8": "{PCR8}"}}' in r.stdout
     docker = [c for c in calls(stubs) if c[0] == "docker"]
-    assert [c[c.index("-t") + 1] for c in docker] == [f"cmlp-gpt2-{n}stage-s{i}:latest"
-                                                      for i in range(n)]
+    assert [c[c.index("-t") + 1] for c in docker] == [f"cmlp-gpt2-{n}stage-s{i}:latest" for i in range(n)]
     assert all(f"MANIFEST=manifests/manifest_{n}stage_vsock.json" in c for c in docker)
 
     (stubs / "calls.log").unlink()
     r = run_script(RUN, ["Hi", 3, n], stub_env(stubs, inputs, ENCLAVE_MEMORY_MIB=5000), tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "The capital of France is Paris\n"      # only the orchestrator's output
+    assert r.stdout == "The capital of France is Paris\n"  # only the orchestrator's output
     log = calls(stubs)
     launched = [c for c in log if c[:2] == ["nitro-cli", "run-enclave"]]
-    assert [c[c.index("--enclave-name") + 1] for c in launched] == \
-        [f"cmlp-stage{i}" for i in range(n)]
+    assert [c[c.index("--enclave-name") + 1] for c in launched] == [f"cmlp-stage{i}" for i in range(n)]
     assert all(c[c.index("--memory") + 1] == "5000" for c in launched)
     orch = [c for c in log if c[0] == "cmlp-orch"]
     assert len(orch) == 1
@@ -396,12 +441,10 @@ def test_build_then_run_with_stand_ins(stubs, inputs, tmp_path, n):
         # the image's own pin, plus its exact PCR0/1/2 measured at build time
         assert s.expected_measurements["8"] == PCR8
         assert set(s.expected_measurements) == {"0", "1", "2", "8"}
-        assert pinned.stages[i].admits_init(s)                             # the Init check
-    terminated = [c[c.index("--enclave-id") + 1] for c in log
-                  if c[:2] == ["nitro-cli", "terminate-enclave"]]
+        assert pinned.stages[i].admits_init(s)  # the Init check
+    terminated = [c[c.index("--enclave-id") + 1] for c in log if c[:2] == ["nitro-cli", "terminate-enclave"]]
     assert terminated == [f"i-0abc-enc{16 + i}" for i in reversed(range(n))]
-    assert log.index(orch[0]) < log.index(["nitro-cli", "terminate-enclave", "--enclave-id",
-                                           terminated[0]])
+    assert log.index(orch[0]) < log.index(["nitro-cli", "terminate-enclave", "--enclave-id", terminated[0]])
     assert json.loads((stubs / "enclaves.json").read_text()) == []
 
 
@@ -414,8 +457,7 @@ def test_run_terminates_enclaves_when_the_orchestrator_fails(stubs, inputs, tmp_
 
 def test_run_refuses_images_signed_with_another_key(stubs, inputs, tmp_path):
     other = hashlib.sha384(b"another key").hexdigest()
-    assert run_script(BUILD, [], stub_env(stubs, inputs, STUB_BUILT_PCR8=other),
-                      tmp_path).returncode == 0
+    assert run_script(BUILD, [], stub_env(stubs, inputs, STUB_BUILT_PCR8=other), tmp_path).returncode == 0
     r = run_script(RUN, [], stub_env(stubs, inputs), tmp_path)
     assert r.returncode != 0
     assert f"measures PCR8 {other}" in r.stderr and "rebuild" in r.stderr
@@ -425,15 +467,16 @@ def test_run_refuses_images_signed_with_another_key(stubs, inputs, tmp_path):
 
 def test_run_refuses_an_enclave_name_in_use(stubs, inputs, tmp_path):
     assert run_script(BUILD, [], stub_env(stubs, inputs), tmp_path).returncode == 0
-    (stubs / "enclaves.json").write_text(json.dumps([
-        {"EnclaveName": "cmlp-stage0", "EnclaveID": "i-old-enc9", "EnclaveCID": 9,
-         "State": "RUNNING"}]))
+    (stubs / "enclaves.json").write_text(
+        json.dumps(
+            [{"EnclaveName": "cmlp-stage0", "EnclaveID": "i-old-enc9", "EnclaveCID": 9, "State": "RUNNING"}]
+        )
+    )
     r = run_script(RUN, [], stub_env(stubs, inputs), tmp_path)
     assert r.returncode != 0 and "already running" in r.stderr
     assert not [c for c in calls(stubs) if c[:2] == ["nitro-cli", "run-enclave"]]
     # someone else's enclave is left alone
-    assert [e["EnclaveID"] for e in json.loads((stubs / "enclaves.json").read_text())] == \
-        ["i-old-enc9"]
+    assert [e["EnclaveID"] for e in json.loads((stubs / "enclaves.json").read_text())] == ["i-old-enc9"]
 
 
 # ---------------------------------------------------------------------------
@@ -467,13 +510,22 @@ def test_dockerfile_manifest_check(tmp_path):
     assert "/app/manifest.json" in code
     template = REPO / "manifests" / "manifest_3stage_vsock.json"
     pinned = tmp_path / "pinned.json"
-    pinned.write_text(subprocess.run(
-        [sys.executable, str(NITRO / "nitro_manifest.py"), "pin", str(template), PCR8],
-        capture_output=True, text=True, check=True).stdout)
+    pinned.write_text(
+        subprocess.run(
+            [sys.executable, str(NITRO / "nitro_manifest.py"), "pin", str(template), PCR8],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for path, idx, ok in ((pinned, 2, True), (template, 0, False), (pinned, 3, False)):
-        r = subprocess.run([sys.executable, "-c", code.replace("/app/manifest.json", str(path))],
-                           env=dict(env, STAGE_IDX=str(idx)), capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-c", code.replace("/app/manifest.json", str(path))],
+            env=dict(env, STAGE_IDX=str(idx)),
+            capture_output=True,
+            text=True,
+        )
         assert (r.returncode == 0) == ok, r.stderr
         if ok:
             assert r.stdout.split() == ["stage", "2", "of", "3", "layers", "8", "-", "12"]
@@ -486,18 +538,20 @@ def test_dockerfile_declares_the_build_args():
     assert "ENV STAGE_IDX=${STAGE_IDX}" in text
     assert "COPY ${MANIFEST} /app/manifest.json" in text
     assert 'ENTRYPOINT ["/app/init.sh"]' in text
-    assert '"$1[nitro]"' in text            # the wheel, with cbor2 and cryptography
+    assert '"$1[nitro]"' in text  # the wheel, with cbor2 and cryptography
 
 
 def test_nitro_manifest_tool_errors(tmp_path):
     tool = [sys.executable, str(NITRO / "nitro_manifest.py")]
     template = str(REPO / "manifests" / "manifest_2stage_vsock.json")
     tcp = str(REPO / "manifests" / "manifest_2stage.json")
-    for args, message in ((["pin", template, "abcd"], "not a SHA-384 hex"),
-                          (["pin", tcp, PCR8], "is not a vsock endpoint"),
-                          (["host", template, "16,17"], "pins no measurements"),
-                          (["host", template, "16"], "1 CIDs for 2 stages"),
-                          (["host", template, "2,17"], "not an enclave CID"),
-                          ([], "")):
+    for args, message in (
+        (["pin", template, "abcd"], "not a SHA-384 hex"),
+        (["pin", tcp, PCR8], "is not a vsock endpoint"),
+        (["host", template, "16,17"], "pins no measurements"),
+        (["host", template, "16"], "1 CIDs for 2 stages"),
+        (["host", template, "2,17"], "not an enclave CID"),
+        ([], ""),
+    ):
         r = subprocess.run(tool + args, capture_output=True, text=True)
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers.common import REPO
 
-pytestmark = pytest.mark.slow      # runs setup.py three times (cythonize): the build tier
+pytestmark = pytest.mark.slow  # runs setup.py three times (cythonize): the build tier
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +33,39 @@ def source_copy(tmp_path_factory):
 
 def build(src, **env):
     full = dict(os.environ, CC="gcc -nostdinc", **env)
-    return subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-temp",
-                           str(src / "tmp"), "--build-lib", str(src / "lib")],
-                          cwd=src, env=full, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--build-temp",
+            str(src / "tmp"),
+            "--build-lib",
+            str(src / "lib"),
+        ],
+        cwd=src,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("only, header_hint, package", [
-    ("_record", "libsodium headers missing", "libsodium-dev"),
-    ("_gpt2", "CBLAS headers missing", "scipy-openblas32"),     # the system-BLAS build
-])
+@pytest.mark.parametrize(
+    "only, header_hint, package",
+    [
+        ("_record", "libsodium headers missing", "libsodium-dev"),
+        ("_gpt2", "CBLAS headers missing", "scipy-openblas32"),  # the system-BLAS build
+    ],
+)
 def test_missing_header_is_one_line_naming_the_package(source_copy, only, header_hint, package):
     r = build(source_copy, CMLP_ONLY=only, CMLP_BLAS="system")
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith(f"cmlp: cannot build cmlp.{only}: {header_hint}"), r.stderr
     assert package in lines[-1]
-    assert "fatal error" not in r.stderr           # stopped before the compiler ran
+    assert "fatal error" not in r.stderr  # stopped before the compiler ran
     assert not (source_copy / "lib").exists()
 
 

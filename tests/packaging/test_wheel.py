@@ -35,8 +35,18 @@ CONSOLE_SCRIPTS = {
     "pipeline-orch": "cmlp.cli.orch:main",
 }
 # Libraries a manylinux wheel may take from the system (everything else must be bundled).
-SYSTEM_LIBS = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libpthread.so", "libdl.so",
-               "librt.so", "libgcc_s.so", "libstdc++.so", "libutil.so")
+SYSTEM_LIBS = (
+    "linux-vdso",
+    "ld-linux",
+    "libc.so",
+    "libm.so",
+    "libpthread.so",
+    "libdl.so",
+    "librt.so",
+    "libgcc_s.so",
+    "libstdc++.so",
+    "libutil.so",
+)
 
 
 def source_version() -> str:
@@ -61,9 +71,20 @@ def why_no_build() -> str | None:
 
 def clean_env(venv: Path | None = None) -> dict:
     """The environment of a user's shell: no PYTHONPATH into the repo, no other venv."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP",
-                        "PYTHONSAFEPATH", "LD_LIBRARY_PATH", "LD_PRELOAD")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PYTHONPATH",
+            "PYTHONHOME",
+            "VIRTUAL_ENV",
+            "PYTHONSTARTUP",
+            "PYTHONSAFEPATH",
+            "LD_LIBRARY_PATH",
+            "LD_PRELOAD",
+        )
+    }
     if venv is not None:
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env["VIRTUAL_ENV"] = str(venv)
@@ -72,11 +93,14 @@ def clean_env(venv: Path | None = None) -> dict:
 
 
 def run(cmd, cwd, env, timeout=120, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
-                    f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -119,17 +143,23 @@ def venv(built, outside):
     start = time.monotonic()
     run([sys.executable, "-m", "venv", path], cwd=outside, env=env)
     py = path / "bin" / "python"
-    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel],
-        cwd=outside, env=clean_env(path), timeout=600)
+    run(
+        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel],
+        cwd=outside,
+        env=clean_env(path),
+        timeout=600,
+    )
     print(f"venv + pip install: {time.monotonic() - start:.1f} s")
     return path
 
 
 @pytest.fixture(scope="module")
 def site_packages(venv, outside):
-    out = run([venv / "bin" / "python", "-c",
-               "import sysconfig; print(sysconfig.get_path('purelib'))"],
-              cwd=outside, env=clean_env(venv)).stdout.strip()
+    out = run(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        cwd=outside,
+        env=clean_env(venv),
+    ).stdout.strip()
     return Path(out)
 
 
@@ -140,8 +170,7 @@ def test_wheel_name_tag_and_metadata(built):
     wheel, _ = built
     version = source_version()
     tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
-    m = re.fullmatch(rf"cmlp-{re.escape(version)}-{tag}-{tag}-(manylinux_2_\d+_\w+)\.whl",
-                     wheel.name)
+    m = re.fullmatch(rf"cmlp-{re.escape(version)}-{tag}-{tag}-(manylinux_2_\d+_\w+)\.whl", wheel.name)
     assert m, f"unexpected wheel name {wheel.name} (version {version}, {tag}, manylinux)"
     with zipfile.ZipFile(wheel) as zf:
         info = zf.read(f"cmlp-{version}.dist-info/WHEEL").decode()
@@ -164,19 +193,22 @@ def test_wheel_contents(built):
         assert data in names
     manifests = {p.name for p in (REPO / "cmlp" / "data" / "manifests").glob("*.json")}
     assert manifests
-    assert {n.rsplit("/", 1)[1] for n in names
-            if n.startswith("cmlp/data/manifests/") and n.endswith(".json")} == manifests
+    assert {
+        n.rsplit("/", 1)[1] for n in names if n.startswith("cmlp/data/manifests/") and n.endswith(".json")
+    } == manifests
     # the licences of cmlp and of everything bundled, in the .dist-info
     licences = {p.relative_to(REPO).as_posix() for p in (REPO / "LICENSES").glob("*")}
     for lic in {"LICENSE"} | licences:
         assert f"cmlp-{version}.dist-info/licenses/{lic}" in names, lic
-    for lic in ("LICENSES/libsodium-ISC.txt", "LICENSES/OpenBLAS-BSD-3-Clause.txt",
-                "LICENSES/gpt2-vocabulary-MIT.txt"):
+    for lic in (
+        "LICENSES/libsodium-ISC.txt",
+        "LICENSES/OpenBLAS-BSD-3-Clause.txt",
+        "LICENSES/gpt2-vocabulary-MIT.txt",
+    ):
         assert lic in licences
     # console scripts
     section = entry_points.split("[console_scripts]", 1)[1].split("\n[", 1)[0]
-    declared = dict(line.replace(" ", "").split("=", 1)
-                    for line in section.splitlines() if "=" in line)
+    declared = dict(line.replace(" ", "").split("=", 1) for line in section.splitlines() if "=" in line)
     assert declared == CONSOLE_SCRIPTS
     # bundled libraries, and nothing of the build tree
     libs = {n.split("/", 1)[1] for n in names if n.startswith("cmlp.libs/") and n != "cmlp.libs/"}
@@ -191,16 +223,26 @@ def test_sdist_is_complete(built):
     assert sdist.name == f"cmlp-{version}.tar.gz"
     with tarfile.open(sdist) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
-    expected = {"setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "CHANGELOG.md",
-                "LICENSE", "PKG-INFO", "csrc/gpt2_kernels.c", "csrc/gpt2_kernels.h",
-                "cmlp/data/tokenizer.json", "cmlp/data/aws_nitro_root_g1.pem"}
-    expected |= {p.relative_to(REPO).as_posix() for pat in ("pyx/*.pyx", "pyx/*.pxd",
-                                                            "pyx/cmlp/*.pxd", "LICENSES/*",
-                                                            "cmlp/data/manifests/*.json")
-                 for p in REPO.glob(pat)}
+    expected = {
+        "setup.py",
+        "pyproject.toml",
+        "MANIFEST.in",
+        "README.md",
+        "CHANGELOG.md",
+        "LICENSE",
+        "PKG-INFO",
+        "csrc/gpt2_kernels.c",
+        "csrc/gpt2_kernels.h",
+        "cmlp/data/tokenizer.json",
+        "cmlp/data/aws_nitro_root_g1.pem",
+    }
+    expected |= {
+        p.relative_to(REPO).as_posix()
+        for pat in ("pyx/*.pyx", "pyx/*.pxd", "pyx/cmlp/*.pxd", "LICENSES/*", "cmlp/data/manifests/*.json")
+        for p in REPO.glob(pat)
+    }
     assert not expected - names, sorted(expected - names)
-    generated = [n for n in names if re.fullmatch(r"pyx/[^/]+\.c", n)
-                 or n.endswith((".so", ".o", ".pyc"))]
+    generated = [n for n in names if re.fullmatch(r"pyx/[^/]+\.c", n) or n.endswith((".so", ".o", ".pyc"))]
     assert not generated, generated
 
 
@@ -208,10 +250,16 @@ def test_sdist_is_complete(built):
 # the installed wheel, used from outside the repo
 # ---------------------------------------------------------------------------
 def test_installed_from_the_venv_not_the_repo(venv, outside, site_packages):
-    out = run([venv / "bin" / "python", "-c",
-               "import cmlp, cmlp._gpt2, cmlp._llama, cmlp._record, cmlp._frame, cmlp._netio;"
-               "print(cmlp.__file__); print(cmlp._gpt2.__file__)"],
-              cwd=outside, env=clean_env(venv)).stdout.split()
+    out = run(
+        [
+            venv / "bin" / "python",
+            "-c",
+            "import cmlp, cmlp._gpt2, cmlp._llama, cmlp._record, cmlp._frame, cmlp._netio;"
+            "print(cmlp.__file__); print(cmlp._gpt2.__file__)",
+        ],
+        cwd=outside,
+        env=clean_env(venv),
+    ).stdout.split()
     for path in out:
         assert Path(path).resolve().is_relative_to(site_packages.resolve()), path
     assert site_packages.resolve().is_relative_to(venv.resolve())
@@ -224,9 +272,15 @@ def test_version_comes_from_one_place(built, venv, outside):
     env = clean_env(venv)
     out = run([venv / "bin" / "cmlp", "--version"], cwd=outside, env=env).stdout.strip()
     assert out == f"cmlp {version}"
-    out = run([venv / "bin" / "python", "-c",
-               "import cmlp, importlib.metadata as md; print(cmlp.__version__, md.version('cmlp'))"],
-              cwd=outside, env=env).stdout.split()
+    out = run(
+        [
+            venv / "bin" / "python",
+            "-c",
+            "import cmlp, importlib.metadata as md; print(cmlp.__version__, md.version('cmlp'))",
+        ],
+        cwd=outside,
+        env=env,
+    ).stdout.split()
     assert out == [version, version]
     assert built[0].name.startswith(f"cmlp-{version}-")
 
@@ -239,8 +293,9 @@ def test_console_scripts_answer_help(venv, outside, script):
 
 def ldd(path: Path, env) -> dict[str, str]:
     """soname -> resolved path (or 'not found') for a shared object and its dependencies."""
-    out = subprocess.run(["ldd", str(path)], capture_output=True, text=True, env=env,
-                         timeout=30, check=True).stdout
+    out = subprocess.run(
+        ["ldd", str(path)], capture_output=True, text=True, env=env, timeout=30, check=True
+    ).stdout
     deps = {}
     for line in out.splitlines():
         line = line.strip()
@@ -271,8 +326,9 @@ def test_extensions_resolve_bundled_libraries(site_packages):
             base = os.path.basename(name)
             if base.startswith(SYSTEM_LIBS):
                 continue
-            assert Path(target).resolve().is_relative_to(libdir), \
+            assert Path(target).resolve().is_relative_to(libdir), (
                 f"{so.name}: {name} resolves to {target}, not inside the wheel's cmlp.libs/"
+            )
         for lib in needs.get(so.name.split(".")[0], ()):
             hits = [t for n, t in deps.items() if os.path.basename(n).startswith(lib)]
             assert hits, f"{so.name} does not link {lib}: {deps}"
@@ -290,8 +346,7 @@ def test_pysodium_loads_the_bundled_libsodium(venv, outside, site_packages):
         "print(sorted({p for p in maps if '/libsodium' in p}))\n"
         "assert len(sodium.sha256(b'abc')) == 32\n"
     )
-    lines = run([venv / "bin" / "python", "-c", code], cwd=outside,
-                env=clean_env(venv)).stdout.splitlines()
+    lines = run([venv / "bin" / "python", "-c", code], cwd=outside, env=clean_env(venv)).stdout.splitlines()
     libdir = (site_packages / "cmlp.libs").resolve()
     lib = Path(lines[0]).resolve()
     assert lib.is_relative_to(libdir) and lib.name.startswith("libsodium"), lines[0]
@@ -330,36 +385,66 @@ def test_two_stage_pipeline_from_the_installed_scripts(venv, outside):
     run([bindir / "cmlp", "model", "init", "--out", model, "--preset", "tiny"], cwd=work, env=env)
     config = json.loads((model / "config.json").read_text())
     assert config["n_layer"] == 4
-    doc = manifest_dict(2, total_layers=config["n_layer"], splits=[(0, 2), (2, 4)],
-                        hidden_dim=config["n_embd"], max_seq_len=64)
+    doc = manifest_dict(
+        2,
+        total_layers=config["n_layer"],
+        splits=[(0, 2), (2, 4)],
+        hidden_dim=config["n_embd"],
+        max_seq_len=64,
+    )
     manifest = work / "manifest.json"
     manifest.write_text(json.dumps(doc, indent=2))
-    want = {int(s["endpoint"][k]["addr"].rsplit(":", 1)[1])
-            for s in doc["stages"] for k in ("control", "data_in")}
+    want = {
+        int(s["endpoint"][k]["addr"].rsplit(":", 1)[1]) for s in doc["stages"] for k in ("control", "data_in")
+    }
 
     procs, logs = [], []
     try:
         for idx in range(2):
             log = open(work / f"stage{idx}.log", "w+")  # noqa: SIM115 - closed in `finally` below
             logs.append(log)
-            procs.append(subprocess.Popen(
-                [str(bindir / "cmlp-stage"), "--manifest", str(manifest), "--stage-idx", str(idx),
-                 "--model-dir", str(model), "--threads", "1", "--log-level", "warning"],
-                cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(bindir / "cmlp-stage"),
+                        "--manifest",
+                        str(manifest),
+                        "--stage-idx",
+                        str(idx),
+                        "--model-dir",
+                        str(model),
+                        "--threads",
+                        "1",
+                        "--log-level",
+                        "warning",
+                    ],
+                    cwd=work,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         deadline = time.monotonic() + 60
         while not want <= listening_ports():
             dead = [p.args for p in procs if p.poll() is not None]
-            assert not dead, f"a stage exited early: {dead}\n" + \
-                "\n".join(Path(f.name).read_text() for f in logs)
+            assert not dead, f"a stage exited early: {dead}\n" + "\n".join(
+                Path(f.name).read_text() for f in logs
+            )
             assert time.monotonic() < deadline, f"stages not listening on {want}"
             time.sleep(0.05)
 
         prompt = "The capital of France is"
-        orch = run([bindir / "cmlp-orch", "--manifest", manifest, "--text", prompt,
-                    "--max-tokens", "5"], cwd=work, env=env, timeout=120)
+        orch = run(
+            [bindir / "cmlp-orch", "--manifest", manifest, "--text", prompt, "--max-tokens", "5"],
+            cwd=work,
+            env=env,
+            timeout=120,
+        )
         assert orch.stdout.startswith(prompt), orch.stdout
-        assert orch.stdout.endswith("\n") and len(orch.stdout.rstrip("\n")) > len(prompt), \
+        assert orch.stdout.endswith("\n") and len(orch.stdout.rstrip("\n")) > len(prompt), (
             f"nothing generated: {orch.stdout!r}"
+        )
         generated = re.search(r"Tokens generated: (\d+)", orch.stderr)
         assert generated and int(generated.group(1)) == 5, orch.stderr
         for p in procs:

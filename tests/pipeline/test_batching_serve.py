@@ -15,6 +15,14 @@ import time
 from contextlib import contextmanager
 
 import pytest
+
+from cmlp.client import Client, Finished, SamplingParams, TokenEvent
+from cmlp.errors import GenerationError, PipelineUnavailable, ServerBusy
+from cmlp.hostblind.host import HostBlindServer
+from cmlp.hostblind.stage_loop import HostBlindOptions
+from cmlp.model.synthetic import init_model
+from cmlp.pipeline.gpt2 import Gpt2Executor
+from cmlp.transport.sockets import parse_endpoint
 from tests.helpers.hostblind_helpers import hb_manifest, hb_manifest_dict, host_config
 from tests.helpers.model import PARITY
 from tests.helpers.pipeline import (
@@ -24,27 +32,23 @@ from tests.helpers.pipeline import (
     write_manifest,
 )
 
-from cmlp.client import Client, Finished, SamplingParams, TokenEvent
-from cmlp.errors import GenerationError, PipelineUnavailable, ServerBusy
-from cmlp.hostblind.host import HostBlindServer
-from cmlp.hostblind.stage_loop import HostBlindOptions
-from cmlp.model.synthetic import init_model
-from cmlp.pipeline.gpt2 import Gpt2Executor
-from cmlp.transport.sockets import parse_endpoint
-
 SPLITS = {1: [(0, 4)], 2: [(0, 2), (2, 4)], 3: [(0, 1), (1, 3), (3, 4)]}
 
 # token ids of the parity model (vocab 512), lengths 1..40
-PROMPTS = [[int(t) for t in random.Random(i).choices(range(512), k=n)]
-           for i, n in enumerate((5, 1, 12, 3, 40, 7, 21, 2))]
-PARAMS = [SamplingParams(max_tokens=12),
-          SamplingParams(max_tokens=20, temperature=0.8, seed=1),
-          SamplingParams(max_tokens=7, temperature=1.2, top_k=20, seed=2),
-          SamplingParams(max_tokens=25, temperature=0.9, top_p=0.8, seed=3),
-          SamplingParams(max_tokens=3),
-          SamplingParams(max_tokens=16, temperature=0.7, top_k=5, top_p=0.9, seed=4),
-          SamplingParams(max_tokens=30),
-          SamplingParams(max_tokens=9, temperature=1.0, seed=5)]
+PROMPTS = [
+    [int(t) for t in random.Random(i).choices(range(512), k=n)]
+    for i, n in enumerate((5, 1, 12, 3, 40, 7, 21, 2))
+]
+PARAMS = [
+    SamplingParams(max_tokens=12),
+    SamplingParams(max_tokens=20, temperature=0.8, seed=1),
+    SamplingParams(max_tokens=7, temperature=1.2, top_k=20, seed=2),
+    SamplingParams(max_tokens=25, temperature=0.9, top_p=0.8, seed=3),
+    SamplingParams(max_tokens=3),
+    SamplingParams(max_tokens=16, temperature=0.7, top_k=5, top_p=0.9, seed=4),
+    SamplingParams(max_tokens=30),
+    SamplingParams(max_tokens=9, temperature=1.0, seed=5),
+]
 
 
 class CountingExecutor(Gpt2Executor):
@@ -54,7 +58,7 @@ class CountingExecutor(Gpt2Executor):
         super().__init__(model_dir, threads=1)
         self.delay = delay
         self.max_rows = 0
-        self.calls = []                 # (rows, tokens per row) of every forward
+        self.calls = []  # (rows, tokens per row) of every forward
 
     def forward_rows(self, seqs, rows):
         self.max_rows = max(self.max_rows, len(rows))
@@ -74,14 +78,19 @@ def manifest(n, relay=False):
 
 
 @contextmanager
-def served_many(m, executors, *, slots=8, concurrency=8, queue_size=8, admission_queue=8,
-                health_interval=0.5, **opts):
+def served_many(
+    m, executors, *, slots=8, concurrency=8, queue_size=8, admission_queue=8, health_interval=0.5, **opts
+):
     options = HostBlindOptions(slots=slots, admission_queue=admission_queue, **opts)
-    stages = [StageThread(m, i, ex, persistent=True, hostblind=options)
-              for i, ex in enumerate(executors)]
-    server = HostBlindServer(m, host_config(), parse_endpoint("127.0.0.1:0"),
-                             queue_size=queue_size, health_interval=health_interval,
-                             concurrency=concurrency)
+    stages = [StageThread(m, i, ex, persistent=True, hostblind=options) for i, ex in enumerate(executors)]
+    server = HostBlindServer(
+        m,
+        host_config(),
+        parse_endpoint("127.0.0.1:0"),
+        queue_size=queue_size,
+        health_interval=health_interval,
+        concurrency=concurrency,
+    )
     try:
         server.start()
         yield server
@@ -116,7 +125,7 @@ def run_concurrently(fn, n):
         gate.wait()
         try:
             out[i] = fn(i)
-        except Exception as exc:       # noqa: BLE001 - reported by the caller
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
             out[i] = exc
 
     threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
@@ -131,16 +140,16 @@ def run_concurrently(fn, n):
 def test_eight_concurrent_clients_equal_their_solo_runs(parity, n, relay):
     m = manifest(n, relay)
     executors = [CountingExecutor(parity, delay=0.003) for _ in range(n)]
-    with served_many(m, executors, prefill_chunk=16) as server:    # 40 and 21 ids: chunked
+    with served_many(m, executors, prefill_chunk=16) as server:  # 40 and 21 ids: chunked
         client = Client(str(server.address), m, timeout=30)
         solo = [run(client, PROMPTS[i], PARAMS[i]) for i in range(8)]
         greedy = run(client, PROMPTS[1], SamplingParams(max_tokens=20))[0]
-        assert all(ex.max_rows == 1 for ex in executors)        # solo really was alone
+        assert all(ex.max_rows == 1 for ex in executors)  # solo really was alone
         together = run_concurrently(lambda i: run(client, PROMPTS[i], PARAMS[i]), 8)
     for i in range(8):
         assert together[i] == solo[i], f"request {i}: {together[i]} != solo {solo[i]}"
     assert all(ex.max_rows >= 2 for ex in executors), [ex.max_rows for ex in executors]
-    assert solo[1][0] != greedy             # the sampled requests really sampled
+    assert solo[1][0] != greedy  # the sampled requests really sampled
 
 
 @pytest.mark.parametrize("n", [1, 2])
@@ -163,9 +172,9 @@ def test_a_disconnecting_client_frees_its_slot_and_does_not_disturb_the_others(p
                 return result
             gen = client.generate(PROMPTS[3], long)
             got = [next(gen) for _ in range(3)]
-            gen.close()                            # cancel: the enclave frees the slot
+            gen.close()  # cancel: the enclave frees the slot
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:     # at once, while the others still run
+            while time.monotonic() < deadline:  # at once, while the others still run
                 if all(ex.free_slots >= 1 for ex in executors):
                     freed["at"] = time.monotonic()
                     break
@@ -186,12 +195,13 @@ def test_a_full_server_answers_busy_and_serves_the_queued(parity):
         client = Client(str(server.address), m, timeout=30)
         holders = [client.generate(PROMPTS[i], SamplingParams(max_tokens=80)) for i in range(2)]
         for h in holders:
-            assert isinstance(next(h), TokenEvent)            # both slots taken
+            assert isinstance(next(h), TokenEvent)  # both slots taken
         waited = {}
-        t = threading.Thread(target=lambda: waited.update(r=run(client, PROMPTS[5],
-                                                                SamplingParams(max_tokens=4))))
+        t = threading.Thread(
+            target=lambda: waited.update(r=run(client, PROMPTS[5], SamplingParams(max_tokens=4)))
+        )
         t.start()
-        time.sleep(0.3)                                       # the third waits at the host
+        time.sleep(0.3)  # the third waits at the host
         with pytest.raises(ServerBusy):
             list(client.generate(PROMPTS[6], SamplingParams(max_tokens=4)))
         for h in holders:
@@ -204,8 +214,7 @@ def test_stage0_answers_busy_when_its_slots_and_queue_are_full(parity):
     m = manifest(1)
     ex = CountingExecutor(parity, delay=0.02)
     # the host forwards 4 at once, stage 0 holds 2 slots and no queue: the 3rd gets "busy"
-    with served_many(m, [ex], slots=2, concurrency=4, queue_size=0,
-                     admission_queue=0) as server:
+    with served_many(m, [ex], slots=2, concurrency=4, queue_size=0, admission_queue=0) as server:
         client = Client(str(server.address), m, timeout=30)
         holders = [client.generate(PROMPTS[i], SamplingParams(max_tokens=60)) for i in range(2)]
         for h in holders:
@@ -226,13 +235,15 @@ def test_a_killed_stage_fails_every_active_sequence_and_the_server_recovers(tiny
     doc = hb_manifest_dict(2, total_layers=4, max_seq_len=1024, hidden_dim=64)
     path = write_manifest(tmp_path, doc)
     from cmlp.manifest import Manifest
+
     m = Manifest.load(path)
     procs = [start_stage_process(path, i, tiny, ["--persistent"]) for i in range(2)]
-    server = HostBlindServer(m, host_config(), parse_endpoint("127.0.0.1:0"), health_interval=0.5,
-                             concurrency=4)
+    server = HostBlindServer(
+        m, host_config(), parse_endpoint("127.0.0.1:0"), health_interval=0.5, concurrency=4
+    )
     try:
         deadline = time.monotonic() + 60
-        while True:                                    # the stages load their weights
+        while True:  # the stages load their weights
             try:
                 server.start()
                 break
@@ -256,7 +267,7 @@ def test_a_killed_stage_fails_every_active_sequence_and_the_server_recovers(tiny
         def wrap(i):
             try:
                 body(i)
-            except Exception as exc:               # noqa: BLE001 - checked below
+            except Exception as exc:  # noqa: BLE001 - checked below
                 threads_out[i] = exc
 
         threads = [threading.Thread(target=wrap, args=(i,)) for i in range(4)]
@@ -273,8 +284,11 @@ def test_a_killed_stage_fails_every_active_sequence_and_the_server_recovers(tiny
         deadline = time.monotonic() + 60
         while True:
             try:
-                got = run(Client(str(server.address), m, timeout=5), "The capital of France is",
-                          SamplingParams(max_tokens=8))[0]
+                got = run(
+                    Client(str(server.address), m, timeout=5),
+                    "The capital of France is",
+                    SamplingParams(max_tokens=8),
+                )[0]
                 break
             except GenerationError:
                 if time.monotonic() > deadline:
@@ -294,13 +308,22 @@ def _rss_bytes() -> int:
 @pytest.mark.slow
 def test_sustained_1000_requests_from_16_clients_no_error_no_leak(parity):
     m = manifest(2)
-    with served_many(m, [Gpt2Executor(parity, threads=1) for _ in range(2)], slots=8,
-                     concurrency=8, queue_size=16) as server:
+    with served_many(
+        m, [Gpt2Executor(parity, threads=1) for _ in range(2)], slots=8, concurrency=8, queue_size=16
+    ) as server:
         client = Client(str(server.address), m, timeout=60)
         rng = random.Random(7)
-        plan = [(rng.choice(PROMPTS), SamplingParams(
-            max_tokens=rng.randint(1, 24), temperature=rng.choice([0.0, 0.8]),
-            seed=rng.randint(0, 1000))) for _ in range(1000)]
+        plan = [
+            (
+                rng.choice(PROMPTS),
+                SamplingParams(
+                    max_tokens=rng.randint(1, 24),
+                    temperature=rng.choice([0.0, 0.8]),
+                    seed=rng.randint(0, 1000),
+                ),
+            )
+            for _ in range(1000)
+        ]
         lock = threading.Lock()
         cursor = {"i": 0, "rss_warm": None, "done": 0}
         errors = []
@@ -315,7 +338,7 @@ def test_sustained_1000_requests_from_16_clients_no_error_no_leak(parity):
                 try:
                     ids, reason = run(client, *plan[i])
                     assert reason == "length" and len(ids) == plan[i][1].max_tokens
-                except Exception as exc:           # noqa: BLE001 - collected
+                except Exception as exc:  # noqa: BLE001 - collected
                     errors.append((i, exc))
                 with lock:
                     cursor["done"] += 1
@@ -337,7 +360,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(parity):
         solo = run(client, long_prompt, SamplingParams(max_tokens=5))
         runners = [client.generate(PROMPTS[i], SamplingParams(max_tokens=60)) for i in range(3)]
         for r in runners:
-            next(r)                                     # three streams are decoding
+            next(r)  # three streams are decoding
         ex.calls.clear()
         together = run(client, long_prompt, SamplingParams(max_tokens=5))
         calls = list(ex.calls)
@@ -347,26 +370,43 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(parity):
     chunks = [i for i, (_, t) in enumerate(calls) if t > 1]
     assert [calls[i][1] for i in chunks] == [32, 32, 32, 4]
     # the running streams took a decode step between every two chunks of the prompt
-    assert all(any(calls[j][1] == 1 for j in range(a + 1, b))
-               for a, b in itertools.pairwise(chunks))
+    assert all(any(calls[j][1] == 1 for j in range(a + 1, b)) for a, b in itertools.pairwise(chunks))
 
 
 def test_cmlp_bench_serve_prints_the_table(parity, tmp_path, capsys):
     import json
 
     from cmlp.cli.main import build_parser
+
     doc = hb_manifest_dict(1, splits=SPLITS[1], max_seq_len=512, hidden_dim=64)
     path = tmp_path / "m.json"
     path.write_text(json.dumps(doc))
     from cmlp.manifest import Manifest
+
     m = Manifest.load(path)
     with served_many(m, [CountingExecutor(parity)]) as server:
         args = build_parser().parse_args(
-            ["bench", "serve", "--connect", str(server.address), "--manifest", str(path),
-             "--clients", "4", "--prompt-tokens", "5", "--max-tokens", "6", "--rounds", "2",
-             "--vocab", "512"])
+            [
+                "bench",
+                "serve",
+                "--connect",
+                str(server.address),
+                "--manifest",
+                str(path),
+                "--clients",
+                "4",
+                "--prompt-tokens",
+                "5",
+                "--max-tokens",
+                "6",
+                "--rounds",
+                "2",
+                "--vocab",
+                "512",
+            ]
+        )
         assert args.func(args) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].split()[:2] == ["clients", "tok/s"]
     row = out[2].split()
-    assert row[0] == "4" and float(row[1]) > 0 and row[-1] == "0"      # no errors
+    assert row[0] == "4" and float(row[1]) > 0 and row[-1] == "0"  # no errors

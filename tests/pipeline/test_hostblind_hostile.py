@@ -11,14 +11,13 @@ import time
 
 import pytest
 
-from tests.helpers import mitm
 from cmlp.client import Client, Finished, SamplingParams, TokenEvent
 from cmlp.errors import GenerationError, PipelineUnavailable
 from cmlp.hostblind.stage_loop import HostBlindOptions
 from cmlp.model.synthetic import init_model
 from cmlp.pipeline.gpt2 import Gpt2Executor
 from cmlp.transport.sockets import parse_endpoint
-
+from tests.helpers import mitm
 from tests.helpers.hostblind_helpers import hb_manifest, hb_manifest_dict, served
 from tests.helpers.model import PARITY, load_golden
 from tests.helpers.pipeline import start_stage_process, stop_processes, write_manifest
@@ -47,8 +46,7 @@ def serving_again(server, manifest, prompt, want, within=20.0):
     deadline = time.monotonic() + within
     while True:
         try:
-            return generate_ids(Client(str(server.address), manifest, timeout=5), prompt,
-                                len(want)) == want
+            return generate_ids(Client(str(server.address), manifest, timeout=5), prompt, len(want)) == want
         except GenerationError:
             if time.monotonic() > deadline:
                 raise
@@ -84,7 +82,7 @@ def test_hostile_host_on_the_client_link(parity, attack, capsys):
     with served(m, [Gpt2Executor(model_dir, threads=1) for _ in SPLITS]) as (server, _):
         real = server.stage0
         proxy = mitm.MitmProxy((real.host, real.port), **CLIENT_ATTACKS[attack])
-        server.stage0 = parse_endpoint(proxy.endpoint)      # the host forwards through it
+        server.stage0 = parse_endpoint(proxy.endpoint)  # the host forwards through it
         try:
             exc, took = attacked(Client(str(server.address), m, timeout=TIMEOUT), prompt)
         finally:
@@ -110,21 +108,27 @@ FEEDBACK_ATTACKS = {
 def test_hostile_host_on_the_feedback_link(parity, attack, capsys):
     model_dir, prompt, golden = parity
     doc = hb_manifest_dict(2, splits=SPLITS, max_seq_len=512, hidden_dim=64)
-    from cmlp.manifest import Manifest
     import json
+
+    from cmlp.manifest import Manifest
+
     m = Manifest.from_json(json.dumps(doc))
     s0_in = m.stages[0].endpoint.data_in.endpoint
     proxy = mitm.MitmProxy((s0_in.host, s0_in.port), **FEEDBACK_ATTACKS[attack])
-    options = HostBlindOptions(token_timeout=2.0)         # a stalled link ends the session
+    options = HostBlindOptions(token_timeout=2.0)  # a stalled link ends the session
     try:
-        with served(m, [Gpt2Executor(model_dir, threads=1) for _ in SPLITS], options,
-                    data_out_targets={1: parse_endpoint(proxy.endpoint)}) as (server, _):
+        with served(
+            m,
+            [Gpt2Executor(model_dir, threads=1) for _ in SPLITS],
+            options,
+            data_out_targets={1: parse_endpoint(proxy.endpoint)},
+        ) as (server, _):
             exc, took = attacked(Client(str(server.address), m, timeout=TIMEOUT), prompt)
-            proxy.upstream = proxy.downstream = mitm.passthrough   # later sessions pass
+            proxy.upstream = proxy.downstream = mitm.passthrough  # later sessions pass
             assert serving_again(server, m, prompt, golden[:10])
     finally:
         proxy.close()
-    if attack in ("replay-token", "flip-token"):      # detected on arrival, named
+    if attack in ("replay-token", "flip-token"):  # detected on arrival, named
         assert "stage 1" in str(exc) and "feedback link" in str(exc)
     # a dropped or held-back token is a stall on a request-response link: the client's
     # deadline fires; stage 0's own (token_timeout) ends the session, the host restarts it
@@ -141,8 +145,7 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.parametrize("victim", [0, 1])
-def test_killed_stage_mid_generation_gives_a_typed_error_naming_it(tiny, tmp_path, victim,
-                                                                   capsys):
+def test_killed_stage_mid_generation_gives_a_typed_error_naming_it(tiny, tmp_path, victim, capsys):
     from cmlp.attestation import MockProvider, MockVerifier
     from cmlp.hostblind.host import HostBlindServer
     from cmlp.manifest import Manifest
@@ -154,16 +157,20 @@ def test_killed_stage_mid_generation_gives_a_typed_error_naming_it(tiny, tmp_pat
     path = write_manifest(tmp_path, doc)
     m = Manifest.load(path)
     procs = [start_stage_process(path, i, tiny, ["--persistent"]) for i in range(2)]
-    cfg = OrchestratorConfig.development(MockProvider(), MockVerifier(), retry=FAST_RETRY,
-                                         session=SessionConfig.development(handshake_timeout=10))
+    cfg = OrchestratorConfig.development(
+        MockProvider(),
+        MockVerifier(),
+        retry=FAST_RETRY,
+        session=SessionConfig.development(handshake_timeout=10),
+    )
     server = HostBlindServer(m, cfg, parse_endpoint("127.0.0.1:0"), health_interval=0.5)
     try:
         deadline = time.monotonic() + 60
-        while True:                                    # the stages load their weights
+        while True:  # the stages load their weights
             try:
                 server.start()
                 break
-            except Exception:                          # noqa: BLE001 - retried until up
+            except Exception:  # noqa: BLE001 - retried until up
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
@@ -171,8 +178,7 @@ def test_killed_stage_mid_generation_gives_a_typed_error_naming_it(tiny, tmp_pat
         got = 0
         t0 = None
         with pytest.raises(PipelineUnavailable) as info:
-            for ev in client.generate("The capital of France is",
-                                      SamplingParams(max_tokens=1000)):
+            for ev in client.generate("The capital of France is", SamplingParams(max_tokens=1000)):
                 got += 1
                 if got == 5:
                     procs[victim].kill()
@@ -184,5 +190,4 @@ def test_killed_stage_mid_generation_gives_a_typed_error_naming_it(tiny, tmp_pat
         stop_processes(procs)
     assert f"stage {victim}" in str(info.value)
     with capsys.disabled():
-        print(f"\n  killed stage {victim}: {type(info.value).__name__} after {took:.2f} s: "
-              f"{info.value}")
+        print(f"\n  killed stage {victim}: {type(info.value).__name__} after {took:.2f} s: {info.value}")

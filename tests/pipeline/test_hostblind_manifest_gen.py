@@ -12,7 +12,6 @@ from cmlp.model import Gpt2Shard
 from cmlp.model.synthetic import init_model
 from cmlp.pipeline.gpt2 import Gpt2Executor, greedy_token
 from cmlp.transport.sockets import TcpAddr, VsockAddr
-
 from tests.helpers.hostblind_helpers import served
 from tests.helpers.pipeline import free_ports
 
@@ -22,11 +21,18 @@ def tiny(tmp_path_factory):
     return init_model(tmp_path_factory.mktemp("tiny"), preset="tiny")
 
 
-@pytest.mark.parametrize("layout, splits", [("direct", [4]), ("direct", [2, 2]),
-                                            ("relay", [1, 2, 1]), ("vsock", [2, 2])])
+@pytest.mark.parametrize(
+    "layout, splits", [("direct", [4]), ("direct", [2, 2]), ("relay", [1, 2, 1]), ("vsock", [2, 2])]
+)
 def test_generated_host_blind_layouts(tiny, layout, splits):
-    m = generate(tiny, splits, layout=layout, base_port=5000 if layout == "vsock" else 9000,
-                 with_hashes=False, host_blind=True)
+    m = generate(
+        tiny,
+        splits,
+        layout=layout,
+        base_port=5000 if layout == "vsock" else 9000,
+        with_hashes=False,
+        host_blind=True,
+    )
     assert m.host_blind
     n = len(splits)
     if layout == "vsock":
@@ -35,7 +41,7 @@ def test_generated_host_blind_layouts(tiny, layout, splits):
     else:
         assert m.client_endpoint.endpoint == TcpAddr("127.0.0.1", 9002)
         assert m.feedback_relayed() == (layout == "relay" and n > 1)
-    Manifest.from_json(m.dumps())                   # what it writes loads back
+    Manifest.from_json(m.dumps())  # what it writes loads back
     plain = generate(tiny, splits, layout=layout, with_hashes=False)
     assert "host_blind" not in json.loads(plain.dumps())
 
@@ -52,6 +58,5 @@ def test_a_generated_manifest_with_weight_hashes_serves_greedy_ids(tiny):
         want.append(greedy_token(logits[0]))
         logits = shard.forward(np.asarray([[want[-1]]], np.uint32))
     with served(m, [Gpt2Executor(tiny, threads=1) for _ in range(2)]) as (server, _):
-        events = list(Client(str(server.address), m).generate(prompt,
-                                                              SamplingParams(max_tokens=8)))
+        events = list(Client(str(server.address), m).generate(prompt, SamplingParams(max_tokens=8)))
     assert [e.token_id for e in events if isinstance(e, TokenEvent)] == want

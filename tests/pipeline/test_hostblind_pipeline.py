@@ -12,13 +12,19 @@ import time
 import pytest
 
 from cmlp.client import Client, Finished, SamplingParams, TokenEvent
-from cmlp.errors import (ContextTooLong, GenerationError, InvalidRequestError, MissingField,
-                         RoleMismatch, ServerBusy, VerificationFailed)
+from cmlp.errors import (
+    ContextTooLong,
+    GenerationError,
+    InvalidRequestError,
+    MissingField,
+    RoleMismatch,
+    ServerBusy,
+    VerificationFailed,
+)
 from cmlp.hostblind.stage_loop import HostBlindOptions
 from cmlp.manifest import Manifest
 from cmlp.pipeline.gpt2 import Gpt2Executor, generate
 from cmlp.tokenizer import load_tokenizer
-
 from tests.helpers.hostblind_helpers import hb_manifest, served
 from tests.helpers.model import PARITY, load_golden
 from tests.helpers.pipeline import make_manifest, running_pipeline
@@ -88,9 +94,9 @@ def test_seeded_sampling_is_reproducible_across_topologies_and_differs_across_se
             other, _, _ = run(c, prompt, seed=12, **p)
             unseeded = [run(c, prompt, **p)[0] for _ in range(2)]
         assert a == b and a != other and a != golden[:40]
-        assert unseeded[0] != unseeded[1]          # no seed: fresh randomness per request
+        assert unseeded[0] != unseeded[1]  # no seed: fresh randomness per request
         results[n] = a
-    assert results[1] == results[3]               # same logits, same seed, same ids
+    assert results[1] == results[3]  # same logits, same seed, same ids
 
 
 def test_eos_and_stop_sequences_end_generation(parity):
@@ -102,7 +108,7 @@ def test_eos_and_stop_sequences_end_generation(parity):
     with served(m, executors(model_dir, 2), HostBlindOptions(eos_ids=(eos,))) as (server, _):
         c = Client(str(server.address), m)
         ids, fin, events = run(c, prompt, max_tokens=50)
-        assert ids == golden[:first + 1] and fin.finish_reason == "eos"
+        assert ids == golden[: first + 1] and fin.finish_reason == "eos"
         assert fin.completion_tokens == first + 1 and events[-1].text == ""
     m = manifest(2)
     with served(m, executors(model_dir, 2)) as (server, _):
@@ -116,12 +122,12 @@ def test_eos_and_stop_sequences_end_generation(parity):
         assert fin.finish_reason == "stop"
         assert "".join(e.text for e in events) == text[:cut]
         k = len(ids)
-        assert ids == golden[:k] and stop in TOK.decode(golden[:k]) \
-            and stop not in TOK.decode(golden[:k - 1])
+        assert (
+            ids == golden[:k] and stop in TOK.decode(golden[:k]) and stop not in TOK.decode(golden[: k - 1])
+        )
         # no stop hit: length, and the whole text is released
         ids, fin, events = run(c, prompt, max_tokens=12, stop=("\x00never",))
-        assert fin.finish_reason == "length" and "".join(e.text for e in events) == \
-            TOK.decode(golden[:12])
+        assert fin.finish_reason == "length" and "".join(e.text for e in events) == TOK.decode(golden[:12])
 
 
 def test_bad_requests_are_typed_errors_and_the_slot_is_freed(parity):
@@ -129,14 +135,14 @@ def test_bad_requests_are_typed_errors_and_the_slot_is_freed(parity):
     m = manifest(2)
     with served(m, executors(model_dir, 2)) as (server, _):
         c = Client(str(server.address), m)
-        with pytest.raises(ContextTooLong):            # found by the client (ids)
+        with pytest.raises(ContextTooLong):  # found by the client (ids)
             list(c.generate(prompt, SamplingParams(max_tokens=510)))
-        with pytest.raises(ContextTooLong):            # found by stage 0 (text)
+        with pytest.raises(ContextTooLong):  # found by stage 0 (text)
             list(c.generate("hello there", SamplingParams(max_tokens=511)))
         with pytest.raises(InvalidRequestError):
             list(c.generate(prompt, SamplingParams(top_p=0.0)))
         with pytest.raises(GenerationError, match="outside|vocab|forward"):
-            list(c.generate([600], SamplingParams(max_tokens=2)))   # beyond the model's vocab
+            list(c.generate([600], SamplingParams(max_tokens=2)))  # beyond the model's vocab
         # early close cancels on the enclave side; the next generation is complete and right
         it = c.generate(prompt, SamplingParams(max_tokens=100))
         assert next(it).token_id == golden[0]
@@ -156,7 +162,7 @@ class SlowExecutor(Gpt2Executor):
         time.sleep(self.delay)
         return super().forward(*args)
 
-    def forward_rows(self, *args):          # the batched step (docs/batching.md)
+    def forward_rows(self, *args):  # the batched step (docs/batching.md)
         time.sleep(self.delay)
         return super().forward_rows(*args)
 
@@ -167,7 +173,7 @@ def test_busy_when_the_queue_is_full_and_queued_clients_are_served(parity):
     with served(m, [SlowExecutor(model_dir, 0.02)], queue_size=1) as (server, _):
         c = Client(str(server.address), m, timeout=30)
         holder = c.generate(prompt, SamplingParams(max_tokens=100))
-        assert next(holder).token_id == golden[0]         # the slot is taken
+        assert next(holder).token_id == golden[0]  # the slot is taken
         waited = {}
 
         def queued():
@@ -175,7 +181,7 @@ def test_busy_when_the_queue_is_full_and_queued_clients_are_served(parity):
 
         t = threading.Thread(target=queued)
         t.start()
-        time.sleep(0.3)                                     # the second client is queued
+        time.sleep(0.3)  # the second client is queued
         with pytest.raises(ServerBusy):
             list(c.generate(prompt, SamplingParams(max_tokens=5)))
         rest = [e.token_id for e in holder if isinstance(e, TokenEvent)]
@@ -204,8 +210,11 @@ def test_metrics_hooks_see_counts_and_timings_only(parity):
     assert ("set_stage_up", (0, True), {}) in metrics.calls
     for _name, args, kw in metrics.calls:
         for v in list(args) + list(kw.values()):
-            assert v is None or isinstance(v, (int, float, bool)) or (
-                isinstance(v, str) and v in ("busy", "unavailable"))
+            assert (
+                v is None
+                or isinstance(v, (int, float, bool))
+                or (isinstance(v, str) and v in ("busy", "unavailable"))
+            )
 
 
 def test_model_info_comes_from_the_manifest_and_attested_stage0(parity):
@@ -214,8 +223,8 @@ def test_model_info_comes_from_the_manifest_and_attested_stage0(parity):
     with served(m, executors(model_dir, 2)) as (server, _):
         info = Client(str(server.address), m).model_info()
     assert info.model_name == m.model_name and info.max_seq_len == 512
-    assert info.eos_token == "<|endoftext|>"            # the embedded GPT-2 tokenizer's
-    assert info.chat_template is None                    # GPT-2 has none
+    assert info.eos_token == "<|endoftext|>"  # the embedded GPT-2 tokenizer's
+    assert info.chat_template is None  # GPT-2 has none
 
 
 def test_client_refuses_a_stage0_without_the_pinned_measurements(parity):
@@ -231,8 +240,11 @@ def test_client_refuses_a_stage0_without_the_pinned_measurements(parity):
         other = m.to_json()
         other["model_version"] = "2"
         with pytest.raises(RoleMismatch):
-            list(Client(str(server.address), Manifest.from_json(json.dumps(other)))
-                 .generate(prompt, SamplingParams()))
+            list(
+                Client(str(server.address), Manifest.from_json(json.dumps(other))).generate(
+                    prompt, SamplingParams()
+                )
+            )
         # production needs real attestation and pins: refused before any I/O
         with pytest.raises(InvalidRequestError, match="production"):
             Client(str(server.address), m, profile="production", attestation="mock")

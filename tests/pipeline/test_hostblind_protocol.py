@@ -10,11 +10,20 @@ from cmlp.hostblind.params import SamplingParams
 from cmlp.hostblind.stopping import Stopper
 from cmlp.tokenizer import load_tokenizer
 
-EVENTS = [P.Generate(1, {"prompt": "héllo", "params": SamplingParams().to_json()}),
-          P.Cancel(1), P.Started(1, (1, 2, 50256)), P.Token(1, 0, 50256, "é\n"),
-          P.Finished(1, "stop", 3, 4), P.Error(1, P.ERR_CONTEXT, "too long"),
-          P.Begin(9, 0.7, 0.9, 40, 2**64 - 1), P.Begin(9, 0.0, 1.0, 0, None),
-          P.Step(9, 3, 10, 2), P.End(9), P.Fail(9, "stage 1: boom"), P.Sampled(9, 3, 17)]
+EVENTS = [
+    P.Generate(1, {"prompt": "héllo", "params": SamplingParams().to_json()}),
+    P.Cancel(1),
+    P.Started(1, (1, 2, 50256)),
+    P.Token(1, 0, 50256, "é\n"),
+    P.Finished(1, "stop", 3, 4),
+    P.Error(1, P.ERR_CONTEXT, "too long"),
+    P.Begin(9, 0.7, 0.9, 40, 2**64 - 1),
+    P.Begin(9, 0.0, 1.0, 0, None),
+    P.Step(9, 3, 10, 2),
+    P.End(9),
+    P.Fail(9, "stage 1: boom"),
+    P.Sampled(9, 3, 17),
+]
 
 
 @pytest.mark.parametrize("ev", EVENTS, ids=lambda e: type(e).__name__)
@@ -31,22 +40,26 @@ def test_padding_hides_exact_lengths():
     assert len(g1) == len(g2) == P.GENERATE_PAD
 
 
-@pytest.mark.parametrize("raw", [
-    b"", b"\x12" + b"\0" * 7,                                   # shorter than the head
-    bytes([0x7f]) + b"\0" * 8,                                  # unknown type
-    struct.pack("<BQ", P.CANCEL, 1) + b"x",                     # trailing byte
-    struct.pack("<BQI", P.STARTED, 1, 2**31),                   # count beyond the bytes
-    struct.pack("<BQIIH", P.TOKEN, 1, 0, 5, 60000),                 # text beyond the bytes
-    struct.pack("<BQIIH", P.TOKEN, 1, 0, 5, 2) + b"\xff\xfe" + b"\0" * 46,   # not UTF-8
-    struct.pack("<BQBII", P.FINISHED, 1, 9, 1, 1),              # unknown reason
-    struct.pack("<BQBH", P.ERROR, 1, 99, 0),                    # unknown code
-    struct.pack("<BQIIB", P.STEP, 1, 0, 5, 0),                  # a Step without tensors
-    struct.pack("<BQIIB", P.STEP, 1, 0, 5, 200),                # too many tensors
-    struct.pack("<BQ", P.GENERATE, 1) + b"[1]",                 # body not an object
-    struct.pack("<BQ", P.GENERATE, 1) + b"\xff",                # body not UTF-8
-    struct.pack("<BQ", P.GENERATE, 1) + b"[" * 100000,          # deep nesting
-    struct.pack("<BQ", P.STARTED, 1) + struct.pack("<I", 1) + b"\0" * 4 + b"\0" * 64,  # pad > unit
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x12" + b"\0" * 7,  # shorter than the head
+        bytes([0x7F]) + b"\0" * 8,  # unknown type
+        struct.pack("<BQ", P.CANCEL, 1) + b"x",  # trailing byte
+        struct.pack("<BQI", P.STARTED, 1, 2**31),  # count beyond the bytes
+        struct.pack("<BQIIH", P.TOKEN, 1, 0, 5, 60000),  # text beyond the bytes
+        struct.pack("<BQIIH", P.TOKEN, 1, 0, 5, 2) + b"\xff\xfe" + b"\0" * 46,  # not UTF-8
+        struct.pack("<BQBII", P.FINISHED, 1, 9, 1, 1),  # unknown reason
+        struct.pack("<BQBH", P.ERROR, 1, 99, 0),  # unknown code
+        struct.pack("<BQIIB", P.STEP, 1, 0, 5, 0),  # a Step without tensors
+        struct.pack("<BQIIB", P.STEP, 1, 0, 5, 200),  # too many tensors
+        struct.pack("<BQ", P.GENERATE, 1) + b"[1]",  # body not an object
+        struct.pack("<BQ", P.GENERATE, 1) + b"\xff",  # body not UTF-8
+        struct.pack("<BQ", P.GENERATE, 1) + b"[" * 100000,  # deep nesting
+        struct.pack("<BQ", P.STARTED, 1) + struct.pack("<I", 1) + b"\0" * 4 + b"\0" * 64,  # pad > unit
+    ],
+)
 def test_malformed_messages_are_protocol_errors(raw):
     with pytest.raises(ProtocolError):
         P.decode(raw)
@@ -56,36 +69,36 @@ def test_client_and_stage0_tables_mirror_each_other():
     c, s = P.Endpoint(P.CLIENT), P.Endpoint(P.STAGE0)
     g = s.receive(c.send(P.Generate(4, {"prompt": "x", "params": {}})))
     assert c.state(4) == s.state(4) == P.WAIT_START
-    with pytest.raises(ProtocolError):                      # a token before Started
+    with pytest.raises(ProtocolError):  # a token before Started
         s.send(P.Token(4, 0, 1, "a"))
     c.receive(s.send(P.Started(4, (1,))))
     for i in range(3):
         c.receive(s.send(P.Token(4, i, i, "a")))
-    with pytest.raises(ProtocolError, match="step"):        # a dropped token shows
+    with pytest.raises(ProtocolError, match="step"):  # a dropped token shows
         c.receive(P.encode(P.Token(4, 4, 1, "a")))
     c.receive(s.send(P.Finished(4, "length", 1, 3)))
     assert c.state(4) == s.state(4) == P.DONE
-    with pytest.raises(ProtocolError):                      # no reuse of a finished sequence
+    with pytest.raises(ProtocolError):  # no reuse of a finished sequence
         c.send(P.Generate(4, g.body))
-    with pytest.raises(ProtocolError):                      # nothing after the end
+    with pytest.raises(ProtocolError):  # nothing after the end
         c.receive(P.encode(P.Token(4, 3, 1, "a")))
-    with pytest.raises(ProtocolError):                      # a client cannot send tokens
+    with pytest.raises(ProtocolError):  # a client cannot send tokens
         P.Endpoint(P.CLIENT).send(P.Token(5, 0, 1, "a"))
 
 
 def test_stage_link_order_and_feedback_steps():
     up, down = P.Endpoint(P.UPSTREAM), P.Endpoint(P.DOWNSTREAM)
     with pytest.raises(ProtocolError):
-        down.receive(P.encode(P.Step(1, 0, 5, 1)))           # Step before Begin
+        down.receive(P.encode(P.Step(1, 0, 5, 1)))  # Step before Begin
     down.receive(up.send(P.Begin(1, 1.0, 1.0, 0, 3)))
     down.receive(up.send(P.Step(1, 0, 5, 2)))
-    with pytest.raises(ProtocolError):                       # replayed step number
+    with pytest.raises(ProtocolError):  # replayed step number
         down.receive(P.encode(P.Step(1, 0, 5, 1)))
     fb_out, fb_in = P.Endpoint(P.UPSTREAM, True), P.Endpoint(P.DOWNSTREAM, True)
     fb_in.receive(fb_out.send(P.Sampled(1, 0, 5)))
-    with pytest.raises(ProtocolError):                       # skipped (dropped) step
+    with pytest.raises(ProtocolError):  # skipped (dropped) step
         fb_in.receive(P.encode(P.Sampled(1, 2, 5)))
-    with pytest.raises(ProtocolError):                       # no Steps on the feedback link
+    with pytest.raises(ProtocolError):  # no Steps on the feedback link
         fb_in.receive(P.encode(P.Step(2, 0, 5, 1)))
     fb_in.forget(1)
     assert fb_in.is_stale(P.encode(P.Sampled(1, 1, 5)))
@@ -157,11 +170,15 @@ def test_info_exchange_and_malformed_replies():
     assert c.receive(s.send(P.InfoReply(7, body))) == P.InfoReply(7, body)
     assert c.state(7) == P.DONE
     head = struct.pack("<BQ", P.INFO_REPLY, 8)
-    for raw in (head + b'{"chat_template": 1, "bos_token": null, "eos_token": null}',
-                head + b'{"chat_template": null}', head + b"[]", head + b"\xff"):
+    for raw in (
+        head + b'{"chat_template": 1, "bos_token": null, "eos_token": null}',
+        head + b'{"chat_template": null}',
+        head + b"[]",
+        head + b"\xff",
+    ):
         with pytest.raises(ProtocolError):
             P.decode(raw)
-    with pytest.raises(ProtocolError):                       # no tokens in an info exchange
+    with pytest.raises(ProtocolError):  # no tokens in an info exchange
         s2 = P.Endpoint(P.STAGE0)
         s2.receive(P.encode(P.Info(9)))
         s2.send(P.Token(9, 0, 1, "a"))

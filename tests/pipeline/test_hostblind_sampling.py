@@ -20,7 +20,7 @@ def test_greedy_is_the_reference_rule_with_last_index_ties():
     s = Sampler(V)
     assert s.sample(x, SamplingParams(), None) == greedy_token(x) == int(np.argmax(x))
     t = np.zeros(V, np.float32)
-    t[[3, 100, 400]] = 5.0                     # exact tie: the last index wins (Rust max_by)
+    t[[3, 100, 400]] = 5.0  # exact tie: the last index wins (Rust max_by)
     assert greedy_id(t) == greedy_token(t) == 400 == s.sample(t, SamplingParams(), None)
 
 
@@ -39,8 +39,12 @@ def test_same_seed_same_ids_other_seed_other_ids():
 def hf_kept(x, temperature, top_k, top_p):
     """The token set transformers' warpers keep, and their probabilities."""
     torch = pytest.importorskip("torch")
-    from transformers.generation.logits_process import (TemperatureLogitsWarper,
-                                                        TopKLogitsWarper, TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
     t = torch.tensor(x[None, :], dtype=torch.float64)
     ids = torch.zeros((1, 1), dtype=torch.long)
     t = TemperatureLogitsWarper(temperature)(ids, t)
@@ -52,15 +56,20 @@ def hf_kept(x, temperature, top_k, top_p):
     return p
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p", [
-    (1.0, 0, 1.0), (0.7, 20, 1.0), (1.3, 0, 0.8), (1.0, 50, 0.9), (0.5, 5, 0.5)])
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 20, 1.0), (1.3, 0, 0.8), (1.0, 50, 0.9), (0.5, 5, 0.5)]
+)
 def test_filters_and_distribution_match_transformers(temperature, top_k, top_p):
     x = logits(seed=3, scale=1.5)
     want = hf_kept(x, temperature, top_k, top_p)
     n = 20000
-    got = np.bincount(draws(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p),
-                            x, n), minlength=V) / n
-    assert set(np.flatnonzero(got)) <= set(np.flatnonzero(want))     # never outside HF's set
+    got = (
+        np.bincount(
+            draws(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p), x, n), minlength=V
+        )
+        / n
+    )
+    assert set(np.flatnonzero(got)) <= set(np.flatnonzero(want))  # never outside HF's set
     kept = np.flatnonzero(want > 0.01)
     # frequencies within 5 standard errors of transformers' probabilities
     se = np.sqrt(want[kept] * (1 - want[kept]) / n)
@@ -83,19 +92,32 @@ def test_bad_logits_are_refused():
         s.sample(bad, SamplingParams(temperature=1.0), make_rng(0))
 
 
-@pytest.mark.parametrize("kw", [dict(max_tokens=0), dict(max_tokens=True), dict(temperature=2.5),
-                                dict(temperature=float("nan")), dict(top_k=-1), dict(top_p=0.0),
-                                dict(top_p=1.5), dict(seed=-1), dict(seed=2**64),
-                                dict(stop=("a",) * 5), dict(stop=("",)), dict(stop=("x" * 65,)),
-                                dict(stop=["a"]), dict(stop=(1,))])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(max_tokens=0),
+        dict(max_tokens=True),
+        dict(temperature=2.5),
+        dict(temperature=float("nan")),
+        dict(top_k=-1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(seed=-1),
+        dict(seed=2**64),
+        dict(stop=("a",) * 5),
+        dict(stop=("",)),
+        dict(stop=("x" * 65,)),
+        dict(stop=["a"]),
+        dict(stop=(1,)),
+    ],
+)
 def test_bad_params_are_invalid_requests(kw):
     with pytest.raises(InvalidRequestError):
         SamplingParams(**kw).validate()
 
 
 def test_params_json_round_trip_and_strict_keys():
-    p = SamplingParams(max_tokens=5, temperature=0.5, top_k=3, top_p=0.9, seed=2**64 - 1,
-                       stop=("\n", "é"))
+    p = SamplingParams(max_tokens=5, temperature=0.5, top_k=3, top_p=0.9, seed=2**64 - 1, stop=("\n", "é"))
     assert SamplingParams.from_json(p.to_json()) == p
     doc = p.to_json()
     doc["extra"] = 1

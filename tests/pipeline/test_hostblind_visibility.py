@@ -19,10 +19,8 @@ import pytest
 
 from cmlp.client import Client, Finished, SamplingParams, TokenEvent
 from cmlp.model.synthetic import init_model
-
 from tests.helpers.hostblind_helpers import hb_manifest_dict
-from tests.helpers.pipeline import (cli_env, free_ports, start_stage_process, stop_processes,
-                              write_manifest)
+from tests.helpers.pipeline import cli_env, free_ports, start_stage_process, stop_processes, write_manifest
 
 SECRET = "The launch code for the vault is swordfish 7731 alpha"
 
@@ -34,15 +32,20 @@ def tiny(tmp_path_factory):
 
 def encodings(ids):
     """A token-id sequence as a host could hold it: packed u32/i64, decimal lists."""
-    return {"u32": struct.pack(f"<{len(ids)}I", *ids),
-            "i64": struct.pack(f"<{len(ids)}q", *ids),
-            "json": ",".join(map(str, ids)).encode(),
-            "repr": ", ".join(map(str, ids)).encode()}
+    return {
+        "u32": struct.pack(f"<{len(ids)}I", *ids),
+        "i64": struct.pack(f"<{len(ids)}q", *ids),
+        "json": ",".join(map(str, ids)).encode(),
+        "repr": ", ".join(map(str, ids)).encode(),
+    }
 
 
 def patterns(prompt_ids, generated):
-    pats = {"prompt text": SECRET.encode(), "prompt text (utf-16)": SECRET.encode("utf-16-le"),
-            "secret word": b"swordfish 7731"}
+    pats = {
+        "prompt text": SECRET.encode(),
+        "prompt text (utf-16)": SECRET.encode("utf-16-le"),
+        "secret word": b"swordfish 7731",
+    }
     for kind, raw in encodings(prompt_ids).items():
         pats[f"prompt ids ({kind})"] = raw
     for kind, raw in encodings(generated[:6]).items():
@@ -79,15 +82,31 @@ def test_host_never_holds_the_prompt_or_the_ids(tiny, tmp_path, capsys):
     (port,) = free_ports(1)
     capture = str(tmp_path / "cap_")
     procs = [start_stage_process(path, i, tiny, ["--persistent"]) for i in range(2)]
-    serve = subprocess.Popen([sys.executable, "-m", "cmlp.cli.main", "serve", "--manifest",
-                              str(path), "--listen", f"127.0.0.1:{port}", "--relay-capture",
-                              capture, "--log-level", "warning"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cmlp.cli.main",
+            "serve",
+            "--manifest",
+            str(path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--relay-capture",
+            capture,
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
     procs.append(serve)
     report = []
     try:
-        from tests.helpers import mitm
         import socket
+
+        from tests.helpers import mitm
 
         def up():
             try:
@@ -95,19 +114,19 @@ def test_host_never_holds_the_prompt_or_the_ids(tiny, tmp_path, capsys):
                 return True
             except OSError:
                 return False
+
         assert mitm.wait_until(up, 90), serve.stderr.read1().decode() if serve.poll() else ""
         client = Client(f"127.0.0.1:{port}", path, timeout=30)
         prompt_ids, generated = [], []
-        it = client.generate(SECRET, SamplingParams(max_tokens=300),
-                             on_prompt_ids=prompt_ids.extend)
-        for ev in it:                              # pause mid-generation and scan the host
+        it = client.generate(SECRET, SamplingParams(max_tokens=300), on_prompt_ids=prompt_ids.extend)
+        for ev in it:  # pause mid-generation and scan the host
             generated.append(ev.token_id)
             if len(generated) == 20:
                 break_at = ev
                 break
         assert isinstance(break_at, TokenEvent)
         during_bytes, chunks = read_memory(serve.pid)
-        pats = None                                  # built once the ids are known
+        pats = None  # built once the ids are known
         rest = [ev for ev in it]
         assert isinstance(rest[-1], Finished) and rest[-1].completion_tokens == 300
         generated += [ev.token_id for ev in rest[:-1]]
@@ -132,13 +151,13 @@ def test_host_never_holds_the_prompt_or_the_ids(tiny, tmp_path, capsys):
             f"found {found_during or 'nothing'}",
             f"cmlp serve memory after generation:  {after_bytes / 1e6:.1f} MB -> "
             f"found {found_after or 'nothing'}",
-            "forwarded bytes: " + ", ".join(f"{k} {len(v)} B" for k, v in forwarded.items())
+            "forwarded bytes: "
+            + ", ".join(f"{k} {len(v)} B" for k, v in forwarded.items())
             + f" -> found {found_wire or 'nothing'}",
-            f"positive control, stage 0 memory: {ctl_bytes / 1e6:.1f} MB -> found "
-            f"{found_stage0}",
+            f"positive control, stage 0 memory: {ctl_bytes / 1e6:.1f} MB -> found {found_stage0}",
         ]
         assert {"cap_client_up.bin", "cap_client_down.bin"} <= set(forwarded)
-        assert any(k.startswith("cap_1_") for k in forwarded)       # the feedback relay
+        assert any(k.startswith("cap_1_") for k in forwarded)  # the feedback relay
         assert sum(len(v) for v in forwarded.values()) > 300 * 16
         assert found_during == [] and found_after == [] and found_wire == []
         assert "prompt text" in found_stage0

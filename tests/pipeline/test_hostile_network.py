@@ -14,14 +14,13 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import mitm
 from cmlp import errors
 from cmlp.attestation import MockProvider
 from cmlp.manifest import Manifest
 from cmlp.transport import SessionConfig
 from cmlp.transport.sockets import TcpAddr
 from cmlp.transport.wire import Tensor
-
+from tests.helpers import mitm
 from tests.helpers.executors import IdentityExecutor
 from tests.helpers.pipeline import StageThread, make_manifest, orchestrator
 
@@ -46,23 +45,31 @@ class Setup:
         relay = where == "relay"
         self.real = make_manifest(2, relay=relay)
         s = self.real.stages
-        target = {"control": s[0].endpoint.control.endpoint,
-                  "data": s[1].endpoint.data_in.endpoint,
-                  "relay": s[1].endpoint.data_in.endpoint}[where]
-        self.proxy = mitm.MitmProxy((target.host, target.port), tamper_up, tamper_down,
-                                    record=True)
+        target = {
+            "control": s[0].endpoint.control.endpoint,
+            "data": s[1].endpoint.data_in.endpoint,
+            "relay": s[1].endpoint.data_in.endpoint,
+        }[where]
+        self.proxy = mitm.MitmProxy((target.host, target.port), tamper_up, tamper_down, record=True)
         orch_view, data_out_target = self.real, None
         if where == "control":
             orch_view = with_endpoint(self.real, 0, "control", self.proxy.endpoint)
         elif where == "data":
             data_out_target = TcpAddr(*self.proxy.addr)
-        else:   # the relay connects to what the orchestrator's manifest says stage 1 listens on
+        else:  # the relay connects to what the orchestrator's manifest says stage 1 listens on
             orch_view = with_endpoint(self.real, 1, "data_in", self.proxy.endpoint)
         self.orch_view = orch_view
-        self.stages = [StageThread(self.real, 0, IdentityExecutor(), persistent=True,
-                                   data_out_target=data_out_target, session=cfg()),
-                       StageThread(self.real, 1, IdentityExecutor(), persistent=True,
-                                   session=cfg())]
+        self.stages = [
+            StageThread(
+                self.real,
+                0,
+                IdentityExecutor(),
+                persistent=True,
+                data_out_target=data_out_target,
+                session=cfg(),
+            ),
+            StageThread(self.real, 1, IdentityExecutor(), persistent=True, session=cfg()),
+        ]
 
     def orchestrator(self, manifest=None, **kw):
         kw.setdefault("session", cfg())
@@ -83,8 +90,9 @@ def run_once(setup):
     try:
         orch.start()
         for _ in range(2):
-            x = Tensor.from_array("hidden_states", np.frombuffer(
-                (SECRET * 8).encode()[:96], np.float32).reshape(1, 24))
+            x = Tensor.from_array(
+                "hidden_states", np.frombuffer((SECRET * 8).encode()[:96], np.float32).reshape(1, 24)
+            )
             orch.infer([[x]], seq_len=1)
         orch.shutdown()
         return None
@@ -108,7 +116,7 @@ def reinit_clean(setup):
         except errors.CmlpError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)      # the stages may still be tearing the broken session down
+            time.sleep(0.2)  # the stages may still be tearing the broken session down
         finally:
             orch.close()
 
@@ -137,8 +145,7 @@ ATTACKS = {
 def test_attack(where, attack):
     make, direction = ATTACKS[attack]
     tamper = make()
-    setup = Setup(where, **({"tamper_up": tamper} if direction == "up" else
-                            {"tamper_down": tamper}))
+    setup = Setup(where, **({"tamper_up": tamper} if direction == "up" else {"tamper_down": tamper}))
     try:
         t0 = time.monotonic()
         err = run_once(setup)
@@ -184,16 +191,20 @@ def test_victim_errors_are_typed(where):
 def test_peer_with_other_measurements_is_refused(where):
     """A stage whose attestation claims other measurements than the manifest pins."""
     pins = {"0": "aa" * 48}
-    real = make_manifest(2, relay=(where == "relay"),
-                         stage_overrides={0: {"expected_measurements": pins},
-                                          1: {"expected_measurements": pins}})
+    real = make_manifest(
+        2,
+        relay=(where == "relay"),
+        stage_overrides={0: {"expected_measurements": pins}, 1: {"expected_measurements": pins}},
+    )
     honest = MockProvider({0: b"\xaa" * 48})
     rogue = MockProvider({0: b"\xbb" * 48})
     # control: stage 0 is the impostor (seen by the orchestrator);
     # data/relay: stage 1 is the impostor (seen by stage 0 and the orchestrator)
     providers = [rogue, honest] if where == "control" else [honest, rogue]
-    stages = [StageThread(real, i, IdentityExecutor(), persistent=True, provider=providers[i],
-                          session=cfg()) for i in range(2)]
+    stages = [
+        StageThread(real, i, IdentityExecutor(), persistent=True, provider=providers[i], session=cfg())
+        for i in range(2)
+    ]
     try:
         orch = orchestrator(real, session=cfg(), data_setup_timeout=5)
         t0 = time.monotonic()

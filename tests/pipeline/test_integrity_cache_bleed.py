@@ -14,17 +14,16 @@ sending B without a sentinel through an honest channel.
 import numpy as np
 import pytest
 
-from tests.helpers import mitm
 from cmlp import errors
 from cmlp.pipeline.gpt2 import Gpt2Executor, cache_clear_sentinel, generate
 from cmlp.transport.wire import DType, Tensor
-
+from tests.helpers import mitm
 from tests.helpers.model import PARITY
 from tests.helpers.pipeline import StageThread, make_manifest, orchestrator
 from tests.pipeline.test_hostile_network import with_endpoint
 from tests.pipeline.test_pipeline_gpt2 import engine_greedy
 
-PROMPT_A = [7, 99, 12, 400, 33, 5, 81, 250, 17, 3, 64, 128]     # user A's secret context
+PROMPT_A = [7, 99, 12, 400, 33, 5, 81, 250, 17, 3, 64, 128]  # user A's secret context
 PROMPT_B = [11, 200, 42]
 STEPS = 6
 SENTINEL_FRAME = 13 + len(cache_clear_sentinel().encode()) + 16
@@ -42,6 +41,7 @@ def drop_nth_sentinel(n):
             seen["count"] += 1
             return seen["count"] == n
         return False
+
     return mitm.drop_if(pred)
 
 
@@ -61,25 +61,25 @@ def clean_b(model_dir):
 
 def test_sentinel_frame_size_is_distinct():
     one_token = Tensor("input_ids", DType.U32, (1, 1), np.zeros((1, 1), np.uint32))
-    assert SENTINEL_FRAME - 13 == 40          # the sealed payload: "40 bytes" in the issue
+    assert SENTINEL_FRAME - 13 == 40  # the sealed payload: "40 bytes" in the issue
     assert 13 + len(one_token.encode()) + 16 != SENTINEL_FRAME
 
 
 class Pipeline:
     def __init__(self, model_dir, where):
         relay = where == "relayed"
-        self.real = make_manifest(2, splits=[(0, 2), (2, 4)], relay=relay, max_seq_len=64,
-                                  hidden_dim=64)
+        self.real = make_manifest(2, splits=[(0, 2), (2, 4)], relay=relay, max_seq_len=64, hidden_dim=64)
         s = self.real.stages
-        target = s[0].endpoint.data_in.endpoint if where == "orch-stage0" \
-            else s[1].endpoint.data_in.endpoint
+        target = s[0].endpoint.data_in.endpoint if where == "orch-stage0" else s[1].endpoint.data_in.endpoint
         self.proxy = mitm.MitmProxy((target.host, target.port))
-        self.view = with_endpoint(self.real, 0 if where == "orch-stage0" else 1, "data_in",
-                                  self.proxy.endpoint)
+        self.view = with_endpoint(
+            self.real, 0 if where == "orch-stage0" else 1, "data_in", self.proxy.endpoint
+        )
         if where == "direct":
             raise ValueError("use orch-stage0 or relayed")
-        self.stages = [StageThread(self.real, i, Gpt2Executor(model_dir, threads=1),
-                                   persistent=True) for i in range(2)]
+        self.stages = [
+            StageThread(self.real, i, Gpt2Executor(model_dir, threads=1), persistent=True) for i in range(2)
+        ]
 
     def orch(self):
         return orchestrator(self.view, infer_timeout=10).start()
@@ -106,7 +106,7 @@ def test_dropped_sentinel_same_session(model_dir, clean_b, where):
         finally:
             orch.close()
         assert isinstance(got, errors.CmlpError) or got == clean_b, got
-        assert isinstance(got, errors.CmlpError)       # the record layer sees the gap
+        assert isinstance(got, errors.CmlpError)  # the record layer sees the gap
     finally:
         p.close()
 
@@ -136,6 +136,7 @@ def test_dropped_sentinel_next_session(model_dir, clean_b, where):
                 break
             except errors.CmlpError:
                 import time
+
                 time.sleep(0.2)
         try:
             assert generate(orch, PROMPT_B, STEPS).generated_ids == clean_b
@@ -154,8 +155,7 @@ def _ids(ids):
 def test_stage_checks_cache_position_against_seq_len(model_dir, clean_b):
     """Defence in depth, without the record layer's help: B arrives with no sentinel."""
     m = make_manifest(2, splits=[(0, 2), (2, 4)], max_seq_len=64, hidden_dim=64)
-    stages = [StageThread(m, i, Gpt2Executor(model_dir, threads=1), persistent=True)
-              for i in range(2)]
+    stages = [StageThread(m, i, Gpt2Executor(model_dir, threads=1), persistent=True) for i in range(2)]
     try:
         orch = orchestrator(m).start()
         generate(orch, PROMPT_A, STEPS)
@@ -169,10 +169,11 @@ def test_stage_checks_cache_position_against_seq_len(model_dir, clean_b):
         # a new session starts from an empty cache even when A's session left one behind
         orch = orchestrator(m).start()
         generate(orch, PROMPT_A, STEPS)
-        orch.close()                              # no Shutdown: the session just breaks
+        orch.close()  # no Shutdown: the session just breaks
         orch = orchestrator(m).start()
         first = orch.infer([[_ids(PROMPT_B)]], seq_len=len(PROMPT_B))
         from cmlp.pipeline.gpt2 import greedy_token
+
         assert greedy_token(first.outputs[0][0].data[0]) == clean_b[0]
         orch.shutdown()
     finally:

@@ -17,14 +17,13 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import mitm
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.attestation.role import Role
-from tests.helpers.executors import IdentityExecutor
 from cmlp.transport import SecureChannel, SessionConfig, sockets
 from cmlp.transport.wire import Tensor
-
+from tests.helpers import mitm
+from tests.helpers.executors import IdentityExecutor
 from tests.helpers.pipeline import StageThread, make_manifest, orchestrator
 
 LONG = 60.0
@@ -38,15 +37,27 @@ def silent_channel(m, idx):
     """Completes the handshake (as a well-formed orchestrator would), then never speaks."""
     digest = m.pipeline_digest()
     return SecureChannel.connect(
-        sockets.connect(m.stages[idx].endpoint.control.endpoint), MockProvider(), MockVerifier(),
-        SessionConfig.development(handshake_timeout=10, own_role=Role.orchestrator(digest),
-                                  peer_role=Role(idx, digest)))
+        sockets.connect(m.stages[idx].endpoint.control.endpoint),
+        MockProvider(),
+        MockVerifier(),
+        SessionConfig.development(
+            handshake_timeout=10, own_role=Role.orchestrator(digest), peer_role=Role(idx, digest)
+        ),
+    )
 
 
 def stage_threads(m, **cfg):
-    return [StageThread(m, i, IdentityExecutor(), persistent=True,
-                        session=SessionConfig.development(handshake_timeout=LONG), **cfg)
-            for i in range(m.num_stages)]
+    return [
+        StageThread(
+            m,
+            i,
+            IdentityExecutor(),
+            persistent=True,
+            session=SessionConfig.development(handshake_timeout=LONG),
+            **cfg,
+        )
+        for i in range(m.num_stages)
+    ]
 
 
 def session_once(m):
@@ -71,7 +82,7 @@ def test_real_session_succeeds_despite_idle_and_silent_connections(relay):
             held += [silent_channel(m, st.stage_idx) for _ in range(3)]
             held += [idle_socket(st.endpoint.data_in.endpoint) for _ in range(3)]
         t0 = time.monotonic()
-        for _ in range(2):                      # twice: persistent stages keep serving
+        for _ in range(2):  # twice: persistent stages keep serving
             session_once(m)
         # far below the 60 s deadlines: served concurrently, not after a timeout
         assert time.monotonic() - t0 < LONG / 2
@@ -91,11 +102,16 @@ def test_deadlines_close_idle_and_silent_connections():
         idle = idle_socket(ep)
         silent = silent_channel(m, 0)
         idle.settimeout(10)
-        assert idle.recv(1) == b""               # the stage gave up on the handshake
+        assert idle.recv(1) == b""  # the stage gave up on the handshake
         with pytest.raises(errors.Closed):
-            silent.recv(timeout=10)               # ... and on the missing Init
-        assert mitm.wait_until(lambda: "no control message" in str(stages[0].worker.last_error)
-                               or "handshake" in str(stages[0].worker.last_error), 5)
+            silent.recv(timeout=10)  # ... and on the missing Init
+        assert mitm.wait_until(
+            lambda: (
+                "no control message" in str(stages[0].worker.last_error)
+                or "handshake" in str(stages[0].worker.last_error)
+            ),
+            5,
+        )
         session_once(m)
     finally:
         for st in stages:
@@ -104,8 +120,7 @@ def test_deadlines_close_idle_and_silent_connections():
 
 def test_handshakes_in_flight_are_bounded():
     m = make_manifest(1)
-    stages = stage_threads(m, handshake_timeout=LONG, first_message_timeout=LONG,
-                           max_pending_handshakes=4)
+    stages = stage_threads(m, handshake_timeout=LONG, first_message_timeout=LONG, max_pending_handshakes=4)
     ep = m.stages[0].endpoint.control.endpoint
     socks = []
     try:
@@ -121,7 +136,7 @@ def test_handshakes_in_flight_are_bounded():
         for s in socks[:6]:
             s.settimeout(5)
             assert s.recv(1) == b""
-        session_once(m)                          # and the real orchestrator still gets in
+        session_once(m)  # and the real orchestrator still gets in
     finally:
         for s in socks:
             s.close()

@@ -12,8 +12,6 @@ import json
 
 import pytest
 
-from tests.helpers import mitm
-
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.attestation.role import Role
@@ -21,7 +19,7 @@ from cmlp.manifest import compact_json
 from cmlp.pipeline import control as C
 from cmlp.pipeline.gpt2 import Gpt2Executor, generate
 from cmlp.transport import SecureChannel, SessionConfig, sockets
-
+from tests.helpers import mitm
 from tests.helpers.model import PARITY
 from tests.helpers.pipeline import StageThread, make_manifest, orchestrator
 
@@ -36,10 +34,13 @@ def model_dir(tmp_path_factory):
 def control_as_orchestrator(m, idx=0):
     digest = m.pipeline_digest()
     return SecureChannel.connect(
-        sockets.connect_retry(m.stages[idx].endpoint.control.endpoint), MockProvider(),
-        MockVerifier(), SessionConfig.development(handshake_timeout=10,
-                                                  own_role=Role.orchestrator(digest),
-                                                  peer_role=Role(idx, digest)))
+        sockets.connect_retry(m.stages[idx].endpoint.control.endpoint),
+        MockProvider(),
+        MockVerifier(),
+        SessionConfig.development(
+            handshake_timeout=10, own_role=Role.orchestrator(digest), peer_role=Role(idx, digest)
+        ),
+    )
 
 
 def send_init(m, stage_spec_json, activation_json):
@@ -48,19 +49,22 @@ def send_init(m, stage_spec_json, activation_json):
     return ch
 
 
-@pytest.mark.parametrize("activation", [
-    WIDE,
-    '{"dtype":"F32","hidden_dim":64,"max_seq_len":512}',      # only max_seq_len widened
-    '{"dtype":"F32","hidden_dim":64,"max_seq_len":8}',        # narrower: also not its own
-])
+@pytest.mark.parametrize(
+    "activation",
+    [
+        WIDE,
+        '{"dtype":"F32","hidden_dim":64,"max_seq_len":512}',  # only max_seq_len widened
+        '{"dtype":"F32","hidden_dim":64,"max_seq_len":8}',  # narrower: also not its own
+    ],
+)
 def test_init_cannot_change_the_activation_spec_of_a_loaded_stage(model_dir, activation):
     m = make_manifest(1, splits=[(0, 4)], max_seq_len=16, hidden_dim=64)
     stage = StageThread(m, 0, Gpt2Executor(model_dir, threads=1), persistent=True)
-    stage.worker.load()                                   # the shard is already loaded
+    stage.worker.load()  # the shard is already loaded
     try:
         ch = send_init(m, compact_json(m.stages[0].to_json()), activation)
         with pytest.raises(errors.Closed):
-            ch.recv(timeout=10)                           # no Ready: the session is refused
+            ch.recv(timeout=10)  # no Ready: the session is refused
         assert mitm.wait_until(lambda: stage.worker.last_error is not None, 5)
         err = stage.worker.last_error
         assert isinstance(err, errors.ProtocolError) and "differs from this stage's" in str(err)
@@ -87,9 +91,9 @@ def test_host_manifest_claiming_more_positions_is_refused(model_dir, bind_roles)
     wide = json.loads(m.dumps())
     wide["activation_spec"]["max_seq_len"] = 512
     from cmlp.manifest import Manifest
+
     host_view = Manifest.from_json(json.dumps(wide))
-    stage = StageThread(m, 0, Gpt2Executor(model_dir, threads=1), persistent=True,
-                        bind_roles=bind_roles)
+    stage = StageThread(m, 0, Gpt2Executor(model_dir, threads=1), persistent=True, bind_roles=bind_roles)
     stage.worker.load()
     try:
         orch = orchestrator(host_view, bind_roles=bind_roles)
@@ -97,8 +101,7 @@ def test_host_manifest_claiming_more_positions_is_refused(model_dir, bind_roles)
             orch.start()
         orch.close()
         want = "role mismatch" if bind_roles else "differs from this stage's"
-        assert mitm.wait_until(lambda: want in str(stage.worker.last_error), 5), \
-            stage.worker.last_error
+        assert mitm.wait_until(lambda: want in str(stage.worker.last_error), 5), stage.worker.last_error
     finally:
         stage.stop()
 
@@ -108,19 +111,25 @@ def test_executor_rechecks_activation_when_already_loaded(model_dir):
     ex = Gpt2Executor(model_dir, threads=1)
     ex.init(m.stages[0], m.activation_spec, 1)
     from cmlp.manifest import ActivationSpec
-    for bad, text in ((ActivationSpec("BF16", 64, 16), "not supported"),
-                      (ActivationSpec("F32", 1, 16), "hidden_dim 1"),
-                      (ActivationSpec("F32", 64, 4294967295), "n_positions")):
+
+    for bad, text in (
+        (ActivationSpec("BF16", 64, 16), "not supported"),
+        (ActivationSpec("F32", 1, 16), "hidden_dim 1"),
+        (ActivationSpec("F32", 64, 4294967295), "n_positions"),
+    ):
         with pytest.raises(errors.InitFailed, match=text):
             ex.init(m.stages[0], bad, 1)
 
 
-@pytest.mark.parametrize("field, text", [
-    ("stage", '{"stage_idx":0,"stage_idx":0}'),
-    ("activation", '{"dtype":"F32","dtype":"BF16","hidden_dim":64,"max_seq_len":16}'),
-    ("activation", '[1, 2]'),
-    ("stage", '[' * 100000 + ']' * 100000),
-])
+@pytest.mark.parametrize(
+    "field, text",
+    [
+        ("stage", '{"stage_idx":0,"stage_idx":0}'),
+        ("activation", '{"dtype":"F32","dtype":"BF16","hidden_dim":64,"max_seq_len":16}'),
+        ("activation", "[1, 2]"),
+        ("stage", "[" * 100000 + "]" * 100000),
+    ],
+)
 def test_nested_specs_use_the_strict_parser(field, text):
     m = make_manifest(1, max_seq_len=16, hidden_dim=4)
     stage = StageThread(m, 0, Gpt2Executor("/nonexistent"), persistent=True)

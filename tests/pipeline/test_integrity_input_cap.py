@@ -13,12 +13,17 @@ import pytest
 
 from cmlp import errors
 from cmlp.pipeline import control as C
-from tests.helpers.executors import IdentityExecutor
 from cmlp.pipeline.ids import next_id
 from cmlp.transport.wire import Tensor
-
-from tests.helpers.pipeline import (StageThread, make_manifest, orchestrator, start_stage_process,
-                              stop_processes, write_manifest)
+from tests.helpers.executors import IdentityExecutor
+from tests.helpers.pipeline import (
+    StageThread,
+    make_manifest,
+    orchestrator,
+    start_stage_process,
+    stop_processes,
+    write_manifest,
+)
 
 MIB = 1 << 20
 
@@ -49,9 +54,9 @@ def test_many_16_mib_frames_without_end_keep_rss_bounded(tmp_path):
         base = rss_mib(proc.pid)
         rid = next_id()
         orch.links[0].send(C.StartRequest(rid, 1, 1024))
-        frame = Tensor.from_array("h", np.ones((1, 4 * MIB), np.float32))     # 16 MiB
+        frame = Tensor.from_array("h", np.ones((1, 4 * MIB), np.float32))  # 16 MiB
         peak = base
-        for i in range(40):                                                  # 640 MiB
+        for i in range(40):  # 640 MiB
             orch.data_in.send_tensor(frame, timeout=30)
             if i % 4 == 3:
                 peak = max(peak, rss_mib(proc.pid))
@@ -72,10 +77,13 @@ def test_many_16_mib_frames_without_end_keep_rss_bounded(tmp_path):
         stop_processes([proc])
 
 
-@pytest.mark.parametrize("count, shape, seq_len", [
-    (5, (1, 4), 16),            # one tensor too many
-    (1, (1, 65), 2),            # 260 bytes > 8 x 2 x 16
-])
+@pytest.mark.parametrize(
+    "count, shape, seq_len",
+    [
+        (5, (1, 4), 16),  # one tensor too many
+        (1, (1, 65), 2),  # 260 bytes > 8 x 2 x 16
+    ],
+)
 def test_count_and_byte_caps(count, shape, seq_len):
     m = make_manifest(2, max_seq_len=16, hidden_dim=4)
     stages = [StageThread(m, i, IdentityExecutor(), persistent=True) for i in range(2)]
@@ -84,8 +92,7 @@ def test_count_and_byte_caps(count, shape, seq_len):
         orch.start()
         group = [Tensor.from_array(f"t{i}", np.zeros(shape, np.float32)) for i in range(count)]
         with pytest.raises(errors.RequestFailed, match="input limit exceeded"):
-            orch.infer([group, [Tensor.from_array("next", np.ones((1, 4), np.float32))]],
-                       seq_len=seq_len)
+            orch.infer([group, [Tensor.from_array("next", np.ones((1, 4), np.float32))]], seq_len=seq_len)
         assert not orch.tainted
         ok = orch.infer([[Tensor.from_array("ok", np.ones((1, 4), np.float32))]] * 2, seq_len=1)
         assert [g[0].name for g in ok.outputs] == ["ok", "ok"]

@@ -20,14 +20,22 @@ from cmlp import errors  # noqa: E402
 from cmlp.attestation import MockProvider, MockVerifier  # noqa: E402
 from cmlp.attestation.role import ORCHESTRATOR, Role  # noqa: E402
 from cmlp.transport import SessionConfig  # noqa: E402
-
+from tests.attestation.test_nitro_pipeline import (  # noqa: E402
+    nitro_manifest,
+    nitro_orchestrator,
+    nitro_stage,
+    pki,
+    running,
+    stage_log,
+    start_fails,
+    t,
+    to_manifest,
+    wait_for_error,
+)
 from tests.helpers.common import run_handshake  # noqa: E402
 from tests.helpers.pipeline import free_ports  # noqa: E402
-from tests.attestation.test_nitro_pipeline import (nitro_manifest, nitro_orchestrator, nitro_stage,  # noqa: E402
-                                 pki, running, stage_log, start_fails, t, to_manifest,
-                                 wait_for_error)
 
-__all__ = ["pki", "stage_log"]       # fixtures used here
+__all__ = ["pki", "stage_log"]  # fixtures used here
 
 
 def pcr8_manifest(n=3, relay=False):
@@ -45,7 +53,7 @@ def test_honest_pipeline_with_roles_succeeds(pki):
             orch.shutdown()
         finally:
             orch.close()
-    for s in stages:                  # each document attested a role-bound nonce
+    for s in stages:  # each document attested a role-bound nonce
         assert all(len(r["nonce"]) == 32 for r in s.nsm.requests)
 
 
@@ -54,8 +62,9 @@ def test_skip_stage_1_is_refused(pki):
     sees that handshake: stage 2 itself refuses its upstream peer."""
     m = to_manifest(pcr8_manifest(3))
     stage2_in = m.stages[2].endpoint.data_in.endpoint
-    with running([nitro_stage(m, 0, pki, data_out_target=stage2_in),
-                  nitro_stage(m, 1, pki), nitro_stage(m, 2, pki)]) as stages:
+    with running(
+        [nitro_stage(m, 0, pki, data_out_target=stage2_in), nitro_stage(m, 1, pki), nitro_stage(m, 2, pki)]
+    ) as stages:
         start_fails(nitro_orchestrator(m, pki, data_setup_timeout=5))
         err = wait_for_error(stages[2], "role mismatch")
     assert "expected role stage 1" in err
@@ -90,26 +99,36 @@ def test_duplicated_stage_is_refused(pki):
     host_doc["stages"][2]["endpoint"]["control"]["addr"] = f"127.0.0.1:{ctl}"
     host_doc["stages"][2]["endpoint"]["data_in"]["addr"] = f"127.0.0.1:{din}"
     host_doc["stages"][1]["endpoint"]["data_out"]["addr"] = f"127.0.0.1:{din}"
-    with running([nitro_stage(m, 0, pki), nitro_stage(m, 1, pki), nitro_stage(m, 2, pki),
-                  nitro_stage(to_manifest(dup_doc), 1, pki)]):
+    with running(
+        [
+            nitro_stage(m, 0, pki),
+            nitro_stage(m, 1, pki),
+            nitro_stage(m, 2, pki),
+            nitro_stage(to_manifest(dup_doc), 1, pki),
+        ]
+    ):
         err = start_fails(nitro_orchestrator(to_manifest(host_doc), pki))
     assert "stage 2" in str(err) and "role mismatch" in str(err)
 
 
-@pytest.mark.parametrize("own, expected, fragment", [
-    (Role(0, bytes(32)), Role(1, bytes(32)), "does not attest the expected role stage 1"),
-    (Role(1, b"\x01" * 32), Role(1, bytes(32)), "does not attest the expected role"),
-    (None, Role(1, bytes(32)), "attests no pipeline role"),
-    (Role(ORCHESTRATOR, bytes(32)), Role(2, bytes(32)), "expected role stage 2"),
-])
+@pytest.mark.parametrize(
+    "own, expected, fragment",
+    [
+        (Role(0, bytes(32)), Role(1, bytes(32)), "does not attest the expected role stage 1"),
+        (Role(1, b"\x01" * 32), Role(1, bytes(32)), "does not attest the expected role"),
+        (None, Role(1, bytes(32)), "attests no pipeline role"),
+        (Role(ORCHESTRATOR, bytes(32)), Role(2, bytes(32)), "expected role stage 2"),
+    ],
+)
 def test_generic_layer_checks_the_role(own, expected, fragment):
     """The check lives in the handshake: every platform (here mock) gets it."""
     a, b = socket.socketpair()
     init, resp = run_handshake(
-        a, b, init_kwargs={"config": SessionConfig.development(handshake_timeout=5,
-                                                               own_role=own)},
-        resp_kwargs={"config": SessionConfig.development(handshake_timeout=5,
-                                                         peer_role=expected)})
+        a,
+        b,
+        init_kwargs={"config": SessionConfig.development(handshake_timeout=5, own_role=own)},
+        resp_kwargs={"config": SessionConfig.development(handshake_timeout=5, peer_role=expected)},
+    )
     assert isinstance(resp, errors.RoleMismatch) and fragment in str(resp)
 
 
@@ -119,13 +138,17 @@ def test_matching_roles_and_unbound_peers_interoperate():
     for own, expected in ((role, role), (None, None)):
         a, b = socket.socketpair()
         init, resp = run_handshake(
-            a, b, init_kwargs={"config": SessionConfig.development(own_role=own)},
-            resp_kwargs={"config": SessionConfig.development(peer_role=expected)})
+            a,
+            b,
+            init_kwargs={"config": SessionConfig.development(own_role=own)},
+            resp_kwargs={"config": SessionConfig.development(peer_role=expected)},
+        )
         assert not isinstance(resp, BaseException) and not isinstance(init, BaseException)
         init.close()
         resp.close()
     # a mock document carries the bound nonce in its nonce field
     from cmlp.attestation.mock import decode_mock_document
+
     doc = MockProvider().attest(None, role.bind(bytes(32)), bytes(32))
     assert decode_mock_document(doc)[1] == role.bind(bytes(32)) != bytes(32)
     assert MockVerifier().verify(doc).nonce == role.bind(bytes(32))

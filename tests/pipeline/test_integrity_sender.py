@@ -13,8 +13,9 @@ from cmlp.transport import Data, SecureChannel, SessionConfig, TensorMessage
 
 def channel_pair(max_payload=None):
     a, b = socket.socketpair()
-    cfg = SessionConfig.development(handshake_timeout=5,
-                                    **({"max_payload_size": max_payload} if max_payload else {}))
+    cfg = SessionConfig.development(
+        handshake_timeout=5, **({"max_payload_size": max_payload} if max_payload else {})
+    )
     out = {}
 
     def accept():
@@ -30,11 +31,11 @@ def channel_pair(max_payload=None):
 def test_refused_frame_in_a_chain_rolls_the_sequence_back():
     cli, srv = channel_pair(max_payload=4096)
     try:
-        cli.send_tensor("held", np.zeros((1, 4), np.float32), more=True)   # sealed, seq 0
+        cli.send_tensor("held", np.zeros((1, 4), np.float32), more=True)  # sealed, seq 0
         with pytest.raises(errors.PayloadTooLarge):
-            cli.send(bytes(5000))                   # refused: the held frame is dropped too
+            cli.send(bytes(5000))  # refused: the held frame is dropped too
         assert not cli.closed
-        cli.send(b"next")                            # must carry seq 0 again
+        cli.send(b"next")  # must carry seq 0 again
         msg = srv.recv(timeout=5)
         assert msg == Data(b"next")
         cli.send_tensor("t", np.ones((1, 2), np.float32))
@@ -58,7 +59,7 @@ def test_send_timeout_with_nothing_written_rolls_back():
         assert not cli.closed and "PartialWrite" not in type(e.value).__name__
         for _ in range(sent):
             assert srv.recv(timeout=5) == Data(big)
-        cli.send(b"after")                            # no gap left by the timed-out frame
+        cli.send(b"after")  # no gap left by the timed-out frame
         assert srv.recv(timeout=5) == Data(b"after")
     finally:
         cli.close()

@@ -13,12 +13,11 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import mitm
 from cmlp import errors
-from tests.helpers.executors import IdentityExecutor
 from cmlp.transport.sockets import TcpAddr
 from cmlp.transport.wire import Tensor
-
+from tests.helpers import mitm
+from tests.helpers.executors import IdentityExecutor
 from tests.helpers.pipeline import StageThread, make_manifest, orchestrator
 from tests.pipeline.test_hostile_network import cfg, with_endpoint
 
@@ -32,12 +31,12 @@ ATTACKS = {
 # which side receives the tampered direction, and its stage index (None: the orchestrator)
 LINKS = {
     # link: (direction attacked, index of the victim stage or None for the orchestrator)
-    "control-down": ("up", 0),        # orchestrator -> stage 0 control (Init, StartRequest...)
-    "control-up": ("down", None),     # stage 0 -> orchestrator control (Ready, Pong, Done...)
-    "orch-data-in": ("up", 0),        # orchestrator -> stage 0 data_in (tensors, END)
-    "direct": ("up", 1),              # stage 0 -> stage 1, straight
-    "relayed": ("up", 1),             # stage 0 -> host relay -> stage 1
-    "orch-data-out": ("up", None),    # last stage -> orchestrator (logits, END)
+    "control-down": ("up", 0),  # orchestrator -> stage 0 control (Init, StartRequest...)
+    "control-up": ("down", None),  # stage 0 -> orchestrator control (Ready, Pong, Done...)
+    "orch-data-in": ("up", 0),  # orchestrator -> stage 0 data_in (tensors, END)
+    "direct": ("up", 1),  # stage 0 -> stage 1, straight
+    "relayed": ("up", 1),  # stage 0 -> host relay -> stage 1
+    "orch-data-out": ("up", None),  # last stage -> orchestrator (logits, END)
 }
 
 
@@ -48,16 +47,20 @@ class Link:
         direction, _ = LINKS[link]
         self.real = make_manifest(2, relay=(link == "relayed"))
         s = self.real.stages
-        target = {"control-down": s[0].endpoint.control.endpoint,
-                  "control-up": s[0].endpoint.control.endpoint,
-                  "orch-data-in": s[0].endpoint.data_in.endpoint,
-                  "direct": s[1].endpoint.data_in.endpoint,
-                  "relayed": s[1].endpoint.data_in.endpoint,
-                  "orch-data-out": s[1].endpoint.data_out.endpoint}[link]
+        target = {
+            "control-down": s[0].endpoint.control.endpoint,
+            "control-up": s[0].endpoint.control.endpoint,
+            "orch-data-in": s[0].endpoint.data_in.endpoint,
+            "direct": s[1].endpoint.data_in.endpoint,
+            "relayed": s[1].endpoint.data_in.endpoint,
+            "orch-data-out": s[1].endpoint.data_out.endpoint,
+        }[link]
         kw = {"tamper_up": tamper} if direction == "up" else {"tamper_down": tamper}
-        self.proxy = mitm.MitmProxy((target.host, target.port),
-                                    kw.get("tamper_up", mitm.passthrough),
-                                    kw.get("tamper_down", mitm.passthrough))
+        self.proxy = mitm.MitmProxy(
+            (target.host, target.port),
+            kw.get("tamper_up", mitm.passthrough),
+            kw.get("tamper_down", mitm.passthrough),
+        )
         view, targets = self.real, [None, None]
         if link.startswith("control"):
             view = with_endpoint(self.real, 0, "control", self.proxy.endpoint)
@@ -70,13 +73,17 @@ class Link:
         else:
             targets[1] = TcpAddr(*self.proxy.addr)
         self.view = view
-        self.stages = [StageThread(self.real, i, IdentityExecutor(), persistent=True,
-                                   data_out_target=targets[i], session=cfg())
-                       for i in range(2)]
+        self.stages = [
+            StageThread(
+                self.real, i, IdentityExecutor(), persistent=True, data_out_target=targets[i], session=cfg()
+            )
+            for i in range(2)
+        ]
 
     def orchestrator(self, manifest=None):
-        return orchestrator(manifest or self.view, session=cfg(), infer_timeout=5,
-                            data_setup_timeout=5, init_timeout=5)
+        return orchestrator(
+            manifest or self.view, session=cfg(), infer_timeout=5, data_setup_timeout=5, init_timeout=5
+        )
 
     def close(self):
         self.proxy.close()
@@ -117,25 +124,28 @@ def test_single_frame_attack_is_a_typed_error(link, attack, offset):
     try:
         t0 = time.monotonic()
         result = run_requests(setup)
-        assert isinstance(result, errors.CmlpError), \
-            f"{link}/{attack}: silent success: {result!r}"
+        assert isinstance(result, errors.CmlpError), f"{link}/{attack}: silent success: {result!r}"
         assert time.monotonic() - t0 < 20
-        if link.startswith("control") and attack != "duplicate" and \
-                isinstance(result, errors.PipelineTimeout):
+        if (
+            link.startswith("control")
+            and attack != "duplicate"
+            and isinstance(result, errors.PipelineTimeout)
+        ):
             # request/response: nothing follows a held control message until it is
             # answered, so the receiver cannot see the gap; the sender's deadline fires
             pass
         elif victim is not None:
             st = setup.stages[victim]
-            assert mitm.wait_until(lambda: isinstance(st.worker.last_error,
-                                                      errors.SequenceError), 5), \
+            assert mitm.wait_until(lambda: isinstance(st.worker.last_error, errors.SequenceError), 5), (
                 f"{link}/{attack}: victim stage {victim} saw {st.worker.last_error!r}"
+            )
         else:
             cause = result
             while cause is not None and not isinstance(cause, errors.SequenceError):
                 cause = cause.__cause__
-            assert cause is not None or "sequence" in str(result), \
+            assert cause is not None or "sequence" in str(result), (
                 f"{link}/{attack}: orchestrator error does not name the sequence: {result!r}"
+            )
         # the same stages serve an untampered pipeline afterwards, with exact outputs
         setup.proxy.upstream = setup.proxy.downstream = mitm.passthrough
         deadline = time.monotonic() + 15

@@ -7,24 +7,23 @@ import time
 import numpy as np
 import pytest
 
-from cmlp.attestation.role import ORCHESTRATOR, Role
-
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
+from cmlp.attestation.role import ORCHESTRATOR, Role
 from cmlp.pipeline import control as C
 from cmlp.transport import SecureChannel, SessionConfig, sockets
 from cmlp.transport.wire import Tensor
-
 from tests.helpers.executors import DoubleExecutor, FailingExecutor, IdentityExecutor
-from tests.helpers.pipeline import (StageThread, make_manifest, orchestrator, running_pipeline)
+from tests.helpers.pipeline import StageThread, make_manifest, orchestrator, running_pipeline
 
 
 def t(name, value=1.0, shape=(1, 4)):
     return Tensor.from_array(name, np.full(shape, value, np.float32))
 
 
-@pytest.mark.parametrize("n, relay", [(1, False), (2, False), (3, False), (4, False),
-                                      (2, True), (3, True), (4, True)])
+@pytest.mark.parametrize(
+    "n, relay", [(1, False), (2, False), (3, False), (4, False), (2, True), (3, True), (4, True)]
+)
 def test_lifecycle_identity(n, relay):
     m = make_manifest(n, relay=relay)
     with running_pipeline(m, [IdentityExecutor() for _ in range(n)]) as (orch, stages):
@@ -47,8 +46,9 @@ def test_double_executor_micro_batches_keep_order():
         assert [g[0].name for g in r.outputs] == [f"r0_mb{k}" for k in range(16)]
         assert [int(g[0].data[0]) for g in r.outputs] == [((k + 1) * 8) % 256 for k in range(16)]
         for req in range(5):
-            r = orch.infer([[Tensor.from_array(f"r{req}_mb{k}", np.ones(2, np.uint8))]
-                            for k in range(4)], seq_len=1)
+            r = orch.infer(
+                [[Tensor.from_array(f"r{req}_mb{k}", np.ones(2, np.uint8))] for k in range(4)], seq_len=1
+            )
             assert [g[0].name for g in r.outputs] == [f"r{req}_mb{k}" for k in range(4)]
         orch.shutdown()
 
@@ -64,8 +64,7 @@ def test_sequential_requests_and_large_tensors():
         r = orch.infer([[big]], seq_len=1)
         np.testing.assert_array_equal(r.outputs[0][0].data[0], np.arange(393216, dtype=np.float32))
         # 16 micro-batches of 1.5 MiB: outputs are read while inputs are sent
-        groups = [[Tensor.from_array(f"mb{k}", np.full((1, 393216), k, np.float32))]
-                  for k in range(16)]
+        groups = [[Tensor.from_array(f"mb{k}", np.full((1, 393216), k, np.float32))] for k in range(16)]
         r = orch.infer(groups, seq_len=1)
         assert [float(g[0].data[0, 7]) for g in r.outputs] == [float(k) for k in range(16)]
         orch.shutdown()
@@ -91,9 +90,9 @@ def test_stage_failure_is_reported_and_pipeline_continues():
                 orch.infer([[t("x")]], seq_len=1)
             assert "stage 1 error" in str(e.value) and "injected failure" in str(e.value)
         orch.health_check()
-        failing.forward = IdentityExecutor().forward       # heal the stage
+        failing.forward = IdentityExecutor().forward  # heal the stage
         assert orch.infer([[t("healed")]], seq_len=1).outputs[0][0].name == "healed"
-        orch.shutdown()                                     # tolerant of leftovers
+        orch.shutdown()  # tolerant of leftovers
     assert all(s.join() and s.error is None for s in stages)
 
 
@@ -142,8 +141,9 @@ def test_infer_timeout_recovers_when_the_stage_finishes():
 
 def test_infer_timeout_taints_when_the_stage_hangs():
     m = make_manifest(2)
-    with running_pipeline(m, [IdentityExecutor(), IdentityExecutor(delay=30)],
-                          infer_timeout=0.1, stage_drain_timeout=0.3) as (orch, _):
+    with running_pipeline(
+        m, [IdentityExecutor(), IdentityExecutor(delay=30)], infer_timeout=0.1, stage_drain_timeout=0.3
+    ) as (orch, _):
         t0 = time.monotonic()
         with pytest.raises(errors.PipelineTimeout):
             orch.infer([[t("x")]], seq_len=1)
@@ -192,8 +192,10 @@ def test_weight_hash_checks():
     m = make_manifest(1, stage_overrides={0: {"weight_hashes": [good]}})
     with running_pipeline(m, [IdentityExecutor(hashes=[good])]) as (orch, stages):
         orch.shutdown()
-    for hashes, text in (([("cd" * 32)], "weight hash mismatch at index 0"),
-                         ([good, good], "weight hash count mismatch")):
+    for hashes, text in (
+        ([("cd" * 32)], "weight hash mismatch at index 0"),
+        ([good, good], "weight hash count mismatch"),
+    ):
         m = make_manifest(1, stage_overrides={0: {"weight_hashes": [good]}})
         stage = StageThread(m, 0, IdentityExecutor(hashes=hashes))
         orch = orchestrator(m)
@@ -207,6 +209,7 @@ def test_init_must_match_the_stages_own_manifest():
     stage_view = json.loads(m.dumps())
     stage_view["stages"][0]["expected_measurements"] = {"0": "aa" * 32}
     from cmlp.manifest import Manifest
+
     strict = Manifest.from_json(json.dumps(stage_view))
     s0 = StageThread(strict, 0, IdentityExecutor())
     StageThread(m, 1, IdentityExecutor())
@@ -229,14 +232,18 @@ def test_production_config_rejects_init_without_measurements():
     """Under the Nitro test PKI (real verifier): production still needs pinned stages."""
     pytest.importorskip("cryptography")
     pytest.importorskip("cbor2")
-    from tests.helpers import nitro_pki
     from cmlp.attestation.factory import NoAttestation
     from cmlp.attestation.nitro import NitroVerifier
+    from tests.helpers import nitro_pki
+
     m = make_manifest(1)
     StageThread(m, 0, IdentityExecutor())
-    orch = orchestrator(m, provider=NoAttestation(),
-                        verifier=NitroVerifier(root_pem=nitro_pki.make_pki().root_pem),
-                        session=SessionConfig(handshake_timeout=5))
+    orch = orchestrator(
+        m,
+        provider=NoAttestation(),
+        verifier=NitroVerifier(root_pem=nitro_pki.make_pki().root_pem),
+        session=SessionConfig(handshake_timeout=5),
+    )
     with pytest.raises(errors.StageFailed, match="production security profile"):
         orch.start()
     m = make_manifest(1)
@@ -248,8 +255,10 @@ def test_production_config_rejects_init_without_measurements():
 
 def test_measurement_pinning_end_to_end():
     pins = {"0": "11" * 48}
-    m = make_manifest(2, stage_overrides={0: {"expected_measurements": pins},
-                                         1: {"expected_measurements": {"0": "22" * 48}}})
+    m = make_manifest(
+        2,
+        stage_overrides={0: {"expected_measurements": pins}, 1: {"expected_measurements": {"0": "22" * 48}}},
+    )
     for i in range(2):
         StageThread(m, i, IdentityExecutor(), provider=MockProvider({0: bytes([0x11 * (i + 1)]) * 48}))
     orch = orchestrator(m, require_measurements=True)
@@ -266,8 +275,14 @@ def test_measurement_pinning_end_to_end():
 
 def test_config_validation():
     m = make_manifest(1)
-    for field in ("stage_drain_timeout", "data_drain_timeout", "data_quiet_period",
-                  "infer_timeout", "health_check_timeout", "max_control_message_bytes"):
+    for field in (
+        "stage_drain_timeout",
+        "data_drain_timeout",
+        "data_quiet_period",
+        "infer_timeout",
+        "health_check_timeout",
+        "max_control_message_bytes",
+    ):
         with pytest.raises(errors.ProtocolError, match=f"{field} must be > 0"):
             orchestrator(m, **{field: 0})
 
@@ -288,25 +303,35 @@ class RogueStage:
         ep = manifest.stages[0].endpoint.control.endpoint
         self.listener = sockets.listen(ep)
         self.reply = reply
-        self.roles = roles_as(manifest, 0)          # a well-placed stage 0, saying bad things
+        self.roles = roles_as(manifest, 0)  # a well-placed stage 0, saying bad things
         threading.Thread(target=self.run, daemon=True).start()
 
     def run(self):
-        ch = SecureChannel.accept(sockets.accept(self.listener), MockProvider(), MockVerifier(),
-                                  SessionConfig.development(**self.roles))
+        ch = SecureChannel.accept(
+            sockets.accept(self.listener),
+            MockProvider(),
+            MockVerifier(),
+            SessionConfig.development(**self.roles),
+        )
         ch.recv(timeout=5)
         ch.send(self.reply)
         self.channel = ch
 
 
-@pytest.mark.parametrize("reply, exc, text", [
-    (b'{"version":999,"msg":{"type":"Ready","stage_idx":0}}', errors.VersionMismatch, "999"),
-    (b"not json at all", errors.ProtocolError, "malformed stage message"),
-    (b'{"version":1,"msg":{"type":"Ready","stage_idx":0,"pad":"' + b"x" * 100 + b'"}}',
-     errors.MessageTooLarge, "message too large"),
-    (b'{"version":1,"msg":{"type":"Ready","stage_idx":3}}', errors.StageFailed, "wrong stage_idx 3"),
-    (b'{"version":1,"msg":{"type":"Pong","seq":1}}', errors.StageFailed, "expected Ready, got Pong"),
-])
+@pytest.mark.parametrize(
+    "reply, exc, text",
+    [
+        (b'{"version":999,"msg":{"type":"Ready","stage_idx":0}}', errors.VersionMismatch, "999"),
+        (b"not json at all", errors.ProtocolError, "malformed stage message"),
+        (
+            b'{"version":1,"msg":{"type":"Ready","stage_idx":0,"pad":"' + b"x" * 100 + b'"}}',
+            errors.MessageTooLarge,
+            "message too large",
+        ),
+        (b'{"version":1,"msg":{"type":"Ready","stage_idx":3}}', errors.StageFailed, "wrong stage_idx 3"),
+        (b'{"version":1,"msg":{"type":"Pong","seq":1}}', errors.StageFailed, "expected Ready, got Pong"),
+    ],
+)
 def test_orchestrator_rejects_bad_control_replies(reply, exc, text):
     m = make_manifest(1)
     RogueStage(m, reply)
@@ -316,34 +341,47 @@ def test_orchestrator_rejects_bad_control_replies(reply, exc, text):
     assert text in str(e.value)
 
 
-@pytest.mark.parametrize("payload, exc, text", [
-    (b"garbage", errors.ProtocolError, "malformed"),
-    (b'{"version":42,"msg":{"type":"Shutdown"}}', errors.VersionMismatch, "42"),
-    (b'{"version":1,"msg":{"type":"Init","stage_spec_json":"x"', errors.ProtocolError, "malformed"),
-    (b'{"version":1,"msg":{"type":"Ping","seq":1}}', errors.ProtocolError, "expected Init, got Ping"),
-    (b"x" * 5000, errors.MessageTooLarge, "too large"),
-])
+@pytest.mark.parametrize(
+    "payload, exc, text",
+    [
+        (b"garbage", errors.ProtocolError, "malformed"),
+        (b'{"version":42,"msg":{"type":"Shutdown"}}', errors.VersionMismatch, "42"),
+        (b'{"version":1,"msg":{"type":"Init","stage_spec_json":"x"', errors.ProtocolError, "malformed"),
+        (b'{"version":1,"msg":{"type":"Ping","seq":1}}', errors.ProtocolError, "expected Init, got Ping"),
+        (b"x" * 5000, errors.MessageTooLarge, "too large"),
+    ],
+)
 def test_stage_rejects_bad_control_messages(payload, exc, text):
     m = make_manifest(1)
     stage = StageThread(m, 0, IdentityExecutor(), max_control_message_bytes=4096)
     ep = m.stages[0].endpoint.control.endpoint
-    ch = SecureChannel.connect(sockets.connect_retry(ep), MockProvider(), MockVerifier(),
-                               SessionConfig.development(**roles_as(m, ORCHESTRATOR, 0)))
+    ch = SecureChannel.connect(
+        sockets.connect_retry(ep),
+        MockProvider(),
+        MockVerifier(),
+        SessionConfig.development(**roles_as(m, ORCHESTRATOR, 0)),
+    )
     ch.send(payload)
     assert stage.join()
     assert isinstance(stage.error, exc) and text in str(stage.error)
     with pytest.raises(errors.Closed):
-        ch.recv(timeout=5)               # the stage closed the connection
+        ch.recv(timeout=5)  # the stage closed the connection
 
 
 def test_init_may_pin_more_of_the_stage_than_its_own_manifest():
     """The host can pin exact image PCRs (which an image cannot hold about itself)."""
-    base = make_manifest(2, stage_overrides={0: {"expected_measurements": {"8": "88" * 48}},
-                                             1: {"expected_measurements": {"8": "88" * 48}}})
+    base = make_manifest(
+        2,
+        stage_overrides={
+            0: {"expected_measurements": {"8": "88" * 48}},
+            1: {"expected_measurements": {"8": "88" * 48}},
+        },
+    )
     host_view = json.loads(base.dumps())
     for s in host_view["stages"]:
         s["expected_measurements"]["0"] = "00" * 48
     from cmlp.manifest import Manifest
+
     host = Manifest.from_json(json.dumps(host_view))
     claims = {0: b"\x00" * 48, 8: b"\x88" * 48}
     for i in range(2):

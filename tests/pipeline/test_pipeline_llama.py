@@ -16,6 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from cmlp.errors import InitFailed
+from cmlp.manifest import Manifest
+from cmlp.pipeline.gpt2 import ModelExecutor, generate
 from tests.helpers.llama_helpers import Case, build_hf_model, hf_logits, save
 from tests.helpers.model import layer_partitions
 from tests.helpers.pipeline import (
@@ -27,18 +30,24 @@ from tests.helpers.pipeline import (
     write_manifest,
 )
 
-from cmlp.errors import InitFailed
-from cmlp.manifest import Manifest
-from cmlp.pipeline.gpt2 import ModelExecutor, generate
-
 PROMPT = [5, 17, 250, 3, 99, 42]
 TOKENS = 50
 CASES = {
-    "llama": Case("llama-pipe", "llama", dict(hidden_size=128, num_attention_heads=4,
-                                              num_key_value_heads=2, rope_theta=500000.0,
-                                              tie_word_embeddings=True), seed=11),
-    "qwen2": Case("qwen2-pipe", "qwen2", dict(hidden_size=128, num_attention_heads=4,
-                                              num_key_value_heads=1), seed=12),
+    "llama": Case(
+        "llama-pipe",
+        "llama",
+        dict(
+            hidden_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_theta=500000.0,
+            tie_word_embeddings=True,
+        ),
+        seed=11,
+    ),
+    "qwen2": Case(
+        "qwen2-pipe", "qwen2", dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=1), seed=12
+    ),
 }
 
 
@@ -63,6 +72,7 @@ def models(request, tmp_path_factory):
 
 def greedy_reference(model, cuts=()):
     """transformers' greedy ids; hidden states rounded to bf16 after each layer in cuts."""
+
     def to_bf16(module, args, output):
         if isinstance(output, tuple):
             return (output[0].to(torch.bfloat16).float(), *output[1:])
@@ -76,7 +86,7 @@ def greedy_reference(model, cuts=()):
     finally:
         for h in hooks:
             h.remove()
-    return ids[len(PROMPT):]
+    return ids[len(PROMPT) :]
 
 
 def run(model_dir, splits, dtype):
@@ -87,16 +97,20 @@ def run(model_dir, splits, dtype):
     return gen.generated_ids
 
 
-@pytest.mark.parametrize("splits", list(layer_partitions(4)),
-                         ids=lambda s: "+".join(f"{a}-{b}" for a, b in s))
+@pytest.mark.parametrize(
+    "splits", list(layer_partitions(4)), ids=lambda s: "+".join(f"{a}-{b}" for a, b in s)
+)
 def test_every_cut_fp32(models, splits):
     case, fp32, ref_ids, _, _ = models
     assert run(fp32, splits, "F32") == ref_ids
     assert len(set(ref_ids)) >= 3
 
 
-@pytest.mark.parametrize("splits", [[(0, 4)], [(0, 2), (2, 4)], [(0, 1), (1, 3), (3, 4)]],
-                         ids=lambda s: "+".join(f"{a}-{b}" for a, b in s))
+@pytest.mark.parametrize(
+    "splits",
+    [[(0, 4)], [(0, 2), (2, 4)], [(0, 1), (1, 3), (3, 4)]],
+    ids=lambda s: "+".join(f"{a}-{b}" for a, b in s),
+)
 def test_bf16_weights_and_wire(models, splits):
     case, _, _, half, reference = models
     ref_ids = greedy_reference(reference, cuts=[b for _, b in splits[:-1]])
@@ -110,6 +124,7 @@ def test_bf16_wire_halves_the_hop(models):
     for i, e in enumerate(ex):
         e.init(m.stage(i), m.activation_spec, 2)
     from cmlp.pipeline.gpt2 import _ids_tensor, cache_clear_sentinel
+
     for e in ex:
         e.begin_request(1, len(PROMPT), 1)
     out = ex[0].forward(1, 0, [cache_clear_sentinel(), _ids_tensor(PROMPT)])
@@ -138,16 +153,33 @@ def test_cli_two_stage_llama_end_to_end(tmp_path):
     import subprocess
 
     from tests.helpers.pipeline import cli_env
+
     model = tmp_path / "llama"
-    subprocess.run([sys.executable, "-m", "cmlp.cli.main", "model", "init", "--arch", "llama",
-                    "--preset", "tiny", "--dtype", "bf16", "--out", str(model)],
-                   check=True, env=cli_env(), capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cmlp.cli.main",
+            "model",
+            "init",
+            "--arch",
+            "llama",
+            "--preset",
+            "tiny",
+            "--dtype",
+            "bf16",
+            "--out",
+            str(model),
+        ],
+        check=True,
+        env=cli_env(),
+        capture_output=True,
+    )
     m = manifest([(0, 2), (2, 4)], 64, "BF16", model_name="llama-tiny")
     path = write_manifest(tmp_path, m)
     procs = [start_stage_process(path, i, model) for i in range(2)]
     try:
-        result = run_orch_process(path, "Hello", max_tokens=5,
-                                  extra=["--tokenizer", str(model)])
+        result = run_orch_process(path, "Hello", max_tokens=5, extra=["--tokenizer", str(model)])
     finally:
         stop_processes(procs)
     assert result.returncode == 0, result.stderr
@@ -158,6 +190,7 @@ def test_hostile_inputs_are_forward_failures(models):
     from cmlp.errors import ForwardFailed
     from cmlp.pipeline.gpt2 import _ids_tensor, cache_clear_sentinel
     from cmlp.transport.wire import DType, Tensor
+
     case, _, _, half, _ = models
     m = manifest([(0, 2), (2, 4)], 128, "BF16")
     first, second = ModelExecutor(half, threads=1), ModelExecutor(half, threads=1)
@@ -168,13 +201,13 @@ def test_hostile_inputs_are_forward_failures(models):
         return Tensor("hidden_states", DType.BF16, shape, np.zeros(shape, np.uint16))
 
     bad = [
-        (first, [_ids_tensor([5, 301])]),                                  # id >= vocab
-        (first, [bf16((1, 2, 128))]),                                      # hidden to stage 0
-        (second, [_ids_tensor([1, 2])]),                                   # ids to stage 1
-        (second, [bf16((1, 2, 127))]),                                     # wrong width
-        (second, [bf16((1, 0, 128))]),                                     # empty
+        (first, [_ids_tensor([5, 301])]),  # id >= vocab
+        (first, [bf16((1, 2, 128))]),  # hidden to stage 0
+        (second, [_ids_tensor([1, 2])]),  # ids to stage 1
+        (second, [bf16((1, 2, 127))]),  # wrong width
+        (second, [bf16((1, 0, 128))]),  # empty
         (second, [Tensor("h", DType.F16, (1, 1, 128), np.zeros((1, 1, 128), np.float16))]),
-        (second, [bf16((1, 200, 128))]),                                   # past max_seq_len
+        (second, [bf16((1, 200, 128))]),  # past max_seq_len
     ]
     for ex, inputs in bad:
         # the request claims exactly this input's length, so the shard's own checks answer

@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-pytest.importorskip("cmlp.client", reason="the host-blind client cmlp.client (issue 11) is "
-                                          "not merged into this tree yet")
+pytest.importorskip(
+    "cmlp.client", reason="the host-blind client cmlp.client (issue 11) is not merged into this tree yet"
+)
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
 
@@ -33,9 +34,15 @@ KEY = "test-key-123"
 def _helpers():
     # Present together with cmlp.client (they come from the same branch).
     from tests.helpers.hostblind_helpers import hb_manifest_dict
-    from tests.helpers.pipeline import cli_env, free_ports, start_stage_process, stop_processes, write_manifest
-    return hb_manifest_dict, cli_env, free_ports, start_stage_process, stop_processes, \
-        write_manifest
+    from tests.helpers.pipeline import (
+        cli_env,
+        free_ports,
+        start_stage_process,
+        stop_processes,
+        write_manifest,
+    )
+
+    return hb_manifest_dict, cli_env, free_ports, start_stage_process, stop_processes, write_manifest
 
 
 def _wait_port(port: int, proc=None, timeout: float = 60.0) -> None:
@@ -53,40 +60,75 @@ def _wait_port(port: int, proc=None, timeout: float = 60.0) -> None:
 
 def _start_proxy(manifest_path, serve_port, proxy_port, extra=()):
     _, cli_env, *_ = _helpers()
-    cmd = [sys.executable, "-m", "cmlp.cli.main", "proxy", "--connect",
-           f"127.0.0.1:{serve_port}", "--manifest", str(manifest_path),
-           "--listen", f"127.0.0.1:{proxy_port}", "--log-level", "warning", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env())
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmlp.cli.main",
+        "proxy",
+        "--connect",
+        f"127.0.0.1:{serve_port}",
+        "--manifest",
+        str(manifest_path),
+        "--listen",
+        f"127.0.0.1:{proxy_port}",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    hb_manifest_dict, cli_env, free_ports, start_stage_process, stop_processes, \
-        write_manifest = _helpers()
+    hb_manifest_dict, cli_env, free_ports, start_stage_process, stop_processes, write_manifest = _helpers()
     tmp = tmp_path_factory.mktemp("proxy_real")
     tiny = init_model(tmp / "tiny", preset="tiny")
     doc = hb_manifest_dict(2, total_layers=4, max_seq_len=1024, hidden_dim=64)
     path = write_manifest(tmp, doc, "hb.json")
     serve_port, proxy_port = free_ports(2)
     procs = [start_stage_process(path, i, tiny, ["--persistent"]) for i in range(2)]
-    for i, stage in enumerate(doc["stages"]):      # stages listen before the host connects
-        _wait_port(int(stage["endpoint"]["control"]["addr"].rsplit(":", 1)[1]), procs[i],
-                   timeout=120)
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "cmlp.cli.main", "serve", "--manifest", str(path), "--listen",
-         f"127.0.0.1:{serve_port}", "--log-level", "warning", "--queue", "16"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()))
+    for i, stage in enumerate(doc["stages"]):  # stages listen before the host connects
+        _wait_port(int(stage["endpoint"]["control"]["addr"].rsplit(":", 1)[1]), procs[i], timeout=120)
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cmlp.cli.main",
+                "serve",
+                "--manifest",
+                str(path),
+                "--listen",
+                f"127.0.0.1:{serve_port}",
+                "--log-level",
+                "warning",
+                "--queue",
+                "16",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+    )
     try:
         _wait_port(serve_port, procs[-1])
         proxy = _start_proxy(path, serve_port, proxy_port, ["--api-key", KEY])
         procs.append(proxy)
         _wait_port(proxy_port, proxy, timeout=120)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{proxy_port}/v1", api_key=KEY,
-                               max_retries=0, timeout=120)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{proxy_port}/v1", api_key=KEY, max_retries=0, timeout=120
+        )
         direct = Client(f"127.0.0.1:{serve_port}", path, timeout=60)
-        yield {"openai": client, "direct": direct, "manifest": path, "doc": doc, "tmp": tmp,
-               "serve_port": serve_port, "model": doc["model_name"]}
+        yield {
+            "openai": client,
+            "direct": direct,
+            "manifest": path,
+            "doc": doc,
+            "tmp": tmp,
+            "serve_port": serve_port,
+            "model": doc["model_name"],
+        }
         direct.close()
     finally:
         stop_processes(procs)
@@ -104,8 +146,7 @@ def _direct(pipe, prompt, **kw):
 
 def _stream(client, **kw):
     text, finish, usage = [], None, None
-    for chunk in client.completions.create(stream=True, stream_options={"include_usage": True},
-                                           **kw):
+    for chunk in client.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
         if chunk.usage is not None:
             usage = chunk.usage
             continue
@@ -117,22 +158,21 @@ def _stream(client, **kw):
 def test_greedy_completion_equals_the_client(pipeline):
     want, fin = _direct(pipeline, PROMPT, max_tokens=12, temperature=0.0)
     client = pipeline["openai"]
-    r = client.completions.create(model=pipeline["model"], prompt=PROMPT, max_tokens=12,
-                                  temperature=0)
+    r = client.completions.create(model=pipeline["model"], prompt=PROMPT, max_tokens=12, temperature=0)
     assert r.choices[0].text == want
     assert r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens == len(load_tokenizer().encode(PROMPT)) == fin.prompt_tokens
     assert r.usage.completion_tokens == 12
-    text, finish, usage = _stream(client, model=pipeline["model"], prompt=PROMPT,
-                                  max_tokens=12, temperature=0)
+    text, finish, usage = _stream(
+        client, model=pipeline["model"], prompt=PROMPT, max_tokens=12, temperature=0
+    )
     assert (text, finish) == (want, "length")
     assert usage.model_dump() == r.usage.model_dump()
 
 
 def test_seeded_sampling_stream_equals_non_stream(pipeline):
     client = pipeline["openai"]
-    kw = dict(model=pipeline["model"], prompt=PROMPT, max_tokens=10, temperature=0.9,
-              top_p=0.95, seed=4242)
+    kw = dict(model=pipeline["model"], prompt=PROMPT, max_tokens=10, temperature=0.9, top_p=0.95, seed=4242)
     full = client.completions.create(**kw)
     text, finish, _ = _stream(client, **kw)
     assert text == full.choices[0].text
@@ -143,11 +183,20 @@ def test_seeded_sampling_stream_equals_non_stream(pipeline):
 def test_chat_with_the_plain_text_template(pipeline):
     client = pipeline["openai"]
     r = client.chat.completions.create(
-        model=pipeline["model"], max_tokens=8, temperature=0,
-        messages=[{"role": "system", "content": "Be brief."},
-                  {"role": "user", "content": "What is the capital of France?"}])
-    want, _ = _direct(pipeline, "Be brief.\n\nUser: What is the capital of France?\n"
-                                "Assistant:", max_tokens=8, temperature=0.0)
+        model=pipeline["model"],
+        max_tokens=8,
+        temperature=0,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+    )
+    want, _ = _direct(
+        pipeline,
+        "Be brief.\n\nUser: What is the capital of France?\nAssistant:",
+        max_tokens=8,
+        temperature=0.0,
+    )
     assert r.choices[0].message.content == want
 
 
@@ -155,11 +204,12 @@ def test_stop_sequence_and_errors(pipeline):
     client = pipeline["openai"]
     free, _ = _direct(pipeline, PROMPT, max_tokens=16, temperature=0.0)
     assert len(free) >= 8, free
-    stop = free[len(free) // 2:len(free) // 2 + 3]      # a stop sequence inside the text
-    r = client.completions.create(model=pipeline["model"], prompt=PROMPT, max_tokens=16,
-                                  temperature=0, stop=[stop, "\x00never"])
+    stop = free[len(free) // 2 : len(free) // 2 + 3]  # a stop sequence inside the text
+    r = client.completions.create(
+        model=pipeline["model"], prompt=PROMPT, max_tokens=16, temperature=0, stop=[stop, "\x00never"]
+    )
     assert r.choices[0].finish_reason == "stop"
-    assert r.choices[0].text == free[:free.index(stop)]
+    assert r.choices[0].text == free[: free.index(stop)]
     assert r.usage.completion_tokens < 16
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=pipeline["model"], prompt=PROMPT, max_tokens=1020)
@@ -170,14 +220,14 @@ def test_stop_sequence_and_errors(pipeline):
 
 def test_disconnect_frees_the_slot_and_16_concurrent_streams(pipeline):
     client = pipeline["openai"]
-    stream = client.completions.create(model=pipeline["model"], prompt=PROMPT,
-                                       max_tokens=200, stream=True)
+    stream = client.completions.create(model=pipeline["model"], prompt=PROMPT, max_tokens=200, stream=True)
     next(iter(stream))
     stream.close()
 
     def one(i):
-        text, finish, usage = _stream(client, model=pipeline["model"], prompt=f"{PROMPT} {i}",
-                                      max_tokens=6, temperature=0.5, seed=i)
+        text, finish, usage = _stream(
+            client, model=pipeline["model"], prompt=f"{PROMPT} {i}", max_tokens=6, temperature=0.5, seed=i
+        )
         return finish == "length" and usage.completion_tokens == 6
 
     # 16 clients at once: the proxy opens 16 sessions; `cmlp serve --queue 16` queues them
@@ -188,7 +238,7 @@ def test_disconnect_frees_the_slot_and_16_concurrent_streams(pipeline):
 def test_proxy_refuses_to_start_when_stage0_does_not_match(pipeline):
     *_, free_ports, _, _, write_manifest = _helpers()
     doc = json.loads(json.dumps(pipeline["doc"]))
-    doc["stages"][0]["expected_measurements"] = {"0": "ab" * 48}     # a pin stage 0 can't meet
+    doc["stages"][0]["expected_measurements"] = {"0": "ab" * 48}  # a pin stage 0 can't meet
     path = write_manifest(pipeline["tmp"], doc, "pinned.json")
     (port,) = free_ports(1)
     proxy = _start_proxy(path, pipeline["serve_port"], port)

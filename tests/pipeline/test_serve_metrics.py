@@ -43,7 +43,7 @@ def test_request_lifecycle_is_counted_and_timed(served):
     for ttft, gaps, reason in ((0.03, [0.004, 0.006, 0.2], "length"), (0.7, [], "eos")):
         metrics.request_started()
         metrics.first_token(ttft)
-        metrics.token(None)              # the first token has no inter-token gap
+        metrics.token(None)  # the first token has no inter-token gap
         for g in gaps:
             metrics.token(g)
         metrics.request_finished(reason)
@@ -90,16 +90,22 @@ def test_labels_stay_bounded_and_content_free(served):
     labels = {dict(k[1]).get("error") for k in s if k[0] == "cmlp_requests_finished_total"}
     assert "other" in labels and len(labels) <= MAX_ERROR_KINDS + 2
     assert not any("secret" in str(k) for k in s)
-    assert s[("cmlp_requests_finished_total",
-              (("error", ""), ("finish_reason", "other")))] == 1
+    assert s[("cmlp_requests_finished_total", (("error", ""), ("finish_reason", "other")))] == 1
 
 
-@pytest.mark.parametrize("call", [
-    lambda m: m.first_token(-1.0), lambda m: m.first_token(float("nan")),
-    lambda m: m.token(-0.5), lambda m: m.set_active(-1), lambda m: m.set_active(True),
-    lambda m: m.set_queue_depth(1.5), lambda m: m.set_stage_up(3, True),
-    lambda m: m.set_stage_up(-1, True),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.first_token(-1.0),
+        lambda m: m.first_token(float("nan")),
+        lambda m: m.token(-0.5),
+        lambda m: m.set_active(-1),
+        lambda m: m.set_active(True),
+        lambda m: m.set_queue_depth(1.5),
+        lambda m: m.set_stage_up(3, True),
+        lambda m: m.set_stage_up(-1, True),
+    ],
+)
 def test_bad_values_are_refused(call):
     with pytest.raises(ValueError):
         call(ServeMetrics(n_stages=3))
@@ -116,7 +122,7 @@ def test_close_frees_the_port():
     server = start_metrics_server("127.0.0.1:0", ServeMetrics(1))
     host, port = server.address.rsplit(":", 1)
     server.close()
-    server.close()                     # idempotent
+    server.close()  # idempotent
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, int(port)))
@@ -124,6 +130,6 @@ def test_close_frees_the_port():
 
 def test_bad_address_and_stage_count():
     with pytest.raises(ValueError):
-        start_metrics_server("localhost:9100", ServeMetrics(1))    # IP literals only
+        start_metrics_server("localhost:9100", ServeMetrics(1))  # IP literals only
     with pytest.raises(ValueError):
         ServeMetrics(0)

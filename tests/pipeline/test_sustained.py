@@ -19,9 +19,7 @@ import pytest
 from cmlp.attestation import MockProvider, MockVerifier
 from cmlp.model.synthetic import init_model
 from cmlp.transport import SecureChannel, SessionConfig, sockets
-
-from tests.helpers.pipeline import (cli_env, manifest_dict, start_stage_process, stop_processes,
-                              write_manifest)
+from tests.helpers.pipeline import cli_env, manifest_dict, start_stage_process, stop_processes, write_manifest
 
 DRIVER = r"""
 import json, sys
@@ -76,9 +74,14 @@ def test_thousand_requests_relayed_three_stages(tmp_path):
     doc = manifest_dict(3, total_layers=4, relay=True, max_seq_len=1024, hidden_dim=64)
     path = write_manifest(tmp_path, doc)
     stages = [start_stage_process(path, i, model, ["--persistent"]) for i in range(3)]
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=cli_env())
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     try:
         warm = json.loads(driver.stdout.readline() or "{}")
         assert warm.get("phase") == "warm", driver.stderr.read()
@@ -92,12 +95,16 @@ def test_thousand_requests_relayed_three_stages(tmp_path):
         driver.stdin.flush()
         assert driver.wait(60) == 0, driver.stderr.read()
         assert done["requests"] >= 1000
-        growth = [(b - a) / a for a, b in zip([warm["rss_kb"]] + stage_warm,
-                                              [done["rss_kb"]] + stage_done, strict=True)]
-        print("\nRSS growth after warm-up (driver, stage 0-2): "
-              + ", ".join(f"{100 * g:+.2f} %" for g in growth))
+        growth = [
+            (b - a) / a
+            for a, b in zip([warm["rss_kb"]] + stage_warm, [done["rss_kb"]] + stage_done, strict=True)
+        ]
+        print(
+            "\nRSS growth after warm-up (driver, stage 0-2): "
+            + ", ".join(f"{100 * g:+.2f} %" for g in growth)
+        )
         assert all(g < 0.05 for g in growth), growth
-        assert all(p.poll() is None for p in stages)     # persistent: still serving
+        assert all(p.poll() is None for p in stages)  # persistent: still serving
     finally:
         driver.kill()
         stop_processes(stages)
@@ -106,11 +113,26 @@ def test_thousand_requests_relayed_three_stages(tmp_path):
 @pytest.mark.sustained
 def test_hundred_concurrent_echo_sessions(tmp_path):
     from tests.helpers.common import free_port
+
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cmlp.cli.main", "echo-server", "--listen",
-                               f"127.0.0.1:{port}", "--max-connections", "128",
-                               "--log-level", "error"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=cli_env())
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cmlp.cli.main",
+            "echo-server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--max-connections",
+            "128",
+            "--log-level",
+            "error",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     try:
         assert "listening" in server.stdout.readline()
         results, errors_ = [], []
@@ -118,10 +140,13 @@ def test_hundred_concurrent_echo_sessions(tmp_path):
 
         def client(i):
             try:
-                ch = SecureChannel.connect(sockets.connect(sockets.TcpAddr("127.0.0.1", port)),
-                                           MockProvider(), MockVerifier(),
-                                           SessionConfig.development(handshake_timeout=30))
-                barrier.wait(30)                  # all 100 sessions open at once
+                ch = SecureChannel.connect(
+                    sockets.connect(sockets.TcpAddr("127.0.0.1", port)),
+                    MockProvider(),
+                    MockVerifier(),
+                    SessionConfig.development(handshake_timeout=30),
+                )
+                barrier.wait(30)  # all 100 sessions open at once
                 for k in range(10):
                     msg = f"client {i} message {k}".encode()
                     ch.send(msg)

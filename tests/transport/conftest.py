@@ -10,6 +10,7 @@ from tests.helpers.common import run_handshake
 @pytest.fixture
 def dev_config():
     from cmlp.transport import SessionConfig
+
     return SessionConfig.development(handshake_timeout=5.0)
 
 
@@ -17,6 +18,7 @@ def dev_config():
 def channel_pair():
     """An established (initiator, responder) pair over a socketpair."""
     from cmlp.transport import sockets
+
     a, b = sockets.socketpair()
     init, resp = run_handshake(a, b)
     assert not isinstance(init, BaseException), init

@@ -10,13 +10,21 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import mitm
 from cmlp import errors
 from cmlp.attestation import MockProvider, MockVerifier
-from cmlp.transport import (Data, ErrorMessage, Heartbeat, RetryPolicy, SecureChannel,
-                            SessionConfig, ShutdownMessage, TensorMessage, sockets)
+from cmlp.transport import (
+    Data,
+    ErrorMessage,
+    Heartbeat,
+    RetryPolicy,
+    SecureChannel,
+    SessionConfig,
+    ShutdownMessage,
+    TensorMessage,
+    sockets,
+)
 from cmlp.transport.wire import DType, Tensor
-
+from tests.helpers import mitm
 from tests.helpers.common import cli_env
 
 
@@ -101,7 +109,7 @@ def test_large_messages_up_to_the_limit(channel_pair):
     t.join()
     assert got == big
     with pytest.raises(errors.PayloadTooLarge):
-        init.send(big + b"x")        # rejected locally: the peer would refuse it
+        init.send(big + b"x")  # rejected locally: the peer would refuse it
     init.send(b"still usable")
     assert resp.recv(timeout=5).payload == b"still usable"
 
@@ -130,15 +138,15 @@ def test_received_tensor_is_a_view_and_survives_later_receives(channel_pair):
         init.send_tensor("b", np.full(5000, i, np.float32))
         assert resp.recv(timeout=5).tensor.data[0] == i
     np.testing.assert_array_equal(a.data, first)
-    assert a.data.base is not None          # zero-copy view, not an owned copy
+    assert a.data.base is not None  # zero-copy view, not an owned copy
 
 
 def test_recv_timeout_keeps_partial_frame():
     """A timeout in the middle of a frame must not cut it: the next recv completes it."""
     a, raw = sockets.socketpair()
-    from cmlp import _record
+    from cmlp import _frame, _record
     from cmlp.transport.handshake import InitiatorHandshake
-    from cmlp import _frame
+
     peer = {}
 
     def accept():
@@ -195,7 +203,7 @@ def test_concurrent_send_and_recv_threads(channel_pair):
     for t in threads:
         t.start()
     for _ in range(n):
-        resp.send(b"x")               # the other direction at the same time
+        resp.send(b"x")  # the other direction at the same time
     for t in threads:
         t.join(10)
     assert got == list(range(n))
@@ -210,15 +218,24 @@ def through_proxy(upstream=mitm.passthrough, downstream=mitm.passthrough, config
     return srv, proxy, client(proxy.addr, config)
 
 
-@pytest.mark.parametrize("offset, name", [(3, "type"), (4, "flags"), (8, "sequence"),
-                                          (20, "ciphertext"), (-1, "tag")])
+@pytest.mark.parametrize(
+    "offset, name", [(3, "type"), (4, "flags"), (8, "sequence"), (20, "ciphertext"), (-1, "tag")]
+)
 def test_bit_flip_in_each_header_field_and_body(offset, name):
     # up frames: 0 = msg1, 1 = msg3, 2 = first Data
     srv, proxy, ch = through_proxy(upstream=mitm.flip_bit(2, offset))
     ch.send(b"attack at dawn, " * 4)
     err = srv.wait()
-    assert isinstance(err, (errors.OpenFailed, errors.SequenceError, errors.FrameError,
-                            errors.UnencryptedFrame, errors.UnexpectedMessage)), (name, err)
+    assert isinstance(
+        err,
+        (
+            errors.OpenFailed,
+            errors.SequenceError,
+            errors.FrameError,
+            errors.UnencryptedFrame,
+            errors.UnexpectedMessage,
+        ),
+    ), (name, err)
     assert srv.channel.closed
     proxy.close()
     ch.close()
@@ -237,7 +254,7 @@ def test_swapped_frames_rejected():
     ch.send(b"first")
     ch.send(b"second")
     err = srv.wait()
-    assert isinstance(err, errors.SequenceGap)      # the second arrives first
+    assert isinstance(err, errors.SequenceGap)  # the second arrives first
     proxy.close()
 
 
@@ -302,7 +319,7 @@ def test_no_plaintext_on_the_wire():
     wire = bytes(proxy.captured["up"]) + bytes(proxy.captured["down"])
     assert secret not in wire and b"hidden_states" not in wire
     raw = arr.tobytes()
-    assert not any(raw[i:i + 16] in wire for i in range(0, len(raw) - 16, 4))
+    assert not any(raw[i : i + 16] in wire for i in range(0, len(raw) - 16, 4))
     proxy.close()
 
 
@@ -331,16 +348,19 @@ def test_vsock_listen_where_the_kernel_allows():
 
 def test_connect_retry_error_names_target_and_attempts():
     from tests.helpers.common import free_port
+
     port = free_port()
     with pytest.raises(OSError, match=rf"TCP connect to 127.0.0.1:{port} failed after 3 attempt"):
-        sockets.connect_retry(sockets.TcpAddr("127.0.0.1", port),
-                              RetryPolicy(max_retries=2, initial_delay=0.01))
+        sockets.connect_retry(
+            sockets.TcpAddr("127.0.0.1", port), RetryPolicy(max_retries=2, initial_delay=0.01)
+        )
     with pytest.raises(OSError, match="after 1 attempt"):
         sockets.connect_retry(sockets.TcpAddr("127.0.0.1", port), RetryPolicy.none())
 
 
 def test_connect_retry_reaches_a_late_listener():
     from tests.helpers.common import free_port
+
     port = free_port()
 
     def late():
@@ -352,8 +372,9 @@ def test_connect_retry_reaches_a_late_listener():
 
     t = threading.Thread(target=late)
     t.start()
-    s = sockets.connect_retry(sockets.TcpAddr("127.0.0.1", port),
-                              RetryPolicy(max_retries=20, initial_delay=0.02, max_delay=0.05))
+    s = sockets.connect_retry(
+        sockets.TcpAddr("127.0.0.1", port), RetryPolicy(max_retries=20, initial_delay=0.02, max_delay=0.05)
+    )
     s.close()
     t.join()
 
@@ -363,27 +384,67 @@ def test_connect_retry_reaches_a_late_listener():
 # ---------------------------------------------------------------------------
 def test_echo_cli_end_to_end():
     from tests.helpers.common import free_port
+
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cmlp.cli.main", "echo-server",
-                               "--listen", f"127.0.0.1:{port}", "--log-level", "error"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
-                              text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cmlp.cli.main",
+            "echo-server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "error",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        text=True,
+    )
     try:
         assert "listening" in server.stdout.readline()
         # two clients one after another, then one that speaks garbage
         for _ in range(2):
-            out = subprocess.run([sys.executable, "-m", "cmlp.cli.main", "echo-client",
-                                  "--connect", f"127.0.0.1:{port}", "--count", "3", "--tensor"],
-                                 capture_output=True, text=True, env=cli_env(), timeout=60)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cmlp.cli.main",
+                    "echo-client",
+                    "--connect",
+                    f"127.0.0.1:{port}",
+                    "--count",
+                    "3",
+                    "--tensor",
+                ],
+                capture_output=True,
+                text=True,
+                env=cli_env(),
+                timeout=60,
+            )
             assert out.returncode == 0, out.stderr
             assert out.stdout.count(", ok)") == 3 and "tensor: activations F32 [4, 3] (ok)" in out.stdout
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(b"garbage" * 10)
             s.settimeout(5)
-            assert s.recv(100) == b""             # closed, no crash
-        out = subprocess.run([sys.executable, "-m", "cmlp.cli.main", "echo-client",
-                              "--connect", f"127.0.0.1:{port}", "--count", "1"],
-                             capture_output=True, text=True, env=cli_env(), timeout=60)
+            assert s.recv(100) == b""  # closed, no crash
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cmlp.cli.main",
+                "echo-client",
+                "--connect",
+                f"127.0.0.1:{port}",
+                "--count",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
     finally:
         server.terminate()
@@ -393,8 +454,13 @@ def test_echo_cli_end_to_end():
 
 def test_echo_client_unreachable_server_is_one_clean_line():
     from tests.helpers.common import free_port
-    out = subprocess.run([sys.executable, "-m", "cmlp.cli.main", "echo-client", "--connect",
-                          f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
-                         env=cli_env(), timeout=60)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "cmlp.cli.main", "echo-client", "--connect", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
     assert out.returncode != 0
     assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0

@@ -31,14 +31,17 @@ def test_decode_header_needs_13_bytes():
     assert _frame.decode_header(header()[:12]) is None
 
 
-@pytest.mark.parametrize("raw, exc", [
-    (header(magic=0x1234, version=9, msg_type=99, length=MAX + 1), errors.InvalidMagic),
-    (header(version=2, msg_type=99, length=MAX + 1), errors.UnsupportedVersion),
-    (header(msg_type=0, length=MAX + 1), errors.UnknownMessageType),
-    (header(msg_type=7), errors.UnknownMessageType),
-    (header(length=MAX + 1), errors.PayloadTooLarge),
-    (header(length=0xFFFFFFFF), errors.PayloadTooLarge),
-])
+@pytest.mark.parametrize(
+    "raw, exc",
+    [
+        (header(magic=0x1234, version=9, msg_type=99, length=MAX + 1), errors.InvalidMagic),
+        (header(version=2, msg_type=99, length=MAX + 1), errors.UnsupportedVersion),
+        (header(msg_type=0, length=MAX + 1), errors.UnknownMessageType),
+        (header(msg_type=7), errors.UnknownMessageType),
+        (header(length=MAX + 1), errors.PayloadTooLarge),
+        (header(length=0xFFFFFFFF), errors.PayloadTooLarge),
+    ],
+)
 def test_header_errors_in_spec_order(raw, exc):
     with pytest.raises(exc):
         _frame.decode_header(raw)
@@ -92,7 +95,7 @@ def test_byte_at_a_time_decode():
     dec = _frame.FrameDecoder()
     got = []
     for i in range(len(frame)):
-        dec.feed(frame[i:i + 1])
+        dec.feed(frame[i : i + 1])
         f = dec.next_frame()
         if f is not None:
             got.append(f)
@@ -103,14 +106,21 @@ def test_byte_at_a_time_decode():
 
 def test_random_chunking_many_frames():
     rng = random.Random(1)
-    frames = [(rng.randrange(1, 7), rng.randrange(0, 16), rng.randrange(2**32),
-               rng.randbytes(rng.randrange(0, 3000))) for _ in range(200)]
+    frames = [
+        (
+            rng.randrange(1, 7),
+            rng.randrange(0, 16),
+            rng.randrange(2**32),
+            rng.randbytes(rng.randrange(0, 3000)),
+        )
+        for _ in range(200)
+    ]
     stream = b"".join(_frame.encode_frame(*f) for f in frames)
     dec = _frame.FrameDecoder()
     out, pos = [], 0
     while pos < len(stream):
         n = rng.randrange(1, 5000)
-        dec.feed(stream[pos:pos + n])
+        dec.feed(stream[pos : pos + n])
         pos += n
         while (f := dec.next_frame()) is not None:
             out.append((f.msg_type, f.flags, f.sequence, bytes(f.payload)))
@@ -144,7 +154,7 @@ def test_incremental_growth_256k_in_32k_chunks():
     for off in range(13, len(frame), 32 * 1024):
         assert dec.next_frame() is None
         pending += 1
-        dec.feed(frame[off:off + 32 * 1024])
+        dec.feed(frame[off : off + 32 * 1024])
     f = dec.next_frame()
     assert f is not None and len(f.payload) == len(payload)
     assert pending == 8
@@ -204,13 +214,16 @@ def test_tensor_roundtrip_every_dtype(dtype):
     assert back.data.tobytes() == arr.tobytes()
 
 
-@pytest.mark.parametrize("name, dtype, shape, header_len, pad, data, total", [
-    ("input_ids", DType.U32, (1, 5), 22, 2, 20, 44),
-    ("hidden_states", DType.F32, (1, 5, 768), 30, 2, 15360, 15392),
-    ("test", DType.F32, (4,), 13, 3, 16, 32),
-    ("x", DType.U8, (2, 3), 14, 2, 6, 22),
-    ("", DType.F32, (), 5, 3, 4, 12),
-])
+@pytest.mark.parametrize(
+    "name, dtype, shape, header_len, pad, data, total",
+    [
+        ("input_ids", DType.U32, (1, 5), 22, 2, 20, 44),
+        ("hidden_states", DType.F32, (1, 5, 768), 30, 2, 15360, 15392),
+        ("test", DType.F32, (4,), 13, 3, 16, 32),
+        ("x", DType.U8, (2, 3), 14, 2, 6, 22),
+        ("", DType.F32, (), 5, 3, 4, 12),
+    ],
+)
 def test_worked_sizes(name, dtype, shape, header_len, pad, data, total):
     n = int(np.prod(shape)) if shape else 1
     payload = _frame.encode_tensor(name, int(dtype), shape, bytes(n * dtype.itemsize))
@@ -220,8 +233,7 @@ def test_worked_sizes(name, dtype, shape, header_len, pad, data, total):
 
 
 def test_scalar_and_empty_dimension():
-    name, code, shape, off, n = _frame.decode_tensor_header(
-        _frame.encode_tensor("", 0, (), b"\x00" * 4))
+    name, code, shape, off, n = _frame.decode_tensor_header(_frame.encode_tensor("", 0, (), b"\x00" * 4))
     assert shape == () and n == 4
     payload = _frame.encode_tensor("cache_clear", int(DType.U32), (0,), b"")
     assert Tensor.from_payload(payload).shape == (0,)
@@ -230,26 +242,35 @@ def test_scalar_and_empty_dimension():
 def sub(ndims, dtype, shape=(), name=b"", pad=None, data=b""):
     h = 5 + 4 * len(shape) + len(name)
     p = bytes((8 - h % 8) % 8) if pad is None else pad
-    return (struct.pack("<HB", ndims, dtype) + b"".join(struct.pack("<I", d) for d in shape)
-            + struct.pack("<H", len(name)) + name + p + data)
+    return (
+        struct.pack("<HB", ndims, dtype)
+        + b"".join(struct.pack("<I", d) for d in shape)
+        + struct.pack("<H", len(name))
+        + name
+        + p
+        + data
+    )
 
 
-@pytest.mark.parametrize("payload, exc", [
-    (b"", errors.IncompleteTensorHeader),
-    (b"\x01\x00", errors.IncompleteTensorHeader),
-    (struct.pack("<HB", 33, 99), errors.ShapeOverflow),          # ndims before dtype
-    (struct.pack("<HB", 1000, 0), errors.ShapeOverflow),
-    (struct.pack("<HB", 1, 8), errors.UnknownDType),
-    (struct.pack("<HB", 2, 0) + b"\x01\x00\x00\x00", errors.IncompleteTensorHeader),
-    (struct.pack("<HBI", 1, 0, 4), errors.IncompleteTensorHeader),          # no name_len
-    (struct.pack("<HBIH", 1, 0, 4, 5) + b"ab", errors.IncompleteTensorHeader),
-    (sub(1, 6, (1,), b"\xff\xfe") + b"\x00", errors.InvalidTensorName),
-    (sub(1, 6, (3,), b"ab")[:-1], errors.IncompleteTensorHeader),           # padding cut
-    (sub(1, 6, (1,), b"ab", pad=b"\x00\x01\x00\x00\x00") + b"\x05", errors.InvalidPadding),
-    (sub(3, 0, (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)), errors.ShapeOverflow),
-    (sub(1, 0, (4,), b"t", data=bytes(15)), errors.TensorDataSizeMismatch),
-    (sub(1, 0, (4,), b"t", data=bytes(17)), errors.TensorDataSizeMismatch),  # trailing bytes
-])
+@pytest.mark.parametrize(
+    "payload, exc",
+    [
+        (b"", errors.IncompleteTensorHeader),
+        (b"\x01\x00", errors.IncompleteTensorHeader),
+        (struct.pack("<HB", 33, 99), errors.ShapeOverflow),  # ndims before dtype
+        (struct.pack("<HB", 1000, 0), errors.ShapeOverflow),
+        (struct.pack("<HB", 1, 8), errors.UnknownDType),
+        (struct.pack("<HB", 2, 0) + b"\x01\x00\x00\x00", errors.IncompleteTensorHeader),
+        (struct.pack("<HBI", 1, 0, 4), errors.IncompleteTensorHeader),  # no name_len
+        (struct.pack("<HBIH", 1, 0, 4, 5) + b"ab", errors.IncompleteTensorHeader),
+        (sub(1, 6, (1,), b"\xff\xfe") + b"\x00", errors.InvalidTensorName),
+        (sub(1, 6, (3,), b"ab")[:-1], errors.IncompleteTensorHeader),  # padding cut
+        (sub(1, 6, (1,), b"ab", pad=b"\x00\x01\x00\x00\x00") + b"\x05", errors.InvalidPadding),
+        (sub(3, 0, (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)), errors.ShapeOverflow),
+        (sub(1, 0, (4,), b"t", data=bytes(15)), errors.TensorDataSizeMismatch),
+        (sub(1, 0, (4,), b"t", data=bytes(17)), errors.TensorDataSizeMismatch),  # trailing bytes
+    ],
+)
 def test_tensor_decode_errors(payload, exc):
     with pytest.raises(exc):
         _frame.decode_tensor_header(payload)
@@ -264,9 +285,9 @@ def test_tensor_dims_limit():
 
 def test_tensor_encode_errors_in_spec_order():
     with pytest.raises(errors.TensorDataSizeMismatch):
-        _frame.encode_tensor("x" * 70000, 0, (2,) * 40, b"123")      # size checked first
+        _frame.encode_tensor("x" * 70000, 0, (2,) * 40, b"123")  # size checked first
     with pytest.raises(errors.ShapeOverflow):
-        _frame.encode_tensor("x" * 70000, 6, (1,) * 33, b"\x00")     # then dims
+        _frame.encode_tensor("x" * 70000, 6, (1,) * 33, b"\x00")  # then dims
     with pytest.raises(errors.TensorNameTooLong):
         _frame.encode_tensor("x" * 65536, 6, (1,), b"\x00")
     with pytest.raises(errors.UnknownDType):
@@ -315,7 +336,7 @@ def test_frame_seeds_v2_rejected_v4_decode(seed):
     patched, pos = b"", 0
     while pos < len(seed):
         n = 13 + struct.unpack_from(">I", seed, pos + 9)[0]
-        patched += v4(seed[pos:pos + n])
+        patched += v4(seed[pos : pos + n])
         pos += n
     dec = _frame.FrameDecoder()
     dec.feed(patched)
@@ -326,13 +347,16 @@ def test_frame_seeds_v2_rejected_v4_decode(seed):
     assert dec.buffered == 0
 
 
-@pytest.mark.parametrize("payload, result", [
-    (sub(0, 0, (), data=bytes(4)), ((), "")),
-    (sub(1, 0, (4,), b"test", data=bytes(16)), ((4,), "test")),
-    (sub(2, 6, (2, 3), b"x", data=b"\xab" * 6), ((2, 3), "x")),
-    (b"", errors.IncompleteTensorHeader),
-    (b"\x01\x00", errors.IncompleteTensorHeader),
-])
+@pytest.mark.parametrize(
+    "payload, result",
+    [
+        (sub(0, 0, (), data=bytes(4)), ((), "")),
+        (sub(1, 0, (4,), b"test", data=bytes(16)), ((4,), "test")),
+        (sub(2, 6, (2, 3), b"x", data=b"\xab" * 6), ((2, 3), "x")),
+        (b"", errors.IncompleteTensorHeader),
+        (b"\x01\x00", errors.IncompleteTensorHeader),
+    ],
+)
 def test_tensor_seed_shapes(payload, result):
     if isinstance(result, type):
         with pytest.raises(result):
@@ -350,8 +374,8 @@ def test_capacity_stays_bounded_when_each_view_outlives_the_next_frame():
     previous = None
     for _ in range(50):
         for i in range(0, len(frame), 65536):
-            dec.feed(frame[i:i + 65536])
+            dec.feed(frame[i : i + 65536])
         current = dec.next_frame().payload
-        previous = current              # alive during the next iteration's receive
+        previous = current  # alive during the next iteration's receive
     assert previous is not None
     assert dec.capacity < 4 * len(frame)

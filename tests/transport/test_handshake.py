@@ -12,11 +12,15 @@ import time
 import pytest
 
 from cmlp import _frame, errors
-from cmlp.attestation import (ExpectedMeasurements, MockProvider, MockVerifier,
-                              MockVerifierWithMeasurements, encode_mock_document)
+from cmlp.attestation import (
+    ExpectedMeasurements,
+    MockProvider,
+    MockVerifier,
+    MockVerifierWithMeasurements,
+    encode_mock_document,
+)
 from cmlp.transport import SecureChannel, SecurityProfile, SessionConfig, sockets
-from cmlp.transport.handshake import (InitiatorHandshake, encode_hello, hello_frame)
-
+from cmlp.transport.handshake import InitiatorHandshake, encode_hello, hello_frame
 from tests.helpers.common import run_handshake
 
 
@@ -36,8 +40,9 @@ class RawPeer:
 
         def run():
             try:
-                self.result = fn(theirs, provider or MockProvider(), verifier or MockVerifier(),
-                                 config or dev())
+                self.result = fn(
+                    theirs, provider or MockProvider(), verifier or MockVerifier(), config or dev()
+                )
             except BaseException as exc:  # noqa: BLE001
                 self.result = exc
 
@@ -93,6 +98,7 @@ def test_residual_bytes_after_confirmation_are_kept():
     peer.send(msg1)
     msg3 = hs.on_responder_hello(peer.read_frame())
     from cmlp import _record
+
     sealer = _record.Sealer(hs.keys.send_key, hs.keys.session_id)
     peer.send(msg3 + sealer.seal_frame(2, 1, b"early") + sealer.seal_frame(2, 1, b"bird"))
     ch = peer.outcome()
@@ -143,18 +149,24 @@ def test_production_profile_with_pinned_measurements_succeeds():
     assert init.peer_attestation.measurements == {0: b"\xaa" * 32}
 
 
-@pytest.mark.parametrize("claimed, pins, exc, text", [
-    ({0: b"\xbb" * 32}, {0: b"\xaa" * 32}, errors.VerificationFailed, "measurement[0] mismatch"),
-    ({0: b"\xaa" * 32}, {0: b"\xaa" * 32, 5: b"\x01"}, errors.MissingField, "measurement[5]"),
-    ({0: b"\xaa" * 31}, {0: b"\xaa" * 32}, errors.VerificationFailed, "mismatch"),
-])
+@pytest.mark.parametrize(
+    "claimed, pins, exc, text",
+    [
+        ({0: b"\xbb" * 32}, {0: b"\xaa" * 32}, errors.VerificationFailed, "measurement[0] mismatch"),
+        ({0: b"\xaa" * 32}, {0: b"\xaa" * 32, 5: b"\x01"}, errors.MissingField, "measurement[5]"),
+        ({0: b"\xaa" * 31}, {0: b"\xaa" * 32}, errors.VerificationFailed, "mismatch"),
+    ],
+)
 def test_measurement_pinning_rejects(claimed, pins, exc, text):
     a, b = sockets.socketpair()
     init, resp = run_handshake(
-        a, b, dict(config=dev(expected_measurements=ExpectedMeasurements(pins))),
-        dict(provider=MockProvider(claimed)))
+        a,
+        b,
+        dict(config=dev(expected_measurements=ExpectedMeasurements(pins))),
+        dict(provider=MockProvider(claimed)),
+    )
     assert isinstance(init, exc) and text in str(init)
-    assert isinstance(resp, errors.CmlpError)     # the responder sees the close
+    assert isinstance(resp, errors.CmlpError)  # the responder sees the close
 
 
 def test_mock_verifier_with_measurements_helper():
@@ -166,32 +178,60 @@ def test_mock_verifier_with_measurements_helper():
 # ---------------------------------------------------------------------------
 # responder receiving a bad initiator hello
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("frame, exc, text", [
-    (hello_frame(0, initiator_hello()[:68]), errors.HandshakeFailed, "initiator hello too short"),
-    (hello_frame(0, initiator_hello(msg_no=2)), errors.UnexpectedMessage, "initiator_hello (1)"),
-    (hello_frame(0, b"\x01" + bytes(64) + struct.pack(">I", 65537)), errors.HandshakeFailed,
-     "attestation document too large: 65537 bytes (max 65536)"),
-    (hello_frame(0, initiator_hello() + b"\x00"), errors.HandshakeFailed,
-     "initiator hello: expected 157 bytes, got 158"),
-    (hello_frame(0, initiator_hello()[:-1]), errors.HandshakeFailed, "expected 157 bytes, got 156"),
-    (_frame.encode_frame(2, 0, 0, initiator_hello()), errors.UnexpectedMessage, "got Data"),
-    (hello_frame(5, initiator_hello()), errors.HandshakeFailed,
-     "unexpected handshake sequence: expected 0, got 5"),
-    (hello_frame(0, initiator_hello(doc=b"garbage")), errors.HandshakeFailed,
-     "initiator attestation verification failed"),
-    (hello_frame(0, initiator_hello(doc=encode_mock_document(None, b"\x02" * 32, None))),
-     errors.MissingField, "public_key"),
-    (hello_frame(0, initiator_hello(doc=encode_mock_document(None, None, b"\x01" * 32))),
-     errors.MissingField, "nonce"),
-    (hello_frame(0, initiator_hello(doc=encode_mock_document(None, b"\x82" + b"\x02" * 31,
-                                                             b"\x01" * 32))),
-     errors.VerificationFailed, "nonce mismatch"),
-    (hello_frame(0, initiator_hello(doc=encode_mock_document(None, b"\x02" * 32, b"\x09" * 32))),
-     errors.PublicKeyMismatch, "public key"),
-    (hello_frame(0, initiator_hello(pk=bytes(32))), errors.NonContributoryKey, "non-contributory"),
-    (b"\x3a\xd7" + bytes(126), errors.InvalidMagic, "magic"),
-    (b"\xcf\x4d\x02" + bytes(20), errors.UnsupportedVersion, "version 2"),
-])
+@pytest.mark.parametrize(
+    "frame, exc, text",
+    [
+        (hello_frame(0, initiator_hello()[:68]), errors.HandshakeFailed, "initiator hello too short"),
+        (hello_frame(0, initiator_hello(msg_no=2)), errors.UnexpectedMessage, "initiator_hello (1)"),
+        (
+            hello_frame(0, b"\x01" + bytes(64) + struct.pack(">I", 65537)),
+            errors.HandshakeFailed,
+            "attestation document too large: 65537 bytes (max 65536)",
+        ),
+        (
+            hello_frame(0, initiator_hello() + b"\x00"),
+            errors.HandshakeFailed,
+            "initiator hello: expected 157 bytes, got 158",
+        ),
+        (hello_frame(0, initiator_hello()[:-1]), errors.HandshakeFailed, "expected 157 bytes, got 156"),
+        (_frame.encode_frame(2, 0, 0, initiator_hello()), errors.UnexpectedMessage, "got Data"),
+        (
+            hello_frame(5, initiator_hello()),
+            errors.HandshakeFailed,
+            "unexpected handshake sequence: expected 0, got 5",
+        ),
+        (
+            hello_frame(0, initiator_hello(doc=b"garbage")),
+            errors.HandshakeFailed,
+            "initiator attestation verification failed",
+        ),
+        (
+            hello_frame(0, initiator_hello(doc=encode_mock_document(None, b"\x02" * 32, None))),
+            errors.MissingField,
+            "public_key",
+        ),
+        (
+            hello_frame(0, initiator_hello(doc=encode_mock_document(None, None, b"\x01" * 32))),
+            errors.MissingField,
+            "nonce",
+        ),
+        (
+            hello_frame(
+                0, initiator_hello(doc=encode_mock_document(None, b"\x82" + b"\x02" * 31, b"\x01" * 32))
+            ),
+            errors.VerificationFailed,
+            "nonce mismatch",
+        ),
+        (
+            hello_frame(0, initiator_hello(doc=encode_mock_document(None, b"\x02" * 32, b"\x09" * 32))),
+            errors.PublicKeyMismatch,
+            "public key",
+        ),
+        (hello_frame(0, initiator_hello(pk=bytes(32))), errors.NonContributoryKey, "non-contributory"),
+        (b"\x3a\xd7" + bytes(126), errors.InvalidMagic, "magic"),
+        (b"\xcf\x4d\x02" + bytes(20), errors.UnsupportedVersion, "version 2"),
+    ],
+)
 def test_responder_rejects_bad_initiator_hello(frame, exc, text):
     peer = RawPeer("responder")
     peer.send(frame)
@@ -230,19 +270,38 @@ def test_confirmation_with_wrong_sequence():
 # ---------------------------------------------------------------------------
 # initiator receiving a bad responder hello
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("make, exc, text", [
-    (lambda pk, n: hello_frame(0, encode_hello(2, pk, n, b"\xcc\xdd\xee\xff")),
-     errors.HandshakeFailed, "attestation verification failed"),
-    (lambda pk, n: hello_frame(0, encode_hello(1, pk, n, encode_mock_document(None, n, pk))),
-     errors.UnexpectedMessage, "responder_hello (2)"),
-    (lambda pk, n: hello_frame(0, encode_hello(2, pk, n, encode_mock_document(None, n, pk)) + b"!"),
-     errors.HandshakeFailed, "responder hello: expected"),
-    (lambda pk, n: _frame.encode_frame(2, 0, 0, b"\x02" + b"\xaa" * 32 + b"\xbb" * 32
-                                       + struct.pack(">I", 4) + b"\xcc" * 4),
-     errors.UnexpectedMessage, "got Data"),
-    (lambda pk, n: b"\xcf\x4d\x04\x01\x00" + bytes(4) + struct.pack(">I", 100) + bytes(20),
-     errors.Closed, "closed"),
-])
+@pytest.mark.parametrize(
+    "make, exc, text",
+    [
+        (
+            lambda pk, n: hello_frame(0, encode_hello(2, pk, n, b"\xcc\xdd\xee\xff")),
+            errors.HandshakeFailed,
+            "attestation verification failed",
+        ),
+        (
+            lambda pk, n: hello_frame(0, encode_hello(1, pk, n, encode_mock_document(None, n, pk))),
+            errors.UnexpectedMessage,
+            "responder_hello (2)",
+        ),
+        (
+            lambda pk, n: hello_frame(0, encode_hello(2, pk, n, encode_mock_document(None, n, pk)) + b"!"),
+            errors.HandshakeFailed,
+            "responder hello: expected",
+        ),
+        (
+            lambda pk, n: _frame.encode_frame(
+                2, 0, 0, b"\x02" + b"\xaa" * 32 + b"\xbb" * 32 + struct.pack(">I", 4) + b"\xcc" * 4
+            ),
+            errors.UnexpectedMessage,
+            "got Data",
+        ),
+        (
+            lambda pk, n: b"\xcf\x4d\x04\x01\x00" + bytes(4) + struct.pack(">I", 100) + bytes(20),
+            errors.Closed,
+            "closed",
+        ),
+    ],
+)
 def test_initiator_rejects_bad_responder_hello(make, exc, text):
     peer = RawPeer("initiator")
     msg1 = peer.read_frame()
@@ -268,10 +327,10 @@ def test_slowloris_mid_handshake_times_out():
     peer = RawPeer("responder", config=dev(handshake_timeout=0.5))
     _, msg1 = valid_initiator()
     t0 = time.monotonic()
-    for b in msg1[:40]:            # dribble bytes, never finish
+    for b in msg1[:40]:  # dribble bytes, never finish
         try:
             peer.send(bytes([b]))
-        except OSError:            # the victim gave up and closed: expected
+        except OSError:  # the victim gave up and closed: expected
             break
         time.sleep(0.02)
     err = peer.outcome()
@@ -324,8 +383,9 @@ def test_unattested_peer_needs_explicit_permission():
     init, resp = run_handshake(a, b, dict(provider=NoDocument()))
     assert isinstance(resp, errors.HandshakeFailed) and "no attestation document" in str(resp)
     a, b = sockets.socketpair()
-    init, resp = run_handshake(a, b, dict(provider=NoDocument()),
-                               dict(config=dev(allow_unattested_peer=True)))
+    init, resp = run_handshake(
+        a, b, dict(provider=NoDocument()), dict(config=dev(allow_unattested_peer=True))
+    )
     assert isinstance(resp, SecureChannel) and resp.peer_attestation.platform == "none"
     init.send(b"host says hi")
     assert resp.recv(timeout=5).payload == b"host says hi"
@@ -345,8 +405,7 @@ def as_v4(b):
 
 RESP_SEEDS = [
     (v2hello(b"\x01" + b"\xaa" * 32 + b"\xbb" * 32), errors.HandshakeFailed, "too short"),
-    (v2hello(b"\x01" + b"\xaa" * 32 + b"\xbb" * 32) + b"\xff" * 100, errors.HandshakeFailed,
-     "too short"),
+    (v2hello(b"\x01" + b"\xaa" * 32 + b"\xbb" * 32) + b"\xff" * 100, errors.HandshakeFailed, "too short"),
     (b"\xcf\x4d\x02", errors.Closed, ""),
     (v2hello(b"\x01" + b"\xaa" * 32 + b"\xbb" * 32, msg_type=2), errors.UnexpectedMessage, "Data"),
     (v2hello(b"\x01" + bytes(10)), errors.HandshakeFailed, "too short"),
@@ -356,8 +415,7 @@ RESP_SEEDS = [
 
 @pytest.mark.parametrize("seed, exc, text", RESP_SEEDS)
 def test_handshake_resp_seeds(seed, exc, text):
-    for data, want in ((seed, errors.UnsupportedVersion if len(seed) >= 13 else exc),
-                       (as_v4(seed), exc)):
+    for data, want in ((seed, errors.UnsupportedVersion if len(seed) >= 13 else exc), (as_v4(seed), exc)):
         peer = RawPeer("responder")
         peer.send(data)
         peer.raw.shutdown(socket.SHUT_WR)
@@ -370,10 +428,14 @@ def test_handshake_resp_seeds(seed, exc, text):
 INIT_SEEDS = [
     (b"", errors.Closed),
     (b"\xcf\x4d\x02", errors.Closed),
-    (v2hello(b"\x02" + b"\xaa" * 32 + b"\xbb" * 32 + struct.pack(">I", 4) + b"\xcc" * 4,
-             msg_type=2), errors.UnexpectedMessage),
-    (v2hello(b"\x02" + b"\xaa" * 32 + b"\xbb" * 32 + struct.pack(">I", 4) + b"\xcc\xdd\xee\xff"),
-     errors.HandshakeFailed),
+    (
+        v2hello(b"\x02" + b"\xaa" * 32 + b"\xbb" * 32 + struct.pack(">I", 4) + b"\xcc" * 4, msg_type=2),
+        errors.UnexpectedMessage,
+    ),
+    (
+        v2hello(b"\x02" + b"\xaa" * 32 + b"\xbb" * 32 + struct.pack(">I", 4) + b"\xcc\xdd\xee\xff"),
+        errors.HandshakeFailed,
+    ),
     (bytes.fromhex("3ad7") + bytes(range(126)), errors.InvalidMagic),
     (v2hello(bytes(20), length=100), errors.Closed),
 ]
@@ -382,7 +444,7 @@ INIT_SEEDS = [
 @pytest.mark.parametrize("seed, exc", INIT_SEEDS)
 def test_handshake_init_seeds(seed, exc):
     peer = RawPeer("initiator")
-    peer.read_frame()                 # the harness swallows the initiator's hello
+    peer.read_frame()  # the harness swallows the initiator's hello
     peer.send(as_v4(seed))
     peer.raw.shutdown(socket.SHUT_WR)
     err = peer.outcome()

@@ -20,8 +20,13 @@ def decode(frame: bytes):
 
 def test_roundtrip_all_message_types():
     s, o = pair()
-    for t, flags, pt in [(2, 1, b"data"), (6, 3, b"tensor-bytes"), (4, 1, b""), (5, 1, b""),
-                         (3, 1, "erreur \u00e9".encode())]:
+    for t, flags, pt in [
+        (2, 1, b"data"),
+        (6, 3, b"tensor-bytes"),
+        (4, 1, b""),
+        (5, 1, b""),
+        (3, 1, "erreur \u00e9".encode()),
+    ]:
         frame = s.seal_frame(t, flags, pt)
         assert len(frame) == 13 + len(pt) + 16
         f = decode(frame)
@@ -47,9 +52,10 @@ def test_single_bit_flip_anywhere_is_rejected(offset):
     try:
         f = decode(bytes(frame))
     except errors.FrameError:
-        return          # e.g. a type flipped to an invalid value: rejected by the codec
-    with pytest.raises((errors.OpenFailed, errors.SequenceError, errors.UnencryptedFrame,
-                        errors.UnexpectedMessage)):
+        return  # e.g. a type flipped to an invalid value: rejected by the codec
+    with pytest.raises(
+        (errors.OpenFailed, errors.SequenceError, errors.UnencryptedFrame, errors.UnexpectedMessage)
+    ):
         o.open_frame(f)
     assert o.last_accepted is None
 
@@ -65,14 +71,14 @@ def test_replay_and_reorder_rejected_before_decrypt():
     frames = [s.seal_frame(2, 1, bytes([i])) for i in range(4)]
     o.open_frame(decode(frames[0]))
     with pytest.raises(errors.SequenceGap) as e:
-        o.open_frame(decode(frames[2]))              # frame 1 dropped or reordered
+        o.open_frame(decode(frames[2]))  # frame 1 dropped or reordered
     assert (e.value.received, e.value.expected) == (2, 1)
     o.open_frame(decode(frames[1]))
     with pytest.raises(errors.SequenceReplay) as e:
-        o.open_frame(decode(frames[1]))              # duplicated
+        o.open_frame(decode(frames[1]))  # duplicated
     assert (e.value.received, e.value.expected) == (1, 2)
     with pytest.raises(errors.SequenceReplay):
-        o.open_frame(decode(frames[0]))              # replayed
+        o.open_frame(decode(frames[0]))  # replayed
     assert bytes(o.open_frame(decode(frames[2]))) == b"\x02"
     assert bytes(o.open_frame(decode(frames[3]))) == b"\x03"
     assert o.expected_sequence == 4
@@ -113,7 +119,7 @@ def test_sender_side_size_check():
     s.seal_frame(2, 1, bytes(1000 - 16))
     with pytest.raises(errors.PayloadTooLarge):
         s.seal_frame(2, 1, bytes(1000 - 15))
-    assert s.next_sequence == 1        # nothing consumed by the refused send
+    assert s.next_sequence == 1  # nothing consumed by the refused send
 
 
 def test_hello_and_unencrypted_frames_rejected_after_handshake():
@@ -134,12 +140,15 @@ def test_wiped_keys_refuse_work():
         o.open_in_place(0, 2, 1, bytearray(32))
 
 
-@pytest.mark.parametrize("seed", [
-    bytes(8) + b"\x02\x01",
-    bytes(8) + b"\x02\x01" + bytes.fromhex("dead") * 16,
-    bytes.fromhex("8000000000000000") + b"\x06\x03" + bytes(48),
-    bytes(8) + b"\x02\x01" + bytes.fromhex("cafe") * 16,
-])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        bytes(8) + b"\x02\x01",
+        bytes(8) + b"\x02\x01" + bytes.fromhex("dead") * 16,
+        bytes.fromhex("8000000000000000") + b"\x06\x03" + bytes(48),
+        bytes(8) + b"\x02\x01" + bytes.fromhex("cafe") * 16,
+    ],
+)
 def test_aead_open_fuzz_seeds(seed):
     """Section 8.4 aead_open seeds: open at seq, seq+1, then seq again (replay)."""
     seq = int.from_bytes(seed[:8], "big")

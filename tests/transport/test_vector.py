@@ -11,12 +11,16 @@ import threading
 
 import numpy as np
 
-from cmlp.attestation import MockProvider, MockVerifier
-from cmlp.transport import SecureChannel, SessionConfig
-from cmlp.transport.handshake import (InitiatorHandshake, ResponderHandshake, confirmation_hash,
-                                      derive_keys, transcript_input)
-from cmlp.transport import sodium
 from cmlp import _frame, _record
+from cmlp.attestation import MockProvider, MockVerifier
+from cmlp.transport import SecureChannel, SessionConfig, sodium
+from cmlp.transport.handshake import (
+    InitiatorHandshake,
+    ResponderHandshake,
+    confirmation_hash,
+    derive_keys,
+    transcript_input,
+)
 
 SK_I = bytes([0x11]) * 32
 SK_R = bytes([0x22]) * 32
@@ -33,21 +37,41 @@ K_I2R = "9627f842298eb78c0b6da59b239514144b995917390aa90b535c8c00c55c72e1"
 K_R2I = "509246dd823b41d15c74ecba20317eef4c1cd1bf6610d2dab89c63c4e73ae9c4"
 SESSION_ID = "45ff8f1781d4a7dfe444cf14522ae764014190822a2cc810be928cb559f4fc80"
 CONFIRMATION = "7f8e5289b6cd1e0f4d8c3f721d7a0fdd4daefb325bd14b3d5d0e98c3fecb0c87"
-DOC_I = ("4d4f434b5f4154545f563100" "00000000" "20000000" + "a1" * 32 + "20000000" + PK_I)
-MSG1 = "cf4d040100" "00000000" "0000009d" "01" + PK_I + "a1" * 32 + "00000058" + DOC_I
+DOC_I = "4d4f434b5f4154545f5631000000000020000000" + "a1" * 32 + "20000000" + PK_I
+MSG1 = "cf4d040100000000000000009d01" + PK_I + "a1" * 32 + "00000058" + DOC_I
 MSG3 = "cf4d040100000000010000002103" + CONFIRMATION
 DATA_HELLO = "cf4d0402010000000000000015b271efb888f390e1c58f7d2e1d1853899d57b3f31e"
-TENSOR_X = ("cf4d04060300000001000000260d8ca33c8f82794171666ffdb2a457d0160a8dd9f41725"
-            "6dc7c4c38c095080be6aa0e51926ff")
+TENSOR_X = (
+    "cf4d04060300000001000000260d8ca33c8f82794171666ffdb2a457d0160a8dd9f417256dc7c4c38c095080be6aa0e51926ff"
+)
 HEARTBEAT_R2I = "cf4d04040100000000000000100d4b13a6c7ab4b72c9107caff647c66c"
 
 TRANSCRIPT_INPUT = (
-    "15" + b"init-attestation-hash".hex() + "0020" + INIT_ATT_HASH
-    + "15" + b"resp-attestation-hash".hex() + "0020" + RESP_ATT_HASH
-    + "06" + b"pk-low".hex() + "0020" + PK_R
-    + "07" + b"pk-high".hex() + "0020" + PK_I
-    + "0e" + b"combined-nonce".hex() + "0020" + "13" * 32
-    + "10" + b"protocol-version".hex() + "0001" + "04")
+    "15"
+    + b"init-attestation-hash".hex()
+    + "0020"
+    + INIT_ATT_HASH
+    + "15"
+    + b"resp-attestation-hash".hex()
+    + "0020"
+    + RESP_ATT_HASH
+    + "06"
+    + b"pk-low".hex()
+    + "0020"
+    + PK_R
+    + "07"
+    + b"pk-high".hex()
+    + "0020"
+    + PK_I
+    + "0e"
+    + b"combined-nonce".hex()
+    + "0020"
+    + "13" * 32
+    + "10"
+    + b"protocol-version".hex()
+    + "0001"
+    + "04"
+)
 
 
 def dev():
@@ -61,11 +85,18 @@ def test_primitives_match_vector():
     assert sodium.x25519(SK_R, bytes.fromhex(PK_I)).hex() == SHARED
     doc_i = MockProvider().attest(None, NONCE_I, bytes.fromhex(PK_I))
     assert doc_i.hex() == DOC_I and len(doc_i) == 88
-    tin = transcript_input(bytes.fromhex(INIT_ATT_HASH), bytes.fromhex(RESP_ATT_HASH),
-                           bytes.fromhex(PK_I), bytes.fromhex(PK_R), NONCE_I, NONCE_R)
+    tin = transcript_input(
+        bytes.fromhex(INIT_ATT_HASH),
+        bytes.fromhex(RESP_ATT_HASH),
+        bytes.fromhex(PK_I),
+        bytes.fromhex(PK_R),
+        NONCE_I,
+        NONCE_R,
+    )
     assert len(tin) == 264
     assert tin.hex() == TRANSCRIPT_INPUT
     import hashlib
+
     assert hashlib.sha256(tin).hexdigest() == TRANSCRIPT
     k_i2r, k_r2i, sid = derive_keys(bytes.fromhex(TRANSCRIPT), bytes.fromhex(SHARED))
     assert (k_i2r.hex(), k_r2i.hex(), sid.hex()) == (K_I2R, K_R2I, SESSION_ID)
@@ -133,15 +164,18 @@ def test_channels_over_socketpair_reproduce_vector():
                 record.extend(chunk)
             dst.sendall(chunk)
 
-    threads = [threading.Thread(target=relay, args=(tap_cli, tap_srv, sent_by_client), daemon=True),
-               threading.Thread(target=relay, args=(tap_srv, tap_cli), daemon=True)]
+    threads = [
+        threading.Thread(target=relay, args=(tap_cli, tap_srv, sent_by_client), daemon=True),
+        threading.Thread(target=relay, args=(tap_srv, tap_cli), daemon=True),
+    ]
     for t in threads:
         t.start()
     result = {}
 
     def server():
-        ch = SecureChannel.accept(srv_sock, MockProvider(), MockVerifier(), dev(),
-                                  secret_key=SK_R, nonce=NONCE_R)
+        ch = SecureChannel.accept(
+            srv_sock, MockProvider(), MockVerifier(), dev(), secret_key=SK_R, nonce=NONCE_R
+        )
         result["data"] = ch.recv(timeout=5)
         result["tensor"] = ch.recv(timeout=5)
         ch.heartbeat()
@@ -149,8 +183,9 @@ def test_channels_over_socketpair_reproduce_vector():
 
     st = threading.Thread(target=server)
     st.start()
-    ch = SecureChannel.connect(cli_sock, MockProvider(), MockVerifier(), dev(),
-                               secret_key=SK_I, nonce=NONCE_I)
+    ch = SecureChannel.connect(
+        cli_sock, MockProvider(), MockVerifier(), dev(), secret_key=SK_I, nonce=NONCE_I
+    )
     ch.send(b"hello")
     ch.send_tensor("x", np.arange(6, dtype=np.uint8).reshape(2, 3))
     msg = ch.recv(timeout=5)

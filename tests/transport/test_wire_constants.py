@@ -13,7 +13,8 @@ def test_python_names_are_the_compiled_values():
     assert wire.MAX_PAYLOAD_SIZE == _frame.MAX_PAYLOAD == _frame.WIRE["MAX_PAYLOAD_SIZE"]
     assert wire.HANDSHAKE_MAX_BUFFERED == _frame.HANDSHAKE_MAX_BUFFERED
     assert {m.name: int(m) for m in MsgType} == {
-        k[4:]: v for k, v in _frame.WIRE.items() if k.startswith("MSG_")}
+        k[4:]: v for k, v in _frame.WIRE.items() if k.startswith("MSG_")
+    }
 
 
 def test_values_are_the_specs():

@@ -4,5 +4,12 @@ from cmlp.attestation.az_snp.document import MARKER, decode_document, encode_doc
 from cmlp.attestation.az_snp.hcl import HclReport, parse_hcl
 from cmlp.attestation.az_snp.verifier import PLATFORM, AzSnpVerifier
 
-__all__ = ["MARKER", "decode_document", "encode_document", "HclReport", "parse_hcl",
-           "PLATFORM", "AzSnpVerifier"]
+__all__ = [
+    "MARKER",
+    "decode_document",
+    "encode_document",
+    "HclReport",
+    "parse_hcl",
+    "PLATFORM",
+    "AzSnpVerifier",
+]

@@ -22,22 +22,22 @@ MAX_PEM_CERTS = 8
 
 def encode_document(hcl: bytes, pem_chain: bytes) -> bytes:
     hcl, pem_chain = bytes(hcl), bytes(pem_chain)
-    return b"".join((MARKER, struct.pack("<I", len(hcl)), hcl,
-                     struct.pack("<I", len(pem_chain)), pem_chain))
+    return b"".join((MARKER, struct.pack("<I", len(hcl)), hcl, struct.pack("<I", len(pem_chain)), pem_chain))
 
 
 def decode_document(raw: bytes) -> Tuple[bytes, bytes]:
     raw = bytes(raw)
     if len(raw) > MAX_DOCUMENT_SIZE:
-        raise fail("AZSNP_DOCUMENT_TOO_LARGE",
-                   f"Azure SEV-SNP document is {len(raw)} bytes (max {MAX_DOCUMENT_SIZE})")
-    if raw[:len(MARKER)] != MARKER:
+        raise fail(
+            "AZSNP_DOCUMENT_TOO_LARGE",
+            f"Azure SEV-SNP document is {len(raw)} bytes (max {MAX_DOCUMENT_SIZE})",
+        )
+    if raw[: len(MARKER)] != MARKER:
         raise fail("AZSNP_NOT_AZSNP_DOCUMENT", "not an Azure SEV-SNP attestation document")
     hcl, pos = read_lv(raw, len(MARKER), "HCL report", "AZSNP")
     chain, pos = read_lv(raw, pos, "certificate chain", "AZSNP")
     if pos != len(raw):
-        raise fail("AZSNP_DOCUMENT_TRAILING_DATA",
-                   f"{len(raw) - pos} bytes after the certificate chain")
+        raise fail("AZSNP_DOCUMENT_TRAILING_DATA", f"{len(raw) - pos} bytes after the certificate chain")
     return hcl, chain
 
 
@@ -45,10 +45,11 @@ def pem_to_der_list(pem: bytes) -> List[bytes]:
     """PEM certificates -> DER list (SNP_CERT_CHAIN_EMPTY / _MALFORMED)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
+
     if not pem.strip():
         raise fail("SNP_CERT_CHAIN_EMPTY", "certificate chain is empty")
     try:
-        with warnings.catch_warnings():   # AMD VCEKs carry serial 0
+        with warnings.catch_warnings():  # AMD VCEKs carry serial 0
             warnings.simplefilter("ignore")
             certs = x509.load_pem_x509_certificates(bytes(pem))
     except ValueError as exc:

@@ -27,7 +27,7 @@ def _vcek_der(vcek: bytes) -> bytes:
         for der in pem_to_der_list(vcek):
             try:
                 cn = C.common_name(C.load_certificate(der))
-            except Exception:   # noqa: BLE001 - hostile DER
+            except Exception:  # noqa: BLE001 - hostile DER
                 continue
             if cn == "SEV-VCEK":
                 return der
@@ -37,19 +37,21 @@ def _vcek_der(vcek: bytes) -> bytes:
 
 def document_from_files(hcl: bytes, vcek: bytes) -> bytes:
     from cryptography.hazmat.primitives import serialization
+
     vek_der = _vcek_der(bytes(vcek))
     try:
         vek = C.load_certificate(vek_der)
         product = C.product_from_name(C.vek_extensions(vek, "VCEK").product_name)
     except VerificationFailed:
         raise
-    except Exception as exc:   # noqa: BLE001 - hostile DER can raise many types
+    except Exception as exc:  # noqa: BLE001 - hostile DER can raise many types
         raise fail("SNP_CERT_CHAIN_MALFORMED", f"VCEK does not parse: {exc}") from None
     if product is None:
         raise fail("SNP_PRODUCT_UNKNOWN", "cannot tell the AMD product of this VCEK")
     roots = C.bundled_roots()
-    pem = b"".join(c.public_bytes(serialization.Encoding.PEM)
-                   for c in (vek, roots.ask[product], roots.ark[product]))
+    pem = b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (vek, roots.ask[product], roots.ark[product])
+    )
     return encode_document(hcl, pem)
 
 

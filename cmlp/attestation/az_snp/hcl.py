@@ -40,8 +40,8 @@ class HclReport:
     version: int
     report_type: int
     hash_type: int
-    hw_report: bytes            # 1184 bytes
-    var_data: bytes             # exact bytes (hashed as received)
+    hw_report: bytes  # 1184 bytes
+    var_data: bytes  # exact bytes (hashed as received)
     var_json: dict
 
     def user_data(self) -> Optional[bytes]:
@@ -62,22 +62,25 @@ def parse_hcl(raw: bytes) -> HclReport:
     if len(raw) > MAX_HCL_SIZE:
         raise fail("AZSNP_HCL_MALFORMED", f"HCL report is {len(raw)} bytes (max {MAX_HCL_SIZE})")
     if len(raw) < VARDATA_OFFSET:
-        raise fail("AZSNP_HCL_MALFORMED",
-                   f"HCL report is {len(raw)} bytes (at least {VARDATA_OFFSET} needed)")
+        raise fail(
+            "AZSNP_HCL_MALFORMED", f"HCL report is {len(raw)} bytes (at least {VARDATA_OFFSET} needed)"
+        )
     if raw[:4] != HCL_SIGNATURE:
         raise fail("AZSNP_HCL_MALFORMED", "HCL report does not start with 'HCLA'")
     version, report_size, _request_type, _status = struct.unpack_from("<IIII", raw, 4)
     data_size, _rt_version, report_type, hash_type, var_size = struct.unpack_from(
-        "<IIIII", raw, RUNTIME_OFFSET)
+        "<IIIII", raw, RUNTIME_OFFSET
+    )
     if var_size > MAX_VARDATA or VARDATA_OFFSET + var_size > len(raw):
-        raise fail("AZSNP_HCL_MALFORMED",
-                   f"VarData claims {var_size} bytes, {len(raw) - VARDATA_OFFSET} present")
+        raise fail(
+            "AZSNP_HCL_MALFORMED", f"VarData claims {var_size} bytes, {len(raw) - VARDATA_OFFSET} present"
+        )
     if data_size != RUNTIME_HEADER_SIZE + var_size:
-        raise fail("AZSNP_HCL_MALFORMED",
-                   f"runtime data_size {data_size} != 20 + VarData size {var_size}")
+        raise fail("AZSNP_HCL_MALFORMED", f"runtime data_size {data_size} != 20 + VarData size {var_size}")
     if report_size != VARDATA_OFFSET + var_size:
-        raise fail("AZSNP_HCL_MALFORMED",
-                   f"report_size {report_size} != {VARDATA_OFFSET} + VarData size {var_size}")
+        raise fail(
+            "AZSNP_HCL_MALFORMED", f"report_size {report_size} != {VARDATA_OFFSET} + VarData size {var_size}"
+        )
     end = VARDATA_OFFSET + var_size
     if any(raw[end:]):
         raise fail("AZSNP_HCL_MALFORMED", "non-zero bytes after VarData (only zero padding)")
@@ -88,6 +91,12 @@ def parse_hcl(raw: bytes) -> HclReport:
         raise fail("AZSNP_VARDATA_INVALID", "VarData is not UTF-8 JSON") from None
     if not isinstance(var_json, dict):
         raise fail("AZSNP_VARDATA_INVALID", "VarData is not a JSON object")
-    return HclReport(raw=raw, version=version, report_type=report_type, hash_type=hash_type,
-                     hw_report=raw[HW_REPORT_OFFSET:HW_REPORT_OFFSET + HW_REPORT_SIZE],
-                     var_data=var_data, var_json=var_json)
+    return HclReport(
+        raw=raw,
+        version=version,
+        report_type=report_type,
+        hash_type=hash_type,
+        hw_report=raw[HW_REPORT_OFFSET : HW_REPORT_OFFSET + HW_REPORT_SIZE],
+        var_data=var_data,
+        var_json=var_json,
+    )

@@ -76,13 +76,13 @@ def _call(tpm, cc: int, handles: bytes, params: bytes, sessions: bool, what: str
     if rc != 0:
         raise TpmError(rc, what)
     body = resp[10:]
-    if tag == TPM_ST_SESSIONS:            # parameterSize u32, parameters, session area
+    if tag == TPM_ST_SESSIONS:  # parameterSize u32, parameters, session area
         if len(body) < 4:
             raise GenerationFailed(f"TPM {what}: short response")
         (psize,) = struct.unpack_from(">I", body, 0)
         if psize > len(body) - 4:
             raise GenerationFailed(f"TPM {what}: bad parameter size")
-        return body[4:4 + psize]
+        return body[4 : 4 + psize]
     return body
 
 
@@ -101,9 +101,8 @@ def nv_size(tpm, index: int) -> int:
 
 def nv_define(tpm, index: int, size: int) -> None:
     public = struct.pack(">IHIH", index, TPM_ALG_SHA256, NV_ATTRIBUTES, 0) + struct.pack(">H", size)
-    params = struct.pack(">H", 0) + struct.pack(">H", len(public)) + public   # empty auth
-    _call(tpm, CC_NV_DEFINE_SPACE, struct.pack(">I", TPM_RH_OWNER), params, True,
-          "NV_DefineSpace")
+    params = struct.pack(">H", 0) + struct.pack(">H", len(public)) + public  # empty auth
+    _call(tpm, CC_NV_DEFINE_SPACE, struct.pack(">I", TPM_RH_OWNER), params, True, "NV_DefineSpace")
 
 
 def nv_write(tpm, index: int, data: bytes) -> None:
@@ -115,14 +114,20 @@ def nv_read(tpm, index: int, size: int) -> bytes:
     out = bytearray()
     while len(out) < size:
         n = min(CHUNK, size - len(out))
-        body = _call(tpm, CC_NV_READ, struct.pack(">II", index, index),
-                     struct.pack(">HH", n, len(out)), True, "NV_Read")
+        body = _call(
+            tpm,
+            CC_NV_READ,
+            struct.pack(">II", index, index),
+            struct.pack(">HH", n, len(out)),
+            True,
+            "NV_Read",
+        )
         if len(body) < 2:
             raise GenerationFailed("TPM NV_Read: short response")
         (got,) = struct.unpack_from(">H", body, 0)
         if got != n or len(body) < 2 + got:
             raise GenerationFailed(f"TPM NV_Read returned {got} bytes, asked {n}")
-        out += body[2:2 + got]
+        out += body[2 : 2 + got]
     return bytes(out)
 
 
@@ -136,8 +141,9 @@ class DeviceTpm:
         try:
             fd = os.open(self.device, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            raise GenerationFailed(f"cannot open the vTPM {self.device}: "
-                                   f"{exc.strerror or exc} (not an Azure CVM?)") from None
+            raise GenerationFailed(
+                f"cannot open the vTPM {self.device}: {exc.strerror or exc} (not an Azure CVM?)"
+            ) from None
         try:
             os.write(fd, cmd)
             return os.read(fd, MAX_RESPONSE)
@@ -147,9 +153,10 @@ class DeviceTpm:
 
 def imds_fetch(url: str = IMDS_URL, timeout: float = 5.0) -> bytes:
     import urllib.request
+
     req = urllib.request.Request(url, headers={"Metadata": "true"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:   # noqa: S310 - fixed IMDS URL
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - fixed IMDS URL
             return resp.read(1 << 20)
     except OSError as exc:
         raise GenerationFailed(f"Azure IMDS certification request failed: {exc}") from None
@@ -160,8 +167,9 @@ def certificates_from_imds(body: bytes) -> bytes:
         obj = json.loads(body.decode("utf-8"))
         vcek, chain = obj["vcekCert"], obj["certificateChain"]
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise GenerationFailed("Azure IMDS certification response lacks vcekCert / "
-                               "certificateChain") from None
+        raise GenerationFailed(
+            "Azure IMDS certification response lacks vcekCert / certificateChain"
+        ) from None
     if not isinstance(vcek, str) or not isinstance(chain, str):
         raise GenerationFailed("Azure IMDS certificates are not strings")
     return vcek.encode() + b"\n" + chain.encode()
@@ -170,8 +178,9 @@ def certificates_from_imds(body: bytes) -> bytes:
 class AzSnpProvider:
     platform = "az-sev-snp"
 
-    def __init__(self, *, tpm: Optional[Callable[[bytes], bytes]] = None,
-                 fetch: Optional[Callable[[], bytes]] = None):
+    def __init__(
+        self, *, tpm: Optional[Callable[[bytes], bytes]] = None, fetch: Optional[Callable[[], bytes]] = None
+    ):
         self.tpm = tpm or DeviceTpm()
         self.fetch = fetch or imds_fetch
 

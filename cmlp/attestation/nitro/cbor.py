@@ -16,8 +16,8 @@ from __future__ import annotations
 import struct
 from typing import Optional
 
-MAX_CBOR_DEPTH = 16            # real documents nest 3 deep
-MAX_CBOR_ITEMS = 4096          # real documents hold < 100 items
+MAX_CBOR_DEPTH = 16  # real documents nest 3 deep
+MAX_CBOR_ITEMS = 4096  # real documents hold < 100 items
 
 
 class CborError(ValueError):
@@ -48,9 +48,10 @@ class _Reader:
     def take(self, n: int) -> bytes:
         end = self.pos + n
         if end > len(self.data):
-            raise CborError(f"truncated: needs {n} bytes at offset {self.pos}, "
-                            f"{len(self.data) - self.pos} left")
-        out = self.data[self.pos:end]
+            raise CborError(
+                f"truncated: needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left"
+            )
+        out = self.data[self.pos : end]
         self.pos = end
         return out
 
@@ -95,7 +96,7 @@ class _Reader:
     def string(self, major: int, length: Optional[int]):
         if length is not None:
             raw = self.take(length)
-        else:   # indefinite: definite chunks of the same major type, then break
+        else:  # indefinite: definite chunks of the same major type, then break
             chunks = []
             while True:
                 self.count_item()
@@ -121,7 +122,7 @@ class _Reader:
                 if value is _BREAK:
                     return out
                 out.append(value)
-        if length > len(self.data) - self.pos:   # each item takes >= 1 byte
+        if length > len(self.data) - self.pos:  # each item takes >= 1 byte
             raise CborError(f"array of {length} items exceeds the input")
         for _ in range(length):
             out.append(self.item(depth))
@@ -167,8 +168,13 @@ class _Reader:
         raise CborError(f"unsupported simple value {arg}")
 
 
-def decode_cbor(data: bytes, *, allow_tag: Optional[int] = None,
-                max_depth: int = MAX_CBOR_DEPTH, max_items: int = MAX_CBOR_ITEMS):
+def decode_cbor(
+    data: bytes,
+    *,
+    allow_tag: Optional[int] = None,
+    max_depth: int = MAX_CBOR_DEPTH,
+    max_items: int = MAX_CBOR_ITEMS,
+):
     """Decode exactly one CBOR item spanning all of ``data``.
 
     ``allow_tag`` permits that one tag number on the top-level item only.

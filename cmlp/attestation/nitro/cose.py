@@ -18,20 +18,21 @@ COSE_SIGN1_TAG = 18
 COSE_HEADER_ALG = 1
 COSE_HEADER_CRIT = 2
 COSE_ALG_ES384 = -35
-ES384_SIGNATURE_SIZE = 96      # r || s, 48 bytes each, big-endian
+ES384_SIGNATURE_SIZE = 96  # r || s, 48 bytes each, big-endian
 
 
 @dataclass(frozen=True)
 class CoseSign1:
-    protected_bytes: bytes        # the received bstr, exactly: it is signed
+    protected_bytes: bytes  # the received bstr, exactly: it is signed
     protected: dict
     unprotected: dict
-    payload: Optional[bytes]      # None = detached (nil)
+    payload: Optional[bytes]  # None = detached (nil)
     signature: bytes
 
 
 def parse_cose_sign1(raw: bytes) -> CoseSign1:
     """Step 1: the COSE_Sign1 array, tagged (18) or not."""
+
     def bad(why: str) -> VerificationFailed:
         return VerificationFailed(f"invalid COSE_Sign1: {why}")
 
@@ -52,7 +53,7 @@ def parse_cose_sign1(raw: bytes) -> CoseSign1:
         if type(protected) is not dict:
             raise bad("protected header is not a map")
     else:
-        protected = {}   # RFC 9052: a zero-length bstr encodes the empty map
+        protected = {}  # RFC 9052: a zero-length bstr encodes the empty map
     if type(unprotected) is not dict:
         raise bad("unprotected header is not a map")
     if payload is not None and type(payload) is not bytes:
@@ -64,10 +65,18 @@ def parse_cose_sign1(raw: bytes) -> CoseSign1:
 
 def sig_structure(protected_bytes: bytes, payload: bytes) -> bytes:
     """``["Signature1", protected, h'', payload]`` in deterministic CBOR."""
-    return b"".join((b"\x84", cbor_head(3, 10), b"Signature1",
-                     cbor_head(2, len(protected_bytes)), protected_bytes,
-                     b"\x40", cbor_head(2, len(payload)), payload))
-
+    return b"".join(
+        (
+            b"\x84",
+            cbor_head(3, 10),
+            b"Signature1",
+            cbor_head(2, len(protected_bytes)),
+            protected_bytes,
+            b"\x40",
+            cbor_head(2, len(payload)),
+            payload,
+        )
+    )
 
 
 def verify_cose_signature(cose: CoseSign1, leaf) -> None:
@@ -78,8 +87,7 @@ def verify_cose_signature(cose: CoseSign1, leaf) -> None:
 
     alg = cose.protected.get(COSE_HEADER_ALG)
     if type(alg) is not int or alg != COSE_ALG_ES384:
-        raise VerificationFailed(
-            f"COSE protected header alg must be ES384 (-35), got {alg!r}")
+        raise VerificationFailed(f"COSE protected header alg must be ES384 (-35), got {alg!r}")
     if COSE_HEADER_CRIT in cose.protected:
         raise VerificationFailed("COSE protected header lists critical parameters (crit)")
     if COSE_HEADER_ALG in cose.unprotected:
@@ -88,14 +96,16 @@ def verify_cose_signature(cose: CoseSign1, leaf) -> None:
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise VerificationFailed("leaf certificate key is not P-384 (secp384r1)")
     if len(cose.signature) != ES384_SIGNATURE_SIZE:
-        raise VerificationFailed(
-            f"COSE signature is {len(cose.signature)} bytes (ES384 needs 96: r || s)")
-    if cose.payload is None:     # the verifier rejects this first (its step 2); never sign-check nil
+        raise VerificationFailed(f"COSE signature is {len(cose.signature)} bytes (ES384 needs 96: r || s)")
+    if cose.payload is None:  # the verifier rejects this first (its step 2); never sign-check nil
         raise VerificationFailed("COSE_Sign1 payload is detached (nil)")
     r = int.from_bytes(cose.signature[:48], "big")
     s = int.from_bytes(cose.signature[48:], "big")
     try:
-        key.verify(encode_dss_signature(r, s), sig_structure(cose.protected_bytes, cose.payload),
-                   ec.ECDSA(hashes.SHA384()))
+        key.verify(
+            encode_dss_signature(r, s),
+            sig_structure(cose.protected_bytes, cose.payload),
+            ec.ECDSA(hashes.SHA384()),
+        )
     except InvalidSignature:
         raise VerificationFailed("COSE_Sign1 signature does not verify") from None

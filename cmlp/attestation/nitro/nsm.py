@@ -39,9 +39,9 @@ NSM_DEVICE = "/dev/nsm"
 NSM_IOCTL_MAGIC = 0x0A
 NSM_REQUEST_MAX_SIZE = 0x1000
 NSM_RESPONSE_MAX_SIZE = 0x3000
-MAX_FIELD_SIZE = 1024          # user_data, nonce, public_key (AWS specification)
+MAX_FIELD_SIZE = 1024  # user_data, nonce, public_key (AWS specification)
 
-_NSM_RAW = struct.Struct("=QQQQ")   # request.addr, request.len, response.addr, response.len
+_NSM_RAW = struct.Struct("=QQQQ")  # request.addr, request.len, response.addr, response.len
 
 
 def _iowr(magic: int, nr: int, size: int) -> int:
@@ -52,8 +52,9 @@ def _iowr(magic: int, nr: int, size: int) -> int:
 NSM_IOCTL_RAW = _iowr(NSM_IOCTL_MAGIC, 0, _NSM_RAW.size)
 
 
-def encode_attestation_request(user_data: Optional[bytes], nonce: Optional[bytes],
-                               public_key: Optional[bytes]) -> bytes:
+def encode_attestation_request(
+    user_data: Optional[bytes], nonce: Optional[bytes], public_key: Optional[bytes]
+) -> bytes:
     """CBOR ``Attestation`` request; each field absent -> null, else <= 1024 bytes."""
     fields = {}
     for name, value in (("user_data", user_data), ("nonce", nonce), ("public_key", public_key)):
@@ -62,13 +63,11 @@ def encode_attestation_request(user_data: Optional[bytes], nonce: Optional[bytes
                 raise GenerationFailed(f"NSM {name} must be bytes or None")
             value = bytes(value)
             if len(value) > MAX_FIELD_SIZE:
-                raise GenerationFailed(
-                    f"NSM {name} is {len(value)} bytes (max {MAX_FIELD_SIZE})")
+                raise GenerationFailed(f"NSM {name} is {len(value)} bytes (max {MAX_FIELD_SIZE})")
         fields[name] = value
     request = encode_cbor({"Attestation": fields})
     if len(request) > NSM_REQUEST_MAX_SIZE:
-        raise GenerationFailed(
-            f"NSM request is {len(request)} bytes (max {NSM_REQUEST_MAX_SIZE})")
+        raise GenerationFailed(f"NSM request is {len(request)} bytes (max {NSM_REQUEST_MAX_SIZE})")
     return request
 
 
@@ -80,7 +79,7 @@ def decode_attestation_response(response: bytes) -> bytes:
         raise GenerationFailed(f"NSM response is not valid CBOR: {exc}") from None
     if type(value) is not dict or len(value) != 1:
         raise GenerationFailed("NSM response is not a single-entry map")
-    (kind, body), = value.items()
+    ((kind, body),) = value.items()
     if kind == "Error":
         raise GenerationFailed(f"NSM returned error {body!r}")
     if kind != "Attestation":
@@ -100,8 +99,9 @@ class IoctlTransport:
     ``os.open``) so the struct handling is testable without a device.
     """
 
-    def __init__(self, device: str = NSM_DEVICE, *,
-                 ioctl: Optional[Callable] = None, opener: Optional[Callable] = None):
+    def __init__(
+        self, device: str = NSM_DEVICE, *, ioctl: Optional[Callable] = None, opener: Optional[Callable] = None
+    ):
         self.device = device
         self._ioctl = ioctl
         self._open = opener or os.open
@@ -109,39 +109,41 @@ class IoctlTransport:
     def __call__(self, request: bytes) -> bytes:
         request = bytes(request)
         if not request or len(request) > NSM_REQUEST_MAX_SIZE:
-            raise GenerationFailed(
-                f"NSM request is {len(request)} bytes (allowed 1..{NSM_REQUEST_MAX_SIZE})")
+            raise GenerationFailed(f"NSM request is {len(request)} bytes (allowed 1..{NSM_REQUEST_MAX_SIZE})")
         ioctl = self._ioctl
         if ioctl is None:
             import fcntl
+
             ioctl = fcntl.ioctl
         try:
             fd = self._open(self.device, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise GenerationFailed(
-                f"NSM device {self.device} not found (not running inside a Nitro enclave?)") \
-                from None
+                f"NSM device {self.device} not found (not running inside a Nitro enclave?)"
+            ) from None
         except OSError as exc:
-            raise GenerationFailed(f"cannot open NSM device {self.device}: {exc.strerror}") \
-                from None
+            raise GenerationFailed(f"cannot open NSM device {self.device}: {exc.strerror}") from None
         # The buffers must outlive the ioctl: keep them in locals until it returns.
         req_buf = ctypes.create_string_buffer(request, len(request))
         resp_buf = ctypes.create_string_buffer(NSM_RESPONSE_MAX_SIZE)
-        message = bytearray(_NSM_RAW.pack(ctypes.addressof(req_buf), len(request),
-                                          ctypes.addressof(resp_buf), NSM_RESPONSE_MAX_SIZE))
+        message = bytearray(
+            _NSM_RAW.pack(
+                ctypes.addressof(req_buf), len(request), ctypes.addressof(resp_buf), NSM_RESPONSE_MAX_SIZE
+            )
+        )
         try:
-            ioctl(fd, NSM_IOCTL_RAW, message, True)   # the driver writes response.len back
+            ioctl(fd, NSM_IOCTL_RAW, message, True)  # the driver writes response.len back
         except OSError as exc:
             if exc.errno == errno.EMSGSIZE:
                 raise GenerationFailed("NSM rejected the request as too large") from None
-            raise GenerationFailed(
-                f"NSM ioctl on {self.device} failed: {exc.strerror or exc}") from None
+            raise GenerationFailed(f"NSM ioctl on {self.device} failed: {exc.strerror or exc}") from None
         finally:
             os.close(fd)
         resp_len = _NSM_RAW.unpack(message)[3]
         if resp_len > NSM_RESPONSE_MAX_SIZE:
-            raise GenerationFailed(f"NSM reported a {resp_len}-byte response "
-                                   f"(buffer is {NSM_RESPONSE_MAX_SIZE})")
+            raise GenerationFailed(
+                f"NSM reported a {resp_len}-byte response (buffer is {NSM_RESPONSE_MAX_SIZE})"
+            )
         return resp_buf.raw[:resp_len]
 
 
@@ -155,13 +157,13 @@ class NitroProvider:
 
     platform = "nitro"
 
-    def __init__(self, device: str = NSM_DEVICE, *,
-                 transport: Optional[Callable[[bytes], bytes]] = None):
+    def __init__(self, device: str = NSM_DEVICE, *, transport: Optional[Callable[[bytes], bytes]] = None):
         self.device = device
         self.transport = transport if transport is not None else IoctlTransport(device)
 
-    def attest(self, user_data: Optional[bytes], nonce: Optional[bytes],
-               public_key: Optional[bytes]) -> bytes:
+    def attest(
+        self, user_data: Optional[bytes], nonce: Optional[bytes], public_key: Optional[bytes]
+    ) -> bytes:
         request = encode_attestation_request(user_data, nonce, public_key)
         return decode_attestation_response(self.transport(request))
 

@@ -45,10 +45,10 @@ from cmlp.errors import Expired, MissingField, PublicKeyMismatch, VerificationFa
 PLATFORM = "nitro"
 
 # Bounds: every byte of a document is hostile.
-MAX_DOCUMENT_SIZE = 65536      # same cap as a handshake hello's document
-MAX_CABUNDLE = 8               # real documents carry 4 (root + 3 CAs)
-MAX_CERT_SIZE = 4096           # AWS specifies 1..1024; real ones are < 800
-MAX_OPTIONAL_FIELD = 1024      # public_key, user_data, nonce (AWS spec)
+MAX_DOCUMENT_SIZE = 65536  # same cap as a handshake hello's document
+MAX_CABUNDLE = 8  # real documents carry 4 (root + 3 CAs)
+MAX_CERT_SIZE = 4096  # AWS specifies 1..1024; real ones are < 800
+MAX_OPTIONAL_FIELD = 1024  # public_key, user_data, nonce (AWS spec)
 MAX_PCRS = 32
 PCR_SIZES = (32, 48, 64)
 
@@ -86,11 +86,9 @@ def _optional_bytes(fields: dict, name: str) -> Optional[bytes]:
     if value is None:
         return None
     if type(value) is not bytes:
-        raise VerificationFailed(
-            f"{name} must be a byte string or null, got {_cbor_type(value)}")
+        raise VerificationFailed(f"{name} must be a byte string or null, got {_cbor_type(value)}")
     if len(value) > MAX_OPTIONAL_FIELD:
-        raise VerificationFailed(
-            f"{name} is {len(value)} bytes (max {MAX_OPTIONAL_FIELD})")
+        raise VerificationFailed(f"{name} is {len(value)} bytes (max {MAX_OPTIONAL_FIELD})")
     return value
 
 
@@ -99,8 +97,15 @@ def _cbor_type(value) -> str:
         return "null"
     if value is UNDEFINED:
         return "undefined"
-    return {bool: "bool", int: "integer", float: "float", str: "text string",
-            bytes: "byte string", list: "array", dict: "map"}.get(type(value), "value")
+    return {
+        bool: "bool",
+        int: "integer",
+        float: "float",
+        str: "text string",
+        bytes: "byte string",
+        list: "array",
+        dict: "map",
+    }.get(type(value), "value")
 
 
 def parse_payload(payload: bytes) -> NitroDocument:
@@ -119,24 +124,20 @@ def parse_payload(payload: bytes) -> NitroDocument:
         raise VerificationFailed("timestamp must be an unsigned integer, got a negative one")
     certificate = _required(fields, "certificate", bytes, "a byte string")
     if not 1 <= len(certificate) <= MAX_CERT_SIZE:
-        raise VerificationFailed(
-            f"certificate is {len(certificate)} bytes (allowed 1..{MAX_CERT_SIZE})")
+        raise VerificationFailed(f"certificate is {len(certificate)} bytes (allowed 1..{MAX_CERT_SIZE})")
     cabundle = _required(fields, "cabundle", list, "an array of byte strings")
     if len(cabundle) > MAX_CABUNDLE:
-        raise VerificationFailed(
-            f"cabundle has {len(cabundle)} certificates (max {MAX_CABUNDLE})")
+        raise VerificationFailed(f"cabundle has {len(cabundle)} certificates (max {MAX_CABUNDLE})")
     for i, der in enumerate(cabundle):
         if type(der) is not bytes:
-            raise VerificationFailed(
-                f"cabundle[{i}] must be a byte string, got {_cbor_type(der)}")
+            raise VerificationFailed(f"cabundle[{i}] must be a byte string, got {_cbor_type(der)}")
         if not 1 <= len(der) <= MAX_CERT_SIZE:
-            raise VerificationFailed(
-                f"cabundle[{i}] is {len(der)} bytes (allowed 1..{MAX_CERT_SIZE})")
+            raise VerificationFailed(f"cabundle[{i}] is {len(der)} bytes (allowed 1..{MAX_CERT_SIZE})")
     raw_pcrs = _required(fields, "pcrs", dict, "a map")
     if not 1 <= len(raw_pcrs) <= MAX_PCRS:
         raise VerificationFailed(f"pcrs has {len(raw_pcrs)} entries (allowed 1..{MAX_PCRS})")
     pcrs = {}
-    for idx, value in raw_pcrs.items():   # duplicates were rejected by the reader
+    for idx, value in raw_pcrs.items():  # duplicates were rejected by the reader
         if type(idx) is not int or not 0 <= idx < MAX_PCRS:
             raise VerificationFailed(f"pcrs key {idx!r} is not an index in 0..{MAX_PCRS - 1}")
         if type(value) is not bytes:
@@ -145,11 +146,17 @@ def parse_payload(payload: bytes) -> NitroDocument:
             raise VerificationFailed(f"PCR{idx} is {len(value)} bytes (allowed 32, 48 or 64)")
         pcrs[idx] = value
     return NitroDocument(
-        module_id=module_id, digest=digest, timestamp_ms=timestamp,
-        certificate=certificate, cabundle=tuple(cabundle), pcrs=dict(sorted(pcrs.items())),
+        module_id=module_id,
+        digest=digest,
+        timestamp_ms=timestamp,
+        certificate=certificate,
+        cabundle=tuple(cabundle),
+        pcrs=dict(sorted(pcrs.items())),
         public_key=_optional_bytes(fields, "public_key"),
         user_data=_optional_bytes(fields, "user_data"),
-        nonce=_optional_bytes(fields, "nonce"))
+        nonce=_optional_bytes(fields, "nonce"),
+    )
+
 
 class NitroVerifier:
     """Verifies AWS Nitro attestation documents (see the module docstring).
@@ -164,12 +171,16 @@ class NitroVerifier:
 
     platform = PLATFORM
 
-    def __init__(self, expected_pcrs: Optional[Mapping[int, bytes]] = None, *,
-                 root_pem: Optional[bytes] = None,
-                 max_age_secs: float = DEFAULT_MAX_AGE_SECS,
-                 future_skew_secs: float = DEFAULT_FUTURE_SKEW_SECS,
-                 clock: Optional[Callable[[], int]] = None,
-                 at_ms: Optional[int] = None):
+    def __init__(
+        self,
+        expected_pcrs: Optional[Mapping[int, bytes]] = None,
+        *,
+        root_pem: Optional[bytes] = None,
+        max_age_secs: float = DEFAULT_MAX_AGE_SECS,
+        future_skew_secs: float = DEFAULT_FUTURE_SKEW_SECS,
+        clock: Optional[Callable[[], int]] = None,
+        at_ms: Optional[int] = None,
+    ):
         _require_cryptography()
         self.expected_pcrs = self._check_pins(expected_pcrs or {})
         for what, value in (("max_age_secs", max_age_secs), ("future_skew_secs", future_skew_secs)):
@@ -198,36 +209,46 @@ class NitroVerifier:
     def verify(self, document: bytes) -> VerifiedAttestation:
         raw = bytes(document)
         if len(raw) > MAX_DOCUMENT_SIZE:
-            raise VerificationFailed(
-                f"attestation document is {len(raw)} bytes (max {MAX_DOCUMENT_SIZE})")
+            raise VerificationFailed(f"attestation document is {len(raw)} bytes (max {MAX_DOCUMENT_SIZE})")
         now = self.now_ms()
 
-        cose = parse_cose_sign1(raw)                                   # 1
-        if cose.payload is None:                                       # 2
+        cose = parse_cose_sign1(raw)  # 1
+        if cose.payload is None:  # 2
             raise MissingField("COSE_Sign1 payload")
-        doc = parse_payload(cose.payload)                              # 3
-        if doc.digest != "SHA384":                                     # 4
+        doc = parse_payload(cose.payload)  # 3
+        if doc.digest != "SHA384":  # 4
             raise VerificationFailed(f"digest must be SHA384, got {doc.digest!r}")
-        if doc.timestamp_ms == 0:                                      # 5
+        if doc.timestamp_ms == 0:  # 5
             raise VerificationFailed("timestamp is zero")
-        self._check_freshness(doc.timestamp_ms, now)                   # 6
-        if not doc.module_id:                                          # 7
+        self._check_freshness(doc.timestamp_ms, now)  # 6
+        if not doc.module_id:  # 7
             raise MissingField("module_id")
-        leaf = validate_chain(doc.certificate, doc.cabundle, self.root,   # 8
-                              _ms_to_datetime(now))
-        verify_cose_signature(cose, leaf)                              # 9
-        self._check_pcrs(doc.pcrs)                                     # 10
-        return VerifiedAttestation(                                    # 11
-            document_hash=document_hash(raw), public_key=doc.public_key,
-            user_data=doc.user_data, nonce=doc.nonce, measurements=dict(doc.pcrs),
+        leaf = validate_chain(
+            doc.certificate,
+            doc.cabundle,
+            self.root,  # 8
+            _ms_to_datetime(now),
+        )
+        verify_cose_signature(cose, leaf)  # 9
+        self._check_pcrs(doc.pcrs)  # 10
+        return VerifiedAttestation(  # 11
+            document_hash=document_hash(raw),
+            public_key=doc.public_key,
+            user_data=doc.user_data,
+            nonce=doc.nonce,
+            measurements=dict(doc.pcrs),
             platform=PLATFORM,
-            details={"module_id": doc.module_id, "timestamp_ms": doc.timestamp_ms,
-                     "digest": doc.digest, "verified_at_ms": now,
-                     "leaf_subject": leaf.subject.rfc4514_string(),
-                     "cabundle_len": len(doc.cabundle)})
+            details={
+                "module_id": doc.module_id,
+                "timestamp_ms": doc.timestamp_ms,
+                "digest": doc.digest,
+                "verified_at_ms": now,
+                "leaf_subject": leaf.subject.rfc4514_string(),
+                "cabundle_len": len(doc.cabundle),
+            },
+        )
 
-    def verify_with_binding(self, document: bytes, public_key: bytes,
-                            nonce: bytes) -> VerifiedAttestation:
+    def verify_with_binding(self, document: bytes, public_key: bytes, nonce: bytes) -> VerifiedAttestation:
         """``verify`` plus the handshake binding check of transport.md section 3.4."""
         verified = self.verify(document)
         if verified.public_key is None:
@@ -244,11 +265,11 @@ class NitroVerifier:
         if timestamp_ms - now_ms > self.future_skew_ms:
             raise VerificationFailed(
                 f"attestation timestamp {timestamp_ms} is {timestamp_ms - now_ms} ms "
-                f"in the future (allowed skew {self.future_skew_ms} ms)")
+                f"in the future (allowed skew {self.future_skew_ms} ms)"
+            )
         age = now_ms - timestamp_ms
         if age > self.max_age_ms:
-            raise Expired(f"attestation document expired: {age} ms old "
-                          f"(max age {self.max_age_ms} ms)")
+            raise Expired(f"attestation document expired: {age} ms old (max age {self.max_age_ms} ms)")
 
     def _check_pcrs(self, pcrs: Mapping[int, bytes]) -> None:
         for idx, expected in self.expected_pcrs.items():
@@ -256,9 +277,12 @@ class NitroVerifier:
                 raise MissingField(f"PCR{idx}")
             if not hmac.compare_digest(pcrs[idx], expected):
                 raise VerificationFailed(
-                    f"PCR{idx} mismatch: expected {expected.hex()}, got {pcrs[idx].hex()}")
+                    f"PCR{idx} mismatch: expected {expected.hex()}, got {pcrs[idx].hex()}"
+                )
 
     def __repr__(self) -> str:
         pins = ", ".join(f"PCR{i}" for i in self.expected_pcrs) or "none"
-        return (f"NitroVerifier(root sha256={self.root.sha256[:16]}..., pins: {pins}, "
-                f"max_age_ms={self.max_age_ms})")
+        return (
+            f"NitroVerifier(root sha256={self.root.sha256[:16]}..., pins: {pins}, "
+            f"max_age_ms={self.max_age_ms})"
+        )

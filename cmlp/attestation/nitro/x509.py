@@ -35,8 +35,10 @@ def load_bundled_root(expected_sha256: Optional[str] = None) -> PinnedRoot:
     require_cryptography()
     if expected_sha256 is None:
         from cmlp.attestation import nitro as package
+
         expected_sha256 = package.AWS_NITRO_ROOT_G1_SHA256
     from importlib.resources import files
+
     pem = files("cmlp").joinpath("data").joinpath(AWS_NITRO_ROOT_RESOURCE).read_bytes()
     return load_root(pem, expected_sha256)
 
@@ -63,6 +65,5 @@ def validate_chain(leaf_der: bytes, cabundle, root: PinnedRoot, at: datetime):
         return leaf
     except AttestError:
         raise
-    except Exception as exc:   # noqa: BLE001 - hostile DER can raise many types
-        raise VerificationFailed(
-            f"certificate chain: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - hostile DER can raise many types
+        raise VerificationFailed(f"certificate chain: {type(exc).__name__}: {exc}") from None

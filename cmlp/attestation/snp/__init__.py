@@ -6,5 +6,14 @@ from cmlp.attestation.snp.policy import SnpVerifyPolicy
 from cmlp.attestation.snp.report import REPORT_SIZE, SnpReport, parse_report
 from cmlp.attestation.snp.verifier import PLATFORM, SnpVerifier
 
-__all__ = ["MARKER", "decode_document", "encode_document", "SnpVerifyPolicy", "REPORT_SIZE",
-           "SnpReport", "parse_report", "PLATFORM", "SnpVerifier"]
+__all__ = [
+    "MARKER",
+    "decode_document",
+    "encode_document",
+    "SnpVerifyPolicy",
+    "REPORT_SIZE",
+    "SnpReport",
+    "parse_report",
+    "PLATFORM",
+    "SnpVerifier",
+]

@@ -18,7 +18,7 @@ from cmlp.attestation.coded import fail
 from cmlp.attestation.pki import require_cryptography, sha256_hex
 from cmlp.attestation.snp.report import GENOA, MILAN, TURIN
 
-if TYPE_CHECKING:   # an optional dependency: imported lazily at run time
+if TYPE_CHECKING:  # an optional dependency: imported lazily at run time
     from cryptography import x509
 
 AMD_CERTS_RESOURCE = "amd_sev_snp_certs.pem"
@@ -60,10 +60,11 @@ ROLE_ARK, ROLE_ASK, ROLE_VEK = "ARK", "ASK", "VEK"
 def load_certificate(der: bytes) -> x509.Certificate:
     """DER -> certificate; AMD's VCEK/VLEK use serial 0, which cryptography warns about."""
     from cryptography import x509
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cert = x509.load_der_x509_certificate(bytes(der))
-        cert.serial_number   # noqa: B018 - parse it now, under the filter
+        cert.serial_number  # noqa: B018 - parse it now, under the filter
     return cert
 
 
@@ -74,16 +75,19 @@ def split_der_stream(data: bytes) -> List[bytes]:
     if not data:
         raise fail("SNP_CERT_CHAIN_EMPTY", "certificate chain is empty (no ARK, ASK or VEK)")
     if len(data) > MAX_CHAIN_BYTES:
-        raise fail("SNP_CERT_CHAIN_MALFORMED",
-                   f"certificate chain is {len(data)} bytes (max {MAX_CHAIN_BYTES})")
+        raise fail(
+            "SNP_CERT_CHAIN_MALFORMED", f"certificate chain is {len(data)} bytes (max {MAX_CHAIN_BYTES})"
+        )
     out: List[bytes] = []
     pos = 0
     while pos < len(data):
         if len(out) >= MAX_CERTS:
             raise fail("SNP_CERT_CHAIN_MALFORMED", f"more than {MAX_CERTS} certificates")
         if data[pos] != 0x30:
-            raise fail("SNP_CERT_CHAIN_MALFORMED",
-                       f"certificate {len(out)} does not start with a DER SEQUENCE (offset {pos})")
+            raise fail(
+                "SNP_CERT_CHAIN_MALFORMED",
+                f"certificate {len(out)} does not start with a DER SEQUENCE (offset {pos})",
+            )
         if pos + 2 > len(data):
             raise fail("SNP_CERT_CHAIN_MALFORMED", f"certificate {len(out)} is truncated")
         first = data[pos + 1]
@@ -92,16 +96,16 @@ def split_der_stream(data: bytes) -> List[bytes]:
         else:
             n = first & 0x7F
             if n == 0 or n > 4:
-                raise fail("SNP_CERT_CHAIN_MALFORMED",
-                           f"certificate {len(out)} has an unsupported DER length form")
+                raise fail(
+                    "SNP_CERT_CHAIN_MALFORMED", f"certificate {len(out)} has an unsupported DER length form"
+                )
             if pos + 2 + n > len(data):
                 raise fail("SNP_CERT_CHAIN_MALFORMED", f"certificate {len(out)} is truncated")
-            body = int.from_bytes(data[pos + 2:pos + 2 + n], "big")
+            body = int.from_bytes(data[pos + 2 : pos + 2 + n], "big")
             head = 2 + n
         end = pos + head + body
         if end > len(data):
-            raise fail("SNP_CERT_CHAIN_MALFORMED",
-                       f"certificate {len(out)} runs past the end of the chain")
+            raise fail("SNP_CERT_CHAIN_MALFORMED", f"certificate {len(out)} runs past the end of the chain")
         out.append(data[pos:end])
         pos = end
     return out
@@ -109,7 +113,8 @@ def split_der_stream(data: bytes) -> List[bytes]:
 
 def common_name(cert) -> str:
     from cryptography import x509
-    with warnings.catch_warnings():   # odd attribute lengths warn; the CN decides anyway
+
+    with warnings.catch_warnings():  # odd attribute lengths warn; the CN decides anyway
         warnings.simplefilter("ignore")
         attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(attrs[0].value) if len(attrs) == 1 else ""
@@ -128,25 +133,27 @@ def role_of(cn: str) -> Optional[str]:
 @dataclass(frozen=True)
 class AmdChain:
     ark: x509.Certificate
-    ask: x509.Certificate         # ASK or ASVK
-    vek: x509.Certificate         # VCEK or VLEK
-    vek_kind: str       # "VCEK" / "VLEK"
+    ask: x509.Certificate  # ASK or ASVK
+    vek: x509.Certificate  # VCEK or VLEK
+    vek_kind: str  # "VCEK" / "VLEK"
 
 
 def classify(certs_der: List[bytes]) -> AmdChain:
     """SNP step 4: one ARK, one ASK/ASVK, one VCEK/VLEK; nothing else."""
     if len(certs_der) < 3:
-        raise fail("SNP_CERT_TYPE_MISSING",
-                   f"certificate chain holds {len(certs_der)} certificates (ARK, ASK and "
-                   "VCEK/VLEK needed)")
+        raise fail(
+            "SNP_CERT_TYPE_MISSING",
+            f"certificate chain holds {len(certs_der)} certificates (ARK, ASK and VCEK/VLEK needed)",
+        )
     roles: Dict[str, x509.Certificate] = {}
     for i, der in enumerate(certs_der):
         try:
             cert = load_certificate(der)
             cn = common_name(cert)
-        except Exception as exc:   # noqa: BLE001 - hostile DER
-            raise fail("SNP_CERT_CHAIN_MALFORMED",
-                       f"certificate {i} does not parse: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - hostile DER
+            raise fail(
+                "SNP_CERT_CHAIN_MALFORMED", f"certificate {i} does not parse: {type(exc).__name__}: {exc}"
+            ) from None
         role = role_of(cn)
         if role is None:
             raise fail("SNP_CERT_TYPE_UNKNOWN", f"certificate {i} has unexpected CN {cn!r}")
@@ -167,13 +174,14 @@ class VekExtensions:
     snp_spl: int
     ucode_spl: int
     fmc_spl: Optional[int]
-    hwid: Optional[bytes]          # VCEK only: 64 B (Milan/Genoa) or 8 B (Turin)
+    hwid: Optional[bytes]  # VCEK only: 64 B (Milan/Genoa) or 8 B (Turin)
     product_name: str
-    csp_id: Optional[str]          # VLEK only
+    csp_id: Optional[str]  # VLEK only
 
 
 def _raw_ext(cert, oid: str) -> Optional[bytes]:
     from cryptography import x509
+
     try:
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid))
     except x509.ExtensionNotFound:
@@ -205,29 +213,42 @@ def _ia5_or_raw(raw: bytes) -> str:
 
 def vek_extensions(vek, vek_kind: str) -> VekExtensions:
     """SNP step 6: every TCB extension is required (hwID for a VCEK)."""
+
     def need(oid: str, name: str) -> bytes:
         raw = _raw_ext(vek, oid)
         if raw is None:
             raise fail("SNP_VEK_EXTENSION_MISSING", f"{vek_kind} has no {name} extension ({oid})")
         return raw
-    spl = {name: _der_small_int(need(oid, name), name) for oid, name in (
-        (OID_BL_SPL, "blSPL"), (OID_TEE_SPL, "teeSPL"), (OID_SNP_SPL, "snpSPL"),
-        (OID_UCODE_SPL, "ucodeSPL"))}
+
+    spl = {
+        name: _der_small_int(need(oid, name), name)
+        for oid, name in (
+            (OID_BL_SPL, "blSPL"),
+            (OID_TEE_SPL, "teeSPL"),
+            (OID_SNP_SPL, "snpSPL"),
+            (OID_UCODE_SPL, "ucodeSPL"),
+        )
+    }
     fmc_raw = _raw_ext(vek, OID_FMC_SPL)
     product = _ia5_or_raw(need(OID_PRODUCT_NAME, "productName"))
     hwid = None
     if vek_kind == "VCEK":
         hwid = need(OID_HWID, "hwID")
         if len(hwid) not in (8, 64):
-            raise fail("SNP_VEK_EXTENSION_INVALID",
-                       f"VCEK hwID is {len(hwid)} bytes (64 on Milan/Genoa, 8 on Turin)")
+            raise fail(
+                "SNP_VEK_EXTENSION_INVALID", f"VCEK hwID is {len(hwid)} bytes (64 on Milan/Genoa, 8 on Turin)"
+            )
     csp = _raw_ext(vek, OID_CSP_ID)
     return VekExtensions(
-        bl_spl=spl["blSPL"], tee_spl=spl["teeSPL"], snp_spl=spl["snpSPL"],
+        bl_spl=spl["blSPL"],
+        tee_spl=spl["teeSPL"],
+        snp_spl=spl["snpSPL"],
         ucode_spl=spl["ucodeSPL"],
         fmc_spl=None if fmc_raw is None else _der_small_int(fmc_raw, "fmcSPL"),
-        hwid=hwid, product_name=product,
-        csp_id=None if csp is None else _ia5_or_raw(csp))
+        hwid=hwid,
+        product_name=product,
+        csp_id=None if csp is None else _ia5_or_raw(csp),
+    )
 
 
 def product_from_name(name: str) -> Optional[str]:
@@ -238,10 +259,10 @@ def product_from_name(name: str) -> Optional[str]:
 
 @dataclass(frozen=True)
 class AmdRoots:
-    ark: Dict[str, x509.Certificate]       # product -> ARK cert
-    ask: Dict[str, x509.Certificate]       # product -> ASK cert
-    asvk: Dict[str, x509.Certificate]      # product -> ASVK cert
-    der: Dict[str, bytes]        # sha256 -> DER
+    ark: Dict[str, x509.Certificate]  # product -> ARK cert
+    ask: Dict[str, x509.Certificate]  # product -> ASK cert
+    asvk: Dict[str, x509.Certificate]  # product -> ASVK cert
+    der: Dict[str, bytes]  # sha256 -> DER
 
 
 @lru_cache(maxsize=1)
@@ -252,6 +273,7 @@ def bundled_roots() -> AmdRoots:
 
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
+
     pem = files("cmlp").joinpath("data").joinpath(AMD_CERTS_RESOURCE).read_bytes()
     by_hash = {}
     for cert in x509.load_pem_x509_certificates(pem):
@@ -261,11 +283,12 @@ def bundled_roots() -> AmdRoots:
     for table, out in zip((AMD_ARK_SHA256, AMD_ASK_SHA256, AMD_ASVK_SHA256), maps, strict=True):
         for product, digest in table.items():
             if digest not in by_hash:
-                raise ValueError(f"bundled AMD certificate {product} {digest[:16]}... "
-                                 f"missing or altered in {AMD_CERTS_RESOURCE}")
+                raise ValueError(
+                    f"bundled AMD certificate {product} {digest[:16]}... "
+                    f"missing or altered in {AMD_CERTS_RESOURCE}"
+                )
             out[product] = by_hash[digest][0]
-    return AmdRoots(ark=maps[0], ask=maps[1], asvk=maps[2],
-                    der={h: d for h, (_, d) in by_hash.items()})
+    return AmdRoots(ark=maps[0], ask=maps[1], asvk=maps[2], der={h: d for h, (_, d) in by_hash.items()})
 
 
 def intermediate_for(product: str, vek_kind: str) -> x509.Certificate:
@@ -275,5 +298,7 @@ def intermediate_for(product: str, vek_kind: str) -> x509.Certificate:
 
 def spki_der(cert) -> bytes:
     from cryptography.hazmat.primitives import serialization
-    return cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

@@ -12,7 +12,7 @@ from cmlp.attestation.snp.report import PRODUCTS
 class SnpVerifyPolicy:
     expected_measurement: Optional[bytes] = None
     min_report_version: int = 2
-    check_validity: bool = True          # informational: validity is always checked (step 5)
+    check_validity: bool = True  # informational: validity is always checked (step 5)
     reject_debug: bool = True
     reject_migratable: bool = True
     require_vmpl: Optional[int] = 0
@@ -28,8 +28,16 @@ class SnpVerifyPolicy:
 
     @classmethod
     def development(cls, **overrides) -> "SnpVerifyPolicy":
-        return replace(cls(check_validity=False, reject_debug=False, reject_migratable=False,
-                           require_vmpl=None, check_tcb_binding=False), **overrides)
+        return replace(
+            cls(
+                check_validity=False,
+                reject_debug=False,
+                reject_migratable=False,
+                require_vmpl=None,
+                check_tcb_binding=False,
+            ),
+            **overrides,
+        )
 
     def __post_init__(self):
         if self.expected_measurement is not None and len(self.expected_measurement) != 48:

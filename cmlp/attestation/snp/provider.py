@@ -44,14 +44,18 @@ RESP_SIZE = 4000
 MSG_VERSION = 1
 VMM_ERR_INVALID_LEN = 1
 
-_IOCTL = struct.Struct("=B7xQQQ")            # msg_version, req_data, resp_data, exitinfo2
-_EXT_REQ = struct.Struct("=64sI28sQI4x")     # user_data, vmpl, rsvd, certs_address, certs_len
+_IOCTL = struct.Struct("=B7xQQQ")  # msg_version, req_data, resp_data, exitinfo2
+_EXT_REQ = struct.Struct("=64sI28sQI4x")  # user_data, vmpl, rsvd, certs_address, certs_len
 
-CERT_GUIDS = {uuid.UUID(g): name for g, name in (
-    ("c0b406a4-a803-4952-9743-3fb6014cd0ae", "ARK"),
-    ("4ab7b379-bbac-4fe4-a02f-05aef327c782", "ASK"),
-    ("63da758d-e664-4564-adc5-f4b93be8accd", "VCEK"),
-    ("a8074bc2-a25a-483e-aae6-39c045a0b8a1", "VLEK"))}
+CERT_GUIDS = {
+    uuid.UUID(g): name
+    for g, name in (
+        ("c0b406a4-a803-4952-9743-3fb6014cd0ae", "ARK"),
+        ("4ab7b379-bbac-4fe4-a02f-05aef327c782", "ASK"),
+        ("63da758d-e664-4564-adc5-f4b93be8accd", "VCEK"),
+        ("a8074bc2-a25a-483e-aae6-39c045a0b8a1", "VLEK"),
+    )
+}
 
 
 def _iowr(magic: int, nr: int, size: int) -> int:
@@ -72,7 +76,7 @@ def parse_cert_table(buf: bytes) -> bytes:
     while True:
         if pos + 24 > len(buf):
             raise GenerationFailed("SEV certificate table has no terminator")
-        guid, off, length = buf[pos:pos + 16], *struct.unpack_from("<II", buf, pos + 16)
+        guid, off, length = buf[pos : pos + 16], *struct.unpack_from("<II", buf, pos + 16)
         pos += 24
         if guid == bytes(16) and off == 0 and length == 0:
             break
@@ -80,22 +84,28 @@ def parse_cert_table(buf: bytes) -> bytes:
             raise GenerationFailed("SEV certificate table entry points outside the buffer")
         name = _guid_name(guid)
         if name is None:
-            continue                      # e.g. a CRL entry
+            continue  # e.g. a CRL entry
         if name in seen:
             raise GenerationFailed(f"SEV certificate table lists {name} twice")
         seen.add(name)
-        out.append(buf[off:off + length])
+        out.append(buf[off : off + length])
     if not out:
-        raise GenerationFailed("SEV certificate table holds no AMD certificates "
-                               "(the host did not provision them)")
+        raise GenerationFailed(
+            "SEV certificate table holds no AMD certificates (the host did not provision them)"
+        )
     return b"".join(out)
 
 
 class SevGuestTransport:
     """One SNP_GET_EXT_REPORT ioctl; ``ioctl``/``opener`` injectable for tests."""
 
-    def __init__(self, device: str = SEV_GUEST_DEVICE, *, ioctl: Optional[Callable] = None,
-                 opener: Optional[Callable] = None):
+    def __init__(
+        self,
+        device: str = SEV_GUEST_DEVICE,
+        *,
+        ioctl: Optional[Callable] = None,
+        opener: Optional[Callable] = None,
+    ):
         self.device = device
         self._ioctl = ioctl
         self._open = opener or os.open
@@ -104,22 +114,23 @@ class SevGuestTransport:
         ioctl = self._ioctl
         if ioctl is None:
             import fcntl
+
             ioctl = fcntl.ioctl
         try:
             fd = self._open(self.device, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
-            raise GenerationFailed(f"SEV guest device {self.device} not found (not running "
-                                   "in an SEV-SNP guest?)") from None
+            raise GenerationFailed(
+                f"SEV guest device {self.device} not found (not running in an SEV-SNP guest?)"
+            ) from None
         except OSError as exc:
             raise GenerationFailed(f"cannot open {self.device}: {exc.strerror}") from None
         try:
             certs_len = DEFAULT_CERTS_LEN
             for _ in range(2):
                 result = self._once(fd, ioctl, report_data, vmpl, certs_len)
-                if isinstance(result, int):          # the size the firmware asked for
+                if isinstance(result, int):  # the size the firmware asked for
                     if not certs_len < result <= MAX_CERTS_LEN:
-                        raise GenerationFailed(f"SEV guest asks for a {result}-byte "
-                                               "certificate buffer")
+                        raise GenerationFailed(f"SEV guest asks for a {result}-byte certificate buffer")
                     certs_len = (result + PAGE - 1) // PAGE * PAGE
                     continue
                 return result
@@ -128,24 +139,27 @@ class SevGuestTransport:
             os.close(fd)
 
     def _once(self, fd, ioctl, report_data, vmpl, certs_len):
-        certs = mmap.mmap(-1, certs_len)                   # page-aligned, zeroed
+        certs = mmap.mmap(-1, certs_len)  # page-aligned, zeroed
         try:
             certs_addr = ctypes.addressof(ctypes.c_char.from_buffer(certs))
             req = ctypes.create_string_buffer(
-                _EXT_REQ.pack(report_data, vmpl, bytes(28), certs_addr, certs_len), _EXT_REQ.size)
+                _EXT_REQ.pack(report_data, vmpl, bytes(28), certs_addr, certs_len), _EXT_REQ.size
+            )
             resp = ctypes.create_string_buffer(RESP_SIZE)
-            msg = bytearray(_IOCTL.pack(MSG_VERSION, ctypes.addressof(req),
-                                        ctypes.addressof(resp), 0))
+            msg = bytearray(_IOCTL.pack(MSG_VERSION, ctypes.addressof(req), ctypes.addressof(resp), 0))
             try:
                 ioctl(fd, SNP_GET_EXT_REPORT, msg, True)
             except OSError as exc:
                 exitinfo2 = _IOCTL.unpack(msg)[3]
-                if exc.errno in (errno.ENOSPC, errno.EINVAL, errno.EIO) and \
-                        exitinfo2 >> 32 == VMM_ERR_INVALID_LEN:
+                if (
+                    exc.errno in (errno.ENOSPC, errno.EINVAL, errno.EIO)
+                    and exitinfo2 >> 32 == VMM_ERR_INVALID_LEN
+                ):
                     return _EXT_REQ.unpack(req.raw)[4]
-                raise GenerationFailed(f"SNP_GET_EXT_REPORT on {self.device} failed: "
-                                       f"{exc.strerror or exc} (exitinfo2 {exitinfo2:#x})") \
-                    from None
+                raise GenerationFailed(
+                    f"SNP_GET_EXT_REPORT on {self.device} failed: "
+                    f"{exc.strerror or exc} (exitinfo2 {exitinfo2:#x})"
+                ) from None
             return resp.raw, bytes(certs)
         finally:
             certs.close()
@@ -156,9 +170,8 @@ def parse_report_response(resp: bytes) -> bytes:
     if status != 0:
         raise GenerationFailed(f"SEV firmware returned status {status:#x}")
     if size != REPORT_SIZE:
-        raise GenerationFailed(f"SEV firmware returned a {size}-byte report "
-                               f"(expected {REPORT_SIZE})")
-    return resp[32:32 + REPORT_SIZE]
+        raise GenerationFailed(f"SEV firmware returned a {size}-byte report (expected {REPORT_SIZE})")
+    return resp[32 : 32 + REPORT_SIZE]
 
 
 class SnpProvider:
@@ -184,8 +197,10 @@ def binding_report_data(public_key, nonce, user_data=None) -> bytes:
     data cannot be bound, so asking for it fails loudly instead of being dropped.
     """
     if user_data:
-        raise GenerationFailed("SEV-SNP/TDX evidence binds only the public key and the nonce "
-                               "(REPORT_DATA = pk || nonce): user_data cannot be attested")
+        raise GenerationFailed(
+            "SEV-SNP/TDX evidence binds only the public key and the nonce "
+            "(REPORT_DATA = pk || nonce): user_data cannot be attested"
+        )
     for name, value in (("public key", public_key), ("nonce", nonce)):
         if value is None or len(bytes(value)) != 32:
             raise GenerationFailed(f"{name} must be exactly 32 bytes")

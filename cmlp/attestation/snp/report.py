@@ -22,7 +22,7 @@ from cmlp.attestation.coded import fail
 REPORT_SIZE = 1184
 SIGNED_SIZE = 0x2A0
 SIG_OFFSET = 0x2A0
-SIG_COMPONENT = 72              # r and s: 72-byte little-endian fields
+SIG_COMPONENT = 72  # r and s: 72-byte little-endian fields
 MIN_VERSION, MAX_VERSION = 2, 5
 
 OFF_VERSION = 0x00
@@ -48,11 +48,11 @@ OFF_CPUID_MOD = 0x189
 OFF_CPUID_STEP = 0x18A
 OFF_CHIP_ID = 0x1A0
 OFF_COMMITTED_TCB = 0x1E0
-OFF_CURRENT_BUILD = 0x1E8       # build, minor, major
+OFF_CURRENT_BUILD = 0x1E8  # build, minor, major
 OFF_COMMITTED_BUILD = 0x1EC
 OFF_LAUNCH_TCB = 0x1F0
-OFF_LAUNCH_MIT = 0x1F8          # v5
-OFF_CURRENT_MIT = 0x200         # v5
+OFF_LAUNCH_MIT = 0x1F8  # v5
+OFF_CURRENT_MIT = 0x200  # v5
 
 SIG_ALGO_ECDSA_P384_SHA384 = 1
 KEY_INFO_AUTHOR_KEY_EN = 1 << 0
@@ -76,7 +76,7 @@ class TcbVersion:
     tee: int
     snp: int
     microcode: int
-    fmc: Optional[int] = None       # Turin only
+    fmc: Optional[int] = None  # Turin only
 
     @classmethod
     def decode(cls, raw: bytes, product: str) -> "TcbVersion":
@@ -88,7 +88,7 @@ class TcbVersion:
 
 @dataclass(frozen=True)
 class SnpReport:
-    raw: bytes                      # the 1184 bytes exactly as received
+    raw: bytes  # the 1184 bytes exactly as received
     version: int
     guest_svn: int
     policy: int
@@ -110,7 +110,7 @@ class SnpReport:
     cpuid_fam: int
     cpuid_mod: int
     cpuid_step: int
-    current_build: tuple            # (build, minor, major)
+    current_build: tuple  # (build, minor, major)
     launch_mit_vector: Optional[int]
     current_mit_vector: Optional[int]
 
@@ -120,9 +120,8 @@ class SnpReport:
 
     @property
     def signature_rs(self) -> tuple:
-        sig = self.raw[SIG_OFFSET:SIG_OFFSET + 2 * SIG_COMPONENT]
-        return (int.from_bytes(sig[:SIG_COMPONENT], "little"),
-                int.from_bytes(sig[SIG_COMPONENT:], "little"))
+        sig = self.raw[SIG_OFFSET : SIG_OFFSET + 2 * SIG_COMPONENT]
+        return (int.from_bytes(sig[:SIG_COMPONENT], "little"), int.from_bytes(sig[SIG_COMPONENT:], "little"))
 
     @property
     def signing_key(self) -> int:
@@ -144,7 +143,7 @@ class SnpReport:
 def product_from_cpuid(fam: int, mod: int) -> Optional[str]:
     if fam == 0x19 and mod & 0xF0 == 0x00:
         return MILAN
-    if fam == 0x19 and mod & 0xF0 in (0x10, 0xA0):   # Genoa, Genoa (Siena)
+    if fam == 0x19 and mod & 0xF0 in (0x10, 0xA0):  # Genoa, Genoa (Siena)
         return GENOA
     if fam == 0x1A and mod & 0xF0 in (0x00, 0x10):
         return TURIN
@@ -155,35 +154,44 @@ def parse_report(raw: bytes) -> SnpReport:
     """Parse exactly 1184 bytes; raises SNP_REPORT_SIZE_INVALID / SNP_REPORT_VERSION_*."""
     raw = bytes(raw)
     if len(raw) != REPORT_SIZE:
-        raise fail("SNP_REPORT_SIZE_INVALID",
-                   f"attestation report is {len(raw)} bytes (must be exactly {REPORT_SIZE})")
-    u32 = lambda off: struct.unpack_from("<I", raw, off)[0]   # noqa: E731
-    u64 = lambda off: struct.unpack_from("<Q", raw, off)[0]   # noqa: E731
+        raise fail(
+            "SNP_REPORT_SIZE_INVALID",
+            f"attestation report is {len(raw)} bytes (must be exactly {REPORT_SIZE})",
+        )
+    u32 = lambda off: struct.unpack_from("<I", raw, off)[0]  # noqa: E731
+    u64 = lambda off: struct.unpack_from("<Q", raw, off)[0]  # noqa: E731
     version = u32(OFF_VERSION)
     if version > MAX_VERSION:
-        raise fail("SNP_REPORT_VERSION_UNSUPPORTED",
-                   f"report version {version} is newer than the layouts known here "
-                   f"({MIN_VERSION}..{MAX_VERSION})")
+        raise fail(
+            "SNP_REPORT_VERSION_UNSUPPORTED",
+            f"report version {version} is newer than the layouts known here ({MIN_VERSION}..{MAX_VERSION})",
+        )
     has_cpuid = version >= 3
     has_mit = version >= 5
     return SnpReport(
-        raw=raw, version=version, guest_svn=u32(OFF_GUEST_SVN), policy=u64(OFF_POLICY),
-        vmpl=u32(OFF_VMPL), sig_algo=u32(OFF_SIG_ALGO), key_info=u32(OFF_KEY_INFO),
-        report_data=raw[OFF_REPORT_DATA:OFF_REPORT_DATA + 64],
-        measurement=raw[OFF_MEASUREMENT:OFF_MEASUREMENT + 48],
-        host_data=raw[OFF_HOST_DATA:OFF_HOST_DATA + 32],
-        id_key_digest=raw[OFF_ID_KEY_DIGEST:OFF_ID_KEY_DIGEST + 48],
-        author_key_digest=raw[OFF_AUTHOR_KEY_DIGEST:OFF_AUTHOR_KEY_DIGEST + 48],
-        report_id=raw[OFF_REPORT_ID:OFF_REPORT_ID + 32],
-        chip_id=raw[OFF_CHIP_ID:OFF_CHIP_ID + 64],
-        reported_tcb_raw=raw[OFF_REPORTED_TCB:OFF_REPORTED_TCB + 8],
-        current_tcb_raw=raw[OFF_CURRENT_TCB:OFF_CURRENT_TCB + 8],
-        committed_tcb_raw=raw[OFF_COMMITTED_TCB:OFF_COMMITTED_TCB + 8],
-        launch_tcb_raw=raw[OFF_LAUNCH_TCB:OFF_LAUNCH_TCB + 8],
+        raw=raw,
+        version=version,
+        guest_svn=u32(OFF_GUEST_SVN),
+        policy=u64(OFF_POLICY),
+        vmpl=u32(OFF_VMPL),
+        sig_algo=u32(OFF_SIG_ALGO),
+        key_info=u32(OFF_KEY_INFO),
+        report_data=raw[OFF_REPORT_DATA : OFF_REPORT_DATA + 64],
+        measurement=raw[OFF_MEASUREMENT : OFF_MEASUREMENT + 48],
+        host_data=raw[OFF_HOST_DATA : OFF_HOST_DATA + 32],
+        id_key_digest=raw[OFF_ID_KEY_DIGEST : OFF_ID_KEY_DIGEST + 48],
+        author_key_digest=raw[OFF_AUTHOR_KEY_DIGEST : OFF_AUTHOR_KEY_DIGEST + 48],
+        report_id=raw[OFF_REPORT_ID : OFF_REPORT_ID + 32],
+        chip_id=raw[OFF_CHIP_ID : OFF_CHIP_ID + 64],
+        reported_tcb_raw=raw[OFF_REPORTED_TCB : OFF_REPORTED_TCB + 8],
+        current_tcb_raw=raw[OFF_CURRENT_TCB : OFF_CURRENT_TCB + 8],
+        committed_tcb_raw=raw[OFF_COMMITTED_TCB : OFF_COMMITTED_TCB + 8],
+        launch_tcb_raw=raw[OFF_LAUNCH_TCB : OFF_LAUNCH_TCB + 8],
         platform_info=u64(OFF_PLATFORM_INFO),
         cpuid_fam=raw[OFF_CPUID_FAM] if has_cpuid else 0,
         cpuid_mod=raw[OFF_CPUID_MOD] if has_cpuid else 0,
         cpuid_step=raw[OFF_CPUID_STEP] if has_cpuid else 0,
-        current_build=tuple(raw[OFF_CURRENT_BUILD:OFF_CURRENT_BUILD + 3]),
+        current_build=tuple(raw[OFF_CURRENT_BUILD : OFF_CURRENT_BUILD + 3]),
         launch_mit_vector=u64(OFF_LAUNCH_MIT) if has_mit else None,
-        current_mit_vector=u64(OFF_CURRENT_MIT) if has_mit else None)
+        current_mit_vector=u64(OFF_CURRENT_MIT) if has_mit else None,
+    )

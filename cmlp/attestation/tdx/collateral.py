@@ -33,18 +33,18 @@ MAX_FILES = 256
 
 @dataclass(frozen=True)
 class SignedJson:
-    inner: bytes          # exact signed bytes
-    signature: bytes      # 64 bytes r||s
-    body: dict            # parsed inner object
+    inner: bytes  # exact signed bytes
+    signature: bytes  # 64 bytes r||s
+    body: dict  # parsed inner object
 
 
 @dataclass
 class TdxCollateral:
     tcb_infos: List[SignedJson] = field(default_factory=list)
     qe_identities: List[SignedJson] = field(default_factory=list)
-    signing_certs: List[bytes] = field(default_factory=list)    # DER
-    pck_crls: List[bytes] = field(default_factory=list)         # DER
-    root_crls: List[bytes] = field(default_factory=list)        # DER
+    signing_certs: List[bytes] = field(default_factory=list)  # DER
+    pck_crls: List[bytes] = field(default_factory=list)  # DER
+    root_crls: List[bytes] = field(default_factory=list)  # DER
 
     def merge(self, other: "TdxCollateral") -> None:
         self.tcb_infos += other.tcb_infos
@@ -73,7 +73,7 @@ def _scan_string(b: bytes, i: int) -> int:
     i += 1
     while i < len(b):
         c = b[i]
-        if c == 0x5C:   # backslash
+        if c == 0x5C:  # backslash
             i += 2
             continue
         if c == 0x22:
@@ -110,7 +110,7 @@ def _scan_value(b: bytes, i: int) -> int:
 
 def top_level_spans(raw: bytes) -> dict:
     """Top-level members of a JSON object -> exact value bytes (no re-serialising)."""
-    json.loads(raw.decode("utf-8"))          # validates the whole document first
+    json.loads(raw.decode("utf-8"))  # validates the whole document first
     out = {}
     i = _skip_ws(raw, 0)
     if i >= len(raw) or raw[i] != 0x7B:
@@ -120,7 +120,7 @@ def top_level_spans(raw: bytes) -> dict:
         end = _scan_string(raw, i)
         key = json.loads(raw[i:end].decode("utf-8"))
         i = _skip_ws(raw, end)
-        i = _skip_ws(raw, i + 1)                # ':'
+        i = _skip_ws(raw, i + 1)  # ':'
         vend = _scan_value(raw, i)
         out[key] = raw[i:vend]
         i = _skip_ws(raw, vend)
@@ -166,6 +166,7 @@ def parse_pcs_body(raw: bytes) -> Optional[SignedJson]:
 def _certs_from_text(text: bytes) -> List[bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
+
     if b"%" in text[:64]:
         text = urllib.parse.unquote_to_bytes(text.strip())
     text = text.replace(b"\x00", b"")
@@ -179,6 +180,7 @@ def _certs_from_text(text: bytes) -> List[bytes]:
 def _crl_der(blob: bytes) -> Optional[bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
+
     blob = bytes(blob).strip()
     candidates = [blob]
     try:
@@ -196,6 +198,7 @@ def _crl_der(blob: bytes) -> Optional[bytes]:
 
 def _add_crl(col: TdxCollateral, der: bytes) -> None:
     from cryptography import x509
+
     crl = x509.load_der_x509_crl(der)
     cns = crl.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     if cns and cns[0].value == "Intel SGX Root CA":
@@ -212,11 +215,11 @@ def collateral_from_dcap_qvl_json(raw: bytes) -> TdxCollateral:
     if not isinstance(obj, dict) or not isinstance(obj.get("tcb_info"), str):
         raise _bad("not a dcap-qvl collateral JSON (no tcb_info string)")
     col = TdxCollateral()
-    col.tcb_infos.append(signed_json(obj["tcb_info"].encode("utf-8"),
-                                     obj.get("tcb_info_signature")))
+    col.tcb_infos.append(signed_json(obj["tcb_info"].encode("utf-8"), obj.get("tcb_info_signature")))
     if isinstance(obj.get("qe_identity"), str):
-        col.qe_identities.append(signed_json(obj["qe_identity"].encode("utf-8"),
-                                             obj.get("qe_identity_signature")))
+        col.qe_identities.append(
+            signed_json(obj["qe_identity"].encode("utf-8"), obj.get("qe_identity_signature"))
+        )
     for key in ("tcb_info_issuer_chain", "qe_identity_issuer_chain", "pck_crl_issuer_chain"):
         if isinstance(obj.get(key), str):
             col.signing_certs += _certs_from_text(obj[key].encode("utf-8"))
@@ -236,12 +239,13 @@ def collateral_from_bytes(blob: bytes) -> TdxCollateral:
     if head.startswith(b"{"):
         signed = parse_pcs_body(blob)
         if signed is not None:
-            (col.tcb_infos if "tcbLevels" in signed.body and "fmspc" in signed.body
-             else col.qe_identities).append(signed)
+            (
+                col.tcb_infos if "tcbLevels" in signed.body and "fmspc" in signed.body else col.qe_identities
+            ).append(signed)
             return col
         try:
             return collateral_from_dcap_qvl_json(blob)
-        except Exception:   # noqa: BLE001 - not collateral: ignore the file
+        except Exception:  # noqa: BLE001 - not collateral: ignore the file
             return col
     if head.startswith(b"-----BEGIN") or head.startswith(b"-----BEGIN%20"):
         if b"X509 CRL" in blob[:64]:

@@ -25,9 +25,8 @@ def encode_document(quote: bytes) -> bytes:
 def decode_document(raw: bytes) -> bytes:
     raw = bytes(raw)
     if len(raw) > MAX_DOCUMENT_SIZE:
-        raise fail("TDX_DOCUMENT_TOO_LARGE",
-                   f"TDX document is {len(raw)} bytes (max {MAX_DOCUMENT_SIZE})")
-    if raw[:len(MARKER)] != MARKER:
+        raise fail("TDX_DOCUMENT_TOO_LARGE", f"TDX document is {len(raw)} bytes (max {MAX_DOCUMENT_SIZE})")
+    if raw[: len(MARKER)] != MARKER:
         raise fail("TDX_NOT_TDX_DOCUMENT", "not a TDX attestation document")
     quote, pos = read_lv(raw, len(MARKER), "quote", "TDX")
     if pos != len(raw):

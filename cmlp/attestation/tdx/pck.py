@@ -15,7 +15,7 @@ OID_FMSPC = OID_SGX_EXTENSIONS + ".4"
 
 @dataclass(frozen=True)
 class PckTcb:
-    sgx_svns: tuple      # 16 component SVNs
+    sgx_svns: tuple  # 16 component SVNs
     pcesvn: int
     cpusvn: bytes
     fmspc: bytes
@@ -27,6 +27,7 @@ def _bad(why: str):
 
 def pck_tcb(cert) -> PckTcb:
     from cryptography import x509
+
     try:
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(OID_SGX_EXTENSIONS))
     except x509.ExtensionNotFound:

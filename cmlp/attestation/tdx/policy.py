@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import FrozenSet, Mapping, Optional
 
-TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
-                "ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded",
-                "Revoked")
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
 
 
 @dataclass(frozen=True)
@@ -15,6 +21,7 @@ class TdxVerifyPolicy:
     """``require_collateral``: the reference defaults to False (quote signature
     only when no collateral is given); cmlp's production default is True,
     because a quote without collateral proves nothing about the platform."""
+
     expected_mrtd: Optional[bytes] = None
     expected_rtmrs: Mapping[int, bytes] = field(default_factory=dict)
     expected_nonce: Optional[bytes] = None
@@ -29,9 +36,14 @@ class TdxVerifyPolicy:
 
     @classmethod
     def development(cls, **overrides) -> "TdxVerifyPolicy":
-        return replace(cls(require_collateral=False, reject_debug_td=False,
-                           accepted_tcb_statuses=frozenset(TCB_STATUSES) - {"Revoked"}),
-                       **overrides)
+        return replace(
+            cls(
+                require_collateral=False,
+                reject_debug_td=False,
+                accepted_tcb_statuses=frozenset(TCB_STATUSES) - {"Revoked"},
+            ),
+            **overrides,
+        )
 
     @classmethod
     def reference_default(cls, **overrides) -> "TdxVerifyPolicy":

@@ -54,8 +54,10 @@ class TdxProvider:
     def attest(self, user_data, nonce, public_key) -> bytes:
         report_data = binding_report_data(public_key, nonce, user_data)
         if not os.path.isdir(self.root):
-            raise GenerationFailed(f"configfs-tsm report directory {self.root} not found "
-                                   "(needs Linux >= 6.7 in a TDX guest, configfs mounted)")
+            raise GenerationFailed(
+                f"configfs-tsm report directory {self.root} not found "
+                "(needs Linux >= 6.7 in a TDX guest, configfs mounted)"
+            )
         entry = os.path.join(self.root, f"cmt_{os.getpid()}_{next(_COUNTER)}")
         try:
             self.ops.mkdir(entry)
@@ -70,8 +72,9 @@ class TdxProvider:
             quote = self.ops.read(os.path.join(entry, "outblob"), MAX_QUOTE_SIZE)
             gen_after = self._text(entry, "generation")
             if gen_before != gen_after:
-                raise GenerationFailed("configfs-tsm generation changed while reading the quote "
-                                       "(another writer raced us)")
+                raise GenerationFailed(
+                    "configfs-tsm generation changed while reading the quote (another writer raced us)"
+                )
         except OSError as exc:
             raise GenerationFailed(f"configfs-tsm I/O failed: {exc.strerror or exc}") from None
         finally:

@@ -80,16 +80,16 @@ class QeReport:
 
 @dataclass(frozen=True)
 class Quote:
-    raw: bytes                  # exactly the quote (length = consumed)
+    raw: bytes  # exactly the quote (length = consumed)
     version: int
     qe_svn: int
     pce_svn: int
     qe_vendor_id: bytes
     body_type: int
-    signed: bytes               # header (+ v5 type/size) + body
+    signed: bytes  # header (+ v5 type/size) + body
     td: TdReport
-    signature: bytes            # r||s
-    attestation_key: bytes      # x||y
+    signature: bytes  # r||s
+    attestation_key: bytes  # x||y
     cert_type: Optional[int]
     qe_report: Optional[QeReport]
     qe_report_signature: Optional[bytes]
@@ -102,12 +102,22 @@ def parse_td_report(b: bytes, td15: bool) -> TdReport:
 
     def take(n):
         nonlocal off
-        out = b[off:off + n]
+        out = b[off : off + n]
         off += n
         return out
-    fields = dict(tee_tcb_svn=take(16), mrseam=take(48), mrsignerseam=take(48),
-                  seam_attributes=take(8), td_attributes=take(8), xfam=take(8), mrtd=take(48),
-                  mrconfigid=take(48), mrowner=take(48), mrownerconfig=take(48))
+
+    fields = dict(
+        tee_tcb_svn=take(16),
+        mrseam=take(48),
+        mrsignerseam=take(48),
+        seam_attributes=take(8),
+        td_attributes=take(8),
+        xfam=take(8),
+        mrtd=take(48),
+        mrconfigid=take(48),
+        mrowner=take(48),
+        mrownerconfig=take(48),
+    )
     fields["rtmrs"] = tuple(take(48) for _ in range(4))
     fields["reportdata"] = take(64)
     if td15:
@@ -117,10 +127,17 @@ def parse_td_report(b: bytes, td15: bool) -> TdReport:
 
 
 def parse_qe_report(b: bytes) -> QeReport:
-    return QeReport(raw=b, cpusvn=b[0:16], miscselect=struct.unpack_from("<I", b, 16)[0],
-                    attributes=b[48:64], mrenclave=b[64:96], mrsigner=b[128:160],
-                    isvprodid=struct.unpack_from("<H", b, 256)[0],
-                    isvsvn=struct.unpack_from("<H", b, 258)[0], reportdata=b[320:384])
+    return QeReport(
+        raw=b,
+        cpusvn=b[0:16],
+        miscselect=struct.unpack_from("<I", b, 16)[0],
+        attributes=b[48:64],
+        mrenclave=b[64:96],
+        mrsigner=b[128:160],
+        isvprodid=struct.unpack_from("<H", b, 256)[0],
+        isvsvn=struct.unpack_from("<H", b, 258)[0],
+        reportdata=b[320:384],
+    )
 
 
 def _bad(why: str):
@@ -129,15 +146,14 @@ def _bad(why: str):
 
 def parse_quote(data: bytes) -> Quote:
     """Parse one quote from the start of ``data``; ``Quote.raw`` is what it spans."""
-    data = bytes(data[:MAX_QUOTE_SIZE + 1])
+    data = bytes(data[: MAX_QUOTE_SIZE + 1])
     if len(data) < HEADER_SIZE:
         raise _bad(f"quote is {len(data)} bytes (header needs {HEADER_SIZE})")
     version, key_type, tee_type, qe_svn, pce_svn = struct.unpack_from("<HHIHH", data, 0)
     if version not in (4, 5):
         raise fail("TDX_QUOTE_UNSUPPORTED_FORMAT", f"quote version {version} (4 or 5 supported)")
     if key_type != ATT_KEY_ECDSA_P256:
-        raise fail("TDX_QUOTE_UNSUPPORTED_FORMAT",
-                   f"attestation key type {key_type} (2 = ECDSA P-256)")
+        raise fail("TDX_QUOTE_UNSUPPORTED_FORMAT", f"attestation key type {key_type} (2 = ECDSA P-256)")
     if tee_type != TEE_TYPE_TDX:
         raise fail("TDX_QUOTE_UNSUPPORTED_FORMAT", f"TEE type {tee_type:#x} (0x81 = TDX)")
     pos = HEADER_SIZE
@@ -151,14 +167,13 @@ def parse_quote(data: bytes) -> Quote:
         pos += 6
         expected = {2: BODY_V4, 3: BODY_TD15}.get(body_type)
         if expected is None:
-            raise fail("TDX_QUOTE_UNSUPPORTED_FORMAT",
-                       f"v5 body type {body_type} (2 = TD 1.0, 3 = TD 1.5)")
+            raise fail("TDX_QUOTE_UNSUPPORTED_FORMAT", f"v5 body type {body_type} (2 = TD 1.0, 3 = TD 1.5)")
         if body_size != expected:
             raise _bad(f"v5 body type {body_type} with body size {body_size} (must be {expected})")
     if len(data) < pos + body_size + 4:
         raise _bad("quote truncated in the body or before sig_data_len")
-    td = parse_td_report(data[pos:pos + body_size], body_size == BODY_TD15)
-    signed = data[:pos + body_size]
+    td = parse_td_report(data[pos : pos + body_size], body_size == BODY_TD15)
+    signed = data[: pos + body_size]
     pos += body_size
     (sig_len,) = struct.unpack_from("<I", data, pos)
     pos += 4
@@ -166,7 +181,7 @@ def parse_quote(data: bytes) -> Quote:
         raise _bad(f"sig_data_len {sig_len} runs past the quote ({len(data) - pos} bytes left)")
     if sig_len < 128:
         raise _bad(f"sig_data_len {sig_len} < 128 (signature + attestation key)")
-    sig = data[pos:pos + sig_len]
+    sig = data[pos : pos + sig_len]
     end = pos + sig_len
     cert_type = qe = qe_sig = auth = pem = None
     if sig_len >= 134:
@@ -178,13 +193,13 @@ def parse_quote(data: bytes) -> Quote:
             if len(cert) < QE_REPORT_SIZE + 64 + 2:
                 raise _bad("QE report certification data truncated")
             qe = parse_qe_report(cert[:QE_REPORT_SIZE])
-            qe_sig = cert[QE_REPORT_SIZE:QE_REPORT_SIZE + 64]
+            qe_sig = cert[QE_REPORT_SIZE : QE_REPORT_SIZE + 64]
             p = QE_REPORT_SIZE + 64
             (auth_len,) = struct.unpack_from("<H", cert, p)
             p += 2
             if auth_len > len(cert) - p:
                 raise _bad("QE auth data runs past the certification data")
-            auth = cert[p:p + auth_len]
+            auth = cert[p : p + auth_len]
             p += auth_len
             if len(cert) - p < 6:
                 raise _bad("inner certification data header truncated")
@@ -193,13 +208,27 @@ def parse_quote(data: bytes) -> Quote:
             if inner_size != len(cert) - p:
                 raise _bad(f"inner certification data size {inner_size} != {len(cert) - p}")
             if inner_type != CERT_TYPE_PCK_CHAIN:
-                raise fail("TDX_QUOTE_UNSUPPORTED_FORMAT",
-                           f"inner certification data type {inner_type} (5 = PCK chain)")
+                raise fail(
+                    "TDX_QUOTE_UNSUPPORTED_FORMAT",
+                    f"inner certification data type {inner_type} (5 = PCK chain)",
+                )
             pem = cert[p:]
     elif sig_len != 128:
         raise _bad(f"sig_data_len {sig_len}: certification data header truncated")
-    return Quote(raw=data[:end], version=version, qe_svn=qe_svn, pce_svn=pce_svn,
-                 qe_vendor_id=data[12:28], body_type=body_type, signed=signed, td=td,
-                 signature=sig[:64], attestation_key=sig[64:128], cert_type=cert_type,
-                 qe_report=qe, qe_report_signature=qe_sig, qe_auth_data=auth,
-                 pck_chain_pem=pem)
+    return Quote(
+        raw=data[:end],
+        version=version,
+        qe_svn=qe_svn,
+        pce_svn=pce_svn,
+        qe_vendor_id=data[12:28],
+        body_type=body_type,
+        signed=signed,
+        td=td,
+        signature=sig[:64],
+        attestation_key=sig[64:128],
+        cert_type=cert_type,
+        qe_report=qe,
+        qe_report_signature=qe_sig,
+        qe_auth_data=auth,
+        pck_chain_pem=pem,
+    )

@@ -12,7 +12,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
-SYNTHETIC_KEY = "cmlp_synthetic"   # set by `cmlp model init` and synthetic.write_model
+SYNTHETIC_KEY = "cmlp_synthetic"  # set by `cmlp model init` and synthetic.write_model
 
 # config.json of an int8 checkpoint written by `cmlp model quantize` (docs/quantization.md):
 #   "quantization_config": {"quant_method": "cmlp", "weight_dtype": "int8",
@@ -33,7 +33,7 @@ class Gpt2Config:
     n_head: int
     layer_norm_epsilon: float = 1e-5
     synthetic: bool = False
-    int8: bool = False      # matrices stored int8 + per-channel scales (QUANT_KEY)
+    int8: bool = False  # matrices stored int8 + per-channel scales (QUANT_KEY)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
@@ -61,7 +61,7 @@ class Gpt2Config:
 # Options of HF's GPT2Config that change the math; only the GPT-2 values run here.
 _SUPPORTED_OPTIONS = {
     "activation_function": ("gelu_new",),
-    "n_inner": (None,),                       # None means 4 * n_embd
+    "n_inner": (None,),  # None means 4 * n_embd
     "scale_attn_weights": (True,),
     "scale_attn_by_inverse_layer_idx": (False,),
     "reorder_and_upcast_attn": (False,),
@@ -110,12 +110,16 @@ def _read_quantization(path: Path | str, qc) -> bool:
     """True for cmlp's int8 format; any other quantization is refused."""
     if qc is None:
         return False
-    expected = {"quant_method": QUANT_METHOD, "weight_dtype": "int8",
-                "granularity": "per_channel", "scale_suffix": SCALE_SUFFIX,
-                "weight_layout": "out_in"}
+    expected = {
+        "quant_method": QUANT_METHOD,
+        "weight_dtype": "int8",
+        "granularity": "per_channel",
+        "scale_suffix": SCALE_SUFFIX,
+        "weight_layout": "out_in",
+    }
     if not isinstance(qc, dict):
         raise ModelError(f"unsupported {QUANT_KEY}: not a JSON object")
     wrong = {k: qc.get(k) for k, v in expected.items() if qc.get(k) != v}
-    if wrong:   # the caller prefixes the path
+    if wrong:  # the caller prefixes the path
         raise ModelError(f"unsupported {QUANT_KEY} {str(wrong)[:200]} (cmlp reads {expected})")
     return True

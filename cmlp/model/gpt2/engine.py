@@ -50,8 +50,14 @@ class Gpt2Shard:
     #: per-sequence KV-cache slots, once configure_slots() reserved them
     slots: SlotTable | None = None
 
-    def __init__(self, config: Gpt2Config, weights: ShardWeights, layer_start: int,
-                 layer_end: int, threads: int | None = None):
+    def __init__(
+        self,
+        config: Gpt2Config,
+        weights: ShardWeights,
+        layer_start: int,
+        layer_end: int,
+        threads: int | None = None,
+    ):
         self._config = config
         self._weights = weights
         self._layer_start = layer_start
@@ -74,8 +80,7 @@ class Gpt2Shard:
         )
 
     @classmethod
-    def load(cls, model_dir, layer_start: int, layer_end: int,
-             threads: int | None = None) -> "Gpt2Shard":
+    def load(cls, model_dir, layer_start: int, layer_end: int, threads: int | None = None) -> "Gpt2Shard":
         """Read config.json, then only this shard's tensors of model.safetensors."""
         config = load_config(model_dir)
         weights = load_shard_weights(model_dir, config, layer_start, layer_end)
@@ -170,22 +175,23 @@ class Gpt2Shard:
                 raise InvalidModelInput(f"hidden states must be float32, got dtype {x.dtype}")
             if x.ndim != 3 or x.shape[2] != cfg.n_embd:
                 raise InvalidModelInput(
-                    f"hidden states must be [B, T, {cfg.n_embd}], got shape {list(x.shape)}")
+                    f"hidden states must be [B, T, {cfg.n_embd}], got shape {list(x.shape)}"
+                )
         B, T = x.shape[0], x.shape[1]
         if B < 1 or T < 1:
             raise InvalidModelInput(f"empty input: shape {list(x.shape)}")
         if B > self.max_batch:
             raise InvalidModelInput(f"batch size {B} exceeds the maximum of {self.max_batch}")
         if B * T > self.max_tokens:
-            raise InvalidModelInput(
-                f"{B * T} tokens in one forward exceed the maximum of {self.max_tokens}")
+            raise InvalidModelInput(f"{B * T} tokens in one forward exceed the maximum of {self.max_tokens}")
         if slots:
-            return                      # positions are per slot: the engine checks them
+            return  # positions are per slot: the engine checks them
         past = self._engine.past_len
         if past > 0 and B != self._engine.cache_batch:
             raise InvalidModelInput(
                 f"batch size {B} does not match the {self._engine.cache_batch} cached "
-                "sequences; clear the cache to start a new batch")
+                "sequences; clear the cache to start a new batch"
+            )
         if past + T > cfg.n_positions:
             raise PositionOverflow(past, T, cfg.n_positions)
 
@@ -239,7 +245,7 @@ class SlotTable:
     def __init__(self, shard: "Gpt2Shard", n_slots: int):
         self.shard = shard
         self.n_slots = n_slots
-        self.free = list(range(n_slots - 1, -1, -1))     # pop() gives slot 0 first
+        self.free = list(range(n_slots - 1, -1, -1))  # pop() gives slot 0 first
         self.by_seq: dict[int, int] = {}
 
     def open(self, seq: int) -> int:
@@ -276,7 +282,8 @@ def slot_count(shard: "Gpt2Shard", slots: int, kv_budget_bytes: int | None = Non
     if kv_budget_bytes is not None:
         fit = kv_budget_bytes // shard._engine.slot_bytes
         if fit < 1:
-            raise ValueError(f"a KV budget of {kv_budget_bytes} bytes holds no slot of "
-                             f"{shard._engine.slot_bytes} bytes")
+            raise ValueError(
+                f"a KV budget of {kv_budget_bytes} bytes holds no slot of {shard._engine.slot_bytes} bytes"
+            )
         slots = min(slots, fit)
     return slots

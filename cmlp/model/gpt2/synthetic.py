@@ -27,26 +27,26 @@ import numpy as np
 
 from cmlp import progress
 from cmlp.errors import ModelError
-from cmlp.model.gpt2.config import (CONFIG_FILE, SYNTHETIC_KEY, TOKENIZER_FILE, WEIGHTS_FILE,
-                               Gpt2Config)
+from cmlp.model.gpt2.config import CONFIG_FILE, SYNTHETIC_KEY, TOKENIZER_FILE, WEIGHTS_FILE, Gpt2Config
 from cmlp.model.gpt2.weights import PREFIX, block_tensor_shapes
 
 PRESETS = {
-    "small": Gpt2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                        synthetic=True),
-    "tiny": Gpt2Config(vocab_size=50257, n_positions=1024, n_embd=64, n_layer=4, n_head=4,
-                       synthetic=True),
+    "small": Gpt2Config(
+        vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, synthetic=True
+    ),
+    "tiny": Gpt2Config(vocab_size=50257, n_positions=1024, n_embd=64, n_layer=4, n_head=4, synthetic=True),
 }
 
-GPT2_EOS = 50256   # <|endoftext|>
+GPT2_EOS = 50256  # <|endoftext|>
 
 
 def embedded_tokenizer() -> Path:
     """The GPT-2 tokenizer.json shipped in cmlp/data (ModelError if absent)."""
     path = Path(str(resources.files("cmlp") / "data" / TOKENIZER_FILE))
     if not path.is_file():
-        raise ModelError(f"embedded tokenizer {path} is missing: the package was built "
-                         "without cmlp/data/tokenizer.json")
+        raise ModelError(
+            f"embedded tokenizer {path} is missing: the package was built without cmlp/data/tokenizer.json"
+        )
     return path
 
 
@@ -86,9 +86,14 @@ def hf_config(config: Gpt2Config, **extra) -> dict:
     }
 
 
-def random_weights(config: Gpt2Config, seed: int = 0, std: float = 0.02,
-                   ln_std: float = 0.0, bias_std: float = 0.0,
-                   attn_bias: bool = True) -> dict[str, np.ndarray]:
+def random_weights(
+    config: Gpt2Config,
+    seed: int = 0,
+    std: float = 0.02,
+    ln_std: float = 0.0,
+    bias_std: float = 0.0,
+    attn_bias: bool = True,
+) -> dict[str, np.ndarray]:
     """All tensors of a GPT-2 model (names without prefix), drawn in a fixed order.
 
     Matrices ~ normal(0, std); LayerNorm weights 1 + normal(0, ln_std); biases
@@ -98,10 +103,10 @@ def random_weights(config: Gpt2Config, seed: int = 0, std: float = 0.02,
     rng = np.random.default_rng(seed)
 
     def normal(shape, scale):
-        progress.advance(4 * int(np.prod(shape)))   # bytes drawn (an open bar, if any)
+        progress.advance(4 * int(np.prod(shape)))  # bytes drawn (an open bar, if any)
         if scale == 0.0:
             return np.zeros(shape, np.float32)
-        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
 
     C = config.n_embd
     tensors = {
@@ -144,10 +149,20 @@ def weights_digest(tensors: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def write_model(out_dir, config: Gpt2Config, *, seed: int = 0, std: float = 0.02,
-                ln_std: float = 0.0, bias_std: float = 0.0, prefix: str = "",
-                attn_bias: bool = True, tokenizer: bool = False,
-                overwrite: bool = True, extra_config: dict | None = None) -> Path:
+def write_model(
+    out_dir,
+    config: Gpt2Config,
+    *,
+    seed: int = 0,
+    std: float = 0.02,
+    ln_std: float = 0.0,
+    bias_std: float = 0.0,
+    prefix: str = "",
+    attn_bias: bool = True,
+    tokenizer: bool = False,
+    overwrite: bool = True,
+    extra_config: dict | None = None,
+) -> Path:
     """Write a model directory; returns its path.
 
     prefix "" (the published layout) or "transformer."; tokenizer=True copies
@@ -156,19 +171,19 @@ def write_model(out_dir, config: Gpt2Config, *, seed: int = 0, std: float = 0.02
     if prefix not in ("", PREFIX):
         raise ValueError(f"prefix must be '' or {PREFIX!r}, got {prefix!r}")
     out = Path(out_dir)
-    tokenizer_src = embedded_tokenizer() if tokenizer else None   # fail before writing
+    tokenizer_src = embedded_tokenizer() if tokenizer else None  # fail before writing
     if not overwrite and (out / WEIGHTS_FILE).exists():
         raise ModelError(f"{out / WEIGHTS_FILE} already exists")
     out.mkdir(parents=True, exist_ok=True)
 
     # one bar: drawing the random parameters, then the file write (bytes of both)
     drawn = model_nbytes(config)
-    masks = 4 * config.n_layer * config.n_positions ** 2 if attn_bias else 0
+    masks = 4 * config.n_layer * config.n_positions**2 if attn_bias else 0
     with progress.bar(f"writing {out / WEIGHTS_FILE}", 2 * drawn + masks):
-        tensors = random_weights(config, seed=seed, std=std, ln_std=ln_std, bias_std=bias_std,
-                                 attn_bias=attn_bias)
-        digest = weights_digest({k: v for k, v in tensors.items()
-                                 if not k.endswith(".attn.bias")})
+        tensors = random_weights(
+            config, seed=seed, std=std, ln_std=ln_std, bias_std=bias_std, attn_bias=attn_bias
+        )
+        digest = weights_digest({k: v for k, v in tensors.items() if not k.endswith(".attn.bias")})
         meta = {"cmlp_seed": seed, "cmlp_weights_sha256": digest, **(extra_config or {})}
         _write_atomic(out / WEIGHTS_FILE, lambda tmp: _save_safetensors(tensors, prefix, tmp))
         progress.advance(drawn + masks)
@@ -184,24 +199,26 @@ def init_model(out_dir, preset: str = "small", seed: int = 0, overwrite: bool = 
     if preset not in PRESETS:
         raise ModelError(f"unknown preset {preset!r} (choose from {', '.join(sorted(PRESETS))})")
     config = replace(PRESETS[preset], synthetic=True)
-    return write_model(out_dir, config, seed=seed, tokenizer=True, overwrite=overwrite,
-                       extra_config={"cmlp_preset": preset})
+    return write_model(
+        out_dir, config, seed=seed, tokenizer=True, overwrite=overwrite, extra_config={"cmlp_preset": preset}
+    )
 
 
 def file_tensor_shapes(config: Gpt2Config) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor ``write_model`` stores (attention masks included)."""
     from cmlp.model.gpt2.weights import shard_tensor_shapes
+
     shapes = dict(shard_tensor_shapes(config, 0, config.n_layer))
     for i in range(config.n_layer):
         shapes[f"h.{i}.attn.bias"] = (1, 1, config.n_positions, config.n_positions)
     return shapes
 
 
-def init_or_reuse(out_dir, preset: str = "small", seed: int = 0,
-                  force: bool = False) -> tuple[Path, bool]:
+def init_or_reuse(out_dir, preset: str = "small", seed: int = 0, force: bool = False) -> tuple[Path, bool]:
     """`cmlp model init`: (path, reused).  The same preset and seed already there is reused;
     anything else there is refused unless ``force`` (ModelError says what is there)."""
     from cmlp.model.reuse import check_existing
+
     if preset not in PRESETS:
         raise ModelError(f"unknown preset {preset!r} (choose from {', '.join(sorted(PRESETS))})")
     if not force and check_existing(out_dir, preset, seed, file_tensor_shapes(PRESETS[preset])):
@@ -211,8 +228,10 @@ def init_or_reuse(out_dir, preset: str = "small", seed: int = 0,
 
 def _save_safetensors(tensors: dict[str, np.ndarray], prefix: str, path: Path) -> None:
     from safetensors.numpy import save_file
-    save_file({prefix + name: t for name, t in tensors.items()}, str(path),
-              metadata={"format": "pt"})   # transformers refuses files without it
+
+    save_file(
+        {prefix + name: t for name, t in tensors.items()}, str(path), metadata={"format": "pt"}
+    )  # transformers refuses files without it
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -220,7 +239,7 @@ def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)   # model files are not secret; safetensors creates them 0600
+        os.chmod(tmp, 0o644)  # model files are not secret; safetensors creates them 0600
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -45,18 +45,28 @@ PREFIX = "transformer."
 READ_CHUNK_BYTES = 32 << 20
 
 BLOCK_TENSORS = (
-    "ln_1.weight", "ln_1.bias",
-    "attn.c_attn.weight", "attn.c_attn.bias",
-    "attn.c_proj.weight", "attn.c_proj.bias",
-    "ln_2.weight", "ln_2.bias",
-    "mlp.c_fc.weight", "mlp.c_fc.bias",
-    "mlp.c_proj.weight", "mlp.c_proj.bias",
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.c_attn.weight",
+    "attn.c_attn.bias",
+    "attn.c_proj.weight",
+    "attn.c_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
 )
 
 # matmul weights that may be held in reduced precision, with their layout
-MATRICES = {"attn.c_attn.weight": CONV1D, "attn.c_proj.weight": CONV1D,
-            "mlp.c_fc.weight": CONV1D, "mlp.c_proj.weight": CONV1D}
-WTE = "wte.weight"          # [V, C]: Linear layout for the tied lm_head
+MATRICES = {
+    "attn.c_attn.weight": CONV1D,
+    "attn.c_proj.weight": CONV1D,
+    "mlp.c_fc.weight": CONV1D,
+    "mlp.c_proj.weight": CONV1D,
+}
+WTE = "wte.weight"  # [V, C]: Linear layout for the tied lm_head
 FLOAT_DTYPES = ("F32", "BF16", "F16")
 
 
@@ -75,12 +85,18 @@ def block_tensor_shapes(config: Gpt2Config) -> dict[str, tuple[int, ...]]:
     """Shapes of one block's tensors as stored (Conv1D weights are [in, out])."""
     C = config.n_embd
     return {
-        "ln_1.weight": (C,), "ln_1.bias": (C,),
-        "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
-        "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
-        "ln_2.weight": (C,), "ln_2.bias": (C,),
-        "mlp.c_fc.weight": (C, config.n_inner), "mlp.c_fc.bias": (config.n_inner,),
-        "mlp.c_proj.weight": (config.n_inner, C), "mlp.c_proj.bias": (C,),
+        "ln_1.weight": (C,),
+        "ln_1.bias": (C,),
+        "attn.c_attn.weight": (C, 3 * C),
+        "attn.c_attn.bias": (3 * C,),
+        "attn.c_proj.weight": (C, C),
+        "attn.c_proj.bias": (C,),
+        "ln_2.weight": (C,),
+        "ln_2.bias": (C,),
+        "mlp.c_fc.weight": (C, config.n_inner),
+        "mlp.c_fc.bias": (config.n_inner,),
+        "mlp.c_proj.weight": (config.n_inner, C),
+        "mlp.c_proj.bias": (C,),
     }
 
 
@@ -89,12 +105,13 @@ def check_layer_range(config: Gpt2Config, layer_start: int, layer_end: int) -> N
         if isinstance(value, bool) or not isinstance(value, int):
             raise ModelError(f"layer range bounds must be integers, got {value!r}")
     if not 0 <= layer_start < layer_end <= config.n_layer:
-        raise ModelError(f"invalid layer range [{layer_start}, {layer_end}): "
-                         f"need 0 <= start < end <= n_layer ({config.n_layer})")
+        raise ModelError(
+            f"invalid layer range [{layer_start}, {layer_end}): "
+            f"need 0 <= start < end <= n_layer ({config.n_layer})"
+        )
 
 
-def shard_tensor_shapes(config: Gpt2Config, layer_start: int,
-                        layer_end: int) -> dict[str, tuple[int, ...]]:
+def shard_tensor_shapes(config: Gpt2Config, layer_start: int, layer_end: int) -> dict[str, tuple[int, ...]]:
     """Name (without prefix) -> shape of every tensor a shard holds."""
     check_layer_range(config, layer_start, layer_end)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -160,21 +177,20 @@ class ShardWeights:
 
     def hashes(self) -> list[tuple[str, str]]:
         """(name, sha256 hex) of every tensor, sorted by name."""
-        return [(name, hashlib.sha256(self.tensors[name].data).hexdigest())
-                for name in sorted(self.tensors)]
+        return [(name, hashlib.sha256(self.tensors[name].data).hexdigest()) for name in sorted(self.tensors)]
 
 
 def _safe_open(path: Path):
     from safetensors import safe_open
+
     return safe_open(str(path), framework="numpy")
 
 
-def load_shard_weights(model_dir, config: Gpt2Config, layer_start: int,
-                       layer_end: int) -> ShardWeights:
+def load_shard_weights(model_dir, config: Gpt2Config, layer_start: int, layer_end: int) -> ShardWeights:
     """Check then read the shard's tensors; ModelError names file and tensor."""
     path = Path(model_dir) / WEIGHTS_FILE
     wanted = shard_tensor_shapes(config, layer_start, layer_end)
-    if config.int8:   # matrices stored [out, in], plus [out] scales
+    if config.int8:  # matrices stored [out, in], plus [out] scales
         for name in list(wanted):
             if matrix_layout(name) is not None:
                 if matrix_layout(name) == CONV1D:
@@ -194,12 +210,16 @@ def load_shard_weights(model_dir, config: Gpt2Config, layer_start: int,
                 info = f.get_slice(prefix + name)
                 expected = _expected_dtypes(name, float_dtype, config)
                 if info.get_dtype() not in expected:
-                    raise ModelError(f"{path}: tensor {prefix + name} has dtype "
-                                     f"{info.get_dtype()}, expected {' or '.join(expected)}")
+                    raise ModelError(
+                        f"{path}: tensor {prefix + name} has dtype "
+                        f"{info.get_dtype()}, expected {' or '.join(expected)}"
+                    )
                 if tuple(info.get_shape()) != shape:
-                    raise ModelError(f"{path}: tensor {prefix + name} has shape "
-                                     f"{list(info.get_shape())}, expected {list(shape)} "
-                                     f"from {config_summary(config)}")
+                    raise ModelError(
+                        f"{path}: tensor {prefix + name} has shape "
+                        f"{list(info.get_shape())}, expected {list(shape)} "
+                        f"from {config_summary(config)}"
+                    )
     except ModelError:
         raise
     except Exception as exc:  # SafetensorError, OSError: a corrupt or truncated file
@@ -207,8 +227,9 @@ def load_shard_weights(model_dir, config: Gpt2Config, layer_start: int,
 
     weights = ShardWeights(path=path, prefix=prefix)
     stored = safetensors_io.read_header(path)[0]
-    total = sum(stored[prefix + name]["data_offsets"][1] - stored[prefix + name]["data_offsets"][0]
-                for name in wanted)              # bytes as stored (bf16/int8 are smaller)
+    total = sum(
+        stored[prefix + name]["data_offsets"][1] - stored[prefix + name]["data_offsets"][0] for name in wanted
+    )  # bytes as stored (bf16/int8 are smaller)
     with progress.bar(f"loading layers [{layer_start}, {layer_end})", total):
         for name, shape in wanted.items():
             weights.tensors[name] = _read_tensor(path, prefix + name, shape)
@@ -238,8 +259,10 @@ def _expected_dtypes(name: str, float_dtype: str, config: Gpt2Config) -> tuple[s
 
 
 def config_summary(config: Gpt2Config) -> str:
-    return (f"config (vocab_size {config.vocab_size}, n_positions {config.n_positions}, "
-            f"n_embd {config.n_embd}, n_layer {config.n_layer})")
+    return (
+        f"config (vocab_size {config.vocab_size}, n_positions {config.n_positions}, "
+        f"n_embd {config.n_embd}, n_layer {config.n_layer})"
+    )
 
 
 def _check_layer_count(path: Path, names, config: Gpt2Config) -> None:
@@ -247,15 +270,14 @@ def _check_layer_count(path: Path, names, config: Gpt2Config) -> None:
     layers = {int(m.group(1)) for m in map(_LAYER_RE.match, names) if m}
     extra = sorted(i for i in layers if i >= config.n_layer)
     if extra:
-        raise ModelError(f"{path}: holds block h.{extra[0]} but config n_layer is "
-                         f"{config.n_layer}")
+        raise ModelError(f"{path}: holds block h.{extra[0]} but config n_layer is {config.n_layer}")
 
 
 def _read_tensor(path: Path, full_name: str, shape: tuple[int, ...]) -> np.ndarray:
     # stored dtype, already checked against the expected ones by load_shard_weights
     dtype = safetensors_io.read_header(path)[0][full_name]["dtype"]
     out = aligned_empty(shape, safetensors_io.STORAGE[dtype])
-    if dtype == "BF16":   # numpy has no bfloat16: read the bit patterns directly
+    if dtype == "BF16":  # numpy has no bfloat16: read the bit patterns directly
         safetensors_io.read_into(path, full_name, out)
         progress.advance(out.nbytes)
         return out

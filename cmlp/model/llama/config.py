@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cmlp.errors import ModelError
 from cmlp.model.gpt2.config import QUANT_KEY
 from cmlp.model.gpt2.config import _read_quantization as read_quantization
-from cmlp.errors import ModelError
 from cmlp.model.registry import read_config_json
 
 SYNTHETIC_KEY = "cmlp_synthetic"
@@ -22,7 +22,7 @@ ROPE_TYPES = ("default", "linear", "llama3")
 
 @dataclass(frozen=True)
 class LlamaConfig:
-    family: str                      # "llama" or "qwen2"
+    family: str  # "llama" or "qwen2"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -35,9 +35,9 @@ class LlamaConfig:
     rope_theta: float
     rope_scaling: dict | None
     tie_word_embeddings: bool
-    attention_bias: bool             # q/k/v (and for llama o) biases; qwen2: q/k/v always
+    attention_bias: bool  # q/k/v (and for llama o) biases; qwen2: q/k/v always
     synthetic: bool = False
-    int8: bool = False               # matrices stored I8 + per-channel F32 scales (quantize)
+    int8: bool = False  # matrices stored I8 + per-channel F32 scales (quantize)
 
     @property
     def n_layer(self) -> int:
@@ -107,8 +107,9 @@ def _rope_scaling(raw: dict, where: str) -> dict | None:
         raise ModelError(f"{where}: rope_scaling must be an object or null")
     kind = s.get("rope_type", s.get("type", "default"))
     if kind not in ROPE_TYPES:
-        raise ModelError(f"{where}: unsupported rope_scaling type {kind!r} "
-                         f"(supported: {', '.join(ROPE_TYPES)})")
+        raise ModelError(
+            f"{where}: unsupported rope_scaling type {kind!r} (supported: {', '.join(ROPE_TYPES)})"
+        )
     if kind in ("linear", "llama3"):
         _float(s, "factor", where + " rope_scaling", None, 0.0, 1e6)
     if kind == "llama3":
@@ -134,13 +135,15 @@ def config_from_dict(raw: dict, family: str, where: str = "config.json") -> Llam
     head_dim = raw.get("head_dim")
     if head_dim is None:
         if hidden % heads:
-            raise ModelError(f"{where}: hidden_size {hidden} is not a multiple of "
-                             f"num_attention_heads {heads}")
+            raise ModelError(
+                f"{where}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+            )
         head_dim = hidden // heads
     head_dim = _positive_int({"head_dim": head_dim}, "head_dim", where)
     if heads % kv_heads:
-        raise ModelError(f"{where}: num_attention_heads {heads} is not a multiple of "
-                         f"num_key_value_heads {kv_heads}")
+        raise ModelError(
+            f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+        )
     if head_dim % 2:
         raise ModelError(f"{where}: head_dim {head_dim} must be even (RoPE)")
     rope_theta, rope_scaling = _rope(raw, where)

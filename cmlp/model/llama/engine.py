@@ -31,8 +31,15 @@ class LlamaShard:
     max_batch = 64
     max_tokens = 8192
 
-    def __init__(self, config: LlamaConfig, weights: LlamaWeights, layer_start: int,
-                 layer_end: int, threads: int | None = None, max_seq_len: int | None = None):
+    def __init__(
+        self,
+        config: LlamaConfig,
+        weights: LlamaWeights,
+        layer_start: int,
+        layer_end: int,
+        threads: int | None = None,
+        max_seq_len: int | None = None,
+    ):
         self._config = config
         self._weights = weights
         self._layer_start = layer_start
@@ -45,24 +52,38 @@ class LlamaShard:
         lm_head = None
         if self.is_last:
             lm_head = embed if config.tie_word_embeddings else weights.matrix("lm_head.weight")
-        self._wire = "BF16" if any(a.dtype == np.uint16 for a in t.values() if a.ndim == 2) \
-            else "F32"
+        self._wire = "BF16" if any(a.dtype == np.uint16 for a in t.values() if a.ndim == 2) else "F32"
         norm = t.get("model.norm.weight")
         self._engine = _llama.LlamaEngine(
-            hidden=config.hidden_size, n_head=config.num_attention_heads,
-            n_kv_head=config.num_key_value_heads, head_dim=config.head_dim,
-            intermediate=config.intermediate_size, n_vocab=config.vocab_size,
-            max_positions=self._max_positions, eps=config.rms_norm_eps,
-            inv_freq=config.inv_freq(), rope_attention_scaling=1.0,
-            is_first=self.is_first, is_last=self.is_last,
+            hidden=config.hidden_size,
+            n_head=config.num_attention_heads,
+            n_kv_head=config.num_key_value_heads,
+            head_dim=config.head_dim,
+            intermediate=config.intermediate_size,
+            n_vocab=config.vocab_size,
+            max_positions=self._max_positions,
+            eps=config.rms_norm_eps,
+            inv_freq=config.inv_freq(),
+            rope_attention_scaling=1.0,
+            is_first=self.is_first,
+            is_last=self.is_last,
             layers=[weights.layer(i) for i in range(layer_start, layer_end)],
-            embed=embed if self.is_first else None, lm_head=lm_head,
+            embed=embed if self.is_first else None,
+            lm_head=lm_head,
             final_norm=None if norm is None else _widen(norm),
-            threads=_check_threads(threads))
+            threads=_check_threads(threads),
+        )
 
     @classmethod
-    def load(cls, model_dir, layer_start: int, layer_end: int, threads: int | None = None,
-             max_seq_len: int | None = None, family: str = "llama") -> LlamaShard:
+    def load(
+        cls,
+        model_dir,
+        layer_start: int,
+        layer_end: int,
+        threads: int | None = None,
+        max_seq_len: int | None = None,
+        family: str = "llama",
+    ) -> LlamaShard:
         config = load_config(model_dir, family)
         weights = load_shard_weights(model_dir, config, layer_start, layer_end)
         return cls(config, weights, layer_start, layer_end, threads, max_seq_len)
@@ -112,29 +133,30 @@ class LlamaShard:
         else:
             if x.dtype not in (np.float32, np.uint16):
                 raise InvalidModelInput(
-                    f"hidden states must be float32 or bfloat16 bits, got dtype {x.dtype}")
+                    f"hidden states must be float32 or bfloat16 bits, got dtype {x.dtype}"
+                )
             if x.ndim != 3 or x.shape[2] != C:
-                raise InvalidModelInput(
-                    f"hidden states must be [B, T, {C}], got shape {list(x.shape)}")
+                raise InvalidModelInput(f"hidden states must be [B, T, {C}], got shape {list(x.shape)}")
         B, T = x.shape[0], x.shape[1]
         if B < 1 or T < 1:
             raise InvalidModelInput(f"empty input: shape {list(x.shape)}")
         if B > self.max_batch:
             raise InvalidModelInput(f"batch size {B} exceeds the maximum of {self.max_batch}")
         if B * T > self.max_tokens:
-            raise InvalidModelInput(
-                f"{B * T} tokens in one forward exceed the maximum of {self.max_tokens}")
+            raise InvalidModelInput(f"{B * T} tokens in one forward exceed the maximum of {self.max_tokens}")
         past = self._engine.past_len
         if past > 0 and B != self._engine.cache_batch:
             raise InvalidModelInput(
                 f"batch size {B} does not match the {self._engine.cache_batch} cached "
-                "sequences; clear the cache to start a new batch")
+                "sequences; clear the cache to start a new batch"
+            )
         if past + T > self._max_positions:
             raise PositionOverflow(past, T, self._max_positions)
 
 
 def _widen(arr: np.ndarray) -> np.ndarray:
     from cmlp.model.safetensors_io import widen
+
     return widen(arr)
 
 

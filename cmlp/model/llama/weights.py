@@ -31,14 +31,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cmlp.errors import ModelError
-from cmlp.model.llama.config import LlamaConfig
 from cmlp.model.gpt2.config import SCALE_SUFFIX
+from cmlp.model.llama.config import LlamaConfig
 from cmlp.model.quant import QuantizedWeight
 from cmlp.model.safetensors_io import Checkpoint, widen
 
 LAYER = "model.layers.{i}."
-MATRICES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+MATRICES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 NORMS = ("input_layernorm", "post_attention_layernorm")
 INT8 = {"I8": np.dtype(np.int8)}
 SCALES = {"F32": np.dtype(np.float32)}
@@ -46,18 +53,23 @@ _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 def layer_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    C, inter = cfg.hidden_size, cfg.intermediate_size        # C, I above
+    C, inter = cfg.hidden_size, cfg.intermediate_size  # C, I above
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     shapes = {
-        "input_layernorm.weight": (C,), "post_attention_layernorm.weight": (C,),
-        "self_attn.q_proj.weight": (q, C), "self_attn.k_proj.weight": (kv, C),
-        "self_attn.v_proj.weight": (kv, C), "self_attn.o_proj.weight": (C, q),
-        "mlp.gate_proj.weight": (inter, C), "mlp.up_proj.weight": (inter, C),
+        "input_layernorm.weight": (C,),
+        "post_attention_layernorm.weight": (C,),
+        "self_attn.q_proj.weight": (q, C),
+        "self_attn.k_proj.weight": (kv, C),
+        "self_attn.v_proj.weight": (kv, C),
+        "self_attn.o_proj.weight": (C, q),
+        "mlp.gate_proj.weight": (inter, C),
+        "mlp.up_proj.weight": (inter, C),
         "mlp.down_proj.weight": (C, inter),
     }
     if cfg.attention_bias:
-        shapes.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
-                       "self_attn.v_proj.bias": (kv,)})
+        shapes.update(
+            {"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)}
+        )
         if cfg.family == "llama":
             shapes["self_attn.o_proj.bias"] = (C,)
     return shapes
@@ -68,8 +80,10 @@ def check_layer_range(cfg: LlamaConfig, start: int, end: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ModelError(f"layer range bounds must be integers, got {value!r}")
     if not 0 <= start < end <= cfg.num_hidden_layers:
-        raise ModelError(f"invalid layer range [{start}, {end}): need 0 <= start < end <= "
-                         f"num_hidden_layers ({cfg.num_hidden_layers})")
+        raise ModelError(
+            f"invalid layer range [{start}, {end}): need 0 <= start < end <= "
+            f"num_hidden_layers ({cfg.num_hidden_layers})"
+        )
 
 
 def shard_tensor_shapes(cfg: LlamaConfig, start: int, end: int) -> dict[str, tuple[int, ...]]:
@@ -93,12 +107,11 @@ def shard_tensor_shapes(cfg: LlamaConfig, start: int, end: int) -> dict[str, tup
 
 @dataclass
 class LlamaWeights:
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)   # stored dtype
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # stored dtype
     stored_bytes: int = 0
 
     def hashes(self) -> list[tuple[str, str]]:
-        return [(name, hashlib.sha256(self.tensors[name].data).hexdigest())
-                for name in sorted(self.tensors)]
+        return [(name, hashlib.sha256(self.tensors[name].data).hexdigest()) for name in sorted(self.tensors)]
 
     def matrix(self, name: str):
         """A matrix as the engine takes it: the stored array, or QuantizedWeight for int8."""
@@ -124,14 +137,17 @@ def load_shard_weights(model_dir, cfg: LlamaConfig, start: int, end: int) -> Lla
     """Check every tensor (present, dtype, shape) before reading any, then read."""
     ckpt = Checkpoint(model_dir)
     wanted = shard_tensor_shapes(cfg, start, end)
-    extra = sorted({int(m.group(1)) for m in map(_LAYER_RE.match, ckpt.names()) if m}
-                   - set(range(cfg.num_hidden_layers)))
+    extra = sorted(
+        {int(m.group(1)) for m in map(_LAYER_RE.match, ckpt.names()) if m} - set(range(cfg.num_hidden_layers))
+    )
     if extra:
-        raise ModelError(f"{ckpt.index_path or ckpt.model_dir}: holds model.layers.{extra[0]} "
-                         f"but config num_hidden_layers is {cfg.num_hidden_layers}")
+        raise ModelError(
+            f"{ckpt.index_path or ckpt.model_dir}: holds model.layers.{extra[0]} "
+            f"but config num_hidden_layers is {cfg.num_hidden_layers}"
+        )
     infos = []
     for name, shape in wanted.items():
-        if cfg.int8 and len(shape) == 2:      # every matrix: I8 + its per-row scales
+        if cfg.int8 and len(shape) == 2:  # every matrix: I8 + its per-row scales
             infos.append(ckpt.check(name, shape, dtypes=INT8))
             infos.append(ckpt.check(name + SCALE_SUFFIX, shape[:1], dtypes=SCALES))
         else:

@@ -12,8 +12,9 @@ FAMILY = "qwen2"
 
 
 def load_shard(model_dir, layer_start: int, layer_end: int, *, threads=None, max_seq_len=None):
-    return LlamaShard.load(model_dir, layer_start, layer_end, threads=threads,
-                           max_seq_len=max_seq_len, family=FAMILY)
+    return LlamaShard.load(
+        model_dir, layer_start, layer_end, threads=threads, max_seq_len=max_seq_len, family=FAMILY
+    )
 
 
 __all__ = ["FAMILY", "load_shard"]
