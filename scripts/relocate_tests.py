@@ -48,7 +48,7 @@ RULES = [
     (
         "pipeline",
         r"test_(pipeline|control|stage|orchestrator|relay|hostile|sustained|executor|"
-        r"protocol|client|serve|proxy|generate|feedback|integrity|metrics)\w*\.py",
+        r"protocol|client|serve|proxy|generate|feedback|integrity|metrics|hostblind|batching)\w*\.py",
     ),
     ("packaging", r"test_(wheel|setup|deploy|fuzz|scripts|packaging|install)\w*\.py"),
     ("core", r"test_\w+\.py"),  # cmlp/*.py: manifest, errors, strict_json, retry, deadline, ...
