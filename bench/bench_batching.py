@@ -7,7 +7,11 @@ warms up and is discarded).  Aggregate tokens/s = tokens received / wall time of
 the round; inter-token latency (ITL) p50 pooled over the streams of a round.
 Medians over rounds; ratios 8 streams / 1 stream within each configuration.
 
-    python bench/bench_batching.py [--model-dir model | --preset small] --runs 5 --tokens 64
+    python bench/bench_batching.py [--model-dir model | --family F --preset P --dtype D] \
+        --runs 5 --tokens 64
+
+Any registered family and weight dtype (e.g. ``--family llama --preset smollm2-135m
+--dtype bf16``); the default is synthetic GPT-2 small in fp32.
 """
 
 from __future__ import annotations
@@ -29,10 +33,33 @@ from bench_pipeline import even_splits, wait_listening  # noqa: E402 - after the
 CONFIGS = [("1 stage", 1, "direct"), ("2 stages relayed", 2, "relay")]
 
 
+def n_layers(model_dir: Path) -> int:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return int(cfg.get("num_hidden_layers") or cfg["n_layer"])
+
+
+def make_model(model_dir: Path, family: str, preset: str, dtype: str) -> None:
+    """A synthetic model of ``family``/``preset`` stored in ``dtype`` (progress on stderr)."""
+    print(f"writing a synthetic {family} {preset} model ({dtype}) ...", file=sys.stderr, flush=True)
+    base = model_dir.with_name(model_dir.name + "-fp32") if dtype != "fp32" else model_dir
+    if family == "gpt2":
+        from cmlp.model.synthetic import init_model
+
+        init_model(base, preset=preset)
+    else:
+        from cmlp.model.llama.synthetic import init_model as init_llama
+
+        init_llama(base, family, preset)
+    if dtype != "fp32":
+        from cmlp.model.quantize import quantize_model
+
+        quantize_model(base, model_dir, dtype)
+
+
 def write_manifest(model_dir: Path, stages: int, layout: str, base: int, out: Path) -> Path:
     from cmlp.manifest_gen import generate
 
-    splits = even_splits(json.loads((model_dir / "config.json").read_text())["n_layer"], stages)
+    splits = even_splits(n_layers(model_dir), stages)
     path = out / f"manifest_{stages}_{layout}.json"
     path.write_text(generate(model_dir, splits, layout, base, with_hashes=False, host_blind=True).dumps())
     return path
@@ -104,14 +131,13 @@ def engine_table(model_dir: Path, runs: int, batches=(1, 2, 4, 8)) -> None:
 
     import numpy as np
 
-    from cmlp.model import Gpt2Shard
-    from cmlp.model.config import load_config
+    from cmlp.model.registry import load_shard
 
-    nl = load_config(model_dir).n_layer
+    nl = n_layers(model_dir)
     shards = {}
     for layers in (nl, nl // 2):
         for threads in (1, 2):
-            sh = Gpt2Shard.load(model_dir, 0, layers, threads=threads)
+            sh = load_shard(model_dir, 0, layers, threads=threads, max_seq_len=1024)
             sh.configure_slots(max(batches))
             for i in range(max(batches)):
                 sh.slots.open(i)
@@ -132,8 +158,8 @@ def engine_table(model_dir: Path, runs: int, batches=(1, 2, 4, 8)) -> None:
                         sh.slots.open(i)
                         sh.forward_slots(np.arange(16, dtype=np.uint32)[None], [i])
     print(
-        "\nEngine: one batched decode step (ms, median), GPT-2 layers [0, L) incl. embedding "
-        "and lm-head when L = n_layer"
+        f"\nEngine: one batched decode step (ms, median), layers [0, L) of {model_dir.name} "
+        "incl. embedding, and the lm-head when L = n_layer"
     )
     print("| layers | threads | " + " | ".join(f"B={b}" for b in batches) + " | B=8 / B=1 |")
     print("|---" * (len(batches) + 3) + "|")
@@ -149,7 +175,9 @@ def engine_table(model_dir: Path, runs: int, batches=(1, 2, 4, 8)) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", default=None)
-    ap.add_argument("--preset", default="small")
+    ap.add_argument("--family", default="gpt2", choices=("gpt2", "llama", "qwen2"))
+    ap.add_argument("--preset", default="small", help="gpt2: small|tiny; llama/qwen2: see cmlp model init")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "int8"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=16)
@@ -170,9 +198,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     model_dir = Path(args.model_dir) if args.model_dir else tmp / "model"
     if not (model_dir / "config.json").is_file():
-        from cmlp.model.synthetic import init_model
-
-        init_model(model_dir, preset=args.preset)
+        make_model(model_dir, args.family, args.preset, args.dtype)
     cfg = json.loads((model_dir / "config.json").read_text())
     if not args.skip_engine:
         engine_table(model_dir, args.runs)
@@ -211,7 +237,8 @@ def main():
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     print(
         f"\nCPU: {cpu}, {os.cpu_count()} cores; {args.threads} threads per stage; "
-        f"model {model_dir.name} (n_layer {cfg['n_layer']}, n_embd {cfg['n_embd']}); "
+        f"model {model_dir.name} ({cfg.get('model_type')}, {n_layers(model_dir)} layers, "
+        f"width {cfg.get('hidden_size') or cfg.get('n_embd')}, weights {args.dtype}); "
         f"prompt {args.prompt_tokens} tokens, {args.tokens} tokens per stream; "
         f"micro-batches {args.micro_batches or 'one per stage'}; "
         f"medians of {args.runs} rounds (round 0 discarded)\n"

@@ -135,24 +135,12 @@ def stage_bounds(splits: Sequence[int], n_layer: int) -> List[Tuple[int, int]]:
     return bounds
 
 
-def _model_facts(model_dir: Path):
-    """(model name, config, n_layer, hidden size, max positions) from config.json."""
-    from cmlp.model.gpt2.config import load_config
+def _family(model_dir: Path):
+    """(family name, family package): the registry's choice from config.json."""
+    from cmlp.model.registry import detect_family, family_module
 
-    config = load_config(model_dir)
-    try:
-        raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        name = str(raw.get("model_type") or "gpt2")
-    except (OSError, ValueError):
-        name = "gpt2"
-    return name, config, config.n_layer, config.n_embd, config.n_positions
-
-
-def _shard_hashes(model_dir: Path, config, start: int, end: int) -> List[str]:
-    """The weight_hashes of layers [start, end): what the stage will check after loading."""
-    from cmlp.model.gpt2.weights import load_shard_weights
-
-    return [digest for _, digest in load_shard_weights(model_dir, config, start, end).hashes()]
+    family = detect_family(model_dir)
+    return family, family_module(family)
 
 
 def generate(
@@ -172,13 +160,15 @@ def generate(
         if extra not in EXTRAS:
             raise ManifestError(f"unknown option {extra!r} (known: {', '.join(EXTRAS) or 'none'})")
     model_dir = Path(model_dir)
-    name, config, n_layer, hidden, positions = _model_facts(model_dir)
-    bounds = stage_bounds(splits, n_layer)
+    name, family = _family(model_dir)
+    facts = family.model_facts(model_dir)
+    bounds = stage_bounds(splits, facts.n_layer)
     endpoints = LAYOUTS[layout](len(bounds), base_port, host)
     client = close_ring(endpoints, layout, base_port, host) if host_blind else None
     stages = []
     for i, ((start, end), ep) in enumerate(zip(bounds, endpoints, strict=True)):
-        hashes = _shard_hashes(model_dir, config, start, end) if with_hashes else []
+        # what the stage will check after loading
+        hashes = family.shard_hashes(model_dir, start, end) if with_hashes else []
         stages.append(
             {
                 "stage_idx": i,
@@ -193,9 +183,13 @@ def generate(
     doc = {
         "model_name": name,
         "model_version": MODEL_VERSION,
-        "total_layers": n_layer,
+        "total_layers": facts.n_layer,
         "stages": stages,
-        "activation_spec": {"dtype": "F32", "hidden_dim": hidden, "max_seq_len": positions},
+        "activation_spec": {
+            "dtype": facts.wire_dtype,
+            "hidden_dim": facts.hidden_size,
+            "max_seq_len": facts.max_positions,
+        },
     }
     if client is not None:
         doc["host_blind"] = {"client": client}

@@ -194,7 +194,8 @@ static void linear_i8vnni(float *y, long ldy, const float *x, long ldx, int M,
                           const wk_weight *w, long nb, long ne)
 {
     long K32 = w->K - w->K % 32;
-    if ((long)M * K32 > WK_VNNI_MAX_XQ) { /* activations too long for the stack buffer */
+    long rows = (w->flags & WK_ROW_EXACT) ? WK_SMALL_M : M; /* the same path for any M */
+    if (rows * K32 > WK_VNNI_MAX_XQ) { /* activations too long for the stack buffer */
         linear_avx512(y, ldy, x, ldx, M, w, nb, ne);
         return;
     }
@@ -394,7 +395,7 @@ static void linear_avx512bf16(float *y, long ldy, const float *x, long ldx, int 
                               const wk_weight *w, long nb, long ne)
 {
     /* one input row is memory bound either way: keep its activations exact */
-    if (w->dtype == WK_BF16 && M >= 2 && !(w->flags & WK_FP32_ACT))
+    if (w->dtype == WK_BF16 && M >= 2 && !(w->flags & (WK_FP32_ACT | WK_ROW_EXACT)))
         linear_bf16dp(y, ldy, x, ldx, M, w, nb, ne);
     else
         linear_avx512vnni(y, ldy, x, ldx, M, w, nb, ne);
@@ -502,7 +503,7 @@ int wk_weight_check(const wk_weight *w)
         return -3;
     if (w->group_size != 0)
         return -4;
-    if (w->flags & ~WK_FP32_ACT)
+    if (w->flags & ~(WK_FP32_ACT | WK_ROW_EXACT))
         return -5;
     return 0;
 }

@@ -55,13 +55,19 @@ typedef struct wk_weight {
     long group_size;      /* 0: per channel (the only format implemented) */
     long N;               /* output features */
     long K;               /* input features */
-    int flags;            /* WK_FP32_ACT or 0 */
+    int flags;            /* WK_FP32_ACT | WK_ROW_EXACT, or 0 */
 } wk_weight;
 
 /* flags: keep fp32 activations on every path (no bf16 rounding for vdpbf16ps),
  * for callers whose results must match an fp32 reference on the widened
  * weights to ~1e-5 relative (llama/qwen2 bf16: tests/test_model_llama_parity.py) */
 #define WK_FP32_ACT 1
+/* ... and make every row's result independent of how many rows share the call
+ * (continuous batching: a decode row must equal its solo run bit for bit):
+ * one row takes the multi-row kernel's arithmetic, the slab chunking is the
+ * one-row chunking, rows go in groups of WK_SMALL_M and never to the tiles.
+ * Set together with WK_FP32_ACT. */
+#define WK_ROW_EXACT 2
 
 size_t wk_dtype_size(int dtype);
 /* 0 when w is usable by the kernels below, else a negative code */

@@ -201,9 +201,11 @@ static void WK_SFX(linear_1_##DT)(float *y, const float *x, const T *w,         
     }                                                                                       \
 }                                                                                           \
 static void WK_SFX(linear_##DT)(float *y, long ldy, const float *x, long ldx, int M,       \
-                                 const T *w, const float *scales, long K, long nb, long ne) \
+                                 const T *w, const float *scales, long K, long nb, long ne, \
+                                 int exact)                                                 \
 {                                                                                           \
-    switch (M) {                                                                            \
+    switch (exact && M == 1 ? 0 : M) {                                                      \
+    case 0: WK_SFX(linear_rows_##DT)(y, ldy, x, ldx, 1, w, scales, K, nb, ne); break;       \
     case 1: WK_SFX(linear_1_##DT)(y, x, w, scales, K, nb, ne); break;                       \
     case 2: WK_SFX(linear_rows_##DT)(y, ldy, x, ldx, 2, w, scales, K, nb, ne); break;       \
     case 3: WK_SFX(linear_rows_##DT)(y, ldy, x, ldx, 3, w, scales, K, nb, ne); break;       \
@@ -280,11 +282,12 @@ static void WK_SFX(conv1d)(float *y, const float *x, long ldx, int M, const wk_w
 static void WK_SFX(linear)(float *y, long ldy, const float *x, long ldx, int M,
                            const wk_weight *w, long nb, long ne)
 {
+    int ex = (w->flags & WK_ROW_EXACT) != 0;
     switch (w->dtype) {
-    case WK_F32: WK_SFX(linear_f32)(y, ldy, x, ldx, M, w->data, NULL, w->K, nb, ne); break;
-    case WK_BF16: WK_SFX(linear_bf16)(y, ldy, x, ldx, M, w->data, NULL, w->K, nb, ne); break;
-    case WK_F16: WK_SFX(linear_f16)(y, ldy, x, ldx, M, w->data, NULL, w->K, nb, ne); break;
-    default: WK_SFX(linear_i8)(y, ldy, x, ldx, M, w->data, w->scales, w->K, nb, ne); break;
+    case WK_F32: WK_SFX(linear_f32)(y, ldy, x, ldx, M, w->data, NULL, w->K, nb, ne, ex); break;
+    case WK_BF16: WK_SFX(linear_bf16)(y, ldy, x, ldx, M, w->data, NULL, w->K, nb, ne, ex); break;
+    case WK_F16: WK_SFX(linear_f16)(y, ldy, x, ldx, M, w->data, NULL, w->K, nb, ne, ex); break;
+    default: WK_SFX(linear_i8)(y, ldy, x, ldx, M, w->data, w->scales, w->K, nb, ne, ex); break;
     }
 }
 

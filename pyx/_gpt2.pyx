@@ -33,7 +33,8 @@ from libc.string cimport memcpy, memset
 from cmlp.errors import InvalidModelInput, ModelError
 
 from blas cimport gemm, openblas_set_num_threads, openblas_get_corename, openblas_get_config
-from cmlp._wkernels cimport (wk_weight, WK_F32, WK_BF16, WK_F16, WK_I8, weight_check,
+from cmlp._wkernels cimport (wk_weight, WK_F32, WK_BF16, WK_F16, WK_I8, WK_FP32_ACT, WK_ROW_EXACT,
+                             weight_check,
                              dequant_rows, conv1d_forward, linear_forward, tile_floats,
                              conv1d_partial_floats)
 
@@ -810,7 +811,7 @@ cdef class ShardEngine:
             if self.wte_w.dtype == WK_F32:
                 embedding_forward(self.residual, self.ids, self.wte, self.wpe, B, T, self.past_len, C)
             else:
-                self._embedding_quantized(B, T)
+                self._embedding_quantized(B, T, NULL)
         for layer in range(self.n_blocks):
             blk = &self.blocks[layer]
             # attention: residual += c_proj(attention(ln_1(residual)))
@@ -836,16 +837,19 @@ cdef class ShardEngine:
                                   self.ln_f_weight, self.ln_f_bias, 1, C, self.eps)
             self._lm_head(B)
 
-    cdef void _embedding_quantized(self, int B, int T) noexcept nogil:
+    cdef void _embedding_quantized(self, int B, int T, const int* pos) noexcept nogil:
         """embedding_forward for a reduced-precision wte: row ids[b,t] converted
-        to fp32, then wpe[past_len + t] added (the same single fp32 add)."""
+        to fp32, then wpe[p + t] added (the same single fp32 add); p is past_len, or
+        pos[b] for slotted rows."""
         cdef int C = self.n_embd
         cdef long i
+        cdef int p
         cdef float* row
         for i in range(<long>B * T):
             row = self.residual + i * C
+            p = self.past_len if pos == NULL else pos[i // T]
             dequant_rows(row, &self.wte_w, self.ids[i], 1)
-            residual_forward(row, self.wpe + <long>(self.past_len + i % T) * C, C)
+            residual_forward(row, self.wpe + <long>(p + i % T) * C, C)
 
     cdef void _rows(self, RowOp op, float* out, const float* inp, const float* weight,
                     const float* bias, long rows, long width) noexcept nogil:
@@ -1086,21 +1090,27 @@ cdef class ShardEngine:
         cdef int layer, b
         cdef BlockWeights* blk
         if self.is_first:
-            for b in range(B):
-                embedding_forward(self.residual + <long>b * T * C, self.ids + <long>b * T,
-                                  self.wte, self.wpe, 1, T, self.row_pos[b], C)
+            if self.wte_w.dtype == WK_F32:
+                for b in range(B):
+                    embedding_forward(self.residual + <long>b * T * C, self.ids + <long>b * T,
+                                      self.wte, self.wpe, 1, T, self.row_pos[b], C)
+            else:
+                self._embedding_quantized(B, T, self.row_pos)
         for layer in range(self.n_blocks):
             blk = &self.blocks[layer]
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_1_weight, blk.ln_1_bias, M, C)
-            self._slot_matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C, T)
+            self._slot_matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C, T,
+                              &blk.c_attn_w)
             self._slot_attention(layer, B, T)
             self._slot_matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias,
-                              M, C, C, T)
+                              M, C, C, T, &blk.attn_proj_w)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_2_weight, blk.ln_2_bias, M, C)
-            self._slot_matmul(self.fc, self.ln_out, blk.c_fc_weight, blk.c_fc_bias, M, C, 4 * C, T)
+            self._slot_matmul(self.fc, self.ln_out, blk.c_fc_weight, blk.c_fc_bias, M, C, 4 * C, T,
+                              &blk.c_fc_w)
             self._rows(ROW_GELU, self.fc, NULL, NULL, NULL, M, 4 * C)
-            self._slot_matmul(self.block_out, self.fc, blk.mlp_proj_weight, blk.mlp_proj_bias, M, 4 * C, C, T)
+            self._slot_matmul(self.block_out, self.fc, blk.mlp_proj_weight, blk.mlp_proj_bias, M, 4 * C, C, T,
+                              &blk.mlp_proj_w)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
         if self.is_last:
             for b in range(B):
@@ -1109,12 +1119,22 @@ cdef class ShardEngine:
             self._slot_lm_head(B)
 
     cdef void _slot_matmul(self, float* out, const float* inp, const float* weight,
-                           const float* bias, long M, long K, long N, int T) noexcept nogil:
-        """Decode rows (T == 1): the row-batched kernel; a prefill: the usual dispatch."""
+                           const float* bias, long M, long K, long N, int T,
+                           const wk_weight* wq) noexcept nogil:
+        """fp32 decode rows (T == 1): the row-batched kernel; a prefill, or weights stored
+        in another dtype (cmlp._wkernels reads them once for all M rows): the usual dispatch."""
         cdef MatmulTask task
         cdef long c, m, n_chunks
+        cdef wk_weight exact
         if T > 1:
-            self._matmul(out, inp, weight, bias, M, K, N)
+            self._matmul(out, inp, weight, bias, M, K, N, wq)
+            return
+        if wq.dtype != WK_F32:
+            # a row's result must not depend on how many rows share the step
+            # (wkernels.h: WK_ROW_EXACT; vdpbf16ps would round activations for M >= 2)
+            exact = wq[0]
+            exact.flags = exact.flags | WK_FP32_ACT | WK_ROW_EXACT
+            self._matmul(out, inp, weight, bias, M, K, N, &exact)
             return
         task.out = out
         task.inp = inp
@@ -1135,6 +1155,12 @@ cdef class ShardEngine:
 
     cdef void _slot_lm_head(self, int B) noexcept nogil:
         cdef MatmulTask task
+        cdef wk_weight exact
+        if self.wte_w.dtype != WK_F32:
+            exact = self.wte_w      # row-exact for any B (see _slot_matmul)
+            exact.flags = exact.flags | WK_FP32_ACT | WK_ROW_EXACT
+            linear_forward(self.pool, self.logits, self.ln_out, B, &exact, NULL, self.wtiles)
+            return
         task.out = self.logits
         task.inp = self.ln_out
         task.weight = self.wte

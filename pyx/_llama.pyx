@@ -30,7 +30,8 @@ from cmlp._gpt2 import aligned_empty   # also sets OpenBLAS to one thread (our p
 from blas cimport gemm
 from llama_kernels cimport *
 from llama_types cimport Linear, LayerWeights
-from cmlp._wkernels cimport (WK_F32, WK_BF16, WK_F16, WK_I8, WK_FP32_ACT, weight_check,
+from cmlp._wkernels cimport (wk_weight, WK_F32, WK_BF16, WK_F16, WK_I8, WK_FP32_ACT, WK_ROW_EXACT,
+                             weight_check,
                              dequant_rows, linear_forward, tile_floats)
 
 cnp.import_array()
@@ -38,6 +39,7 @@ cnp.import_array()
 cdef extern from "<sys/mman.h>" nogil:
     int madvise(void* addr, size_t length, int advice)
     int MADV_NOHUGEPAGE
+    int MADV_DONTNEED
 
 cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void** memptr, size_t alignment, size_t size)
@@ -88,12 +90,16 @@ cdef struct LinearTask:
 
 
 cdef void linear_gemv_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
-    """y[r] = x . W[r] for one slab of F32 weight rows (M == 1)."""
+    """y[m, r] = x[m] . W[r] for one slab of F32 weight rows, row by row: the slab is read
+    from memory once for all M rows, and each row gets exactly the M == 1 arithmetic (so
+    batched decode rows equal solo ones bit for bit)."""
     cdef LinearTask* task = <LinearTask*>ctx
     cdef const Linear* w = task.w
     cdef long r0 = chunk * task.chunk_rows
     cdef long r1 = min(r0 + task.chunk_rows, w.N)
-    matvec_rows(task.out, task.inp, <const float*>w.data, r0, r1, w.K)
+    cdef long m
+    for m in range(task.M):
+        matvec_rows(task.out + m * w.N, task.inp + m * w.K, <const float*>w.data, r0, r1, w.K)
 
 
 cdef void linear_gemm_tile(void* ctx, long chunk, int thread_idx) noexcept nogil:
@@ -114,10 +120,13 @@ cdef struct AttentionTask:
     float* q                    # [B*T, H*D] (rotated in place)
     float* k                    # [B*T, KVH*D] (rotated in place)
     const float* v              # [B*T, KVH*D]
-    float* k_cache              # this layer's K, [batch_capacity, KVH, max_pos, D]
+    float* k_cache              # this layer's K, [batch_capacity or n_slots, KVH, max_pos, D]
     float* v_cache
-    const float* rope_cos       # [T, D/2]
+    const float* rope_cos       # [T, D/2] shared, or [B*T, D/2] one table per row (slots)
     const float* rope_sin
+    const int* slots            # [B] cache row of each sequence; NULL: row b is cache row b
+    const int* pos              # [B] cached positions of each sequence; NULL: all past_len
+    long rope_b_stride          # rope rows between sequences: 0 (shared) or T (per row)
     int B
     int T
     int past_len
@@ -131,7 +140,10 @@ cdef struct AttentionTask:
 
 
 cdef void attention_group_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
-    """One (sequence, KV head): rotate and append its new K/V, then attend for its q heads."""
+    """One (sequence, KV head): rotate and append its new K/V, then attend for its q heads.
+
+    Sequence b lives in cache row slots[b] with pos[b] cached positions (continuous
+    batching), or in row b with past_len positions (one batch moving in lockstep)."""
     cdef AttentionTask* task = <AttentionTask*>ctx
     cdef int b = chunk // task.KVH
     cdef int g = chunk % task.KVH
@@ -140,9 +152,13 @@ cdef void attention_group_chunk(void* ctx, long chunk, int thread_idx) noexcept 
     cdef int group = task.H // task.KVH
     cdef long q_ld = <long>task.H * D
     cdef long kv_ld = <long>task.KVH * D
-    cdef long head_offset = (<long>b * task.KVH + g) * task.max_pos * D
+    cdef int row_slot = b if task.slots == NULL else task.slots[b]
+    cdef int past = task.past_len if task.pos == NULL else task.pos[b]
+    cdef long head_offset = (<long>row_slot * task.KVH + g) * task.max_pos * D
     cdef float* k_head = task.k_cache + head_offset
     cdef float* v_head = task.v_cache + head_offset
+    cdef const float* cos_b = task.rope_cos + <long>b * task.rope_b_stride * half
+    cdef const float* sin_b = task.rope_sin + <long>b * task.rope_b_stride * half
     cdef float* scratch = task.scratch + thread_idx * task.scratch_stride
     cdef int t, j, h
     cdef float* row
@@ -150,23 +166,22 @@ cdef void attention_group_chunk(void* ctx, long chunk, int thread_idx) noexcept 
     cdef float* out
     for t in range(task.T):
         row = task.k + (<long>b * task.T + t) * kv_ld + g * D
-        rope_rotate(row, task.rope_cos + <long>t * half, task.rope_sin + <long>t * half, half)
-        memcpy(k_head + <long>(task.past_len + t) * D, row, D * sizeof(float))
-        memcpy(v_head + <long>(task.past_len + t) * D,
+        rope_rotate(row, cos_b + <long>t * half, sin_b + <long>t * half, half)
+        memcpy(k_head + <long>(past + t) * D, row, D * sizeof(float))
+        memcpy(v_head + <long>(past + t) * D,
                task.v + (<long>b * task.T + t) * kv_ld + g * D, D * sizeof(float))
-    cdef int S = task.past_len + task.T
+    cdef int S = past + task.T
     for j in range(group):
         h = g * group + j
         q = task.q + <long>b * task.T * q_ld + <long>h * D
         out = task.out + <long>b * task.T * q_ld + <long>h * D
         for t in range(task.T):
-            rope_rotate(q + t * q_ld, task.rope_cos + <long>t * half,
-                        task.rope_sin + <long>t * half, half)
+            rope_rotate(q + t * q_ld, cos_b + <long>t * half, sin_b + <long>t * half, half)
         if task.T == 1:
             attention_decode_forward(out, q, k_head, v_head, S, D, task.scale, scratch)
         else:
             gemm(False, True, task.T, S, D, 1.0, q, q_ld, k_head, D, 0.0, scratch, S)
-            softmax_causal_forward(scratch, task.T, S, S, task.past_len, task.scale)
+            softmax_causal_forward(scratch, task.T, S, S, past, task.scale)
             gemm(False, False, task.T, D, S, 1.0, scratch, S, v_head, D, 0.0, out, q_ld)
 
 
@@ -251,10 +266,22 @@ cdef class LlamaEngine:
     cdef size_t kv_bytes
     cdef int batch_capacity
 
+    # continuous batching (docs/batching.md): one KV row per sequence, each at its own
+    # position, apart from the lockstep cache above
+    cdef float* slot_kv             # [n_layers, 2, n_slots, KVH, max_positions, D]
+    cdef size_t slot_kv_bytes
+    cdef readonly int n_slots
+    cdef int* slot_lens             # [n_slots] cached positions
+    cdef int* row_slots             # [n_slots] slot of each row of the current forward
+    cdef int* row_pos               # [n_slots] its cached positions before the forward
+
     def __cinit__(self):
         self.layers = NULL
         self.pool = NULL
         self.kv = NULL
+        self.slot_kv = NULL
+        self.slot_lens = self.row_slots = self.row_pos = NULL
+        self.n_slots = 0
 
     def __init__(self, *, int hidden, int n_head, int n_kv_head, int head_dim, int intermediate,
                  int n_vocab, int max_positions, float eps, inv_freq,
@@ -321,6 +348,10 @@ cdef class LlamaEngine:
             gpt2_pool_destroy(self.pool)
         free(self.layers)
         free(self.kv)
+        free(self.slot_kv)
+        free(self.slot_lens)
+        free(self.row_slots)
+        free(self.row_pos)
 
     cdef const float* _f32(self, arr, tuple shape, str name) except NULL:
         if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 \
@@ -416,7 +447,8 @@ cdef class LlamaEngine:
         self.rope_sin = fptr(self._rope_sin)
         return 0
 
-    cdef int _ensure_capacity(self, int B, int T) except -1:
+    cdef int _ensure_capacity(self, int B, int T, bint lockstep=True) except -1:
+        """Activation buffers for B rows of T, and (lockstep) the shared KV cache for B."""
         cdef long rows = <long>B * T
         if rows > self.rows_capacity:
             self._view = None
@@ -449,7 +481,7 @@ cdef class LlamaEngine:
             self._last = aligned_empty((B, self.hidden))
             self.logits = fptr(self._logits)
             self.last = fptr(self._last)
-        if B > self.batch_capacity:
+        if lockstep and B > self.batch_capacity:
             self._allocate_kv_cache(B)
         return 0
 
@@ -494,6 +526,139 @@ cdef class LlamaEngine:
     @property
     def kv_cache_bytes(self):
         return self.kv_bytes if self.kv != NULL else 0
+
+    # -- slots: continuous batching (docs/batching.md) ----------------------------
+
+    @property
+    def slot_bytes(self):
+        """Bytes one slot reserves (virtual; only written positions become resident)."""
+        return <size_t>self.n_layers * 2 * self.max_positions * self.kv_dim * sizeof(float)
+
+    def configure_slots(self, int n):
+        """Reserve n independent sequence slots (all empty); forgets the previous ones."""
+        if not 1 <= n <= MAX_ENGINE_BATCH:
+            raise ValueError(f"slot count must be in [1, {MAX_ENGINE_BATCH}], got {n}")
+        cdef size_t nbytes = <size_t>n * self.slot_bytes
+        cdef void* mem = NULL
+        self._wipe_slots()
+        free(self.slot_kv)
+        free(self.slot_lens)
+        free(self.row_slots)
+        free(self.row_pos)
+        self.slot_kv = NULL
+        self.slot_lens = self.row_slots = self.row_pos = NULL
+        self.n_slots = 0
+        if posix_memalign(&mem, 4096, max(nbytes, <size_t>64)) != 0:
+            raise MemoryError(f"cannot reserve a {nbytes}-byte slot KV cache")
+        madvise(mem, nbytes, MADV_NOHUGEPAGE)   # lazily backed: only written positions
+        self.slot_kv = <float*>mem
+        self.slot_kv_bytes = nbytes
+        self.slot_lens = <int*>calloc(n, sizeof(int))
+        self.row_slots = <int*>calloc(n, sizeof(int))
+        self.row_pos = <int*>calloc(n, sizeof(int))
+        if self.slot_lens == NULL or self.row_slots == NULL or self.row_pos == NULL:
+            raise MemoryError()
+        self.n_slots = n
+
+    cdef inline float* _slot_cache(self, int layer, int kv) noexcept nogil:
+        return self.slot_kv + ((<long>layer * 2 + kv) * self.n_slots
+                               * self.max_positions * self.kv_dim)
+
+    def slot_len(self, int slot):
+        if not 0 <= slot < self.n_slots:
+            raise InvalidModelInput(f"slot {slot} out of range [0, {self.n_slots})")
+        return self.slot_lens[slot]
+
+    def clear_slot(self, int slot):
+        """Empty one slot: its cached K/V are zeroed and its pages given back."""
+        if not 0 <= slot < self.n_slots:
+            raise InvalidModelInput(f"slot {slot} out of range [0, {self.n_slots})")
+        self._clear_slot(slot)
+
+    cdef void _clear_slot(self, int slot) noexcept nogil:
+        cdef long head_stride = <long>self.max_positions * self.head_dim
+        cdef long per_slot = <long>self.n_kv_head * head_stride
+        cdef size_t region = per_slot * sizeof(float)
+        cdef size_t used = <size_t>self.slot_lens[slot] * self.head_dim * sizeof(float)
+        cdef int layer, kv, g
+        cdef float* base
+        if self.slot_lens[slot] == 0:
+            return
+        for layer in range(self.n_layers):
+            for kv in range(2):
+                base = self._slot_cache(layer, kv) + slot * per_slot
+                for g in range(self.n_kv_head):
+                    memset(base + g * head_stride, 0, used)
+                if (<size_t>base) % 4096 == 0 and region % 4096 == 0:
+                    madvise(base, region, MADV_DONTNEED)   # the kernel takes the pages back
+        self.slot_lens[slot] = 0
+
+    cdef void _wipe_slots(self) noexcept nogil:
+        cdef int s
+        for s in range(self.n_slots):
+            self._clear_slot(s)
+
+    def forward_slots(self, cnp.ndarray x, slots):
+        """ids [B, T] (first shard) or hidden [B, T, C] float32 / bfloat16 bits (others),
+        row b continuing slot slots[b] at its own position.  T > 1 (a prefill) only with
+        B == 1.  Returns a view: hidden [B, T, C] or logits [B, V]."""
+        if self.n_slots == 0:
+            raise InvalidModelInput("no slots configured")
+        cdef int B, T, b, s, c
+        cdef long n, bad
+        if self.is_first:
+            if x.ndim != 2 or x.dtype.kind not in "ui":
+                raise InvalidModelInput("token ids must be an integer array [B, T]")
+        elif x.ndim != 3 or x.shape[2] != self.hidden or x.dtype not in (np.float32, np.uint16):
+            raise InvalidModelInput(
+                f"hidden states must be float32 or bfloat16 [B, T, {self.hidden}]")
+        if not 1 <= x.shape[0] <= self.n_slots or x.shape[1] < 1:
+            raise InvalidModelInput(f"invalid slot forward of shape {[x.shape[i] for i in range(x.ndim)]} "
+                                    f"with {self.n_slots} slots")
+        B = x.shape[0]
+        T = x.shape[1]
+        if T > 1 and B != 1:
+            raise InvalidModelInput("a prefill (T > 1) runs one sequence at a time")
+        if len(slots) != B:
+            raise InvalidModelInput(f"{len(slots)} slots for {B} rows")
+        for b in range(B):
+            s = slots[b]
+            if not 0 <= s < self.n_slots:
+                raise InvalidModelInput(f"slot {s} out of range [0, {self.n_slots})")
+            for c in range(b):
+                if self.row_slots[c] == s:
+                    raise InvalidModelInput(f"slot {s} appears twice in one forward")
+            if self.slot_lens[s] + T > self.max_positions:
+                raise InvalidModelInput(f"slot {s}: {self.slot_lens[s]} cached + {T} new "
+                                        f"positions exceed {self.max_positions}")
+            self.row_slots[b] = s
+            self.row_pos[b] = self.slot_lens[s]
+        n = <long>B * T
+        self._ensure_capacity(B, T, False)
+        if n > self.seq_capacity:
+            self._grow_scratch(n)        # rope tables: one row per (sequence, token)
+        if self.is_first:
+            if (x < 0).any() or (x >= self.n_vocab).any():
+                raise InvalidModelInput(f"token id out of range for vocab_size {self.n_vocab}")
+            np.copyto(self._ids[:n].reshape(B, T), x, casting="unsafe")
+            bad = ids_first_invalid(self.ids, n, self.n_vocab)
+            if bad >= 0:
+                raise InvalidModelInput(f"token id {self.ids[bad]} out of range for vocab_size "
+                                        f"{self.n_vocab}")
+        else:
+            if not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            widen_to_f32(self.residual, cnp.PyArray_DATA(x),
+                         LLAMA_F32 if x.dtype == np.float32 else LLAMA_BF16, n * self.hidden)
+        with nogil:
+            self._forward(B, T, True)
+            gpt2_pool_quiesce(self.pool)
+        for b in range(B):
+            self.slot_lens[self.row_slots[b]] += T
+        self._view = None
+        if self.is_last:
+            return self._logits[:B]
+        return self._residual[:n].reshape(B, T, self.hidden)
 
     # -- forward -----------------------------------------------------------------
 
@@ -550,7 +715,7 @@ cdef class LlamaEngine:
 
     cdef object _run(self, int B, int T):
         with nogil:
-            self._forward(B, T)
+            self._forward(B, T, False)
             gpt2_pool_quiesce(self.pool)
         self.past_len += T
         self.cache_batch = B
@@ -566,12 +731,15 @@ cdef class LlamaEngine:
             self._view_batch, self._view_seq = B, T
         return self._view
 
-    cdef void _forward(self, int B, int T) noexcept nogil:
+    cdef void _forward(self, int B, int T, bint slotted) noexcept nogil:
+        """B sequences of T new tokens: in lockstep at past_len (the shared cache), or
+        slotted: row b continues slot row_slots[b] at position row_pos[b]."""
         cdef long M = <long>B * T
         cdef int C = self.hidden
         cdef int layer, b
         cdef long m
         cdef LayerWeights* lw
+        cdef bint per_row = slotted and T == 1   # decode rows: each exactly as if alone
         if self.is_first:
             if self.embed.dtype == LLAMA_I8:
                 # ids were range-checked by forward_ids; one dequantised row each
@@ -579,29 +747,35 @@ cdef class LlamaEngine:
                     dequant_rows(self.residual + m * C, &self.embed.wk, self.ids[m], 1)
             else:
                 embed_rows(self.residual, self.ids, M, self.embed.data, self.embed.dtype, C)
-        rope_tables(self.rope_cos, self.rope_sin, self.inv_freq, self.head_dim // 2,
-                    self.past_len, T, self.rope_attention_scaling)
+        cdef int half = self.head_dim // 2
+        if slotted:   # one table per row: rows sit at different positions
+            for b in range(B):
+                rope_tables(self.rope_cos + <long>b * T * half, self.rope_sin + <long>b * T * half,
+                            self.inv_freq, half, self.row_pos[b], T, self.rope_attention_scaling)
+        else:
+            rope_tables(self.rope_cos, self.rope_sin, self.inv_freq, half,
+                        self.past_len, T, self.rope_attention_scaling)
         for layer in range(self.n_layers):
             lw = &self.layers[layer]
             self._rows(ROW_RMSNORM, self.norm, self.residual, lw.input_norm, M, C)
-            self._linear(self.q, self.norm, &lw.q, M)
-            self._linear(self.k, self.norm, &lw.k, M)
-            self._linear(self.v, self.norm, &lw.v, M)
-            self._attention(layer, B, T)
-            self._linear(self.block_out, self.attn, &lw.o, M)
+            self._linear(self.q, self.norm, &lw.q, M, per_row)
+            self._linear(self.k, self.norm, &lw.k, M, per_row)
+            self._linear(self.v, self.norm, &lw.v, M, per_row)
+            self._attention(layer, B, T, slotted)
+            self._linear(self.block_out, self.attn, &lw.o, M, per_row)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, M, C)
             self._rows(ROW_RMSNORM, self.norm, self.residual, lw.post_norm, M, C)
-            self._linear(self.gate, self.norm, &lw.gate, M)
-            self._linear(self.up, self.norm, &lw.up, M)
+            self._linear(self.gate, self.norm, &lw.gate, M, per_row)
+            self._linear(self.up, self.norm, &lw.up, M, per_row)
             self._rows(ROW_SILU_MUL, self.gate, self.up, NULL, M, self.intermediate)
-            self._linear(self.block_out, self.gate, &lw.down, M)
+            self._linear(self.block_out, self.gate, &lw.down, M, per_row)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, M, C)
         if self.is_last:
             # final norm and lm_head on the last position of each sequence only
             for b in range(B):
                 rmsnorm_forward(self.last + <long>b * C, self.residual + (<long>b * T + T - 1) * C,
                                 self.final_norm, 1, C, self.eps)
-            self._linear(self.logits, self.last, &self.lm_head, B)
+            self._linear(self.logits, self.last, &self.lm_head, B, per_row)
 
     cdef void _rows(self, RowOp op, float* out, const float* inp, const float* weight,
                     long rows, long width) noexcept nogil:
@@ -616,26 +790,33 @@ cdef class LlamaEngine:
         task.rows_per_chunk = max(1, ROWS_CHUNK_FLOATS // width)
         gpt2_pool_run(self.pool, rows_chunk, &task, ceil_div(rows, task.rows_per_chunk))
 
-    cdef void _linear(self, float* out, const float* inp, const Linear* w, long M) noexcept nogil:
+    cdef void _linear(self, float* out, const float* inp, const Linear* w, long M,
+                      bint per_row=False) noexcept nogil:
         """out[M, N] = inp[M, K] @ W[N, K]^T (+ bias): THE matrix product of this engine.
 
         Every projection and the lm_head come through here.  BF16 / F16 / I8
         weights: cmlp._wkernels.linear_forward (slab GEMV for M <= WK_SMALL_M,
         VNNI int8 blocks or fp32-converted tiles + sgemm above; bias fused).
-        F32 weights: streaming GEMV for M == 1, BLAS tiles for M > 1 (kept
-        here unchanged so fp32 results stay bit-identical).
+        F32 weights: streaming GEMV for M == 1 and for per_row (slotted decode rows,
+        which must equal their solo runs bit for bit), BLAS tiles otherwise.
         """
         cdef LinearTask task
         cdef long m
+        cdef wk_weight exact
         if w.dtype != LLAMA_F32:
             # descriptor checked at load (weight_check), so this cannot fail
-            linear_forward(<void*>self.pool, out, inp, M, &w.wk, w.bias, self.wtiles)
+            if per_row:
+                exact = w.wk
+                exact.flags = exact.flags | WK_ROW_EXACT
+                linear_forward(<void*>self.pool, out, inp, M, &exact, w.bias, self.wtiles)
+            else:
+                linear_forward(<void*>self.pool, out, inp, M, &w.wk, w.bias, self.wtiles)
             return
         task.out = out
         task.inp = inp
         task.w = w
         task.M = M
-        if M == 1:
+        if M == 1 or per_row:
             task.chunk_rows = max(1, GEMV_CHUNK_BYTES // (w.K * elem_size(w.dtype)))
             gpt2_pool_run(self.pool, linear_gemv_chunk, &task, ceil_div(w.N, task.chunk_rows))
         else:
@@ -648,14 +829,24 @@ cdef class LlamaEngine:
             for m in range(M):
                 residual_forward(out + m * w.N, w.bias, w.N)
 
-    cdef void _attention(self, int layer, int B, int T) noexcept nogil:
+    cdef void _attention(self, int layer, int B, int T, bint slotted) noexcept nogil:
         cdef AttentionTask task
         task.out = self.attn
         task.q = self.q
         task.k = self.k
         task.v = self.v
-        task.k_cache = self._cache(layer, 0)
-        task.v_cache = self._cache(layer, 1)
+        if slotted:
+            task.k_cache = self._slot_cache(layer, 0)
+            task.v_cache = self._slot_cache(layer, 1)
+            task.slots = self.row_slots
+            task.pos = self.row_pos
+            task.rope_b_stride = T
+        else:
+            task.k_cache = self._cache(layer, 0)
+            task.v_cache = self._cache(layer, 1)
+            task.slots = NULL
+            task.pos = NULL
+            task.rope_b_stride = 0
         task.rope_cos = self.rope_cos
         task.rope_sin = self.rope_sin
         task.B = B

@@ -103,9 +103,11 @@ cdef inline long slab_rows(long M, long n_rows, long width, int dtype,
 
 
 cdef long conv1d_partial_floats(long M, long K, long N, int dtype, int threads) noexcept nogil:
+    """Partials conv1d_forward needs for M rows, with or without WK_ROW_EXACT."""
     if M > WK_SMALL_M:
         return 0
-    return ceil_div(K, slab_rows(M, K, N, dtype, threads)) * M * N
+    return max(ceil_div(K, slab_rows(M, K, N, dtype, threads)),
+               ceil_div(K, slab_rows(1, K, N, dtype, threads))) * M * N
 
 
 cdef struct WTask:
@@ -207,6 +209,7 @@ cdef int linear_forward(void* pool, float* out, const float* x, long M, const wk
     if wk_weight_check(w) != 0 or M <= 0:
         return -1
     cdef WTask t
+    cdef long m0
     t.out = out
     t.x = x
     t.w = w
@@ -215,6 +218,16 @@ cdef int linear_forward(void* pool, float* out, const float* x, long M, const wk
     t.linear = 1
     t.partials = NULL
     t.tiles = tiles
+    if w.flags & WK_ROW_EXACT:      # batched decode rows: see wkernels.h
+        t.chunk_rows = slab_rows(1, w.N, w.K, w.dtype, gpt2_pool_threads(<gpt2_pool*>pool))
+        m0 = 0
+        while m0 < M:
+            t.x = x + m0 * w.K
+            t.out = out + m0 * w.N
+            t.M = min(<long>WK_SMALL_M, M - m0)
+            gpt2_pool_run(<gpt2_pool*>pool, linear_slab_chunk, &t, ceil_div(w.N, t.chunk_rows))
+            m0 += WK_SMALL_M
+        return 0
     if M > WK_SMALL_M and i8_block_fits(w):
         t.col_tiles = ceil_div(w.N, I8_BLOCK_N)
         gpt2_pool_run(<gpt2_pool*>pool, i8_block_chunk, &t, ceil_div(M, WK_BLOCK_M) * t.col_tiles)
@@ -232,6 +245,7 @@ cdef int conv1d_forward(void* pool, float* out, const float* x, long M, const wk
     if wk_weight_check(w) != 0 or M <= 0:
         return -1
     cdef WTask t
+    cdef long m0, n_chunks
     t.out = out
     t.x = x
     t.w = w
@@ -240,11 +254,23 @@ cdef int conv1d_forward(void* pool, float* out, const float* x, long M, const wk
     t.linear = 0
     t.partials = partials
     t.tiles = tiles
+    if w.flags & WK_ROW_EXACT:      # batched decode rows: see wkernels.h
+        t.chunk_rows = slab_rows(1, w.K, w.N, w.dtype, gpt2_pool_threads(<gpt2_pool*>pool))
+        n_chunks = ceil_div(w.K, t.chunk_rows)
+        m0 = 0
+        while m0 < M:
+            t.x = x + m0 * w.K
+            t.M = min(<long>WK_SMALL_M, M - m0)
+            gpt2_pool_run(<gpt2_pool*>pool, conv1d_slab_chunk, &t, n_chunks)
+            wk_reduce_partials(out + m0 * w.N, partials, n_chunks, <int>t.M, w.N, bias,
+                               w.scales if w.dtype == WK_I8 else NULL)
+            m0 += WK_SMALL_M
+        return 0
     if M > WK_SMALL_M:
         run_tiles(<gpt2_pool*>pool, &t)
         return 0
     t.chunk_rows = slab_rows(M, w.K, w.N, w.dtype, gpt2_pool_threads(<gpt2_pool*>pool))
-    cdef long n_chunks = ceil_div(w.K, t.chunk_rows)
+    n_chunks = ceil_div(w.K, t.chunk_rows)
     gpt2_pool_run(<gpt2_pool*>pool, conv1d_slab_chunk, &t, n_chunks)
     wk_reduce_partials(out, partials, n_chunks, <int>M, w.N, bias,
                        w.scales if w.dtype == WK_I8 else NULL)

@@ -53,7 +53,7 @@ from cmlp.hostblind.stage_loop import (
 )
 from cmlp.hostblind.stopping import Stopper
 from cmlp.transport import Data, SecureChannel, ShutdownMessage, sockets
-from cmlp.transport.wire import DType, Tensor
+from cmlp.transport.wire import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,6 @@ class _Gen:
     begun: bool = False
     sent_at: float = 0.0  # when its Step left (token deadline)
     prefilled: int = 0  # prompt tokens already in stage 0's slot
-    hidden: np.ndarray | None = None  # [1, P, C] stage 0's prefill output (N stages)
 
 
 class BatchStage0Loop(_Stage0Loop):
@@ -268,8 +267,9 @@ class BatchStage0Loop(_Stage0Loop):
 
     def _prefill(self, g: _Gen) -> None:
         """The next chunk of one prompt (``prefill_chunk`` tokens): a long prompt costs the
-        running streams one chunk per step, not its whole prefill.  With N stages the chunks'
-        hidden states are sent on as one Step (the protocol samples every Step)."""
+        running streams one chunk per step, not its whole prefill.  With N stages each chunk's
+        hidden states go on at once, as a Chunk (run, not sampled) and the last one as Step 0,
+        so every stage prefills chunk by chunk between its decode steps."""
         ex = self.w.executor
         P_len = len(g.prompt_ids)
         chunk = g.prompt_ids[g.prefilled : g.prefilled + max(1, self.opts.prefill_chunk)]
@@ -284,12 +284,10 @@ class BatchStage0Loop(_Stage0Loop):
         except CmlpError as exc:
             self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
             return
-        if not self.single:
-            if g.hidden is None:
-                g.hidden = np.empty((1, P_len, out.shape[2]), np.float32)
-            g.hidden[0, g.prefilled : end] = out[0]
         g.prefilled = end
         if end < P_len:
+            if not self.single:
+                self.send_out(self.down.send(P.Chunk(g.seq, end, 1)), [ex.hidden_tensor(out)])
             return  # more chunks in the next steps
         trace.event(self.ev["forward_done"])
         if self.single:
@@ -300,11 +298,7 @@ class BatchStage0Loop(_Stage0Loop):
                 return
             self._emit(g, token)
             return
-        hidden = g.hidden
-        assert hidden is not None, "filled chunk by chunk above (N stages)"
-        t = Tensor("hidden_states", DType.F32, hidden.shape, hidden)
-        self.send_out(self.down.send(P.Step(g.seq, 0, P_len, 1)), [t])
-        g.hidden = None
+        self.send_out(self.down.send(P.Step(g.seq, 0, P_len, 1)), [ex.hidden_tensor(out)])
         g.state = WAITING
         g.sent_at = time.monotonic()
 
@@ -349,8 +343,7 @@ class BatchStage0Loop(_Stage0Loop):
         for r, g in enumerate(ok_gens):
             seq_len = len(g.prompt_ids) + g.step
             row = out[r : r + 1]  # [1, T, C]
-            t = Tensor("hidden_states", DType.F32, row.shape, row)
-            self.send_out(self.down.send(P.Step(g.seq, g.step, seq_len, 1)), [t])
+            self.send_out(self.down.send(P.Step(g.seq, g.step, seq_len, 1)), [ex.hidden_tensor(row)])
             g.state = WAITING
             g.sent_at = now
         trace.event(self.ev["sent"])
@@ -527,11 +520,12 @@ class BatchRingLoop(_RingStageLoop):
                 self.params[ev.seq] = (params, make_rng(ev.seed))
             else:
                 self.send_out(self.down.send(ev))
-        elif isinstance(ev, P.Step):
+        elif isinstance(ev, (P.Step, P.Chunk)):
             tensors = self._read_tensors(ev.tensors)
             trace.event(self.ev["input"])
             if self.down.state(ev.seq) == P.DONE:
                 return  # this stage already failed the sequence
+            step = ev.step if isinstance(ev, P.Step) else 0
             try:
                 if len(tensors) != 1:
                     raise ProtocolError(f"a batched Step carries one tensor, got {len(tensors)}")
@@ -542,11 +536,14 @@ class BatchRingLoop(_RingStageLoop):
                     raise ProtocolError(
                         f"seq_len {ev.seq_len} exceeds max_seq_len {self.activation.max_seq_len}"
                     )
-                ex.check_row(ev.seq, ev.step, ev.seq_len, row)
+                ex.check_row(ev.seq, step, ev.seq_len, row)
             except CmlpError as exc:
                 self._fail_seq(ev.seq, exc)
                 return
-            if row.shape[1] > 1:  # a prefill runs alone
+            if isinstance(ev, P.Chunk):  # a prompt chunk: run alone, pass on, never sampled
+                self._flush(batch)
+                self._chunk(ev, row)
+            elif row.shape[1] > 1:  # a prefill runs alone
                 self._flush(batch)
                 self._flush([(ev.seq, ev.step, ev.seq_len, row)])
             else:
@@ -562,6 +559,18 @@ class BatchRingLoop(_RingStageLoop):
                 self.send_out(self.down.send(ev))
         else:
             raise ProtocolError(f"unexpected message 0x{ev.type:02x} on data_in")
+
+    def _chunk(self, ev: P.Chunk, row: Tensor) -> None:
+        ex = self.w.executor
+        try:
+            out = ex.forward_rows([ev.seq], [row])
+        except (StageError, CmlpError) as exc:
+            if isinstance(exc, (SessionError, CryptoError)):
+                raise
+            self._fail_seq(ev.seq, exc)
+            return
+        if not self.is_last:
+            self.send_out(self.down.send(P.Chunk(ev.seq, ev.seq_len, 1)), [ex.hidden_tensor(out)])
 
     def _fail_seq(self, seq: int, exc: BaseException) -> None:
         log.warning("stage %d: sequence %d failed: %s", self.idx, seq, exc)
@@ -597,8 +606,7 @@ class BatchRingLoop(_RingStageLoop):
                     continue
                 self.send_out(self.down.send(P.Sampled(seq, step, token)))
             else:
-                row = out[r : r + 1]
-                t = Tensor("hidden_states", DType.F32, row.shape, row)
+                t = self.w.executor.hidden_tensor(out[r : r + 1])  # [1, T, C] in the wire dtype
                 self.send_out(self.down.send(P.Step(seq, step, seq_len, 1)), [t])
         trace.event(self.ev["sent"])
 

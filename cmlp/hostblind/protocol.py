@@ -13,7 +13,7 @@ message that is malformed or not allowed in the sequence's state raises
 Links and roles (docs/host-blind.md):
   client  <-> stage 0   ``CLIENT`` / ``STAGE0``: Generate, Cancel, Info / Started, Token,
                         Finished, Error, InfoReply
-  stage i  -> stage i+1 ``UPSTREAM`` / ``DOWNSTREAM``: Begin, Step (+ tensors), End, Fail
+  stage i  -> stage i+1 ``UPSTREAM`` / ``DOWNSTREAM``: Begin, Chunk / Step (+ tensors), End, Fail
   last     -> stage 0   the same link kind (feedback): Sampled, Fail
 
 Sizes the host could read are padded: Generate to a multiple of 256 bytes,
@@ -33,7 +33,7 @@ from cmlp.errors import ProtocolError
 # -- message types ----------------------------------------------------------------
 GENERATE, CANCEL, INFO = 0x01, 0x02, 0x03
 STARTED, TOKEN, FINISHED, ERROR, INFO_REPLY = 0x11, 0x12, 0x13, 0x14, 0x15
-BEGIN, STEP, END, FAIL, SAMPLED = 0x21, 0x22, 0x23, 0x24, 0x31
+BEGIN, STEP, END, FAIL, CHUNK, SAMPLED = 0x21, 0x22, 0x23, 0x24, 0x25, 0x31
 
 _HEAD = struct.Struct("<BQ")  # type, seq
 HEAD = _HEAD.size
@@ -42,6 +42,7 @@ _FINISHED = struct.Struct("<BII")  # reason, prompt tokens, completion tokens
 _ERROR = struct.Struct("<BH")  # code, message bytes
 _BEGIN = struct.Struct("<ddIBQ")  # temperature, top_p, top_k, has_seed, seed
 _STEP = struct.Struct("<IIB")  # step, context length after it, tensors
+_CHUNK = struct.Struct("<IB")  # context length after it, tensors
 _SAMPLED = struct.Struct("<II")  # step, token id
 _COUNT = struct.Struct("<I")
 
@@ -147,6 +148,18 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """A prompt chunk of ``seq`` that is run but not sampled (chunked prefill: each stage
+    forwards one chunk per step instead of the whole prompt at once); only before the
+    sequence's first Step, which carries the prompt's last chunk."""
+
+    seq: int
+    seq_len: int  # context length once this chunk is in (cache check)
+    tensors: int
+    type = CHUNK
+
+
+@dataclass(frozen=True)
 class End:
     """``seq`` is over: drop its state (sent by stage 0, forwarded to the last stage)."""
 
@@ -174,7 +187,7 @@ class Sampled:
 
 
 Event = Union[
-    Generate, Cancel, Info, InfoReply, Started, Token, Finished, Error, Begin, Step, End, Fail, Sampled
+    Generate, Cancel, Info, InfoReply, Started, Token, Finished, Error, Begin, Step, Chunk, End, Fail, Sampled
 ]
 INFO_KEYS = ("chat_template", "bos_token", "eos_token")
 
@@ -232,6 +245,8 @@ def encode(ev: Event) -> bytes:
         return head + _BEGIN.pack(ev.temperature, ev.top_p, ev.top_k, ev.seed is not None, ev.seed or 0)
     if isinstance(ev, Step):
         return head + _STEP.pack(ev.step, ev.seq_len, ev.tensors)
+    if isinstance(ev, Chunk):
+        return head + _CHUNK.pack(ev.seq_len, ev.tensors)
     if isinstance(ev, Sampled):
         return head + _SAMPLED.pack(ev.step, ev.token_id)
     raise ProtocolError(f"cannot encode message type 0x{t:02x}")
@@ -324,6 +339,11 @@ def decode(payload) -> Event:
         if not 1 <= count <= MAX_STEP_TENSORS:
             raise ProtocolError(f"Step: {count} tensors (1..{MAX_STEP_TENSORS} allowed)")
         return Step(seq, step, seq_len, count)
+    if t == CHUNK:
+        seq_len, count = _fixed(payload, _CHUNK, "Chunk")
+        if not 1 <= count <= MAX_STEP_TENSORS:
+            raise ProtocolError(f"Chunk: {count} tensors (1..{MAX_STEP_TENSORS} allowed)")
+        return Chunk(seq, seq_len, count)
     if t == SAMPLED:
         step, tid = _fixed(payload, _SAMPLED, "Sampled")
         return Sampled(seq, step, tid)
@@ -367,18 +387,21 @@ _CLIENT_LINK = {
     (STAGE0, WAIT_INFO, "send", ERROR): DONE,
 }
 
-# A stage link carries, per sequence: Begin (once, first), then Steps with
-# step numbers 0, 1, 2, ... each followed by its tensors, then End; Fail may
-# replace anything after Begin.  The feedback link carries Sampled with the
+# A stage link carries, per sequence: Begin (once, first), then prompt Chunks
+# (any number, each followed by its tensors, only before Step 0), then Steps
+# with step numbers 0, 1, 2, ... each followed by its tensors, then End; Fail
+# may replace anything after Begin.  The feedback link carries Sampled with the
 # step numbers of the Steps, or Fail.  UPSTREAM is the sending side.
 _STAGE_LINK = {
     (UPSTREAM, IDLE, "send", BEGIN): ACTIVE,
     (UPSTREAM, ACTIVE, "send", STEP): ACTIVE,
+    (UPSTREAM, ACTIVE, "send", CHUNK): ACTIVE,
     (UPSTREAM, ACTIVE, "send", SAMPLED): ACTIVE,
     (UPSTREAM, ACTIVE, "send", END): DONE,
     (UPSTREAM, ACTIVE, "send", FAIL): DONE,
     (DOWNSTREAM, IDLE, "recv", BEGIN): ACTIVE,
     (DOWNSTREAM, ACTIVE, "recv", STEP): ACTIVE,
+    (DOWNSTREAM, ACTIVE, "recv", CHUNK): ACTIVE,
     (DOWNSTREAM, ACTIVE, "recv", SAMPLED): ACTIVE,
     (DOWNSTREAM, ACTIVE, "recv", END): DONE,
     (DOWNSTREAM, ACTIVE, "recv", FAIL): DONE,
@@ -426,12 +449,14 @@ class Endpoint:
                 f"{self.role}: message 0x{t:02x} not allowed for sequence "
                 f"{ev.seq} in state {state} ({direction})"
             )
-        if (self.sampled_link and t in (BEGIN, STEP)) or (not self.sampled_link and t == SAMPLED):
+        if (self.sampled_link and t in (BEGIN, STEP, CHUNK)) or (not self.sampled_link and t == SAMPLED):
             raise ProtocolError(f"{self.role}: message 0x{t:02x} does not belong on this link")
         if cur is None:
             if len(self.seqs) >= MAX_IN_FLIGHT:
                 raise ProtocolError(f"more than {MAX_IN_FLIGHT} sequences in flight")
             cur = self.seqs[ev.seq] = _Seq(state)
+        if isinstance(ev, Chunk) and cur.step != 0:
+            raise ProtocolError(f"sequence {ev.seq}: a prompt Chunk after Step {cur.step - 1}")
         if isinstance(ev, (Step, Sampled, Token)):
             if ev.step != cur.step:
                 raise ProtocolError(f"sequence {ev.seq}: step {ev.step}, expected {cur.step}")

@@ -207,13 +207,9 @@ class Gpt2Executor:
     # -- slots: continuous batching in host-blind mode (docs/batching.md) -----------
     @property
     def supports_slots(self) -> bool:
-        """Continuous batching: GPT-2 shards with fp32 weights and an F32 wire (the batched
-        kernels are fp32 only; other families and precisions keep the one-at-a-time loops)."""
-        from cmlp.model.gpt2.engine import Gpt2Shard
-
-        return (
-            isinstance(self.shard, Gpt2Shard) and self.shard.weight_dtype == "f32" and self.wire == DType.F32
-        )
+        """Continuous batching: every registered family (cmlp.model.slots), in every weight
+        dtype, over an F32 or BF16 wire."""
+        return self.shard is not None and hasattr(self.shard, "forward_slots")
 
     def _slot_shard(self, seq: int = 0) -> Gpt2Shard:
         """The loaded shard, for the slot API below (used once supports_batching() said so)."""
@@ -258,23 +254,23 @@ class Gpt2Executor:
         ``seq_len`` is the context length after this row, so the slot must hold
         ``seq_len - T`` positions)."""
         shard = self._slot_shard(seq)
-        want = DType.U32 if shard.is_first else DType.F32
+        want = (DType.U32,) if shard.is_first else (DType.F32, self.wire)
         dims = 2 if shard.is_first else 3
         if (
-            x.dtype != want
+            x.dtype not in want
             or len(x.shape) != dims
             or x.shape[0] != 1
             or x.shape[1] < 1
-            or (dims == 3 and x.shape[2] != shard.config.n_embd)
+            or (dims == 3 and x.shape[2] != shard.hidden_size)
         ):
             raise ForwardFailed(
                 seq,
                 step,
-                f"expected a {want.name} [1, T{'' if dims == 2 else ', C'}]"
+                f"expected a {want[-1].name} [1, T{'' if dims == 2 else ', C'}]"
                 f" row, got {x.dtype.name} {list(x.shape)}",
             )
-        if shard.is_first and int(x.data.max()) >= shard.config.vocab_size:
-            raise ForwardFailed(seq, step, f"token id out of range for vocab_size {shard.config.vocab_size}")
+        if shard.is_first and int(x.data.max()) >= shard.vocab_size:
+            raise ForwardFailed(seq, step, f"token id out of range for vocab_size {shard.vocab_size}")
         if not self.has_seq(seq):
             raise ForwardFailed(seq, step, "sequence has no KV-cache slot")
         past = shard.slot_len(seq)
@@ -289,11 +285,24 @@ class Gpt2Executor:
         """One forward over checked rows (decode rows [1, 1(, C)], or one prefill row).
 
         Returns a view: logits [B, V] (last stage) or hidden [B, T, C]."""
-        data = rows[0].data if len(rows) == 1 else np.concatenate([r.data for r in rows])
+        if len(rows) == 1:
+            data = rows[0].data
+        elif len({r.dtype for r in rows}) == 1:
+            data = np.concatenate([r.data for r in rows])
+        else:  # F32 and BF16 rows in one step (a BF16 stage accepts both): widen (exact)
+            from cmlp.model.quant import bf16_to_f32
+
+            data = np.concatenate([bf16_to_f32(r.data) if r.dtype == DType.BF16 else r.data for r in rows])
         try:
             return self._slot_shard(seqs[0]).forward_slots(data, seqs)
         except CmlpError as exc:
             raise ForwardFailed(seqs[0], 0, str(exc)) from exc
+
+    def hidden_tensor(self, hidden: np.ndarray) -> Tensor:
+        """Hidden states [B, T, C] (float32) for the next stage, in this stage's wire dtype."""
+        if self.wire == DType.BF16:
+            return Tensor("hidden_states", DType.BF16, hidden.shape, f32_to_bf16_bits(hidden))
+        return Tensor("hidden_states", DType.F32, hidden.shape, hidden)
 
 
 ModelExecutor = Gpt2Executor  # the family-neutral name

@@ -39,6 +39,7 @@ cdef extern from "wkernels.h" nogil:
         WK_I8
         WK_SMALL_M
         WK_FP32_ACT
+        WK_ROW_EXACT
     ctypedef struct wk_weight:
         int dtype
         const void* data

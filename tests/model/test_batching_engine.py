@@ -1,12 +1,18 @@
-"""Engine slots (docs/batching.md): batched decode rows are bit-identical to solo runs."""
+"""Engine slots (docs/batching.md): batched decode rows are bit-identical to solo runs,
+for every family (gpt2, llama, qwen2) and every weight dtype (fp32, bf16, int8)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from cmlp.errors import InvalidModelInput
 from cmlp.model import Gpt2Shard
+from cmlp.model.llama import synthetic as llama_synthetic
+from cmlp.model.quantize import quantize_model
+from cmlp.model.registry import load_shard
 from tests.helpers.model import PARITY
 
 V = PARITY.config.vocab_size
@@ -18,34 +24,63 @@ def model_dir(tmp_path_factory):
     return PARITY.write(tmp_path_factory.mktemp("parity"))
 
 
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory, model_dir):
+    """(family, dtype) -> model directory: the GPT-2 parity model and tiny llama / qwen2
+    models, each as fp32, bf16 and int8 (``cmlp model quantize``)."""
+    base = tmp_path_factory.mktemp("families")
+    fp32 = {"gpt2": model_dir}
+    for family in ("llama", "qwen2"):
+        fp32[family] = llama_synthetic.init_model(base / family, family, "tiny", seed=3)
+    out = {}
+    for family, src in fp32.items():
+        out[family, "fp32"] = src
+        for dtype in ("bf16", "int8"):
+            out[family, dtype] = quantize_model(src, base / f"{family}-{dtype}", dtype)
+    return out
+
+
+def n_layers(path) -> int:
+    cfg = json.loads((path / "config.json").read_text())
+    return int(cfg.get("num_hidden_layers") or cfg["n_layer"])
+
+
 def greedy(row):
     return int(len(row) - 1 - np.argmax(row[::-1]))
 
 
-def prompts(n=9):
+def prompts(vocab, n=9):
     rng = np.random.default_rng(0)
-    return [rng.integers(0, V, (1, int(rng.integers(1, 20)))).astype(np.uint32) for _ in range(n)]
+    return [rng.integers(0, vocab, (1, int(rng.integers(1, 20)))).astype(np.uint32) for _ in range(n)]
 
 
-@pytest.mark.parametrize("split", [None, 2])
-def test_batched_decode_is_bit_identical_to_solo(model_dir, split):
-    """Sequences join one by one (batch sizes 1..9, both matmul kernels), each at its own
-    position; with ``split`` the rows pass a first shard and a second one (hidden states)."""
-    ps = prompts()
-    steps = 10
+CASES = [(f, d) for f in ("gpt2", "llama", "qwen2") for d in ("fp32", "bf16", "int8")]
+
+
+@pytest.mark.parametrize("split", [None, 1])
+@pytest.mark.parametrize("family,dtype", CASES)
+def test_batched_decode_is_bit_identical_to_solo(family_models, family, dtype, split):
+    """Sequences join one by one (batch sizes 1..9: every matmul kernel, including the
+    wkernels' slab sizes), each at its own position; with ``split`` the rows pass a first
+    shard and a second one (hidden states, in the model's wire dtype as stages send them)."""
+    path = family_models[family, dtype]
+    n_layer = n_layers(path)
     if split is None:
-        shards = [Gpt2Shard.load(model_dir, 0, NL, threads=2)]
+        shards = [load_shard(path, 0, n_layer, threads=2)]
     else:
-        shards = [
-            Gpt2Shard.load(model_dir, 0, split, threads=2),
-            Gpt2Shard.load(model_dir, split, NL, threads=1),
-        ]
+        shards = [load_shard(path, 0, split, threads=2), load_shard(path, split, n_layer, threads=1)]
+    ps = prompts(shards[0].vocab_size)
+    steps = 10
     for s in shards:
         s.configure_slots(len(ps))
 
     def fwd(x, seqs):
         for s in shards:
             x = s.forward_slots(x, seqs)
+            if s.wire_dtype == "BF16" and not s.is_last:  # as the stage sends it
+                from cmlp.pipeline.gpt2 import f32_to_bf16_bits
+
+                x = f32_to_bf16_bits(x)
         return x
 
     want = []
@@ -78,6 +113,27 @@ def test_batched_decode_is_bit_identical_to_solo(model_dir, split):
         assert len(got[i]) == len(want[i])
         for a, b in zip(got[i], want[i], strict=True):
             assert np.array_equal(a, b), f"sequence {i} differs from its solo run"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_slotted_llama_matches_the_lockstep_forward(family_models, family):
+    """Slots only move the KV rows and positions: a slotted prefill + decode gives the
+    logits of the one-sequence lockstep forward (same kernels at batch 1)."""
+    path = family_models[family, "fp32"]
+    slotted = load_shard(path, 0, n_layers(path), threads=2)
+    lockstep = load_shard(path, 0, n_layers(path), threads=2)
+    slotted.configure_slots(3).open(1)
+    slotted.slots.open(2)
+    p = prompts(slotted.vocab_size, 2)
+    slotted.forward_slots(p[0], [2])  # another sequence's rows in the other slot
+    a = slotted.forward_slots(p[1], [1])[0].copy()
+    b = lockstep.forward(p[1])[0].copy()
+    assert np.array_equal(a, b)
+    for _ in range(5):
+        tok = np.array([[greedy(a)]], np.uint32)
+        a = slotted.forward_slots(tok, [1])[0].copy()
+        b = lockstep.forward(tok)[0].copy()
+        assert np.array_equal(a, b)
 
 
 def test_slot_inputs_are_checked(model_dir):
@@ -114,7 +170,7 @@ def test_slot_inputs_are_checked(model_dir):
 def test_a_freed_slot_is_wiped_and_reused_cleanly(model_dir):
     s = Gpt2Shard.load(model_dir, 0, NL, threads=1)
     table = s.configure_slots(1)
-    p = prompts(2)
+    p = prompts(V, 2)
     table.open(1)
     s.forward_slots(p[0], [1])
     table.close(1)

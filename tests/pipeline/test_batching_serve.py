@@ -8,6 +8,7 @@ actually batched fails instead of passing vacuously.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import threading
@@ -20,9 +21,11 @@ from cmlp.client import Client, Finished, SamplingParams, TokenEvent
 from cmlp.errors import GenerationError, PipelineUnavailable, ServerBusy
 from cmlp.hostblind.host import HostBlindServer
 from cmlp.hostblind.stage_loop import HostBlindOptions
+from cmlp.manifest import Manifest
 from cmlp.model.synthetic import init_model
 from cmlp.pipeline.gpt2 import Gpt2Executor
 from cmlp.transport.sockets import parse_endpoint
+from cmlp.transport.wire import DType
 from tests.helpers.hostblind_helpers import hb_manifest, hb_manifest_dict, host_config
 from tests.helpers.model import PARITY
 from tests.helpers.pipeline import (
@@ -59,9 +62,11 @@ class CountingExecutor(Gpt2Executor):
         self.delay = delay
         self.max_rows = 0
         self.calls = []  # (rows, tokens per row) of every forward
+        self.dtypes = set()  # wire dtypes of the rows it ran
 
     def forward_rows(self, seqs, rows):
         self.max_rows = max(self.max_rows, len(rows))
+        self.dtypes.update(r.dtype for r in rows)
         self.calls.append((len(rows), int(rows[0].shape[1])))
         if self.delay:
             time.sleep(self.delay)
@@ -138,8 +143,40 @@ def run_concurrently(fn, n):
 
 @pytest.mark.parametrize("n, relay", [(1, False), (2, False), (2, True), (3, False), (3, True)])
 def test_eight_concurrent_clients_equal_their_solo_runs(parity, n, relay):
-    m = manifest(n, relay)
-    executors = [CountingExecutor(parity, delay=0.003) for _ in range(n)]
+    check_concurrent_equals_solo(parity, manifest(n, relay), n)
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory):
+    """Tiny llama and qwen2 models (the parity model's shapes: vocab 512, 4 layers, C 64)
+    in bf16 and int8, as ``cmlp model init`` / ``cmlp model quantize`` write them."""
+    from cmlp.model.llama.synthetic import init_model as init_llama
+    from cmlp.model.quantize import quantize_model
+
+    base = tmp_path_factory.mktemp("families")
+    out = {}
+    for family in ("llama", "qwen2"):
+        fp32 = init_llama(base / family, family, "tiny", seed=7)
+        out[family, "bf16"] = quantize_model(fp32, base / f"{family}-bf16", "bf16")
+        out[family, "int8"] = quantize_model(fp32, base / f"{family}-int8", "int8")
+    return out
+
+
+@pytest.mark.parametrize("n, relay", [(1, False), (2, True), (3, True)])
+@pytest.mark.parametrize("family, dtype, wire", [("llama", "bf16", "BF16"), ("qwen2", "int8", "F32")])
+def test_every_family_and_weight_dtype_batches_exactly(family_models, family, dtype, wire, n, relay):
+    """Llama-family shards in bf16 (hidden states on a BF16 wire) and int8 batch like GPT-2:
+    eight concurrent requests equal their solo runs."""
+    doc = hb_manifest_dict(n, relay=relay, splits=SPLITS[n], max_seq_len=512, hidden_dim=64)
+    doc["activation_spec"]["dtype"] = wire
+    executors = check_concurrent_equals_solo(
+        family_models[family, dtype], Manifest.from_json(json.dumps(doc)), n
+    )
+    assert all(ex.dtypes == {DType[wire]} for ex in executors[1:]), [ex.dtypes for ex in executors]
+
+
+def check_concurrent_equals_solo(model_dir, m, n):
+    executors = [CountingExecutor(model_dir, delay=0.003) for _ in range(n)]
     with served_many(m, executors, prefill_chunk=16) as server:  # 40 and 21 ids: chunked
         client = Client(str(server.address), m, timeout=30)
         solo = [run(client, PROMPTS[i], PARAMS[i]) for i in range(8)]
@@ -150,6 +187,7 @@ def test_eight_concurrent_clients_equal_their_solo_runs(parity, n, relay):
         assert together[i] == solo[i], f"request {i}: {together[i]} != solo {solo[i]}"
     assert all(ex.max_rows >= 2 for ex in executors), [ex.max_rows for ex in executors]
     assert solo[1][0] != greedy  # the sampled requests really sampled
+    return executors
 
 
 @pytest.mark.parametrize("n", [1, 2])
@@ -351,26 +389,34 @@ def test_sustained_1000_requests_from_16_clients_no_error_no_leak(parity):
     assert rss_end < cursor["rss_warm"] * 1.05, (cursor["rss_warm"], rss_end)
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(parity):
-    m = manifest(1)
-    ex = CountingExecutor(parity, delay=0.005)
+@pytest.mark.parametrize("n, relay", [(1, False), (3, True)])
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(parity, n, relay):
+    """Every stage (stage 0 and, through Chunk messages, the others) prefills a long prompt
+    one chunk at a time, with decode steps of the running streams in between."""
+    m = manifest(n, relay)
+    executors = [CountingExecutor(parity, delay=0.005) for _ in range(n)]
     long_prompt = [int(t) for t in random.Random(99).choices(range(512), k=100)]
-    with served_many(m, [ex], prefill_chunk=32) as server:
+    with served_many(m, executors, prefill_chunk=32) as server:
         client = Client(str(server.address), m, timeout=30)
         solo = run(client, long_prompt, SamplingParams(max_tokens=5))
         runners = [client.generate(PROMPTS[i], SamplingParams(max_tokens=60)) for i in range(3)]
         for r in runners:
             next(r)  # three streams are decoding
-        ex.calls.clear()
+        for ex in executors:
+            ex.calls.clear()
         together = run(client, long_prompt, SamplingParams(max_tokens=5))
-        calls = list(ex.calls)
+        calls = [list(ex.calls) for ex in executors]
         for r in runners:
             assert isinstance(list(r)[-1], Finished)
     assert together == solo
-    chunks = [i for i, (_, t) in enumerate(calls) if t > 1]
-    assert [calls[i][1] for i in chunks] == [32, 32, 32, 4]
-    # the running streams took a decode step between every two chunks of the prompt
-    assert all(any(calls[j][1] == 1 for j in range(a + 1, b)) for a, b in itertools.pairwise(chunks))
+    for stage, c in enumerate(calls):
+        chunks = [i for i, (_, t) in enumerate(c) if t > 1]
+        assert [c[i][1] for i in chunks] == [32, 32, 32, 4], f"stage {stage}: {c}"
+        if n == 1:  # the running streams took a decode step between every two chunks
+            pairs = itertools.pairwise(chunks)
+            assert all(any(c[j][1] == 1 for j in range(a + 1, b)) for a, b in pairs), c
+        else:  # their rows are on the ring part of the time: decode steps while prefilling
+            assert any(t == 1 for _, t in c[chunks[0] : chunks[-1]]), f"stage {stage}: {c}"
 
 
 def test_cmlp_bench_serve_prints_the_table(parity, tmp_path, capsys):

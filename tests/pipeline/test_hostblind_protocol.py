@@ -20,6 +20,7 @@ EVENTS = [
     P.Begin(9, 0.7, 0.9, 40, 2**64 - 1),
     P.Begin(9, 0.0, 1.0, 0, None),
     P.Step(9, 3, 10, 2),
+    P.Chunk(9, 64, 1),
     P.End(9),
     P.Fail(9, "stage 1: boom"),
     P.Sampled(9, 3, 17),
@@ -54,6 +55,9 @@ def test_padding_hides_exact_lengths():
         struct.pack("<BQBH", P.ERROR, 1, 99, 0),  # unknown code
         struct.pack("<BQIIB", P.STEP, 1, 0, 5, 0),  # a Step without tensors
         struct.pack("<BQIIB", P.STEP, 1, 0, 5, 200),  # too many tensors
+        struct.pack("<BQIB", P.CHUNK, 1, 5, 0),  # a Chunk without tensors
+        struct.pack("<BQIB", P.CHUNK, 1, 5, 9),  # too many tensors
+        struct.pack("<BQIBB", P.CHUNK, 1, 5, 1, 0),  # trailing byte
         struct.pack("<BQ", P.GENERATE, 1) + b"[1]",  # body not an object
         struct.pack("<BQ", P.GENERATE, 1) + b"\xff",  # body not UTF-8
         struct.pack("<BQ", P.GENERATE, 1) + b"[" * 100000,  # deep nesting
@@ -103,6 +107,25 @@ def test_stage_link_order_and_feedback_steps():
     fb_in.forget(1)
     assert fb_in.is_stale(P.encode(P.Sampled(1, 1, 5)))
     assert not fb_in.is_stale(P.encode(P.Sampled(2, 0, 5)))
+
+
+def test_prompt_chunks_only_before_the_first_step():
+    up, down = P.Endpoint(P.UPSTREAM), P.Endpoint(P.DOWNSTREAM)
+    with pytest.raises(ProtocolError):
+        down.receive(P.encode(P.Chunk(1, 32, 1)))  # Chunk before Begin
+    down.receive(up.send(P.Begin(1, 1.0, 1.0, 0, 3)))
+    for end in (32, 64):
+        down.receive(up.send(P.Chunk(1, end, 1)))
+    down.receive(up.send(P.Step(1, 0, 70, 1)))  # the prompt's last chunk, sampled
+    with pytest.raises(ProtocolError, match="after Step 0"):
+        down.receive(P.encode(P.Chunk(1, 96, 1)))  # a host replaying a chunk later
+    with pytest.raises(ProtocolError, match="after Step 0"):
+        up.send(P.Chunk(1, 96, 1))
+    fb_out, fb_in = P.Endpoint(P.UPSTREAM, True), P.Endpoint(P.DOWNSTREAM, True)
+    with pytest.raises(ProtocolError):  # no Chunks on the feedback link
+        fb_in.receive(P.encode(P.Chunk(2, 5, 1)))
+    with pytest.raises(ProtocolError):
+        fb_out.send(P.Chunk(2, 5, 1))
 
 
 def test_in_flight_sequences_are_bounded():

@@ -18,4 +18,18 @@ def load_shard(model_dir, layer_start: int, layer_end: int, *, threads=None, max
     return Gpt2Shard.load(model_dir, layer_start, layer_end, threads=threads)
 
 
-__all__ = ["FAMILY", "Gpt2Config", "Gpt2Shard", "load_config", "load_shard"]
+def model_facts(model_dir):
+    from cmlp.model.base import ModelFacts
+
+    cfg = load_config(model_dir)
+    return ModelFacts(cfg.n_layer, cfg.n_embd, cfg.n_positions, Gpt2Shard.wire_dtype)
+
+
+def shard_hashes(model_dir, layer_start: int, layer_end: int) -> list[str]:
+    from cmlp.model.gpt2.weights import load_shard_weights
+
+    weights = load_shard_weights(model_dir, load_config(model_dir), layer_start, layer_end)
+    return [digest for _, digest in weights.hashes()]
+
+
+__all__ = ["FAMILY", "Gpt2Config", "Gpt2Shard", "load_config", "load_shard", "model_facts", "shard_hashes"]

@@ -36,19 +36,18 @@ from cmlp import _gpt2
 from cmlp.errors import InvalidModelInput, PositionOverflow
 from cmlp.model.gpt2.config import Gpt2Config, load_config
 from cmlp.model.gpt2.weights import ShardWeights, load_shard_weights
+from cmlp.model.slots import SlotShard
 
 MAX_THREADS = _gpt2.MAX_POOL_THREADS
 
 
-class Gpt2Shard:
+class Gpt2Shard(SlotShard):
     """Blocks [layer_start, layer_end) of a GPT-2 model; see the module docstring."""
 
     #: largest batch accepted by forward(); bounds the buffers a peer can make us allocate
     max_batch = 64
     #: largest B*T of one forward (activation buffers grow to it, never shrink)
     max_tokens = 8192
-    #: per-sequence KV-cache slots, once configure_slots() reserved them
-    slots: SlotTable | None = None
 
     def __init__(
         self,
@@ -195,37 +194,6 @@ class Gpt2Shard:
         if past + T > cfg.n_positions:
             raise PositionOverflow(past, T, cfg.n_positions)
 
-    # -- KV-cache slots (continuous batching, docs/batching.md) --------------------------
-    def configure_slots(self, slots: int, kv_budget_bytes: int | None = None) -> SlotTable:
-        """Reserve per-sequence KV-cache slots; returns the (empty) table."""
-        n = slot_count(self, slots, kv_budget_bytes)
-        with self._lock:
-            self._engine.configure_slots(n)
-            table = self.slots = SlotTable(self, n)
-        return table
-
-    def slot_len(self, seq: int) -> int:
-        table = self.slots
-        if table is None:
-            raise InvalidModelInput("no KV-cache slots configured")
-        return self._engine.slot_len(table.by_seq[seq])
-
-    def forward_slots(self, x, seqs) -> np.ndarray:
-        """Rows of x continue sequences ``seqs`` (each with an open slot), each at its own
-        position: decode rows [B, 1] (ids) / [B, 1, C] (hidden), or one prefill [1, T(, C)].
-        Returns a view (hidden [B, T, C] or logits [B, V]) valid until the next forward."""
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
-        with self._lock:
-            table = self.slots
-            if table is None:
-                raise InvalidModelInput("no KV-cache slots configured")
-            missing = [s for s in seqs if s not in table]
-            if missing:
-                raise InvalidModelInput(f"sequence {missing[0]} has no slot")
-            self._check_input(x, slots=True)
-            return self._engine.forward_slots(x, [table.by_seq[s] for s in seqs])
-
 
 def _check_threads(threads) -> int:
     if threads is None:
@@ -233,57 +201,3 @@ def _check_threads(threads) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
         raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
     return threads
-
-
-class SlotTable:
-    """Sequence ids -> KV-cache slots of one shard (continuous batching, docs/batching.md).
-
-    Opening a slot for an id that has one, or running out of slots, is an error; freeing
-    zeroes the slot's cache at once.  Used under the shard's lock by its owner only.
-    """
-
-    def __init__(self, shard: "Gpt2Shard", n_slots: int):
-        self.shard = shard
-        self.n_slots = n_slots
-        self.free = list(range(n_slots - 1, -1, -1))  # pop() gives slot 0 first
-        self.by_seq: dict[int, int] = {}
-
-    def open(self, seq: int) -> int:
-        if seq in self.by_seq:
-            raise InvalidModelInput(f"sequence {seq} already has a slot")
-        if not self.free:
-            raise InvalidModelInput(f"all {self.n_slots} KV-cache slots are in use")
-        slot = self.free.pop()
-        self.by_seq[seq] = slot
-        return slot
-
-    def close(self, seq: int) -> None:
-        slot = self.by_seq.pop(seq, None)
-        if slot is not None:
-            self.shard._engine.clear_slot(slot)
-            self.free.append(slot)
-
-    def close_all(self) -> None:
-        for seq in list(self.by_seq):
-            self.close(seq)
-
-    def __contains__(self, seq: int) -> bool:
-        return seq in self.by_seq
-
-    def __len__(self) -> int:
-        return len(self.by_seq)
-
-
-def slot_count(shard: "Gpt2Shard", slots: int, kv_budget_bytes: int | None = None) -> int:
-    """Slots that fit: ``slots``, or fewer when ``kv_budget_bytes`` (reserved KV bytes)
-    cannot hold that many."""
-    if slots < 1:
-        raise ValueError(f"slots must be >= 1, got {slots}")
-    if kv_budget_bytes is not None:
-        fit = kv_budget_bytes // shard._engine.slot_bytes
-        if fit < 1:
-            raise ValueError(
-                f"a KV budget of {kv_budget_bytes} bytes holds no slot of {shard._engine.slot_bytes} bytes"
-            )
-        slots = min(slots, fit)
-    return slots

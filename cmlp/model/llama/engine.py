@@ -22,12 +22,13 @@ from cmlp import _llama
 from cmlp.errors import InvalidModelInput, PositionOverflow
 from cmlp.model.llama.config import LlamaConfig, load_config
 from cmlp.model.llama.weights import LlamaWeights, load_shard_weights
+from cmlp.model.slots import SlotShard
 
 MAX_THREADS = _llama.MAX_POOL_THREADS
 DEFAULT_MAX_POSITIONS = 8192
 
 
-class LlamaShard:
+class LlamaShard(SlotShard):
     max_batch = 64
     max_tokens = 8192
 
@@ -123,7 +124,7 @@ class LlamaShard:
                 return self._engine.forward_ids(x)
             return self._engine.forward_hidden(x)
 
-    def _check_input(self, x: np.ndarray) -> None:
+    def _check_input(self, x: np.ndarray, slots: bool = False) -> None:
         C = self._config.hidden_size
         if self.is_first:
             if x.dtype.kind not in "ui":
@@ -144,6 +145,8 @@ class LlamaShard:
             raise InvalidModelInput(f"batch size {B} exceeds the maximum of {self.max_batch}")
         if B * T > self.max_tokens:
             raise InvalidModelInput(f"{B * T} tokens in one forward exceed the maximum of {self.max_tokens}")
+        if slots:
+            return  # positions are per slot: the engine checks them
         past = self._engine.past_len
         if past > 0 and B != self._engine.cache_batch:
             raise InvalidModelInput(

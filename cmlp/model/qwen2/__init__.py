@@ -6,6 +6,7 @@ differs is stated in cmlp.model.llama.config (``family == "qwen2"``) and
 weights.layer_shapes.  Sliding-window attention (use_sliding_window) is refused.
 """
 
+from cmlp.model import llama
 from cmlp.model.llama.engine import LlamaShard
 
 FAMILY = "qwen2"
@@ -17,4 +18,12 @@ def load_shard(model_dir, layer_start: int, layer_end: int, *, threads=None, max
     )
 
 
-__all__ = ["FAMILY", "load_shard"]
+def model_facts(model_dir):
+    return llama.model_facts(model_dir, FAMILY)
+
+
+def shard_hashes(model_dir, layer_start: int, layer_end: int) -> list[str]:
+    return llama.shard_hashes(model_dir, layer_start, layer_end, FAMILY)
+
+
+__all__ = ["FAMILY", "load_shard", "model_facts", "shard_hashes"]

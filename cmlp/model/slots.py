@@ -1,0 +1,112 @@
+"""KV-cache slots: one per sequence, for continuous batching (docs/batching.md).
+
+Family-neutral: a shard wrapper (Gpt2Shard, LlamaShard) mixes in ``SlotShard``
+and its Cython engine provides ``slot_bytes``, ``configure_slots(n)``,
+``slot_len(slot)``, ``clear_slot(slot)`` and ``forward_slots(x, slots)``.
+Slots are whole rows of ``max_positions`` (virtual memory, backed only where
+written): a stage holds a handful of sequences, so paged blocks would buy
+little and cost a block table in every attention kernel.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from cmlp.errors import InvalidModelInput
+
+
+class SlotTable:
+    """Sequence ids -> KV-cache slots of one shard.
+
+    Opening a slot for an id that has one, or running out of slots, is an error; freeing
+    zeroes the slot's cache at once.  Used under the shard's lock by its owner only.
+    """
+
+    def __init__(self, engine: Any, n_slots: int):
+        self.engine = engine
+        self.n_slots = n_slots
+        self.free = list(range(n_slots - 1, -1, -1))  # pop() gives slot 0 first
+        self.by_seq: dict[int, int] = {}
+
+    def open(self, seq: int) -> int:
+        if seq in self.by_seq:
+            raise InvalidModelInput(f"sequence {seq} already has a slot")
+        if not self.free:
+            raise InvalidModelInput(f"all {self.n_slots} KV-cache slots are in use")
+        slot = self.free.pop()
+        self.by_seq[seq] = slot
+        return slot
+
+    def close(self, seq: int) -> None:
+        slot = self.by_seq.pop(seq, None)
+        if slot is not None:
+            self.engine.clear_slot(slot)
+            self.free.append(slot)
+
+    def close_all(self) -> None:
+        for seq in list(self.by_seq):
+            self.close(seq)
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self.by_seq
+
+    def __len__(self) -> int:
+        return len(self.by_seq)
+
+
+def slot_count(slot_bytes: int, slots: int, kv_budget_bytes: int | None = None) -> int:
+    """Slots that fit: ``slots``, or fewer when ``kv_budget_bytes`` (reserved KV bytes)
+    cannot hold that many slots of ``slot_bytes``."""
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}")
+    if kv_budget_bytes is not None:
+        fit = kv_budget_bytes // slot_bytes
+        if fit < 1:
+            raise ValueError(f"a KV budget of {kv_budget_bytes} bytes holds no slot of {slot_bytes} bytes")
+        slots = min(slots, fit)
+    return slots
+
+
+class SlotShard:
+    """The slot API of a shard wrapper; the class provides ``_engine``, ``_lock`` and
+    ``_check_input(x, slots=True)`` (dtype, rank, width and size checks)."""
+
+    _engine: Any
+    _lock: threading.Lock
+    slots: SlotTable | None = None
+
+    def _check_input(self, x: np.ndarray, slots: bool = False) -> None:
+        raise NotImplementedError
+
+    def configure_slots(self, slots: int, kv_budget_bytes: int | None = None) -> SlotTable:
+        """Reserve per-sequence KV-cache slots; returns the (empty) table."""
+        n = slot_count(self._engine.slot_bytes, slots, kv_budget_bytes)
+        with self._lock:
+            self._engine.configure_slots(n)
+            table = self.slots = SlotTable(self._engine, n)
+        return table
+
+    def slot_len(self, seq: int) -> int:
+        table = self.slots
+        if table is None:
+            raise InvalidModelInput("no KV-cache slots configured")
+        return int(self._engine.slot_len(table.by_seq[seq]))
+
+    def forward_slots(self, x, seqs) -> np.ndarray:
+        """Rows of x continue sequences ``seqs`` (each with an open slot), each at its own
+        position: decode rows [B, 1] (ids) / [B, 1, C] (hidden), or one prefill [1, T(, C)].
+        Returns a view (hidden [B, T, C] or logits [B, V]) valid until the next forward."""
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        with self._lock:
+            table = self.slots
+            if table is None:
+                raise InvalidModelInput("no KV-cache slots configured")
+            missing = [s for s in seqs if s not in table]
+            if missing:
+                raise InvalidModelInput(f"sequence {missing[0]} has no slot")
+            self._check_input(x, slots=True)
+            return self._engine.forward_slots(x, [table.by_seq[s] for s in seqs])
