@@ -82,6 +82,7 @@ class _Gen:
     token: int = 0  # the token the next decode row feeds
     begun: bool = False
     sent_at: float = 0.0  # when its Step left (token deadline)
+    group: int = -1  # the decode group it went out with (N stages)
     prefilled: int = 0  # prompt tokens already in stage 0's slot
 
 
@@ -92,6 +93,7 @@ class BatchStage0Loop(_Stage0Loop):
         ex = self.w.executor
         self.n_slots = _configure_slots(ex, self.opts)
         self.single = self.n == 1
+        self.next_group = 0
         self.gens: dict[int, _Gen] = {}
         self.admit_q: queue.Queue[_Gen] = queue.Queue()
         self.waiting: deque[_Gen] = deque()
@@ -214,7 +216,7 @@ class BatchStage0Loop(_Stage0Loop):
                 self._prefill(pre)
                 busy = True
             ready = [g for g in self.gens.values() if g.state == READY]
-            if ready:
+            if ready and self._may_send_group():
                 self._decode(ready[: self._group_size()])
                 busy = True
             waiting = any(g.state == WAITING for g in self.gens.values())
@@ -247,6 +249,16 @@ class BatchStage0Loop(_Stage0Loop):
                     self.down.send(P.Begin(g.seq, float(p.temperature), float(p.top_p), p.top_k, p.seed))
                 )
                 g.begun = True
+
+    def _may_send_group(self) -> bool:
+        """With N stages at most ``micro_batches`` (default N) decode groups are on the ring:
+        a sequence that becomes ready while they are all out (a new one, or part of a group
+        whose other tokens are still coming back) waits and joins the next group, so groups
+        do not split into ever smaller forwards."""
+        if self.single:
+            return True
+        out = {g.group for g in self.gens.values() if g.state == WAITING and g.group >= 0}
+        return len(out) < (self.opts.micro_batches or self.n)
 
     def _group_size(self) -> int:
         """Rows per decode forward: the decoding sequences split into ``micro_batches``
@@ -340,12 +352,16 @@ class BatchStage0Loop(_Stage0Loop):
                 self._emit(g, token)
             return
         now = time.monotonic()
+        group, self.next_group = self.next_group, self.next_group + 1
+        last = len(ok_gens) - 1
         for r, g in enumerate(ok_gens):
             seq_len = len(g.prompt_ids) + g.step
             row = out[r : r + 1]  # [1, T, C]
-            self.send_out(self.down.send(P.Step(g.seq, g.step, seq_len, 1)), [ex.hidden_tensor(row)])
+            step = P.Step(g.seq, g.step, seq_len, 1, more=last - r)  # the group stays one forward
+            self.send_out(self.down.send(step), [ex.hidden_tensor(row)])
             g.state = WAITING
             g.sent_at = now
+            g.group = group
         trace.event(self.ev["sent"])
 
     def _sample_row(self, logits: np.ndarray, params: SamplingParams, rng) -> int:
@@ -484,8 +500,10 @@ class BatchRingLoop(_RingStageLoop):
         try:
             while True:
                 batch: list[tuple[int, int, int, Tensor]] = []
+                self.more = 0
                 self._handle(self.recv_in(0, idle_ok=True), batch)
-                while len(batch) < self.cap and link.pending():
+                # the rest of the group (Step.more), then whatever else is already here
+                while len(batch) < self.cap and (self.more > 0 or link.pending()):
                     self._handle(self._recv(), batch)
                 self._flush(batch)
                 self.watch_control()  # a busy link never idles: answer Pings here
@@ -523,6 +541,8 @@ class BatchRingLoop(_RingStageLoop):
         elif isinstance(ev, (P.Step, P.Chunk)):
             tensors = self._read_tensors(ev.tensors)
             trace.event(self.ev["input"])
+            if isinstance(ev, P.Step):
+                self.more = ev.more  # Steps of its group still to come (read before the forward)
             if self.down.state(ev.seq) == P.DONE:
                 return  # this stage already failed the sequence
             step = ev.step if isinstance(ev, P.Step) else 0
@@ -593,6 +613,7 @@ class BatchRingLoop(_RingStageLoop):
                 self._fail_seq(seq, exc)
             return
         trace.event(self.ev["forward_done"])
+        last = len(rows) - 1
         for r, (seq, step, seq_len, _) in enumerate(rows):
             if self.is_last:
                 if seq not in self.params:
@@ -607,7 +628,7 @@ class BatchRingLoop(_RingStageLoop):
                 self.send_out(self.down.send(P.Sampled(seq, step, token)))
             else:
                 t = self.w.executor.hidden_tensor(out[r : r + 1])  # [1, T, C] in the wire dtype
-                self.send_out(self.down.send(P.Step(seq, step, seq_len, 1)), [t])
+                self.send_out(self.down.send(P.Step(seq, step, seq_len, 1, more=last - r)), [t])
         trace.event(self.ev["sent"])
 
     def _sample_row(self, logits: np.ndarray, params: SamplingParams, rng) -> int:

@@ -41,7 +41,7 @@ _TOKEN = struct.Struct("<IIH")  # index, token id, text bytes
 _FINISHED = struct.Struct("<BII")  # reason, prompt tokens, completion tokens
 _ERROR = struct.Struct("<BH")  # code, message bytes
 _BEGIN = struct.Struct("<ddIBQ")  # temperature, top_p, top_k, has_seed, seed
-_STEP = struct.Struct("<IIB")  # step, context length after it, tensors
+_STEP = struct.Struct("<IIBB")  # step, context length after it, tensors, rows following
 _CHUNK = struct.Struct("<IB")  # context length after it, tensors
 _SAMPLED = struct.Struct("<II")  # step, token id
 _COUNT = struct.Struct("<I")
@@ -144,6 +144,7 @@ class Step:
     step: int
     seq_len: int  # context length once this step's tokens are in (cache check)
     tensors: int
+    more: int = 0  # Steps of the same batched forward that follow on this link (0: the last)
     type = STEP
 
 
@@ -244,7 +245,9 @@ def encode(ev: Event) -> bytes:
     if isinstance(ev, Begin):
         return head + _BEGIN.pack(ev.temperature, ev.top_p, ev.top_k, ev.seed is not None, ev.seed or 0)
     if isinstance(ev, Step):
-        return head + _STEP.pack(ev.step, ev.seq_len, ev.tensors)
+        if not 0 <= ev.more <= MAX_IN_FLIGHT:
+            raise ProtocolError(f"Step: {ev.more} following rows (0..{MAX_IN_FLIGHT} allowed)")
+        return head + _STEP.pack(ev.step, ev.seq_len, ev.tensors, ev.more)
     if isinstance(ev, Chunk):
         return head + _CHUNK.pack(ev.seq_len, ev.tensors)
     if isinstance(ev, Sampled):
@@ -335,10 +338,12 @@ def decode(payload) -> Event:
             raise ProtocolError("Begin: bad seed flag")
         return Begin(seq, temp, top_p, top_k, s if has_seed else None)
     if t == STEP:
-        step, seq_len, count = _fixed(payload, _STEP, "Step")
+        step, seq_len, count, more = _fixed(payload, _STEP, "Step")
         if not 1 <= count <= MAX_STEP_TENSORS:
             raise ProtocolError(f"Step: {count} tensors (1..{MAX_STEP_TENSORS} allowed)")
-        return Step(seq, step, seq_len, count)
+        if more > MAX_IN_FLIGHT:
+            raise ProtocolError(f"Step: {more} following rows (0..{MAX_IN_FLIGHT} allowed)")
+        return Step(seq, step, seq_len, count, more)
     if t == CHUNK:
         seq_len, count = _fixed(payload, _CHUNK, "Chunk")
         if not 1 <= count <= MAX_STEP_TENSORS:

@@ -190,6 +190,21 @@ def check_concurrent_equals_solo(model_dir, m, n):
     return executors
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_decode_groups_stay_whole_around_the_ring(parity, n):
+    """With one group on the ring, every stage runs the eight streams as one forward: Step.more
+    keeps a group together on the links, and stage 0 holds back rows that become ready while
+    the group is out (late joiners, early returns) so that they join it instead of splitting it."""
+    m = manifest(n, relay=True)
+    executors = [CountingExecutor(parity) for _ in range(n)]
+    with served_many(m, executors, micro_batches=1) as server:
+        client = Client(str(server.address), m, timeout=30)
+        run_concurrently(lambda i: run(client, PROMPTS[i], SamplingParams(max_tokens=40)), 8)
+    for stage, ex in enumerate(executors):
+        decode = [rows for rows, t in ex.calls if t == 1]
+        assert decode.count(8) >= 0.75 * len(decode), f"stage {stage}: {sorted(decode)}"
+
+
 @pytest.mark.parametrize("n", [1, 2])
 def test_a_disconnecting_client_frees_its_slot_and_does_not_disturb_the_others(parity, n):
     m = manifest(n)

@@ -20,6 +20,7 @@ EVENTS = [
     P.Begin(9, 0.7, 0.9, 40, 2**64 - 1),
     P.Begin(9, 0.0, 1.0, 0, None),
     P.Step(9, 3, 10, 2),
+    P.Step(9, 3, 10, 1, more=7),
     P.Chunk(9, 64, 1),
     P.End(9),
     P.Fail(9, "stage 1: boom"),
@@ -55,6 +56,8 @@ def test_padding_hides_exact_lengths():
         struct.pack("<BQBH", P.ERROR, 1, 99, 0),  # unknown code
         struct.pack("<BQIIB", P.STEP, 1, 0, 5, 0),  # a Step without tensors
         struct.pack("<BQIIB", P.STEP, 1, 0, 5, 200),  # too many tensors
+        struct.pack("<BQIIBB", P.STEP, 1, 0, 5, 1, P.MAX_IN_FLIGHT + 1),  # more rows than can be
+        struct.pack("<BQIIB", P.STEP, 1, 0, 5, 1),  # the pre-batching Step (no row count)
         struct.pack("<BQIB", P.CHUNK, 1, 5, 0),  # a Chunk without tensors
         struct.pack("<BQIB", P.CHUNK, 1, 5, 9),  # too many tensors
         struct.pack("<BQIBB", P.CHUNK, 1, 5, 1, 0),  # trailing byte
