@@ -501,7 +501,32 @@ void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *
         const float *x1 = x0 + (mr > 1 ? ldx : 0), *x2 = x0 + (mr > 2 ? 2 * ldx : 0);
         const float *x3 = x0 + (mr > 3 ? 3 * ldx : 0);
         float *y0 = y + (long)m0 * N;
-        for (long j = 0; j < vec_end; j += VLEN) {
+        long j = 0;
+        /* two column vectors per pass: 8 independent sums hide the FMA latency (one
+         * vector's 4 chains left the FMA units half idle at 8 rows) */
+        for (; j + 2 * VLEN <= vec_end; j += 2 * VLEN) {
+            v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            v16f b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+            const float *w = weight + k_begin * N + j;
+            for (long k = k_begin; k < k_end; k++, w += N) {
+                v16f wa = vload(w), wb = vload(w + VLEN);
+                float s0 = x0[k], s1 = x1[k], s2 = x2[k], s3 = x3[k];
+                a0 += s0 * wa;
+                b0 += s0 * wb;
+                a1 += s1 * wa;             /* rows past mr repeat row 0: not stored */
+                b1 += s1 * wb;
+                a2 += s2 * wa;
+                b2 += s2 * wb;
+                a3 += s3 * wa;
+                b3 += s3 * wb;
+            }
+            vstore(y0 + j, a0);
+            vstore(y0 + j + VLEN, b0);
+            if (mr > 1) { vstore(y0 + N + j, a1); vstore(y0 + N + j + VLEN, b1); }
+            if (mr > 2) { vstore(y0 + 2 * N + j, a2); vstore(y0 + 2 * N + j + VLEN, b2); }
+            if (mr > 3) { vstore(y0 + 3 * N + j, a3); vstore(y0 + 3 * N + j + VLEN, b3); }
+        }
+        for (; j < vec_end; j += VLEN) {
             v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
             const float *w = weight + k_begin * N + j;
             for (long k = k_begin; k < k_end; k++, w += N) {

@@ -264,6 +264,31 @@ cdef enum RowOp:
     ROW_RESIDUAL
 
 
+cdef struct ReduceTask:
+    float* out                  # [M, N]
+    const float* partials       # [n_chunks, M, N]
+    const float* bias           # [N]
+    long n_chunks
+    long M
+    long N
+    long cols                   # columns per task chunk
+
+
+cdef void reduce_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """out[:, cols] = bias + partials[0] + partials[1] + ... in chunk order (so each
+    element gets the same chain of adds however the columns are split)."""
+    cdef ReduceTask* task = <ReduceTask*>ctx
+    cdef long n0 = chunk * task.cols
+    cdef long n = min(task.cols, task.N - n0)
+    cdef long m, c
+    cdef float* row
+    for m in range(task.M):
+        row = task.out + m * task.N + n0
+        memcpy(row, task.bias + n0, n * sizeof(float))
+        for c in range(task.n_chunks):
+            residual_forward(row, task.partials + (c * task.M + m) * task.N + n0, n)
+
+
 cdef struct RowsTask:
     RowOp op
     float* out
@@ -894,10 +919,7 @@ cdef class ShardEngine:
             n_chunks = ceil_div(K, task.chunk_rows)
             gpt2_pool_run(self.pool, matvec_conv1d_chunk if M == 1 else matmul_conv1d_small_chunk,
                           &task, n_chunks)
-            for m in range(M):
-                memcpy(out + m * N, bias, N * sizeof(float))
-                for c in range(n_chunks):
-                    residual_forward(out + m * N, self.partials + (c * M + m) * N, N)
+            self._reduce(out, self.partials, bias, n_chunks, M, N)
             return
         self._gemm_tiles(&task)
 
@@ -1148,10 +1170,21 @@ cdef class ShardEngine:
         task.chunk_rows = gemv_chunk_rows(1, N)
         n_chunks = ceil_div(K, task.chunk_rows)
         gpt2_pool_run(self.pool, matmul_rows_chunk, &task, n_chunks)
-        for m in range(M):
-            memcpy(out + m * N, bias, N * sizeof(float))
-            for c in range(n_chunks):
-                residual_forward(out + m * N, self.slot_partials + (c * M + m) * N, N)
+        self._reduce(out, self.slot_partials, bias, n_chunks, M, N)
+
+    cdef void _reduce(self, float* out, const float* partials, const float* bias, long n_chunks,
+                      long M, long N) noexcept nogil:
+        """The chunks' partial sums into out, split by columns over the pool (the partials
+        of M rows are megabytes: one thread adding them cost a quarter of a batched step)."""
+        cdef ReduceTask task
+        task.out = out
+        task.partials = partials
+        task.bias = bias
+        task.n_chunks = n_chunks
+        task.M = M
+        task.N = N
+        task.cols = max(<long>64, ceil_div(ceil_div(N, self.threads), 16) * 16)
+        gpt2_pool_run(self.pool, reduce_chunk, &task, ceil_div(N, task.cols))
 
     cdef void _slot_lm_head(self, int B) noexcept nogil:
         cdef MatmulTask task
