@@ -557,6 +557,61 @@ void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *
     }
 }
 
+/* matvec_rows for MC <= 4 input rows at once (y [MC, ldy], x [MC, ldx]): each weight row
+ * is loaded once for all of them, and every row's dot product is computed exactly as
+ * matvec_rows computes it (same accumulators, same order), so batched decode rows keep
+ * their solo bits.  MC is a compile-time constant in each instance (registers). */
+static inline __attribute__((always_inline)) void matvec_rows_mc(
+    float *y, long ldy, const float *x, long ldx, const int MC, const float *weight,
+    long r_begin, long r_end, long K)
+{
+    long vec4_end = K - K % (4 * VLEN);
+    long vec_end = K - K % VLEN;
+    for (long r = r_begin; r < r_end; r++) {
+        const float *w = weight + r * K;
+        v16f acc[4][4];
+        for (int m = 0; m < MC; m++)
+            acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = (v16f){0};
+        long j = 0;
+        for (; j < vec4_end; j += 4 * VLEN) {
+            v16f w0 = vload(w + j), w1 = vload(w + j + VLEN);
+            v16f w2 = vload(w + j + 2 * VLEN), w3 = vload(w + j + 3 * VLEN);
+            for (int m = 0; m < MC; m++) {
+                const float *xm = x + m * ldx + j;
+                acc[m][0] += w0 * vload(xm);
+                acc[m][1] += w1 * vload(xm + VLEN);
+                acc[m][2] += w2 * vload(xm + 2 * VLEN);
+                acc[m][3] += w3 * vload(xm + 3 * VLEN);
+            }
+        }
+        for (; j < vec_end; j += VLEN) {
+            v16f w0 = vload(w + j);
+            for (int m = 0; m < MC; m++)
+                acc[m][0] += w0 * vload(x + m * ldx + j);
+        }
+        for (int m = 0; m < MC; m++) {
+            const float *xm = x + m * ldx;
+            float s = vsum((acc[m][0] + acc[m][1]) + (acc[m][2] + acc[m][3]));
+            for (long jj = j; jj < K; jj++)
+                s += w[jj] * xm[jj];
+            y[m * ldy + r] = s;
+        }
+    }
+}
+
+GPT2_HOT
+void matvec_rows_multi(float *y, long ldy, const float *x, long ldx, int M, const float *weight,
+                       long r_begin, long r_end, long K)
+{
+    switch (M) {
+    case 1: matvec_rows_mc(y, ldy, x, ldx, 1, weight, r_begin, r_end, K); break;
+    case 2: matvec_rows_mc(y, ldy, x, ldx, 2, weight, r_begin, r_end, K); break;
+    case 3: matvec_rows_mc(y, ldy, x, ldx, 3, weight, r_begin, r_end, K); break;
+    case 4: matvec_rows_mc(y, ldy, x, ldx, 4, weight, r_begin, r_end, K); break;
+    default: break;
+    }
+}
+
 GPT2_HOT
 void matvec_rows(float *y, const float *x, const float *weight, long r_begin, long r_end, long K)
 {

@@ -84,6 +84,10 @@ void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *
 
 /* GEMV against row vectors: y[r] = dot(weight[r, 0:K], x) for r in [r_begin, r_end). */
 void matvec_rows(float *y, const float *x, const float *weight, long r_begin, long r_end, long K);
+/* matvec_rows for 1 <= M <= 4 rows (y[m * ldy + r], x[m * ldx + k]), each row's result
+ * bit-identical to matvec_rows on it alone (nothing is done for other M) */
+void matvec_rows_multi(float *y, long ldy, const float *x, long ldx, int M, const float *weight,
+                       long r_begin, long r_end, long K);
 
 /* Row-wise causal softmax of scaled scores [T, S] (row stride ld): row i sees
  * keys j <= past_len + i; the masked tail is set to 0. */

@@ -61,6 +61,8 @@ cdef extern from "gpt2_kernels.h" nogil:
                        long k_begin, long k_end, long N)
     void matvec_rows(float* y, const float* x, const float* weight,
                      long r_begin, long r_end, long K)
+    void matvec_rows_multi(float* y, long ldy, const float* x, long ldx, int M,
+                           const float* weight, long r_begin, long r_end, long K)
     int GPT2_SMALL_M
     void matmul_conv1d_small(float* y, const float* x, long ldx, int M, const float* weight,
                              long k_begin, long k_end, long N)
@@ -361,10 +363,11 @@ cdef void lm_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
     cdef MatmulTask* task = <MatmulTask*>ctx
     cdef long r_begin = chunk * task.chunk_rows
     cdef long r_end = min(r_begin + task.chunk_rows, task.N)
-    cdef long m
-    for m in range(task.M):
-        matvec_rows(task.out + m * task.N, task.inp + m * task.K, task.weight,
-                    r_begin, r_end, task.K)
+    cdef long m = 0
+    while m < task.M:           # 4 rows per pass over the slab (each weight row loaded once)
+        matvec_rows_multi(task.out + m * task.N, task.N, task.inp + m * task.K, task.K,
+                          <int>min(<long>4, task.M - m), task.weight, r_begin, r_end, task.K)
+        m += 4
 
 
 cdef struct SlotAttentionTask:
@@ -896,7 +899,7 @@ cdef class ShardEngine:
 
         wq: the same matrix as stored; anything but fp32 goes to cmlp._wkernels."""
         cdef MatmulTask task
-        cdef long c, m, n_chunks
+        cdef long n_chunks
         if wq != NULL and wq.dtype == WK_I8:      # stored [N, K]
             linear_forward(self.pool, out, inp, M, wq, bias, self.wtiles)
             return
@@ -1146,7 +1149,7 @@ cdef class ShardEngine:
         """fp32 decode rows (T == 1): the row-batched kernel; a prefill, or weights stored
         in another dtype (cmlp._wkernels reads them once for all M rows): the usual dispatch."""
         cdef MatmulTask task
-        cdef long c, m, n_chunks
+        cdef long n_chunks
         cdef wk_weight exact
         if T > 1:
             self._matmul(out, inp, weight, bias, M, K, N, wq)

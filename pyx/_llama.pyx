@@ -90,16 +90,21 @@ cdef struct LinearTask:
 
 
 cdef void linear_gemv_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
-    """y[m, r] = x[m] . W[r] for one slab of F32 weight rows, row by row: the slab is read
-    from memory once for all M rows, and each row gets exactly the M == 1 arithmetic (so
-    batched decode rows equal solo ones bit for bit)."""
+    """y[m, r] = x[m] . W[r] for one slab of F32 weight rows, 4 input rows per pass: each
+    weight row is loaded once per pass, and each input row gets exactly the M == 1
+    arithmetic (so batched decode rows equal solo ones bit for bit)."""
     cdef LinearTask* task = <LinearTask*>ctx
     cdef const Linear* w = task.w
     cdef long r0 = chunk * task.chunk_rows
     cdef long r1 = min(r0 + task.chunk_rows, w.N)
-    cdef long m
-    for m in range(task.M):
-        matvec_rows(task.out + m * w.N, task.inp + m * w.K, <const float*>w.data, r0, r1, w.K)
+    cdef long m = 0
+    if task.M == 1:
+        matvec_rows(task.out, task.inp, <const float*>w.data, r0, r1, w.K)
+        return
+    while m < task.M:
+        matvec_rows_multi(task.out + m * w.N, w.N, task.inp + m * w.K, w.K,
+                          <int>min(<long>4, task.M - m), <const float*>w.data, r0, r1, w.K)
+        m += 4
 
 
 cdef void linear_gemm_tile(void* ctx, long chunk, int thread_idx) noexcept nogil:

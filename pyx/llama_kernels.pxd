@@ -18,6 +18,8 @@ cdef extern from "gpt2_kernels.h" nogil:
     void residual_forward(float* residual, const float* delta, long n)
     void matvec_rows(float* y, const float* x, const float* weight, long r_begin, long r_end,
                      long K)
+    void matvec_rows_multi(float* y, long ldy, const float* x, long ldx, int M,
+                           const float* weight, long r_begin, long r_end, long K)
     void softmax_causal_forward(float* scores, int T, int S, long ld, int past_len, float scale)
     void attention_decode_forward(float* out, const float* q, const float* k_cache,
                                   const float* v_cache, int S, int D, float scale, float* scratch)
