@@ -136,6 +136,7 @@ def run_concurrently(fn, n):
     return out
 
 
+@pytest.mark.fast_cases("1-False", "2-True")
 @pytest.mark.parametrize("n, relay", [(1, False), (2, False), (2, True), (3, False), (3, True)])
 def test_eight_concurrent_clients_equal_their_solo_runs(parity, n, relay):
     m = manifest(n, relay)
@@ -152,6 +153,7 @@ def test_eight_concurrent_clients_equal_their_solo_runs(parity, n, relay):
     assert solo[1][0] != greedy  # the sampled requests really sampled
 
 
+@pytest.mark.fast_cases("1")
 @pytest.mark.parametrize("n", [1, 2])
 def test_a_disconnecting_client_frees_its_slot_and_does_not_disturb_the_others(parity, n):
     m = manifest(n)

@@ -75,6 +75,8 @@ CLIENT_ATTACKS = {
 }
 
 
+# fast tier: a dropped, a forged and a replayed frame; the other attacks are slow
+@pytest.mark.fast_cases("drop-token", "flip-request", "replay-token")
 @pytest.mark.parametrize("attack", list(CLIENT_ATTACKS))
 def test_hostile_host_on_the_client_link(parity, attack, capsys):
     model_dir, prompt, golden = parity
@@ -104,6 +106,8 @@ FEEDBACK_ATTACKS = {
 }
 
 
+# fast tier: the forged token (named on arrival); the stalls wait out deadlines (slow)
+@pytest.mark.fast_cases("flip-token")
 @pytest.mark.parametrize("attack", list(FEEDBACK_ATTACKS))
 def test_hostile_host_on_the_feedback_link(parity, attack, capsys):
     model_dir, prompt, golden = parity
@@ -144,6 +148,7 @@ def tiny(tmp_path_factory):
     return init_model(tmp_path_factory.mktemp("tiny"), preset="tiny")
 
 
+@pytest.mark.fast_cases("1")
 @pytest.mark.parametrize("victim", [0, 1])
 def test_killed_stage_mid_generation_gives_a_typed_error_naming_it(tiny, tmp_path, victim, capsys):
     from cmlp.attestation import MockProvider, MockVerifier
