@@ -144,7 +144,7 @@ ATTACKS = {
 # the full attack x link grid is slow
 @pytest.mark.fast_cases(
     "flip-hello-control",
-    "flip-sealed-up-data",
+    "flip-sealed-up-control",
     "flip-flags-control",
     "flip-hello-down-control",
     "replay-data",

@@ -169,6 +169,7 @@ def test_single_frame_attack_is_a_typed_error(link, attack, offset):
         setup.close()
 
 
+@pytest.mark.slow  # every fast attack case above also checks exact outputs through its proxy afterwards
 def test_untampered_links_give_exact_outputs():
     for link in LINKS:
         setup = Link(link, mitm.passthrough)
