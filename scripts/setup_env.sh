@@ -49,9 +49,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
         --no-build-isolation -e "$CMLP_ROOT"
     echo "$src_hash" > "$stamp"
 fi
-if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps-2" ]; then
+if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps-3" ]; then
     log "installing the test dependencies in 3 steps (PyTorch is the large one)"
-    tools="pytest, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, ruff, mypy, types-tqdm, cython-lint, atheris, build tools"
+    tools="pytest, pytest-xdist, tiktoken, hypothesis, cryptography, cbor2, openai, starlette, uvicorn, prometheus-client, ruff, mypy, types-tqdm, cython-lint, atheris, build tools"
     # --no-build-isolation: the editable rebuild must link the venv's scipy-openblas32 (its
     # runpath); an isolated build would point at a temporary environment that pip deletes
     pip_install "$py" "the test tools (step 1/3: $tools)" \
@@ -60,5 +60,5 @@ if [ "$want_test" = 1 ] && [ ! -f "$CMLP_VENV/.cmlp-test-deps-2" ]; then
         || pip_install "$py" "PyTorch from the CPU index (step 2/3)" \
             --index-url https://download.pytorch.org/whl/cpu torch
     pip_install "$py" "transformers (step 3/3)" transformers
-    touch "$CMLP_VENV/.cmlp-test-deps-2"
+    touch "$CMLP_VENV/.cmlp-test-deps-3"
 fi

@@ -323,6 +323,7 @@ def start_fails(orch, match=None):
 # ---------------------------------------------------------------------------
 # success
 # ---------------------------------------------------------------------------
+@pytest.mark.fast_cases("3-True")
 @pytest.mark.parametrize("n, relay", [(2, False), (2, True), (3, False), (3, True)])
 def test_asymmetric_pipeline_succeeds(pki, n, relay):
     doc = nitro_manifest(n, relay=relay)
@@ -497,6 +498,7 @@ def test_orchestrator_refuses_a_stage_with_other_pcrs(pki):
     assert stage_pcrs(1)[0].hex() in str(err) and stage_pcrs(1, "evil")[0].hex() in str(err)
 
 
+@pytest.mark.fast_cases("downstream")
 @pytest.mark.parametrize("impostor, judge", [(1, 0), (0, 1)], ids=["downstream", "upstream"])
 def test_neighbour_refuses_an_impostor_the_host_lets_in(pki, impostor, judge):
     """The host's manifest is edited to admit an impostor image; the neighbour still
@@ -523,6 +525,8 @@ def dev_unpinned_session():
     return SessionConfig.development(handshake_timeout=10, allow_unattested_peer=True)
 
 
+# fast tier: the weakest configuration (unpinned, unattested peers allowed); the grid is slow
+@pytest.mark.fast_cases("dev-unpinned-upstream")
 @pytest.mark.parametrize(
     "empty_from, empty_call, judge",
     [

@@ -69,6 +69,7 @@ def wait_listening(doc, timeout=60):
 # ---------------------------------------------------------------------------
 # normal runs
 # ---------------------------------------------------------------------------
+@pytest.mark.fast_cases("3-True")
 @pytest.mark.parametrize("n, relay", [(2, False), (3, True)])
 def test_orchestrator_output_and_latency_file(tiny, tmp_path, n, relay):
     path, doc = tiny_manifest(tmp_path, n, relay)
@@ -103,6 +104,7 @@ def test_orchestrator_output_and_latency_file(tiny, tmp_path, n, relay):
         stop_processes(procs)
 
 
+@pytest.mark.slow  # four rounds of stage processes; persistent sessions: fast in tests/pipeline
 def test_prompts_file_in_one_session_equals_fresh_runs(tiny, tmp_path):
     path, doc = tiny_manifest(tmp_path, 2)
     prompts = ["The capital of France is", "Once upon a time", "def main():"]
@@ -209,6 +211,8 @@ def assert_clean_exit(procs, doc, survivors_timeout=20):
     assert mitm.wait_until(lambda: not (manifest_ports(doc) & listening_ports()), 10)
 
 
+# fast tier: frozen in the handshake and mid-request, killed between requests; the full grid is slow
+@pytest.mark.fast_cases("1-handshake", "1-decode", "0-between-requests")
 @pytest.mark.parametrize("when", ["handshake", "prefill", "decode", "between-requests"])
 @pytest.mark.parametrize("victim", [0, 1])
 def test_kill_stage(tiny, tmp_path, when, victim):

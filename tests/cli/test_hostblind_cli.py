@@ -77,6 +77,7 @@ def wait_port(port, timeout=60):
     assert mitm.wait_until(up, timeout), f"nothing listens on {port}"
 
 
+@pytest.mark.fast_cases("2-False")
 @pytest.mark.parametrize("n, relay", [(2, False), (3, True)])
 def test_generate_streams_reference_mode_ids(tiny, tmp_path, n, relay):
     ref_doc = manifest_dict(n, total_layers=4, relay=relay, max_seq_len=1024, hidden_dim=64)

@@ -17,13 +17,8 @@ from cmlp.cli.common import run_command  # noqa: E402
 from cmlp.cli.main import build_parser  # noqa: E402
 from cmlp.errors import PublicKeyMismatch, VerificationFailed  # noqa: E402
 from cmlp.proxy.server import ListenPolicyError, check_listen_policy  # noqa: E402
+from tests.helpers.common import free_port  # noqa: E402
 from tests.helpers.proxy_fake import fake_backend  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -38,7 +33,7 @@ def _listening(port: int) -> bool:
     "error", [VerificationFailed("PCR0 does not match the manifest"), PublicKeyMismatch()]
 )
 def test_refuses_to_start_when_attestation_does_not_match(error, capsys):
-    port = _free_port()
+    port = free_port()
     args = build_parser().parse_args(
         ["proxy", "--connect", "127.0.0.1:9", "--manifest", "m.json", "--listen", f"127.0.0.1:{port}"]
     )

@@ -27,6 +27,7 @@ def tiny(tmp_path_factory):
     return init_model(tmp_path_factory.mktemp("fhb") / "tiny", preset="tiny")
 
 
+@pytest.mark.slow  # scripts/bench.sh: five pipeline configurations as processes
 def test_bench_script_announces_the_warm_up_round(tiny):
     env = cli_env()
     # five configurations on base, base+1000, ... (+ up to 200 ports each), below the

@@ -225,6 +225,7 @@ def _run_pipeline(manifest_path, model_dir, n, text="The capital of France is"):
     return r, procs
 
 
+@pytest.mark.fast_cases("relay")
 @pytest.mark.parametrize("layout", ["direct", "relay"])
 def test_a_pipeline_runs_from_a_generated_manifest(tiny, tmp_path, layout):
     base = random.randrange(10000, 32000, 100)  # below the ephemeral port range

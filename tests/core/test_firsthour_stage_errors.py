@@ -47,6 +47,7 @@ def wait_stopped(procs, timeout=30):
 
 
 # --- item 5: a stage that cannot start ---------------------------------------------
+@pytest.mark.slow  # the CLI retries a refused connection for seconds; the next test: fast
 def test_refused_connection_names_the_stage_and_quotes_its_log(tiny, tmp_path):
     """The packaged small-model split on the tiny model: stage 1 dies on its layer range."""
     path, _ = tiny_manifest(tmp_path, splits=((0, 2), (2, 6)))

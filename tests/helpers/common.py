@@ -6,18 +6,89 @@ import live here, imported as ``from tests.helpers.common import free_port``.
 
 from __future__ import annotations
 
+import collections
+import fcntl
 import os
+import random
 import socket
+import tempfile
 import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Ports for manifests written before their stages start (the stages bind them later).  A port
+# found free by binding port 0 comes from the ephemeral range (ip_local_port_range,
+# 32768-60999 by default), where an outgoing connection may take it before the stage binds
+# it; no outgoing connection takes a port above that range.  A port handed out stays
+# reserved (an flock on a file named after it) for the next HELD ports this process hands
+# out, so test processes side by side (pytest-xdist workers, two runs) never hand out the
+# same port while its stage has not bound it yet.
+HELD = 128
+_LOCKS = Path(tempfile.gettempdir()) / "cmlp-test-ports"
+_held: collections.deque = collections.deque()  # (port, lock fd), oldest first
+
+
+def _pool() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            top = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        top = 60999
+    return range(max(top + 1, 1024), 65536)
+
+
+def _reserve(port: int) -> bool:
+    """Take ``port``'s lock, or False when another process holds it."""
+    try:
+        _LOCKS.mkdir(mode=0o777, exist_ok=True)
+        fd = os.open(_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError:
+        return True  # no place for locks: binding is the only check
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held.append((port, fd))
+    while len(_held) > HELD:
+        os.close(_held.popleft()[1])
+    return True
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that nothing listens on (see above)."""
+    pool, ports = _pool(), []
+    recent = {port for port, _ in _held}
+    for _ in range(20 * len(pool) if len(pool) > 4 * HELD else 0):
+        if len(ports) == n:
+            return ports
+        port = random.choice(pool)
+        if port in recent or port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if _reserve(port):
+            ports.append(port)
+    socks = []  # no room above the ephemeral range: the kernel's choice
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def run_handshake(init_sock, resp_sock, init_kwargs=None, resp_kwargs=None):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,20 +17,9 @@ from cmlp.pipeline.orchestrator import Orchestrator, OrchestratorConfig
 from cmlp.pipeline.stage import StageConfig, StageWorker
 from cmlp.transport import SessionConfig
 from cmlp.transport.config import RetryPolicy
+from tests.helpers.common import free_ports  # noqa: F401 - imported from here by many tests
 
 FAST_RETRY = RetryPolicy(max_retries=40, initial_delay=0.05, max_delay=0.2)
-
-
-def free_ports(n: int):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def manifest_dict(

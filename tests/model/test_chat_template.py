@@ -188,6 +188,12 @@ def _ours(template_name, messages, add_generation_prompt, **kw):
     )
 
 
+# fast tier: the two edge-case conversations on every template; the full grid is slow
+@pytest.mark.fast_cases(
+    lambda conversation, add_generation_prompt, **_: (
+        conversation in (2, 3) and add_generation_prompt == (conversation == 2)
+    )
+)
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 @pytest.mark.parametrize("conversation", range(len(CONVERSATIONS)))
 @pytest.mark.parametrize("name", sorted(TEMPLATES))

@@ -128,6 +128,8 @@ def test_int8_matches_dequantized_transformers(int8_model):
     assert float(np.abs(chain.forward(ids) - ref).max()) <= i8_atol()
 
 
+# fast tier: one cut per model; every cut is slow
+@pytest.mark.fast_cases("llama-gqa3-tied-0-1+1-3+3-4", "qwen2-gqa2-untied-bias-0-2+2-4")
 @pytest.mark.parametrize(
     "splits", [s for s in layer_partitions(4) if len(s) > 1], ids=lambda s: "+".join(f"{a}-{b}" for a, b in s)
 )
@@ -159,6 +161,8 @@ def bf16_and_i8(tmp_path_factory):
     return bf16, reference, i8, dequantized_reference(QWEN, i8)
 
 
+# fast tier: the portable path and the widest one; tests/model/test_wkernels.py covers every ISA fast
+@pytest.mark.fast_cases("generic", "avx512bf16")
 @pytest.mark.parametrize("forced_isa", ISAS, indirect=True)
 def test_every_isa_path(bf16_and_i8, forced_isa):
     bf16, bf16_ref, i8, i8_ref = bf16_and_i8

@@ -217,6 +217,7 @@ def _hf_dequantized_int8(int8_dir, fp32_dir, out_dir):
 BOUNDS = {"bf16": 1e-4, "int8": 1e-3}
 
 
+@pytest.mark.fast_cases("ranges0-bf16", "ranges1-int8")
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("ranges", [[(0, N_LAYER)], [(0, 1), (1, 3), (3, N_LAYER)]])
 def test_parity_with_transformers(models, tmp_path, dtype, ranges):
@@ -288,6 +289,8 @@ def forced_isa(request):
     wk.set_isa(before)
 
 
+# fast tier: the bf16 and VNNI instructions and the portable path; every ISA x dtype is slow
+@pytest.mark.fast_cases("bf16-avx512bf16", "int8-generic", "int8-avx512vnni")
 @pytest.mark.parametrize(
     "forced_isa", ["generic", "avx2", "avx512", "avx512vnni", "avx512bf16"], indirect=True
 )

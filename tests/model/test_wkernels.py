@@ -27,6 +27,9 @@ SHAPES = [  # (M, K, N)
     (70, 96, 300),
     (130, 64, 17),
 ]
+# the fast tier: every ISA, dtype and layout on a decode row with vector-loop tails, a small
+# prefill on 2 threads and a large one; the full shape x thread grid is slow
+FAST_SHAPES = {(1, 17, 33, 1), (9, 40, 31, 2), (37, 300, 400, 2)}
 
 
 @pytest.fixture(params=ISAS)
@@ -60,6 +63,7 @@ def tolerance(x, w_ref, layout, dp_bf16):
     return rel * mag + 1e-6
 
 
+@pytest.mark.fast_cases(lambda M, K, N, threads, **_: (M, K, N, threads) in FAST_SHAPES)
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16", "i8"])
 @pytest.mark.parametrize("layout", ["conv1d", "linear"])
 @pytest.mark.parametrize("M,K,N", SHAPES)

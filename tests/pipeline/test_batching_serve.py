@@ -141,6 +141,7 @@ def run_concurrently(fn, n):
     return out
 
 
+@pytest.mark.fast_cases("1-False", "2-True")
 @pytest.mark.parametrize("n, relay", [(1, False), (2, False), (2, True), (3, False), (3, True)])
 def test_eight_concurrent_clients_equal_their_solo_runs(parity, n, relay):
     check_concurrent_equals_solo(parity, manifest(n, relay), n)
@@ -205,6 +206,7 @@ def test_decode_groups_stay_whole_around_the_ring(parity, n):
         assert decode.count(8) >= 0.75 * len(decode), f"stage {stage}: {sorted(decode)}"
 
 
+@pytest.mark.fast_cases("1")
 @pytest.mark.parametrize("n", [1, 2])
 def test_a_disconnecting_client_frees_its_slot_and_does_not_disturb_the_others(parity, n):
     m = manifest(n)

@@ -75,6 +75,8 @@ CLIENT_ATTACKS = {
 }
 
 
+# fast tier: a dropped, a forged and a replayed frame; the other attacks are slow
+@pytest.mark.fast_cases("drop-token", "flip-request", "replay-token")
 @pytest.mark.parametrize("attack", list(CLIENT_ATTACKS))
 def test_hostile_host_on_the_client_link(parity, attack, capsys):
     model_dir, prompt, golden = parity
@@ -104,6 +106,9 @@ FEEDBACK_ATTACKS = {
 }
 
 
+# slow: each case waits out the client's and stage 0's deadlines and a session restart (5-10 s);
+# tamper detection on a link is fast in tests/transport and on the client link above
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", list(FEEDBACK_ATTACKS))
 def test_hostile_host_on_the_feedback_link(parity, attack, capsys):
     model_dir, prompt, golden = parity
@@ -144,6 +149,7 @@ def tiny(tmp_path_factory):
     return init_model(tmp_path_factory.mktemp("tiny"), preset="tiny")
 
 
+@pytest.mark.fast_cases("1")
 @pytest.mark.parametrize("victim", [0, 1])
 def test_killed_stage_mid_generation_gives_a_typed_error_naming_it(tiny, tmp_path, victim, capsys):
     from cmlp.attestation import MockProvider, MockVerifier

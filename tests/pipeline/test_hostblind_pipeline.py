@@ -55,6 +55,7 @@ def run(client, prompt, **params):
     return [e.token_id for e in events[:-1]], events[-1], events[:-1]
 
 
+@pytest.mark.fast_cases("1-False", "3-True")
 @pytest.mark.parametrize("n, relay", [(1, False), (2, False), (2, True), (3, False), (3, True)])
 def test_greedy_ids_equal_reference_mode(parity, n, relay):
     model_dir, prompt, golden = parity

@@ -56,6 +56,8 @@ def hf_kept(x, temperature, top_k, top_p):
     return p
 
 
+# fast tier: no filter, then temperature, top-k and top-p together
+@pytest.mark.fast_cases("1.0-0-1.0", "0.5-5-0.5")
 @pytest.mark.parametrize(
     "temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 20, 1.0), (1.3, 0, 0.8), (1.0, 50, 0.9), (0.5, 5, 0.5)]
 )

@@ -76,6 +76,7 @@ def scan(chunks, pats):
     return sorted(name for name, raw in pats.items() if any(raw in c for c in chunks))
 
 
+@pytest.mark.slow  # stage and serve processes, 300 tokens, /proc memory scans
 def test_host_never_holds_the_prompt_or_the_ids(tiny, tmp_path, capsys):
     doc = hb_manifest_dict(2, total_layers=4, relay=True, max_seq_len=1024, hidden_dim=64)
     path = write_manifest(tmp_path, doc)

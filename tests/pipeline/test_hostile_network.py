@@ -140,6 +140,21 @@ ATTACKS = {
 }
 
 
+# fast tier: every kind of attack once (one header-field flip for all), on each kind of link;
+# the full attack x link grid is slow
+@pytest.mark.fast_cases(
+    "flip-hello-control",
+    "flip-sealed-up-control",
+    "flip-flags-control",
+    "flip-hello-down-control",
+    "replay-data",
+    "swap-relay",
+    "truncate-close-control",
+    "oversized-length-control",
+    "garbage-first-control",
+    "stall-handshake-data",
+    "wrong-version-control",
+)
 @pytest.mark.parametrize("where", ["control", "data", "relay"])
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_attack(where, attack):
@@ -174,6 +189,7 @@ def test_flip_in_stage_to_orchestrator_control_frames():
         setup.close()
 
 
+@pytest.mark.fast_cases("control", "relay")  # victim stage 0, then stage 1
 @pytest.mark.parametrize("where", ["control", "data", "relay"])
 def test_victim_errors_are_typed(where):
     """The stage on the receiving end reports the precise failure."""

@@ -90,6 +90,7 @@ class Pipeline:
             st.stop()
 
 
+@pytest.mark.fast_cases("relayed")
 @pytest.mark.parametrize("where", ["orch-stage0", "relayed"])
 def test_dropped_sentinel_same_session(model_dir, clean_b, where):
     """Prompts A then B in one session (``--prompts-file``); B's sentinel is dropped."""
@@ -111,6 +112,7 @@ def test_dropped_sentinel_same_session(model_dir, clean_b, where):
         p.close()
 
 
+@pytest.mark.fast_cases("orch-stage0")
 @pytest.mark.parametrize("where", ["orch-stage0", "relayed"])
 def test_dropped_sentinel_next_session(model_dir, clean_b, where):
     """User A's session, then user B's new session whose first frame (the sentinel) is dropped."""

@@ -114,6 +114,16 @@ def expected_outputs(n=3):
     return [[("a", [[float(i)] * 4]), ("b", [[float(-i)] * 4])] for i in range(n)]
 
 
+# fast tier: one case per link, every attack and both offsets; a dropped or held control
+# message waits out a deadline (slow)
+@pytest.mark.fast_cases(
+    "0-duplicate-control-down",
+    "3-duplicate-control-up",
+    "0-drop-orch-data-in",
+    "3-reorder-direct",
+    "3-drop-relayed",
+    "0-reorder-orch-data-out",
+)
 @pytest.mark.parametrize("link", sorted(LINKS))
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 @pytest.mark.parametrize("offset", [0, 3])
@@ -159,6 +169,7 @@ def test_single_frame_attack_is_a_typed_error(link, attack, offset):
         setup.close()
 
 
+@pytest.mark.slow  # every fast attack case above also checks exact outputs through its proxy afterwards
 def test_untampered_links_give_exact_outputs():
     for link in LINKS:
         setup = Link(link, mitm.passthrough)

@@ -21,6 +21,7 @@ def t(name, value=1.0, shape=(1, 4)):
     return Tensor.from_array(name, np.full(shape, value, np.float32))
 
 
+@pytest.mark.fast_cases("1-False", "3-True", "4-False")
 @pytest.mark.parametrize(
     "n, relay", [(1, False), (2, False), (3, False), (4, False), (2, True), (3, True), (4, True)]
 )

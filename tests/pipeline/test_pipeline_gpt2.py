@@ -44,6 +44,8 @@ def test_unsharded_engine_matches_transformers(parity):
     assert len(set(ids)) >= 5  # the check has teeth: ids vary
 
 
+# fast tier: 1, 2 (relayed) and 4 stages; every cut is slow
+@pytest.mark.fast_cases("0-4-direct", "0-2+2-4-relayed", "0-1+1-2+2-3+3-4-direct")
 @pytest.mark.parametrize("relay", [False, True], ids=["direct", "relayed"])
 @pytest.mark.parametrize(
     "splits", list(layer_partitions(PARITY.config.n_layer)), ids=lambda s: "+".join(f"{a}-{b}" for a, b in s)
@@ -61,6 +63,7 @@ def test_every_cut_gives_transformers_ids(parity, splits, relay):
     assert all(len(c) == len(splits) and all(x is not None for x in c) for c in gen.stage_compute_us)
 
 
+@pytest.mark.slow  # 21 sessions; tests/pipeline/test_pipeline.py and test_integrity_cache_bleed.py: fast
 def test_persistent_stages_serve_20_prompts_like_fresh_runs(parity):
     """The cache-clear sentinel reaches every stage: session after session, same answers."""
     model_dir, _ = parity

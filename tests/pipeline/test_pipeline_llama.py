@@ -97,6 +97,8 @@ def run(model_dir, splits, dtype):
     return gen.generated_ids
 
 
+# fast tier: one cut per family; every cut is slow
+@pytest.mark.fast_cases("llama-0-1+1-3+3-4", "qwen2-0-2+2-4")
 @pytest.mark.parametrize(
     "splits", list(layer_partitions(4)), ids=lambda s: "+".join(f"{a}-{b}" for a, b in s)
 )
@@ -106,6 +108,7 @@ def test_every_cut_fp32(models, splits):
     assert len(set(ref_ids)) >= 3
 
 
+@pytest.mark.fast_cases("llama-0-4", "qwen2-0-1+1-3+3-4")
 @pytest.mark.parametrize(
     "splits",
     [[(0, 4)], [(0, 2), (2, 4)], [(0, 1), (1, 3), (3, 4)]],

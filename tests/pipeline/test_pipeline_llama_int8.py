@@ -68,6 +68,8 @@ def int8_model(request, tmp_path_factory):
     return q_dir, ids[len(PROMPT) :]
 
 
+# fast tier: one cut per family; every cut is slow
+@pytest.mark.fast_cases("llama-0-1+1-2+2-4", "qwen2-0-3+3-4")
 @pytest.mark.parametrize(
     "splits", list(layer_partitions(4)), ids=lambda s: "+".join(f"{a}-{b}" for a, b in s)
 )
