@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import socket
 import threading
 import time
@@ -32,7 +33,7 @@ from cmlp.transport import sockets
 
 log = logging.getLogger(__name__)
 
-ACCEPT_SLICE = 0.2  # seconds between checks of the stop flag while accepting
+ACCEPT_SLICE = 0.2  # bound of one accept() after select() saw a connection, and of waits
 
 
 def _cut(sock: socket.socket) -> None:
@@ -79,6 +80,9 @@ class Acceptor(Generic[T]):
         self._in_flight: Dict[socket.socket, float] = {}  # insertion order = age order
         self._ready: Deque[T] = collections.deque()
         self._stop = threading.Event()
+        # close() writes a byte here: the accept thread wakes at once instead of finishing a
+        # timed accept (a stage closes its acceptor before every downstream handshake)
+        self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._accept_loop, name=name, daemon=True)
         self._thread.start()
 
@@ -86,9 +90,16 @@ class Acceptor(Generic[T]):
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
             try:
+                readable, _, _ = select.select([self.listener, self._wake_r], [], [])
+                if self._stop.is_set():
+                    return
+                if self.listener not in readable:
+                    continue
                 sock = sockets.accept(self.listener, timeout=ACCEPT_SLICE)
             except Timeout:
-                continue
+                continue  # the connection went away between select and accept
+            except ValueError:  # the listener was closed under us (fileno -1)
+                return
             except OSError as exc:
                 if self._stop.is_set():
                     return
@@ -167,5 +178,12 @@ class Acceptor(Generic[T]):
             _cut(sock)
         for result in ready:
             self.discard(result)
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
         if threading.current_thread() is not self._thread:
             self._thread.join(ACCEPT_SLICE * 5)
+            if not self._thread.is_alive():
+                self._wake_r.close()
+                self._wake_w.close()
