@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cmlp.errors import InvalidModelInput
+from cmlp.errors import InvalidModelInput, PositionOverflow
 
 
 class SlotTable:
@@ -68,6 +68,29 @@ def slot_count(slot_bytes: int, slots: int, kv_budget_bytes: int | None = None) 
             raise ValueError(f"a KV budget of {kv_budget_bytes} bytes holds no slot of {slot_bytes} bytes")
         slots = min(slots, fit)
     return slots
+
+
+def check_batch(shard: Any, x: np.ndarray, max_positions: int, slots: bool) -> None:
+    """The size checks every shard wrapper makes after its dtype and shape checks: a
+    non-empty batch within ``max_batch`` / ``max_tokens``, and (lockstep forwards; slotted
+    ones are checked per slot by the engine) the cached batch and positions."""
+    B, T = x.shape[0], x.shape[1]
+    if B < 1 or T < 1:
+        raise InvalidModelInput(f"empty input: shape {list(x.shape)}")
+    if B > shard.max_batch:
+        raise InvalidModelInput(f"batch size {B} exceeds the maximum of {shard.max_batch}")
+    if B * T > shard.max_tokens:
+        raise InvalidModelInput(f"{B * T} tokens in one forward exceed the maximum of {shard.max_tokens}")
+    if slots:
+        return  # positions are per slot: the engine checks them
+    past = shard._engine.past_len
+    if past > 0 and B != shard._engine.cache_batch:
+        raise InvalidModelInput(
+            f"batch size {B} does not match the {shard._engine.cache_batch} cached "
+            "sequences; clear the cache to start a new batch"
+        )
+    if past + T > max_positions:
+        raise PositionOverflow(past, T, max_positions)
 
 
 class SlotShard:

@@ -33,10 +33,10 @@ import threading
 import numpy as np
 
 from cmlp import _gpt2
-from cmlp.errors import InvalidModelInput, PositionOverflow
+from cmlp.errors import InvalidModelInput
 from cmlp.model.gpt2.config import Gpt2Config, load_config
 from cmlp.model.gpt2.weights import ShardWeights, load_shard_weights
-from cmlp.model.slots import SlotShard
+from cmlp.model.slots import SlotShard, check_batch
 
 MAX_THREADS = _gpt2.MAX_POOL_THREADS
 
@@ -176,23 +176,7 @@ class Gpt2Shard(SlotShard):
                 raise InvalidModelInput(
                     f"hidden states must be [B, T, {cfg.n_embd}], got shape {list(x.shape)}"
                 )
-        B, T = x.shape[0], x.shape[1]
-        if B < 1 or T < 1:
-            raise InvalidModelInput(f"empty input: shape {list(x.shape)}")
-        if B > self.max_batch:
-            raise InvalidModelInput(f"batch size {B} exceeds the maximum of {self.max_batch}")
-        if B * T > self.max_tokens:
-            raise InvalidModelInput(f"{B * T} tokens in one forward exceed the maximum of {self.max_tokens}")
-        if slots:
-            return  # positions are per slot: the engine checks them
-        past = self._engine.past_len
-        if past > 0 and B != self._engine.cache_batch:
-            raise InvalidModelInput(
-                f"batch size {B} does not match the {self._engine.cache_batch} cached "
-                "sequences; clear the cache to start a new batch"
-            )
-        if past + T > cfg.n_positions:
-            raise PositionOverflow(past, T, cfg.n_positions)
+        check_batch(self, x, cfg.n_positions, slots)
 
 
 def _check_threads(threads) -> int:

@@ -19,10 +19,10 @@ import threading
 import numpy as np
 
 from cmlp import _llama
-from cmlp.errors import InvalidModelInput, PositionOverflow
+from cmlp.errors import InvalidModelInput
 from cmlp.model.llama.config import LlamaConfig, load_config
 from cmlp.model.llama.weights import LlamaWeights, load_shard_weights
-from cmlp.model.slots import SlotShard
+from cmlp.model.slots import SlotShard, check_batch
 
 MAX_THREADS = _llama.MAX_POOL_THREADS
 DEFAULT_MAX_POSITIONS = 8192
@@ -138,23 +138,7 @@ class LlamaShard(SlotShard):
                 )
             if x.ndim != 3 or x.shape[2] != C:
                 raise InvalidModelInput(f"hidden states must be [B, T, {C}], got shape {list(x.shape)}")
-        B, T = x.shape[0], x.shape[1]
-        if B < 1 or T < 1:
-            raise InvalidModelInput(f"empty input: shape {list(x.shape)}")
-        if B > self.max_batch:
-            raise InvalidModelInput(f"batch size {B} exceeds the maximum of {self.max_batch}")
-        if B * T > self.max_tokens:
-            raise InvalidModelInput(f"{B * T} tokens in one forward exceed the maximum of {self.max_tokens}")
-        if slots:
-            return  # positions are per slot: the engine checks them
-        past = self._engine.past_len
-        if past > 0 and B != self._engine.cache_batch:
-            raise InvalidModelInput(
-                f"batch size {B} does not match the {self._engine.cache_batch} cached "
-                "sequences; clear the cache to start a new batch"
-            )
-        if past + T > self._max_positions:
-            raise PositionOverflow(past, T, self._max_positions)
+        check_batch(self, x, self._max_positions, slots)
 
 
 def _widen(arr: np.ndarray) -> np.ndarray:
