@@ -76,16 +76,18 @@ void matvec_conv1d(float *y, const float *x, const float *weight,
 void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float *weight,
                          long k_begin, long k_end, long N);
 
-/* matmul_conv1d_small for any M (continuous batching's decode rows): register tiles
- * of 4 rows x 16 columns summed over [k_begin, k_end); per element the same chain of
- * multiply-adds over k in order as matmul_conv1d_small, so results match it bit for bit. */
+/* Continuous batching's matmul for any M rows, columns [n_begin, n_end) of
+ * Y = bias + X W, with W [K, N] read in k-chunks of chunk_rows: per element exactly
+ * matmul_conv1d_small's sum over each chunk (from 0, k in order), added to bias in chunk
+ * order, i.e. the M = 1 path's partials and reduction.  A row's result does not depend
+ * on M, and column blocks run in parallel with no partial sums in memory.  Y [M, N]. */
 void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *weight,
-                        long k_begin, long k_end, long N);
+                        const float *bias, long K, long N, long chunk_rows, long n_begin, long n_end);
 
 /* GEMV against row vectors: y[r] = dot(weight[r, 0:K], x) for r in [r_begin, r_end). */
 void matvec_rows(float *y, const float *x, const float *weight, long r_begin, long r_end, long K);
-/* matvec_rows for 1 <= M <= 4 rows (y[m * ldy + r], x[m * ldx + k]), each row's result
- * bit-identical to matvec_rows on it alone (nothing is done for other M) */
+/* matvec_rows for M >= 1 rows (y[m * ldy + r], x[m * ldx + k]): each weight row is read
+ * once for all of them, and each row's result is bit-identical to matvec_rows on it alone */
 void matvec_rows_multi(float *y, long ldy, const float *x, long ldx, int M, const float *weight,
                        long r_begin, long r_end, long K);
 

@@ -67,7 +67,8 @@ cdef extern from "gpt2_kernels.h" nogil:
     void matmul_conv1d_small(float* y, const float* x, long ldx, int M, const float* weight,
                              long k_begin, long k_end, long N)
     void matmul_conv1d_rows(float* y, const float* x, long ldx, int M, const float* weight,
-                            long k_begin, long k_end, long N)
+                            const float* bias, long K, long N, long chunk_rows, long n_begin,
+                            long n_end)
     void softmax_causal_forward(float* scores, int T, int S, long ld, int past_len, float scale)
     void attention_decode_forward(float* out, const float* q, const float* k_cache,
                                   const float* v_cache, int S, int D, float scale, float* scratch)
@@ -97,6 +98,13 @@ cdef enum:
     GEMM_TILE_ROWS = 512
     GEMM_TILE_COLS = 384     # divides 768, 2304 and 3072: even tiles on GPT-2 small
     ROWS_CHUNK_FLOATS = 16384
+    # A slot prefill of up to this many tokens (fp32 weights) also takes the row-batched
+    # kernel: two 8-row tiles beat OpenBLAS's packed GEMM at such small M (GPT-2 small,
+    # 2 threads, 16 tokens: 31-39 ms against 46 ms; even at 32, slower beyond).
+    SLOT_PREFILL_ROWS = 16
+    # Output columns per task of the 3+ row matmul: four 48-column strips (N = 768 gives
+    # 4 tasks, 3072 gives 16)
+    SLOT_COLS_PER_TASK = 192
     MAX_ENGINE_BATCH = 4096  # hard bound that keeps index arithmetic in range
 
 MAX_POOL_THREADS = MAX_THREADS
@@ -344,18 +352,25 @@ cdef str blocks_dtype(BlockWeights* blocks, int n):
 # ---------------------------------------------------------------------------
 
 cdef void matmul_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
-    """One slab of weight rows applied to all M rows (the slab is read from memory once;
-    a 4-row tile re-reads it from cache).  The chunking depends on N only and both
-    kernels add a row's products in the same order, so a row's result is the same
-    whatever M is (checked bit for bit in tests/test_batching_engine.py)."""
+    """1-2 rows: one slab of weight rows streamed in address order into the chunk's own
+    partial sums (reduced in chunk order by reduce_chunk)."""
     cdef MatmulTask* task = <MatmulTask*>ctx
     cdef float* y = task.partials + chunk * task.M * task.N
     cdef long k_begin = chunk * task.chunk_rows
     cdef long k_end = min(k_begin + task.chunk_rows, task.K)
-    if task.M <= 2:             # [M, N] partial sums fit L1; the slab streams in order
-        matmul_conv1d_small(y, task.inp, task.K, <int>task.M, task.weight, k_begin, k_end, task.N)
-    else:                       # 4-row register tiles summed over the slab, y written once
-        matmul_conv1d_rows(y, task.inp, task.K, <int>task.M, task.weight, k_begin, k_end, task.N)
+    matmul_conv1d_small(y, task.inp, task.K, <int>task.M, task.weight, k_begin, k_end, task.N)
+
+
+cdef void matmul_cols_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """3+ rows: one block of output columns over the whole k range, in 8-row register
+    tiles, with the same per-element arithmetic as matmul_rows_chunk + reduce_chunk (so a
+    row's result is the same whatever M is; checked bit for bit in
+    tests/model/test_batching_engine.py)."""
+    cdef MatmulTask* task = <MatmulTask*>ctx
+    cdef long n0 = chunk * task.chunk_cols
+    cdef long n1 = min(n0 + task.chunk_cols, task.N)
+    matmul_conv1d_rows(task.out, task.inp, task.K, <int>task.M, task.weight, task.bias, task.K, task.N,
+                       task.chunk_rows, n0, n1)
 
 
 cdef void lm_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
@@ -363,11 +378,8 @@ cdef void lm_rows_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
     cdef MatmulTask* task = <MatmulTask*>ctx
     cdef long r_begin = chunk * task.chunk_rows
     cdef long r_end = min(r_begin + task.chunk_rows, task.N)
-    cdef long m = 0
-    while m < task.M:           # 4 rows per pass over the slab (each weight row loaded once)
-        matvec_rows_multi(task.out + m * task.N, task.N, task.inp + m * task.K, task.K,
-                          <int>min(<long>4, task.M - m), task.weight, r_begin, r_end, task.K)
-        m += 4
+    matvec_rows_multi(task.out, task.N, task.inp, task.K, <int>task.M, task.weight, r_begin, r_end,
+                      task.K)
 
 
 cdef struct SlotAttentionTask:
@@ -1002,8 +1014,8 @@ cdef class ShardEngine:
         if self.slot_lens == NULL or self.row_slots == NULL or self.row_pos == NULL:
             raise MemoryError()
         C = self.n_embd
-        # partials of the row-batched matmuls: n_chunks * n rows * N, chunking by N only
-        partial_floats = max(ceil_div(K, gemv_chunk_rows(1, N)) * n * N
+        # partials of the 1-2 row matmuls: n_chunks * 2 rows * N, chunking by N only
+        partial_floats = max(ceil_div(K, gemv_chunk_rows(1, N)) * 2 * N
                              for K, N in ((C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)))
         self._slot_partials = aligned_empty((partial_floats,))
         self.slot_partials = fptr(self._slot_partials)
@@ -1146,12 +1158,13 @@ cdef class ShardEngine:
     cdef void _slot_matmul(self, float* out, const float* inp, const float* weight,
                            const float* bias, long M, long K, long N, int T,
                            const wk_weight* wq) noexcept nogil:
-        """fp32 decode rows (T == 1): the row-batched kernel; a prefill, or weights stored
-        in another dtype (cmlp._wkernels reads them once for all M rows): the usual dispatch."""
+        """fp32 decode rows (T == 1) and short prefills (M <= SLOT_PREFILL_ROWS): the
+        row-batched kernel; a longer prefill, or weights stored in another dtype
+        (cmlp._wkernels reads them once for all M rows): the usual dispatch."""
         cdef MatmulTask task
         cdef long n_chunks
         cdef wk_weight exact
-        if T > 1:
+        if T > 1 and (M > SLOT_PREFILL_ROWS or wq.dtype != WK_F32):
             self._matmul(out, inp, weight, bias, M, K, N, wq)
             return
         if wq.dtype != WK_F32:
@@ -1169,11 +1182,15 @@ cdef class ShardEngine:
         task.K = K
         task.N = N
         task.trans_weight = False
-        task.partials = self.slot_partials
-        task.chunk_rows = gemv_chunk_rows(1, N)
-        n_chunks = ceil_div(K, task.chunk_rows)
-        gpt2_pool_run(self.pool, matmul_rows_chunk, &task, n_chunks)
-        self._reduce(out, self.slot_partials, bias, n_chunks, M, N)
+        task.chunk_rows = gemv_chunk_rows(1, N)     # the k-chunks of the M == 1 path
+        if M <= 2:      # the slabs stream in address order; [M, N] partials fit L1
+            task.partials = self.slot_partials
+            n_chunks = ceil_div(K, task.chunk_rows)
+            gpt2_pool_run(self.pool, matmul_rows_chunk, &task, n_chunks)
+            self._reduce(out, self.slot_partials, bias, n_chunks, M, N)
+            return
+        task.chunk_cols = max(<long>SLOT_COLS_PER_TASK, ceil_div(ceil_div(N, self.threads), 48) * 48)
+        gpt2_pool_run(self.pool, matmul_cols_chunk, &task, ceil_div(N, task.chunk_cols))
 
     cdef void _reduce(self, float* out, const float* partials, const float* bias, long n_chunks,
                       long M, long N) noexcept nogil:

@@ -90,21 +90,17 @@ cdef struct LinearTask:
 
 
 cdef void linear_gemv_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
-    """y[m, r] = x[m] . W[r] for one slab of F32 weight rows, 4 input rows per pass: each
-    weight row is loaded once per pass, and each input row gets exactly the M == 1
-    arithmetic (so batched decode rows equal solo ones bit for bit)."""
+    """y[m, r] = x[m] . W[r] for one slab of F32 weight rows: each weight row is loaded once
+    for all M input rows, and each gets exactly the M == 1 arithmetic (so batched decode
+    rows equal solo ones bit for bit)."""
     cdef LinearTask* task = <LinearTask*>ctx
     cdef const Linear* w = task.w
     cdef long r0 = chunk * task.chunk_rows
     cdef long r1 = min(r0 + task.chunk_rows, w.N)
-    cdef long m = 0
     if task.M == 1:
         matvec_rows(task.out, task.inp, <const float*>w.data, r0, r1, w.K)
         return
-    while m < task.M:
-        matvec_rows_multi(task.out + m * w.N, w.N, task.inp + m * w.K, w.K,
-                          <int>min(<long>4, task.M - m), <const float*>w.data, r0, r1, w.K)
-        m += 4
+    matvec_rows_multi(task.out, w.N, task.inp, w.K, <int>task.M, <const float*>w.data, r0, r1, w.K)
 
 
 cdef void linear_gemm_tile(void* ctx, long chunk, int thread_idx) noexcept nogil:

@@ -69,8 +69,24 @@ def test_batched_decode_is_bit_identical_to_solo(family_models, family, dtype, s
         shards = [load_shard(path, 0, n_layer, threads=2)]
     else:
         shards = [load_shard(path, 0, split, threads=2), load_shard(path, split, n_layer, threads=1)]
-    ps = prompts(shards[0].vocab_size)
-    steps = 10
+    check_batched_equals_solo(shards, prompts(shards[0].vocab_size), steps=10)
+
+
+def test_batched_decode_is_bit_identical_at_odd_widths(tmp_path):
+    """GPT-2 fp32 at widths that are not multiples of the kernels' tiles (n_embd 40: 120,
+    40 and 160 columns end in a partial 48-column strip and a scalar tail; 301 vocabulary
+    rows), with up to 11 rows in a step (a second 8-row tile)."""
+    from tests.helpers.model import Gpt2Config, write_model
+
+    cfg = Gpt2Config(vocab_size=301, n_positions=64, n_embd=40, n_layer=2, n_head=2)
+    path = write_model(tmp_path / "odd", cfg, seed=7, std=0.1, ln_std=0.2, bias_std=0.1)
+    shards = [load_shard(path, 0, cfg.n_layer, threads=2)]
+    check_batched_equals_solo(shards, prompts(cfg.vocab_size, n=11), steps=6)
+
+
+def check_batched_equals_solo(shards, ps, steps):
+    """Each prompt decoded alone, then all of them joining one by one (batch sizes 1..len(ps)):
+    every sequence's logits must be the same bits both ways."""
     for s in shards:
         s.configure_slots(len(ps))
 
