@@ -31,6 +31,7 @@ cimport cython
 from libc.string cimport memcpy, memset
 
 from cmlp.errors import InvalidModelInput, ModelError
+from cmlp.slot_rows import plan_rows
 
 from blas cimport gemm, openblas_set_num_threads, openblas_get_corename, openblas_get_config
 from cmlp._wkernels cimport (wk_weight, WK_F32, WK_BF16, WK_F16, WK_I8, WK_FP32_ACT, WK_ROW_EXACT,
@@ -98,9 +99,10 @@ cdef enum:
     GEMM_TILE_ROWS = 512
     GEMM_TILE_COLS = 384     # divides 768, 2304 and 3072: even tiles on GPT-2 small
     ROWS_CHUNK_FLOATS = 16384
-    # A slot prefill of up to this many tokens (fp32 weights) also takes the row-batched
-    # kernel: two 8-row tiles beat OpenBLAS's packed GEMM at such small M (GPT-2 small,
-    # 2 threads, 16 tokens: 31-39 ms against 46 ms; even at 32, slower beyond).
+    # A slotted sequence of up to this many new positions is computed row by row exactly
+    # as if alone (fp32: the row-batched kernel, which also beats OpenBLAS's packed GEMM
+    # at such small M: GPT-2 small, 2 threads, 16 tokens 29-38 ms against 46-57 ms), so
+    # it can share a forward with others (cmlp.slot_rows); longer prefills run alone.
     SLOT_PREFILL_ROWS = 16
     # Output columns per task of the 3+ row matmul: four 48-column strips (N = 768 gives
     # 4 tasks, 3072 gives 16)
@@ -387,9 +389,10 @@ cdef struct SlotAttentionTask:
     const float* qkv            # [B*T, 3C]
     float* k_cache              # this block's K: [n_slots, H, n_positions, D]
     float* v_cache
-    const int* slots            # [B] slot of each row
-    const int* pos              # [B] first position of each row
-    int T
+    const int* slots            # [B] slot of each sequence
+    const int* pos              # [B] its first new position
+    const int* off              # [B] its first activation row
+    const int* lens             # [B] its new positions (activation rows)
     int C
     int H
     int D
@@ -400,32 +403,34 @@ cdef struct SlotAttentionTask:
 
 
 cdef void slot_attention_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
-    """attention_head_chunk on (row b, head h) with b's own slot and position."""
+    """attention_head_chunk on (sequence b, head h) with b's own slot, position and rows
+    (the same computation whatever else shares the forward)."""
     cdef SlotAttentionTask* task = <SlotAttentionTask*>ctx
     cdef int b = chunk // task.H
     cdef int h = chunk % task.H
     cdef int D = task.D
+    cdef int T = task.lens[b]
     cdef int past = task.pos[b]
     cdef long qkv_ld = 3 * task.C
     cdef long head_offset = (<long>task.slots[b] * task.H + h) * task.n_positions * D
     cdef float* k_head = task.k_cache + head_offset
     cdef float* v_head = task.v_cache + head_offset
-    cdef const float* q = task.qkv + <long>b * task.T * qkv_ld + h * D
-    cdef float* out = task.out + <long>b * task.T * task.C + h * D
+    cdef const float* q = task.qkv + <long>task.off[b] * qkv_ld + h * D
+    cdef float* out = task.out + <long>task.off[b] * task.C + h * D
     cdef float* scratch = task.scratch + thread_idx * task.scratch_stride
     cdef int t
     cdef const float* row
-    for t in range(task.T):
+    for t in range(T):
         row = q + t * qkv_ld
         memcpy(k_head + <long>(past + t) * D, row + task.C, D * sizeof(float))
         memcpy(v_head + <long>(past + t) * D, row + 2 * task.C, D * sizeof(float))
-    cdef int S = past + task.T
-    if task.T == 1:
+    cdef int S = past + T
+    if T == 1:
         attention_decode_forward(out, q, k_head, v_head, S, D, task.scale, scratch)
         return
-    gemm(False, True, task.T, S, D, 1.0, q, qkv_ld, k_head, D, 0.0, scratch, S)
-    softmax_causal_forward(scratch, task.T, S, S, past, task.scale)
-    gemm(False, False, task.T, D, S, 1.0, scratch, S, v_head, D, 0.0, out, task.C)
+    gemm(False, True, T, S, D, 1.0, q, qkv_ld, k_head, D, 0.0, scratch, S)
+    softmax_causal_forward(scratch, T, S, S, past, task.scale)
+    gemm(False, False, T, D, S, 1.0, scratch, S, v_head, D, 0.0, out, task.C)
 
 
 # ---------------------------------------------------------------------------
@@ -489,6 +494,8 @@ cdef class ShardEngine:
     cdef int* slot_lens             # [n_slots] cached positions per slot
     cdef int* row_slots             # [n_slots] the slot of each row of a slot forward
     cdef int* row_pos               # [n_slots] that row's first position
+    cdef int* row_off               # [n_slots] its first activation row (row_pos + n_slots)
+    cdef int* row_len               # [n_slots] its new positions (row_pos + 2 n_slots)
     cdef cnp.ndarray _slot_partials
     cdef float* slot_partials
 
@@ -1010,9 +1017,11 @@ cdef class ShardEngine:
         self.slot_kv_bytes = nbytes
         self.slot_lens = <int*>calloc(n, sizeof(int))
         self.row_slots = <int*>calloc(n, sizeof(int))
-        self.row_pos = <int*>calloc(n, sizeof(int))
+        self.row_pos = <int*>calloc(3 * n, sizeof(int))    # row_pos, row_off, row_len
         if self.slot_lens == NULL or self.row_slots == NULL or self.row_pos == NULL:
             raise MemoryError()
+        self.row_off = self.row_pos + n
+        self.row_len = self.row_pos + 2 * n
         C = self.n_embd
         # partials of the 1-2 row matmuls: n_chunks * 2 rows * N, chunking by N only
         partial_floats = max(ceil_div(K, gemv_chunk_rows(1, N)) * 2 * N
@@ -1023,6 +1032,11 @@ cdef class ShardEngine:
 
     cdef inline float* _slot_cache(self, int block, int kv) noexcept nogil:
         return self.slot_kv + (<long>block * 2 + kv) * self.n_slots * self.n_positions * self.n_embd
+
+    @property
+    def mix_rows(self):
+        """The longest sequence (new positions) that may share a slotted forward."""
+        return SLOT_PREFILL_ROWS
 
     def slot_len(self, int slot):
         if not 0 <= slot < self.n_slots:
@@ -1059,57 +1073,59 @@ cdef class ShardEngine:
         for s in range(self.n_slots):
             self._clear_slot(s)
 
-    def forward_slots(self, cnp.ndarray x, slots):
-        """ids [B, T] (first shard) or hidden [B, T, C] (others), row b continuing slot
-        slots[b] at its own position.  T > 1 (a prefill) only with B == 1.  Returns a view:
-        hidden [B, T, C] or logits [B, V]."""
+    def forward_slots(self, cnp.ndarray x, slots, lens=None):
+        """Rows continuing slots, each sequence at its own position: ids [B, T] (first
+        shard) or hidden [B, T, C] (others) for B sequences of T new positions, or with
+        ``lens`` ids [1, M] / hidden [1, M, C] holding sequence b's lens[b] positions back
+        to back (cmlp.slot_rows).  Returns a view: logits [B, V] (each sequence's last
+        position), or hidden [B, T, C] / [1, M, C]."""
         if self.n_slots == 0:
             raise InvalidModelInput("no slots configured")
-        cdef int B, T, b, s, c
-        cdef long n
+        cdef int B, b, s, c, n_new, max_len = 0
+        cdef long M = 0
         if self.is_first:
             if x.ndim != 2 or x.dtype.kind not in "ui":
                 raise InvalidModelInput("token ids must be an integer array [B, T]")
         elif x.ndim != 3 or x.shape[2] != self.n_embd or x.dtype != np.float32:
             raise InvalidModelInput(f"hidden states must be float32 [B, T, {self.n_embd}]")
-        if not 1 <= x.shape[0] <= self.n_slots or x.shape[1] < 1:
-            raise InvalidModelInput(f"invalid slot forward of shape {[x.shape[i] for i in range(x.ndim)]} "
-                                    f"with {self.n_slots} slots")
-        B = x.shape[0]
-        T = x.shape[1]
-        if T > 1 and B != 1:
-            raise InvalidModelInput("a prefill (T > 1) runs one sequence at a time")
-        if len(slots) != B:
-            raise InvalidModelInput(f"{len(slots)} slots for {B} rows")
+        seg = plan_rows((x.shape[0], x.shape[1]), slots, lens, self.n_slots, SLOT_PREFILL_ROWS)
+        B = len(seg)
         for b in range(B):
             s = slots[b]
+            n_new = seg[b]
             if not 0 <= s < self.n_slots:
                 raise InvalidModelInput(f"slot {s} out of range [0, {self.n_slots})")
             for c in range(b):
                 if self.row_slots[c] == s:
                     raise InvalidModelInput(f"slot {s} appears twice in one forward")
-            if self.slot_lens[s] + T > self.n_positions:
-                raise InvalidModelInput(f"slot {s}: {self.slot_lens[s]} cached + {T} new "
+            if self.slot_lens[s] + n_new > self.n_positions:
+                raise InvalidModelInput(f"slot {s}: {self.slot_lens[s]} cached + {n_new} new "
                                         f"positions exceed {self.n_positions}")
             self.row_slots[b] = s
             self.row_pos[b] = self.slot_lens[s]
-        self._ensure_rows(B, T)
-        n = <long>B * T
+            self.row_off[b] = <int>M
+            self.row_len[b] = n_new
+            M += n_new
+            max_len = max(max_len, n_new)
+        self._ensure_rows(B, 1)         # logits: one row per sequence
+        self._ensure_rows(1, <int>M)    # activations: M rows; attention scratch: M >= any T
         if self.is_first:
             if (x < 0).any() or (x >= self.n_vocab).any():
                 raise InvalidModelInput(f"token id out of range for vocab_size {self.n_vocab}")
-            np.copyto(self._ids[:n].reshape(B, T), x, casting="unsafe")
+            np.copyto(self._ids[:M], x.reshape(-1), casting="unsafe")
         else:
-            np.copyto(self._residual[:n].reshape(B, T, self.n_embd), x, casting="no")
+            np.copyto(self._residual[:M], x.reshape(M, self.n_embd), casting="no")
         with nogil:
-            self._forward_slots(B, T)
+            self._forward_slots(B, M, max_len)
             gpt2_pool_quiesce(self.pool)
         for b in range(B):
-            self.slot_lens[self.row_slots[b]] += T
+            self.slot_lens[self.row_slots[b]] += self.row_len[b]
         self._view = None
         if self.is_last:
             return self._logits[:B]
-        return self._residual[:n].reshape(B, T, self.n_embd)
+        if lens is None:
+            return self._residual[:M].reshape(B, seg[0], self.n_embd)
+        return self._residual[:M].reshape(1, M, self.n_embd)
 
     cdef int _ensure_rows(self, int B, int T) except -1:
         """Activation buffers for B rows of T (the legacy KV cache is not touched)."""
@@ -1121,58 +1137,71 @@ cdef class ShardEngine:
             self.batch_capacity = saved
         return 0
 
-    cdef void _forward_slots(self, int B, int T) noexcept nogil:
-        cdef long M = <long>B * T
+    cdef void _forward_slots(self, int B, long M, int max_len) noexcept nogil:
+        """B sequences, sequence b at activation rows [row_off[b], + row_len[b])."""
         cdef int C = self.n_embd
         cdef int layer, b
+        cdef bint exact = max_len <= SLOT_PREFILL_ROWS     # every row computed as if alone
         cdef BlockWeights* blk
         if self.is_first:
-            if self.wte_w.dtype == WK_F32:
-                for b in range(B):
-                    embedding_forward(self.residual + <long>b * T * C, self.ids + <long>b * T,
-                                      self.wte, self.wpe, 1, T, self.row_pos[b], C)
-            else:
-                self._embedding_quantized(B, T, self.row_pos)
+            for b in range(B):
+                if self.wte_w.dtype == WK_F32:
+                    embedding_forward(self.residual + <long>self.row_off[b] * C, self.ids + self.row_off[b],
+                                      self.wte, self.wpe, 1, self.row_len[b], self.row_pos[b], C)
+                else:
+                    self._embedding_quantized_rows(self.row_off[b], self.row_len[b], self.row_pos[b])
         for layer in range(self.n_blocks):
             blk = &self.blocks[layer]
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_1_weight, blk.ln_1_bias, M, C)
-            self._slot_matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C, T,
+            self._slot_matmul(self.qkv, self.ln_out, blk.c_attn_weight, blk.c_attn_bias, M, C, 3 * C, exact,
                               &blk.c_attn_w)
-            self._slot_attention(layer, B, T)
+            self._slot_attention(layer, B)
             self._slot_matmul(self.block_out, self.attn_out, blk.attn_proj_weight, blk.attn_proj_bias,
-                              M, C, C, T, &blk.attn_proj_w)
+                              M, C, C, exact, &blk.attn_proj_w)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
             self._rows(ROW_LAYERNORM, self.ln_out, self.residual, blk.ln_2_weight, blk.ln_2_bias, M, C)
-            self._slot_matmul(self.fc, self.ln_out, blk.c_fc_weight, blk.c_fc_bias, M, C, 4 * C, T,
+            self._slot_matmul(self.fc, self.ln_out, blk.c_fc_weight, blk.c_fc_bias, M, C, 4 * C, exact,
                               &blk.c_fc_w)
             self._rows(ROW_GELU, self.fc, NULL, NULL, NULL, M, 4 * C)
-            self._slot_matmul(self.block_out, self.fc, blk.mlp_proj_weight, blk.mlp_proj_bias, M, 4 * C, C, T,
-                              &blk.mlp_proj_w)
+            self._slot_matmul(self.block_out, self.fc, blk.mlp_proj_weight, blk.mlp_proj_bias, M, 4 * C, C,
+                              exact, &blk.mlp_proj_w)
             self._rows(ROW_RESIDUAL, self.residual, self.block_out, NULL, NULL, M, C)
         if self.is_last:
             for b in range(B):
-                layernorm_forward(self.ln_out + <long>b * C, self.residual + (<long>b * T + T - 1) * C,
+                layernorm_forward(self.ln_out + <long>b * C,
+                                  self.residual + (<long>self.row_off[b] + self.row_len[b] - 1) * C,
                                   self.ln_f_weight, self.ln_f_bias, 1, C, self.eps)
             self._slot_lm_head(B)
 
+    cdef void _embedding_quantized_rows(self, int off, int n, int pos) noexcept nogil:
+        """_embedding_quantized for one slotted sequence: rows [off, off + n) at pos."""
+        cdef int C = self.n_embd
+        cdef int t
+        cdef float* row
+        for t in range(n):
+            row = self.residual + <long>(off + t) * C
+            dequant_rows(row, &self.wte_w, self.ids[off + t], 1)
+            residual_forward(row, self.wpe + <long>(pos + t) * C, C)
+
     cdef void _slot_matmul(self, float* out, const float* inp, const float* weight,
-                           const float* bias, long M, long K, long N, int T,
+                           const float* bias, long M, long K, long N, bint exact,
                            const wk_weight* wq) noexcept nogil:
-        """fp32 decode rows (T == 1) and short prefills (M <= SLOT_PREFILL_ROWS): the
-        row-batched kernel; a longer prefill, or weights stored in another dtype
-        (cmlp._wkernels reads them once for all M rows): the usual dispatch."""
+        """``exact`` (decode rows and prefills of up to SLOT_PREFILL_ROWS positions): each
+        row computed as if alone, by the row-batched kernel (fp32) or cmlp._wkernels with
+        WK_ROW_EXACT (which reads the weights once for all rows); a longer prefill (alone in
+        its forward): the usual dispatch."""
         cdef MatmulTask task
         cdef long n_chunks
-        cdef wk_weight exact
-        if T > 1 and (M > SLOT_PREFILL_ROWS or wq.dtype != WK_F32):
+        cdef wk_weight exact_w
+        if not exact:
             self._matmul(out, inp, weight, bias, M, K, N, wq)
             return
         if wq.dtype != WK_F32:
             # a row's result must not depend on how many rows share the step
             # (wkernels.h: WK_ROW_EXACT; vdpbf16ps would round activations for M >= 2)
-            exact = wq[0]
-            exact.flags = exact.flags | WK_FP32_ACT | WK_ROW_EXACT
-            self._matmul(out, inp, weight, bias, M, K, N, &exact)
+            exact_w = wq[0]
+            exact_w.flags = exact_w.flags | WK_FP32_ACT | WK_ROW_EXACT
+            self._matmul(out, inp, weight, bias, M, K, N, &exact_w)
             return
         task.out = out
         task.inp = inp
@@ -1225,7 +1254,7 @@ cdef class ShardEngine:
         task.chunk_rows = gemv_chunk_rows(1, task.K)
         gpt2_pool_run(self.pool, lm_rows_chunk, &task, ceil_div(task.N, task.chunk_rows))
 
-    cdef void _slot_attention(self, int block, int B, int T) noexcept nogil:
+    cdef void _slot_attention(self, int block, int B) noexcept nogil:
         cdef SlotAttentionTask task
         task.out = self.attn_out
         task.qkv = self.qkv
@@ -1233,7 +1262,8 @@ cdef class ShardEngine:
         task.v_cache = self._slot_cache(block, 1)
         task.slots = self.row_slots
         task.pos = self.row_pos
-        task.T = T
+        task.off = self.row_off
+        task.lens = self.row_len
         task.C = self.n_embd
         task.H = self.n_head
         task.D = self.head_dim

@@ -25,6 +25,7 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memcpy, memset
 
 from cmlp.errors import InvalidModelInput, ModelError
+from cmlp.slot_rows import plan_rows
 from cmlp._gpt2 import aligned_empty   # also sets OpenBLAS to one thread (our pool owns threads)
 
 from blas cimport gemm
@@ -54,6 +55,9 @@ cdef enum:
     GEMM_TILE_COLS = 256
     ROWS_CHUNK_FLOATS = 16384
     MAX_ENGINE_BATCH = 4096
+    # A slotted sequence of up to this many new positions is computed row by row exactly
+    # as if alone, so it can share a forward with others (cmlp.slot_rows; as cmlp._gpt2)
+    SLOT_PREFILL_ROWS = 16
 
 MAX_POOL_THREADS = MAX_THREADS
 DTYPE_CODES = {"F32": LLAMA_F32, "BF16": LLAMA_BF16, "F16": LLAMA_F16}
@@ -127,7 +131,8 @@ cdef struct AttentionTask:
     const float* rope_sin
     const int* slots            # [B] cache row of each sequence; NULL: row b is cache row b
     const int* pos              # [B] cached positions of each sequence; NULL: all past_len
-    long rope_b_stride          # rope rows between sequences: 0 (shared) or T (per row)
+    const int* off              # [B] first activation (and rope) row of each sequence (slots)
+    const int* lens             # [B] its new positions; NULL: every sequence has T at b * T
     int B
     int T
     int past_len
@@ -155,35 +160,37 @@ cdef void attention_group_chunk(void* ctx, long chunk, int thread_idx) noexcept 
     cdef long kv_ld = <long>task.KVH * D
     cdef int row_slot = b if task.slots == NULL else task.slots[b]
     cdef int past = task.past_len if task.pos == NULL else task.pos[b]
+    cdef int T = task.T if task.lens == NULL else task.lens[b]
+    cdef long r0 = <long>b * task.T if task.off == NULL else task.off[b]   # first row
     cdef long head_offset = (<long>row_slot * task.KVH + g) * task.max_pos * D
     cdef float* k_head = task.k_cache + head_offset
     cdef float* v_head = task.v_cache + head_offset
-    cdef const float* cos_b = task.rope_cos + <long>b * task.rope_b_stride * half
-    cdef const float* sin_b = task.rope_sin + <long>b * task.rope_b_stride * half
+    cdef long rope_row = 0 if task.off == NULL else r0    # shared table, or one row each
+    cdef const float* cos_b = task.rope_cos + rope_row * half
+    cdef const float* sin_b = task.rope_sin + rope_row * half
     cdef float* scratch = task.scratch + thread_idx * task.scratch_stride
     cdef int t, j, h
     cdef float* row
     cdef float* q
     cdef float* out
-    for t in range(task.T):
-        row = task.k + (<long>b * task.T + t) * kv_ld + g * D
+    for t in range(T):
+        row = task.k + (r0 + t) * kv_ld + g * D
         rope_rotate(row, cos_b + <long>t * half, sin_b + <long>t * half, half)
         memcpy(k_head + <long>(past + t) * D, row, D * sizeof(float))
-        memcpy(v_head + <long>(past + t) * D,
-               task.v + (<long>b * task.T + t) * kv_ld + g * D, D * sizeof(float))
-    cdef int S = past + task.T
+        memcpy(v_head + <long>(past + t) * D, task.v + (r0 + t) * kv_ld + g * D, D * sizeof(float))
+    cdef int S = past + T
     for j in range(group):
         h = g * group + j
-        q = task.q + <long>b * task.T * q_ld + <long>h * D
-        out = task.out + <long>b * task.T * q_ld + <long>h * D
-        for t in range(task.T):
+        q = task.q + r0 * q_ld + <long>h * D
+        out = task.out + r0 * q_ld + <long>h * D
+        for t in range(T):
             rope_rotate(q + t * q_ld, cos_b + <long>t * half, sin_b + <long>t * half, half)
-        if task.T == 1:
+        if T == 1:
             attention_decode_forward(out, q, k_head, v_head, S, D, task.scale, scratch)
         else:
-            gemm(False, True, task.T, S, D, 1.0, q, q_ld, k_head, D, 0.0, scratch, S)
-            softmax_causal_forward(scratch, task.T, S, S, past, task.scale)
-            gemm(False, False, task.T, D, S, 1.0, scratch, S, v_head, D, 0.0, out, q_ld)
+            gemm(False, True, T, S, D, 1.0, q, q_ld, k_head, D, 0.0, scratch, S)
+            softmax_causal_forward(scratch, T, S, S, past, task.scale)
+            gemm(False, False, T, D, S, 1.0, scratch, S, v_head, D, 0.0, out, q_ld)
 
 
 cdef enum RowOp:
@@ -275,6 +282,8 @@ cdef class LlamaEngine:
     cdef int* slot_lens             # [n_slots] cached positions
     cdef int* row_slots             # [n_slots] slot of each row of the current forward
     cdef int* row_pos               # [n_slots] its cached positions before the forward
+    cdef int* row_off               # [n_slots] its first activation row (row_pos + n_slots)
+    cdef int* row_len               # [n_slots] its new positions (row_pos + 2 n_slots)
 
     def __cinit__(self):
         self.layers = NULL
@@ -556,9 +565,11 @@ cdef class LlamaEngine:
         self.slot_kv_bytes = nbytes
         self.slot_lens = <int*>calloc(n, sizeof(int))
         self.row_slots = <int*>calloc(n, sizeof(int))
-        self.row_pos = <int*>calloc(n, sizeof(int))
+        self.row_pos = <int*>calloc(3 * n, sizeof(int))    # row_pos, row_off, row_len
         if self.slot_lens == NULL or self.row_slots == NULL or self.row_pos == NULL:
             raise MemoryError()
+        self.row_off = self.row_pos + n
+        self.row_len = self.row_pos + 2 * n
         self.n_slots = n
 
     cdef inline float* _slot_cache(self, int layer, int kv) noexcept nogil:
@@ -599,50 +610,48 @@ cdef class LlamaEngine:
         for s in range(self.n_slots):
             self._clear_slot(s)
 
-    def forward_slots(self, cnp.ndarray x, slots):
-        """ids [B, T] (first shard) or hidden [B, T, C] float32 / bfloat16 bits (others),
-        row b continuing slot slots[b] at its own position.  T > 1 (a prefill) only with
-        B == 1.  Returns a view: hidden [B, T, C] or logits [B, V]."""
+    def forward_slots(self, cnp.ndarray x, slots, lens=None):
+        """Rows continuing slots, each sequence at its own position: ids [B, T] (first
+        shard) or hidden [B, T, C] float32 / bfloat16 bits (others) for B sequences of T new
+        positions, or with ``lens`` ids [1, M] / hidden [1, M, C] holding sequence b's
+        lens[b] positions back to back (cmlp.slot_rows).  Returns a view: logits [B, V]
+        (each sequence's last position), or hidden [B, T, C] / [1, M, C]."""
         if self.n_slots == 0:
             raise InvalidModelInput("no slots configured")
-        cdef int B, T, b, s, c
-        cdef long n, bad
+        cdef int B, b, s, c, n_new, max_len = 0
+        cdef long M = 0, bad
         if self.is_first:
             if x.ndim != 2 or x.dtype.kind not in "ui":
                 raise InvalidModelInput("token ids must be an integer array [B, T]")
         elif x.ndim != 3 or x.shape[2] != self.hidden or x.dtype not in (np.float32, np.uint16):
             raise InvalidModelInput(
                 f"hidden states must be float32 or bfloat16 [B, T, {self.hidden}]")
-        if not 1 <= x.shape[0] <= self.n_slots or x.shape[1] < 1:
-            raise InvalidModelInput(f"invalid slot forward of shape {[x.shape[i] for i in range(x.ndim)]} "
-                                    f"with {self.n_slots} slots")
-        B = x.shape[0]
-        T = x.shape[1]
-        if T > 1 and B != 1:
-            raise InvalidModelInput("a prefill (T > 1) runs one sequence at a time")
-        if len(slots) != B:
-            raise InvalidModelInput(f"{len(slots)} slots for {B} rows")
+        seg = plan_rows((x.shape[0], x.shape[1]), slots, lens, self.n_slots, SLOT_PREFILL_ROWS)
+        B = len(seg)
         for b in range(B):
             s = slots[b]
+            n_new = seg[b]
             if not 0 <= s < self.n_slots:
                 raise InvalidModelInput(f"slot {s} out of range [0, {self.n_slots})")
             for c in range(b):
                 if self.row_slots[c] == s:
                     raise InvalidModelInput(f"slot {s} appears twice in one forward")
-            if self.slot_lens[s] + T > self.max_positions:
-                raise InvalidModelInput(f"slot {s}: {self.slot_lens[s]} cached + {T} new "
+            if self.slot_lens[s] + n_new > self.max_positions:
+                raise InvalidModelInput(f"slot {s}: {self.slot_lens[s]} cached + {n_new} new "
                                         f"positions exceed {self.max_positions}")
             self.row_slots[b] = s
             self.row_pos[b] = self.slot_lens[s]
-        n = <long>B * T
-        self._ensure_capacity(B, T, False)
-        if n > self.seq_capacity:
-            self._grow_scratch(n)        # rope tables: one row per (sequence, token)
+            self.row_off[b] = <int>M
+            self.row_len[b] = n_new
+            M += n_new
+            max_len = max(max_len, n_new)
+        self._ensure_capacity(B, 1, False)          # logits: one row per sequence
+        self._ensure_capacity(1, <int>M, False)     # activations; rope tables: one row each
         if self.is_first:
             if (x < 0).any() or (x >= self.n_vocab).any():
                 raise InvalidModelInput(f"token id out of range for vocab_size {self.n_vocab}")
-            np.copyto(self._ids[:n].reshape(B, T), x, casting="unsafe")
-            bad = ids_first_invalid(self.ids, n, self.n_vocab)
+            np.copyto(self._ids[:M], x.reshape(-1), casting="unsafe")
+            bad = ids_first_invalid(self.ids, M, self.n_vocab)
             if bad >= 0:
                 raise InvalidModelInput(f"token id {self.ids[bad]} out of range for vocab_size "
                                         f"{self.n_vocab}")
@@ -650,16 +659,23 @@ cdef class LlamaEngine:
             if not x.flags.c_contiguous:
                 x = np.ascontiguousarray(x)
             widen_to_f32(self.residual, cnp.PyArray_DATA(x),
-                         LLAMA_F32 if x.dtype == np.float32 else LLAMA_BF16, n * self.hidden)
+                         LLAMA_F32 if x.dtype == np.float32 else LLAMA_BF16, M * self.hidden)
         with nogil:
-            self._forward(B, T, True)
+            self._forward(B, <int>M, True, max_len)
             gpt2_pool_quiesce(self.pool)
         for b in range(B):
-            self.slot_lens[self.row_slots[b]] += T
+            self.slot_lens[self.row_slots[b]] += self.row_len[b]
         self._view = None
         if self.is_last:
             return self._logits[:B]
-        return self._residual[:n].reshape(B, T, self.hidden)
+        if lens is None:
+            return self._residual[:M].reshape(B, seg[0], self.hidden)
+        return self._residual[:M].reshape(1, M, self.hidden)
+
+    @property
+    def mix_rows(self):
+        """The longest sequence (new positions) that may share a slotted forward."""
+        return SLOT_PREFILL_ROWS
 
     # -- forward -----------------------------------------------------------------
 
@@ -732,15 +748,17 @@ cdef class LlamaEngine:
             self._view_batch, self._view_seq = B, T
         return self._view
 
-    cdef void _forward(self, int B, int T, bint slotted) noexcept nogil:
-        """B sequences of T new tokens: in lockstep at past_len (the shared cache), or
-        slotted: row b continues slot row_slots[b] at position row_pos[b]."""
-        cdef long M = <long>B * T
+    cdef void _forward(self, int B, int T, bint slotted, int max_len=0) noexcept nogil:
+        """B sequences of T new tokens in lockstep at past_len (the shared cache), or
+        slotted: T rows in all, sequence b at rows [row_off[b], + row_len[b]) continuing
+        slot row_slots[b] at position row_pos[b] (max_len: the longest)."""
+        cdef long M = <long>B * T if not slotted else T
         cdef int C = self.hidden
         cdef int layer, b
-        cdef long m
+        cdef long m, last_row
         cdef LayerWeights* lw
-        cdef bint per_row = slotted and T == 1   # decode rows: each exactly as if alone
+        # decode rows and short prefills: each row exactly as if alone
+        cdef bint per_row = slotted and max_len <= SLOT_PREFILL_ROWS
         if self.is_first:
             if self.embed.dtype == LLAMA_I8:
                 # ids were range-checked by forward_ids; one dequantised row each
@@ -751,8 +769,10 @@ cdef class LlamaEngine:
         cdef int half = self.head_dim // 2
         if slotted:   # one table per row: rows sit at different positions
             for b in range(B):
-                rope_tables(self.rope_cos + <long>b * T * half, self.rope_sin + <long>b * T * half,
-                            self.inv_freq, half, self.row_pos[b], T, self.rope_attention_scaling)
+                rope_tables(self.rope_cos + <long>self.row_off[b] * half,
+                            self.rope_sin + <long>self.row_off[b] * half,
+                            self.inv_freq, half, self.row_pos[b], self.row_len[b],
+                            self.rope_attention_scaling)
         else:
             rope_tables(self.rope_cos, self.rope_sin, self.inv_freq, half,
                         self.past_len, T, self.rope_attention_scaling)
@@ -774,7 +794,9 @@ cdef class LlamaEngine:
         if self.is_last:
             # final norm and lm_head on the last position of each sequence only
             for b in range(B):
-                rmsnorm_forward(self.last + <long>b * C, self.residual + (<long>b * T + T - 1) * C,
+                last_row = (<long>self.row_off[b] + self.row_len[b] - 1 if slotted
+                            else <long>b * T + T - 1)
+                rmsnorm_forward(self.last + <long>b * C, self.residual + last_row * C,
                                 self.final_norm, 1, C, self.eps)
             self._linear(self.logits, self.last, &self.lm_head, B, per_row)
 
@@ -841,13 +863,15 @@ cdef class LlamaEngine:
             task.v_cache = self._slot_cache(layer, 1)
             task.slots = self.row_slots
             task.pos = self.row_pos
-            task.rope_b_stride = T
+            task.off = self.row_off
+            task.lens = self.row_len
         else:
             task.k_cache = self._cache(layer, 0)
             task.v_cache = self._cache(layer, 1)
             task.slots = NULL
             task.pos = NULL
-            task.rope_b_stride = 0
+            task.off = NULL
+            task.lens = NULL
         task.rope_cos = self.rope_cos
         task.rope_sin = self.rope_sin
         task.B = B

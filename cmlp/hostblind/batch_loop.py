@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,13 +212,17 @@ class BatchStage0Loop(_Stage0Loop):
             self._admit()
             self._poll_clients()
             busy = False
-            pre = next((g for g in self.gens.values() if g.state == PREFILL), None)
-            if pre is not None:
+            short = self._short_prompts()
+            pre = next((g for g in self.gens.values() if g.state == PREFILL and g not in short), None)
+            if pre is not None:  # a long prompt: its next chunk runs alone
                 self._prefill(pre)
                 busy = True
             ready = [g for g in self.gens.values() if g.state == READY]
-            if ready and self._may_send_group():
-                self._decode(ready[: self._group_size()])
+            if ready and self._may_send_group():  # short prompts join the decode forward
+                self._decode(ready[: self._group_size()], short)
+                busy = True
+            elif short:
+                self._decode([], short)
                 busy = True
             waiting = any(g.state == WAITING for g in self.gens.values())
             if not self.single and waiting:
@@ -299,7 +304,7 @@ class BatchStage0Loop(_Stage0Loop):
         g.prefilled = end
         if end < P_len:
             if not self.single:
-                self.send_out(self.down.send(P.Chunk(g.seq, end, 1)), [ex.hidden_tensor(out)])
+                self.send_out(self.down.send(P.Chunk(g.seq, end, 1)), [ex.hidden_tensor(out[0])])
             return  # more chunks in the next steps
         trace.event(self.ev["forward_done"])
         if self.single:
@@ -310,14 +315,38 @@ class BatchStage0Loop(_Stage0Loop):
                 return
             self._emit(g, token)
             return
-        self.send_out(self.down.send(P.Step(g.seq, 0, P_len, 1)), [ex.hidden_tensor(out)])
+        self.send_out(self.down.send(P.Step(g.seq, 0, P_len, 1)), [ex.hidden_tensor(out[0])])
         g.state = WAITING
         g.sent_at = time.monotonic()
 
-    def _decode(self, gens: list[_Gen]) -> None:
-        self._forward(gens, [_ids_tensor((g.token,)) for g in gens])
+    def _short_prompts(self) -> list[_Gen]:
+        """Waiting prompts that share this step's forward with the decode rows (in arrival
+        order): each at most ``mix_rows`` tokens (those rows are computed exactly as if
+        alone), together at most ``prefill_chunk`` tokens (the per-step prompt budget)."""
+        limit = self.w.executor.mix_rows
+        budget = max(1, self.opts.prefill_chunk)
+        out = []
+        for g in self.gens.values():
+            n = len(g.prompt_ids)
+            if g.state != PREFILL or g.prefilled or n > limit:
+                continue
+            if n > budget:
+                break
+            budget -= n
+            out.append(g)
+        return out
 
-    def _forward(self, gens: list[_Gen], rows: list[Tensor]) -> None:
+    def _decode(self, gens: list[_Gen], prompts: Sequence[_Gen] = ()) -> None:
+        """One forward: the decode rows of ``gens`` and the whole of each short prompt."""
+        for g in prompts:
+            g.prefilled = len(g.prompt_ids)
+        rows = [_ids_tensor((g.token,)) for g in gens] + [_ids_tensor(g.prompt_ids) for g in prompts]
+        self._forward(list(gens) + list(prompts), rows, group=bool(gens))
+
+    def _forward(self, gens: list[_Gen], rows: list[Tensor], group: bool = True) -> None:
+        """Run rows (decode rows, prompts) as one forward; sample (one stage) or send them on
+        as one group (``group``: a decode group, counted by _may_send_group; prompts alone
+        are not)."""
         ex = self.w.executor
         ok_gens, ok_rows = [], []
         for g, row in zip(gens, rows, strict=True):
@@ -352,16 +381,17 @@ class BatchStage0Loop(_Stage0Loop):
                 self._emit(g, token)
             return
         now = time.monotonic()
-        group, self.next_group = self.next_group, self.next_group + 1
+        group_id = -1
+        if group:
+            group_id, self.next_group = self.next_group, self.next_group + 1
         last = len(ok_gens) - 1
         for r, g in enumerate(ok_gens):
             seq_len = len(g.prompt_ids) + g.step
-            row = out[r : r + 1]  # [1, T, C]
             step = P.Step(g.seq, g.step, seq_len, 1, more=last - r)  # the group stays one forward
-            self.send_out(self.down.send(step), [ex.hidden_tensor(row)])
+            self.send_out(self.down.send(step), [ex.hidden_tensor(out[r])])
             g.state = WAITING
             g.sent_at = now
-            g.group = group
+            g.group = group_id
         trace.event(self.ev["sent"])
 
     def _sample_row(self, logits: np.ndarray, params: SamplingParams, rng) -> int:
@@ -563,7 +593,7 @@ class BatchRingLoop(_RingStageLoop):
             if isinstance(ev, P.Chunk):  # a prompt chunk: run alone, pass on, never sampled
                 self._flush(batch)
                 self._chunk(ev, row)
-            elif row.shape[1] > 1:  # a prefill runs alone
+            elif row.shape[1] > ex.mix_rows:  # a long prefill runs alone
                 self._flush(batch)
                 self._flush([(ev.seq, ev.step, ev.seq_len, row)])
             else:
@@ -590,7 +620,7 @@ class BatchRingLoop(_RingStageLoop):
             self._fail_seq(ev.seq, exc)
             return
         if not self.is_last:
-            self.send_out(self.down.send(P.Chunk(ev.seq, ev.seq_len, 1)), [ex.hidden_tensor(out)])
+            self.send_out(self.down.send(P.Chunk(ev.seq, ev.seq_len, 1)), [ex.hidden_tensor(out[0])])
 
     def _fail_seq(self, seq: int, exc: BaseException) -> None:
         log.warning("stage %d: sequence %d failed: %s", self.idx, seq, exc)
@@ -627,7 +657,7 @@ class BatchRingLoop(_RingStageLoop):
                     continue
                 self.send_out(self.down.send(P.Sampled(seq, step, token)))
             else:
-                t = self.w.executor.hidden_tensor(out[r : r + 1])  # [1, T, C] in the wire dtype
+                t = self.w.executor.hidden_tensor(out[r])  # [1, T, C] in the wire dtype
                 self.send_out(self.down.send(P.Step(seq, step, seq_len, 1, more=last - r)), [t])
         trace.event(self.ev["sent"])
 

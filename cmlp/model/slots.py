@@ -118,10 +118,12 @@ class SlotShard:
             raise InvalidModelInput("no KV-cache slots configured")
         return int(self._engine.slot_len(table.by_seq[seq]))
 
-    def forward_slots(self, x, seqs) -> np.ndarray:
+    def forward_slots(self, x, seqs, lens=None) -> np.ndarray:
         """Rows of x continue sequences ``seqs`` (each with an open slot), each at its own
-        position: decode rows [B, 1] (ids) / [B, 1, C] (hidden), or one prefill [1, T(, C)].
-        Returns a view (hidden [B, T, C] or logits [B, V]) valid until the next forward."""
+        position: [B, T] ids / [B, T, C] hidden (B sequences of T new positions), or with
+        ``lens`` [1, M(, C)] holding sequence b's lens[b] positions back to back
+        (cmlp.slot_rows: decode rows and short prompts together; a long prefill alone).
+        Returns a view (logits [B, V] or hidden shaped as x) valid until the next forward."""
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         with self._lock:
@@ -132,4 +134,4 @@ class SlotShard:
             if missing:
                 raise InvalidModelInput(f"sequence {missing[0]} has no slot")
             self._check_input(x, slots=True)
-            return self._engine.forward_slots(x, [table.by_seq[s] for s in seqs])
+            return self._engine.forward_slots(x, [table.by_seq[s] for s in seqs], lens)

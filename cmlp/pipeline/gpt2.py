@@ -281,22 +281,40 @@ class Gpt2Executor:
                 f"KV cache position mismatch: {past} cached + {x.shape[1]} new tokens != seq_len {seq_len}",
             )
 
-    def forward_rows(self, seqs: List[int], rows: List[Tensor]) -> np.ndarray:
-        """One forward over checked rows (decode rows [1, 1(, C)], or one prefill row).
+    def forward_rows(self, seqs: List[int], rows: List[Tensor]):
+        """One forward over checked rows [1, T_b(, C)]: decode rows and prompts of up to
+        ``mix_rows`` tokens together, or one longer prefill alone (cmlp.slot_rows).
 
-        Returns a view: logits [B, V] (last stage) or hidden [B, T, C]."""
+        Returns logits [B, V] (last stage: each row's last position) or one hidden view
+        [1, T_b, C] per row, valid until the next forward."""
         if len(rows) == 1:
-            data = rows[0].data
-        elif len({r.dtype for r in rows}) == 1:
-            data = np.concatenate([r.data for r in rows])
-        else:  # F32 and BF16 rows in one step (a BF16 stage accepts both): widen (exact)
-            from cmlp.model.quant import bf16_to_f32
+            data, lens = rows[0].data, None
+        else:
+            flat = [r.data.reshape((1, -1) + tuple(r.data.shape[2:])) for r in rows]
+            if len({r.dtype for r in rows}) > 1:  # F32 and BF16 rows (a BF16 stage takes both)
+                from cmlp.model.quant import bf16_to_f32
 
-            data = np.concatenate([bf16_to_f32(r.data) if r.dtype == DType.BF16 else r.data for r in rows])
+                flat = [
+                    bf16_to_f32(d) if r.dtype == DType.BF16 else d for d, r in zip(flat, rows, strict=True)
+                ]
+            data, lens = np.concatenate(flat, axis=1), [int(r.shape[1]) for r in rows]
+        shard = self._slot_shard(seqs[0])
         try:
-            return self._slot_shard(seqs[0]).forward_slots(data, seqs)
+            out = shard.forward_slots(data, seqs, lens)
         except CmlpError as exc:
             raise ForwardFailed(seqs[0], 0, str(exc)) from exc
+        if shard.is_last:
+            return out
+        if lens is None:
+            return [out]
+        offs = np.cumsum([0] + lens)
+        return [out[:, offs[i] : offs[i + 1]] for i in range(len(lens))]
+
+    @property
+    def mix_rows(self) -> int:
+        """The longest prompt chunk that may share a forward with other rows."""
+        shard = self.shard
+        return int(getattr(getattr(shard, "_engine", None), "mix_rows", 1))
 
     def hidden_tensor(self, hidden: np.ndarray) -> Tensor:
         """Hidden states [B, T, C] (float32) for the next stage, in this stage's wire dtype."""

@@ -72,6 +72,72 @@ def test_batched_decode_is_bit_identical_to_solo(family_models, family, dtype, s
     check_batched_equals_solo(shards, prompts(shards[0].vocab_size), steps=10)
 
 
+@pytest.mark.fast_cases("gpt2-fp32-1", "llama-bf16-None", "qwen2-int8-1")
+@pytest.mark.parametrize("split", [None, 1])
+@pytest.mark.parametrize("family,dtype", CASES)
+def test_mixed_forwards_are_bit_identical_to_solo(family_models, family, dtype, split):
+    """Short prompts join the decode rows' forward (``lens``: ragged rows, several prompts
+    at once); prompts longer than ``mix_rows`` run alone.  Every sequence's logits equal
+    its solo run's bits."""
+    path = family_models[family, dtype]
+    n_layer = n_layers(path)
+    if split is None:
+        shards = [load_shard(path, 0, n_layer, threads=2)]
+    else:
+        shards = [load_shard(path, 0, split, threads=2), load_shard(path, split, n_layer, threads=1)]
+    mix = shards[0]._engine.mix_rows
+    ps = prompts(shards[0].vocab_size, n=9)
+    ps.append(np.resize(ps[0], (1, mix + 2)))  # one long prompt: alone
+    steps = 6
+    for s in shards:
+        s.configure_slots(len(ps))
+
+    def fwd(x, seqs, lens=None):
+        for s in shards:
+            x = s.forward_slots(x, seqs, lens)
+            if s.wire_dtype == "BF16" and not s.is_last:
+                from cmlp.pipeline.gpt2 import f32_to_bf16_bits
+
+                x = f32_to_bf16_bits(x)
+        return x
+
+    want = []
+    for i, p in enumerate(ps):
+        for s in shards:
+            s.slots.open(5000 + i)
+        logits = [fwd(p, [5000 + i])[0].copy()]
+        for _ in range(steps):
+            logits.append(fwd(np.array([[greedy(logits[-1])]], np.uint32), [5000 + i])[0].copy())
+        for s in shards:
+            s.slots.close(5000 + i)
+        want.append(logits)
+    got = {i: [] for i in range(len(ps))}
+    pending = list(range(len(ps)))
+    while pending or any(len(v) <= steps for v in got.values()):
+        # this step: every decoding sequence, plus up to 3 waiting short prompts
+        rows = [
+            (j, np.array([[greedy(got[j][-1])]], np.uint32)) for j in got if got[j] and len(got[j]) <= steps
+        ]
+        joining = [j for j in pending if ps[j].shape[1] <= mix][:3]
+        long_ones = [j for j in pending if ps[j].shape[1] > mix][:1]
+        for j in joining + long_ones:
+            pending.remove(j)
+            for s in shards:
+                s.slots.open(j)
+        rows += [(j, ps[j]) for j in joining]
+        if rows:
+            x = np.concatenate([r.reshape(1, -1) for _, r in rows], axis=1)
+            out = fwd(x, [j for j, _ in rows], [r.shape[1] for _, r in rows])
+            for r, (j, _) in enumerate(rows):
+                got[j].append(out[r].copy())
+        for j in long_ones:
+            got[j].append(fwd(ps[j], [j])[0].copy())
+    for i in range(len(ps)):
+        assert len(got[i]) == len(want[i])
+        for a, b in zip(got[i], want[i], strict=True):
+            assert np.array_equal(a, b), f"sequence {i} differs from its solo run"
+
+
 def test_batched_decode_is_bit_identical_at_odd_widths(tmp_path):
     """GPT-2 fp32 at widths that are not multiples of the kernels' tiles (n_embd 40: 120,
     40 and 160 columns end in a partial 48-column strip and a scalar tail; 301 vocabulary
@@ -134,16 +200,18 @@ def check_batched_equals_solo(shards, ps, steps):
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_slotted_llama_matches_the_lockstep_forward(family_models, family):
     """Slots only move the KV rows and positions: a slotted prefill + decode gives the
-    logits of the one-sequence lockstep forward (same kernels at batch 1)."""
+    logits of the one-sequence lockstep forward (same kernels at batch 1: a prompt longer
+    than ``mix_rows``, which both compute with the blocked GEMM)."""
     path = family_models[family, "fp32"]
     slotted = load_shard(path, 0, n_layers(path), threads=2)
     lockstep = load_shard(path, 0, n_layers(path), threads=2)
     slotted.configure_slots(3).open(1)
     slotted.slots.open(2)
     p = prompts(slotted.vocab_size, 2)
+    long_prompt = np.resize(p[1], (1, slotted._engine.mix_rows + 3))
     slotted.forward_slots(p[0], [2])  # another sequence's rows in the other slot
-    a = slotted.forward_slots(p[1], [1])[0].copy()
-    b = lockstep.forward(p[1])[0].copy()
+    a = slotted.forward_slots(long_prompt, [1])[0].copy()
+    b = lockstep.forward(long_prompt)[0].copy()
     assert np.array_equal(a, b)
     for _ in range(5):
         tok = np.array([[greedy(a)]], np.uint32)
@@ -169,8 +237,21 @@ def test_slot_inputs_are_checked(model_dir):
         s._engine.forward_slots(np.zeros((2, 1), np.uint32), [0, 0])
     with pytest.raises(InvalidModelInput, match="out of range"):
         s._engine.forward_slots(np.zeros((1, 1), np.uint32), [2])
-    with pytest.raises(InvalidModelInput, match="one sequence"):
-        s.forward_slots(np.zeros((2, 3), np.uint32), [7, 8])
+    with pytest.raises(InvalidModelInput, match="runs alone"):
+        s.forward_slots(np.zeros((2, 17), np.uint32), [7, 8])  # two long prefills
+    with pytest.raises(InvalidModelInput, match="runs alone"):
+        s.forward_slots(np.zeros((1, 18), np.uint32), [7, 8], lens=[1, 17])
+    with pytest.raises(InvalidModelInput, match="add up"):
+        s.forward_slots(np.zeros((1, 5), np.uint32), [7, 8], lens=[1, 3])
+    with pytest.raises(InvalidModelInput, match="at least one"):
+        s.forward_slots(np.zeros((1, 3), np.uint32), [7, 8], lens=[3, 0])
+    with pytest.raises(InvalidModelInput, match=r"\[1, M\]"):
+        s.forward_slots(np.zeros((2, 2), np.uint32), [7, 8], lens=[2, 2])
+    with pytest.raises(InvalidModelInput, match="1 slots for 2"):
+        s.forward_slots(np.zeros((1, 3), np.uint32), [7], lens=[1, 2])
+    with pytest.raises(InvalidModelInput, match="3 sequences in one forward with 2 slots"):
+        s.forward_slots(np.zeros((1, 3), np.uint32), [7, 8], lens=[1, 1, 1])
+    assert s.slot_len(7) == 0 and s.slot_len(8) == 0  # nothing ran
     with pytest.raises(InvalidModelInput):
         s.forward_slots(np.full((1, 1), V, np.uint32), [7])  # token id out of range
     with pytest.raises(InvalidModelInput):

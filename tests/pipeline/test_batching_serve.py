@@ -62,12 +62,14 @@ class CountingExecutor(Gpt2Executor):
         self.delay = delay
         self.max_rows = 0
         self.calls = []  # (rows, tokens per row) of every forward
+        self.lens = []  # the tokens of each row, of every forward
         self.dtypes = set()  # wire dtypes of the rows it ran
 
     def forward_rows(self, seqs, rows):
         self.max_rows = max(self.max_rows, len(rows))
         self.dtypes.update(r.dtype for r in rows)
         self.calls.append((len(rows), int(rows[0].shape[1])))
+        self.lens.append(tuple(int(r.shape[1]) for r in rows))
         if self.delay:
             time.sleep(self.delay)
         return super().forward_rows(seqs, rows)
@@ -420,20 +422,53 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(parity, n, re
         for r in runners:
             next(r)  # three streams are decoding
         for ex in executors:
-            ex.calls.clear()
+            ex.lens.clear()
         together = run(client, long_prompt, SamplingParams(max_tokens=5))
-        calls = [list(ex.calls) for ex in executors]
+        lens = [list(ex.lens) for ex in executors]
         for r in runners:
             assert isinstance(list(r)[-1], Finished)
     assert together == solo
-    for stage, c in enumerate(calls):
-        chunks = [i for i, (_, t) in enumerate(c) if t > 1]
-        assert [c[i][1] for i in chunks] == [32, 32, 32, 4], f"stage {stage}: {c}"
+    for stage, c in enumerate(lens):
+        # the prompt's rows, forward by forward (the last chunk, 4 tokens, may share a
+        # forward with decode rows at a ring stage: it is short enough to mix)
+        chunks = [i for i, f in enumerate(c) if any(t > 1 for t in f)]
+        assert [t for i in chunks for t in c[i] if t > 1] == [32, 32, 32, 4], f"stage {stage}: {c}"
+        assert all(c[i] == (32,) for i in chunks[:3]), f"stage {stage}: {c}"  # long chunks alone
         if n == 1:  # the running streams took a decode step between every two chunks
             pairs = itertools.pairwise(chunks)
-            assert all(any(c[j][1] == 1 for j in range(a + 1, b)) for a, b in pairs), c
+            assert all(any(1 in c[j] for j in range(a + 1, b)) for a, b in pairs), c
         else:  # their rows are on the ring part of the time: decode steps while prefilling
-            assert any(t == 1 for _, t in c[chunks[0] : chunks[-1]]), f"stage {stage}: {c}"
+            assert any(1 in f for f in c[chunks[0] : chunks[-1] + 1]), f"stage {stage}: {c}"
+
+
+@pytest.mark.fast_cases("1-False")
+@pytest.mark.parametrize("n, relay", [(1, False), (3, True)])
+def test_short_prompts_join_the_decode_forward(parity, n, relay):
+    """A prompt of at most ``mix_rows`` tokens is prefilled in the same forward as the
+    running streams' decode rows at every stage (the weights are read once for both), and
+    its tokens equal its solo run; a longer one still runs alone."""
+    m = manifest(n, relay)
+    executors = [CountingExecutor(parity, delay=0.005) for _ in range(n)]
+    short = PROMPTS[2]  # 12 tokens
+    long_prompt = PROMPTS[6]  # 21 tokens
+    with served_many(m, executors) as server:
+        client = Client(str(server.address), m, timeout=30)
+        solo = [run(client, p, SamplingParams(max_tokens=6)) for p in (short, long_prompt)]
+        assert all(len(short) <= ex.mix_rows < len(long_prompt) for ex in executors)
+        runners = [client.generate(PROMPTS[i], SamplingParams(max_tokens=60)) for i in (0, 1, 3)]
+        for r in runners:
+            next(r)  # three streams are decoding
+        for ex in executors:
+            ex.lens.clear()
+        together = [run(client, p, SamplingParams(max_tokens=6)) for p in (short, long_prompt)]
+        lens = [list(ex.lens) for ex in executors]
+        for r in runners:
+            assert isinstance(list(r)[-1], Finished)
+    assert together == solo
+    for stage, forwards in enumerate(lens):
+        assert any(len(short) in f and 1 in f for f in forwards), f"stage {stage}: {forwards}"
+        assert (len(long_prompt),) in forwards, f"stage {stage}: {forwards}"  # alone
+        assert not any(len(long_prompt) in f and len(f) > 1 for f in forwards), forwards
 
 
 def test_cmlp_bench_serve_prints_the_table(parity, tmp_path, capsys):
