@@ -19,6 +19,8 @@
 
 /* 16-float vectors: one zmm (AVX-512), two ymm (AVX2) or four xmm (SSE2) */
 typedef float v16f __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 typedef uint16_t v16u16 __attribute__((vector_size(32)));
 typedef int8_t v16i8 __attribute__((vector_size(16)));

@@ -142,6 +142,24 @@ cdef void linear_slab_chunk(void* ctx, long chunk, int thread_idx) noexcept nogi
                 t.out[m * t.w.N + n] += t.bias[n]
 
 
+cdef void linear_exact_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
+    """linear_slab_chunk for any M with WK_ROW_EXACT: the slab is read from memory once
+    and applied to every group of at most WK_SMALL_M rows from cache (each row's result
+    is the one it gets alone: same slab bounds, same per-row arithmetic)."""
+    cdef WTask* t = <WTask*>ctx
+    cdef long n_begin = chunk * t.chunk_rows
+    cdef long n_end = min(n_begin + t.chunk_rows, t.w.N)
+    cdef long m0 = 0, m, n, rows
+    while m0 < t.M:
+        rows = min(<long>WK_SMALL_M, t.M - m0)
+        wk_linear_slab(t.out + m0 * t.w.N, t.w.N, t.x + m0 * t.w.K, t.w.K, <int>rows, t.w, n_begin, n_end)
+        m0 += rows
+    if t.bias != NULL:
+        for m in range(t.M):
+            for n in range(n_begin, n_end):
+                t.out[m * t.w.N + n] += t.bias[n]
+
+
 cdef void tile_chunk(void* ctx, long chunk, int thread_idx) noexcept nogil:
     """out[m0:m0+rows, n0:n0+cols] = x @ W (+ bias) through fp32 weight panels."""
     cdef WTask* t = <WTask*>ctx
@@ -209,7 +227,6 @@ cdef int linear_forward(void* pool, float* out, const float* x, long M, const wk
     if wk_weight_check(w) != 0 or M <= 0:
         return -1
     cdef WTask t
-    cdef long m0
     t.out = out
     t.x = x
     t.w = w
@@ -220,13 +237,7 @@ cdef int linear_forward(void* pool, float* out, const float* x, long M, const wk
     t.tiles = tiles
     if w.flags & WK_ROW_EXACT:      # batched decode rows: see wkernels.h
         t.chunk_rows = slab_rows(1, w.N, w.K, w.dtype, gpt2_pool_threads(<gpt2_pool*>pool))
-        m0 = 0
-        while m0 < M:
-            t.x = x + m0 * w.K
-            t.out = out + m0 * w.N
-            t.M = min(<long>WK_SMALL_M, M - m0)
-            gpt2_pool_run(<gpt2_pool*>pool, linear_slab_chunk, &t, ceil_div(w.N, t.chunk_rows))
-            m0 += WK_SMALL_M
+        gpt2_pool_run(<gpt2_pool*>pool, linear_exact_chunk, &t, ceil_div(w.N, t.chunk_rows))
         return 0
     if M > WK_SMALL_M and i8_block_fits(w):
         t.col_tiles = ceil_div(w.N, I8_BLOCK_N)

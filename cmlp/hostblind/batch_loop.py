@@ -385,13 +385,15 @@ class BatchStage0Loop(_Stage0Loop):
         if group:
             group_id, self.next_group = self.next_group, self.next_group + 1
         last = len(ok_gens) - 1
+        sends = []
         for r, g in enumerate(ok_gens):
             seq_len = len(g.prompt_ids) + g.step
             step = P.Step(g.seq, g.step, seq_len, 1, more=last - r)  # the group stays one forward
-            self.send_out(self.down.send(step), [ex.hidden_tensor(out[r])])
+            sends.append((self.down.send(step), [ex.hidden_tensor(out[r])]))
             g.state = WAITING
             g.sent_at = now
             g.group = group_id
+        self.send_out_group(sends)
         trace.event(self.ev["sent"])
 
     def _sample_row(self, logits: np.ndarray, params: SamplingParams, rng) -> int:
@@ -644,21 +646,28 @@ class BatchRingLoop(_RingStageLoop):
             return
         trace.event(self.ev["forward_done"])
         last = len(rows) - 1
+        sends: list[tuple[bytes, list[Tensor]]] = []  # the group's messages, written together
         for r, (seq, step, seq_len, _) in enumerate(rows):
             if self.is_last:
                 if seq not in self.params:
+                    self.send_out_group(sends)  # keep the message order
+                    sends = []
                     self._fail_seq(seq, ProtocolError(f"Step for sequence {seq} without Begin"))
                     continue
                 params, rng = self.params[seq]
                 try:
                     token = self._sample_row(out[r], params, rng)
                 except CmlpError as exc:
+                    self.send_out_group(sends)
+                    sends = []
                     self._fail_seq(seq, exc)
                     continue
-                self.send_out(self.down.send(P.Sampled(seq, step, token)))
+                sends.append((self.down.send(P.Sampled(seq, step, token)), []))
             else:
                 t = self.w.executor.hidden_tensor(out[r])  # [1, T, C] in the wire dtype
-                self.send_out(self.down.send(P.Step(seq, step, seq_len, 1, more=last - r)), [t])
+                sends.append((self.down.send(P.Step(seq, step, seq_len, 1, more=last - r)), [t]))
+        if sends:
+            self.send_out_group(sends)
         trace.event(self.ev["sent"])
 
     def _sample_row(self, logits: np.ndarray, params: SamplingParams, rng) -> int:
