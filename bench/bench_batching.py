@@ -56,6 +56,17 @@ def make_model(model_dir: Path, family: str, preset: str, dtype: str) -> None:
         quantize_model(base, model_dir, dtype)
 
 
+def weights_dtype(model_dir: Path) -> str:
+    """The dtype most of the checkpoint's matrices are stored in (from the safetensors header)."""
+    from collections import Counter
+
+    with open(model_dir / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    counts = Counter(v["dtype"] for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2)
+    name = counts.most_common(1)[0][0] if counts else "?"
+    return {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "I8": "int8"}.get(name, name)
+
+
 def write_manifest(model_dir: Path, stages: int, layout: str, base: int, out: Path) -> Path:
     from cmlp.manifest_gen import generate
 
@@ -238,7 +249,7 @@ def main():
     print(
         f"\nCPU: {cpu}, {os.cpu_count()} cores; {args.threads} threads per stage; "
         f"model {model_dir.name} ({cfg.get('model_type')}, {n_layers(model_dir)} layers, "
-        f"width {cfg.get('hidden_size') or cfg.get('n_embd')}, weights {args.dtype}); "
+        f"width {cfg.get('hidden_size') or cfg.get('n_embd')}, weights {weights_dtype(model_dir)}); "
         f"prompt {args.prompt_tokens} tokens, {args.tokens} tokens per stream; "
         f"micro-batches {args.micro_batches or 'one per stage'}; "
         f"medians of {args.runs} rounds (round 0 discarded)\n"
