@@ -511,9 +511,11 @@ void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float 
 #define ROWS_TILE_V 3
 #define ROWS_PREFETCH (2 * ROWS_TILE_V * VLEN)
 
-/* y[m0 .. m0+mr, j .. j+NV*16) += the chunk's sums; rows past mr repeat row 0, never stored */
+/* y[m0 .. m0+mr, j .. j+NV*16) += the chunk's sums; rows past mr repeat row 0, never stored.
+ * Each step also prefetches w + pf_off for the first pf_rows rows of the walk (the strip
+ * walked two strips later; pf_rows = 0: none). */
 ALWAYS_INLINE void rows_tile(float *y, long N, const float *x, long ldx, int mr, const float *weight,
-                             long k_begin, long k_end, long j, const int NV, int prefetch)
+                             long k_begin, long k_end, long j, const int NV, long pf_off, long pf_rows)
 {
     const float *xr[ROWS_TILE_M];
     for (int m = 0; m < ROWS_TILE_M; m++)
@@ -523,10 +525,11 @@ ALWAYS_INLINE void rows_tile(float *y, long N, const float *x, long ldx, int mr,
         for (int v = 0; v < NV; v++)
             acc[m][v] = (v16f){0};
     const float *w = weight + k_begin * N + j;
+    long pf_end = k_begin + pf_rows;
     for (long k = k_begin; k < k_end; k++, w += N) {
-        if (prefetch)
+        if (k < pf_end)
             for (int v = 0; v < NV; v++)
-                __builtin_prefetch(w + ROWS_PREFETCH + v * VLEN);
+                __builtin_prefetch(w + pf_off + v * VLEN);
         v16f wv[ROWS_TILE_V];
         for (int v = 0; v < NV; v++)
             wv[v] = vload(w + v * VLEN);
@@ -548,23 +551,34 @@ void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *
                         const float *bias, long K, long N, long chunk_rows, long n_begin, long n_end)
 {
     long vec_end = n_end - (n_end - n_begin) % VLEN;
+    long strip = ROWS_TILE_V * VLEN;
+    long full_end = n_begin + (vec_end - n_begin) / strip * strip;   /* end of the full strips */
     for (int m = 0; m < M; m++)
         memcpy(y + (long)m * N + n_begin, bias + n_begin, (size_t)(n_end - n_begin) * sizeof(float));
     for (long k_begin = 0; k_begin < K; k_begin += chunk_rows) {
         long k_end = k_begin + chunk_rows < K ? k_begin + chunk_rows : K;
+        long rows = k_end - k_begin;
+        long next_rows = K - k_end < chunk_rows ? K - k_end : chunk_rows;
         long j = n_begin;
-        for (; j + ROWS_TILE_V * VLEN <= vec_end; j += ROWS_TILE_V * VLEN) {
-            /* prefetch only inside this task's columns (the rest is another task's) */
-            int prefetch = j + ROWS_PREFETCH + ROWS_TILE_V * VLEN <= n_end;
+        for (; j < full_end; j += strip) {
+            /* prefetch the strip walked two strips later: in this chunk, or (near the end
+             * of this task's columns) at the start of the next chunk's rows; never past
+             * this task's columns or the matrix */
+            long pf_off = ROWS_PREFETCH, pf_rows = rows;
+            if (j + ROWS_PREFETCH >= full_end) {
+                long jt = n_begin + (j + ROWS_PREFETCH - full_end);
+                pf_off = chunk_rows * N + (jt - j);
+                pf_rows = jt + strip <= full_end ? (next_rows < rows ? next_rows : rows) : 0;
+            }
             for (int m0 = 0; m0 < M; m0 += ROWS_TILE_M)
                 rows_tile(y + (long)m0 * N, N, x + (long)m0 * ldx, ldx,
                           M - m0 < ROWS_TILE_M ? M - m0 : ROWS_TILE_M, weight, k_begin, k_end, j,
-                          ROWS_TILE_V, prefetch);
+                          ROWS_TILE_V, m0 == 0 ? pf_off : 0, m0 == 0 ? pf_rows : 0);
         }
         for (; j < vec_end; j += VLEN)          /* the last one or two vectors */
             for (int m0 = 0; m0 < M; m0 += ROWS_TILE_M)
                 rows_tile(y + (long)m0 * N, N, x + (long)m0 * ldx, ldx,
-                          M - m0 < ROWS_TILE_M ? M - m0 : ROWS_TILE_M, weight, k_begin, k_end, j, 1, 0);
+                          M - m0 < ROWS_TILE_M ? M - m0 : ROWS_TILE_M, weight, k_begin, k_end, j, 1, 0, 0);
         for (int m = 0; m < M; m++) {           /* scalar tail: as matmul_conv1d_small's */
             const float *xm = x + (long)m * ldx;
             for (long jj = vec_end; jj < n_end; jj++) {
