@@ -322,9 +322,11 @@ class BatchStage0Loop(_Stage0Loop):
     def _short_prompts(self) -> list[_Gen]:
         """Waiting prompts that share this step's forward with the decode rows (in arrival
         order): each at most ``mix_rows`` tokens (those rows are computed exactly as if
-        alone), together at most ``prefill_chunk`` tokens (the per-step prompt budget)."""
+        alone), together at most ``prefill_chunk`` tokens (the per-step prompt budget, which
+        keeps running streams from stalling; with none running, every short prompt goes)."""
         limit = self.w.executor.mix_rows
-        budget = max(1, self.opts.prefill_chunk)
+        running = any(g.state != PREFILL for g in self.gens.values())
+        budget = max(1, self.opts.prefill_chunk) if running else limit * len(self.gens)
         out = []
         for g in self.gens.values():
             n = len(g.prompt_ids)
