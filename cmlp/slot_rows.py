@@ -14,12 +14,17 @@ Nothing here imports the package's heavier modules (the engines import it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cmlp.errors import InvalidModelInput
 
 
-def plan_rows(shape: tuple, slots, lens, n_slots: int, mix_rows: int) -> list[int]:
+def plan_rows(
+    shape: tuple, slots, lens, n_slots: int, mix_rows: int, slot_len: Callable[[int], int], max_positions: int
+) -> list[int]:
     """New positions of each sequence of a forward of input ``shape`` (its first two
-    dimensions), or InvalidModelInput."""
+    dimensions) continuing ``slots`` (each in range, once, with room for its new positions:
+    ``slot_len(slot)`` are cached, at most ``max_positions`` in all), or InvalidModelInput."""
     if len(shape) < 2 or shape[0] < 1 or shape[1] < 1:
         raise InvalidModelInput(f"invalid slot forward of shape {list(shape)}")
     if lens is None:
@@ -36,6 +41,18 @@ def plan_rows(shape: tuple, slots, lens, n_slots: int, mix_rows: int) -> list[in
         raise InvalidModelInput(f"{len(seg)} sequences in one forward with {n_slots} slots")
     if len(slots) != len(seg):
         raise InvalidModelInput(f"{len(slots)} slots for {len(seg)} sequences")
+    seen: set[int] = set()
+    for s, n_new in zip(slots, seg, strict=True):
+        if not 0 <= s < n_slots:
+            raise InvalidModelInput(f"slot {s} out of range [0, {n_slots})")
+        if s in seen:
+            raise InvalidModelInput(f"slot {s} appears twice in one forward")
+        seen.add(s)
+        cached = slot_len(s)
+        if cached + n_new > max_positions:
+            raise InvalidModelInput(
+                f"slot {s}: {cached} cached + {n_new} new positions exceed {max_positions}"
+            )
     if len(seg) > 1 and max(seg) > mix_rows:
         raise InvalidModelInput(f"a prefill of more than {mix_rows} positions runs alone, got lengths {seg}")
     return seg

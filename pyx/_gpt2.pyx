@@ -1081,26 +1081,19 @@ cdef class ShardEngine:
         position), or hidden [B, T, C] / [1, M, C]."""
         if self.n_slots == 0:
             raise InvalidModelInput("no slots configured")
-        cdef int B, b, s, c, n_new, max_len = 0
+        cdef int B, b, s, n_new, max_len = 0
         cdef long M = 0
         if self.is_first:
             if x.ndim != 2 or x.dtype.kind not in "ui":
                 raise InvalidModelInput("token ids must be an integer array [B, T]")
         elif x.ndim != 3 or x.shape[2] != self.n_embd or x.dtype != np.float32:
             raise InvalidModelInput(f"hidden states must be float32 [B, T, {self.n_embd}]")
-        seg = plan_rows((x.shape[0], x.shape[1]), slots, lens, self.n_slots, SLOT_PREFILL_ROWS)
+        seg = plan_rows((x.shape[0], x.shape[1]), slots, lens, self.n_slots, SLOT_PREFILL_ROWS,
+                        self.slot_len, self.n_positions)
         B = len(seg)
         for b in range(B):
             s = slots[b]
             n_new = seg[b]
-            if not 0 <= s < self.n_slots:
-                raise InvalidModelInput(f"slot {s} out of range [0, {self.n_slots})")
-            for c in range(b):
-                if self.row_slots[c] == s:
-                    raise InvalidModelInput(f"slot {s} appears twice in one forward")
-            if self.slot_lens[s] + n_new > self.n_positions:
-                raise InvalidModelInput(f"slot {s}: {self.slot_lens[s]} cached + {n_new} new "
-                                        f"positions exceed {self.n_positions}")
             self.row_slots[b] = s
             self.row_pos[b] = self.slot_lens[s]
             self.row_off[b] = <int>M

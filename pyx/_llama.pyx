@@ -618,7 +618,7 @@ cdef class LlamaEngine:
         (each sequence's last position), or hidden [B, T, C] / [1, M, C]."""
         if self.n_slots == 0:
             raise InvalidModelInput("no slots configured")
-        cdef int B, b, s, c, n_new, max_len = 0
+        cdef int B, b, s, n_new, max_len = 0
         cdef long M = 0, bad
         if self.is_first:
             if x.ndim != 2 or x.dtype.kind not in "ui":
@@ -626,19 +626,12 @@ cdef class LlamaEngine:
         elif x.ndim != 3 or x.shape[2] != self.hidden or x.dtype not in (np.float32, np.uint16):
             raise InvalidModelInput(
                 f"hidden states must be float32 or bfloat16 [B, T, {self.hidden}]")
-        seg = plan_rows((x.shape[0], x.shape[1]), slots, lens, self.n_slots, SLOT_PREFILL_ROWS)
+        seg = plan_rows((x.shape[0], x.shape[1]), slots, lens, self.n_slots, SLOT_PREFILL_ROWS,
+                        self.slot_len, self.max_positions)
         B = len(seg)
         for b in range(B):
             s = slots[b]
             n_new = seg[b]
-            if not 0 <= s < self.n_slots:
-                raise InvalidModelInput(f"slot {s} out of range [0, {self.n_slots})")
-            for c in range(b):
-                if self.row_slots[c] == s:
-                    raise InvalidModelInput(f"slot {s} appears twice in one forward")
-            if self.slot_lens[s] + n_new > self.max_positions:
-                raise InvalidModelInput(f"slot {s}: {self.slot_lens[s]} cached + {n_new} new "
-                                        f"positions exceed {self.max_positions}")
             self.row_slots[b] = s
             self.row_pos[b] = self.slot_lens[s]
             self.row_off[b] = <int>M

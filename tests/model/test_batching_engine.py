@@ -54,43 +54,17 @@ def prompts(vocab, n=9):
     return [rng.integers(0, vocab, (1, int(rng.integers(1, 20)))).astype(np.uint32) for _ in range(n)]
 
 
-CASES = [(f, d) for f in ("gpt2", "llama", "qwen2") for d in ("fp32", "bf16", "int8")]
-
-
-@pytest.mark.parametrize("split", [None, 1])
-@pytest.mark.parametrize("family,dtype", CASES)
-def test_batched_decode_is_bit_identical_to_solo(family_models, family, dtype, split):
-    """Sequences join one by one (batch sizes 1..9: every matmul kernel, including the
-    wkernels' slab sizes), each at its own position; with ``split`` the rows pass a first
-    shard and a second one (hidden states, in the model's wire dtype as stages send them)."""
-    path = family_models[family, dtype]
+def load_split(path, split):
+    """One shard of the whole model, or two cut after layer ``split``."""
     n_layer = n_layers(path)
     if split is None:
-        shards = [load_shard(path, 0, n_layer, threads=2)]
-    else:
-        shards = [load_shard(path, 0, split, threads=2), load_shard(path, split, n_layer, threads=1)]
-    check_batched_equals_solo(shards, prompts(shards[0].vocab_size), steps=10)
+        return [load_shard(path, 0, n_layer, threads=2)]
+    return [load_shard(path, 0, split, threads=2), load_shard(path, split, n_layer, threads=1)]
 
 
-@pytest.mark.fast_cases("gpt2-fp32-1", "llama-bf16-None", "qwen2-int8-1")
-@pytest.mark.parametrize("split", [None, 1])
-@pytest.mark.parametrize("family,dtype", CASES)
-def test_mixed_forwards_are_bit_identical_to_solo(family_models, family, dtype, split):
-    """Short prompts join the decode rows' forward (``lens``: ragged rows, several prompts
-    at once); prompts longer than ``mix_rows`` run alone.  Every sequence's logits equal
-    its solo run's bits."""
-    path = family_models[family, dtype]
-    n_layer = n_layers(path)
-    if split is None:
-        shards = [load_shard(path, 0, n_layer, threads=2)]
-    else:
-        shards = [load_shard(path, 0, split, threads=2), load_shard(path, split, n_layer, threads=1)]
-    mix = shards[0]._engine.mix_rows
-    ps = prompts(shards[0].vocab_size, n=9)
-    ps.append(np.resize(ps[0], (1, mix + 2)))  # one long prompt: alone
-    steps = 6
-    for s in shards:
-        s.configure_slots(len(ps))
+def chain(shards):
+    """forward(x, seqs, lens) through every shard, hidden states in the model's wire dtype
+    between them as stages send them."""
 
     def fwd(x, seqs, lens=None):
         for s in shards:
@@ -101,6 +75,11 @@ def test_mixed_forwards_are_bit_identical_to_solo(family_models, family, dtype, 
                 x = f32_to_bf16_bits(x)
         return x
 
+    return fwd
+
+
+def solo_runs(shards, fwd, ps, steps):
+    """Each prompt prefilled and greedily decoded ``steps`` tokens alone: its logits."""
     want = []
     for i, p in enumerate(ps):
         for s in shards:
@@ -111,6 +90,45 @@ def test_mixed_forwards_are_bit_identical_to_solo(family_models, family, dtype, 
         for s in shards:
             s.slots.close(5000 + i)
         want.append(logits)
+    return want
+
+
+def assert_equal_runs(got, want):
+    for i in range(len(want)):
+        assert len(got[i]) == len(want[i])
+        for a, b in zip(got[i], want[i], strict=True):
+            assert np.array_equal(a, b), f"sequence {i} differs from its solo run"
+
+
+CASES = [(f, d) for f in ("gpt2", "llama", "qwen2") for d in ("fp32", "bf16", "int8")]
+
+
+@pytest.mark.parametrize("split", [None, 1])
+@pytest.mark.parametrize("family,dtype", CASES)
+def test_batched_decode_is_bit_identical_to_solo(family_models, family, dtype, split):
+    """Sequences join one by one (batch sizes 1..9: every matmul kernel, including the
+    wkernels' slab sizes), each at its own position; with ``split`` the rows pass a first
+    shard and a second one (hidden states, in the model's wire dtype as stages send them)."""
+    shards = load_split(family_models[family, dtype], split)
+    check_batched_equals_solo(shards, prompts(shards[0].vocab_size), steps=10)
+
+
+@pytest.mark.fast_cases("gpt2-fp32-1", "llama-bf16-None", "qwen2-int8-1")
+@pytest.mark.parametrize("split", [None, 1])
+@pytest.mark.parametrize("family,dtype", CASES)
+def test_mixed_forwards_are_bit_identical_to_solo(family_models, family, dtype, split):
+    """Short prompts join the decode rows' forward (``lens``: ragged rows, several prompts
+    at once); prompts longer than ``mix_rows`` run alone.  Every sequence's logits equal
+    its solo run's bits."""
+    shards = load_split(family_models[family, dtype], split)
+    mix = shards[0]._engine.mix_rows
+    ps = prompts(shards[0].vocab_size, n=9)
+    ps.append(np.resize(ps[0], (1, mix + 2)))  # one long prompt: alone
+    steps = 6
+    for s in shards:
+        s.configure_slots(len(ps))
+    fwd = chain(shards)
+    want = solo_runs(shards, fwd, ps, steps)
     got = {i: [] for i in range(len(ps))}
     pending = list(range(len(ps)))
     while pending or any(len(v) <= steps for v in got.values()):
@@ -132,10 +150,7 @@ def test_mixed_forwards_are_bit_identical_to_solo(family_models, family, dtype, 
                 got[j].append(out[r].copy())
         for j in long_ones:
             got[j].append(fwd(ps[j], [j])[0].copy())
-    for i in range(len(ps)):
-        assert len(got[i]) == len(want[i])
-        for a, b in zip(got[i], want[i], strict=True):
-            assert np.array_equal(a, b), f"sequence {i} differs from its solo run"
+    assert_equal_runs(got, want)
 
 
 def test_batched_decode_is_bit_identical_at_odd_widths(tmp_path):
@@ -155,26 +170,8 @@ def check_batched_equals_solo(shards, ps, steps):
     every sequence's logits must be the same bits both ways."""
     for s in shards:
         s.configure_slots(len(ps))
-
-    def fwd(x, seqs):
-        for s in shards:
-            x = s.forward_slots(x, seqs)
-            if s.wire_dtype == "BF16" and not s.is_last:  # as the stage sends it
-                from cmlp.pipeline.gpt2 import f32_to_bf16_bits
-
-                x = f32_to_bf16_bits(x)
-        return x
-
-    want = []
-    for i, p in enumerate(ps):
-        for s in shards:
-            s.slots.open(5000 + i)
-        logits = [fwd(p, [5000 + i])[0].copy()]
-        for _ in range(steps):
-            logits.append(fwd(np.array([[greedy(logits[-1])]], np.uint32), [5000 + i])[0].copy())
-        for s in shards:
-            s.slots.close(5000 + i)
-        want.append(logits)
+    fwd = chain(shards)
+    want = solo_runs(shards, fwd, ps, steps)
     got = {i: [] for i in range(len(ps))}
 
     def decode_all():
@@ -191,10 +188,7 @@ def check_batched_equals_solo(shards, ps, steps):
         decode_all()
     while any(len(v) <= steps for v in got.values()):
         decode_all()
-    for i in range(len(ps)):
-        assert len(got[i]) == len(want[i])
-        for a, b in zip(got[i], want[i], strict=True):
-            assert np.array_equal(a, b), f"sequence {i} differs from its solo run"
+    assert_equal_runs(got, want)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
