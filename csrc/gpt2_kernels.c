@@ -505,15 +505,20 @@ void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float 
  * Register tiles of 8 rows x 48 columns walk down one chunk of a 48-column strip
  * (stride N).  Eight rows make that walk compute-heavy enough that the hardware
  * prefetcher alone leaves the core waiting on DRAM between strips, so each step also
- * prefetches the same weight row two strips ahead (measured on a 400 MB sweep, one core:
- * 10.3 -> 12.5 GB/s at N = 3072, against 14 GB/s for one row). */
+ * prefetches the same weight row four strips ahead (measured on a 400 MB sweep, one core:
+ * 10.3 -> 12.5 GB/s at N = 3072, against 14 GB/s for one row).  The hint is prefetcht2
+ * (into L2, not L1): the walk keeps L1 busy with its own strip, and an L1 prefetch that
+ * finds every fill buffer taken stalls the loop (perf showed the samples piling up right
+ * after each prefetcht0).  Two threads, 8 rows, 4 and 2 strips ahead with t2 against t0:
+ * 3072 x 768 (the MLP projection) 12-14 -> 15-16 GB/s, the other GPT-2 shapes unchanged
+ * or better; served 8 streams vs 1 rose 3-5% (bench/bench_batching.py, 4 A/B pairs). */
 #define ROWS_TILE_M 8
 #define ROWS_TILE_V 3
-#define ROWS_PREFETCH (2 * ROWS_TILE_V * VLEN)
+#define ROWS_PREFETCH (4 * ROWS_TILE_V * VLEN)
 
 /* y[m0 .. m0+mr, j .. j+NV*16) += the chunk's sums; rows past mr repeat row 0, never stored.
  * Each step also prefetches w + pf_off for the first pf_rows rows of the walk (the strip
- * walked two strips later; pf_rows = 0: none). */
+ * walked ROWS_PREFETCH columns later; pf_rows = 0: none). */
 ALWAYS_INLINE void rows_tile(float *y, long N, const float *x, long ldx, int mr, const float *weight,
                              long k_begin, long k_end, long j, const int NV, long pf_off, long pf_rows)
 {
@@ -529,7 +534,7 @@ ALWAYS_INLINE void rows_tile(float *y, long N, const float *x, long ldx, int mr,
     for (long k = k_begin; k < k_end; k++, w += N) {
         if (k < pf_end)
             for (int v = 0; v < NV; v++)
-                __builtin_prefetch(w + pf_off + v * VLEN);
+                __builtin_prefetch(w + pf_off + v * VLEN, 0, 1); /* read, prefetcht2 */
         v16f wv[ROWS_TILE_V];
         for (int v = 0; v < NV; v++)
             wv[v] = vload(w + v * VLEN);
@@ -561,7 +566,7 @@ void matmul_conv1d_rows(float *y, const float *x, long ldx, int M, const float *
         long next_rows = K - k_end < chunk_rows ? K - k_end : chunk_rows;
         long j = n_begin;
         for (; j < full_end; j += strip) {
-            /* prefetch the strip walked two strips later: in this chunk, or (near the end
+            /* prefetch the strip walked four strips later: in this chunk, or (near the end
              * of this task's columns) at the start of the next chunk's rows; never past
              * this task's columns or the matrix */
             long pf_off = ROWS_PREFETCH, pf_rows = rows;

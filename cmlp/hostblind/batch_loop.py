@@ -366,6 +366,7 @@ class BatchStage0Loop(_Stage0Loop):
             ok_rows.append(row)
         if not ok_gens:
             return
+        trace.event(self.ev["forward_start"])
         try:
             out = ex.forward_rows([g.seq for g in ok_gens], ok_rows)
         except CmlpError as exc:
@@ -638,6 +639,7 @@ class BatchRingLoop(_RingStageLoop):
             return
         rows = list(batch)
         batch.clear()
+        trace.event(self.ev["forward_start"])
         try:
             out = self.w.executor.forward_rows([b[0] for b in rows], [b[3] for b in rows])
         except (StageError, CmlpError) as exc:

@@ -27,9 +27,17 @@ from cmlp.hostblind.params import SamplingParams
 
 
 def greedy_id(logits: np.ndarray) -> int:
-    """argmax; exact ties go to the last index (Rust ``max_by``, as reference mode)."""
-    n = logits.shape[0]
-    return int(n - 1 - np.argmax(logits[::-1]))
+    """argmax; exact ties go to the last index (Rust ``max_by``, as reference mode).
+
+    The same result as ``argmax`` on the reversed view, in a quarter of its time (numpy
+    scans a reversed view without SIMD: 30 us on GPT-2's 50257 logits, once per row per
+    step): the first maximum, then the last later element equal to it."""
+    i = int(np.argmax(logits))  # the first maximum, or the first NaN
+    top = logits[i]
+    if top != top:  # NaN wins argmax: the reversed view's rule picks the last NaN
+        return int(logits.shape[0] - 1 - np.argmax(logits[::-1]))
+    ties = np.flatnonzero(logits[i + 1 :] == top)
+    return i + 1 + int(ties[-1]) if ties.size else i
 
 
 def make_rng(seed: Optional[int]) -> np.random.Generator:

@@ -30,6 +30,7 @@ from cmlp.errors import (
     StageFailed,
     Tainted,
 )
+from cmlp.hostblind.sampling import greedy_id  # the rule's one implementation (a leaf module)
 from cmlp.retry import RetryPolicy, retry
 from cmlp.transport.wire import DType, Tensor
 
@@ -339,8 +340,7 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 def greedy_token(logits: np.ndarray) -> int:
     """argmax over the flat logits; exact ties go to the *last* index (Rust ``max_by``)."""
-    flat = np.asarray(logits, dtype=np.float32).reshape(-1)
-    return int(flat.size - 1 - np.argmax(flat[::-1]))
+    return greedy_id(np.asarray(logits, dtype=np.float32).reshape(-1))
 
 
 @dataclass

@@ -24,6 +24,25 @@ def test_greedy_is_the_reference_rule_with_last_index_ties():
     assert greedy_id(t) == greedy_token(t) == 400 == s.sample(t, SamplingParams(), None)
 
 
+def test_greedy_fast_path_keeps_the_reversed_argmax_rule():
+    """greedy_id scans forward (SIMD) but must pick exactly what argmax over the reversed
+    view picks: last of the exact ties, last NaN when there is one, infinities included."""
+    rng = np.random.default_rng(5)
+    for _ in range(3000):
+        n = int(rng.integers(1, 40))
+        x = rng.integers(-3, 3, n).astype(np.float32)  # a small range: ties are common
+        for value, p in ((np.nan, 0.15), (np.inf, 0.15), (-np.inf, 0.15)):
+            if rng.random() < p:
+                x[rng.integers(0, n)] = value
+        if rng.random() < 0.05:
+            x[:] = -np.inf
+        for v in (x, x[::-1], x[::2]):
+            assert greedy_id(v) == int(v.shape[0] - 1 - np.argmax(v[::-1]))
+    t = np.zeros(V, np.float32)
+    t[[7, 9]] = np.nan
+    assert greedy_id(t) == greedy_token(t) == 9
+
+
 def draws(params, x, n, seed=1):
     s, rng = Sampler(V), make_rng(seed)
     return [s.sample(x, params, rng) for _ in range(n)]
