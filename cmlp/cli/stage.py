@@ -115,6 +115,13 @@ def build_parser(prog: str = "cmlp-stage") -> argparse.ArgumentParser:
         "(default 0: one per stage; 1: all sequences in one group)",
     )
     p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=64,
+        help="host-blind stage 0: prompt tokens prefilled per step while other streams decode "
+        "(a longer prompt is chunked; default 64)",
+    )
+    p.add_argument(
         "--no-role-binding",
         action="store_true",
         help="do not attest or check pipeline roles (only to interoperate with the "
@@ -170,6 +177,8 @@ def run(args, make_executor=make_executor) -> int:
     )
     if args.slots < 1 or args.admission_queue < 0:
         raise ValueError("--slots must be >= 1 and --admission-queue >= 0")
+    if args.prefill_chunk < 1:
+        raise ValueError("--prefill-chunk must be >= 1")
     if manifest.host_blind:
         from cmlp.hostblind.stage_loop import HostBlindOptions
 
@@ -178,6 +187,7 @@ def run(args, make_executor=make_executor) -> int:
             kv_budget_mb=args.kv_budget_mb,
             admission_queue=args.admission_queue,
             micro_batches=max(0, args.micro_batches),
+            prefill_chunk=args.prefill_chunk,
         )
     executor = make_executor(args, manifest)
     worker = StageWorker(manifest, args.stage_idx, executor, config, args.data_out_target)

@@ -145,8 +145,10 @@ class BatchStage0Loop(_Stage0Loop):
             client_cfg = client_cfg.replace(own_role=Role(0, self.w.manifest.pipeline_digest()))
         handed_off = False
         ch = None
+        trace.event(self.ev["accept"])
         try:
             ch = SecureChannel.accept(sock, cfg.provider, cfg.verifier, client_cfg)
+            trace.event(self.ev["handshake_done"])
             handed_off = self._request(ch)
         except CmlpError as exc:
             log.warning("stage 0: client handshake or request failed: %s", exc)
@@ -199,6 +201,7 @@ class BatchStage0Loop(_Stage0Loop):
             self._release()
             raise
         self.admit_q.put(_Gen(ch, cl, cseq, list(prompt_ids), params))
+        trace.event(self.ev["request"])
         return True
 
     def _release(self) -> None:
@@ -213,7 +216,7 @@ class BatchStage0Loop(_Stage0Loop):
             self._poll_clients()
             busy = False
             short = self._short_prompts()
-            pre = next((g for g in self.gens.values() if g.state == PREFILL and g not in short), None)
+            pre = self._long_prompt()
             if pre is not None:  # a long prompt: its next chunk runs alone
                 self._prefill(pre)
                 busy = True
@@ -319,12 +322,31 @@ class BatchStage0Loop(_Stage0Loop):
         g.state = WAITING
         g.sent_at = time.monotonic()
 
+    def _mix_limit(self) -> int:
+        """The longest prompt that shares a forward: ``mix_rows`` (those rows are computed
+        exactly as if alone), and while streams are decoding no more than the per-step
+        prompt budget ``prefill_chunk`` (a longer one is chunked instead)."""
+        limit = self.w.executor.mix_rows
+        if any(g.state != PREFILL for g in self.gens.values()):
+            return min(limit, max(1, self.opts.prefill_chunk))
+        return limit
+
+    def _long_prompt(self) -> _Gen | None:
+        """The first prompt too long to share a forward, or already part way through its
+        chunks: its next chunk runs alone.  A short prompt left out by this step's budget is
+        not one: it waits for the next step's forward instead of running in an extra one."""
+        limit = self._mix_limit()
+        for g in self.gens.values():
+            if g.state == PREFILL and (g.prefilled or len(g.prompt_ids) > limit):
+                return g
+        return None
+
     def _short_prompts(self) -> list[_Gen]:
         """Waiting prompts that share this step's forward with the decode rows (in arrival
-        order): each at most ``mix_rows`` tokens (those rows are computed exactly as if
-        alone), together at most ``prefill_chunk`` tokens (the per-step prompt budget, which
-        keeps running streams from stalling; with none running, every short prompt goes)."""
-        limit = self.w.executor.mix_rows
+        order): each at most ``_mix_limit()`` tokens, together at most ``prefill_chunk``
+        tokens (the per-step prompt budget, which keeps running streams from stalling; with
+        none running, every short prompt goes)."""
+        limit = self._mix_limit()
         running = any(g.state != PREFILL for g in self.gens.values())
         budget = max(1, self.opts.prefill_chunk) if running else limit * len(self.gens)
         out = []

@@ -150,7 +150,18 @@ class _Base:
         self.sampler: Optional[Sampler] = None
         self.ev = {
             k: f"hb.stage{self.idx}.{k}"
-            for k in ("input", "forward_start", "forward_done", "sent", "sampled", "token_in", "token_out")
+            for k in (
+                "accept",
+                "handshake_done",
+                "request",
+                "input",
+                "forward_start",
+                "forward_done",
+                "sent",
+                "sampled",
+                "token_in",
+                "token_out",
+            )
         }
 
     # -- control channel ----------------------------------------------------------------

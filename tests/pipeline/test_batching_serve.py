@@ -471,6 +471,35 @@ def test_short_prompts_join_the_decode_forward(parity, n, relay):
         assert not any(len(long_prompt) in f and len(f) > 1 for f in forwards), forwards
 
 
+def test_short_prompts_over_the_budget_wait_for_the_next_decode_forward(parity):
+    """While a stream decodes, each step takes at most ``prefill_chunk`` prompt tokens into
+    its forward; a short prompt left over waits for a later step's forward (it never runs in
+    an extra forward of its own), and one longer than the budget is chunked.  All outputs
+    equal their solo runs."""
+    m = manifest(1)
+    ex = CountingExecutor(parity, delay=0.05)  # slow steps: the four requests meet in one
+    prompts = [PROMPTS[i] for i in (0, 2, 3, 5)]  # 5, 12, 3 and 7 tokens
+    with served_many(m, [ex], prefill_chunk=10) as server:
+        client = Client(str(server.address), m, timeout=30)
+        solo = [run(client, p, SamplingParams(max_tokens=4)) for p in prompts]
+        runner = client.generate(PROMPTS[7], SamplingParams(max_tokens=40))
+        next(runner)  # one stream is decoding
+        ex.lens.clear()
+        together = run_concurrently(lambda i: run(client, prompts[i], SamplingParams(max_tokens=4)), 4)
+        forwards = list(ex.lens)
+        assert isinstance(list(runner)[-1], Finished)
+    assert together == solo
+    prompt_forwards = [f for f in forwards if any(n > 1 for n in f)]
+    assert prompt_forwards, forwards
+    # the 12-token prompt is over the budget: chunked (10 + 2), each chunk alone
+    assert (10,) in forwards and (2,) in forwards, forwards
+    for f in prompt_forwards:
+        if f not in ((10,), (2,)):
+            assert 1 in f, f"a short prompt ran without the decode rows: {forwards}"
+            assert sum(n for n in f if n > 1) <= 10, forwards
+    assert sum(f.count(5) + f.count(3) + f.count(7) for f in forwards) == 3, forwards
+
+
 def test_cmlp_bench_serve_prints_the_table(parity, tmp_path, capsys):
     import json
 
