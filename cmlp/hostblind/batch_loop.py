@@ -40,6 +40,7 @@ from cmlp.errors import (
     Timeout,
 )
 from cmlp.hostblind import protocol as P
+from cmlp.hostblind.client_writer import ClientWriter
 from cmlp.hostblind.params import SamplingParams
 from cmlp.hostblind.sampling import Sampler, make_rng
 from cmlp.hostblind.stage_loop import (
@@ -102,6 +103,7 @@ class BatchStage0Loop(_Stage0Loop):
         self.inflight_lock = threading.Lock()
         self.stop = threading.Event()
         self.handshakes = threading.BoundedSemaphore(self.n_slots + self.opts.admission_queue + 4)
+        self.writer = ClientWriter(self.opts.client_send_timeout)
         acceptor = threading.Thread(target=self._accept_loop, name="hb-batch-accept", daemon=True)
         acceptor.start()
         try:
@@ -114,6 +116,7 @@ class BatchStage0Loop(_Stage0Loop):
             acceptor.join(5)
             self._drain_admissions(P.ERR_UNAVAILABLE, "pipeline unavailable: session ended")
             ex.close_all_seqs()
+            self.writer.close(timeout=self.opts.client_send_timeout + 1.0)
 
     # -- acceptor thread: handshakes and requests ------------------------------------
     def _accept_loop(self) -> None:
@@ -227,6 +230,8 @@ class BatchStage0Loop(_Stage0Loop):
             elif short:
                 self._decode([], short)
                 busy = True
+            if not busy:
+                self.writer.flush()  # no forward for the writes to overlap with
             waiting = any(g.state == WAITING for g in self.gens.values())
             if not self.single and waiting:
                 self._read_feedback(block=not busy)
@@ -277,6 +282,11 @@ class BatchStage0Loop(_Stage0Loop):
         return max(1, -(-decoding // groups))
 
     def _poll_clients(self) -> None:
+        for seq in self.writer.gone():  # a write to its client failed
+            g = self.gens.get(seq)
+            if g is not None:
+                log.info("stage 0: generation %d ended early: its client channel failed", seq)
+                self._end(g)
         for g in list(self.gens.values()):
             try:
                 if g.ch.pending():
@@ -300,6 +310,7 @@ class BatchStage0Loop(_Stage0Loop):
         try:
             row = _ids_tensor(chunk)
             ex.check_row(g.seq, 0, end, row)
+            self.writer.flush()  # the clients' writes overlap the forward
             out = ex.forward_rows([g.seq], [row])
         except CmlpError as exc:
             self._fail(g, P.ERR_INTERNAL, f"generation failed: {exc}")
@@ -388,6 +399,7 @@ class BatchStage0Loop(_Stage0Loop):
             ok_rows.append(row)
         if not ok_gens:
             return
+        self.writer.flush()  # the clients' writes overlap the forward
         trace.event(self.ev["forward_start"])
         try:
             out = ex.forward_rows([g.seq for g in ok_gens], ok_rows)
@@ -432,15 +444,10 @@ class BatchStage0Loop(_Stage0Loop):
         stopper = g.stopper
         assert stopper is not None, "set when the generation is admitted"
         text, reason = stopper.push(token)
-        try:
-            self._to_client(g.ch, g.cl.send(P.Token(g.cseq, g.step, token, text)))
-            if reason is not None:
-                self._to_client(
-                    g.ch, g.cl.send(P.Finished(g.cseq, reason, len(g.prompt_ids), stopper.completion_tokens))
-                )
-        except _ClientGone as gone:
-            log.info("stage 0: generation %d ended early: %s", g.seq, gone)
-            reason = "gone"
+        out = [g.cl.send(P.Token(g.cseq, g.step, token, text))]
+        if reason is not None:
+            out.append(g.cl.send(P.Finished(g.cseq, reason, len(g.prompt_ids), stopper.completion_tokens)))
+        self.writer.send(g.seq, g.ch, out)  # written while the next forward runs
         trace.event(self.ev["token_out"])
         if reason is not None:
             self._end(g)
@@ -504,12 +511,17 @@ class BatchStage0Loop(_Stage0Loop):
         if g.begun and self.down.state(g.seq) == P.ACTIVE:
             self.send_out(self.down.send(P.End(g.seq)))
         self.feedback.forget(g.seq)
-        g.ch.close()
+        self.writer.send(g.seq, g.ch, [], close=True)  # after its queued messages
         self._release()
+
+    def _queue_error(self, g: _Gen, code: int, text: str) -> None:
+        """An Error for g's client, after what is already queued for it."""
+        if g.cl.state(g.cseq) in (P.WAIT_START, P.STREAMING):
+            self.writer.send(g.seq, g.ch, [g.cl.send(P.Error(g.cseq, code, text))])
 
     def _fail(self, g: _Gen, code: int, text: str) -> None:
         log.warning("stage 0: sequence %d failed: %s", g.seq, text)
-        self._client_error(g.ch, g.cl, g.cseq, code, text)
+        self._queue_error(g, code, text)
         self._end(g)
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -520,13 +532,13 @@ class BatchStage0Loop(_Stage0Loop):
         else:
             code, text = P.ERR_UNAVAILABLE, f"pipeline unavailable: {exc or type(exc).__name__}"
         for g in list(self.gens.values()):
-            self._client_error(g.ch, g.cl, g.cseq, code, text)
+            self._queue_error(g, code, text)
             self.gens.pop(g.seq, None)
             try:
                 self.w.executor.close_seq(g.seq)
             except CmlpError:
                 pass
-            g.ch.close()
+            self.writer.send(g.seq, g.ch, [], close=True)
             self._release()
         self._drain_admissions(code, text)
 
