@@ -294,6 +294,11 @@ class BatchStage0Loop(_Stage0Loop):
             except _ClientGone as gone:
                 log.info("stage 0: generation %d ended early: %s", g.seq, gone)
                 self._end(g)
+            except (OSError, ValueError) as exc:
+                # the writer thread closed this channel when a write failed, between
+                # pending()'s closed check and its select: the write's report comes next step
+                log.info("stage 0: generation %d ended early: client channel closed (%s)", g.seq, exc)
+                self._end(g)
 
     def _prefill(self, g: _Gen) -> None:
         """The next chunk of one prompt (``prefill_chunk`` tokens): a long prompt costs the

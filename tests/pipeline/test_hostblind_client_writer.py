@@ -73,3 +73,26 @@ def test_the_loop_does_not_wait_for_the_writes():
     queued = time.monotonic() - t0
     w.close(timeout=5)
     assert queued < 0.05 and len(slow.sent) == 8
+
+
+def test_the_step_loop_survives_a_channel_closed_under_its_poll():
+    """The writer closes a channel whose write failed; the step loop may be polling that
+    channel at that moment (its select then sees a closed descriptor): the generation ends,
+    the loop goes on."""
+    from cmlp.hostblind.batch_loop import BatchStage0Loop
+
+    class Closing:
+        def pending(self):
+            raise OSError(9, "Bad file descriptor")
+
+    class G:
+        seq, ch, cl = 5, Closing(), None
+
+    loop = object.__new__(BatchStage0Loop)
+    loop.writer = ClientWriter(send_timeout=1.0)
+    loop.gens = {5: G()}
+    ended = []
+    loop._end = lambda g: (ended.append(g.seq), loop.gens.pop(g.seq))
+    loop._poll_clients()
+    loop.writer.close(timeout=5)
+    assert ended == [5] and not loop.gens
