@@ -230,6 +230,7 @@ EXTENSIONS = [
         ["pyx/_gpt2.pyx", "csrc/gpt2_kernels.c"],
         libs=[OPENBLAS],
         extra_compile_args=["-std=gnu11", "-Wno-psabi"],
+        depends=["csrc/gpt2_kernels.h", "csrc/vec16.h"],
     ),
     # llama/qwen2: own kernels plus gpt2_kernels.c's worker pool and F32 GEMV
     ext(
@@ -237,6 +238,7 @@ EXTENSIONS = [
         ["pyx/_llama.pyx", "csrc/llama_kernels.c", "csrc/gpt2_kernels.c"],
         libs=[OPENBLAS],
         extra_compile_args=["-std=gnu11", "-Wno-psabi"],
+        depends=["csrc/llama_kernels.h", "csrc/gpt2_kernels.h", "csrc/vec16.h"],
     ),
     # the pool code is compiled in here too: _gpt2 passes its gpt2_pool* in,
     # and both copies come from the same source, so the struct is the same
@@ -245,7 +247,7 @@ EXTENSIONS = [
         ["pyx/_wkernels.pyx", "csrc/wkernels.c", "csrc/gpt2_kernels.c"],
         libs=[OPENBLAS],
         extra_compile_args=["-std=gnu11", "-Wno-psabi"],
-        depends=["csrc/wkernels.h", "csrc/wkernels_impl.h", "csrc/gpt2_kernels.h"],
+        depends=["csrc/wkernels.h", "csrc/wkernels_impl.h", "csrc/gpt2_kernels.h", "csrc/vec16.h"],
     ),
 ]
 

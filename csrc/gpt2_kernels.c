@@ -10,6 +10,7 @@
  */
 #define _GNU_SOURCE
 #include "gpt2_kernels.h"
+#include "vec16.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -31,38 +32,13 @@
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* ---- 16-float vectors --------------------------------------------------- */
-
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-#define VLEN 16
+/* ---- 16-float vectors (types and vsum: vec16.h) -------------------------- */
 
 /* memcpy keeps loads and stores legal at any alignment (inputs from the
  * network and safetensors offsets carry no alignment promise). */
 ALWAYS_INLINE v16f vload(const float *p) { v16f v; memcpy(&v, p, sizeof v); return v; }
 ALWAYS_INLINE void vstore(float *p, v16f v) { memcpy(p, &v, sizeof v); }
 ALWAYS_INLINE v16f vbroadcast(float s) { return (v16f){0} + s; }
-
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-
-/* Pairwise (better rounding than a left-to-right sum): s[i] += s[i + w] for w = 8, 4, 2, 1,
- * done as halves added in registers (a loop over a float array went through the stack and
- * cost as much as the 48 FMAs of a 768-long dot product: the lm-head and attention both
- * end every dot product here). */
-ALWAYS_INLINE float vsum(v16f v)
-{
-    v8f lo8, hi8;
-    memcpy(&lo8, &v, sizeof lo8);
-    memcpy(&hi8, (const char *)&v + sizeof lo8, sizeof hi8);
-    v8f s8 = lo8 + hi8;
-    v4f lo4, hi4;
-    memcpy(&lo4, &s8, sizeof lo4);
-    memcpy(&hi4, (const char *)&s8 + sizeof lo4, sizeof hi4);
-    v4f s4 = lo4 + hi4;
-    float s0 = s4[0] + s4[2], s1 = s4[1] + s4[3];
-    return s0 + s1;
-}
 
 ALWAYS_INLINE v16f vselect(v16i mask, v16f yes, v16f no)
 {
@@ -509,7 +485,8 @@ void matmul_conv1d_small(float *y, const float *x, long ldx, int M, const float 
  * 10.3 -> 12.5 GB/s at N = 3072, against 14 GB/s for one row).  The hint is prefetcht2
  * (into L2, not L1): the walk keeps L1 busy with its own strip, and an L1 prefetch that
  * finds every fill buffer taken stalls the loop (perf showed the samples piling up right
- * after each prefetcht0).  Two threads, 8 rows, 4 and 2 strips ahead with t2 against t0:
+ * after each prefetcht0).  Two threads, 8 rows, 4 and 2 strips ahead with t2 against t0
+ * (a scratch C harness timing this function alone over 40 matrices, not kept):
  * 3072 x 768 (the MLP projection) 12-14 -> 15-16 GB/s, the other GPT-2 shapes unchanged
  * or better; served 8 streams vs 1 rose 3-5% (bench/bench_batching.py, 4 A/B pairs). */
 #define ROWS_TILE_M 8

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "wkernels.h"
+#include "vec16.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -17,14 +18,9 @@
 #include <immintrin.h>
 #endif
 
-/* 16-float vectors: one zmm (AVX-512), two ymm (AVX2) or four xmm (SSE2) */
-typedef float v16f __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-typedef int32_t v16i __attribute__((vector_size(64)));
+/* 16-float vectors, vsum: vec16.h */
 typedef uint16_t v16u16 __attribute__((vector_size(32)));
 typedef int8_t v16i8 __attribute__((vector_size(16)));
-#define VLEN 16
 
 /* ---- scalar conversions (tails and the generic fp16 path) ----------------- */
 

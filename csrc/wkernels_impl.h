@@ -88,22 +88,6 @@ static inline __attribute__((always_inline)) v16f WK_SFX(ld_i8)(const int8_t *p)
 #endif
 }
 
-/* pairwise, s[i] += s[i + w] for w = 8, 4, 2, 1, as halves added in registers (the same
- * adds as a loop over a float array, which went through the stack: see gpt2_kernels.c) */
-static inline __attribute__((always_inline)) float WK_SFX(vsum)(v16f v)
-{
-    v8f lo8, hi8;
-    memcpy(&lo8, &v, sizeof lo8);
-    memcpy(&hi8, (const char *)&v + sizeof lo8, sizeof hi8);
-    v8f s8 = lo8 + hi8;
-    v4f lo4, hi4;
-    memcpy(&lo4, &s8, sizeof lo4);
-    memcpy(&hi4, (const char *)&s8 + sizeof lo4, sizeof hi4);
-    v4f s4 = lo4 + hi4;
-    float s0 = s4[0] + s4[2], s1 = s4[1] + s4[3];
-    return s0 + s1;
-}
-
 /* ---- Conv1D slab: W [K, N], rows k in [kb, ke) ------------------------------
  * Weights are read strictly in address order, four rows per step so each
  * partial sum in y (L1) is loaded and stored once per four weight vectors;
@@ -192,7 +176,7 @@ static inline __attribute__((always_inline)) void WK_SFX(linear_rows_##DT)(     
         }                                                                                   \
         float s = scales ? scales[n] : 1.0f;                                                \
         for (int m = 0; m < MC; m++) {                                                      \
-            float t = WK_SFX(vsum)(acc[m]);                                                 \
+            float t = vsum(acc[m]);                                                 \
             for (long kk = k; kk < K; kk++)                                                 \
                 t += SCALAR(wr[kk]) * x[m * ldx + kk];                                      \
             y[m * ldy + n] = t * s;                                                         \
@@ -217,7 +201,7 @@ static void WK_SFX(linear_1_##DT)(float *y, const float *x, const T *w,         
         }                                                                                   \
         for (; k < vec_end; k += VLEN)                                                      \
             a0 += LOAD(wr + k) * WK_SFX(ld_f32)(x + k);                                     \
-        float t = WK_SFX(vsum)((a0 + a1) + (a2 + a3));                                      \
+        float t = vsum((a0 + a1) + (a2 + a3));                                      \
         for (; k < K; k++)                                                                  \
             t += SCALAR(wr[k]) * x[k];                                                      \
         y[n] = scales ? t * scales[n] : t;                                                  \
@@ -283,7 +267,7 @@ static float WK_SFX(stream_sum)(const float *p, long n)
         a2 += WK_SFX(ld_f32)(p + i + 2 * VLEN);
         a3 += WK_SFX(ld_f32)(p + i + 3 * VLEN);
     }
-    float s = WK_SFX(vsum)((a0 + a1) + (a2 + a3));
+    float s = vsum((a0 + a1) + (a2 + a3));
     for (; i < n; i++)
         s += p[i];
     return s;

@@ -218,8 +218,9 @@ class BatchStage0Loop(_Stage0Loop):
             self._admit()
             self._poll_clients()
             busy = False
-            short = self._short_prompts()
-            pre = self._long_prompt()
+            running = any(g.state != PREFILL for g in self.gens.values())
+            short = self._short_prompts(running)
+            pre = self._long_prompt(running)
             if pre is not None:  # a long prompt: its next chunk runs alone
                 self._prefill(pre)
                 busy = True
@@ -338,32 +339,29 @@ class BatchStage0Loop(_Stage0Loop):
         g.state = WAITING
         g.sent_at = time.monotonic()
 
-    def _mix_limit(self) -> int:
+    def _mix_limit(self, running: bool) -> int:
         """The longest prompt that shares a forward: ``mix_rows`` (those rows are computed
-        exactly as if alone), and while streams are decoding no more than the per-step
-        prompt budget ``prefill_chunk`` (a longer one is chunked instead)."""
+        exactly as if alone), and while streams are ``running`` (decoding) no more than the
+        per-step prompt budget ``prefill_chunk`` (a longer one is chunked instead)."""
         limit = self.w.executor.mix_rows
-        if any(g.state != PREFILL for g in self.gens.values()):
-            return min(limit, max(1, self.opts.prefill_chunk))
-        return limit
+        return min(limit, max(1, self.opts.prefill_chunk)) if running else limit
 
-    def _long_prompt(self) -> _Gen | None:
+    def _long_prompt(self, running: bool) -> _Gen | None:
         """The first prompt too long to share a forward, or already part way through its
         chunks: its next chunk runs alone.  A short prompt left out by this step's budget is
         not one: it waits for the next step's forward instead of running in an extra one."""
-        limit = self._mix_limit()
+        limit = self._mix_limit(running)
         for g in self.gens.values():
             if g.state == PREFILL and (g.prefilled or len(g.prompt_ids) > limit):
                 return g
         return None
 
-    def _short_prompts(self) -> list[_Gen]:
+    def _short_prompts(self, running: bool) -> list[_Gen]:
         """Waiting prompts that share this step's forward with the decode rows (in arrival
-        order): each at most ``_mix_limit()`` tokens, together at most ``prefill_chunk``
+        order): each at most ``_mix_limit(running)`` tokens, together at most ``prefill_chunk``
         tokens (the per-step prompt budget, which keeps running streams from stalling; with
         none running, every short prompt goes)."""
-        limit = self._mix_limit()
-        running = any(g.state != PREFILL for g in self.gens.values())
+        limit = self._mix_limit(running)
         budget = max(1, self.opts.prefill_chunk) if running else limit * len(self.gens)
         out = []
         for g in self.gens.values():

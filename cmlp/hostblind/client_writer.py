@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Iterable, List, Optional
+from typing import List, Optional
 
 from cmlp.errors import CmlpError
 
@@ -35,10 +35,10 @@ class ClientWriter:
         self._thread = threading.Thread(target=self._run, name="hb-client-writer", daemon=True)
         self._thread.start()
 
-    def send(self, key: int, ch, payloads: Iterable[bytes], close: bool = False) -> None:
+    def send(self, key: int, ch, payloads: List[bytes], close: bool = False) -> None:
         """Queue ``payloads`` for channel ``ch`` (``key`` names it in ``gone()``), then close
         it if ``close``; written after the next ``flush()``."""
-        self._batch.append((key, ch, list(payloads), close))
+        self._batch.append((key, ch, payloads, close))  # the caller's fresh list, not copied
 
     def flush(self) -> None:
         """Hand everything queued to the writer thread (one wake-up per batch)."""
