@@ -448,7 +448,11 @@ def test_short_prompts_join_the_decode_forward(parity, n, relay):
     running streams' decode rows at every stage (the weights are read once for both), and
     its tokens equal its solo run; a longer one still runs alone."""
     m = manifest(n, relay)
-    executors = [CountingExecutor(parity, delay=0.005) for _ in range(n)]
+    # with N stages a short prompt joins a decode group only if one is back at stage 0 when
+    # it is admitted (else it runs alone there, docs/batching.md): a slow stage 0 and fast
+    # later stages keep a group waiting at stage 0 whenever a request comes in
+    delays = [0.005] if n == 1 else [0.03] + [0.0] * (n - 1)
+    executors = [CountingExecutor(parity, delay=d) for d in delays]
     short = PROMPTS[2]  # 12 tokens
     long_prompt = PROMPTS[6]  # 21 tokens
     with served_many(m, executors) as server:
