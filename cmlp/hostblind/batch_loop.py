@@ -5,11 +5,12 @@ handshakes and reads each request; the step loop admits requests into free
 KV-cache slots, runs at most one prefill and one batched decode forward per
 step over every sequence whose next token is known, streams tokens, and reads
 Cancel / disconnects and the feedback link between steps.  A stage i > 0 runs
-every decode Step already buffered on its data_in as one forward, so rows that
-left stage 0 together stay one micro-batch down the ring.
+every decode row already buffered on its data_in as one forward, so rows that
+left stage 0 together (one StepGroup message) stay one micro-batch down the ring.
 
 Per sequence everything is as in the one-at-a-time loops (stage_loop.py): the
-same messages, step numbers and state tables, its own sampler RNG; a row's
+same step numbers and state tables (a group's row is checked as a Step of its
+sequence), its own sampler RNG; a row's
 result does not depend on the other rows of its batch, so outputs equal solo
 runs exactly.
 """
@@ -60,6 +61,12 @@ from cmlp.transport.wire import Tensor
 log = logging.getLogger(__name__)
 
 PREFILL, READY, WAITING = "PREFILL", "READY", "WAITING"
+
+
+def _joined(hidden: Sequence[np.ndarray]) -> np.ndarray:
+    """One forward's per-row hidden views [1, T_b, C] as the one tensor [1, sum T_b, C] of
+    its StepGroup (copied only when there are several rows)."""
+    return hidden[0] if len(hidden) == 1 else np.concatenate(hidden, axis=1)
 
 
 def _configure_slots(executor, opts) -> int:
@@ -424,16 +431,16 @@ class BatchStage0Loop(_Stage0Loop):
         group_id = -1
         if group:
             group_id, self.next_group = self.next_group, self.next_group + 1
-        last = len(ok_gens) - 1
-        sends = []
-        for r, g in enumerate(ok_gens):
-            seq_len = len(g.prompt_ids) + g.step
-            step = P.Step(g.seq, g.step, seq_len, 1, more=last - r)  # the group stays one forward
-            sends.append((self.down.send(step), [ex.hidden_tensor(out[r])]))
+        group_rows = tuple(
+            P.StepRow(g.seq, g.step, len(g.prompt_ids) + g.step, int(row.shape[1]))
+            for g, row in zip(ok_gens, ok_rows, strict=True)
+        )
+        # the forward's rows go on as one message and one tensor (the group stays one forward)
+        self.send_out(self.down.send(P.StepGroup(group_rows)), [ex.hidden_tensor(_joined(out))])
+        for g in ok_gens:
             g.state = WAITING
             g.sent_at = now
             g.group = group_id
-        self.send_out_group(sends)
         trace.event(self.ev["sent"])
 
     def _sample_row(self, logits: np.ndarray, params: SamplingParams, rng) -> int:
@@ -485,19 +492,27 @@ class BatchStage0Loop(_Stage0Loop):
                 ev = self.feedback.receive(msg.payload)
             except ProtocolError as exc:
                 raise _LinkLost(self.link_name("in"), exc) from exc
-            g = self.gens.get(ev.seq)
             if isinstance(ev, P.Fail):
+                g = self.gens.get(ev.seq)
                 if g is not None:
                     self._fail(g, P.ERR_INTERNAL, f"generation failed: {ev.message}")
                 continue
-            if not isinstance(ev, P.Sampled):  # e.g. an End: the table admits it, a token it is not
+            if isinstance(ev, P.SampledGroup):
+                rows: tuple[P.Sampled, ...] = ev.rows  # rows of ended sequences are skipped
+            elif isinstance(ev, P.Sampled):
+                rows = (ev,)
+            else:  # e.g. an End: the table admits it, a token it is not
                 raise _LinkLost(
                     self.link_name("in"),
                     ProtocolError(f"unexpected {type(ev).__name__} on the feedback link"),
                 )
-            if g is None or g.state != WAITING or ev.step != g.step:
-                raise ProtocolError(f"feedback for sequence {ev.seq} step {ev.step} that was not asked for")
-            self._emit(g, ev.token_id)
+            for row in rows:
+                g = self.gens.get(row.seq)
+                if g is None or g.state != WAITING or row.step != g.step:
+                    raise ProtocolError(
+                        f"feedback for sequence {row.seq} step {row.step} that was not asked for"
+                    )
+                self._emit(g, row.token_id)
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -559,23 +574,26 @@ class BatchStage0Loop(_Stage0Loop):
 
 
 class BatchRingLoop(_RingStageLoop):
-    """Stage i > 0: every decode Step already buffered runs as one forward."""
+    """Stage i > 0: every decode row already buffered (StepGroups, short Steps) runs as one forward."""
 
-    def run(self) -> None:
-        ex = self.w.executor
-        self.cap = _configure_slots(ex, self.opts)
+    def start(self) -> None:
+        """Fresh slots and link states for a session."""
+        self.cap = _configure_slots(self.w.executor, self.opts)
         self.up = P.Endpoint(P.DOWNSTREAM)
         self.down = P.Endpoint(P.UPSTREAM, sampled_link=self.is_last)
         self.params: dict[int, tuple[SamplingParams, object]] = {}
+
+    def run(self) -> None:
+        ex = self.w.executor
+        self.start()
         link = self.data_in
         assert link is not None, "a ring stage always has its data_in"
         try:
             while True:
                 batch: list[tuple[int, int, int, Tensor]] = []
-                self.more = 0
                 self._handle(self.recv_in(0, idle_ok=True), batch)
-                # the rest of the group (Step.more), then whatever else is already here
-                while len(batch) < self.cap and (self.more > 0 or link.pending()):
+                # whatever else is already here joins the forward (a group is one message)
+                while len(batch) < self.cap and link.pending():
                     self._handle(self._recv(), batch)
                 self._flush(batch)
                 self.watch_control()  # a busy link never idles: answer Pings here
@@ -610,32 +628,36 @@ class BatchRingLoop(_RingStageLoop):
                 self.params[ev.seq] = (params, make_rng(ev.seed))
             else:
                 self.send_out(self.down.send(ev))
+        elif isinstance(ev, P.StepGroup):
+            (t,) = self._read_tensors(1)
+            trace.event(self.ev["input"])
+            rows = self._split_group(ev, t)
+            if len(rows) == 1 and rows[0][3].shape[1] > ex.mix_rows:  # a long prefill runs alone
+                self._flush(batch)
+                self._flush(rows)
+            else:
+                batch.extend(rows)
         elif isinstance(ev, (P.Step, P.Chunk)):
             tensors = self._read_tensors(ev.tensors)
             trace.event(self.ev["input"])
-            if isinstance(ev, P.Step):
-                self.more = ev.more  # Steps of its group still to come (read before the forward)
-            if self.down.state(ev.seq) == P.DONE:
-                return  # this stage already failed the sequence
             step = ev.step if isinstance(ev, P.Step) else 0
             try:
                 if len(tensors) != 1:
                     raise ProtocolError(f"a batched Step carries one tensor, got {len(tensors)}")
                 t = tensors[0]
                 # own the bytes: the next receive may reuse the buffer this view points into
-                row = Tensor(t.name, t.dtype, t.shape, np.array(t.data))
-                if ev.seq_len > self.activation.max_seq_len:
-                    raise ProtocolError(
-                        f"seq_len {ev.seq_len} exceeds max_seq_len {self.activation.max_seq_len}"
-                    )
-                ex.check_row(ev.seq, step, ev.seq_len, row)
+                row = self._checked_row(
+                    ev.seq, step, ev.seq_len, Tensor(t.name, t.dtype, t.shape, np.array(t.data))
+                )
             except CmlpError as exc:
                 self._fail_seq(ev.seq, exc)
                 return
+            if row is None:
+                return  # this stage already failed the sequence
             if isinstance(ev, P.Chunk):  # a prompt chunk: run alone, pass on, never sampled
                 self._flush(batch)
                 self._chunk(ev, row)
-            elif row.shape[1] > ex.mix_rows:  # a long prefill runs alone
+            elif row.shape[1] > ex.mix_rows:  # a long prompt's last chunk (Step 0) runs alone
                 self._flush(batch)
                 self._flush([(ev.seq, ev.step, ev.seq_len, row)])
             else:
@@ -651,6 +673,43 @@ class BatchRingLoop(_RingStageLoop):
                 self.send_out(self.down.send(ev))
         else:
             raise ProtocolError(f"unexpected message 0x{ev.type:02x} on data_in")
+
+    def _checked_row(self, seq: int, step: int, seq_len: int, row: Tensor) -> Tensor | None:
+        """``row`` once its shape and cache position check out; None if this stage already
+        failed the sequence (its rows are dropped)."""
+        if self.down.state(seq) == P.DONE:
+            return None
+        if seq_len > self.activation.max_seq_len:
+            raise ProtocolError(f"seq_len {seq_len} exceeds max_seq_len {self.activation.max_seq_len}")
+        self.w.executor.check_row(seq, step, seq_len, row)
+        return row
+
+    def _split_group(self, ev: P.StepGroup, t: Tensor) -> list[tuple[int, int, int, Tensor]]:
+        """A StepGroup's tensor [1, sum(tokens), C] cut into its rows (views of one owned
+        copy), each checked; a row that fails fails its sequence only, a tensor that does not
+        match the rows fails them all."""
+        total = sum(r.tokens for r in ev.rows)
+        if len(t.shape) != 3 or t.shape[0] != 1 or t.shape[1] != total:
+            exc = ProtocolError(f"a StepGroup of {total} positions came with a tensor {list(t.shape)}")
+            for r in ev.rows:
+                self._fail_seq(r.seq, exc)
+            return []
+        data = np.array(t.data)  # own the bytes: the next receive may reuse the buffer
+        out, off = [], 0
+        mix = self.w.executor.mix_rows if len(ev.rows) > 1 else None  # a long prompt runs alone
+        for r in ev.rows:
+            view = data[:, off : off + r.tokens]
+            off += r.tokens
+            try:
+                if mix is not None and r.tokens > mix:
+                    raise ProtocolError(f"a StepGroup mixes in a prompt row longer than {mix} tokens")
+                row = self._checked_row(r.seq, r.step, r.seq_len, Tensor(t.name, t.dtype, view.shape, view))
+            except CmlpError as exc:
+                self._fail_seq(r.seq, exc)
+                continue
+            if row is not None:
+                out.append((r.seq, r.step, r.seq_len, row))
+        return out
 
     def _chunk(self, ev: P.Chunk, row: Tensor) -> None:
         ex = self.w.executor
@@ -686,29 +745,24 @@ class BatchRingLoop(_RingStageLoop):
                 self._fail_seq(seq, exc)
             return
         trace.event(self.ev["forward_done"])
-        last = len(rows) - 1
-        sends: list[tuple[bytes, list[Tensor]]] = []  # the group's messages, written together
-        for r, (seq, step, seq_len, _) in enumerate(rows):
-            if self.is_last:
+        if not self.is_last:  # the forward's rows go on as one message and one tensor
+            group = P.StepGroup(tuple(P.StepRow(q, st, n, int(row.shape[1])) for q, st, n, row in rows))
+            self.send_out(self.down.send(group), [self.w.executor.hidden_tensor(_joined(out))])
+            trace.event(self.ev["sent"])
+            return
+        sampled = []
+        for r, (seq, step, _, _) in enumerate(rows):
+            try:
                 if seq not in self.params:
-                    self.send_out_group(sends)  # keep the message order
-                    sends = []
-                    self._fail_seq(seq, ProtocolError(f"Step for sequence {seq} without Begin"))
-                    continue
+                    raise ProtocolError(f"Step for sequence {seq} without Begin")
                 params, rng = self.params[seq]
-                try:
-                    token = self._sample_row(out[r], params, rng)
-                except CmlpError as exc:
-                    self.send_out_group(sends)
-                    sends = []
-                    self._fail_seq(seq, exc)
-                    continue
-                sends.append((self.down.send(P.Sampled(seq, step, token)), []))
-            else:
-                t = self.w.executor.hidden_tensor(out[r])  # [1, T, C] in the wire dtype
-                sends.append((self.down.send(P.Step(seq, step, seq_len, 1, more=last - r)), [t]))
-        if sends:
-            self.send_out_group(sends)
+                token = self._sample_row(out[r], params, rng)
+            except CmlpError as exc:
+                self._fail_seq(seq, exc)  # its Fail goes ahead of the group: rows are independent
+                continue
+            sampled.append(P.Sampled(seq, step, token))
+        if sampled:
+            self.send_out(self.down.send(P.SampledGroup(tuple(sampled))))
         trace.event(self.ev["sent"])
 
     def _sample_row(self, logits: np.ndarray, params: SamplingParams, rng) -> int:

@@ -3,8 +3,8 @@
 Every message is the payload of one sealed Data frame of a SecureChannel and
 starts with ``type u8 | seq u64`` (little-endian).  ``seq`` names one
 generation; the state tables are kept per sequence, so many sequences can be
-in flight on one link (batching is a later issue; today stage 0 runs one at
-a time).  Nothing here does I/O: ``Endpoint.send(event) -> bytes`` checks
+in flight on one link; a batched forward's rows travel together as one
+StepGroup (stage -> stage) or SampledGroup (feedback) message.  Nothing here does I/O: ``Endpoint.send(event) -> bytes`` checks
 that the event is allowed now and encodes it, ``Endpoint.receive(bytes) ->
 event`` decodes (bounds first, never trusting a length) and checks it.  A
 message that is malformed or not allowed in the sequence's state raises
@@ -13,8 +13,9 @@ message that is malformed or not allowed in the sequence's state raises
 Links and roles (docs/host-blind.md):
   client  <-> stage 0   ``CLIENT`` / ``STAGE0``: Generate, Cancel, Info / Started, Token,
                         Finished, Error, InfoReply
-  stage i  -> stage i+1 ``UPSTREAM`` / ``DOWNSTREAM``: Begin, Chunk / Step (+ tensors), End, Fail
-  last     -> stage 0   the same link kind (feedback): Sampled, Fail
+  stage i  -> stage i+1 ``UPSTREAM`` / ``DOWNSTREAM``: Begin, Chunk / Step / StepGroup
+                        (+ tensors), End, Fail
+  last     -> stage 0   the same link kind (feedback): Sampled, SampledGroup, Fail
 
 Sizes the host could read are padded: Generate to a multiple of 256 bytes,
 Started and Token to a multiple of 64, so a ciphertext's length tells the
@@ -33,7 +34,9 @@ from cmlp.errors import ProtocolError
 # -- message types ----------------------------------------------------------------
 GENERATE, CANCEL, INFO = 0x01, 0x02, 0x03
 STARTED, TOKEN, FINISHED, ERROR, INFO_REPLY = 0x11, 0x12, 0x13, 0x14, 0x15
-BEGIN, STEP, END, FAIL, CHUNK, SAMPLED = 0x21, 0x22, 0x23, 0x24, 0x25, 0x31
+BEGIN, STEP, END, FAIL, CHUNK, STEP_GROUP = 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
+SAMPLED, SAMPLED_GROUP = 0x31, 0x32
+GROUP_TYPES = (STEP_GROUP, SAMPLED_GROUP)
 
 _HEAD = struct.Struct("<BQ")  # type, seq
 HEAD = _HEAD.size
@@ -41,9 +44,12 @@ _TOKEN = struct.Struct("<IIH")  # index, token id, text bytes
 _FINISHED = struct.Struct("<BII")  # reason, prompt tokens, completion tokens
 _ERROR = struct.Struct("<BH")  # code, message bytes
 _BEGIN = struct.Struct("<ddIBQ")  # temperature, top_p, top_k, has_seed, seed
-_STEP = struct.Struct("<IIBB")  # step, context length after it, tensors, rows following
+_STEP = struct.Struct("<IIB")  # step, context length after it, tensors
 _CHUNK = struct.Struct("<IB")  # context length after it, tensors
 _SAMPLED = struct.Struct("<II")  # step, token id
+_GROUP = struct.Struct("<H")  # rows
+_STEP_ROW = struct.Struct("<QIII")  # seq, step, context length after it, tokens of the row
+_SAMPLED_ROW = struct.Struct("<QII")  # seq, step, token id
 _COUNT = struct.Struct("<I")
 
 MAX_GENERATE_BYTES = 2 << 20  # JSON body of a Generate (prompt <= 1 MiB)
@@ -144,8 +150,29 @@ class Step:
     step: int
     seq_len: int  # context length once this step's tokens are in (cache check)
     tensors: int
-    more: int = 0  # Steps of the same batched forward that follow on this link (0: the last)
     type = STEP
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One row of a StepGroup: ``tokens`` positions of sequence ``seq`` at ``step``."""
+
+    seq: int
+    step: int
+    seq_len: int  # context length once the row is in (cache check)
+    tokens: int
+
+
+@dataclass(frozen=True)
+class StepGroup:
+    """The rows of one batched forward (decode rows and short prompts' Step 0), in one
+    message; exactly one Tensor frame follows, [1, sum(tokens), C]: the rows' positions
+    one after the other, in the order listed.  Every row is checked as a Step of its
+    sequence.  (One message and one sealed frame per forward, not two per row.)"""
+
+    rows: Tuple[StepRow, ...]
+    seq: int = 0  # the head's sequence field is unused: always 0
+    type = STEP_GROUP
 
 
 @dataclass(frozen=True)
@@ -187,8 +214,33 @@ class Sampled:
     type = SAMPLED
 
 
+@dataclass(frozen=True)
+class SampledGroup:
+    """The last stage's tokens for the rows of one forward (feedback link); each row is
+    checked as a Sampled of its sequence."""
+
+    rows: Tuple[Sampled, ...]
+    seq: int = 0  # the head's sequence field is unused: always 0
+    type = SAMPLED_GROUP
+
+
 Event = Union[
-    Generate, Cancel, Info, InfoReply, Started, Token, Finished, Error, Begin, Step, Chunk, End, Fail, Sampled
+    Generate,
+    Cancel,
+    Info,
+    InfoReply,
+    Started,
+    Token,
+    Finished,
+    Error,
+    Begin,
+    Step,
+    StepGroup,
+    Chunk,
+    End,
+    Fail,
+    Sampled,
+    SampledGroup,
 ]
 INFO_KEYS = ("chat_template", "bos_token", "eos_token")
 
@@ -245,9 +297,16 @@ def encode(ev: Event) -> bytes:
     if isinstance(ev, Begin):
         return head + _BEGIN.pack(ev.temperature, ev.top_p, ev.top_k, ev.seed is not None, ev.seed or 0)
     if isinstance(ev, Step):
-        if not 0 <= ev.more <= MAX_IN_FLIGHT:
-            raise ProtocolError(f"Step: {ev.more} following rows (0..{MAX_IN_FLIGHT} allowed)")
-        return head + _STEP.pack(ev.step, ev.seq_len, ev.tensors, ev.more)
+        return head + _STEP.pack(ev.step, ev.seq_len, ev.tensors)
+    if isinstance(ev, (StepGroup, SampledGroup)):
+        if not 1 <= len(ev.rows) <= MAX_IN_FLIGHT or ev.seq != 0:
+            raise ProtocolError(f"a group of {len(ev.rows)} rows (1..{MAX_IN_FLIGHT} allowed, head 0)")
+        parts = [head, _GROUP.pack(len(ev.rows))]
+        if isinstance(ev, StepGroup):
+            parts += [_STEP_ROW.pack(r.seq, r.step, r.seq_len, r.tokens) for r in ev.rows]
+        else:
+            parts += [_SAMPLED_ROW.pack(r.seq, r.step, r.token_id) for r in ev.rows]
+        return b"".join(parts)
     if isinstance(ev, Chunk):
         return head + _CHUNK.pack(ev.seq_len, ev.tensors)
     if isinstance(ev, Sampled):
@@ -338,12 +397,12 @@ def decode(payload) -> Event:
             raise ProtocolError("Begin: bad seed flag")
         return Begin(seq, temp, top_p, top_k, s if has_seed else None)
     if t == STEP:
-        step, seq_len, count, more = _fixed(payload, _STEP, "Step")
+        step, seq_len, count = _fixed(payload, _STEP, "Step")
         if not 1 <= count <= MAX_STEP_TENSORS:
             raise ProtocolError(f"Step: {count} tensors (1..{MAX_STEP_TENSORS} allowed)")
-        if more > MAX_IN_FLIGHT:
-            raise ProtocolError(f"Step: {more} following rows (0..{MAX_IN_FLIGHT} allowed)")
-        return Step(seq, step, seq_len, count, more)
+        return Step(seq, step, seq_len, count)
+    if t in GROUP_TYPES:
+        return _decode_group(payload, t, seq)
     if t == CHUNK:
         seq_len, count = _fixed(payload, _CHUNK, "Chunk")
         if not 1 <= count <= MAX_STEP_TENSORS:
@@ -353,6 +412,25 @@ def decode(payload) -> Event:
         step, tid = _fixed(payload, _SAMPLED, "Sampled")
         return Sampled(seq, step, tid)
     raise ProtocolError(f"unknown message type 0x{t:02x}")
+
+
+def _decode_group(payload, t: int, head_seq: int) -> Union[StepGroup, SampledGroup]:
+    what, row = ("StepGroup", _STEP_ROW) if t == STEP_GROUP else ("SampledGroup", _SAMPLED_ROW)
+    n = len(payload)
+    if n < HEAD + _GROUP.size:
+        raise ProtocolError(f"{what}: truncated")
+    (count,) = _GROUP.unpack_from(payload, HEAD)
+    if head_seq != 0 or not 1 <= count <= MAX_IN_FLIGHT:
+        raise ProtocolError(f"{what}: {count} rows under head {head_seq} (1..{MAX_IN_FLIGHT} under 0)")
+    if n != HEAD + _GROUP.size + count * row.size:
+        raise ProtocolError(f"{what}: {count} rows do not match {n} bytes")
+    fields = row.iter_unpack(payload[HEAD + _GROUP.size :])
+    if t == SAMPLED_GROUP:
+        return SampledGroup(tuple(Sampled(*f) for f in fields))
+    rows = tuple(StepRow(*f) for f in fields)
+    if any(r.tokens < 1 for r in rows):
+        raise ProtocolError("StepGroup: a row of no tokens")
+    return StepGroup(rows)
 
 
 # -- state machines ----------------------------------------------------------------
@@ -441,38 +519,62 @@ class Endpoint:
         return DONE if seq in self.finished else IDLE
 
     def _advance(self, ev: Event, direction: str) -> None:
-        table = TABLES[self.role]
-        cur = self.seqs.get(ev.seq)
-        state = cur.state if cur is not None else (DONE if ev.seq in self.finished else IDLE)
-        t = ev.type
+        if isinstance(ev, (StepGroup, SampledGroup)):
+            self._advance_group(ev, direction)
+            return
+        cur, nxt = self._check(ev.seq, ev.type, direction, getattr(ev, "step", None))
+        if isinstance(ev, Chunk) and cur is not None and cur.step != 0:
+            raise ProtocolError(f"sequence {ev.seq}: a prompt Chunk after Step {cur.step - 1}")
+        if cur is None and len(self.seqs) >= MAX_IN_FLIGHT:
+            raise ProtocolError(f"more than {MAX_IN_FLIGHT} sequences in flight")
+        self._commit(ev.seq, cur, nxt, isinstance(ev, (Step, Sampled, Token)))
+
+    def _check(self, seq: int, t: int, direction: str, step: Optional[int]) -> Tuple[Optional[_Seq], str]:
+        """The sequence's record (None: not yet known) and its next state, if message type
+        ``t`` (with ``step``, for the step-numbered ones) is allowed now; nothing changes."""
+        cur = self.seqs.get(seq)
+        state = cur.state if cur is not None else (DONE if seq in self.finished else IDLE)
         if self.sampled_link and state == IDLE and t in (SAMPLED, FAIL):
             state = ACTIVE  # the feedback link has no Begin
-            cur = None
-        nxt = table.get((self.role, state, direction, t))
+        nxt = TABLES[self.role].get((self.role, state, direction, t))
         if nxt is None:
             raise ProtocolError(
-                f"{self.role}: message 0x{t:02x} not allowed for sequence "
-                f"{ev.seq} in state {state} ({direction})"
+                f"{self.role}: message 0x{t:02x} not allowed for sequence {seq} in state {state} ({direction})"
             )
         if (self.sampled_link and t in (BEGIN, STEP, CHUNK)) or (not self.sampled_link and t == SAMPLED):
             raise ProtocolError(f"{self.role}: message 0x{t:02x} does not belong on this link")
+        if step is not None and t in (STEP, SAMPLED, TOKEN):
+            expected = cur.step if cur is not None else 0
+            if step != expected:
+                raise ProtocolError(f"sequence {seq}: step {step}, expected {expected}")
+        return cur, nxt
+
+    def _commit(self, seq: int, cur: Optional[_Seq], nxt: str, stepped: bool) -> None:
         if cur is None:
-            if len(self.seqs) >= MAX_IN_FLIGHT:
-                raise ProtocolError(f"more than {MAX_IN_FLIGHT} sequences in flight")
-            cur = self.seqs[ev.seq] = _Seq(state)
-        if isinstance(ev, Chunk) and cur.step != 0:
-            raise ProtocolError(f"sequence {ev.seq}: a prompt Chunk after Step {cur.step - 1}")
-        if isinstance(ev, (Step, Sampled, Token)):
-            if ev.step != cur.step:
-                raise ProtocolError(f"sequence {ev.seq}: step {ev.step}, expected {cur.step}")
+            cur = self.seqs[seq] = _Seq(nxt)
+        if stepped:
             cur.step += 1
         if nxt == DONE:
-            del self.seqs[ev.seq]
-            self.finished.add(ev.seq)
+            del self.seqs[seq]
+            self.finished.add(seq)
             if len(self.finished) > 4 * MAX_IN_FLIGHT:
                 self.finished.clear()  # ids are never reused: forgetting is safe
         else:
             cur.state = nxt
+
+    def _advance_group(self, ev: Union[StepGroup, SampledGroup], direction: str) -> None:
+        """Every row as a Step (Sampled) of its sequence, all checked before any changes:
+        a group is taken whole or refused whole."""
+        t = STEP if isinstance(ev, StepGroup) else SAMPLED
+        rows: Tuple[Union[StepRow, Sampled], ...] = ev.rows
+        if len({r.seq for r in rows}) != len(rows):
+            raise ProtocolError("a group lists a sequence twice")
+        checked = [self._check(r.seq, t, direction, r.step) for r in rows]
+        new = sum(cur is None for cur, _ in checked)
+        if new and len(self.seqs) + new > MAX_IN_FLIGHT:
+            raise ProtocolError(f"more than {MAX_IN_FLIGHT} sequences in flight")
+        for r, (cur, nxt) in zip(rows, checked, strict=True):
+            self._commit(r.seq, cur, nxt, True)
 
     def send(self, ev: Event) -> bytes:
         self._advance(ev, "send")
@@ -480,8 +582,19 @@ class Endpoint:
 
     def receive(self, payload) -> Event:
         ev = decode(payload)
+        if isinstance(ev, SampledGroup) and self.sampled_link:
+            # stage 0 ends sequences while their tokens are in flight: skip those rows (the
+            # group-wise form of is_stale); an empty result means nothing is left to do
+            live = tuple(r for r in ev.rows if not self._ended(r.seq))
+            if len(live) != len(ev.rows):
+                ev = SampledGroup(live)
+                if not live:
+                    return ev
         self._advance(ev, "recv")
         return ev
+
+    def _ended(self, seq: int) -> bool:
+        return seq in self.finished and seq not in self.seqs
 
     def forget(self, seq: int) -> None:
         """Drop a sequence locally (cancelled or failed on this side)."""
@@ -489,8 +602,16 @@ class Endpoint:
             self.finished.add(seq)
 
     def is_stale(self, payload) -> bool:
-        """A well-formed message for a sequence this side already finished (to be skipped)."""
+        """A well-formed message for a sequence this side already finished (to be skipped);
+        a group is stale when every row is."""
         if len(payload) < HEAD:
             return False
-        _, seq = _HEAD.unpack_from(payload, 0)
-        return seq in self.finished and seq not in self.seqs
+        t, seq = _HEAD.unpack_from(payload, 0)
+        if t in GROUP_TYPES:
+            try:
+                ev = decode(payload)
+            except ProtocolError:
+                return False  # receive() reports it
+            assert isinstance(ev, (StepGroup, SampledGroup))
+            return all(self._ended(r.seq) for r in ev.rows)
+        return self._ended(seq)

@@ -217,21 +217,6 @@ class _Base:
         except (SessionError, CryptoError) as exc:
             raise _LinkLost(self.link_name("out"), exc) from exc
 
-    def send_out_group(self, items: Sequence[Tuple[bytes, Sequence[Tensor]]]) -> None:
-        """Several messages (with their tensors) downstream in one syscall: the rows of one
-        forward travel as one write, so the host relays and the next stage reads them in
-        one go instead of one wake-up per row (every frame is still sealed on its own)."""
-        link = self.data_out
-        assert link is not None, "only a one-stage pipeline has no links, and it never sends"
-        try:
-            for k, (payload, tensors) in enumerate(items):
-                last_item = k + 1 == len(items)
-                link.send(payload, more=bool(tensors) or not last_item)
-                for i, t in enumerate(tensors):
-                    link.send_tensor(t, more=i + 1 < len(tensors) or not last_item)
-        except (SessionError, CryptoError) as exc:
-            raise _LinkLost(self.link_name("out"), exc) from exc
-
     def forward(self, seq: int, step: int, seq_len: int, inputs: List[Tensor]) -> List[Tensor]:
         """One step through the executor; ``seq_len`` lets it check its cache position."""
         if seq_len > self.activation.max_seq_len:

@@ -1,11 +1,12 @@
 """A hostile host on the stage 0 -> stage 1 data link while a mixed group is in flight.
 
 Three streams are decoding when a fourth client's short prompt joins their forward, so its Step 0
-(a [1, 12, C] tensor) leaves stage 0 in the same group as three decode rows.  A frame-aware man in
-the middle drops, replays, reorders or bit-flips exactly that tensor frame (it is the only frame of
-its size on the link).  Every client must end with a typed error (PipelineUnavailable) or, for a
-stream that finished first, its solo tokens; no client may ever see a token its solo run would not
-give (no shifted prompt, no other sequence's row); and the stages must serve again afterwards.
+(12 positions) leaves stage 0 in one StepGroup with three decode rows: one [1, 15, C] tensor
+frame.  Armed once the streams decode (their prompts have passed), a frame-aware man in the middle
+drops, replays, reorders or bit-flips exactly that tensor frame (it is the only frame of more than
+10 rows).  Every client must end with a typed error (PipelineUnavailable) or, for a stream that
+finished first, its solo tokens; no client may ever see a token its solo run would not give (no
+shifted prompt, no other sequence's row); and the stages must serve again afterwards.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ SPLITS = [(0, 2), (2, 4)]
 C = PARITY.config.n_embd
 STREAMS = [[11, 22, 33, 44, 55], [7, 8, 9, 10, 11, 12], [300, 301, 302, 303, 304, 305, 306]]
 JOINER = [101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112]  # 12 <= mix_rows
-# the joiner's Step 0 tensor is 12 * C * 4 bytes of floats; every other frame is at most 7 rows
+# the joiner's group tensor holds 12 + 3 rows of C floats; once the streams decode, every other
+# group is at most 3 rows
 BIG = 10 * C * 4
 
 
@@ -168,7 +170,6 @@ def test_a_hostile_host_inside_a_mixed_group_gets_typed_errors_never_wrong_token
             assert all(s[1] is None and s[2] for s in solo.values()), solo
 
             stage0.lens.clear()
-            tamper.armed = True  # from now on: the joiner's Step 0 tensor
             out: dict = {}
             threads = [
                 threading.Thread(target=collect, args=(client, p, 40, out, k), daemon=True)
@@ -177,6 +178,7 @@ def test_a_hostile_host_inside_a_mixed_group_gets_typed_errors_never_wrong_token
             for t in threads:
                 t.start()
             assert mitm.wait_until(lambda: all(len(out.get(k, ([],))[0]) >= 2 for k in range(3)), 10)
+            tamper.armed = True  # from now on: the joiner's group tensor
             joiner = threading.Thread(target=collect, args=(client, JOINER, 10, out, 3), daemon=True)
             joiner.start()
             for t in threads + [joiner]:

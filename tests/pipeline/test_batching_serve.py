@@ -195,8 +195,8 @@ def check_concurrent_equals_solo(model_dir, m, n):
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_decode_groups_stay_whole_around_the_ring(parity, n):
-    """With one group on the ring, every stage runs the eight streams as one forward: Step.more
-    keeps a group together on the links, and stage 0 holds back rows that become ready while
+    """With one group on the ring, every stage runs the eight streams as one forward: a group is
+    one StepGroup message on every link, and stage 0 holds back rows that become ready while
     the group is out (late joiners, early returns) so that they join it instead of splitting it."""
     m = manifest(n, relay=True)
     executors = [CountingExecutor(parity) for _ in range(n)]

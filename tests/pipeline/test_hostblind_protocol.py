@@ -20,11 +20,12 @@ EVENTS = [
     P.Begin(9, 0.7, 0.9, 40, 2**64 - 1),
     P.Begin(9, 0.0, 1.0, 0, None),
     P.Step(9, 3, 10, 2),
-    P.Step(9, 3, 10, 1, more=7),
+    P.StepGroup((P.StepRow(9, 3, 10, 1), P.StepRow(2**64 - 1, 0, 16, 16))),
     P.Chunk(9, 64, 1),
     P.End(9),
     P.Fail(9, "stage 1: boom"),
     P.Sampled(9, 3, 17),
+    P.SampledGroup((P.Sampled(9, 3, 17), P.Sampled(4, 0, 2**32 - 1))),
 ]
 
 
@@ -56,8 +57,17 @@ def test_padding_hides_exact_lengths():
         struct.pack("<BQBH", P.ERROR, 1, 99, 0),  # unknown code
         struct.pack("<BQIIB", P.STEP, 1, 0, 5, 0),  # a Step without tensors
         struct.pack("<BQIIB", P.STEP, 1, 0, 5, 200),  # too many tensors
-        struct.pack("<BQIIBB", P.STEP, 1, 0, 5, 1, P.MAX_IN_FLIGHT + 1),  # more rows than can be
-        struct.pack("<BQIIB", P.STEP, 1, 0, 5, 1),  # the pre-batching Step (no row count)
+        struct.pack("<BQIIBB", P.STEP, 1, 0, 5, 1, 0),  # trailing byte (the old row count)
+        struct.pack("<BQ", P.STEP_GROUP, 0),  # no row count
+        struct.pack("<BQH", P.STEP_GROUP, 0, 0),  # an empty group
+        struct.pack("<BQH", P.STEP_GROUP, 0, P.MAX_IN_FLIGHT + 1)
+        + struct.pack("<QIII", 1, 0, 1, 1) * (P.MAX_IN_FLIGHT + 1),  # more rows than can be in flight
+        struct.pack("<BQH", P.STEP_GROUP, 0, 2) + struct.pack("<QIII", 1, 0, 1, 1),  # a row short
+        struct.pack("<BQH", P.STEP_GROUP, 0, 1) + struct.pack("<QIII", 1, 0, 1, 1) + b"\0",  # trailing
+        struct.pack("<BQH", P.STEP_GROUP, 5, 1) + struct.pack("<QIII", 1, 0, 1, 1),  # head seq not 0
+        struct.pack("<BQH", P.STEP_GROUP, 0, 1) + struct.pack("<QIII", 1, 0, 1, 0),  # a row of no tokens
+        struct.pack("<BQH", P.SAMPLED_GROUP, 0, 2) + struct.pack("<QII", 1, 0, 1),  # a row short
+        struct.pack("<BQH", P.SAMPLED_GROUP, 0, 1) + struct.pack("<QIII", 1, 0, 1, 1),  # a Step row
         struct.pack("<BQIB", P.CHUNK, 1, 5, 0),  # a Chunk without tensors
         struct.pack("<BQIB", P.CHUNK, 1, 5, 9),  # too many tensors
         struct.pack("<BQIBB", P.CHUNK, 1, 5, 1, 0),  # trailing byte
@@ -112,6 +122,54 @@ def test_stage_link_order_and_feedback_steps():
     assert not fb_in.is_stale(P.encode(P.Sampled(2, 0, 5)))
 
 
+def _rows(*seq_steps, tokens=1):
+    return P.StepGroup(tuple(P.StepRow(q, st, 5 + st, tokens) for q, st in seq_steps))
+
+
+def test_a_step_group_is_checked_row_by_row_and_taken_whole():
+    up, down = P.Endpoint(P.UPSTREAM), P.Endpoint(P.DOWNSTREAM)
+    for seq in (1, 2, 3):
+        down.receive(up.send(P.Begin(seq, 1.0, 1.0, 0, None)))
+    down.receive(up.send(_rows((1, 0), (2, 0))))
+    # seq 3 is at step 0, seq 1 at step 1: a replayed row refuses the whole group ...
+    for bad in (_rows((3, 0), (1, 0)), _rows((3, 0), (7, 0)), _rows((3, 0), (3, 0)), _rows((3, 1))):
+        with pytest.raises(ProtocolError):
+            down.receive(P.encode(bad))
+        with pytest.raises(ProtocolError):
+            up.send(bad)
+    # ... and changes nothing: the same rows in order are taken afterwards
+    ev = down.receive(up.send(_rows((3, 0), (1, 1), (2, 1))))
+    assert [r.seq for r in ev.rows] == [3, 1, 2]
+    assert down.seqs[1].step == down.seqs[2].step == 2 and down.seqs[3].step == 1
+    down.receive(up.send(P.End(2)))
+    with pytest.raises(ProtocolError):  # a row of an ended sequence
+        down.receive(P.encode(_rows((1, 2), (2, 2))))
+    fb_out, fb_in = P.Endpoint(P.UPSTREAM, True), P.Endpoint(P.DOWNSTREAM, True)
+    with pytest.raises(ProtocolError):  # no StepGroup on the feedback link
+        fb_in.receive(P.encode(_rows((1, 0))))
+    with pytest.raises(ProtocolError):
+        fb_out.send(_rows((1, 0)))
+    with pytest.raises(ProtocolError):  # no SampledGroup on a forward link
+        down.receive(P.encode(P.SampledGroup((P.Sampled(1, 2, 5),))))
+
+
+def test_a_sampled_group_skips_rows_of_ended_sequences_only():
+    fb_out, fb_in = P.Endpoint(P.UPSTREAM, True), P.Endpoint(P.DOWNSTREAM, True)
+    group = P.SampledGroup((P.Sampled(1, 0, 5), P.Sampled(2, 0, 6)))
+    assert fb_in.receive(fb_out.send(group)) == group
+    fb_in.forget(2)  # stage 0 ended sequence 2 while its token was in flight
+    late = P.SampledGroup((P.Sampled(1, 1, 7), P.Sampled(2, 1, 8)))
+    assert not fb_in.is_stale(P.encode(late))
+    assert fb_in.receive(fb_out.send(late)).rows == (P.Sampled(1, 1, 7),)
+    fb_in.forget(1)
+    assert fb_in.is_stale(P.encode(P.SampledGroup((P.Sampled(1, 2, 9), P.Sampled(2, 2, 9)))))
+    with pytest.raises(ProtocolError):  # a skipped (dropped) step of a live sequence
+        fb_in.receive(P.encode(P.SampledGroup((P.Sampled(3, 1, 9),))))
+    with pytest.raises(ProtocolError):  # the same sequence twice
+        fb_in.receive(P.encode(P.SampledGroup((P.Sampled(3, 0, 9), P.Sampled(3, 1, 9)))))
+    assert fb_in.state(3) == P.IDLE
+
+
 def test_prompt_chunks_only_before_the_first_step():
     up, down = P.Endpoint(P.UPSTREAM), P.Endpoint(P.DOWNSTREAM)
     with pytest.raises(ProtocolError):
@@ -137,6 +195,11 @@ def test_in_flight_sequences_are_bounded():
         down.receive(P.encode(P.Begin(seq, 0.0, 1.0, 0, None)))
     with pytest.raises(ProtocolError, match="in flight"):
         down.receive(P.encode(P.Begin(10**6, 0.0, 1.0, 0, None)))
+    fb_in = P.Endpoint(P.DOWNSTREAM, True)
+    fb_in.receive(P.encode(P.SampledGroup(tuple(P.Sampled(s, 0, 1) for s in range(P.MAX_IN_FLIGHT - 1)))))
+    with pytest.raises(ProtocolError, match="in flight"):  # two new rows, one place
+        fb_in.receive(P.encode(P.SampledGroup((P.Sampled(100, 0, 1), P.Sampled(101, 0, 1)))))
+    assert fb_in.state(100) == P.IDLE
 
 
 # -- stop conditions on decoded text (the embedded GPT-2 tokenizer) -----------------
