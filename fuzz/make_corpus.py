@@ -237,6 +237,34 @@ def control_seeds() -> dict[str, bytes]:
     return seeds
 
 
+def hostblind_seeds() -> dict[str, bytes]:
+    from cmlp.hostblind import protocol as P
+
+    messages = [
+        P.Generate(1, {"prompt": "h\u00e9llo", "params": {"max_tokens": 4, "temperature": 0.7}}),
+        P.Generate(2, {"prompt_ids": [1, 2, 3], "params": {}}),
+        P.Cancel(1),
+        P.Info(4),
+        P.InfoReply(4, {"chat_template": "{{ x }}", "bos_token": None, "eos_token": "</s>"}),
+        P.Started(1, (1, 2, 50256)),
+        P.Token(1, 0, 50256, "\u00e9\n"),
+        P.Finished(1, "stop", 3, 4),
+        P.Error(1, P.ERR_BUSY, "busy"),
+        P.Begin(2, 0.7, 0.9, 40, 2**64 - 1),
+        P.Step(2, 1, 6, 1),
+        P.Chunk(3, 64, 1),
+        P.StepGroup((P.StepRow(1, 0, 16, 16), P.StepRow(2, 1, 6, 1), P.StepRow(3, 2, 7, 1))),
+        P.End(2),
+        P.Fail(2, "stage 1: boom"),
+        P.Sampled(2, 1, 17),
+        P.SampledGroup((P.Sampled(1, 0, 5), P.Sampled(2, 1, 6), P.Sampled(3, 2, 7))),
+    ]
+    seeds = {f"{i:02d}_{type(m).__name__}": P.encode(m) for i, m in enumerate(messages)}
+    seeds["group_seq_twice"] = P.encode(P.SampledGroup((P.Sampled(2, 1, 6), P.Sampled(2, 2, 6))))
+    seeds["generate_nan"] = bytes([P.GENERATE]) + bytes(8) + b'{"prompt":"x","params":{"top_p":NaN}}'
+    return seeds
+
+
 def manifest_seeds() -> dict[str, bytes]:
     return {p.stem: p.read_bytes() for p in sorted(MANIFESTS.glob("*.json"))}
 
@@ -283,6 +311,7 @@ def main() -> None:
         "handshake_init": handshake_init_seeds(),
         "aead_open": aead_seeds(),
         "control_decode": control_seeds(),
+        "hostblind_decode": hostblind_seeds(),
         "manifest": manifest_seeds(),
         "mock_document": mock_document_seeds(),
         "model_files": model_seeds(),

@@ -17,7 +17,7 @@ ensure_env --test
 fuzz_dir="$CMLP_ROOT/fuzz"
 work="$fuzz_dir/corpus-work"
 harnesses=(frame_decode tensor_decode handshake_resp handshake_init aead_open
-           control_decode manifest mock_document model_files
+           control_decode hostblind_decode manifest mock_document model_files
            snp_document az_snp_document tdx_quote)
 
 build_rc=0

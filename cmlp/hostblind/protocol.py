@@ -25,10 +25,12 @@ host the prompt's length class, not its exact length or a token's text length.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
+from cmlp import strict_json
 from cmlp.errors import ProtocolError
 
 # -- message types ----------------------------------------------------------------
@@ -331,8 +333,8 @@ def decode(payload) -> Event:
         if n > HEAD + MAX_GENERATE_BYTES:
             raise ProtocolError(f"request larger than {MAX_GENERATE_BYTES} bytes")
         try:
-            body = json.loads(bytes(payload[HEAD:]).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
+            body = strict_json.loads(bytes(payload[HEAD:]).decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError is one
             raise ProtocolError("request body is not valid UTF-8 JSON") from None
         if not isinstance(body, dict):
             raise ProtocolError("request body must be a JSON object")
@@ -347,8 +349,8 @@ def decode(payload) -> Event:
         if n > HEAD + MAX_INFO_BYTES:
             raise ProtocolError(f"model info larger than {MAX_INFO_BYTES} bytes")
         try:
-            body = json.loads(bytes(payload[HEAD:]).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
+            body = strict_json.loads(bytes(payload[HEAD:]).decode("utf-8"))
+        except ValueError:
             raise ProtocolError("model info is not valid UTF-8 JSON") from None
         if (
             not isinstance(body, dict)
@@ -395,6 +397,8 @@ def decode(payload) -> Event:
         temp, top_p, top_k, has_seed, s = _fixed(payload, _BEGIN, "Begin")
         if has_seed not in (0, 1):
             raise ProtocolError("Begin: bad seed flag")
+        if not (math.isfinite(temp) and math.isfinite(top_p)):
+            raise ProtocolError("Begin: temperature and top_p must be finite")
         return Begin(seq, temp, top_p, top_k, s if has_seed else None)
     if t == STEP:
         step, seq_len, count = _fixed(payload, _STEP, "Step")

@@ -97,7 +97,7 @@ class _Proxy:
             if len(body) > limit:
                 raise _too_large(len(body), limit)
         try:
-            return strict_json.loads(body.decode("utf-8"))
+            return strict_json.loads(body.decode("utf-8"), check_strings=False)  # per field, below
         except (UnicodeDecodeError, ValueError) as exc:
             raise invalid(
                 f"We could not parse the JSON body of your request. ({' '.join(str(exc).split())})",

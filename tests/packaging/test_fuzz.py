@@ -34,6 +34,7 @@ HARNESSES = (
     "handshake_init",
     "aead_open",
     "control_decode",
+    "hostblind_decode",
     "manifest",
     "mock_document",
     "model_files",

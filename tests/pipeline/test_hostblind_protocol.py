@@ -75,6 +75,11 @@ def test_padding_hides_exact_lengths():
         struct.pack("<BQ", P.GENERATE, 1) + b"\xff",  # body not UTF-8
         struct.pack("<BQ", P.GENERATE, 1) + b"[" * 100000,  # deep nesting
         struct.pack("<BQ", P.STARTED, 1) + struct.pack("<I", 1) + b"\0" * 4 + b"\0" * 64,  # pad > unit
+        struct.pack("<BQddIBQ", P.BEGIN, 1, 0.5, float("nan"), 0, 0, 0),  # top_p not a number
+        struct.pack("<BQddIBQ", P.BEGIN, 1, float("inf"), 1.0, 0, 0, 0),  # infinite temperature
+        struct.pack("<BQ", P.GENERATE, 1) + b'{"prompt":"x","params":{"top_p":NaN}}',  # not JSON
+        struct.pack("<BQ", P.GENERATE, 1) + b'{"prompt":"\\ud800"}',  # a lone surrogate
+        struct.pack("<BQ", P.GENERATE, 1) + b'{"prompt":"x","prompt":"y"}',  # a duplicate key
     ],
 )
 def test_malformed_messages_are_protocol_errors(raw):
