@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
 import bench_batching as bb  # noqa: E402 - after the sys.path set-up
+from _machine import cpu_name  # noqa: E402
 from bench_pipeline import wait_listening  # noqa: E402
 
 
@@ -103,8 +104,7 @@ def main() -> None:
             proc.terminate()
         for proc in procs:
             proc.wait(30)
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    cpu = cpu_name()
     print(
         f"\nCPU: {cpu}, {os.cpu_count()} cores; {args.stages} stage(s) ({layout}), {args.threads} threads per "
         f"stage, micro-batches {args.micro_batches}; {args.streams} vs 1 stream(s), prompt "

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from bench_pipeline import even_splits, wait_listening  # noqa: E402 - after the sys.path set-up
+from _machine import cpu_name  # noqa: E402 - after the sys.path set-up
+from bench_pipeline import even_splits, wait_listening  # noqa: E402
 
 CONFIGS = [("1 stage", 1, "direct"), ("2 stages relayed", 2, "relay")]
 
@@ -244,8 +245,7 @@ def main():
             p.terminate()
         for p in procs:
             p.wait(30)
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    cpu = cpu_name()
     print(
         f"\nCPU: {cpu}, {os.cpu_count()} cores; {args.threads} threads per stage; "
         f"model {model_dir.name} ({cfg.get('model_type')}, {n_layers(model_dir)} layers, "

@@ -39,13 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import cpu_name  # bench/ is the script's own directory
 
 IMPLEMENTATIONS = ("cmlp", "torch", "numpy")
 DECODE_CONTEXTS = (8, 128, 1000)
@@ -320,17 +321,6 @@ def peak_rss(name, args):
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ensure_model(model_dir):

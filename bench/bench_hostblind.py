@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
+from _machine import cpu_name  # noqa: E402
 from bench_pipeline import PROMPT, run_session, start_stages, wait_listening  # noqa: E402
 
 
@@ -241,8 +242,7 @@ def main():
     summary = {
         n: {k: statistics.median(s[k] for s in ss) for k in ("ttft", "p50")} for n, ss in results.items()
     }
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    cpu = cpu_name()
     base = summary["hb 1-stage"]["p50"]
     names = list(summary)
     print("## Host-blind generation benchmark\n")

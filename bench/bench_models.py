@@ -36,12 +36,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import cpu_name  # bench/ is the script's own directory
 
 PROMPT = 64
 DECODE_STEPS = 16
@@ -267,14 +268,7 @@ def main(argv=None):
         return 0
     from cmlp import _gpt2
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_name()
     print(
         f"CPU: {cpu}; threads {args.threads}; rounds {args.rounds}; dtype {args.dtype}; "
         f"OpenBLAS {_gpt2.blas_info()[0]}; load average {os.getloadavg()[0]:.1f}"

@@ -21,13 +21,14 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import cpu_name  # bench/ is the script's own directory
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [  # (name, stages, layout of cmlp/manifest_gen.py)
@@ -230,14 +231,7 @@ def main():
     configs = [c for c in CONFIGS if c[0] in wanted]
     results = run_configs(configs, Path(args.model_dir), args.runs, args.tokens, args.threads, args.base_port)
     cfg = json.loads((Path(args.model_dir) / "config.json").read_text())
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_name()
     names = list(results)
     print("## GPT-2 Pipeline Benchmark\n")
     print("| Metric | " + " | ".join(names) + " |")

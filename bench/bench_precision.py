@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_name  # bench/ is the script's own directory
 
 PRECISIONS = ("fp32", "bf16", "int8")
 CT2_TYPE = {"fp32": "float32", "bf16": "int16", "int8": "int8"}  # the peer of each precision
@@ -61,17 +61,6 @@ def parse_args(argv=None):
     p.add_argument("--no-ct2", action="store_true", help="cmlp only")
     p.add_argument("--no-quality", action="store_true")
     return p.parse_args(argv)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prepare_models(model_dir: Path) -> dict[str, Path]:

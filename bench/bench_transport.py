@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import struct
 import sys
@@ -25,6 +24,7 @@ import threading
 import time
 
 import numpy as np
+from _machine import cpu_name  # bench/ is the script's own directory
 
 from cmlp import _frame, _record
 from cmlp.attestation import MockProvider, MockVerifier
@@ -307,12 +307,7 @@ def main():
     for k, (name, run) in enumerate(chosen, 1):
         print(f"[{k}/{len(chosen)}] {name} ({args.repeats} runs) ...", file=sys.stderr, flush=True)
         rows += run()
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     print("## cmlp transport benchmark\n")
     print(
         f"CPU: {cpu}, {os.cpu_count()} cores; one thread per side (round trips: echo "
