@@ -100,10 +100,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
+        bb.stop_all(procs)
     cpu = cpu_name()
     print(
         f"\nCPU: {cpu}, {os.cpu_count()} cores; {args.stages} stage(s) ({layout}), {args.threads} threads per "

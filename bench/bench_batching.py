@@ -110,6 +110,14 @@ def start_stages(manifest: Path, model_dir: Path, threads: int, extra=()):
     return procs, [s.endpoint.control.endpoint.port for s in m.stages]
 
 
+def stop_all(procs) -> None:
+    """Terminate every process (stages, hosts), then wait for each."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+
+
 def start_serve(manifest: Path, port: int, env, slots: int):
     import subprocess
 
@@ -241,10 +249,7 @@ def main():
                     if r:
                         res[(name, n)].append(out)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
+        stop_all(procs)
     cpu = cpu_name()
     print(
         f"\nCPU: {cpu}, {os.cpu_count()} cores; {args.threads} threads per stage; "
