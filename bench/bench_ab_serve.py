@@ -35,6 +35,19 @@ from _machine import cpu_name  # noqa: E402
 from bench_pipeline import wait_listening  # noqa: E402
 
 
+def check_imports_from(path: str) -> None:
+    """Fail unless a child started like the stages (this environment, this working
+    directory, ``python -m``) imports cmlp and its extensions from ``path``."""
+    import subprocess
+
+    probe = "import cmlp._gpt2 as g; print(g.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    if not Path(out).resolve().is_relative_to(Path(path)):
+        raise SystemExit(f"a child process imports {out}, not the checkout {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--versions", default="new=.", help="name=checkout,... (one or two)")
@@ -61,10 +74,15 @@ def main() -> None:
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     layout = "relay" if args.stages > 1 else "direct"
     procs, clients = [], {}
-    saved = os.environ.get("PYTHONPATH")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
     try:
         for k, (name, path) in enumerate(versions):
-            os.environ["PYTHONPATH"] = path  # the stages and the host import this checkout
+            # the stages and the host import this checkout: PYTHONPATH names it, and
+            # PYTHONSAFEPATH keeps `python -m` from putting the working directory (this
+            # checkout, when run from it) ahead of it on sys.path
+            os.environ["PYTHONPATH"] = path
+            os.environ["PYTHONSAFEPATH"] = "1"
+            check_imports_from(path)
             (tmp / name).mkdir()
             m = bb.write_manifest(model_dir, args.stages, layout, 31000 + 2000 * k, tmp / name)
             p, ports = bb.start_stages(
@@ -76,10 +94,11 @@ def main() -> None:
             procs.append(bb.start_serve(m, port, dict(os.environ), args.streams))
             wait_listening([port])
             clients[name] = Client(f"127.0.0.1:{port}", m, timeout=300)
-        if saved is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = saved
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
         res: dict = {name: {1: [], args.streams: []} for name, _ in versions}
         for r in range(args.rounds + 1):  # round 0 warms up
             for name, _ in versions if r % 2 == 0 else versions[::-1]:

@@ -617,7 +617,11 @@ ALWAYS_INLINE void dot_row_mc(float *y, long ldy, const float *x, long ldx, cons
 
 /* Rows ahead that the batched lm-head prefetches: with 3+ input rows the dot products are
  * slow enough that the hardware prefetcher falls behind (one core, 50257 x 768:
- * 6.7 -> 9.6 GB/s at 8 rows with it, against 14 GB/s for one row). */
+ * 6.7 -> 9.6 GB/s at 8 rows with it, against 14 GB/s for one row).  The hint is prefetcht2
+ * (into L2), as in the strip walk above: 8 input rows are 24 KB, and with the streamed row
+ * and the rows prefetched into L1 they no longer fit a 32 KB L1 (AMD Zen 4), so every pass
+ * reloaded x from L2.  Zen 4, 2 threads, 8 rows: 14-15 -> 7.3-7.6 ms (4 rows 8 -> 5.3 ms,
+ * one row 5.4 ms); a scratch C harness timing this function alone, not kept. */
 #define LM_PREFETCH_ROWS 2
 
 GPT2_HOT
@@ -628,7 +632,7 @@ void matvec_rows_multi(float *y, long ldy, const float *x, long ldx, int M, cons
         const float *w = weight + r * K;
         if (M > 2 && r + LM_PREFETCH_ROWS < r_end)
             for (long l = 0; l < K; l += VLEN)
-                __builtin_prefetch(w + LM_PREFETCH_ROWS * K + l);
+                __builtin_prefetch(w + LM_PREFETCH_ROWS * K + l, 0, 1); /* prefetcht2 */
         int m = 0;
         for (; m + 4 <= M; m += 4)
             dot_row_mc(y + m * ldy, ldy, x + m * ldx, ldx, 4, w, r, K);

@@ -140,7 +140,10 @@ static void WK_SFX(conv1d_##DT)(float *y, const float *x, long ldx, int M, const
 
 /* Weight rows ahead that the linear kernels prefetch.  The hardware prefetcher alone
  * falls behind on these short rows (SmolLM2-135M bf16, 2 threads, one decode step:
- * 8 rows 34 -> 29 ms, 4 rows 26 -> 19 ms). */
+ * 8 rows 34 -> 29 ms, 4 rows 26 -> 19 ms).  The hint is prefetcht2 (into L2), so the
+ * prefetched rows do not push the input rows out of a 32 KB L1 (AMD Zen 4, the same
+ * step, three interleaved pairs of bench_batching.py --engine-only: 1 row 11.7-12.4 ->
+ * 9.6-11.1 ms, 8 rows 27-30 -> 21-24 ms). */
 #ifndef WK_PREFETCH_ROWS
 #define WK_PREFETCH_ROWS 2
 #endif
@@ -148,7 +151,7 @@ static void WK_SFX(conv1d_##DT)(float *y, const float *x, long ldx, int M, const
 static inline __attribute__((always_inline)) void WK_SFX(prefetch_bytes)(const void *p, long n)
 {
     for (long b = 0; b < n; b += 64)
-        __builtin_prefetch((const char *)p + b);
+        __builtin_prefetch((const char *)p + b, 0, 1); /* prefetcht2 */
 }
 
 /* ---- Linear slab: W [N, K], rows n in [nb, ne) -------------------------------
