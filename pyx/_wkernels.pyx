@@ -318,11 +318,13 @@ def set_isa(str name):
 
 
 def matmul(cnp.ndarray x, cnp.ndarray w, *, str layout, str dtype, scales=None, bias=None,
-           int threads=1):
+           int threads=1, bint row_exact=False):
     """out [M, N] = x [M, K] @ W, W stored as ``dtype`` in ``layout``.
 
     layout "conv1d": w [K, N]; "linear": w [N, K].  dtype "f32" (float32),
     "bf16"/"f16" (uint16 bit patterns) or "i8" (int8, with scales [N]).
+    ``row_exact``: the batched decode rows' mode (WK_FP32_ACT | WK_ROW_EXACT), where
+    each row's result does not depend on M (at most WK_SMALL_M rows).
     A fresh pool per call: for tests and the bench, not the serving path.
     """
     if dtype not in DTYPES:
@@ -339,6 +341,8 @@ def matmul(cnp.ndarray x, cnp.ndarray w, *, str layout, str dtype, scales=None, 
     cdef long M = x.shape[0]
     if x.shape[1] != K or M < 1:
         raise ValueError(f"x shape {(<object>x).shape} does not match K = {K}")
+    if row_exact and M > WK_SMALL_M:
+        raise ValueError(f"row_exact takes at most {WK_SMALL_M} rows, got {M}")
     cdef cnp.ndarray sc = None, bs = None
     if code == WK_I8:
         sc = np.ascontiguousarray(scales, dtype=np.float32)
@@ -353,7 +357,7 @@ def matmul(cnp.ndarray x, cnp.ndarray w, *, str layout, str dtype, scales=None, 
     desc.data = cnp.PyArray_DATA(w)
     desc.scales = <const float*>cnp.PyArray_DATA(sc) if sc is not None else NULL
     desc.group_size = 0
-    desc.flags = 0
+    desc.flags = (WK_FP32_ACT | WK_ROW_EXACT) if row_exact else 0
     desc.N = N
     desc.K = K
     cdef cnp.ndarray out = np.empty((M, N), np.float32)

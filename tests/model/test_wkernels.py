@@ -88,6 +88,48 @@ def test_matmul_matches_numpy(isa, dtype, layout, M, K, N, threads):
     assert np.all(err <= tol), f"max err {err.max()} (bound {tol.ravel()[err.argmax()]})"
 
 
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16", "i8"])
+@pytest.mark.parametrize("layout", ["conv1d", "linear"])
+def test_row_exact_rows_do_not_depend_on_the_batch(isa, dtype, layout):
+    """Batched decode rows (``row_exact``: WK_FP32_ACT | WK_ROW_EXACT): each row of an
+    M-row call, M = 1..8, has the bits of the same row computed alone, on every dispatch
+    path (on AVX-512 the dot products of 4-8 rows are reduced together, of 1-3 one by one;
+    K = 580 leaves a scalar tail), and stays within the fp32 bound of the reference."""
+    rng = np.random.default_rng(580)
+    K, N = 580, 70
+    w = rng.standard_normal((K, N) if layout == "conv1d" else (N, K)).astype(np.float32)
+    x = rng.standard_normal((wk.SMALL_M, K)).astype(np.float32)
+    data, scales, ref_w = stored(w, dtype, layout)
+
+    def run(rows):
+        return wk.matmul(
+            np.ascontiguousarray(rows),
+            data,
+            layout=layout,
+            dtype=dtype,
+            scales=scales,
+            threads=2,
+            row_exact=True,
+        )
+
+    solo = np.concatenate([run(x[m : m + 1]) for m in range(wk.SMALL_M)])
+    for M in range(2, wk.SMALL_M + 1):
+        assert np.array_equal(run(x[:M]), solo[:M]), f"{M} rows differ from their solo runs"
+    w64 = ref_w.astype(np.float64)
+    ref = x.astype(np.float64) @ (w64 if layout == "conv1d" else w64.T)
+    tol = tolerance(x, ref_w, layout, False)
+    if isa in ("avx512vnni", "avx512bf16") and dtype == "i8" and layout == "linear":
+        step = np.abs(x).max(axis=1, keepdims=True) / 32767  # vpdpwssd's int16 activations
+        tol = tol + 0.5 * step * (np.abs(ref_w).sum(axis=1)[None, :])
+    assert np.all(np.abs(solo - ref) <= tol)
+
+
+def test_row_exact_takes_at_most_small_m_rows():
+    w = np.ones((4, 16), np.float32)
+    with pytest.raises(ValueError, match="at most"):
+        wk.matmul(np.ones((wk.SMALL_M + 1, 16), np.float32), w, layout="linear", dtype="f32", row_exact=True)
+
+
 def test_vnni_int16_activations_saturate_and_zero_rows():
     """Rows of zeros, one huge value, and mixed magnitudes on the int8 path."""
     rng = np.random.default_rng(9)
