@@ -199,13 +199,19 @@ def test_decode_groups_stay_whole_around_the_ring(parity, n):
     one StepGroup message on every link, and stage 0 holds back rows that become ready while
     the group is out (late joiners, early returns) so that they join it instead of splitting it."""
     m = manifest(n, relay=True)
-    executors = [CountingExecutor(parity) for _ in range(n)]
+    # a forward of a few ms keeps the clients' handshakes (the ramp-up, slow on a loaded
+    # machine) within a few steps, so most of the 40 steps have all eight streams
+    executors = [CountingExecutor(parity, delay=0.005) for _ in range(n)]
     with served_many(m, executors, micro_batches=1) as server:
         client = Client(str(server.address), m, timeout=30)
         run_concurrently(lambda i: run(client, PROMPTS[i], SamplingParams(max_tokens=40)), 8)
     for stage, ex in enumerate(executors):
         decode = [rows for rows, t in ex.calls if t == 1]
-        assert decode.count(8) >= 0.75 * len(decode), f"stage {stage}: {sorted(decode)}"
+        assert decode.count(8) >= 10, f"stage {stage}: {decode}"
+        # between the first forward with all eight streams and the first stream's end, a
+        # group split in two would show as forwards of fewer rows
+        first, last = decode.index(8), len(decode) - 1 - decode[::-1].index(8)
+        assert decode[first : last + 1] == [8] * (last + 1 - first), f"stage {stage}: {decode}"
 
 
 @pytest.mark.fast_cases("1")
