@@ -63,6 +63,15 @@ def tolerance(x, w_ref, layout, dp_bf16):
     return rel * mag + 1e-6
 
 
+def vnni_slack(isa, dtype, layout, x, w_ref):
+    """Extra bound where vpdpwssd runs (int8 Linear on VNNI): activations rounded to int16,
+    step max|x_m| / 32767 per row; 0 elsewhere."""
+    if isa in ("avx512vnni", "avx512bf16") and dtype == "i8" and layout == "linear":
+        step = np.abs(x).max(axis=1, keepdims=True) / 32767
+        return 0.5 * step * (np.abs(w_ref).sum(axis=1)[None, :])
+    return 0.0
+
+
 @pytest.mark.fast_cases(lambda M, K, N, threads, **_: (M, K, N, threads) in FAST_SHAPES)
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16", "i8"])
 @pytest.mark.parametrize("layout", ["conv1d", "linear"])
@@ -79,11 +88,7 @@ def test_matmul_matches_numpy(isa, dtype, layout, M, K, N, threads):
     ref = x.astype(np.float64) @ (w64 if layout == "conv1d" else w64.T) + bias
     # vdpbf16ps (bf16 activations) runs for Linear bf16 with 2 <= M <= 8
     dp = isa == "avx512bf16" and dtype == "bf16" and layout == "linear" and 2 <= M <= wk.SMALL_M
-    tol = tolerance(x, ref_w, layout, dp)
-    if isa in ("avx512vnni", "avx512bf16") and dtype == "i8" and layout == "linear":
-        # vpdpwssd: activations rounded to int16, step max|x_m| / 32767 per row
-        step = np.abs(x).max(axis=1, keepdims=True) / 32767
-        tol = tol + 0.5 * step * (np.abs(ref_w).sum(axis=1)[None, :])
+    tol = tolerance(x, ref_w, layout, dp) + vnni_slack(isa, dtype, layout, x, ref_w)
     err = np.abs(out - ref)
     assert np.all(err <= tol), f"max err {err.max()} (bound {tol.ravel()[err.argmax()]})"
 
@@ -117,10 +122,7 @@ def test_row_exact_rows_do_not_depend_on_the_batch(isa, dtype, layout):
         assert np.array_equal(run(x[:M]), solo[:M]), f"{M} rows differ from their solo runs"
     w64 = ref_w.astype(np.float64)
     ref = x.astype(np.float64) @ (w64 if layout == "conv1d" else w64.T)
-    tol = tolerance(x, ref_w, layout, False)
-    if isa in ("avx512vnni", "avx512bf16") and dtype == "i8" and layout == "linear":
-        step = np.abs(x).max(axis=1, keepdims=True) / 32767  # vpdpwssd's int16 activations
-        tol = tol + 0.5 * step * (np.abs(ref_w).sum(axis=1)[None, :])
+    tol = tolerance(x, ref_w, layout, False) + vnni_slack(isa, dtype, layout, x, ref_w)
     assert np.all(np.abs(solo - ref) <= tol)
 
 
